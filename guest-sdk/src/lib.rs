@@ -1,0 +1,296 @@
+//! Guest SDK for keyhole task plugins: write one function, add one macro.
+//!
+//! A keyhole task is a WebAssembly component that exports `run`, takes a JSON
+//! document in and gives a JSON document back. This crate hides the component
+//! plumbing: you write a plain Rust function over serde types and register it
+//! with [`task!`].
+//!
+//! ```no_run
+//! use keyhole_guest::{secrets, task, TaskError};
+//! use serde::Deserialize;
+//! use serde_json::{json, Value};
+//!
+//! #[derive(Deserialize)]
+//! struct Input { name: String }
+//!
+//! fn greet(input: Input) -> Result<Value, TaskError> {
+//!     let token = secrets::get("GREETING_TOKEN")?;
+//!     Ok(json!({ "greeting": format!("hello, {}", input.name), "token_len": token.len() }))
+//! }
+//!
+//! task!(greet);
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2 --release` (the crate
+//! must have `crate-type = ["cdylib"]`) and run it with
+//! `host exec target/wasm32-wasip2/release/NAME.wasm --grant GREETING_TOKEN`.
+//! A `wasm32-wasip1` build works too: the host turns the core module into a
+//! component when it loads it.
+//!
+//! The plugin runs with no files, no environment variables and no network.
+//! Everything it prints goes to the operator's terminal through the host's
+//! masking, prefixed with the task id.
+
+#![warn(missing_docs)]
+
+// Lets the generated bindings name this crate by its public path from both
+// inside this crate and inside the plugin crates that expand `task!`.
+extern crate self as keyhole_guest;
+
+use std::fmt;
+
+/// Raw bindings generated from `wit/task.wit`. Most plugins never need them.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "keyhole:task/task",
+        pub_export_macro: true,
+        export_macro_name: "__export_task",
+        default_bindings_module: "::keyhole_guest::bindings",
+        runtime_path: "::keyhole_guest::__private::wit_bindgen::rt",
+    });
+}
+
+/// Reading secrets the flow granted to this task.
+pub mod secrets {
+    use crate::bindings::keyhole::task::secrets as wit;
+    use std::fmt;
+
+    /// Why the host did not hand out a secret.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Error {
+        /// The secret was not granted to this task. Add it to the task's
+        /// `secrets:` list in the flow (or `--grant NAME` for `host exec`).
+        Denied,
+        /// The secret exists in no namespace of this task's namespace chain.
+        NotFound,
+        /// The secret was revoked by an operator.
+        Revoked,
+        /// The secret has expired and needs rotating.
+        Expired,
+        /// The host could not serve the request; the text says why.
+        Unavailable(String),
+    }
+
+    impl fmt::Display for Error {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Error::Denied => f.write_str("secret not granted to this task"),
+                Error::NotFound => f.write_str("secret not found in this task's namespaces"),
+                Error::Revoked => f.write_str("secret was revoked"),
+                Error::Expired => f.write_str("secret has expired"),
+                Error::Unavailable(why) => write!(f, "secret store unavailable: {why}"),
+            }
+        }
+    }
+
+    impl std::error::Error for Error {}
+
+    impl From<wit::Error> for Error {
+        fn from(e: wit::Error) -> Self {
+            match e {
+                wit::Error::Denied => Error::Denied,
+                wit::Error::NotFound => Error::NotFound,
+                wit::Error::Revoked => Error::Revoked,
+                wit::Error::Expired => Error::Expired,
+                wit::Error::Unavailable(why) => Error::Unavailable(why),
+            }
+        }
+    }
+
+    /// Returns the value of the secret `name`.
+    ///
+    /// The host answers only if the flow granted `name` to this task, and
+    /// records the read in its audit trail first. The value is masked in
+    /// everything the task prints, logs or returns.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), keyhole_guest::secrets::Error> {
+    /// let key = keyhole_guest::secrets::get("WEBHOOK_SIGNING_KEY")?;
+    /// # let _ = key;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get(name: &str) -> Result<String, Error> {
+        wit::get(name).map_err(Error::from)
+    }
+}
+
+/// Logging to the operator's terminal (masked, prefixed with the task id).
+pub mod log {
+    use crate::bindings::keyhole::task::log as wit;
+
+    pub use wit::Level;
+
+    /// Emits one log line at `level`.
+    ///
+    /// ```no_run
+    /// keyhole_guest::log::log(keyhole_guest::log::Level::Warn, "retrying");
+    /// ```
+    pub fn log(level: Level, message: &str) {
+        wit::log(level, message);
+    }
+
+    /// Emits one line at `info` level.
+    ///
+    /// ```no_run
+    /// keyhole_guest::log::info("signed 3 payloads");
+    /// ```
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+
+    /// Emits one line at `warn` level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+
+    /// Emits one line at `error` level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+
+    /// Emits one line at `debug` level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+}
+
+/// Where this task runs: namespace, flow, task id and execution id.
+pub mod context {
+    pub use crate::bindings::keyhole::task::context::Execution;
+
+    /// Returns the identity of the running task.
+    ///
+    /// ```no_run
+    /// let me = keyhole_guest::context::current();
+    /// keyhole_guest::log::info(&format!("running {} in {}", me.task, me.namespace));
+    /// ```
+    pub fn current() -> Execution {
+        crate::bindings::keyhole::task::context::current()
+    }
+}
+
+/// The error a task function returns: its text becomes the task's error
+/// message, shown to the operator and recorded in the execution.
+///
+/// Anything that is `std::error::Error` converts into it with `?`; build one
+/// from a message with [`TaskError::new`].
+///
+/// ```
+/// use keyhole_guest::TaskError;
+/// let e = TaskError::new("payload is empty");
+/// assert_eq!(e.to_string(), "payload is empty");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError(String);
+
+impl TaskError {
+    /// Creates an error with the given message.
+    pub fn new(message: impl Into<String>) -> Self {
+        TaskError(message.into())
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(e: E) -> Self {
+        TaskError(e.to_string())
+    }
+}
+
+/// Registers `fn(Input) -> Result<Output, E>` as the task's `run` export.
+///
+/// `Input` must implement `serde::Deserialize` and `Output`
+/// `serde::Serialize`; `E` must implement `Display` (a [`TaskError`] is the
+/// usual choice). Use the macro once per plugin crate, at the top level.
+///
+/// ```no_run
+/// use keyhole_guest::{task, TaskError};
+/// use serde_json::Value;
+///
+/// fn echo(input: Value) -> Result<Value, TaskError> {
+///     Ok(input)
+/// }
+///
+/// task!(echo);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! task {
+    ($run:path) => {
+        #[doc(hidden)]
+        struct __KeyholeTask;
+
+        impl $crate::bindings::Guest for __KeyholeTask {
+            fn run(input: ::std::string::String) -> ::std::result::Result<::std::string::String, ::std::string::String> {
+                $crate::__private::run_json(&input, $run)
+            }
+        }
+
+        $crate::bindings::__export_task!(__KeyholeTask);
+    };
+    ($($other:tt)*) => {
+        ::std::compile_error!(
+            "keyhole_guest::task! takes the path of one function, e.g. `task!(run);` where `fn run(input: In) -> Result<Out, TaskError>`"
+        );
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    /// Decodes the JSON input, calls the task function and encodes its output.
+    pub fn run_json<I, O, E>(
+        input: &str,
+        run: impl FnOnce(I) -> Result<O, E>,
+    ) -> Result<String, String>
+    where
+        I: serde::de::DeserializeOwned,
+        O: serde::Serialize,
+        E: std::fmt::Display,
+    {
+        let input: I = serde_json::from_str(input)
+            .map_err(|e| format!("the task's input does not match what it expects: {e}"))?;
+        let output = run(input).map_err(|e| e.to_string())?;
+        serde_json::to_string(&output)
+            .map_err(|e| format!("the task's output could not be encoded as JSON: {e}"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::run_json;
+        use serde_json::{Value, json};
+
+        #[test]
+        fn decodes_input_and_encodes_output() {
+            let out = run_json("{\"a\":1}", |v: Value| Ok::<_, String>(json!({"got": v})));
+            assert_eq!(out.unwrap(), "{\"got\":{\"a\":1}}");
+        }
+
+        #[test]
+        fn bad_input_names_the_problem() {
+            #[derive(serde::Deserialize, Debug)]
+            struct In {
+                #[allow(dead_code)]
+                payload: String,
+            }
+            let err = run_json("{}", |_: In| Ok::<_, String>(1)).unwrap_err();
+            assert!(err.contains("missing field `payload`"), "{err}");
+        }
+
+        #[test]
+        fn task_error_text_is_passed_through() {
+            let err = run_json("null", |_: Value| Err::<Value, _>("boom")).unwrap_err();
+            assert_eq!(err, "boom");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Envelope encryption: the master key, per-secret data keys, and where the
+//! master key comes from.
+//!
+//! Each secret version is encrypted with XChaCha20-Poly1305 under a fresh
+//! random 256-bit data key; the data key is itself encrypted (wrapped) under
+//! the master key. The associated data binds both ciphertexts to the secret's
+//! namespace, name and version, so a row copied or swapped in the database
+//! fails to decrypt instead of yielding another secret's value.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// Environment variable that supplies the master key (base64 of 32 bytes).
+pub const MASTER_KEY_ENV: &str = "KEYHOLE_MASTER_KEY";
+const NONCE_LEN: usize = 24;
+
+/// The 256-bit key that wraps every data key. Zeroized on drop; its `Debug`
+/// shows only the key id.
+#[derive(Clone)]
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+/// A short public fingerprint of a master key, safe to print: it lets an
+/// operator tell two keys apart without revealing either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyId(pub String);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a master key came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The `KEYHOLE_MASTER_KEY` environment variable.
+    Env,
+    /// A key file.
+    File(PathBuf),
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env => write!(f, "${MASTER_KEY_ENV}"),
+            KeySource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Failures to obtain a master key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key text is not base64 of exactly 32 bytes.
+    #[error("master key from {source_} is malformed: expected base64 of 32 bytes ({why})")]
+    Malformed {
+        /// Where the key came from.
+        source_: KeySource,
+        /// What was wrong (never the key itself).
+        why: String,
+    },
+    /// No key is configured and none may be created.
+    #[error(
+        "no master key: ${MASTER_KEY_ENV} is not set and {path} does not exist; \
+         the store was created with key {expected}: set ${MASTER_KEY_ENV} or restore that file"
+    )]
+    Missing {
+        /// The key file that was looked for.
+        path: PathBuf,
+        /// The id of the key the store expects.
+        expected: KeyId,
+    },
+    /// Reading or creating the key file failed.
+    #[error("cannot {action} master key file {path}: {err}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        err: std::io::Error,
+    },
+}
+
+/// Decryption failed: wrong key, or the ciphertext or its binding (namespace,
+/// name, version) was altered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("authentication failed (wrong master key, or the stored row was altered or moved)")]
+pub struct DecryptError;
+
+impl MasterKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *k).expect("the operating system's random source failed");
+        MasterKey(k)
+    }
+
+    /// Parses base64 text (surrounding whitespace ignored).
+    pub fn from_base64(text: &str, source: KeySource) -> Result<Self, KeyError> {
+        let bytes = Zeroizing::new(B64.decode(text.trim()).map_err(|e| KeyError::Malformed {
+            source_: source.clone(),
+            why: e.to_string(),
+        })?);
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::Malformed {
+                source_: source,
+                why: format!("decoded to {} bytes", bytes.len()),
+            })?;
+        Ok(MasterKey(Zeroizing::new(arr)))
+    }
+
+    /// The key as base64 text.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(B64.encode(*self.0))
+    }
+
+    /// The key's public fingerprint.
+    pub fn id(&self) -> KeyId {
+        let digest = Sha256::new()
+            .chain_update(b"keyhole key id v1\0")
+            .chain_update(*self.0)
+            .finalize();
+        KeyId(hex::encode(&digest[..8]))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new((&*self.0).into())
+    }
+
+    /// Loads the master key: `$KEYHOLE_MASTER_KEY` if set, else `key_file`.
+    /// When neither exists and `create` is true, a new key is written to
+    /// `key_file` with mode 0600 (never overwriting an existing file).
+    pub fn load(
+        key_file: &Path,
+        create: bool,
+        expected: Option<&KeyId>,
+    ) -> Result<(Self, KeySource), KeyError> {
+        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+            return Ok((
+                MasterKey::from_base64(&text, KeySource::Env)?,
+                KeySource::Env,
+            ));
+        }
+        let source = KeySource::File(key_file.to_owned());
+        match std::fs::read_to_string(key_file) {
+            Ok(text) => Ok((
+                MasterKey::from_base64(&Zeroizing::new(text), source.clone())?,
+                source,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !create {
+                    return Err(KeyError::Missing {
+                        path: key_file.to_owned(),
+                        expected: expected.cloned().unwrap_or(KeyId("unknown".into())),
+                    });
+                }
+                let key = MasterKey::generate();
+                write_new_key_file(key_file, &key)?;
+                Ok((key, source))
+            }
+            Err(err) => Err(KeyError::Io {
+                action: "read",
+                path: key_file.to_owned(),
+                err,
+            }),
+        }
+    }
+}
+
+fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
+    let io = |err| KeyError::Io {
+        action: "create",
+        path: path.to_owned(),
+        err,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(key.to_base64().as_bytes()).map_err(io)?;
+    f.write_all(b"\n").map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey({})", self.id())
+    }
+}
+
+/// One encrypted secret version as stored: the wrapped data key, the nonce
+/// and the ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// Nonce followed by the data key encrypted under the master key.
+    pub wrapped_key: Vec<u8>,
+    /// Nonce of the value's encryption under the data key.
+    pub nonce: Vec<u8>,
+    /// The value encrypted under the data key, with its tag.
+    pub ciphertext: Vec<u8>,
+}
+
+fn random_nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).expect("the operating system's random source failed");
+    n
+}
+
+fn dek_aad(aad: &[u8]) -> Vec<u8> {
+    let mut v = b"keyhole data key\0".to_vec();
+    v.extend_from_slice(aad);
+    v
+}
+
+/// Encrypts `plaintext` under a fresh data key wrapped by `master`; `aad` is
+/// bound to both layers.
+pub fn seal(master: &MasterKey, aad: &[u8], plaintext: &[u8]) -> Sealed {
+    let mut dek = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut *dek).expect("the operating system's random source failed");
+    let wrapped_key = wrap(master, aad, &dek);
+    let nonce = random_nonce();
+    let ciphertext = XChaCha20Poly1305::new((&*dek).into())
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 encryption does not fail for in-memory buffers");
+    Sealed {
+        wrapped_key,
+        nonce: nonce.to_vec(),
+        ciphertext,
+    }
+}
+
+fn wrap(master: &MasterKey, aad: &[u8], dek: &[u8; 32]) -> Vec<u8> {
+    let nonce = random_nonce();
+    let mut out = nonce.to_vec();
+    out.extend(
+        master
+            .cipher()
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: dek,
+                    aad: &dek_aad(aad),
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption does not fail for in-memory buffers"),
+    );
+    out
+}
+
+fn unwrap_key(
+    master: &MasterKey,
+    aad: &[u8],
+    wrapped: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, DecryptError> {
+    if wrapped.len() < NONCE_LEN {
+        return Err(DecryptError);
+    }
+    let (nonce, ct) = wrapped.split_at(NONCE_LEN);
+    let dek = Zeroizing::new(
+        master
+            .cipher()
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: &dek_aad(aad),
+                },
+            )
+            .map_err(|_| DecryptError)?,
+    );
+    let arr: [u8; 32] = dek.as_slice().try_into().map_err(|_| DecryptError)?;
+    Ok(Zeroizing::new(arr))
+}
+
+/// Decrypts a sealed value. Fails if the key is wrong or anything, including
+/// the associated data, differs from what was sealed.
+pub fn open(
+    master: &MasterKey,
+    aad: &[u8],
+    sealed: &Sealed,
+) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+    let dek = unwrap_key(master, aad, &sealed.wrapped_key)?;
+    if sealed.nonce.len() != NONCE_LEN {
+        return Err(DecryptError);
+    }
+    XChaCha20Poly1305::new((&*dek).into())
+        .decrypt(
+            XNonce::from_slice(&sealed.nonce),
+            Payload {
+                msg: &sealed.ciphertext,
+                aad,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| DecryptError)
+}
+
+/// Re-wraps a data key from `old` to `new` master key without touching the
+/// value's ciphertext (master-key rotation).
+pub fn rewrap(
+    old: &MasterKey,
+    new: &MasterKey,
+    aad: &[u8],
+    wrapped: &[u8],
+) -> Result<Vec<u8>, DecryptError> {
+    let dek = unwrap_key(old, aad, wrapped)?;
+    Ok(wrap(new, aad, &dek))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_binds_associated_data() {
+        let k = MasterKey::generate();
+        let s = seal(&k, b"ns\0A\01", b"value");
+        assert_eq!(open(&k, b"ns\0A\01", &s).unwrap().as_slice(), b"value");
+        assert_eq!(open(&k, b"ns\0B\01", &s), Err(DecryptError));
+        assert_eq!(
+            open(&MasterKey::generate(), b"ns\0A\01", &s),
+            Err(DecryptError)
+        );
+        let mut bad = s.clone();
+        bad.ciphertext[0] ^= 1;
+        assert_eq!(open(&k, b"ns\0A\01", &bad), Err(DecryptError));
+    }
+
+    #[test]
+    fn rewrap_moves_a_value_to_a_new_key() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let mut s = seal(&a, b"x", b"v");
+        s.wrapped_key = rewrap(&a, &b, b"x", &s.wrapped_key).unwrap();
+        assert_eq!(open(&b, b"x", &s).unwrap().as_slice(), b"v");
+        assert!(open(&a, b"x", &s).is_err());
+    }
+
+    #[test]
+    fn malformed_key_text_is_explained_without_echoing_it() {
+        let e = MasterKey::from_base64("c2hvcnQ=", KeySource::Env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decoded to 5 bytes"), "{e}");
+        assert!(!e.contains("c2hvcnQ"), "{e}");
+        let k = MasterKey::generate();
+        let back = MasterKey::from_base64(&k.to_base64(), KeySource::Env).unwrap();
+        assert_eq!(back.id(), k.id());
+        assert!(format!("{k:?}").starts_with("MasterKey("));
+    }
+}

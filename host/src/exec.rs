@@ -1,0 +1,219 @@
+//! Running one task: a fresh store per run, limits applied, the outcome
+//! classified (output, task error, trap, timeout, memory limit) and every
+//! text that leaves masked.
+//!
+//! Invariant: nothing a plugin does (trap, panic, stack overflow, infinite
+//! loop, long sleep, memory exhaustion) affects the host beyond the failure
+//! of that one task.
+
+use crate::access::{SecretAccess, TaskIdentity};
+use crate::mask::MaskSet;
+use crate::output::{Sink, TaskOutput};
+use crate::policy::Grants;
+use crate::runtime::{POOLING_MAX_MEMORY, Plugin, Runtime};
+use crate::sandbox::TaskState;
+use crate::store::SecretStore;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+/// Resource limits for one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest size of each linear memory, in bytes.
+    pub memory: usize,
+    /// Wall-clock time for instantiation and `run` together.
+    pub timeout: Duration,
+    /// Plugin stdout + stderr + log bytes shown before output is cut off.
+    pub output: usize,
+}
+
+impl Default for Limits {
+    /// 64 MiB memory, 30 s, 1 MiB of output.
+    fn default() -> Self {
+        Limits {
+            memory: 64 << 20,
+            timeout: Duration::from_secs(30),
+            output: 1 << 20,
+        }
+    }
+}
+
+/// One task to run.
+#[derive(Debug)]
+pub struct TaskSpec<'a> {
+    /// The loaded plugin.
+    pub plugin: &'a Plugin,
+    /// Who runs.
+    pub identity: Arc<TaskIdentity>,
+    /// What it may read.
+    pub grants: Grants,
+    /// The JSON input document.
+    pub input: &'a serde_json::Value,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Shared by all tasks of one execution.
+#[derive(Clone)]
+pub struct ExecutionEnv {
+    /// The secret store.
+    pub store: Arc<Mutex<SecretStore>>,
+    /// Where plugin output goes.
+    pub sink: Sink,
+    /// Values revealed so far in this execution.
+    pub masks: Arc<MaskSet>,
+}
+
+impl std::fmt::Debug for ExecutionEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionEnv")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a task did not produce output. Every text here is already masked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskFailure {
+    /// `run` returned `err(message)`.
+    #[error("task failed: {0}")]
+    Returned(String),
+    /// `run` returned text that is not JSON.
+    #[error("task returned output that is not a JSON document: {0}")]
+    BadOutput(String),
+    /// The plugin trapped (including a Rust panic or abort).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// Ran past its time limit.
+    #[error("plugin exceeded its time limit of {0:?} and was stopped")]
+    Timeout(Duration),
+    /// Tried to grow a memory past the limit.
+    #[error(
+        "plugin exceeded its memory limit: it asked for {requested} bytes of linear memory, the limit is {limit} bytes (raise it with --memory or `limits.memory`)"
+    )]
+    Memory {
+        /// The refused size.
+        requested: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Instantiation failed for a reason other than the above.
+    #[error("plugin could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl TaskFailure {
+    /// Whether the plugin itself reported the failure (as opposed to being
+    /// stopped by the host).
+    pub fn is_task_error(&self) -> bool {
+        matches!(self, TaskFailure::Returned(_) | TaskFailure::BadOutput(_))
+    }
+}
+
+/// The result of one task.
+#[derive(Debug)]
+pub struct TaskOutcome {
+    /// The output document, or why there is none.
+    pub result: Result<serde_json::Value, TaskFailure>,
+    /// Wall-clock time of instantiation plus `run`.
+    pub duration: Duration,
+}
+
+/// Runs one task to completion, whatever the plugin does.
+pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>) -> TaskOutcome {
+    let started = Instant::now();
+    let memory = if runtime.pooling {
+        spec.limits.memory.min(POOLING_MAX_MEMORY)
+    } else {
+        spec.limits.memory
+    };
+    let output = TaskOutput::new(
+        spec.identity.task.as_str(),
+        env.sink.clone(),
+        env.masks.clone(),
+        spec.limits.output,
+    );
+    let access = SecretAccess {
+        identity: spec.identity.clone(),
+        grants: spec.grants,
+        store: env.store.clone(),
+        masks: env.masks.clone(),
+    };
+    let mut store = Store::new(
+        runtime.engine(),
+        TaskState::new(access, output.clone(), memory),
+    );
+    store.limiter(|s| &mut s.limiter);
+    let deadline = started + spec.limits.timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+
+    let input = spec.input.to_string();
+    let call = async {
+        let task = spec
+            .plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| (e, true))?;
+        task.call_run(&mut store, &input)
+            .await
+            .map_err(|e| (e, false))
+    };
+    // The epoch callback stops busy plugins; this timer stops plugins blocked
+    // in a host call (a long sleep). The grace lets the trap win when both fire.
+    let raw = tokio::time::timeout(spec.limits.timeout + Duration::from_millis(50), call).await;
+    output.finish();
+    let duration = started.elapsed();
+    let masks = &env.masks;
+    let result = match raw {
+        Err(_elapsed) => Err(TaskFailure::Timeout(spec.limits.timeout)),
+        Ok(Ok(Ok(text))) => serde_json::from_str(&text).map_err(|e| {
+            let shown: String = text.chars().take(200).collect();
+            TaskFailure::BadOutput(masks.mask(&format!("{e} in {shown:?}")).into_owned())
+        }),
+        Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
+        Ok(Err((error, instantiating))) => Err(classify(
+            &error,
+            instantiating,
+            store.data().limiter.denied,
+            memory,
+            spec.limits.timeout,
+            masks,
+        )),
+    };
+    TaskOutcome { result, duration }
+}
+
+fn classify(
+    error: &wasmtime::Error,
+    instantiating: bool,
+    memory_denied: Option<usize>,
+    memory_limit: usize,
+    timeout: Duration,
+    masks: &MaskSet,
+) -> TaskFailure {
+    if let Some(requested) = memory_denied {
+        return TaskFailure::Memory {
+            requested,
+            limit: memory_limit,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => TaskFailure::Timeout(timeout),
+        Some(Trap::StackOverflow) => TaskFailure::Trap("stack overflow (unbounded recursion?)".into()),
+        Some(Trap::UnreachableCodeReached) => TaskFailure::Trap(
+            "wasm `unreachable` executed: the plugin panicked or aborted (its stderr above says why)".into(),
+        ),
+        Some(trap) => TaskFailure::Trap(masks.mask(&trap.to_string()).into_owned()),
+        None if instantiating => TaskFailure::Instantiate(masks.mask(&format!("{error:#}")).into_owned()),
+        None => TaskFailure::Trap(masks.mask(&format!("{error:#}")).into_owned()),
+    }
+}

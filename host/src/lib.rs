@@ -1,0 +1,22 @@
+//! Keyhole: a WebAssembly plugin host for secret-aware tasks.
+//!
+//! Each task runs as a sandboxed component of the `keyhole:task` world
+//! (`wit/task.wit`). It can obtain a secret only through the `secrets.get`
+//! import, which [`access::get_secret`] answers after checking the task's
+//! [`policy::Grants`]; values are encrypted at rest in the [`store`] and
+//! masked by [`mask`] in everything the task prints or returns.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the codemap.
+
+pub mod access;
+pub mod crypto;
+pub mod data_dir;
+pub mod exec;
+pub mod mask;
+pub mod names;
+pub mod output;
+pub mod policy;
+pub mod runtime;
+pub mod sandbox;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,399 @@
+//! Masking: the one place that decides what of a plugin's bytes may leave the
+//! host. Every outbound channel (stdout, stderr, log lines, task output and
+//! errors, trap messages, execution records, CLI errors) passes through here.
+//!
+//! A [`MaskSet`] belongs to one execution. `access::get_secret` adds every
+//! value it reveals *before* the plugin receives it, together with the forms a
+//! careless plugin is likely to print: base64 (standard and URL-safe, with
+//! and without padding), hex (lower and upper case), percent-encoding, the
+//! JSON-string-escaped form, and each line of a multi-line value. Every match
+//! becomes the fixed string `***`, whatever the secret's length.
+//!
+//! Values (and lines) shorter than [`MIN_MASK_LEN`] bytes are masked only as
+//! whole tokens (not touching another letter or digit), and their encodings
+//! are not masked: masking every `a1` inside other words would garble output
+//! and still not hide a two-character secret.
+//!
+//! Out of reach, by design: transformations the host cannot know (the value
+//! reversed, split with separators, XOR-ed, hashed, embedded inside a larger
+//! base64 document).
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use std::borrow::Cow;
+use std::sync::{Arc, RwLock};
+use zeroize::Zeroizing;
+
+use crate::secret::SecretValue;
+
+/// What every masked occurrence becomes.
+pub const MASK: &str = "***";
+/// Values shorter than this many bytes are masked only as whole tokens.
+pub const MIN_MASK_LEN: usize = 4;
+
+/// The compiled matcher for one snapshot of the mask set.
+#[derive(Debug)]
+pub struct Matcher {
+    ac: Option<AhoCorasick>,
+    /// Per pattern id: mask only as a whole token.
+    whole_token: Vec<bool>,
+    /// The patterns, sorted, for prefix checks on held-back bytes.
+    sorted: Vec<Zeroizing<Vec<u8>>>,
+    /// Which bytes start some pattern.
+    first_bytes: [bool; 256],
+    max_len: usize,
+}
+
+/// The secrets one execution has revealed, and the matcher over them.
+/// Cheap to share: writers take a snapshot of the compiled matcher.
+#[derive(Debug, Default)]
+pub struct MaskSet {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// (pattern, whole-token-only), deduplicated.
+    patterns: Vec<(Zeroizing<Vec<u8>>, bool)>,
+    compiled: Arc<Matcher>,
+}
+
+impl Default for Matcher {
+    fn default() -> Self {
+        Matcher {
+            ac: None,
+            whole_token: Vec::new(),
+            sorted: Vec::new(),
+            first_bytes: [false; 256],
+            max_len: 0,
+        }
+    }
+}
+
+/// The forms of `value` to mask, each with its whole-token flag.
+fn forms(value: &str) -> Vec<(Zeroizing<Vec<u8>>, bool)> {
+    let mut out: Vec<(Zeroizing<Vec<u8>>, bool)> = Vec::new();
+    let mut push = |s: Vec<u8>, whole: bool| {
+        if !s.is_empty() && !out.iter().any(|(p, _)| **p == s) {
+            out.push((Zeroizing::new(s), whole));
+        }
+    };
+    if value.is_empty() {
+        return Vec::new();
+    }
+    if value.len() < MIN_MASK_LEN {
+        push(value.as_bytes().to_vec(), true);
+        return out;
+    }
+    let b = value.as_bytes();
+    push(b.to_vec(), false);
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        push(engine.encode(b).into_bytes(), false);
+    }
+    let hex = hex::encode(b);
+    push(hex.to_uppercase().into_bytes(), false);
+    push(hex.into_bytes(), false);
+    push(
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .into_bytes(),
+        false,
+    );
+    let json = serde_json::to_string(value).expect("a string always encodes as JSON");
+    push(json[1..json.len() - 1].as_bytes().to_vec(), false);
+    if value.contains('\n') {
+        for line in value.split('\n') {
+            let line = line.trim_end_matches('\r');
+            if !line.trim().is_empty() {
+                push(line.as_bytes().to_vec(), line.len() < MIN_MASK_LEN);
+            }
+        }
+    }
+    out
+}
+
+impl MaskSet {
+    /// An empty set: masks nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a revealed value (and its encodings) to the set.
+    pub fn add(&self, value: &SecretValue) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let before = inner.patterns.len();
+        for f in forms(value.expose()) {
+            if !inner.patterns.iter().any(|(p, _)| *p == f.0) {
+                inner.patterns.push(f);
+            }
+        }
+        if inner.patterns.len() != before {
+            inner.compiled = Arc::new(Matcher::build(&inner.patterns));
+        }
+    }
+
+    /// The current matcher.
+    pub fn matcher(&self) -> Arc<Matcher> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .compiled
+            .clone()
+    }
+
+    /// Masks a complete text.
+    pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        self.matcher().mask_str(text)
+    }
+
+    /// Whether nothing has been added.
+    pub fn is_empty(&self) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .patterns
+            .is_empty()
+    }
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+impl Matcher {
+    fn build(patterns: &[(Zeroizing<Vec<u8>>, bool)]) -> Self {
+        if patterns.is_empty() {
+            return Matcher::default();
+        }
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(patterns.iter().map(|(p, _)| p.as_slice()))
+            .or_else(|_| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(patterns.iter().map(|(p, _)| p.as_slice()))
+            })
+            .expect("masking patterns are plain byte strings");
+        let mut sorted: Vec<_> = patterns.iter().map(|(p, _)| p.clone()).collect();
+        sorted.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
+        let mut first_bytes = [false; 256];
+        for p in &sorted {
+            first_bytes[p[0] as usize] = true;
+        }
+        Matcher {
+            ac: Some(ac),
+            whole_token: patterns.iter().map(|(_, w)| *w).collect(),
+            max_len: sorted.iter().map(|p| p.len()).max().unwrap_or(0),
+            sorted,
+            first_bytes,
+        }
+    }
+
+    /// Masks a complete text.
+    pub fn mask_str<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if self.ac.is_none() {
+            return Cow::Borrowed(text);
+        }
+        let mut out = Vec::with_capacity(text.len());
+        let mut prev = None;
+        let consumed = self.mask_into(text.as_bytes(), &mut prev, true, &mut out);
+        debug_assert_eq!(consumed, text.len());
+        // Replacing whole UTF-8 sequences with ASCII keeps the text valid,
+        // except where a pattern ends inside a character; fall back to lossy.
+        match String::from_utf8(out) {
+            Ok(s) if s == text => Cow::Borrowed(text),
+            Ok(s) => Cow::Owned(s),
+            Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        }
+    }
+
+    /// Masks `buf` into `out` and returns how many bytes of `buf` were
+    /// consumed. Unless `eof`, bytes at the end that could begin a secret
+    /// (or a whole-token match that needs the next byte) are not consumed;
+    /// the caller keeps them and passes them again with more input.
+    /// `prev` is the last byte consumed before `buf`, for token boundaries.
+    pub fn mask_into(
+        &self,
+        buf: &[u8],
+        prev: &mut Option<u8>,
+        eof: bool,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let Some(ac) = &self.ac else {
+            out.extend_from_slice(buf);
+            *prev = buf.last().copied().or(*prev);
+            return buf.len();
+        };
+        let mut pos = 0;
+        for m in ac.find_iter(buf) {
+            if self.whole_token[m.pattern().as_usize()] {
+                let before = if m.start() == 0 {
+                    *prev
+                } else {
+                    Some(buf[m.start() - 1])
+                };
+                if m.end() == buf.len() && !eof {
+                    // Cannot tell yet whether the token ends here.
+                    out.extend_from_slice(&buf[pos..m.start()]);
+                    if m.start() > 0 {
+                        *prev = Some(buf[m.start() - 1]);
+                    }
+                    return m.start();
+                }
+                let after = buf.get(m.end()).copied();
+                if before.is_some_and(is_word) || after.is_some_and(is_word) {
+                    continue;
+                }
+            }
+            out.extend_from_slice(&buf[pos..m.start()]);
+            out.extend_from_slice(MASK.as_bytes());
+            pos = m.end();
+            *prev = Some(buf[m.end() - 1]);
+        }
+        let tail = &buf[pos..];
+        let keep = if eof {
+            0
+        } else {
+            self.possible_prefix_len(tail)
+        };
+        let emit = &tail[..tail.len() - keep];
+        out.extend_from_slice(emit);
+        if let Some(&b) = emit.last() {
+            *prev = Some(b);
+        }
+        buf.len() - keep
+    }
+
+    /// Length of the longest suffix of `tail` that is a proper prefix of a
+    /// pattern (0 if none): those bytes must wait for more input.
+    fn possible_prefix_len(&self, tail: &[u8]) -> usize {
+        let window = self.max_len.saturating_sub(1).min(tail.len());
+        let start = tail.len() - window;
+        for i in start..tail.len() {
+            if !self.first_bytes[tail[i] as usize] {
+                continue;
+            }
+            let q = &tail[i..];
+            let at = self.sorted.partition_point(|p| p.as_slice() < q);
+            if self.sorted.get(at).is_some_and(|p| p.starts_with(q)) {
+                return tail.len() - i;
+            }
+        }
+        0
+    }
+}
+
+/// Streaming masker for one output channel: feed it writes as they come; it
+/// releases at once every byte that cannot be part of a secret.
+#[derive(Debug, Default)]
+pub struct StreamMasker {
+    pending: Vec<u8>,
+    prev: Option<u8>,
+}
+
+impl StreamMasker {
+    /// Masks `input` (appended to any held-back bytes) into `out`.
+    pub fn push(&mut self, m: &Matcher, input: &[u8], out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(input);
+        let used = m.mask_into(&self.pending, &mut self.prev, false, out);
+        self.pending.drain(..used);
+    }
+
+    /// Flushes held-back bytes at end of stream.
+    pub fn finish(&mut self, m: &Matcher, out: &mut Vec<u8>) {
+        let pending = std::mem::take(&mut self.pending);
+        m.mask_into(&pending, &mut self.prev, true, out);
+    }
+
+    /// Drops held-back bytes without emitting them (used when output is cut
+    /// off at its size limit: they may be the start of a secret).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(values: &[&str]) -> MaskSet {
+        let s = MaskSet::new();
+        for v in values {
+            s.add(&SecretValue::new((*v).to_owned()));
+        }
+        s
+    }
+
+    #[test]
+    fn masks_value_and_encodings_with_a_fixed_mask() {
+        let s = set(&["hunter2!x"]);
+        let b64 = STANDARD.encode("hunter2!x");
+        let text = format!(
+            "a hunter2!x b {b64} c {} d {} e {} f {}",
+            hex::encode("hunter2!x"),
+            hex::encode("hunter2!x").to_uppercase(),
+            "hunter2%21x",
+            URL_SAFE_NO_PAD.encode("hunter2!x")
+        );
+        assert_eq!(s.mask(&text), "a *** b *** c *** d *** e *** f ***");
+    }
+
+    #[test]
+    fn json_escaped_and_multiline_forms() {
+        let key = "-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END KEY-----";
+        let s = set(&[key, "quote\"back\\slash"]);
+        assert_eq!(s.mask(r#"{"v":"quote\"back\\slash"}"#), r#"{"v":"***"}"#);
+        assert_eq!(
+            s.mask("line: MIIBOgIBAAJBAKj34GkxFhD9 end"),
+            "line: *** end"
+        );
+        let escaped = serde_json::to_string(key).unwrap();
+        assert_eq!(s.mask(&escaped), "\"***\"");
+    }
+
+    #[test]
+    fn short_values_only_as_whole_tokens() {
+        let s = set(&["a1"]);
+        assert_eq!(s.mask("a1 ba1 a1b (a1)"), "*** ba1 a1b (***)");
+    }
+
+    #[test]
+    fn stream_masks_across_writes_and_releases_non_prefixes_at_once() {
+        let s = set(&["supersecret"]);
+        let m = s.matcher();
+        let mut sm = StreamMasker::default();
+        let mut out = Vec::new();
+        sm.push(&m, b"hello super", &mut out);
+        assert_eq!(out, b"hello ");
+        sm.push(&m, b"secret and sup", &mut out);
+        assert_eq!(out, b"hello *** and ");
+        sm.push(&m, b"per", &mut out);
+        assert_eq!(out, b"hello *** and superper");
+        sm.push(&m, b" tail sup", &mut out);
+        sm.finish(&m, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "hello *** and superper tail sup"
+        );
+    }
+
+    #[test]
+    fn stream_whole_token_waits_for_the_next_byte() {
+        let s = set(&["a1"]);
+        let m = s.matcher();
+        let mut sm = StreamMasker::default();
+        let mut out = Vec::new();
+        sm.push(&m, b"x a1", &mut out);
+        sm.push(&m, b"b a", &mut out);
+        sm.push(&m, b"1\n", &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "x a1b ***\n");
+    }
+
+    #[test]
+    fn empty_set_copies() {
+        let s = MaskSet::new();
+        assert!(matches!(s.mask("anything"), Cow::Borrowed(_)));
+    }
+}

@@ -1,0 +1,328 @@
+//! Where a plugin's stdout, stderr and log lines go: through the execution's
+//! masking, prefixed with the task id, bounded in size, to the operator's
+//! stream (the host's stderr for the CLI).
+//!
+//! Invariant: plugin bytes reach the sink only after `mask` has seen them.
+
+use crate::mask::{MaskSet, StreamMasker};
+use bytes::Bytes;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// The operator-facing stream plugin output is written to.
+pub type Sink = Arc<Mutex<dyn Write + Send>>;
+
+/// A sink writing to the host process's stderr.
+pub fn stderr_sink() -> Sink {
+    Arc::new(Mutex::new(std::io::stderr()))
+}
+
+/// Plugin output channels of one task.
+#[derive(Clone)]
+pub struct TaskOutput {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for TaskOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskOutput").finish_non_exhaustive()
+    }
+}
+
+struct State {
+    label: String,
+    sink: Sink,
+    masks: Arc<MaskSet>,
+    budget: usize,
+    used: usize,
+    truncated: bool,
+    channels: [Channel; 2],
+}
+
+#[derive(Default)]
+struct Channel {
+    masker: StreamMasker,
+    at_line_start: bool,
+}
+
+/// Which standard stream a writer feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The plugin's stdout.
+    Stdout = 0,
+    /// The plugin's stderr.
+    Stderr = 1,
+}
+
+impl State {
+    fn emit_lines(&mut self, stream: usize, masked: &[u8]) {
+        if masked.is_empty() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(masked.len() + self.label.len() + 4);
+        for piece in masked.split_inclusive(|&b| b == b'\n') {
+            if self.channels[stream].at_line_start {
+                buf.extend_from_slice(self.label.as_bytes());
+            }
+            buf.extend_from_slice(piece);
+            self.channels[stream].at_line_start = piece.ends_with(b"\n");
+        }
+        // A closed or full operator stream must not fail the task.
+        let _ = self
+            .sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&buf);
+    }
+
+    /// Takes `n` bytes from the budget; returns how many may pass.
+    fn charge(&mut self, n: usize) -> usize {
+        let allowed = n.min(self.budget - self.used);
+        self.used += allowed;
+        allowed
+    }
+
+    fn cut_off(&mut self) {
+        if self.truncated {
+            return;
+        }
+        self.truncated = true;
+        for ch in &mut self.channels {
+            // Held-back bytes may be the start of a secret: drop them.
+            ch.masker.discard();
+        }
+        let note = format!(
+            "\n{}[keyhole] output limit of {} bytes reached; further plugin output is dropped\n",
+            self.label, self.budget
+        );
+        let _ = self
+            .sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(note.as_bytes());
+    }
+
+    fn write(&mut self, stream: Stream, bytes: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        let allowed = self.charge(bytes.len());
+        let matcher = self.masks.matcher();
+        let mut out = Vec::with_capacity(allowed + 8);
+        self.channels[stream as usize]
+            .masker
+            .push(&matcher, &bytes[..allowed], &mut out);
+        self.emit_lines(stream as usize, &out);
+        if allowed < bytes.len() {
+            self.cut_off();
+        }
+    }
+}
+
+impl TaskOutput {
+    /// Output for the task labelled `task_id`, masked with `masks`, at most
+    /// `budget` plugin bytes in all.
+    pub fn new(task_id: &str, sink: Sink, masks: Arc<MaskSet>, budget: usize) -> Self {
+        let channel = || Channel {
+            masker: StreamMasker::default(),
+            at_line_start: true,
+        };
+        TaskOutput {
+            state: Arc::new(Mutex::new(State {
+                label: format!("[{task_id}] "),
+                sink,
+                masks,
+                budget,
+                used: 0,
+                truncated: false,
+                channels: [channel(), channel()],
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes plugin bytes to `stream`.
+    pub fn write(&self, stream: Stream, bytes: &[u8]) {
+        self.lock().write(stream, bytes);
+    }
+
+    /// Emits one log line from the plugin.
+    pub fn log(&self, level: &str, message: &str) {
+        let mut st = self.lock();
+        if st.truncated {
+            return;
+        }
+        let allowed = st.charge(message.len());
+        let text = &message.as_bytes()[..allowed];
+        let text = String::from_utf8_lossy(text);
+        let masked = st.masks.mask(&text).into_owned();
+        let mut buf = String::new();
+        for line in masked.split('\n') {
+            buf.push_str(&st.label);
+            buf.push_str(level);
+            buf.push(' ');
+            buf.push_str(line);
+            buf.push('\n');
+        }
+        let _ = st
+            .sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(buf.as_bytes());
+        if allowed < message.len() {
+            st.cut_off();
+        }
+    }
+
+    /// Flushes held-back bytes and ends unterminated lines. Call once the
+    /// plugin has stopped.
+    pub fn finish(&self) {
+        let mut st = self.lock();
+        if st.truncated {
+            return;
+        }
+        let matcher = st.masks.matcher();
+        for i in 0..2 {
+            let mut out = Vec::new();
+            st.channels[i].masker.finish(&matcher, &mut out);
+            st.emit_lines(i, &out);
+            if !st.channels[i].at_line_start {
+                st.emit_lines(i, b"\n");
+            }
+        }
+    }
+
+    /// A WASI stdout/stderr stream feeding `stream`.
+    pub fn stream(&self, stream: Stream) -> PluginStream {
+        PluginStream {
+            out: self.clone(),
+            stream,
+        }
+    }
+
+    /// Plugin bytes accepted so far.
+    pub fn bytes_used(&self) -> usize {
+        self.lock().used
+    }
+}
+
+/// The WASI side of one channel.
+#[derive(Debug, Clone)]
+pub struct PluginStream {
+    out: TaskOutput,
+    stream: Stream,
+}
+
+impl IsTerminal for PluginStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for PluginStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// Writes accepted at once; large writes are fine since the budget, not
+/// backpressure, bounds output.
+const WRITE_WINDOW: usize = 64 * 1024;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for PluginStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for PluginStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.out.write(self.stream, &bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_WINDOW)
+    }
+}
+
+impl tokio::io::AsyncWrite for PluginStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.out.write(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretValue;
+
+    fn capture() -> (Sink, Arc<Mutex<Vec<u8>>>) {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        struct W(Arc<Mutex<Vec<u8>>>);
+        impl Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        (Arc::new(Mutex::new(W(buf.clone()))), buf)
+    }
+
+    #[test]
+    fn prefixes_lines_and_masks_across_writes() {
+        let masks = Arc::new(MaskSet::new());
+        masks.add(&SecretValue::new("s3cr3t-value".into()));
+        let (sink, buf) = capture();
+        let out = TaskOutput::new("sign", sink, masks, 1 << 20);
+        out.write(Stream::Stdout, b"one s3cr3t-");
+        out.write(Stream::Stdout, b"value two\nthree");
+        out.log("INFO", "log s3cr3t-value");
+        out.finish();
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "[sign] one *** two\n[sign] INFO log ***\n[sign] three\n"
+        );
+    }
+
+    #[test]
+    fn output_is_bounded_and_says_so() {
+        let (sink, buf) = capture();
+        let out = TaskOutput::new("t", sink, Arc::new(MaskSet::new()), 10);
+        out.write(Stream::Stderr, b"0123456789abcdef\n");
+        out.write(Stream::Stdout, b"more\n");
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.starts_with("[t] 0123456789\n[t] [keyhole] output limit of 10 bytes"),
+            "{text}"
+        );
+        assert!(!text.contains("more"));
+        assert_eq!(out.bytes_used(), 10);
+    }
+}

@@ -1,0 +1,295 @@
+//! The wasmtime engine, plugin loading and the compiled-plugin cache.
+//!
+//! A plugin file may be a component (`wasm32-wasip2`) or a core module
+//! (`wasm32-wasip1`), which is turned into a component with the WASI
+//! preview1 adapter. Compiled artifacts are cached in the data directory,
+//! keyed by the SHA-256 of the plugin's bytes and the engine's configuration,
+//! and written atomically (temporary file, then rename).
+
+use crate::sandbox::{self, TaskState, bindings::TaskPre};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the engine's epoch advances; the granularity of timeouts.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Engine settings.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Where compiled plugins are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling instance allocator (worth it when many instances run
+    /// in one process; each instance's memory is then capped at
+    /// [`POOLING_MAX_MEMORY`]).
+    pub pooling: bool,
+}
+
+/// Largest linear memory an instance may have under the pooling allocator.
+pub const POOLING_MAX_MEMORY: usize = 1 << 30;
+
+/// Plugin loading failures: each names the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {err}")]
+    Read {
+        /// The plugin path.
+        path: PathBuf,
+        /// The I/O error.
+        err: std::io::Error,
+    },
+    /// The bytes are not a usable wasm component or module.
+    #[error("plugin {origin} is not a valid WebAssembly component or module: {why}")]
+    Invalid {
+        /// Where the bytes came from.
+        origin: String,
+        /// The wasmtime or encoder error.
+        why: String,
+    },
+    /// The plugin needs an import the host does not provide, or lacks `run`.
+    #[error("plugin {origin} does not fit the keyhole:task world: {why}")]
+    World {
+        /// Where the bytes came from.
+        origin: String,
+        /// What does not fit.
+        why: String,
+    },
+}
+
+/// Where a loaded plugin's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadedFrom {
+    /// Compiled now (and stored in the cache, if any).
+    Compiled,
+    /// Loaded from the compiled-plugin cache.
+    Cache,
+}
+
+/// A plugin ready to instantiate.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) pre: TaskPre<TaskState>,
+    /// SHA-256 of the plugin file, lowercase hex.
+    pub sha256: String,
+    /// Whether it was compiled or loaded from the cache.
+    pub loaded_from: LoadedFrom,
+    /// Where it came from (a path, for messages).
+    pub origin: String,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("origin", &self.origin)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine, linker and cache; one per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    cache_dir: Option<PathBuf>,
+    engine_key: String,
+    pub(crate) pooling: bool,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(options: RuntimeOptions) -> wasmtime::Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        if options.pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(64)
+                .total_core_instances(256)
+                .total_memories(256)
+                .total_tables(256)
+                .total_stacks(64)
+                .max_memory_size(POOLING_MAX_MEMORY);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        sandbox::add_to_linker(&mut linker)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let engine_key = format!("{:016x}", h.finish());
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("keyhole-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| wasmtime::format_err!("cannot start the epoch thread: {e}"))?;
+
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir: options.cache_dir,
+            engine_key,
+            pooling: options.pooling,
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads the plugin at `path`.
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|err| LoadError::Read {
+            path: path.to_owned(),
+            err,
+        })?;
+        self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Loads a plugin from its bytes; `origin` names it in messages.
+    pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<Plugin, LoadError> {
+        let sha256 = sha256_hex(bytes);
+        let (component, loaded_from) = match self.from_cache(&sha256) {
+            Some(c) => (c, LoadedFrom::Cache),
+            None => {
+                let c = self.compile(bytes, origin)?;
+                self.store_in_cache(&sha256, &c);
+                (c, LoadedFrom::Compiled)
+            }
+        };
+        let world = |e: wasmtime::Error| LoadError::World {
+            origin: origin.to_owned(),
+            why: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(world)?;
+        let pre = TaskPre::new(pre).map_err(|e| LoadError::World {
+            origin: origin.to_owned(),
+            why: format!(
+                "{e:#}; a keyhole task must export `run: func(input: string) -> result<string, string>` \
+                 (use keyhole_guest::task! in Rust)"
+            ),
+        })?;
+        Ok(Plugin {
+            pre,
+            sha256,
+            loaded_from,
+            origin: origin.to_owned(),
+        })
+    }
+
+    fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
+        let invalid = |why: String| LoadError::Invalid {
+            origin: origin.to_owned(),
+            why,
+        };
+        if wasmparser::Parser::is_core_wasm(bytes) {
+            let component = componentize(bytes).map_err(|e| invalid(format!("{e:#}")))?;
+            Component::new(&self.engine, &component).map_err(|e| invalid(format!("{e:#}")))
+        } else if wasmparser::Parser::is_component(bytes) {
+            Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))
+        } else {
+            Err(invalid(
+                "the file does not start with the WebAssembly magic bytes".into(),
+            ))
+        }
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        Some(
+            self.cache_dir
+                .as_ref()?
+                .join(format!("{sha256}-{}.cwasm", self.engine_key)),
+        )
+    }
+
+    fn from_cache(&self, sha256: &str) -> Option<Component> {
+        let path = self.cache_path(sha256)?;
+        if !path.exists() {
+            return None;
+        }
+        match deserialize_cached(&self.engine, &path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring unusable compiled-plugin cache entry {}: {e:#}",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    fn store_in_cache(&self, sha256: &str, component: &Component) {
+        let Some(path) = self.cache_path(sha256) else {
+            return;
+        };
+        let result = (|| -> anyhow::Result<()> {
+            let dir = path.parent().expect("cache entries live in a directory");
+            std::fs::create_dir_all(dir)?;
+            let bytes = component.serialize()?;
+            let tmp = dir.join(format!(".{}.{}.tmp", sha256, std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // The cache is an optimisation: a failure costs a recompile next time.
+            tracing::warn!(
+                "cannot write compiled-plugin cache entry {}: {e:#}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Loads machine code this host compiled and cached earlier.
+#[allow(unsafe_code)]
+fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: `deserialize_file` trusts its input to be an artifact produced by
+    // `Component::serialize` of a compatible engine. Cache entries are written
+    // only by `store_in_cache`, atomically, into the data directory (mode
+    // 0700), named by the source's SHA-256 and this engine's compatibility
+    // hash; wasmtime itself checks the header and the engine compatibility.
+    // Whoever can write the data directory can also read the master key, so
+    // the cache adds no new trust.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+/// Turns a `wasm32-wasip1` core module into a component with the preview1
+/// reactor adapter.
+fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(module)?
+        .adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )?
+        .encode()
+}

@@ -1,0 +1,82 @@
+//! `SecretValue`: the only type that holds a plaintext secret inside the host.
+//!
+//! It zeroizes its bytes on drop, prints as `***` through `Debug` and
+//! `Display`, and is not `Serialize`, so it cannot slip into a log line, an
+//! error or a JSON document by accident. Reading the text takes an explicit
+//! call to [`SecretValue::expose`], which is easy to grep for.
+
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// A plaintext secret value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Zeroizing<String>);
+
+impl SecretValue {
+    /// Wraps plaintext. The caller's `String` moves in and is zeroized with
+    /// this value.
+    pub fn new(value: String) -> Self {
+        SecretValue(Zeroizing::new(value))
+    }
+
+    /// Decodes plaintext bytes, which must be UTF-8 (the WIT contract hands
+    /// secrets to plugins as strings). The bytes are zeroized either way.
+    pub fn from_utf8(bytes: Zeroizing<Vec<u8>>) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        let mut bytes = bytes;
+        let owned = std::mem::take(&mut *bytes);
+        // Checked above; this moves the buffer, it does not copy it.
+        Ok(SecretValue::new(
+            String::from_utf8(owned).expect("validated UTF-8"),
+        ))
+    }
+
+    /// The plaintext. Every call site is a place where a secret leaves this
+    /// type: keep them few.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_formats_its_value() {
+        let v = SecretValue::new("hunter2".to_owned());
+        assert_eq!(format!("{v}"), "***");
+        assert_eq!(format!("{v:?}"), "***");
+        assert_eq!(format!("{:?}", Some(&v)), "Some(***)");
+        assert_eq!(v.expose(), "hunter2");
+    }
+
+    #[test]
+    fn rejects_non_utf8() {
+        assert!(SecretValue::from_utf8(Zeroizing::new(vec![0xff, 0xfe])).is_err());
+        let v = SecretValue::from_utf8(Zeroizing::new(b"ok".to_vec())).unwrap();
+        assert_eq!(v.expose(), "ok");
+    }
+}

@@ -1,0 +1,144 @@
+//! Test plugin: does whatever its input asks, including hostile things (read
+//! files, env vars, sockets; loop forever; exhaust memory or stack; flood
+//! stdout), so the end-to-end tests can show what the sandbox allows.
+
+use keyhole_guest::{TaskError, context, log, secrets, task};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+enum Action {
+    /// Reads each secret; reports its SHA-256 or the error case.
+    Get { names: Vec<String> },
+    /// Reads a secret and returns it verbatim (for masking tests).
+    Leak { name: String },
+    /// Lists environment variables and arguments.
+    Env,
+    /// Tries to read a file and list a directory.
+    ReadFile { path: String },
+    /// Tries to open a TCP connection.
+    Connect { addr: String },
+    /// Spins forever.
+    Loop,
+    /// Sleeps for `secs` seconds.
+    Sleep { secs: u64 },
+    /// Allocates and touches `mib` MiB.
+    Alloc { mib: usize },
+    /// Recurses without bound.
+    StackOverflow,
+    /// Panics with `message`.
+    Panic { message: String },
+    /// Writes `bytes` bytes to stdout.
+    Flood { bytes: usize },
+    /// Writes text to stdout and stderr and logs it.
+    Print {
+        stdout: String,
+        stderr: String,
+        log: String,
+    },
+    /// Returns the execution context.
+    Context,
+    /// Fails with `message`.
+    Fail { message: String },
+}
+
+fn probe(action: Action) -> Result<Value, TaskError> {
+    Ok(match action {
+        Action::Get { names } => {
+            let mut out = serde_json::Map::new();
+            for name in names {
+                let v = match secrets::get(&name) {
+                    Ok(value) => json!({ "sha256": hex::encode(Sha256::digest(value.as_bytes())) }),
+                    Err(e) => json!({ "error": error_case(&e) }),
+                };
+                out.insert(name, v);
+            }
+            Value::Object(out)
+        }
+        Action::Leak { name } => json!({ "value": secrets::get(&name)? }),
+        Action::Env => json!({
+            "vars": std::env::vars().collect::<Vec<_>>(),
+            "args": std::env::args().collect::<Vec<_>>(),
+        }),
+        Action::ReadFile { path } => json!({
+            "read": std::fs::read_to_string(&path).map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
+            "list": std::fs::read_dir(&path).map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
+            "cwd": std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string()),
+        }),
+        Action::Connect { addr } => json!({
+            "connect": std::net::TcpStream::connect(&addr).map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
+        }),
+        Action::Loop => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        Action::Sleep { secs } => {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            json!({ "slept": secs })
+        }
+        Action::Alloc { mib } => {
+            let mut v = vec![0u8; mib << 20];
+            for i in (0..v.len()).step_by(4096) {
+                v[i] = 1;
+            }
+            json!({ "allocated_mib": std::hint::black_box(v).len() >> 20 })
+        }
+        Action::StackOverflow => json!({ "depth": recurse(std::hint::black_box(1)) }),
+        Action::Panic { message } => panic!("{message}"),
+        Action::Flood { bytes } => {
+            let line = [b'x'; 1023];
+            let mut out = std::io::stdout().lock();
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(1024);
+                out.write_all(&line[..n - 1])
+                    .map_err(|e| TaskError::new(e.to_string()))?;
+                out.write_all(b"\n")
+                    .map_err(|e| TaskError::new(e.to_string()))?;
+                left -= n;
+            }
+            json!({ "wrote": bytes })
+        }
+        Action::Print {
+            stdout,
+            stderr,
+            log: message,
+        } => {
+            println!("{stdout}");
+            eprintln!("{stderr}");
+            log::info(&message);
+            json!({ "printed": true })
+        }
+        Action::Context => {
+            let c = context::current();
+            json!({ "namespace": c.namespace, "flow": c.flow, "task": c.task, "execution_id": c.execution_id })
+        }
+        Action::Fail { message } => return Err(TaskError::new(message)),
+    })
+}
+
+fn error_case(e: &secrets::Error) -> String {
+    match e {
+        secrets::Error::Denied => "denied".into(),
+        secrets::Error::NotFound => "not-found".into(),
+        secrets::Error::Revoked => "revoked".into(),
+        secrets::Error::Expired => "expired".into(),
+        secrets::Error::Unavailable(why) => format!("unavailable: {why}"),
+    }
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let pad = std::hint::black_box([n; 64]);
+    if pad[0] == u64::MAX {
+        return 0;
+    }
+    recurse(pad[7] + 1) + pad[3]
+}
+
+task!(probe);
