@@ -249,20 +249,16 @@ pub mod __private {
     pub use wit_bindgen;
 
     /// Decodes the JSON input, calls the task function and encodes its output.
-    pub fn run_json<I, O, E>(
-        input: &str,
-        run: impl FnOnce(I) -> Result<O, E>,
-    ) -> Result<String, String>
+    pub fn run_json<I, O, E>(input: &str, run: impl FnOnce(I) -> Result<O, E>) -> Result<String, String>
     where
         I: serde::de::DeserializeOwned,
         O: serde::Serialize,
         E: std::fmt::Display,
     {
-        let input: I = serde_json::from_str(input)
-            .map_err(|e| format!("the task's input does not match what it expects: {e}"))?;
+        let input: I =
+            serde_json::from_str(input).map_err(|e| format!("the task's input does not match what it expects: {e}"))?;
         let output = run(input).map_err(|e| e.to_string())?;
-        serde_json::to_string(&output)
-            .map_err(|e| format!("the task's output could not be encoded as JSON: {e}"))
+        serde_json::to_string(&output).map_err(|e| format!("the task's output could not be encoded as JSON: {e}"))
     }
 
     #[cfg(test)]

@@ -106,17 +106,13 @@ impl MasterKey {
 
     /// Parses base64 text (surrounding whitespace ignored).
     pub fn from_base64(text: &str, source: KeySource) -> Result<Self, KeyError> {
-        let bytes = Zeroizing::new(B64.decode(text.trim()).map_err(|e| KeyError::Malformed {
-            source_: source.clone(),
-            why: e.to_string(),
-        })?);
+        let bytes = Zeroizing::new(
+            B64.decode(text.trim()).map_err(|e| KeyError::Malformed { source_: source.clone(), why: e.to_string() })?,
+        );
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
-            .map_err(|_| KeyError::Malformed {
-                source_: source,
-                why: format!("decoded to {} bytes", bytes.len()),
-            })?;
+            .map_err(|_| KeyError::Malformed { source_: source, why: format!("decoded to {} bytes", bytes.len()) })?;
         Ok(MasterKey(Zeroizing::new(arr)))
     }
 
@@ -127,10 +123,7 @@ impl MasterKey {
 
     /// The key's public fingerprint.
     pub fn id(&self) -> KeyId {
-        let digest = Sha256::new()
-            .chain_update(b"keyhole key id v1\0")
-            .chain_update(*self.0)
-            .finalize();
+        let digest = Sha256::new().chain_update(b"keyhole key id v1\0").chain_update(*self.0).finalize();
         KeyId(hex::encode(&digest[..8]))
     }
 
@@ -141,23 +134,13 @@ impl MasterKey {
     /// Loads the master key: `$KEYHOLE_MASTER_KEY` if set, else `key_file`.
     /// When neither exists and `create` is true, a new key is written to
     /// `key_file` with mode 0600 (never overwriting an existing file).
-    pub fn load(
-        key_file: &Path,
-        create: bool,
-        expected: Option<&KeyId>,
-    ) -> Result<(Self, KeySource), KeyError> {
+    pub fn load(key_file: &Path, create: bool, expected: Option<&KeyId>) -> Result<(Self, KeySource), KeyError> {
         if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
-            return Ok((
-                MasterKey::from_base64(&text, KeySource::Env)?,
-                KeySource::Env,
-            ));
+            return Ok((MasterKey::from_base64(&text, KeySource::Env)?, KeySource::Env));
         }
         let source = KeySource::File(key_file.to_owned());
         match std::fs::read_to_string(key_file) {
-            Ok(text) => Ok((
-                MasterKey::from_base64(&Zeroizing::new(text), source.clone())?,
-                source,
-            )),
+            Ok(text) => Ok((MasterKey::from_base64(&Zeroizing::new(text), source.clone())?, source)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !create {
                     return Err(KeyError::Missing {
@@ -169,21 +152,13 @@ impl MasterKey {
                 write_new_key_file(key_file, &key)?;
                 Ok((key, source))
             }
-            Err(err) => Err(KeyError::Io {
-                action: "read",
-                path: key_file.to_owned(),
-                err,
-            }),
+            Err(err) => Err(KeyError::Io { action: "read", path: key_file.to_owned(), err }),
         }
     }
 }
 
 fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
-    let io = |err| KeyError::Io {
-        action: "create",
-        path: path.to_owned(),
-        err,
-    };
+    let io = |err| KeyError::Io { action: "create", path: path.to_owned(), err };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -232,19 +207,9 @@ pub fn seal(master: &MasterKey, aad: &[u8], plaintext: &[u8]) -> Sealed {
     let wrapped_key = wrap(master, aad, &dek);
     let nonce = random_nonce();
     let ciphertext = XChaCha20Poly1305::new((&*dek).into())
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
         .expect("XChaCha20-Poly1305 encryption does not fail for in-memory buffers");
-    Sealed {
-        wrapped_key,
-        nonce: nonce.to_vec(),
-        ciphertext,
-    }
+    Sealed { wrapped_key, nonce: nonce.to_vec(), ciphertext }
 }
 
 fn wrap(master: &MasterKey, aad: &[u8], dek: &[u8; 32]) -> Vec<u8> {
@@ -253,23 +218,13 @@ fn wrap(master: &MasterKey, aad: &[u8], dek: &[u8; 32]) -> Vec<u8> {
     out.extend(
         master
             .cipher()
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: dek,
-                    aad: &dek_aad(aad),
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: dek, aad: &dek_aad(aad) })
             .expect("XChaCha20-Poly1305 encryption does not fail for in-memory buffers"),
     );
     out
 }
 
-fn unwrap_key(
-    master: &MasterKey,
-    aad: &[u8],
-    wrapped: &[u8],
-) -> Result<Zeroizing<[u8; 32]>, DecryptError> {
+fn unwrap_key(master: &MasterKey, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>, DecryptError> {
     if wrapped.len() < NONCE_LEN {
         return Err(DecryptError);
     }
@@ -277,13 +232,7 @@ fn unwrap_key(
     let dek = Zeroizing::new(
         master
             .cipher()
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &dek_aad(aad),
-                },
-            )
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &dek_aad(aad) })
             .map_err(|_| DecryptError)?,
     );
     let arr: [u8; 32] = dek.as_slice().try_into().map_err(|_| DecryptError)?;
@@ -292,35 +241,20 @@ fn unwrap_key(
 
 /// Decrypts a sealed value. Fails if the key is wrong or anything, including
 /// the associated data, differs from what was sealed.
-pub fn open(
-    master: &MasterKey,
-    aad: &[u8],
-    sealed: &Sealed,
-) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+pub fn open(master: &MasterKey, aad: &[u8], sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
     let dek = unwrap_key(master, aad, &sealed.wrapped_key)?;
     if sealed.nonce.len() != NONCE_LEN {
         return Err(DecryptError);
     }
     XChaCha20Poly1305::new((&*dek).into())
-        .decrypt(
-            XNonce::from_slice(&sealed.nonce),
-            Payload {
-                msg: &sealed.ciphertext,
-                aad,
-            },
-        )
+        .decrypt(XNonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad })
         .map(Zeroizing::new)
         .map_err(|_| DecryptError)
 }
 
 /// Re-wraps a data key from `old` to `new` master key without touching the
 /// value's ciphertext (master-key rotation).
-pub fn rewrap(
-    old: &MasterKey,
-    new: &MasterKey,
-    aad: &[u8],
-    wrapped: &[u8],
-) -> Result<Vec<u8>, DecryptError> {
+pub fn rewrap(old: &MasterKey, new: &MasterKey, aad: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, DecryptError> {
     let dek = unwrap_key(old, aad, wrapped)?;
     Ok(wrap(new, aad, &dek))
 }
@@ -335,10 +269,7 @@ mod tests {
         let s = seal(&k, b"ns\0A\01", b"value");
         assert_eq!(open(&k, b"ns\0A\01", &s).unwrap().as_slice(), b"value");
         assert_eq!(open(&k, b"ns\0B\01", &s), Err(DecryptError));
-        assert_eq!(
-            open(&MasterKey::generate(), b"ns\0A\01", &s),
-            Err(DecryptError)
-        );
+        assert_eq!(open(&MasterKey::generate(), b"ns\0A\01", &s), Err(DecryptError));
         let mut bad = s.clone();
         bad.ciphertext[0] ^= 1;
         assert_eq!(open(&k, b"ns\0A\01", &bad), Err(DecryptError));
@@ -355,9 +286,7 @@ mod tests {
 
     #[test]
     fn malformed_key_text_is_explained_without_echoing_it() {
-        let e = MasterKey::from_base64("c2hvcnQ=", KeySource::Env)
-            .unwrap_err()
-            .to_string();
+        let e = MasterKey::from_base64("c2hvcnQ=", KeySource::Env).unwrap_err().to_string();
         assert!(e.contains("decoded to 5 bytes"), "{e}");
         assert!(!e.contains("c2hvcnQ"), "{e}");
         let k = MasterKey::generate();

@@ -17,11 +17,7 @@ impl DataDir {
     /// `$KEYHOLE_HOME`, else `$XDG_DATA_HOME/keyhole`, else
     /// `~/.local/share/keyhole`.
     pub fn locate(explicit: Option<&Path>) -> Result<Self, std::io::Error> {
-        let env = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let root = explicit
             .map(Path::to_path_buf)
             .or_else(|| env(HOME_ENV))
@@ -48,10 +44,7 @@ impl DataDir {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
         b.create(&self.root).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot create data directory {}: {e}", self.root.display()),
-            )
+            std::io::Error::new(e.kind(), format!("cannot create data directory {}: {e}", self.root.display()))
         })
     }
 

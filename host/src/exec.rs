@@ -31,11 +31,7 @@ pub struct Limits {
 impl Default for Limits {
     /// 64 MiB memory, 30 s, 1 MiB of output.
     fn default() -> Self {
-        Limits {
-            memory: 64 << 20,
-            timeout: Duration::from_secs(30),
-            output: 1 << 20,
-        }
+        Limits { memory: 64 << 20, timeout: Duration::from_secs(30), output: 1 << 20 }
     }
 }
 
@@ -67,9 +63,7 @@ pub struct ExecutionEnv {
 
 impl std::fmt::Debug for ExecutionEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecutionEnv")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
+        f.debug_struct("ExecutionEnv").field("store", &self.store).finish_non_exhaustive()
     }
 }
 
@@ -123,49 +117,26 @@ pub struct TaskOutcome {
 /// Runs one task to completion, whatever the plugin does.
 pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>) -> TaskOutcome {
     let started = Instant::now();
-    let memory = if runtime.pooling {
-        spec.limits.memory.min(POOLING_MAX_MEMORY)
-    } else {
-        spec.limits.memory
-    };
-    let output = TaskOutput::new(
-        spec.identity.task.as_str(),
-        env.sink.clone(),
-        env.masks.clone(),
-        spec.limits.output,
-    );
+    let memory = if runtime.pooling { spec.limits.memory.min(POOLING_MAX_MEMORY) } else { spec.limits.memory };
+    let output = TaskOutput::new(spec.identity.task.as_str(), env.sink.clone(), env.masks.clone(), spec.limits.output);
     let access = SecretAccess {
         identity: spec.identity.clone(),
         grants: spec.grants,
         store: env.store.clone(),
         masks: env.masks.clone(),
     };
-    let mut store = Store::new(
-        runtime.engine(),
-        TaskState::new(access, output.clone(), memory),
-    );
+    let mut store = Store::new(runtime.engine(), TaskState::new(access, output.clone(), memory));
     store.limiter(|s| &mut s.limiter);
     let deadline = started + spec.limits.timeout;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        Ok(if Instant::now() >= deadline {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
+        Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
     });
 
     let input = spec.input.to_string();
     let call = async {
-        let task = spec
-            .plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| (e, true))?;
-        task.call_run(&mut store, &input)
-            .await
-            .map_err(|e| (e, false))
+        let task = spec.plugin.pre.instantiate_async(&mut store).await.map_err(|e| (e, true))?;
+        task.call_run(&mut store, &input).await.map_err(|e| (e, false))
     };
     // The epoch callback stops busy plugins; this timer stops plugins blocked
     // in a host call (a long sleep). The grace lets the trap win when both fire.
@@ -180,14 +151,9 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
             TaskFailure::BadOutput(masks.mask(&format!("{e} in {shown:?}")).into_owned())
         }),
         Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
-        Ok(Err((error, instantiating))) => Err(classify(
-            &error,
-            instantiating,
-            store.data().limiter.denied,
-            memory,
-            spec.limits.timeout,
-            masks,
-        )),
+        Ok(Err((error, instantiating))) => {
+            Err(classify(&error, instantiating, store.data().limiter.denied, memory, spec.limits.timeout, masks))
+        }
     };
     TaskOutcome { result, duration }
 }
@@ -201,16 +167,16 @@ fn classify(
     masks: &MaskSet,
 ) -> TaskFailure {
     if let Some(requested) = memory_denied {
-        return TaskFailure::Memory {
-            requested,
-            limit: memory_limit,
-        };
+        return TaskFailure::Memory { requested, limit: memory_limit };
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => TaskFailure::Timeout(timeout),
         Some(Trap::StackOverflow) => TaskFailure::Trap("stack overflow (unbounded recursion?)".into()),
         Some(Trap::UnreachableCodeReached) => TaskFailure::Trap(
             "wasm `unreachable` executed: the plugin panicked or aborted (its stderr above says why)".into(),
+        ),
+        Some(Trap::MemoryOutOfBounds) => TaskFailure::Trap(
+            "out-of-bounds memory access: a bug in the plugin, or its stack in linear memory overflowed".into(),
         ),
         Some(trap) => TaskFailure::Trap(masks.mask(&trap.to_string()).into_owned()),
         None if instantiating => TaskFailure::Instantiate(masks.mask(&format!("{error:#}")).into_owned()),

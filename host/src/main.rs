@@ -124,8 +124,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         return Err(format!("{s:?} is not a positive number of seconds"));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 30, 1.5, 500ms or 2m: {e}"))
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30, 1.5, 500ms or 2m: {e}"))
 }
 
 /// A failure with the exit code it maps to.
@@ -136,10 +135,7 @@ struct Exit {
 }
 
 fn fail(code: u8, error: impl Into<anyhow::Error>) -> Exit {
-    Exit {
-        code,
-        error: error.into(),
-    }
+    Exit { code, error: error.into() }
 }
 
 const TASK_ERROR: u8 = 1;
@@ -165,14 +161,9 @@ fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYHOLE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("keyhole={level},host={level}"))
-    });
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYHOLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("keyhole={level},host={level}")));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_target(false).init();
 }
 
 fn run(cli: Cli) -> Result<(), Exit> {
@@ -196,16 +187,10 @@ fn open_store(dir: &DataDir) -> Result<SecretStore, Exit> {
 
 fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
     match cmd {
-        SecretCommand::Set {
-            name,
-            namespace,
-            from_file,
-        } => {
+        SecretCommand::Set { name, namespace, from_file } => {
             let value = read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?;
             let mut store = open_store(dir)?;
-            let version = store
-                .set(&namespace, &name, &value)
-                .map_err(|e| fail(HOST, e))?;
+            let version = store.set(&namespace, &name, &value).map_err(|e| fail(HOST, e))?;
             eprintln!("stored {name} version {version} in namespace {namespace}");
             Ok(())
         }
@@ -214,18 +199,11 @@ fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let list = store.list(namespace.as_ref()).map_err(|e| fail(HOST, e))?;
             let mut out = std::io::stdout().lock();
             let res = if json {
-                serde_json::to_writer_pretty(&mut out, &list)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| writeln!(out))
+                serde_json::to_writer_pretty(&mut out, &list).map_err(std::io::Error::from).and_then(|()| writeln!(out))
             } else {
                 write_table(&mut out, &list)
             };
-            res.map_err(|e| {
-                fail(
-                    HOST,
-                    anyhow::Error::from(e).context("cannot write to stdout"),
-                )
-            })
+            res.map_err(|e| fail(HOST, anyhow::Error::from(e).context("cannot write to stdout")))
         }
         SecretCommand::Rm { name, namespace } => {
             let mut store = open_store(dir)?;
@@ -233,34 +211,17 @@ fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 eprintln!("removed {name} from namespace {namespace}");
                 Ok(())
             } else {
-                Err(fail(
-                    USAGE,
-                    anyhow::anyhow!(
-                        "no secret {name} in namespace {namespace}: see `host secret list`"
-                    ),
-                ))
+                Err(fail(USAGE, anyhow::anyhow!("no secret {name} in namespace {namespace}: see `host secret list`")))
             }
         }
     }
 }
 
 fn write_table(out: &mut impl Write, list: &[keyhole::store::SecretInfo]) -> std::io::Result<()> {
-    let time = |t: i64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
-        )
-    };
-    writeln!(
-        out,
-        "{:<24} {:<32} {:>7}  {:<20}  {:<20}",
-        "NAMESPACE", "NAME", "VERSION", "CREATED", "UPDATED"
-    )?;
+    let time = |t: i64| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
+    writeln!(out, "{:<24} {:<32} {:>7}  {:<20}  {:<20}", "NAMESPACE", "NAME", "VERSION", "CREATED", "UPDATED")?;
     for s in list {
-        let ns = if s.namespace.is_empty() {
-            "(root)"
-        } else {
-            &s.namespace
-        };
+        let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
         writeln!(
             out,
             "{:<24} {:<32} {:>7}  {:<20}  {:<20}",
@@ -278,14 +239,10 @@ fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
     let mut bytes = zeroize::Zeroizing::new(Vec::new());
     match from_file {
         Some(p) => {
-            *bytes = std::fs::read(p)
-                .with_context(|| format!("cannot read secret value from {}", p.display()))?;
+            *bytes = std::fs::read(p).with_context(|| format!("cannot read secret value from {}", p.display()))?;
         }
         None => {
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut bytes)
-                .context("cannot read the secret value from stdin")?;
+            std::io::stdin().lock().read_to_end(&mut bytes).context("cannot read the secret value from stdin")?;
         }
     }
     if bytes.ends_with(b"\n") {
@@ -299,8 +256,7 @@ fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
             "the secret value is empty: pipe it on stdin (e.g. `printf %s \"$VALUE\" | host secret set NAME`) or use --from-file"
         );
     }
-    SecretValue::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("the secret value is not valid UTF-8 ({e})"))
+    SecretValue::from_utf8(bytes).map_err(|e| anyhow::anyhow!("the secret value is not valid UTF-8 ({e})"))
 }
 
 fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
@@ -308,47 +264,29 @@ fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
         (Some(s), _) => (s.clone(), "--input".to_owned()),
         (None, Some(p)) if p == Path::new("-") => {
             let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .context("cannot read the input from stdin")?;
+            std::io::stdin().read_to_string(&mut s).context("cannot read the input from stdin")?;
             (s, "stdin".to_owned())
         }
         (None, Some(p)) => (
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read input file {}", p.display()))?,
+            std::fs::read_to_string(p).with_context(|| format!("cannot read input file {}", p.display()))?,
             p.display().to_string(),
         ),
         (None, None) => ("{}".to_owned(), "the default input".to_owned()),
     };
-    serde_json::from_str(&text)
-        .with_context(|| format!("the input from {origin} is not a JSON document"))
+    serde_json::from_str(&text).with_context(|| format!("the input from {origin} is not a JSON document"))
 }
 
 fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
     let input = read_input(&args).map_err(|e| fail(USAGE, e))?;
     let memory = usize::try_from(args.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     if memory == 0 {
-        return Err(fail(
-            USAGE,
-            anyhow::anyhow!("--memory must be at least 1 MiB"),
-        ));
+        return Err(fail(USAGE, anyhow::anyhow!("--memory must be at least 1 MiB")));
     }
     let store = open_store(dir)?;
-    let runtime = Runtime::new(RuntimeOptions {
-        cache_dir: Some(dir.cache_dir()),
-        pooling: false,
-    })
-    .map_err(|e| {
-        fail(
-            HOST,
-            anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"),
-        )
-    })?;
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
+        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
     let plugin = runtime.load(&args.plugin).map_err(|e| {
-        let code = if matches!(
-            e,
-            LoadError::Read { .. } | LoadError::Invalid { .. } | LoadError::World { .. }
-        ) {
+        let code = if matches!(e, LoadError::Read { .. } | LoadError::Invalid { .. } | LoadError::World { .. }) {
             USAGE
         } else {
             HOST
@@ -361,11 +299,7 @@ fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
     };
     tracing::info!("plugin {} {how} (sha256 {})", plugin.origin, plugin.sha256);
 
-    let stem = args
-        .plugin
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let task = TaskId::from_file_stem(&stem);
     let identity = Arc::new(TaskIdentity {
         namespace: args.namespace,
@@ -375,21 +309,13 @@ fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
         plugin_sha256: plugin.sha256.clone(),
     });
     tracing::info!("execution {} started", identity.execution);
-    let env = ExecutionEnv {
-        store: Arc::new(Mutex::new(store)),
-        sink: stderr_sink(),
-        masks: Arc::new(MaskSet::new()),
-    };
+    let env = ExecutionEnv { store: Arc::new(Mutex::new(store)), sink: stderr_sink(), masks: Arc::new(MaskSet::new()) };
     let spec = TaskSpec {
         plugin: &plugin,
         identity,
         grants: Grants::new(args.grants),
         input: &input,
-        limits: Limits {
-            memory,
-            timeout: args.timeout,
-            output: args.max_output,
-        },
+        limits: Limits { memory, timeout: args.timeout, output: args.max_output },
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -398,28 +324,16 @@ fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
     let outcome = rt.block_on(run_task(&runtime, &env, spec));
     match outcome.result {
         Ok(value) => {
-            let text =
-                serde_json::to_string_pretty(&value).expect("a JSON value always serialises");
+            let text = serde_json::to_string_pretty(&value).expect("a JSON value always serialises");
             let text = env.masks.mask(&text);
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{text}").map_err(|e| {
-                fail(
-                    HOST,
-                    anyhow::Error::from(e).context("cannot write to stdout"),
-                )
-            })?;
+            writeln!(out, "{text}")
+                .map_err(|e| fail(HOST, anyhow::Error::from(e).context("cannot write to stdout")))?;
             Ok(())
         }
         Err(failure) => {
-            let code = if failure.is_task_error() {
-                TASK_ERROR
-            } else {
-                PLUGIN_FAILED
-            };
-            Err(fail(
-                code,
-                anyhow::Error::from(failure).context(format!("plugin {}", args.plugin.display())),
-            ))
+            let code = if failure.is_task_error() { TASK_ERROR } else { PLUGIN_FAILED };
+            Err(fail(code, anyhow::Error::from(failure).context(format!("plugin {}", args.plugin.display()))))
         }
     }
 }

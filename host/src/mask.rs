@@ -61,13 +61,7 @@ struct Inner {
 
 impl Default for Matcher {
     fn default() -> Self {
-        Matcher {
-            ac: None,
-            whole_token: Vec::new(),
-            sorted: Vec::new(),
-            first_bytes: [false; 256],
-            max_len: 0,
-        }
+        Matcher { ac: None, whole_token: Vec::new(), sorted: Vec::new(), first_bytes: [false; 256], max_len: 0 }
     }
 }
 
@@ -95,9 +89,7 @@ fn forms(value: &str) -> Vec<(Zeroizing<Vec<u8>>, bool)> {
     push(hex.to_uppercase().into_bytes(), false);
     push(hex.into_bytes(), false);
     push(
-        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
-            .to_string()
-            .into_bytes(),
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string().into_bytes(),
         false,
     );
     let json = serde_json::to_string(value).expect("a string always encodes as JSON");
@@ -135,11 +127,7 @@ impl MaskSet {
 
     /// The current matcher.
     pub fn matcher(&self) -> Arc<Matcher> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .compiled
-            .clone()
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).compiled.clone()
     }
 
     /// Masks a complete text.
@@ -149,11 +137,7 @@ impl MaskSet {
 
     /// Whether nothing has been added.
     pub fn is_empty(&self) -> bool {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .patterns
-            .is_empty()
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).patterns.is_empty()
     }
 }
 
@@ -214,13 +198,7 @@ impl Matcher {
     /// (or a whole-token match that needs the next byte) are not consumed;
     /// the caller keeps them and passes them again with more input.
     /// `prev` is the last byte consumed before `buf`, for token boundaries.
-    pub fn mask_into(
-        &self,
-        buf: &[u8],
-        prev: &mut Option<u8>,
-        eof: bool,
-        out: &mut Vec<u8>,
-    ) -> usize {
+    pub fn mask_into(&self, buf: &[u8], prev: &mut Option<u8>, eof: bool, out: &mut Vec<u8>) -> usize {
         let Some(ac) = &self.ac else {
             out.extend_from_slice(buf);
             *prev = buf.last().copied().or(*prev);
@@ -229,11 +207,7 @@ impl Matcher {
         let mut pos = 0;
         for m in ac.find_iter(buf) {
             if self.whole_token[m.pattern().as_usize()] {
-                let before = if m.start() == 0 {
-                    *prev
-                } else {
-                    Some(buf[m.start() - 1])
-                };
+                let before = if m.start() == 0 { *prev } else { Some(buf[m.start() - 1]) };
                 if m.end() == buf.len() && !eof {
                     // Cannot tell yet whether the token ends here.
                     out.extend_from_slice(&buf[pos..m.start()]);
@@ -253,11 +227,7 @@ impl Matcher {
             *prev = Some(buf[m.end() - 1]);
         }
         let tail = &buf[pos..];
-        let keep = if eof {
-            0
-        } else {
-            self.possible_prefix_len(tail)
-        };
+        let keep = if eof { 0 } else { self.possible_prefix_len(tail) };
         let emit = &tail[..tail.len() - keep];
         out.extend_from_slice(emit);
         if let Some(&b) = emit.last() {
@@ -345,10 +315,7 @@ mod tests {
         let key = "-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END KEY-----";
         let s = set(&[key, "quote\"back\\slash"]);
         assert_eq!(s.mask(r#"{"v":"quote\"back\\slash"}"#), r#"{"v":"***"}"#);
-        assert_eq!(
-            s.mask("line: MIIBOgIBAAJBAKj34GkxFhD9 end"),
-            "line: *** end"
-        );
+        assert_eq!(s.mask("line: MIIBOgIBAAJBAKj34GkxFhD9 end"), "line: *** end");
         let escaped = serde_json::to_string(key).unwrap();
         assert_eq!(s.mask(&escaped), "\"***\"");
     }
@@ -370,13 +337,10 @@ mod tests {
         sm.push(&m, b"secret and sup", &mut out);
         assert_eq!(out, b"hello *** and ");
         sm.push(&m, b"per", &mut out);
-        assert_eq!(out, b"hello *** and superper");
+        assert_eq!(out, b"hello *** and supper");
         sm.push(&m, b" tail sup", &mut out);
         sm.finish(&m, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "hello *** and superper tail sup"
-        );
+        assert_eq!(String::from_utf8(out).unwrap(), "hello *** and supper tail sup");
     }
 
     #[test]

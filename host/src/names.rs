@@ -18,12 +18,7 @@ pub struct InvalidName {
 
 const MAX_NAME_LEN: usize = 128;
 
-fn check_segment(
-    kind: &'static str,
-    whole: &str,
-    seg: &str,
-    extra: &[char],
-) -> Result<(), InvalidName> {
+fn check_segment(kind: &'static str, whole: &str, seg: &str, extra: &[char]) -> Result<(), InvalidName> {
     let bad = |rule| {
         Err(InvalidName {
             kind,
@@ -42,10 +37,7 @@ fn check_segment(
     if !(first.is_ascii_alphanumeric() || first == '_') {
         return bad("must start with a letter, digit or underscore");
     }
-    if !seg
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
-    {
+    if !seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c)) {
         return bad("may contain only ASCII letters, digits, '_' and '-'");
     }
     Ok(())
@@ -120,11 +112,7 @@ impl Namespace {
 /// messages; use [`Namespace::as_str`] for the raw form.
 impl fmt::Display for Namespace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_root() {
-            f.write_str("(root)")
-        } else {
-            f.write_str(&self.0)
-        }
+        if self.is_root() { f.write_str("(root)") } else { f.write_str(&self.0) }
     }
 }
 
@@ -151,13 +139,7 @@ impl TaskId {
         let s: String = stem
             .chars()
             .take(MAX_NAME_LEN)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
             .collect();
         let s = s.trim_start_matches('-');
         TaskId::new(s).unwrap_or_else(|_| TaskId("task".to_owned()))
@@ -187,13 +169,11 @@ impl ExecutionId {
 impl FromStr for ExecutionId {
     type Err = InvalidName;
     fn from_str(s: &str) -> Result<Self, InvalidName> {
-        uuid::Uuid::parse_str(s)
-            .map(|u| ExecutionId(u.to_string()))
-            .map_err(|_| InvalidName {
-                kind: "execution id",
-                value: s.chars().take(MAX_NAME_LEN).collect(),
-                rule: "must be a UUID as printed by `host executions list`",
-            })
+        uuid::Uuid::parse_str(s).map(|u| ExecutionId(u.to_string())).map_err(|_| InvalidName {
+            kind: "execution id",
+            value: s.chars().take(MAX_NAME_LEN).collect(),
+            rule: "must be a UUID as printed by `host executions list`",
+        })
     }
 }
 
@@ -251,20 +231,14 @@ mod tests {
     fn namespace_chain_is_nearest_first_and_ends_at_root() {
         let ns = Namespace::new("finance.reporting.eu").unwrap();
         let chain: Vec<_> = ns.chain().iter().map(|n| n.as_str().to_owned()).collect();
-        assert_eq!(
-            chain,
-            ["finance.reporting.eu", "finance.reporting", "finance", ""]
-        );
+        assert_eq!(chain, ["finance.reporting.eu", "finance.reporting", "finance", ""]);
         assert_eq!(Namespace::root().chain(), vec![Namespace::root()]);
     }
 
     #[test]
     fn bad_names_are_rejected_with_the_rule() {
         let e = Namespace::new("finance..x").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "invalid namespace \"finance..x\": must not be empty"
-        );
+        assert_eq!(e.to_string(), "invalid namespace \"finance..x\": must not be empty");
         let e = SecretName::new("has space").unwrap_err();
         assert!(e.to_string().contains("may contain only"), "{e}");
         assert!(SecretName::new("").is_err());
@@ -276,10 +250,7 @@ mod tests {
     #[test]
     fn file_stems_become_valid_ids() {
         assert_eq!(TaskId::from_file_stem("hmac_sign").as_str(), "hmac_sign");
-        assert_eq!(
-            TaskId::from_file_stem("my plugin.v2").as_str(),
-            "my-plugin-v2"
-        );
+        assert_eq!(TaskId::from_file_stem("my plugin.v2").as_str(), "my-plugin-v2");
         assert_eq!(TaskId::from_file_stem("...").as_str(), "task");
     }
 

@@ -59,11 +59,23 @@ pub enum Stream {
 }
 
 impl State {
+    /// Ends the half-written line of every channel but `except`, so that
+    /// lines from different channels never run into each other.
+    fn break_lines(&mut self, except: Option<usize>, buf: &mut Vec<u8>) {
+        for (i, ch) in self.channels.iter_mut().enumerate() {
+            if Some(i) != except && !ch.at_line_start {
+                buf.push(b'\n');
+                ch.at_line_start = true;
+            }
+        }
+    }
+
     fn emit_lines(&mut self, stream: usize, masked: &[u8]) {
         if masked.is_empty() {
             return;
         }
         let mut buf = Vec::with_capacity(masked.len() + self.label.len() + 4);
+        self.break_lines(Some(stream), &mut buf);
         for piece in masked.split_inclusive(|&b| b == b'\n') {
             if self.channels[stream].at_line_start {
                 buf.extend_from_slice(self.label.as_bytes());
@@ -72,11 +84,7 @@ impl State {
             self.channels[stream].at_line_start = piece.ends_with(b"\n");
         }
         // A closed or full operator stream must not fail the task.
-        let _ = self
-            .sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(&buf);
+        let _ = self.sink.lock().unwrap_or_else(|p| p.into_inner()).write_all(&buf);
     }
 
     /// Takes `n` bytes from the budget; returns how many may pass.
@@ -99,11 +107,7 @@ impl State {
             "\n{}[keyhole] output limit of {} bytes reached; further plugin output is dropped\n",
             self.label, self.budget
         );
-        let _ = self
-            .sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(note.as_bytes());
+        let _ = self.sink.lock().unwrap_or_else(|p| p.into_inner()).write_all(note.as_bytes());
     }
 
     fn write(&mut self, stream: Stream, bytes: &[u8]) {
@@ -113,9 +117,7 @@ impl State {
         let allowed = self.charge(bytes.len());
         let matcher = self.masks.matcher();
         let mut out = Vec::with_capacity(allowed + 8);
-        self.channels[stream as usize]
-            .masker
-            .push(&matcher, &bytes[..allowed], &mut out);
+        self.channels[stream as usize].masker.push(&matcher, &bytes[..allowed], &mut out);
         self.emit_lines(stream as usize, &out);
         if allowed < bytes.len() {
             self.cut_off();
@@ -127,10 +129,7 @@ impl TaskOutput {
     /// Output for the task labelled `task_id`, masked with `masks`, at most
     /// `budget` plugin bytes in all.
     pub fn new(task_id: &str, sink: Sink, masks: Arc<MaskSet>, budget: usize) -> Self {
-        let channel = || Channel {
-            masker: StreamMasker::default(),
-            at_line_start: true,
-        };
+        let channel = || Channel { masker: StreamMasker::default(), at_line_start: true };
         TaskOutput {
             state: Arc::new(Mutex::new(State {
                 label: format!("[{task_id}] "),
@@ -163,19 +162,16 @@ impl TaskOutput {
         let text = &message.as_bytes()[..allowed];
         let text = String::from_utf8_lossy(text);
         let masked = st.masks.mask(&text).into_owned();
-        let mut buf = String::new();
+        let mut buf = Vec::new();
+        st.break_lines(None, &mut buf);
         for line in masked.split('\n') {
-            buf.push_str(&st.label);
-            buf.push_str(level);
-            buf.push(' ');
-            buf.push_str(line);
-            buf.push('\n');
+            buf.extend_from_slice(st.label.as_bytes());
+            buf.extend_from_slice(level.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
         }
-        let _ = st
-            .sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(buf.as_bytes());
+        let _ = st.sink.lock().unwrap_or_else(|p| p.into_inner()).write_all(&buf);
         if allowed < message.len() {
             st.cut_off();
         }
@@ -201,10 +197,7 @@ impl TaskOutput {
 
     /// A WASI stdout/stderr stream feeding `stream`.
     pub fn stream(&self, stream: Stream) -> PluginStream {
-        PluginStream {
-            out: self.clone(),
-            stream,
-        }
+        PluginStream { out: self.clone(), stream }
     }
 
     /// Plugin bytes accepted so far.
@@ -258,11 +251,7 @@ impl OutputStream for PluginStream {
 }
 
 impl tokio::io::AsyncWrite for PluginStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.out.write(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -305,10 +294,7 @@ mod tests {
         out.log("INFO", "log s3cr3t-value");
         out.finish();
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
-        assert_eq!(
-            text,
-            "[sign] one *** two\n[sign] INFO log ***\n[sign] three\n"
-        );
+        assert_eq!(text, "[sign] one *** two\n[sign] three\n[sign] INFO log ***\n");
     }
 
     #[test]
@@ -318,10 +304,7 @@ mod tests {
         out.write(Stream::Stderr, b"0123456789abcdef\n");
         out.write(Stream::Stdout, b"more\n");
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
-        assert!(
-            text.starts_with("[t] 0123456789\n[t] [keyhole] output limit of 10 bytes"),
-            "{text}"
-        );
+        assert!(text.starts_with("[t] 0123456789\n[t] [keyhole] output limit of 10 bytes"), "{text}");
         assert!(!text.contains("more"));
         assert_eq!(out.bytes_used(), 10);
     }

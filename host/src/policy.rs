@@ -40,13 +40,9 @@ impl Grants {
     /// Decides whether `requested` (as the plugin spelled it) may be read.
     /// Names are compared exactly: no wildcards, no case folding.
     pub fn check(&self, requested: &str) -> Result<Grant, Refusal> {
-        let name = SecretName::new(requested)
-            .map_err(|_| Refusal::InvalidName(requested.chars().take(128).collect()))?;
-        if self.0.contains(&name) {
-            Ok(Grant(name))
-        } else {
-            Err(Refusal::NotGranted(name))
-        }
+        let name =
+            SecretName::new(requested).map_err(|_| Refusal::InvalidName(requested.chars().take(128).collect()))?;
+        if self.0.contains(&name) { Ok(Grant(name)) } else { Err(Refusal::NotGranted(name)) }
     }
 
     /// The granted names, sorted.
@@ -77,19 +73,13 @@ mod tests {
 
     #[test]
     fn nothing_is_granted_by_default() {
-        assert!(matches!(
-            Grants::none().check("ANY"),
-            Err(Refusal::NotGranted(_))
-        ));
+        assert!(matches!(Grants::none().check("ANY"), Err(Refusal::NotGranted(_))));
     }
 
     #[test]
     fn only_exact_names_are_granted() {
         let g = grants(&["DB_PASSWORD"]);
-        assert_eq!(
-            g.check("DB_PASSWORD").unwrap().name().as_str(),
-            "DB_PASSWORD"
-        );
+        assert_eq!(g.check("DB_PASSWORD").unwrap().name().as_str(), "DB_PASSWORD");
         assert!(g.check("db_password").is_err());
         assert!(g.check("DB_PASSWORD ").is_err());
         assert!(g.check("DB_*").is_err());

@@ -85,10 +85,7 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
-            .field("origin", &self.origin)
-            .field("sha256", &self.sha256)
-            .finish_non_exhaustive()
+        f.debug_struct("Plugin").field("origin", &self.origin).field("sha256", &self.sha256).finish_non_exhaustive()
     }
 }
 
@@ -103,9 +100,7 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("cache_dir", &self.cache_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Runtime").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
     }
 }
 
@@ -148,13 +143,7 @@ impl Runtime {
             })
             .map_err(|e| wasmtime::format_err!("cannot start the epoch thread: {e}"))?;
 
-        Ok(Arc::new(Runtime {
-            engine,
-            linker,
-            cache_dir: options.cache_dir,
-            engine_key,
-            pooling: options.pooling,
-        }))
+        Ok(Arc::new(Runtime { engine, linker, cache_dir: options.cache_dir, engine_key, pooling: options.pooling }))
     }
 
     /// The engine.
@@ -164,10 +153,7 @@ impl Runtime {
 
     /// Loads the plugin at `path`.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|err| LoadError::Read {
-            path: path.to_owned(),
-            err,
-        })?;
+        let bytes = std::fs::read(path).map_err(|err| LoadError::Read { path: path.to_owned(), err })?;
         self.load_bytes(&bytes, &path.display().to_string())
     }
 
@@ -182,10 +168,7 @@ impl Runtime {
                 (c, LoadedFrom::Compiled)
             }
         };
-        let world = |e: wasmtime::Error| LoadError::World {
-            origin: origin.to_owned(),
-            why: format!("{e:#}"),
-        };
+        let world = |e: wasmtime::Error| LoadError::World { origin: origin.to_owned(), why: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = TaskPre::new(pre).map_err(|e| LoadError::World {
             origin: origin.to_owned(),
@@ -194,37 +177,23 @@ impl Runtime {
                  (use keyhole_guest::task! in Rust)"
             ),
         })?;
-        Ok(Plugin {
-            pre,
-            sha256,
-            loaded_from,
-            origin: origin.to_owned(),
-        })
+        Ok(Plugin { pre, sha256, loaded_from, origin: origin.to_owned() })
     }
 
     fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
-        let invalid = |why: String| LoadError::Invalid {
-            origin: origin.to_owned(),
-            why,
-        };
+        let invalid = |why: String| LoadError::Invalid { origin: origin.to_owned(), why };
         if wasmparser::Parser::is_core_wasm(bytes) {
             let component = componentize(bytes).map_err(|e| invalid(format!("{e:#}")))?;
             Component::new(&self.engine, &component).map_err(|e| invalid(format!("{e:#}")))
         } else if wasmparser::Parser::is_component(bytes) {
             Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))
         } else {
-            Err(invalid(
-                "the file does not start with the WebAssembly magic bytes".into(),
-            ))
+            Err(invalid("the file does not start with the WebAssembly magic bytes".into()))
         }
     }
 
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
-        Some(
-            self.cache_dir
-                .as_ref()?
-                .join(format!("{sha256}-{}.cwasm", self.engine_key)),
-        )
+        Some(self.cache_dir.as_ref()?.join(format!("{sha256}-{}.cwasm", self.engine_key)))
     }
 
     fn from_cache(&self, sha256: &str) -> Option<Component> {
@@ -235,10 +204,7 @@ impl Runtime {
         match deserialize_cached(&self.engine, &path) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!(
-                    "ignoring unusable compiled-plugin cache entry {}: {e:#}",
-                    path.display()
-                );
+                tracing::warn!("ignoring unusable compiled-plugin cache entry {}: {e:#}", path.display());
                 let _ = std::fs::remove_file(&path);
                 None
             }
@@ -260,10 +226,7 @@ impl Runtime {
         })();
         if let Err(e) = result {
             // The cache is an optimisation: a failure costs a recompile next time.
-            tracing::warn!(
-                "cannot write compiled-plugin cache entry {}: {e:#}",
-                path.display()
-            );
+            tracing::warn!("cannot write compiled-plugin cache entry {}: {e:#}", path.display());
         }
     }
 }

@@ -33,9 +33,7 @@ pub struct TaskState {
 
 impl std::fmt::Debug for TaskState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskState")
-            .field("task", &self.host.access.identity.task)
-            .finish_non_exhaustive()
+        f.debug_struct("TaskState").field("task", &self.host.access.identity.task).finish_non_exhaustive()
     }
 }
 
@@ -61,10 +59,7 @@ impl TaskState {
         TaskState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: memory_limit,
-                denied: None,
-            },
+            limiter: MemoryLimiter { limit: memory_limit, denied: None },
             host: TaskHost { access, output },
         }
     }
@@ -72,10 +67,7 @@ impl TaskState {
 
 impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -91,12 +83,7 @@ pub struct MemoryLimiter {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         if desired > self.limit {
             self.denied = Some(desired);
             return Ok(false);
@@ -104,12 +91,7 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

@@ -26,9 +26,7 @@ impl SecretValue {
         let mut bytes = bytes;
         let owned = std::mem::take(&mut *bytes);
         // Checked above; this moves the buffer, it does not copy it.
-        Ok(SecretValue::new(
-            String::from_utf8(owned).expect("validated UTF-8"),
-        ))
+        Ok(SecretValue::new(String::from_utf8(owned).expect("validated UTF-8")))
     }
 
     /// The plaintext. Every call site is a place where a secret leaves this

@@ -127,9 +127,7 @@ pub struct SecretStore {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn aad(ns: &Namespace, name: &SecretName, version: u64) -> Vec<u8> {
@@ -162,14 +160,7 @@ impl SecretStore {
     pub fn open_with_key(path: &Path, key: MasterKey) -> Result<Self, StoreError> {
         let conn = connect(path)?;
         let expected = read_verifier(&conn, path)?;
-        Self::finish_open(
-            conn,
-            path.to_owned(),
-            key,
-            KeySource::Env,
-            expected,
-            "a key file".into(),
-        )
+        Self::finish_open(conn, path.to_owned(), key, KeySource::Env, expected, "a key file".into())
     }
 
     fn finish_open(
@@ -199,11 +190,7 @@ impl SecretStore {
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
-        move |err| StoreError::Sqlite {
-            path: self.path.clone(),
-            op,
-            err,
-        }
+        move |err| StoreError::Sqlite { path: self.path.clone(), op, err }
     }
 
     fn write_verifier(&self) -> Result<(), StoreError> {
@@ -226,10 +213,9 @@ impl SecretStore {
                 expected: id,
                 key_file: "the key file".into(),
             }),
-            None => Err(StoreError::Corrupt {
-                path: self.path.clone(),
-                what: "key verifier missing after write".into(),
-            }),
+            None => {
+                Err(StoreError::Corrupt { path: self.path.clone(), what: "key verifier missing after write".into() })
+            }
         }
     }
 
@@ -241,12 +227,7 @@ impl SecretStore {
     /// Stores `value` as a new version of `namespace`/`name` and returns the
     /// version number (1 for a new secret). Keeps the newest
     /// [`VERSIONS_KEPT`] versions.
-    pub fn set(
-        &mut self,
-        namespace: &Namespace,
-        name: &SecretName,
-        value: &SecretValue,
-    ) -> Result<u64, StoreError> {
+    pub fn set(&mut self, namespace: &Namespace, name: &SecretName, value: &SecretValue) -> Result<u64, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
         let tx = self
@@ -280,11 +261,7 @@ impl SecretStore {
                 (tx.last_insert_rowid(), 1)
             }
         };
-        let sealed = crypto::seal(
-            &self.key,
-            &aad(namespace, name, version),
-            value.expose().as_bytes(),
-        );
+        let sealed = crypto::seal(&self.key, &aad(namespace, name, version), value.expose().as_bytes());
         tx.execute(
             "INSERT INTO secret_versions (secret_id, version, created_at, wrapped_key, nonce, ciphertext) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -303,11 +280,7 @@ impl SecretStore {
     /// Finds the granted secret in `namespace` or its nearest ancestor and
     /// decrypts its current version. `Ok(None)` when no namespace of the
     /// chain holds it. Decrypting takes a [`Grant`]: only policy makes one.
-    pub fn resolve(
-        &self,
-        namespace: &Namespace,
-        grant: &Grant,
-    ) -> Result<Option<Resolved>, StoreError> {
+    pub fn resolve(&self, namespace: &Namespace, grant: &Grant) -> Result<Option<Resolved>, StoreError> {
         let name = grant.name();
         let mut stmt = self
             .conn
@@ -322,11 +295,7 @@ impl SecretStore {
                 .query_row(params![name.as_str(), ns.as_str()], |r| {
                     Ok((
                         r.get::<_, i64>(1)? as u64,
-                        Sealed {
-                            wrapped_key: r.get(2)?,
-                            nonce: r.get(3)?,
-                            ciphertext: r.get(4)?,
-                        },
+                        Sealed { wrapped_key: r.get(2)?, nonce: r.get(3)?, ciphertext: r.get(4)? },
                     ))
                 })
                 .optional()
@@ -336,45 +305,27 @@ impl SecretStore {
                     .map_err(|DecryptError| self.tampered(&ns, name, version))?;
                 let value = SecretValue::from_utf8(plain).map_err(|_| StoreError::Corrupt {
                     path: self.path.clone(),
-                    what: format!(
-                        "secret {name} version {version} in namespace {ns} is not valid UTF-8"
-                    ),
+                    what: format!("secret {name} version {version} in namespace {ns} is not valid UTF-8"),
                 })?;
-                return Ok(Some(Resolved {
-                    namespace: ns,
-                    version,
-                    value,
-                }));
+                return Ok(Some(Resolved { namespace: ns, version, value }));
             }
         }
         Ok(None)
     }
 
     fn tampered(&self, ns: &Namespace, name: &SecretName, version: u64) -> StoreError {
-        StoreError::Tampered {
-            path: self.path.clone(),
-            namespace: ns.clone(),
-            name: name.clone(),
-            version,
-        }
+        StoreError::Tampered { path: self.path.clone(), namespace: ns.clone(), name: name.clone(), version }
     }
 
     /// Whether `name` exists in some namespace of `namespace`'s chain,
     /// without decrypting it.
-    pub fn exists_in_chain(
-        &self,
-        namespace: &Namespace,
-        name: &SecretName,
-    ) -> Result<bool, StoreError> {
+    pub fn exists_in_chain(&self, namespace: &Namespace, name: &SecretName) -> Result<bool, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT 1 FROM secrets WHERE name = ?1 AND namespace = ?2")
             .map_err(self.err("prepare a lookup"))?;
         for ns in namespace.chain() {
-            if stmt
-                .exists(params![name.as_str(), ns.as_str()])
-                .map_err(self.err("look up a secret"))?
-            {
+            if stmt.exists(params![name.as_str(), ns.as_str()]).map_err(self.err("look up a secret"))? {
                 return Ok(true);
             }
         }
@@ -401,8 +352,7 @@ impl SecretStore {
                 })
             })
             .map_err(self.err("list secrets"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("list secrets"))
+        rows.collect::<Result<_, _>>().map_err(self.err("list secrets"))
     }
 
     /// Deletes a secret and all its versions. Returns whether it existed.
@@ -435,42 +385,21 @@ fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Sto
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let e = |op| {
-        move |err| StoreError::Sqlite {
-            path: path.to_owned(),
-            op,
-            err,
-        }
-    };
+    let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
     let conn = Connection::open(path).map_err(e("open the database"))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(e("set the busy timeout"))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(e("enable WAL mode"))?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(e("set synchronous mode"))?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(e("enable foreign keys"))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(e("set the busy timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(e("enable WAL mode"))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(e("set synchronous mode"))?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(e("enable foreign keys"))?;
     migrate(&conn, path)?;
     Ok(conn)
 }
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let e = |op| {
-        move |err| StoreError::Sqlite {
-            path: path.to_owned(),
-            op,
-            err,
-        }
-    };
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(e("read the schema version"))?;
+    let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e("read the schema version"))?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_owned(),
-            found: version,
-        });
+        return Err(StoreError::TooNew { path: path.to_owned(), found: version });
     }
     if version == SCHEMA_VERSION {
         return Ok(());
@@ -504,13 +433,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 fn read_verifier(conn: &Connection, path: &Path) -> Result<Option<(KeyId, Sealed)>, StoreError> {
-    let e = |op| {
-        move |err| StoreError::Sqlite {
-            path: path.to_owned(),
-            op,
-            err,
-        }
-    };
+    let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
     let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
             .optional()
@@ -519,19 +442,14 @@ fn read_verifier(conn: &Connection, path: &Path) -> Result<Option<(KeyId, Sealed
     let Some(id) = get("key_id")? else {
         return Ok(None);
     };
-    let corrupt = || StoreError::Corrupt {
-        path: path.to_owned(),
-        what: "the master key verifier is incomplete".into(),
-    };
+    let corrupt =
+        || StoreError::Corrupt { path: path.to_owned(), what: "the master key verifier is incomplete".into() };
     let sealed = Sealed {
         wrapped_key: get("verifier_wrapped")?.ok_or_else(corrupt)?,
         nonce: get("verifier_nonce")?.ok_or_else(corrupt)?,
         ciphertext: get("verifier_ciphertext")?.ok_or_else(corrupt)?,
     };
-    Ok(Some((
-        KeyId(String::from_utf8_lossy(&id).into_owned()),
-        sealed,
-    )))
+    Ok(Some((KeyId(String::from_utf8_lossy(&id).into_owned()), sealed)))
 }
 
 #[cfg(test)]
@@ -555,18 +473,11 @@ mod tests {
     #[test]
     fn nearest_namespace_wins_and_root_is_the_last_resort() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s =
-            SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
+        let mut s = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
         s.set(&ns(""), &name("K"), &val("root")).unwrap();
         s.set(&ns("finance"), &name("K"), &val("finance")).unwrap();
-        let r = s
-            .resolve(&ns("finance.reporting"), &grant("K"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (r.namespace.as_str(), r.value.expose()),
-            ("finance", "finance")
-        );
+        let r = s.resolve(&ns("finance.reporting"), &grant("K")).unwrap().unwrap();
+        assert_eq!((r.namespace.as_str(), r.value.expose()), ("finance", "finance"));
         let r = s.resolve(&ns("ops"), &grant("K")).unwrap().unwrap();
         assert_eq!((r.namespace.as_str(), r.value.expose()), ("", "root"));
         assert!(s.resolve(&ns("ops"), &grant("OTHER")).unwrap().is_none());
@@ -575,20 +486,13 @@ mod tests {
     #[test]
     fn set_makes_versions_and_keeps_five() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s =
-            SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
+        let mut s = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
         for i in 1..=7 {
-            assert_eq!(
-                s.set(&ns("a"), &name("K"), &val(&format!("v{i}"))).unwrap(),
-                i
-            );
+            assert_eq!(s.set(&ns("a"), &name("K"), &val(&format!("v{i}"))).unwrap(), i);
         }
         let r = s.resolve(&ns("a"), &grant("K")).unwrap().unwrap();
         assert_eq!((r.version, r.value.expose()), (7, "v7"));
-        let kept: i64 = s
-            .conn
-            .query_row("SELECT count(*) FROM secret_versions", [], |r| r.get(0))
-            .unwrap();
+        let kept: i64 = s.conn.query_row("SELECT count(*) FROM secret_versions", [], |r| r.get(0)).unwrap();
         assert_eq!(kept, VERSIONS_KEPT as i64);
         assert!(s.remove(&ns("a"), &name("K")).unwrap());
         assert!(!s.remove(&ns("a"), &name("K")).unwrap());
@@ -600,10 +504,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.db");
         let k = MasterKey::generate();
-        SecretStore::open_with_key(&p, k.clone())
-            .unwrap()
-            .set(&ns(""), &name("K"), &val("v"))
-            .unwrap();
+        SecretStore::open_with_key(&p, k.clone()).unwrap().set(&ns(""), &name("K"), &val("v")).unwrap();
         let e = SecretStore::open_with_key(&p, MasterKey::generate()).unwrap_err();
         assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
         assert!(e.to_string().contains(&k.id().0), "{e}");

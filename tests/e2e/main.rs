@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: the real `host` binary, real SQLite files, real plugins
+//! built from `plugins/`. One test binary (see `support` for the helpers).
+
+mod plugins;
+mod support;
+
+mod exec;
+mod masking;
+mod sandbox;
+mod store;

@@ -27,16 +27,12 @@ fn sign(input: Input) -> Result<Output, TaskError> {
         return Err(TaskError::new("payload is empty: nothing to sign"));
     }
     let key = secrets::get("WEBHOOK_SIGNING_KEY")?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes())
-        .map_err(|e| TaskError::new(format!("bad signing key: {e}")))?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.as_bytes()).map_err(|e| TaskError::new(format!("bad signing key: {e}")))?;
     mac.update(input.payload.as_bytes());
     let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
     log::info(&format!("signed {} bytes", input.payload.len()));
-    Ok(Output {
-        algorithm: "hmac-sha256",
-        signature,
-        payload_bytes: input.payload.len(),
-    })
+    Ok(Output { algorithm: "hmac-sha256", signature, payload_bytes: input.payload.len() })
 }
 
 task!(sign);

@@ -29,20 +29,31 @@ enum Action {
     Alloc { mib: usize },
     /// Recurses without bound.
     StackOverflow,
-    /// Panics with `message`.
-    Panic { message: String },
+    /// Panics with `message` (after reading secret `get`, if given).
+    Panic {
+        message: String,
+        #[serde(default)]
+        get: Option<String>,
+    },
     /// Writes `bytes` bytes to stdout.
     Flood { bytes: usize },
-    /// Writes text to stdout and stderr and logs it.
+    /// Reads secret `get` (if given), then writes `text` to stdout and
+    /// stderr, logs it and returns it.
     Print {
-        stdout: String,
-        stderr: String,
-        log: String,
+        text: String,
+        #[serde(default)]
+        get: Option<String>,
     },
+    /// Reads secret `get`, then writes each part to stdout as its own write.
+    WriteParts { parts: Vec<String>, get: String },
     /// Returns the execution context.
     Context,
-    /// Fails with `message`.
-    Fail { message: String },
+    /// Fails with `message` (after reading secret `get`, if given).
+    Fail {
+        message: String,
+        #[serde(default)]
+        get: Option<String>,
+    },
 }
 
 fn probe(action: Action) -> Result<Value, TaskError> {
@@ -82,44 +93,62 @@ fn probe(action: Action) -> Result<Value, TaskError> {
             json!({ "slept": secs })
         }
         Action::Alloc { mib } => {
-            let mut v = vec![0u8; mib << 20];
-            for i in (0..v.len()).step_by(4096) {
-                v[i] = 1;
+            // One MiB at a time, as a growing program would.
+            let mut chunks = Vec::new();
+            for _ in 0..mib {
+                chunks.push(std::hint::black_box(vec![1u8; 1 << 20]));
             }
-            json!({ "allocated_mib": std::hint::black_box(v).len() >> 20 })
+            json!({ "allocated_mib": chunks.len() })
         }
         Action::StackOverflow => json!({ "depth": recurse(std::hint::black_box(1)) }),
-        Action::Panic { message } => panic!("{message}"),
+        Action::Panic { message, get } => {
+            read(get)?;
+            panic!("{message}")
+        }
         Action::Flood { bytes } => {
             let line = [b'x'; 1023];
             let mut out = std::io::stdout().lock();
             let mut left = bytes;
             while left > 0 {
                 let n = left.min(1024);
-                out.write_all(&line[..n - 1])
-                    .map_err(|e| TaskError::new(e.to_string()))?;
-                out.write_all(b"\n")
-                    .map_err(|e| TaskError::new(e.to_string()))?;
+                out.write_all(&line[..n - 1]).map_err(|e| TaskError::new(e.to_string()))?;
+                out.write_all(b"\n").map_err(|e| TaskError::new(e.to_string()))?;
                 left -= n;
             }
             json!({ "wrote": bytes })
         }
-        Action::Print {
-            stdout,
-            stderr,
-            log: message,
-        } => {
-            println!("{stdout}");
-            eprintln!("{stderr}");
-            log::info(&message);
-            json!({ "printed": true })
+        Action::Print { text, get } => {
+            read(get)?;
+            println!("{text}");
+            eprintln!("{text}");
+            log::info(&text);
+            json!({ "echo": text })
+        }
+        Action::WriteParts { parts, get } => {
+            read(Some(get))?;
+            let mut out = std::io::stdout();
+            for part in &parts {
+                out.write_all(part.as_bytes()).map_err(|e| TaskError::new(e.to_string()))?;
+                out.flush().map_err(|e| TaskError::new(e.to_string()))?;
+            }
+            json!({ "parts": parts.len() })
         }
         Action::Context => {
             let c = context::current();
             json!({ "namespace": c.namespace, "flow": c.flow, "task": c.task, "execution_id": c.execution_id })
         }
-        Action::Fail { message } => return Err(TaskError::new(message)),
+        Action::Fail { message, get } => {
+            read(get)?;
+            return Err(TaskError::new(message));
+        }
     })
+}
+
+fn read(name: Option<String>) -> Result<(), TaskError> {
+    if let Some(name) = name {
+        secrets::get(&name)?;
+    }
+    Ok(())
 }
 
 fn error_case(e: &secrets::Error) -> String {
@@ -134,11 +163,10 @@ fn error_case(e: &secrets::Error) -> String {
 
 #[inline(never)]
 fn recurse(n: u64) -> u64 {
-    let pad = std::hint::black_box([n; 64]);
-    if pad[0] == u64::MAX {
+    if n == u64::MAX {
         return 0;
     }
-    recurse(pad[7] + 1) + pad[3]
+    std::hint::black_box(recurse(std::hint::black_box(n + 1))) + 1
 }
 
 task!(probe);

@@ -1,0 +1,118 @@
+//! Test helpers: a fresh data directory per test and a way to drive `host`.
+
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub use crate::plugins::{Plugin, component, core_module};
+
+/// A data directory of its own, removed when dropped.
+pub struct Env {
+    dir: tempfile::TempDir,
+}
+
+/// What one `host` run did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The stdout, parsed as JSON; panics with the whole run if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+
+    /// Asserts the exit code, showing the run if it differs.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "unexpected exit code: {self:#?}");
+        self
+    }
+
+    /// Everything the host printed.
+    pub fn all_output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Env { dir: tempfile::tempdir().expect("cannot create a temporary directory") }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.home().join("keyhole.db")
+    }
+
+    /// A `host` command with this data directory and no key in the environment.
+    pub fn host(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_host"));
+        c.env("KEYHOLE_HOME", self.home()).env_remove("KEYHOLE_MASTER_KEY").env_remove("KEYHOLE_LOG");
+        c
+    }
+
+    /// Runs `host ARGS` with `stdin` and collects the result.
+    pub fn run_with(&self, cmd: &mut Command, stdin: &[u8]) -> Run {
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot start host");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or_else(|| panic!("host died by a signal: {:?}", out.status)),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with(self.host().args(args), b"")
+    }
+
+    /// Stores a secret through the CLI.
+    pub fn set_secret(&self, namespace: &str, name: &str, value: &str) {
+        let r = self.run_with(self.host().args(["secret", "set", name, "--namespace", namespace]), value.as_bytes());
+        r.expect_code(0);
+    }
+
+    /// Runs the probe plugin with `input`, granting `grants`, in `namespace`.
+    pub fn probe(&self, namespace: &str, grants: &[&str], input: serde_json::Value, extra: &[&str]) -> Run {
+        let plugin = component(Plugin::Probe);
+        let mut cmd = self.host();
+        cmd.arg("exec").arg(&plugin).args(["--namespace", namespace, "--input", &input.to_string()]);
+        for g in grants {
+            cmd.args(["--grant", g]);
+        }
+        cmd.args(extra);
+        self.run_with(&mut cmd, b"")
+    }
+}
+
+pub fn sha256(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// Every row of every table, for "nothing changed on disk" checks.
+pub fn dump(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut out = Vec::new();
+    for table in ["meta", "secrets", "secret_versions"] {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")).unwrap();
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                let cols: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect();
+                Ok(format!("{table}: {}", cols.join(" | ")))
+            })
+            .unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out
+}
