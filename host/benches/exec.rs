@@ -1,1 +1,145 @@
-fn main() {}
+//! Benchmarks for the core path, run with `cargo bench -p keyhole-host`:
+//!
+//! - `load/compile` vs `load/cache`: loading a plugin cold (Cranelift
+//!   compile) and warm (the compiled artifact from the cache).
+//! - `run/keyhole` vs `run/bare-wasmtime`: instantiate-and-run of the same
+//!   component doing one `secrets.get`, through keyhole (grant check, SQLite
+//!   lookup, decryption, masking, output capture) and through bare wasmtime
+//!   with a no-op import.
+
+#[path = "../../tests/e2e/plugins.rs"]
+mod plugins;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keyhole::access::TaskIdentity;
+use keyhole::crypto::MasterKey;
+use keyhole::exec::{ExecutionEnv, Limits, TaskSpec, run_task};
+use keyhole::mask::MaskSet;
+use keyhole::names::{ExecutionId, Namespace, SecretName, TaskId};
+use keyhole::policy::Grants;
+use keyhole::runtime::{Runtime, RuntimeOptions};
+use keyhole::secret::SecretValue;
+use keyhole::store::SecretStore;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bare {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "keyhole:task/task",
+        exports: { default: async },
+    });
+}
+use bare::keyhole::task::{context, log, secrets};
+
+struct BareState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for BareState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl secrets::Host for BareState {
+    fn get(&mut self, _name: String) -> Result<String, secrets::Error> {
+        Ok("bench-token".to_owned())
+    }
+}
+impl log::Host for BareState {
+    fn log(&mut self, _level: log::Level, _message: String) {}
+}
+impl context::Host for BareState {
+    fn current(&mut self) -> context::Execution {
+        context::Execution { namespace: String::new(), flow: "f".into(), task: "t".into(), execution_id: "e".into() }
+    }
+}
+
+struct BareData;
+impl HasData for BareData {
+    type Data<'a> = &'a mut BareState;
+}
+
+fn load(c: &mut Criterion) {
+    let bytes = std::fs::read(plugins::component(plugins::Plugin::Hello)).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cold = Runtime::new(RuntimeOptions { cache_dir: None, pooling: false }).unwrap();
+    let warm = Runtime::new(RuntimeOptions { cache_dir: Some(cache.path().to_owned()), pooling: false }).unwrap();
+    warm.load_bytes(&bytes, "hello.wasm").unwrap();
+
+    let mut g = c.benchmark_group("load");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("compile", |b| b.iter(|| cold.load_bytes(&bytes, "hello.wasm").unwrap()));
+    g.bench_function("cache", |b| b.iter(|| warm.load_bytes(&bytes, "hello.wasm").unwrap()));
+    g.finish();
+}
+
+fn run(c: &mut Criterion) {
+    let path = plugins::component(plugins::Plugin::Hello);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let input = serde_json::json!({ "name": "bench" });
+
+    // keyhole: the real path, with a real SQLite store holding the secret.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SecretStore::open_with_key(&dir.path().join("bench.db"), MasterKey::generate()).unwrap();
+    let token = SecretName::new("API_TOKEN").unwrap();
+    store.set(&Namespace::root(), &token, &SecretValue::new("bench-token".into())).unwrap();
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true }).unwrap();
+    let plugin = runtime.load(&path).unwrap();
+    let store = Arc::new(Mutex::new(store));
+    let sink: keyhole::output::Sink = Arc::new(Mutex::new(std::io::sink()));
+    let task = TaskId::new("hello").unwrap();
+
+    // bare wasmtime: same component, same allocator, no-op imports.
+    let mut config = Config::new();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(PoolingAllocationConfig::default()));
+    let engine = Engine::new(&config).unwrap();
+    let mut linker: Linker<BareState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    bare::Task::add_to_linker::<BareState, BareData>(&mut linker, |s| s).unwrap();
+    let component = wasmtime::component::Component::from_file(&engine, &path).unwrap();
+    let pre = bare::TaskPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let input_text = input.to_string();
+
+    let mut g = c.benchmark_group("run");
+    g.bench_function("keyhole", |b| {
+        b.iter(|| {
+            let env = ExecutionEnv { store: store.clone(), sink: sink.clone(), masks: Arc::new(MaskSet::new()) };
+            let spec = TaskSpec {
+                plugin: &plugin,
+                identity: Arc::new(TaskIdentity {
+                    namespace: Namespace::root(),
+                    flow: task.clone(),
+                    task: task.clone(),
+                    execution: ExecutionId::generate(),
+                    plugin_sha256: plugin.sha256.clone(),
+                }),
+                grants: Grants::new([token.clone()]),
+                input: &input,
+                limits: Limits::default(),
+            };
+            let out = rt.block_on(run_task(&runtime, &env, spec));
+            assert!(out.result.is_ok());
+        })
+    });
+    g.bench_function("bare-wasmtime", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let state = BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() };
+                let mut store = Store::new(&engine, state);
+                let task = pre.instantiate_async(&mut store).await.unwrap();
+                let out = task.call_run(&mut store, &input_text).await.unwrap();
+                assert!(out.is_ok());
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, load, run);
+criterion_main!(benches);

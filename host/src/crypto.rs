@@ -266,13 +266,13 @@ mod tests {
     #[test]
     fn round_trips_and_binds_associated_data() {
         let k = MasterKey::generate();
-        let s = seal(&k, b"ns\0A\01", b"value");
-        assert_eq!(open(&k, b"ns\0A\01", &s).unwrap().as_slice(), b"value");
-        assert_eq!(open(&k, b"ns\0B\01", &s), Err(DecryptError));
-        assert_eq!(open(&MasterKey::generate(), b"ns\0A\01", &s), Err(DecryptError));
+        let s = seal(&k, b"ns/A/1", b"value");
+        assert_eq!(open(&k, b"ns/A/1", &s).unwrap().as_slice(), b"value");
+        assert_eq!(open(&k, b"ns/B/1", &s), Err(DecryptError));
+        assert_eq!(open(&MasterKey::generate(), b"ns/A/1", &s), Err(DecryptError));
         let mut bad = s.clone();
         bad.ciphertext[0] ^= 1;
-        assert_eq!(open(&k, b"ns\0A\01", &bad), Err(DecryptError));
+        assert_eq!(open(&k, b"ns/A/1", &bad), Err(DecryptError));
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub struct MaskSet {
 struct Inner {
     /// (pattern, whole-token-only), deduplicated.
     patterns: Vec<(Zeroizing<Vec<u8>>, bool)>,
-    compiled: Arc<Matcher>,
+    /// Built on first use after a change, so a task that reads secrets but
+    /// prints nothing never pays for building the automaton.
+    compiled: Option<Arc<Matcher>>,
 }
 
 impl Default for Matcher {
@@ -93,7 +95,7 @@ fn forms(value: &str) -> Vec<(Zeroizing<Vec<u8>>, bool)> {
         false,
     );
     let json = serde_json::to_string(value).expect("a string always encodes as JSON");
-    push(json[1..json.len() - 1].as_bytes().to_vec(), false);
+    push(json.as_bytes()[1..json.len() - 1].to_vec(), false);
     if value.contains('\n') {
         for line in value.split('\n') {
             let line = line.trim_end_matches('\r');
@@ -121,13 +123,18 @@ impl MaskSet {
             }
         }
         if inner.patterns.len() != before {
-            inner.compiled = Arc::new(Matcher::build(&inner.patterns));
+            inner.compiled = None;
         }
     }
 
-    /// The current matcher.
+    /// The matcher for everything added so far.
     pub fn matcher(&self) -> Arc<Matcher> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).compiled.clone()
+        if let Some(m) = &self.inner.read().unwrap_or_else(|p| p.into_inner()).compiled {
+            return m.clone();
+        }
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        inner.compiled.get_or_insert_with(|| Arc::new(Matcher::build(&inner.patterns))).clone()
     }
 
     /// Masks a complete text.
@@ -150,15 +157,13 @@ impl Matcher {
         if patterns.is_empty() {
             return Matcher::default();
         }
+        // A contiguous NFA builds in a few microseconds (a DFA takes tens,
+        // paid by every task that prints after reading a secret) and still
+        // scans at hundreds of MB/s; see `benches/mask.rs`.
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(AhoCorasickKind::DFA))
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
             .build(patterns.iter().map(|(p, _)| p.as_slice()))
-            .or_else(|_| {
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(patterns.iter().map(|(p, _)| p.as_slice()))
-            })
             .expect("masking patterns are plain byte strings");
         let mut sorted: Vec<_> = patterns.iter().map(|(p, _)| p.clone()).collect();
         sorted.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
@@ -269,6 +274,11 @@ impl StreamMasker {
         self.pending.extend_from_slice(input);
         let used = m.mask_into(&self.pending, &mut self.prev, false, out);
         self.pending.drain(..used);
+    }
+
+    /// Whether bytes are held back waiting for more input.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Flushes held-back bytes at end of stream.

@@ -184,10 +184,12 @@ impl TaskOutput {
         if st.truncated {
             return;
         }
-        let matcher = st.masks.matcher();
         for i in 0..2 {
             let mut out = Vec::new();
-            st.channels[i].masker.finish(&matcher, &mut out);
+            if st.channels[i].masker.has_pending() {
+                let matcher = st.masks.matcher();
+                st.channels[i].masker.finish(&matcher, &mut out);
+            }
             st.emit_lines(i, &out);
             if !st.channels[i].at_line_start {
                 st.emit_lines(i, b"\n");

@@ -160,7 +160,7 @@ impl Runtime {
     /// Loads a plugin from its bytes; `origin` names it in messages.
     pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<Plugin, LoadError> {
         let sha256 = sha256_hex(bytes);
-        let (component, loaded_from) = match self.from_cache(&sha256) {
+        let (component, loaded_from) = match self.cached(&sha256) {
             Some(c) => (c, LoadedFrom::Cache),
             None => {
                 let c = self.compile(bytes, origin)?;
@@ -196,7 +196,7 @@ impl Runtime {
         Some(self.cache_dir.as_ref()?.join(format!("{sha256}-{}.cwasm", self.engine_key)))
     }
 
-    fn from_cache(&self, sha256: &str) -> Option<Component> {
+    fn cached(&self, sha256: &str) -> Option<Component> {
         let path = self.cache_path(sha256)?;
         if !path.exists() {
             return None;
