@@ -12,6 +12,7 @@ mod plugins;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyhole::access::TaskIdentity;
+use keyhole::audit::{Actor, AuditLog};
 use keyhole::crypto::MasterKey;
 use keyhole::exec::{ExecutionEnv, Limits, TaskSpec, run_task};
 use keyhole::mask::MaskSet;
@@ -88,12 +89,13 @@ fn run(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = SecretStore::open_with_key(&dir.path().join("bench.db"), MasterKey::generate()).unwrap();
     let token = SecretName::new("API_TOKEN").unwrap();
-    store.set(&Namespace::root(), &token, &SecretValue::new("bench-token".into())).unwrap();
+    store.set(&Namespace::root(), &token, &SecretValue::new("bench-token".into()), &Actor::current_user()).unwrap();
     let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true }).unwrap();
     let plugin = runtime.load(&path).unwrap();
     let store = Arc::new(Mutex::new(store));
     let sink: keyhole::output::Sink = Arc::new(Mutex::new(std::io::sink()));
     let task = TaskId::new("hello").unwrap();
+    let audit = AuditLog::open(&dir.path().join("bench.db"), None).unwrap();
 
     // bare wasmtime: same component, same allocator, no-op imports.
     let mut config = Config::new();
@@ -109,7 +111,12 @@ fn run(c: &mut Criterion) {
     let mut g = c.benchmark_group("run");
     g.bench_function("keyhole", |b| {
         b.iter(|| {
-            let env = ExecutionEnv { store: store.clone(), sink: sink.clone(), masks: Arc::new(MaskSet::new()) };
+            let env = ExecutionEnv {
+                store: store.clone(),
+                sink: sink.clone(),
+                masks: Arc::new(MaskSet::new()),
+                audit: audit.clone(),
+            };
             let spec = TaskSpec {
                 plugin: &plugin,
                 identity: Arc::new(TaskIdentity {

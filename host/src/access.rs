@@ -5,6 +5,7 @@
 //!
 //! Invariant: no other code path hands a secret value to a plugin.
 
+use crate::audit::{Action, Actor, AuditLog, NewRecord, Outcome};
 use crate::mask::MaskSet;
 use crate::names::{ExecutionId, FlowId, Namespace, TaskId};
 use crate::policy::{Grants, Refusal};
@@ -38,6 +39,20 @@ pub struct SecretAccess {
     pub store: Arc<Mutex<SecretStore>>,
     /// The execution's mask set; every revealed value goes in here first.
     pub masks: Arc<MaskSet>,
+    /// Where every attempt is recorded before it is answered.
+    pub audit: AuditLog,
+}
+
+impl TaskIdentity {
+    /// This task as an audit actor.
+    pub fn actor(&self) -> Actor {
+        Actor::Task {
+            flow: self.flow.as_str().to_owned(),
+            task: self.task.as_str().to_owned(),
+            execution: self.execution.clone(),
+            plugin_sha256: self.plugin_sha256.clone(),
+        }
+    }
 }
 
 /// Why a request was not answered with a value; mirrors the WIT `error`.
@@ -61,33 +76,67 @@ pub enum AccessError {
 }
 
 /// Decides one `secrets.get(requested)` call from a plugin.
+///
+/// Order matters: decide, then write the audit record durably, then add the
+/// value to the mask set, then release it. If the record cannot be written
+/// the answer is `Unavailable` and no value leaves (fail closed).
 pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue, AccessError> {
     let id = &access.identity;
+    let mut record = NewRecord {
+        actor: id.actor(),
+        action: Action::SecretRead,
+        outcome: Outcome::Denied,
+        namespace: id.namespace.clone(),
+        secret: None,
+        version: None,
+        reason: None,
+        value_hmac: None,
+    };
     let grant = match access.grants.check(requested) {
         Ok(g) => g,
         Err(refusal) => {
-            let name = match &refusal {
-                Refusal::NotGranted(n) => n.as_str().to_owned(),
-                Refusal::InvalidName(n) => format!("{n:?}"),
-            };
-            tracing::info!(task = %id.task, execution = %id.execution, secret = %name, "secret request denied: not granted");
-            return Err(AccessError::Denied);
+            match &refusal {
+                Refusal::NotGranted(n) => record.secret = Some(n.clone()),
+                Refusal::InvalidName(_) => {}
+            }
+            record.reason = Some(refusal.to_string());
+            tracing::info!(task = %id.task, execution = %id.execution, "secret request denied: {refusal}");
+            return audited(access, record, Err(AccessError::Denied));
         }
     };
-    let store = access.store.lock().unwrap_or_else(|p| p.into_inner());
-    match store.resolve(&id.namespace, &grant) {
+    record.secret = Some(grant.name().clone());
+    let found = access.store.lock().unwrap_or_else(|p| p.into_inner()).resolve(&id.namespace, &grant);
+    match found {
         Ok(Some(found)) => {
+            record.outcome = Outcome::Granted;
+            record.version = Some(found.version);
+            record.reason = Some(format!("found in namespace {}", found.namespace));
+            record.value_hmac = access.audit.fingerprint(found.value.expose());
+            audited(access, record, Ok(()))?;
             access.masks.add(&found.value);
-            tracing::debug!(
-                task = %id.task, execution = %id.execution, secret = %grant.name(),
-                namespace = %found.namespace, version = found.version, "secret released"
-            );
+            tracing::debug!(task = %id.task, secret = %grant.name(), version = found.version, "secret released");
             Ok(found.value)
         }
-        Ok(None) => Err(AccessError::NotFound),
+        Ok(None) => {
+            record.outcome = Outcome::NotFound;
+            audited(access, record, Err(AccessError::NotFound))
+        }
         Err(e) => {
             tracing::warn!(task = %id.task, secret = %grant.name(), "secret store error: {e}");
-            Err(AccessError::Unavailable(e.to_string()))
+            record.outcome = Outcome::Unavailable;
+            record.reason = Some(e.to_string());
+            audited(access, record, Err(AccessError::Unavailable(e.to_string())))
+        }
+    }
+}
+
+/// Writes `record`; returns `answer` only once it is durable.
+fn audited<T>(access: &SecretAccess, record: NewRecord, answer: Result<T, AccessError>) -> Result<T, AccessError> {
+    match access.audit.record(record) {
+        Ok(_) => answer,
+        Err(e) => {
+            tracing::error!("audit record could not be written; refusing the request: {e}");
+            Err(AccessError::Unavailable(format!("the audit log cannot be written, so nothing is released: {e}")))
         }
     }
 }

@@ -63,6 +63,11 @@ impl DataDir {
         self.root.join("master.key")
     }
 
+    /// The key for audit value fingerprints (kept apart from the master key).
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.root.join("audit.key")
+    }
+
     /// The compiled-plugin cache directory.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")

@@ -7,6 +7,7 @@
 //! of that one task.
 
 use crate::access::{SecretAccess, TaskIdentity};
+use crate::audit::{Action, AuditLog, NewRecord, Outcome};
 use crate::mask::MaskSet;
 use crate::output::{Sink, TaskOutput};
 use crate::policy::Grants;
@@ -59,6 +60,8 @@ pub struct ExecutionEnv {
     pub sink: Sink,
     /// Values revealed so far in this execution.
     pub masks: Arc<MaskSet>,
+    /// The audit trail.
+    pub audit: AuditLog,
 }
 
 impl std::fmt::Debug for ExecutionEnv {
@@ -92,6 +95,9 @@ pub enum TaskFailure {
         /// The limit.
         limit: usize,
     },
+    /// The task's start could not be audited, so it did not run.
+    #[error("task not started: the audit log cannot be written: {0}")]
+    Audit(String),
     /// Instantiation failed for a reason other than the above.
     #[error("plugin could not be instantiated: {0}")]
     Instantiate(String),
@@ -117,6 +123,21 @@ pub struct TaskOutcome {
 /// Runs one task to completion, whatever the plugin does.
 pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>) -> TaskOutcome {
     let started = Instant::now();
+    let grants: Vec<&str> = spec.grants.iter().map(|g| g.as_str()).collect();
+    let start = NewRecord {
+        actor: spec.identity.actor(),
+        action: Action::TaskStart,
+        outcome: Outcome::Ok,
+        namespace: spec.identity.namespace.clone(),
+        secret: None,
+        version: None,
+        reason: Some(format!("grants: {}", serde_json::to_string(&grants).expect("names encode"))),
+        value_hmac: None,
+    };
+    // Committed with the task's first read, or by the flush at the end.
+    if let Err(e) = env.audit.record_later(start) {
+        return TaskOutcome { result: Err(TaskFailure::Audit(e.to_string())), duration: started.elapsed() };
+    }
     let memory = if runtime.pooling { spec.limits.memory.min(POOLING_MAX_MEMORY) } else { spec.limits.memory };
     let output = TaskOutput::new(spec.identity.task.as_str(), env.sink.clone(), env.masks.clone(), spec.limits.output);
     let access = SecretAccess {
@@ -124,6 +145,7 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         grants: spec.grants,
         store: env.store.clone(),
         masks: env.masks.clone(),
+        audit: env.audit.clone(),
     };
     let mut store = Store::new(runtime.engine(), TaskState::new(access, output.clone(), memory));
     store.limiter(|s| &mut s.limiter);
@@ -142,6 +164,9 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     // in a host call (a long sleep). The grace lets the trap win when both fire.
     let raw = tokio::time::timeout(spec.limits.timeout + Duration::from_millis(50), call).await;
     output.finish();
+    if let Err(e) = env.audit.flush() {
+        tracing::error!("the audit log could not be flushed after task {}: {e}", spec.identity.task);
+    }
     let duration = started.elapsed();
     let masks = &env.masks;
     let result = match raw {

@@ -9,6 +9,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the codemap.
 
 pub mod access;
+pub mod audit;
 pub mod crypto;
 pub mod data_dir;
 pub mod exec;

@@ -8,6 +8,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use keyhole::access::TaskIdentity;
+use keyhole::audit::{self, Actor, AuditKey, AuditLog, Verdict};
 use keyhole::data_dir::DataDir;
 use keyhole::exec::{ExecutionEnv, Limits, TaskSpec, run_task};
 use keyhole::mask::MaskSet;
@@ -55,6 +56,82 @@ enum Command {
     /// Manage secrets in the encrypted store.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Inspect, verify and export the audit trail (needs no master key).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args, Debug, Default)]
+struct AuditFilter {
+    /// Only records about this secret name.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Only records in this namespace.
+    #[arg(long, short)]
+    namespace: Option<String>,
+    /// Only records of this flow.
+    #[arg(long)]
+    flow: Option<String>,
+    /// Only records of this execution id.
+    #[arg(long)]
+    execution: Option<String>,
+    /// Only this outcome: granted, denied, not-found, revoked, expired, unavailable, ok.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only this action: secret.read, task.start, secret.set, secret.rm, audit.prune, ...
+    #[arg(long)]
+    action: Option<String>,
+    /// Records at or after this time: RFC 3339, a date (2026-11-27) or an age (24h, 7d).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<String>,
+    /// Records before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<String>,
+    /// At most this many records (the newest).
+    #[arg(long)]
+    limit: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// List audit records, oldest first.
+    List {
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export records as JSON lines, for a SIEM.
+    Export {
+        /// Output format (only jsonl).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Verify the hash chain; exits 1 and names the first bad record if it is broken.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete records older than a time, keeping the rest verifiable.
+    Prune {
+        /// RFC 3339 time, a date, or an age (90d).
+        #[arg(long, value_parser = parse_time)]
+        before: String,
+    },
+    /// Per secret and task: reads and last read; grants never used show 0 reads.
+    Usage {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the audit key so that each released value's HMAC fingerprint is recorded.
+    EnableFingerprints,
+    /// Fingerprint a value found in the wild (read from stdin) and list the reads that released it.
+    HashValue,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +194,22 @@ enum SecretCommand {
     },
 }
 
+/// Parses `--since`-style times into the RFC 3339 form records use.
+fn parse_time(s: &str) -> Result<String, String> {
+    let t = if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s}T00:00:00")) {
+        t
+    } else if let Ok(age) = humantime::parse_duration(s) {
+        std::time::SystemTime::now() - age
+    } else {
+        return Err(format!(
+            "{s:?} is not a time: use RFC 3339 (2026-11-27T10:00:00Z), a date (2026-11-27) or an age (24h, 7d)"
+        ));
+    };
+    Ok(humantime::format_rfc3339_millis(t).to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() && secs > 0.0 && secs < 1e9 {
@@ -171,6 +264,7 @@ fn run(cli: Cli) -> Result<(), Exit> {
     match cli.command {
         Command::Exec(args) => exec(&dir, args),
         Command::Secret(cmd) => secret(&dir, cmd),
+        Command::Audit(cmd) => audit_cmd(&dir, cmd),
     }
 }
 
@@ -190,7 +284,7 @@ fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::Set { name, namespace, from_file } => {
             let value = read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?;
             let mut store = open_store(dir)?;
-            let version = store.set(&namespace, &name, &value).map_err(|e| fail(HOST, e))?;
+            let version = store.set(&namespace, &name, &value, &Actor::current_user()).map_err(|e| fail(HOST, e))?;
             eprintln!("stored {name} version {version} in namespace {namespace}");
             Ok(())
         }
@@ -207,7 +301,7 @@ fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Rm { name, namespace } => {
             let mut store = open_store(dir)?;
-            if store.remove(&namespace, &name).map_err(|e| fail(HOST, e))? {
+            if store.remove(&namespace, &name, &Actor::current_user()).map_err(|e| fail(HOST, e))? {
                 eprintln!("removed {name} from namespace {namespace}");
                 Ok(())
             } else {
@@ -309,7 +403,14 @@ fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
         plugin_sha256: plugin.sha256.clone(),
     });
     tracing::info!("execution {} started", identity.execution);
-    let env = ExecutionEnv { store: Arc::new(Mutex::new(store)), sink: stderr_sink(), masks: Arc::new(MaskSet::new()) };
+    let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
+    let audit = AuditLog::open(&dir.store_path(), key).map_err(|e| fail(HOST, e))?;
+    let env = ExecutionEnv {
+        store: Arc::new(Mutex::new(store)),
+        sink: stderr_sink(),
+        masks: Arc::new(MaskSet::new()),
+        audit,
+    };
     let spec = TaskSpec {
         plugin: &plugin,
         identity,
@@ -334,6 +435,178 @@ fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
         Err(failure) => {
             let code = if failure.is_task_error() { TASK_ERROR } else { PLUGIN_FAILED };
             Err(fail(code, anyhow::Error::from(failure).context(format!("plugin {}", args.plugin.display()))))
+        }
+    }
+}
+
+fn audit_filter(f: AuditFilter) -> audit::Filter {
+    audit::Filter {
+        secret: f.secret,
+        namespace: f.namespace,
+        flow: f.flow,
+        execution: f.execution,
+        outcome: f.outcome,
+        action: f.action,
+        since: f.since,
+        until: f.until,
+        limit: f.limit,
+    }
+}
+
+fn stdout_err(e: impl Into<anyhow::Error>) -> Exit {
+    fail(HOST, e.into().context("cannot write to stdout"))
+}
+
+fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
+    let path = dir.store_path();
+    let create = matches!(cmd, AuditCommand::EnableFingerprints);
+    if create {
+        dir.ensure().map_err(|e| fail(HOST, e))?;
+    }
+    let mut conn = audit::open(&path, create).map_err(|e| fail(USAGE, e))?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        AuditCommand::List { filter, json } => {
+            let records = audit::list(&conn, &path, &audit_filter(filter)).map_err(|e| fail(HOST, e))?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &records).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>6}  {:<24}  {:<12} {:<11} {:<24} {:<20} {:<24} {:>3}  REASON",
+                    "SEQ", "TIME", "ACTION", "OUTCOME", "ACTOR", "NAMESPACE", "SECRET", "VER"
+                )
+                .map_err(stdout_err)?;
+                for r in records {
+                    let ns = if r.namespace.is_empty() { "(root)" } else { &r.namespace };
+                    writeln!(
+                        out,
+                        "{:>6}  {:<24}  {:<12} {:<11} {:<24} {:<20} {:<24} {:>3}  {}",
+                        r.seq,
+                        r.time,
+                        r.action,
+                        r.outcome,
+                        r.actor,
+                        ns,
+                        r.secret.as_deref().unwrap_or("-"),
+                        r.version.map_or("-".to_owned(), |v| v.to_string()),
+                        r.reason.as_deref().unwrap_or(""),
+                    )
+                    .map_err(stdout_err)?;
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Export { format: _, filter } => {
+            for r in audit::list(&conn, &path, &audit_filter(filter)).map_err(|e| fail(HOST, e))? {
+                serde_json::to_writer(&mut out, &r).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { json } => {
+            let verdict = audit::verify(&conn, &path).map_err(|e| fail(HOST, e))?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &verdict).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            }
+            match verdict {
+                Verdict::Intact { records, head_seq, head_hash, from_seq } => {
+                    if !json {
+                        writeln!(
+                            out,
+                            "audit log intact: {records} records (seq {from_seq}..{head_seq}), head hash {head_hash}"
+                        )
+                        .map_err(stdout_err)?;
+                    }
+                    Ok(())
+                }
+                Verdict::Broken { seq, problem } => Err(fail(
+                    TASK_ERROR,
+                    anyhow::anyhow!("audit log {} is broken at record {seq}: {problem}", path.display()),
+                )),
+            }
+        }
+        AuditCommand::Prune { before } => {
+            let n = audit::prune(&mut conn, &path, &before, &Actor::current_user()).map_err(|e| fail(HOST, e))?;
+            eprintln!("pruned {n} audit records before {before}; the rest remain verifiable");
+            Ok(())
+        }
+        AuditCommand::Usage { json } => {
+            let usage = audit::usage(&conn, &path).map_err(|e| fail(HOST, e))?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &usage).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            } else {
+                writeln!(out, "{:<28} {:<24} {:<20} {:>6}  {:<24}", "SECRET", "FLOW", "TASK", "READS", "LAST READ")
+                    .map_err(stdout_err)?;
+                for u in usage {
+                    let last = u.last_read.as_deref().unwrap_or("never (grant unused)");
+                    writeln!(out, "{:<28} {:<24} {:<20} {:>6}  {:<24}", u.secret, u.flow, u.task, u.reads, last)
+                        .map_err(stdout_err)?;
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::EnableFingerprints => {
+            AuditKey::create(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
+            let tx = conn.transaction().map_err(|e| fail(HOST, e))?;
+            audit::append(
+                &tx,
+                &audit::NewRecord {
+                    actor: Actor::current_user(),
+                    action: audit::Action::AuditKeyCreate,
+                    outcome: audit::Outcome::Ok,
+                    namespace: Namespace::root(),
+                    secret: None,
+                    version: None,
+                    reason: Some(format!("created {}", dir.audit_key_path().display())),
+                    value_hmac: None,
+                },
+            )
+            .map_err(|e| fail(HOST, e))?;
+            tx.commit().map_err(|e| fail(HOST, e))?;
+            eprintln!(
+                "audit fingerprints enabled: key in {} (keep it apart from master.key)",
+                dir.audit_key_path().display()
+            );
+            Ok(())
+        }
+        AuditCommand::HashValue => {
+            let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?.ok_or_else(|| {
+                fail(USAGE, anyhow::anyhow!("fingerprints are not enabled: run `host audit enable-fingerprints` first"))
+            })?;
+            let value = read_value(None).map_err(|e| fail(USAGE, e))?;
+            let fp = key.fingerprint(value.expose());
+            writeln!(out, "{fp}").map_err(stdout_err)?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT seq, time, actor, namespace, secret, version FROM audit WHERE value_hmac = ?1 ORDER BY seq",
+                )
+                .map_err(|e| fail(HOST, e))?;
+            let rows = stmt
+                .query_map([&fp], |r| {
+                    Ok(format!(
+                        "released by record {} at {}: {} read {} version {} in namespace {:?}",
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        r.get::<_, Option<i64>>(5)?.unwrap_or_default(),
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(|e| fail(HOST, e))?;
+            let mut any = false;
+            for row in rows {
+                writeln!(out, "{}", row.map_err(|e| fail(HOST, e))?).map_err(stdout_err)?;
+                any = true;
+            }
+            if !any {
+                writeln!(out, "no recorded read released this value").map_err(stdout_err)?;
+            }
+            Ok(())
         }
     }
 }

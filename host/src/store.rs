@@ -6,6 +6,7 @@
 //! Writes run in `BEGIN IMMEDIATE` transactions on a WAL database with a busy
 //! timeout, so two `host` processes can use one store at once.
 
+use crate::audit::{self, Action, Actor, Outcome};
 use crate::crypto::{self, DecryptError, KeyError, KeyId, KeySource, MasterKey, Sealed};
 use crate::data_dir::DataDir;
 use crate::names::{Namespace, SecretName};
@@ -227,7 +228,14 @@ impl SecretStore {
     /// Stores `value` as a new version of `namespace`/`name` and returns the
     /// version number (1 for a new secret). Keeps the newest
     /// [`VERSIONS_KEPT`] versions.
-    pub fn set(&mut self, namespace: &Namespace, name: &SecretName, value: &SecretValue) -> Result<u64, StoreError> {
+    /// The change and its audit record (by `actor`) commit together.
+    pub fn set(
+        &mut self,
+        namespace: &Namespace,
+        name: &SecretName,
+        value: &SecretValue,
+        actor: &Actor,
+    ) -> Result<u64, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
         let tx = self
@@ -273,6 +281,20 @@ impl SecretStore {
             params![id, version as i64 - VERSIONS_KEPT as i64],
         )
         .map_err(e("prune old versions"))?;
+        audit::append(
+            &tx,
+            &audit::NewRecord {
+                actor: actor.clone(),
+                action: Action::SecretSet,
+                outcome: Outcome::Ok,
+                namespace: namespace.clone(),
+                secret: Some(name.clone()),
+                version: Some(version),
+                reason: None,
+                value_hmac: None,
+            },
+        )
+        .map_err(e("write the audit record"))?;
         tx.commit().map_err(e("commit"))?;
         Ok(version)
     }
@@ -356,7 +378,8 @@ impl SecretStore {
     }
 
     /// Deletes a secret and all its versions. Returns whether it existed.
-    pub fn remove(&mut self, namespace: &Namespace, name: &SecretName) -> Result<bool, StoreError> {
+    /// The deletion and its audit record (by `actor`) commit together.
+    pub fn remove(&mut self, namespace: &Namespace, name: &SecretName, actor: &Actor) -> Result<bool, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
         let tx = self
@@ -374,6 +397,22 @@ impl SecretStore {
                 params![namespace.as_str(), name.as_str()],
             )
             .map_err(e("delete the secret"))?;
+        if n > 0 {
+            audit::append(
+                &tx,
+                &audit::NewRecord {
+                    actor: actor.clone(),
+                    action: Action::SecretRemove,
+                    outcome: Outcome::Ok,
+                    namespace: namespace.clone(),
+                    secret: Some(name.clone()),
+                    version: None,
+                    reason: None,
+                    value_hmac: None,
+                },
+            )
+            .map_err(e("write the audit record"))?;
+        }
         tx.commit().map_err(e("commit"))?;
         Ok(n > 0)
     }
@@ -384,10 +423,20 @@ fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Sto
     move |err| StoreError::Sqlite { path, op, err }
 }
 
-fn connect(path: &Path) -> Result<Connection, StoreError> {
+/// Environment variable overriding how long a write waits for another
+/// process's write to finish, in milliseconds (default 10000).
+pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
+
+fn busy_timeout() -> Duration {
+    let ms = std::env::var(BUSY_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    Duration::from_millis(ms)
+}
+
+/// Opens the SQLite file with keyhole's settings and schema.
+pub(crate) fn connect(path: &Path) -> Result<Connection, StoreError> {
     let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
     let conn = Connection::open(path).map_err(e("open the database"))?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(e("set the busy timeout"))?;
+    conn.busy_timeout(busy_timeout()).map_err(e("set the busy timeout"))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(e("enable WAL mode"))?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(e("set synchronous mode"))?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(e("enable foreign keys"))?;
@@ -405,7 +454,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         return Ok(());
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS secrets (
@@ -426,9 +475,11 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
              ciphertext BLOB NOT NULL,
              PRIMARY KEY (secret_id, version)
          );
+         {audit}
          PRAGMA user_version = 1;
          COMMIT;",
-    )
+        audit = crate::audit::SCHEMA
+    ))
     .map_err(e("create the schema"))
 }
 
@@ -466,6 +517,9 @@ mod tests {
     fn val(s: &str) -> SecretValue {
         SecretValue::new(s.to_owned())
     }
+    fn me() -> Actor {
+        Actor::Cli { user: "tester".into() }
+    }
     fn grant(s: &str) -> Grant {
         Grants::new([name(s)]).check(s).unwrap()
     }
@@ -474,8 +528,8 @@ mod tests {
     fn nearest_namespace_wins_and_root_is_the_last_resort() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
-        s.set(&ns(""), &name("K"), &val("root")).unwrap();
-        s.set(&ns("finance"), &name("K"), &val("finance")).unwrap();
+        s.set(&ns(""), &name("K"), &val("root"), &me()).unwrap();
+        s.set(&ns("finance"), &name("K"), &val("finance"), &me()).unwrap();
         let r = s.resolve(&ns("finance.reporting"), &grant("K")).unwrap().unwrap();
         assert_eq!((r.namespace.as_str(), r.value.expose()), ("finance", "finance"));
         let r = s.resolve(&ns("ops"), &grant("K")).unwrap().unwrap();
@@ -488,14 +542,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
         for i in 1..=7 {
-            assert_eq!(s.set(&ns("a"), &name("K"), &val(&format!("v{i}"))).unwrap(), i);
+            assert_eq!(s.set(&ns("a"), &name("K"), &val(&format!("v{i}")), &me()).unwrap(), i);
         }
         let r = s.resolve(&ns("a"), &grant("K")).unwrap().unwrap();
         assert_eq!((r.version, r.value.expose()), (7, "v7"));
         let kept: i64 = s.conn.query_row("SELECT count(*) FROM secret_versions", [], |r| r.get(0)).unwrap();
         assert_eq!(kept, VERSIONS_KEPT as i64);
-        assert!(s.remove(&ns("a"), &name("K")).unwrap());
-        assert!(!s.remove(&ns("a"), &name("K")).unwrap());
+        assert!(s.remove(&ns("a"), &name("K"), &me()).unwrap());
+        assert!(!s.remove(&ns("a"), &name("K"), &me()).unwrap());
         assert!(s.list(None).unwrap().is_empty());
     }
 
@@ -504,7 +558,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.db");
         let k = MasterKey::generate();
-        SecretStore::open_with_key(&p, k.clone()).unwrap().set(&ns(""), &name("K"), &val("v")).unwrap();
+        SecretStore::open_with_key(&p, k.clone()).unwrap().set(&ns(""), &name("K"), &val("v"), &me()).unwrap();
         let e = SecretStore::open_with_key(&p, MasterKey::generate()).unwrap_err();
         assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
         assert!(e.to_string().contains(&k.id().0), "{e}");

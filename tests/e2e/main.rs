@@ -4,6 +4,7 @@
 mod plugins;
 mod support;
 
+mod audit;
 mod exec;
 mod masking;
 mod sandbox;

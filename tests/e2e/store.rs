@@ -106,4 +106,8 @@ fn two_processes_writing_at_once_lose_nothing() {
     }
     let list: serde_json::Value = serde_json::from_str(&env.run(&["secret", "list", "--json"]).stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 31);
+    // Every change has its audit record, and the chain is still linear.
+    let r = env.run(&["audit", "verify"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("audit log intact: 31 records"), "{}", r.stdout);
 }

@@ -11,8 +11,13 @@ use std::io::Write;
 #[derive(Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 enum Action {
-    /// Reads each secret; reports its SHA-256 or the error case.
-    Get { names: Vec<String> },
+    /// Reads each secret; reports its SHA-256 or the error case. With
+    /// `wait_ms`, first prints `waiting` to stderr and sleeps that long.
+    Get {
+        names: Vec<String>,
+        #[serde(default)]
+        wait_ms: u64,
+    },
     /// Reads a secret and returns it verbatim (for masking tests).
     Leak { name: String },
     /// Lists environment variables and arguments.
@@ -58,7 +63,11 @@ enum Action {
 
 fn probe(action: Action) -> Result<Value, TaskError> {
     Ok(match action {
-        Action::Get { names } => {
+        Action::Get { names, wait_ms } => {
+            if wait_ms > 0 {
+                eprintln!("waiting");
+                std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+            }
             let mut out = serde_json::Map::new();
             for name in names {
                 let v = match secrets::get(&name) {
