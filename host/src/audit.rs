@@ -21,8 +21,9 @@ use crate::store::{StoreError, connect};
 use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 use zeroize::Zeroizing;
 
@@ -332,9 +333,8 @@ pub fn now_rfc3339() -> String {
 
 fn head(conn: &Connection) -> rusqlite::Result<(u64, String)> {
     if let Some((seq, hash)) = conn
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))
         .optional()?
     {
         return Ok((seq, hash));
@@ -385,30 +385,30 @@ pub fn append(tx: &Transaction<'_>, rec: &NewRecord) -> rusqlite::Result<u64> {
         hash: String::new(),
     };
     record.hash = record.canonical_hash();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit (seq, time, action, outcome, actor_kind, actor, flow, task, execution, plugin_sha256, \
          namespace, secret, version, reason, value_hmac, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-        params![
-            record.seq as i64,
-            record.time,
-            record.action,
-            record.outcome,
-            record.actor_kind,
-            record.actor,
-            record.flow,
-            record.task,
-            record.execution,
-            record.plugin_sha256,
-            record.namespace,
-            record.secret,
-            record.version.map(|v| v as i64),
-            record.reason,
-            record.value_hmac,
-            record.prev_hash,
-            record.hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        record.seq as i64,
+        record.time,
+        record.action,
+        record.outcome,
+        record.actor_kind,
+        record.actor,
+        record.flow,
+        record.task,
+        record.execution,
+        record.plugin_sha256,
+        record.namespace,
+        record.secret,
+        record.version.map(|v| v as i64),
+        record.reason,
+        record.value_hmac,
+        record.prev_hash,
+        record.hash
+    ])?;
     Ok(record.seq)
 }
 
@@ -471,43 +471,58 @@ impl AuditKey {
     }
 }
 
-struct Job {
-    /// `None` is a barrier: answered once everything before it is committed.
-    record: Option<NewRecord>,
-    done: Option<mpsc::SyncSender<Result<u64, String>>>,
-}
-
 /// The durable, group-committing writer used on the plugin read path.
-#[derive(Debug, Clone)]
+///
+/// Group commit without a writer thread: a caller queues its record; if no
+/// commit is in progress it becomes the leader, takes everything queued and
+/// commits it in one transaction on its own thread; callers that arrive
+/// meanwhile wait and are committed together by the next leader. One reader
+/// pays one fsync and no thread handoff; many readers share fsyncs.
+#[derive(Clone)]
 pub struct AuditLog {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
     key: Option<AuditKey>,
-    path: PathBuf,
 }
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").finish_non_exhaustive()
+        f.debug_struct("AuditLog").field("path", &self.shared.path).finish_non_exhaustive()
     }
+}
+
+struct Shared {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    state: Mutex<Queue>,
+    committed: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    next_ticket: u64,
+    /// Queued records: ticket, record, whether a caller waits for it.
+    pending: Vec<(u64, NewRecord, bool)>,
+    leader: bool,
+    /// Outcomes of committed tickets not yet collected by their waiters.
+    done: HashMap<u64, Result<u64, String>>,
+    /// Every ticket below this has been committed or has failed.
+    settled_below: u64,
 }
 
 impl AuditLog {
-    /// Opens the log in the store file at `path` with its own connection and
-    /// writer thread. `key` enables value fingerprints.
+    /// Opens the log in the store file at `path` with its own connection.
+    /// `key` enables value fingerprints.
     pub fn open(path: &Path, key: Option<AuditKey>) -> Result<Self, AuditError> {
         let conn = connect(path)?;
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let p = path.to_owned();
-        std::thread::Builder::new()
-            .name("keyhole-audit".into())
-            .spawn(move || writer(conn, p, rx))
-            .map_err(|e| AuditError::Writer(format!("cannot start the audit writer: {e}")))?;
-        Ok(AuditLog { jobs, key, path: path.to_owned() })
-    }
-
-    /// The fingerprint of `value`, when fingerprints are enabled.
-    pub fn fingerprint(&self, value: &str) -> Option<String> {
-        self.key.as_ref().map(|k| k.fingerprint(value))
+        Ok(AuditLog {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                conn: Mutex::new(conn),
+                state: Mutex::new(Queue::default()),
+                committed: Condvar::new(),
+            }),
+            key,
+        })
     }
 
     /// Opens a log in a private in-memory database: nothing is durable. For
@@ -517,87 +532,98 @@ impl AuditLog {
         Self::open(Path::new(":memory:"), None)
     }
 
-    /// Appends `record` and returns once it is durably committed.
+    /// The fingerprint of `value`, when fingerprints are enabled.
+    pub fn fingerprint(&self, value: &str) -> Option<String> {
+        self.key.as_ref().map(|k| k.fingerprint(value))
+    }
+
+    /// Appends `record` and returns its sequence number once it is durably
+    /// committed.
     pub fn record(&self, record: NewRecord) -> Result<u64, AuditError> {
-        self.wait(Some(record))
+        let ticket = self.enqueue(record, true);
+        self.wait_for(ticket)
     }
 
     /// Queues `record` without waiting. It commits with the next batch; a
     /// later [`AuditLog::record`] or [`AuditLog::flush`] returns only after
     /// it is durable. For records that release nothing (a task starting).
     pub fn record_later(&self, record: NewRecord) -> Result<(), AuditError> {
-        self.jobs.send(Job { record: Some(record), done: None }).map_err(|_| AuditError::WriterGone)
+        self.enqueue(record, false);
+        Ok(())
     }
 
     /// Returns once every record queued before it is durable.
     pub fn flush(&self) -> Result<(), AuditError> {
-        self.wait(None).map(|_| ())
+        let last = lock(&self.shared.state).next_ticket;
+        if last == 0 {
+            return Ok(());
+        }
+        self.wait_for(last - 1).map(|_| ())
     }
 
-    fn wait(&self, record: Option<NewRecord>) -> Result<u64, AuditError> {
-        let (done, wait) = mpsc::sync_channel(1);
-        self.jobs.send(Job { record, done: Some(done) }).map_err(|_| AuditError::WriterGone)?;
-        match wait.recv() {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(why)) => Err(AuditError::Writer(format!("audit log {}: {why}", self.path.display()))),
-            Err(_) => Err(AuditError::WriterGone),
+    fn enqueue(&self, record: NewRecord, waiter: bool) -> u64 {
+        let mut q = lock(&self.shared.state);
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.pending.push((ticket, record, waiter));
+        ticket
+    }
+
+    /// Waits until `ticket` is settled, leading commits when no one else is.
+    fn wait_for(&self, ticket: u64) -> Result<u64, AuditError> {
+        let sh = &*self.shared;
+        let mut q = lock(&sh.state);
+        loop {
+            if ticket < q.settled_below {
+                return match q.done.remove(&ticket) {
+                    Some(Ok(seq)) => Ok(seq),
+                    Some(Err(why)) => Err(AuditError::Writer(format!("audit log {}: {why}", sh.path.display()))),
+                    None => Ok(0),
+                };
+            }
+            if q.leader {
+                q = sh.committed.wait(q).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            q.leader = true;
+            let batch = std::mem::take(&mut q.pending);
+            let settles = q.next_ticket;
+            drop(q);
+            let result = commit(&mut lock(&sh.conn), &sh.path, &batch);
+            q = lock(&sh.state);
+            if let Err(why) = &result {
+                tracing::error!("{} audit record(s) could not be written: {why}", batch.len());
+            }
+            for (i, (t, _, waiter)) in batch.iter().enumerate() {
+                if *waiter {
+                    q.done.insert(*t, result.as_ref().map(|seqs| seqs[i]).map_err(Clone::clone));
+                }
+            }
+            q.settled_below = settles;
+            q.leader = false;
+            sh.committed.notify_all();
         }
     }
 }
 
-fn writer(mut conn: Connection, path: PathBuf, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        if batch.iter().all(|j| j.record.is_none()) {
-            // Only barriers: everything before them is already committed.
-            for job in batch {
-                if let Some(done) = job.done {
-                    let _ = done.send(Ok(0));
-                }
-            }
-            continue;
-        }
-        let result = (|| -> Result<Vec<u64>, AuditError> {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql(&path, "start a transaction"))?;
-            let mut seqs = Vec::with_capacity(batch.len());
-            for job in &batch {
-                seqs.push(match &job.record {
-                    Some(r) => append(&tx, r).map_err(sql(&path, "append a record"))?,
-                    None => 0,
-                });
-            }
-            tx.commit().map_err(sql(&path, "commit"))?;
-            Ok(seqs)
-        })();
-        match result {
-            Ok(seqs) => {
-                for (job, seq) in batch.into_iter().zip(seqs) {
-                    if let Some(done) = job.done {
-                        let _ = done.send(Ok(seq));
-                    }
-                }
-            }
-            Err(e) => {
-                let why = match &e {
-                    AuditError::Sqlite { op, err, .. } => format!("cannot {op}: {err}"),
-                    other => other.to_string(),
-                };
-                for job in batch {
-                    match job.done {
-                        Some(done) => {
-                            let _ = done.send(Err(why.clone()));
-                        }
-                        None => tracing::error!("an audit record could not be written: {why}"),
-                    }
-                }
-            }
-        }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Appends a batch in one IMMEDIATE transaction.
+fn commit(conn: &mut Connection, path: &Path, batch: &[(u64, NewRecord, bool)]) -> Result<Vec<u64>, String> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
     }
+    let why = |op: &str, e: rusqlite::Error| format!("cannot {op} in {}: {e}", path.display());
+    let tx =
+        conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| why("start a transaction", e))?;
+    let mut seqs = Vec::with_capacity(batch.len());
+    for (_, r, _) in batch {
+        seqs.push(append(&tx, r).map_err(|e| why("append a record", e))?);
+    }
+    tx.commit().map_err(|e| why("commit", e))?;
+    Ok(seqs)
 }
 
 /// Opens the store file for reading and maintaining the audit log. Needs no

@@ -1,0 +1,73 @@
+//! What durable auditing costs on the `secrets.get` path, run with
+//! `cargo bench -p keyhole-host --bench audit`: `access::get_secret` with the
+//! audit log in the store file (each read durably committed before the value
+//! is released; concurrent reads group-committed) against the same with the
+//! log in memory (no fsync), for 1 and 16 concurrent readers.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use keyhole::access::{SecretAccess, TaskIdentity, get_secret};
+use keyhole::audit::{Actor, AuditLog};
+use keyhole::crypto::MasterKey;
+use keyhole::mask::MaskSet;
+use keyhole::names::{ExecutionId, Namespace, SecretName, TaskId};
+use keyhole::policy::Grants;
+use keyhole::secret::SecretValue;
+use keyhole::store::SecretStore;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn access(store: &Arc<Mutex<SecretStore>>, audit: AuditLog) -> SecretAccess {
+    let task = TaskId::new("bench").unwrap();
+    SecretAccess {
+        identity: Arc::new(TaskIdentity {
+            namespace: Namespace::root(),
+            flow: task.clone(),
+            task,
+            execution: ExecutionId::generate(),
+            plugin_sha256: "0".repeat(64),
+        }),
+        grants: Grants::new([SecretName::new("K").unwrap()]),
+        store: store.clone(),
+        masks: Arc::new(MaskSet::new()),
+        audit,
+    }
+}
+
+fn reads(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.db");
+    let mut store = SecretStore::open_with_key(&path, MasterKey::generate()).unwrap();
+    let name = SecretName::new("K").unwrap();
+    store.set(&Namespace::root(), &name, &SecretValue::new("bench-value".into()), &Actor::current_user()).unwrap();
+    let store = Arc::new(Mutex::new(store));
+    let durable = AuditLog::open(&path, None).unwrap();
+    let memory = AuditLog::open_in_memory().unwrap();
+
+    for readers in [1usize, 16] {
+        let mut g = c.benchmark_group(format!("secrets.get/{readers}-readers"));
+        g.throughput(Throughput::Elements(readers as u64));
+        g.sample_size(20).measurement_time(Duration::from_secs(5));
+        for (label, log) in [("audited", &durable), ("audit-in-memory", &memory)] {
+            g.bench_function(label, |b| {
+                b.iter_custom(|iters| {
+                    let accesses: Vec<_> = (0..readers).map(|_| access(&store, log.clone())).collect();
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for a in &accesses {
+                            s.spawn(move || {
+                                for _ in 0..iters {
+                                    get_secret(a, "K").unwrap();
+                                }
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, reads);
+criterion_main!(benches);
