@@ -13,7 +13,7 @@ use keyhole::data_dir::DataDir;
 use keyhole::exec::{ExecutionEnv, Limits, TaskSpec, run_task};
 use keyhole::mask::MaskSet;
 use keyhole::names::{ExecutionId, Namespace, SecretName, TaskId};
-use keyhole::output::stderr_sink;
+use keyhole::output::{MaskedStderr, stderr_sink};
 use keyhole::policy::Grants;
 use keyhole::runtime::{LoadError, LoadedFrom, Runtime, RuntimeOptions};
 use keyhole::secret::SecretValue;
@@ -238,17 +238,20 @@ const HOST: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
-    match run(cli) {
+    // Every value this process reveals; host diagnostics and the final error
+    // line are masked with it too.
+    let masks = Arc::new(MaskSet::new());
+    init_tracing(cli.verbose, &masks);
+    match run(cli, &masks) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
-            eprintln!("error: {:#}", exit.error);
+            eprintln!("{}", masks.mask(&format!("error: {:#}", exit.error)));
             ExitCode::from(exit.code)
         }
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, masks: &Arc<MaskSet>) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -256,13 +259,18 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYHOLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("keyhole={level},host={level}")));
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(MaskedStderr(masks.clone()))
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
-fn run(cli: Cli) -> Result<(), Exit> {
+fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
     let dir = DataDir::locate(cli.data_dir.as_deref()).map_err(|e| fail(USAGE, e))?;
     match cli.command {
-        Command::Exec(args) => exec(&dir, args),
+        Command::Exec(args) => exec(&dir, args, masks.clone()),
         Command::Secret(cmd) => secret(&dir, cmd),
         Command::Audit(cmd) => audit_cmd(&dir, cmd),
     }
@@ -370,7 +378,7 @@ fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("the input from {origin} is not a JSON document"))
 }
 
-fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
+fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
     let input = read_input(&args).map_err(|e| fail(USAGE, e))?;
     let memory = usize::try_from(args.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     if memory == 0 {
@@ -405,12 +413,7 @@ fn exec(dir: &DataDir, args: ExecArgs) -> Result<(), Exit> {
     tracing::info!("execution {} started", identity.execution);
     let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
     let audit = AuditLog::open(&dir.store_path(), key).map_err(|e| fail(HOST, e))?;
-    let env = ExecutionEnv {
-        store: Arc::new(Mutex::new(store)),
-        sink: stderr_sink(),
-        masks: Arc::new(MaskSet::new()),
-        audit,
-    };
+    let env = ExecutionEnv { store: Arc::new(Mutex::new(store)), sink: stderr_sink(), masks, audit };
     let spec = TaskSpec {
         plugin: &plugin,
         identity,

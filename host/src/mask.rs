@@ -157,12 +157,15 @@ impl Matcher {
         if patterns.is_empty() {
             return Matcher::default();
         }
-        // A contiguous NFA builds in a few microseconds (a DFA takes tens,
-        // paid by every task that prints after reading a secret) and still
-        // scans at hundreds of MB/s; see `benches/mask.rs`.
+        // Small sets (the usual task reads a handful of secrets): a
+        // contiguous NFA builds in microseconds (a DFA takes tens, paid by
+        // every task that prints after reading a secret) and with the
+        // prefilter scans at GB/s. Large sets defeat the prefilter, so a DFA
+        // pays for its build; see `benches/mask.rs`.
+        let kind = if patterns.len() > 128 { AhoCorasickKind::DFA } else { AhoCorasickKind::ContiguousNFA };
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(AhoCorasickKind::ContiguousNFA))
+            .kind(Some(kind))
             .build(patterns.iter().map(|(p, _)| p.as_slice()))
             .expect("masking patterns are plain byte strings");
         let mut sorted: Vec<_> = patterns.iter().map(|(p, _)| p.clone()).collect();

@@ -21,6 +21,43 @@ pub fn stderr_sink() -> Sink {
     Arc::new(Mutex::new(std::io::stderr()))
 }
 
+/// A `tracing` writer for the host's own diagnostics: each event is masked
+/// with `masks` before it reaches stderr, so a value can never slip out
+/// through a host log line either.
+#[derive(Debug, Clone)]
+pub struct MaskedStderr(pub Arc<MaskSet>);
+
+/// One event's bytes, masked and written when dropped.
+#[derive(Debug)]
+pub struct MaskedEvent {
+    buf: Vec<u8>,
+    masks: Arc<MaskSet>,
+}
+
+impl Write for MaskedEvent {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MaskedEvent {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buf);
+        let _ = std::io::stderr().lock().write_all(self.masks.mask(&text).as_bytes());
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
+    type Writer = MaskedEvent;
+    fn make_writer(&'a self) -> MaskedEvent {
+        MaskedEvent { buf: Vec::new(), masks: self.0.clone() }
+    }
+}
+
 /// Plugin output channels of one task.
 #[derive(Clone)]
 pub struct TaskOutput {

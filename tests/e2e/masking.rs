@@ -45,7 +45,7 @@ impl JsonOrNull for Run {
 fn a_returned_secret_is_masked_in_the_output() {
     let env = Env::new();
     env.set_secret("", "PW", SECRET);
-    let r = env.probe("", &["PW"], json!({"action": "leak", "name": "PW"}), &[]);
+    let r = env.probe("", &["PW"], json!({"action": "leak", "name": "PW"}), &["-vv"]);
     r.expect_code(0);
     assert_eq!(r.json()["value"], "***");
     assert_no_leak(&r, SECRET);
@@ -57,7 +57,7 @@ fn every_encoding_is_masked_on_every_channel() {
     env.set_secret("", "PW", SECRET);
     for (form, text) in encodings(SECRET) {
         let line = format!("leak {text} end");
-        let r = env.probe("", &["PW"], json!({"action": "print", "get": "PW", "text": line}), &[]);
+        let r = env.probe("", &["PW"], json!({"action": "print", "get": "PW", "text": line}), &["-vv"]);
         r.expect_code(0);
         assert_no_leak(&r, SECRET);
         // stdout, stderr and the log line all show the mask.
@@ -81,7 +81,8 @@ fn task_errors_and_panic_messages_are_masked() {
     assert!(r.stderr.contains("task failed: login failed with ***"), "{}", r.stderr);
     assert_no_leak(&r, SECRET);
 
-    let r = env.probe("", &["PW"], json!({"action": "panic", "get": "PW", "message": format!("bad {SECRET}")}), &[]);
+    let r =
+        env.probe("", &["PW"], json!({"action": "panic", "get": "PW", "message": format!("bad {SECRET}")}), &["-vv"]);
     r.expect_code(3);
     assert!(r.stderr.contains("bad ***"), "{}", r.stderr);
     assert_no_leak(&r, SECRET);
@@ -92,7 +93,7 @@ fn a_secret_split_across_writes_is_masked() {
     let env = Env::new();
     env.set_secret("", "PW", SECRET);
     let parts = ["before pa$$w", "0rd/with+spe", "cial=chars? after\n"];
-    let r = env.probe("", &["PW"], json!({"action": "write_parts", "get": "PW", "parts": parts}), &[]);
+    let r = env.probe("", &["PW"], json!({"action": "write_parts", "get": "PW", "parts": parts}), &["-vv"]);
     r.expect_code(0);
     assert!(r.stderr.contains("[probe] before *** after"), "{}", r.stderr);
     assert_no_leak(&r, SECRET);
@@ -114,7 +115,7 @@ fn a_multi_line_private_key_is_masked_line_by_line() {
     assert!(!r.all_output().contains(one_line), "{}", r.stderr);
     assert!(r.stderr.contains("key line: ***"), "{}", r.stderr);
 
-    let r = env.probe("", &["TLS_KEY"], json!({"action": "leak", "name": "TLS_KEY"}), &[]);
+    let r = env.probe("", &["TLS_KEY"], json!({"action": "leak", "name": "TLS_KEY"}), &["-vv"]);
     assert_eq!(r.expect_code(0).json()["value"], "***");
     for line in key.lines() {
         assert!(!r.all_output().contains(line), "{line} leaked");
@@ -125,7 +126,7 @@ fn a_multi_line_private_key_is_masked_line_by_line() {
 fn short_secrets_are_masked_only_as_whole_tokens() {
     let env = Env::new();
     env.set_secret("", "PIN", "42");
-    let r = env.probe("", &["PIN"], json!({"action": "print", "get": "PIN", "text": "pin=42 and 1420"}), &[]);
+    let r = env.probe("", &["PIN"], json!({"action": "print", "get": "PIN", "text": "pin=42 and 1420"}), &["-vv"]);
     r.expect_code(0);
     assert!(r.stderr.contains("[probe] pin=*** and 1420"), "{}", r.stderr);
 }
@@ -137,7 +138,7 @@ fn a_transformation_the_host_cannot_know_is_out_of_reach() {
     let env = Env::new();
     env.set_secret("", "PW", SECRET);
     let reversed: String = SECRET.chars().rev().collect();
-    let r = env.probe("", &["PW"], json!({"action": "print", "get": "PW", "text": reversed.clone()}), &[]);
+    let r = env.probe("", &["PW"], json!({"action": "print", "get": "PW", "text": reversed.clone()}), &["-vv"]);
     r.expect_code(0);
     assert!(r.stderr.contains(&reversed));
 }
