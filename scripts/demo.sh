@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end, on the embedded default store: build the host and
-# the example plugins, store a demo secret, run the signing plugin with a grant.
+# the example plugins, store a demo secret, run the signing plugin with a grant,
+# run the example flow, and show the execution records and the audit trail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,7 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup ta
 
 echo "==> building the host and the example plugins"
 cargo build --release --quiet -p keyhole-host
-cargo build --release --quiet --target wasm32-wasip2 --target-dir target/plugins -p hello -p hmac-sign -p probe
+cargo build --release --quiet --target wasm32-wasip2 --target-dir target/plugins -p hello -p hmac-sign -p probe -p webhook-request
 
 host=target/release/host
 plugin=target/plugins/wasm32-wasip2/release/hmac_sign.wasm
@@ -30,4 +31,12 @@ if "$host" exec "$plugin" --namespace finance.reporting --input '{"payload": "x"
   echo "unexpected: ran without a grant" >&2
   exit 1
 fi
+echo "==> running the example flow: sign the nightly report, then build its webhook delivery"
+"$host" validate plugins/flows/nightly-sales-report.yaml
+"$host" run plugins/flows/nightly-sales-report.yaml --input day="$(date +%F)"
+
+echo "==> recorded executions and the audit trail"
+"$host" executions list --limit 3
+"$host" audit list --limit 6
+"$host" audit verify
 echo "==> done"

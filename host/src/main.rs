@@ -7,17 +7,20 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use keyhole::access::TaskIdentity;
 use keyhole::audit::{self, Actor, AuditKey, AuditLog, Verdict};
 use keyhole::data_dir::DataDir;
-use keyhole::exec::{ExecutionEnv, Limits, TaskSpec, run_task};
+use keyhole::exec::{ExecutionEnv, Limits, TaskFailure};
+use keyhole::executions::{ExecutionRecord, Executions};
+use keyhole::flow::{self, Diagnostic, Diagnostics, Flow, FlowTask, Severity};
 use keyhole::mask::MaskSet;
 use keyhole::names::{ExecutionId, Namespace, SecretName, TaskId};
 use keyhole::output::{MaskedStderr, stderr_sink};
 use keyhole::policy::Grants;
-use keyhole::runtime::{LoadError, LoadedFrom, Runtime, RuntimeOptions};
+use keyhole::run::{prepare, run_flow};
+use keyhole::runtime::{Runtime, RuntimeOptions};
 use keyhole::secret::SecretValue;
 use keyhole::store::{SecretStore, StoreError};
+use serde_json::{Map, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,9 +59,71 @@ enum Command {
     /// Manage secrets in the encrypted store.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Run a flow file: its tasks in order, each with its own grants and limits.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Check a flow file without running it.
+    Validate(ValidateArgs),
+    /// Flow format helpers.
+    #[command(subcommand)]
+    Flow(FlowCommand),
+    /// Past executions of flows and `host exec`.
+    #[command(subcommand)]
+    Executions(ExecutionsCommand),
     /// Inspect, verify and export the audit trail (needs no master key).
     #[command(subcommand)]
     Audit(AuditCommand),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The flow file (YAML or JSON).
+    flow: PathBuf,
+    /// A flow input, as ID=VALUE (repeat for more).
+    #[arg(long = "input", short, value_parser = parse_input_pair, value_name = "ID=VALUE")]
+    inputs: Vec<(String, String)>,
+    /// Print the execution record as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// The flow file (YAML or JSON).
+    flow: PathBuf,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum FlowCommand {
+    /// Print the JSON Schema of the flow format (for editor validation and completion).
+    Schema,
+}
+
+#[derive(Subcommand, Debug)]
+enum ExecutionsCommand {
+    /// The newest executions first.
+    List {
+        /// Only this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One execution: per-task status, duration, masked output or error.
+    Show {
+        /// Execution id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -273,6 +338,13 @@ fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
         Command::Exec(args) => exec(&dir, args, masks.clone()),
         Command::Secret(cmd) => secret(&dir, cmd),
         Command::Audit(cmd) => audit_cmd(&dir, cmd),
+        Command::Run(args) => run_flow_cmd(&dir, args, masks.clone()),
+        Command::Validate(args) => validate_cmd(&dir, args),
+        Command::Flow(FlowCommand::Schema) => {
+            let schema = serde_json::to_string_pretty(&flow::schema()).expect("schemas encode");
+            writeln!(std::io::stdout().lock(), "{schema}").map_err(stdout_err)
+        }
+        Command::Executions(cmd) => executions_cmd(&dir, cmd),
     }
 }
 
@@ -378,68 +450,237 @@ fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("the input from {origin} is not a JSON document"))
 }
 
+/// Everything a run needs: store, engine, audit log, execution records.
+struct Session {
+    runtime: Arc<Runtime>,
+    env: ExecutionEnv,
+    records: Executions,
+    rt: tokio::runtime::Runtime,
+}
+
+fn session(dir: &DataDir, masks: Arc<MaskSet>) -> Result<Session, Exit> {
+    let store = open_store(dir)?;
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
+        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
+    let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
+    let audit = AuditLog::open(&dir.store_path(), key).map_err(|e| fail(HOST, e))?;
+    let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
+    let env = ExecutionEnv { store: Arc::new(Mutex::new(store)), sink: stderr_sink(), masks, audit };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+    Ok(Session { runtime, env, records, rt })
+}
+
+fn failure_exit(context: String, failure: TaskFailure) -> Exit {
+    let code = if failure.is_task_error() { TASK_ERROR } else { PLUGIN_FAILED };
+    fail(code, anyhow::Error::from(failure).context(context))
+}
+
+fn print_warnings(d: &Diagnostics) {
+    for w in &d.0 {
+        eprintln!("{w}");
+    }
+}
+
+/// `host exec`: a flow of one task whose grants come from `--grant`.
 fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
     let input = read_input(&args).map_err(|e| fail(USAGE, e))?;
     let memory = usize::try_from(args.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     if memory == 0 {
         return Err(fail(USAGE, anyhow::anyhow!("--memory must be at least 1 MiB")));
     }
-    let store = open_store(dir)?;
-    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
-        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
-    let plugin = runtime.load(&args.plugin).map_err(|e| {
-        let code = if matches!(e, LoadError::Read { .. } | LoadError::Invalid { .. } | LoadError::World { .. }) {
-            USAGE
-        } else {
-            HOST
-        };
-        fail(code, e)
-    })?;
-    let how = match plugin.loaded_from {
-        LoadedFrom::Cache => "loaded from the compiled cache",
-        LoadedFrom::Compiled => "compiled",
-    };
-    tracing::info!("plugin {} {how} (sha256 {})", plugin.origin, plugin.sha256);
-
+    let s = session(dir, masks)?;
     let stem = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let task = TaskId::from_file_stem(&stem);
-    let identity = Arc::new(TaskIdentity {
+    let flow = Flow {
+        id: task.clone(),
         namespace: args.namespace,
-        flow: task.clone(),
-        task,
-        execution: ExecutionId::generate(),
-        plugin_sha256: plugin.sha256.clone(),
-    });
-    tracing::info!("execution {} started", identity.execution);
-    let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
-    let audit = AuditLog::open(&dir.store_path(), key).map_err(|e| fail(HOST, e))?;
-    let env = ExecutionEnv { store: Arc::new(Mutex::new(store)), sink: stderr_sink(), masks, audit };
-    let spec = TaskSpec {
-        plugin: &plugin,
-        identity,
-        grants: Grants::new(args.grants),
-        input: &input,
-        limits: Limits { memory, timeout: args.timeout, output: args.max_output },
+        inputs: Vec::new(),
+        tasks: vec![FlowTask {
+            id: task,
+            plugin: args.plugin.clone(),
+            sha256: None,
+            grants: Grants::new(args.grants),
+            limits: Limits { memory, timeout: args.timeout, output: args.max_output },
+            input,
+            literal_input: true,
+        }],
+        source: args.plugin.display().to_string(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the async runtime: {e}")))?;
-    let outcome = rt.block_on(run_task(&runtime, &env, spec));
-    match outcome.result {
-        Ok(value) => {
-            let text = serde_json::to_string_pretty(&value).expect("a JSON value always serialises");
-            let text = env.masks.mask(&text);
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{text}")
-                .map_err(|e| fail(HOST, anyhow::Error::from(e).context("cannot write to stdout")))?;
-            Ok(())
+    let (plugins, warnings) = prepare(&s.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    print_warnings(&warnings);
+    let execution = ExecutionId::generate();
+    tracing::info!("execution {execution} started");
+    let report = s.rt.block_on(run_flow(&s.runtime, &s.env, &flow, &plugins, Map::new(), execution, &s.records));
+    if let Some((_, failure)) = report.failure {
+        return Err(failure_exit(format!("plugin {}", args.plugin.display()), failure));
+    }
+    let output = report.record.tasks[0].output.clone().unwrap_or(Value::Null);
+    let text = serde_json::to_string_pretty(&output).expect("a JSON value always serialises");
+    writeln!(std::io::stdout().lock(), "{text}").map_err(stdout_err)
+}
+
+fn parse_input_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not ID=VALUE"))
+}
+
+/// `host run`: a flow file.
+fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
+    let (flow, warnings) = flow::load(&args.flow).map_err(|d| fail(USAGE, d))?;
+    print_warnings(&warnings);
+    let inputs = flow::bind_inputs(&flow, &args.inputs).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
+    let s = session(dir, masks)?;
+    let (plugins, warnings) = prepare(&s.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    print_warnings(&warnings);
+    let execution = ExecutionId::generate();
+    eprintln!("[{}] execution {execution} started", flow.id);
+    let report = s.rt.block_on(run_flow(&s.runtime, &s.env, &flow, &plugins, inputs, execution, &s.records));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report.record).map_err(stdout_err)?;
+        writeln!(out).map_err(stdout_err)?;
+    } else {
+        write_execution(&mut out, &report.record).map_err(stdout_err)?;
+    }
+    match report.failure {
+        Some((task, failure)) => Err(failure_exit(format!("flow {} failed at task {task}", flow.id), failure)),
+        None => Ok(()),
+    }
+}
+
+fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std::io::Result<()> {
+    let ns = if r.namespace.is_empty() { "(root)" } else { &r.namespace };
+    writeln!(out, "execution {}  flow {}  namespace {ns}  {}", r.id, r.flow, r.status)?;
+    writeln!(out, "started {}  ended {}", r.started, r.ended.as_deref().unwrap_or("-"))?;
+    for t in &r.tasks {
+        let status =
+            serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        writeln!(out, "  {:<10} {:<24} {:>7} ms  {}", status, t.id, t.duration_ms, t.error.as_deref().unwrap_or(""))?;
+    }
+    let outputs: Map<String, Value> =
+        r.tasks.iter().filter_map(|t| t.output.clone().map(|o| (t.id.clone(), o))).collect();
+    writeln!(out, "outputs:")?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&outputs).expect("JSON encodes"))
+}
+
+/// `host validate`: everything `run` would check, without running.
+fn validate_cmd(dir: &DataDir, args: ValidateArgs) -> Result<(), Exit> {
+    let mut found = Vec::new();
+    let flow = match flow::load(&args.flow) {
+        Ok((flow, warnings)) => {
+            found.extend(warnings.0);
+            Some(flow)
         }
-        Err(failure) => {
-            let code = if failure.is_task_error() { TASK_ERROR } else { PLUGIN_FAILED };
-            Err(fail(code, anyhow::Error::from(failure).context(format!("plugin {}", args.plugin.display()))))
+        Err(d) => {
+            found.extend(d.0);
+            None
+        }
+    };
+    if let Some(flow) = &flow {
+        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
+            .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
+        match prepare(&runtime, flow) {
+            Ok((_, w)) => found.extend(w.0),
+            Err(d) => found.extend(d.0),
+        }
+        for t in &flow.tasks {
+            for g in t.grants.iter() {
+                let exists = keyhole::store::exists_in_chain(&dir.store_path(), &flow.namespace, g)
+                    .map_err(|e| fail(HOST, e))?;
+                if !exists {
+                    found.push(Diagnostic {
+                        severity: Severity::Warning,
+                        location: format!("{}: task {}", flow.source, t.id),
+                        message: format!(
+                            "secret {g} is granted but exists in no namespace of {}'s chain: `host secret set {g} --namespace {}`",
+                            flow.namespace,
+                            flow.namespace.as_str()
+                        ),
+                    });
+                }
+            }
         }
     }
+    let diags = Diagnostics(found);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &diags.0).map_err(stdout_err)?;
+        writeln!(out).map_err(stdout_err)?;
+    } else {
+        for d in &diags.0 {
+            writeln!(out, "{d}").map_err(stdout_err)?;
+        }
+    }
+    if diags.has_errors() {
+        let n = diags.0.iter().filter(|d| d.severity == Severity::Error).count();
+        return Err(fail(USAGE, anyhow::anyhow!("flow {} has {n} error(s)", args.flow.display())));
+    }
+    if !args.json {
+        writeln!(out, "flow {} is valid ({} warning(s))", args.flow.display(), diags.0.len()).map_err(stdout_err)?;
+    }
+    Ok(())
+}
+
+fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<(), Exit> {
+    if !dir.store_path().exists() {
+        return Err(fail(USAGE, anyhow::anyhow!("no executions yet: {} does not exist", dir.store_path().display())));
+    }
+    let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        ExecutionsCommand::List { flow, limit, json } => {
+            let list = records.list(flow.as_deref(), limit).map_err(|e| fail(HOST, e))?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &list).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            } else {
+                writeln!(out, "{:<36}  {:<24} {:<10} {:<24}  TASKS", "EXECUTION", "FLOW", "STATUS", "STARTED")
+                    .map_err(stdout_err)?;
+                for r in list {
+                    let tasks: Vec<String> = r
+                        .tasks
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{}:{}",
+                                t.id,
+                                serde_json::to_value(t.status)
+                                    .ok()
+                                    .and_then(|v| v.as_str().map(str::to_owned))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    writeln!(
+                        out,
+                        "{:<36}  {:<24} {:<10} {:<24}  {}",
+                        r.id,
+                        r.flow,
+                        r.status,
+                        r.started,
+                        tasks.join(" ")
+                    )
+                    .map_err(stdout_err)?;
+                }
+            }
+        }
+        ExecutionsCommand::Show { id, json } => {
+            let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
+            let r = records.get(id.as_str()).map_err(|e| match e {
+                keyhole::executions::RecordError::NotFound(_) => fail(USAGE, e),
+                e => fail(HOST, e),
+            })?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &r).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            } else {
+                write_execution(&mut out, &r).map_err(stdout_err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn audit_filter(f: AuditFilter) -> audit::Filter {

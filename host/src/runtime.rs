@@ -81,6 +81,8 @@ pub struct Plugin {
     pub loaded_from: LoadedFrom,
     /// Where it came from (a path, for messages).
     pub origin: String,
+    /// The component's imports (`wasi:cli/environment@0.2.x`, ...).
+    pub imports: Vec<String>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -168,6 +170,7 @@ impl Runtime {
                 (c, LoadedFrom::Compiled)
             }
         };
+        let imports = component.component_type().imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         let world = |e: wasmtime::Error| LoadError::World { origin: origin.to_owned(), why: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = TaskPre::new(pre).map_err(|e| LoadError::World {
@@ -177,7 +180,7 @@ impl Runtime {
                  (use keyhole_guest::task! in Rust)"
             ),
         })?;
-        Ok(Plugin { pre, sha256, loaded_from, origin: origin.to_owned() })
+        Ok(Plugin { pre, sha256, loaded_from, origin: origin.to_owned(), imports })
     }
 
     fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {

@@ -339,21 +339,6 @@ impl SecretStore {
         StoreError::Tampered { path: self.path.clone(), namespace: ns.clone(), name: name.clone(), version }
     }
 
-    /// Whether `name` exists in some namespace of `namespace`'s chain,
-    /// without decrypting it.
-    pub fn exists_in_chain(&self, namespace: &Namespace, name: &SecretName) -> Result<bool, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM secrets WHERE name = ?1 AND namespace = ?2")
-            .map_err(self.err("prepare a lookup"))?;
-        for ns in namespace.chain() {
-            if stmt.exists(params![name.as_str(), ns.as_str()]).map_err(self.err("look up a secret"))? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// Lists secrets, in `namespace` only when given, sorted by namespace and name.
     pub fn list(&self, namespace: Option<&Namespace>) -> Result<Vec<SecretInfo>, StoreError> {
         let mut stmt = self
@@ -423,6 +408,24 @@ fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Sto
     move |err| StoreError::Sqlite { path, op, err }
 }
 
+/// Whether `name` exists in some namespace of `namespace`'s chain of the
+/// store at `path`. Reads metadata only: needs no master key.
+pub fn exists_in_chain(path: &Path, namespace: &Namespace, name: &SecretName) -> Result<bool, StoreError> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let conn = connect(path)?;
+    let mut stmt = conn
+        .prepare("SELECT 1 FROM secrets WHERE name = ?1 AND namespace = ?2")
+        .map_err(sql_err(path, "prepare a lookup"))?;
+    for ns in namespace.chain() {
+        if stmt.exists(params![name.as_str(), ns.as_str()]).map_err(sql_err(path, "look up a secret"))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Environment variable overriding how long a write waits for another
 /// process's write to finish, in milliseconds (default 10000).
 pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
@@ -476,9 +479,11 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
              PRIMARY KEY (secret_id, version)
          );
          {audit}
+         {executions}
          PRAGMA user_version = 1;
          COMMIT;",
-        audit = crate::audit::SCHEMA
+        audit = crate::audit::SCHEMA,
+        executions = crate::executions::SCHEMA,
     ))
     .map_err(e("create the schema"))
 }

@@ -19,6 +19,8 @@ pub enum Plugin {
     HmacSign,
     /// `plugins/probe`: does what its input asks, hostile things included.
     Probe,
+    /// `plugins/webhook-request`: builds a signed webhook delivery request.
+    WebhookRequest,
 }
 
 impl Plugin {
@@ -27,6 +29,7 @@ impl Plugin {
             Plugin::Hello => "hello",
             Plugin::HmacSign => "hmac-sign",
             Plugin::Probe => "probe",
+            Plugin::WebhookRequest => "webhook-request",
         }
     }
     fn artifact(self) -> String {
@@ -34,7 +37,7 @@ impl Plugin {
     }
 }
 
-const ALL: [Plugin; 3] = [Plugin::Hello, Plugin::HmacSign, Plugin::Probe];
+const ALL: [Plugin; 4] = [Plugin::Hello, Plugin::HmacSign, Plugin::Probe, Plugin::WebhookRequest];
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

@@ -1,0 +1,787 @@
+//! Flows: the declarative YAML (or JSON) format, its validation, and the
+//! `{{ ... }}` expressions that carry inputs and task outputs into task
+//! inputs.
+//!
+//! A flow names, per task, the exact secrets the task may read
+//! (`secrets: [NAME]`); reviewing the file tells what each plugin may touch.
+//!
+//! Invariant: a secret value never enters a task through its input: there is
+//! no `secret()` expression, and task outputs are masked before they can be
+//! referenced by later tasks.
+
+use crate::exec::Limits;
+use crate::names::{FlowId, Namespace, SecretName, TaskId};
+use crate::policy::Grants;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Largest flow file accepted.
+pub const MAX_FLOW_BYTES: usize = 1 << 20;
+
+/// A flow file as written.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "keyhole flow",
+    description = "A keyhole flow: tasks run in order, each with its own grants and limits"
+)]
+pub struct FlowDoc {
+    /// Flow id: ASCII letters, digits, `_` and `-`.
+    pub id: String,
+    /// Dotted namespace the tasks' secrets are looked up in (then its parents). Default: the root.
+    #[serde(default)]
+    pub namespace: String,
+    /// What the flow does.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Inputs given with `host run FLOW --input ID=VALUE`.
+    #[serde(default)]
+    pub inputs: Vec<InputDecl>,
+    /// Tasks, run in order; a failed task stops the flow.
+    pub tasks: Vec<TaskDoc>,
+}
+
+/// One declared input.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputDecl {
+    /// Input id, referenced as `{{ inputs.ID }}`.
+    pub id: String,
+    /// Type the `--input` text is parsed as.
+    #[serde(rename = "type", default)]
+    pub kind: InputKind,
+    /// Whether `--input ID=...` must be given (unless there is a default).
+    #[serde(default)]
+    pub required: bool,
+    /// Value used when the input is not given.
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// What the input means.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Input types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// Text, taken as given.
+    #[default]
+    String,
+    /// A JSON number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// Any JSON document.
+    Json,
+}
+
+/// One task as written.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskDoc {
+    /// Task id, unique in the flow, referenced as `{{ outputs.ID.FIELD }}`.
+    pub id: String,
+    /// Path of the plugin (.wasm), relative to the flow file.
+    pub plugin: String,
+    /// Optional pin: the plugin's SHA-256 (hex); a different binary is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Secrets this task may read with `secrets::get`, and no others.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: LimitsDoc,
+    /// The task's JSON input; strings may hold `{{ ... }}` expressions.
+    #[serde(default)]
+    pub input: Value,
+    /// What the task does.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Limits as written: `memory: 64MiB`, `timeout: 30s`, `output: 1MiB`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDoc {
+    /// Memory per linear memory, with a unit: `64MiB`, `1GiB`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Wall time: `30s`, `2m`, `500ms`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Plugin stdout + stderr + log bytes shown, with a unit: `1MiB`.
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// A validated flow, ready to run.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Flow id.
+    pub id: FlowId,
+    /// Namespace.
+    pub namespace: Namespace,
+    /// Declared inputs.
+    pub inputs: Vec<InputDecl>,
+    /// Tasks in order.
+    pub tasks: Vec<FlowTask>,
+    /// Where it came from.
+    pub source: String,
+}
+
+/// A validated task.
+#[derive(Debug, Clone)]
+pub struct FlowTask {
+    /// Task id.
+    pub id: TaskId,
+    /// Resolved plugin path.
+    pub plugin: PathBuf,
+    /// Pinned digest, lowercase hex.
+    pub sha256: Option<String>,
+    /// Grants.
+    pub grants: Grants,
+    /// Limits.
+    pub limits: Limits,
+    /// Input template.
+    pub input: Value,
+    /// Take `input` as it is, without expanding `{{ ... }}` (`host exec`).
+    pub literal_input: bool,
+}
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The flow cannot run.
+    Error,
+    /// The flow runs, but probably not as meant.
+    Warning,
+}
+
+/// One validation finding: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// `FILE:LINE:COLUMN`, or `FILE: task ID`.
+    pub location: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev}: {}: {}", self.location, self.message)
+    }
+}
+
+/// Validation findings (at least one error when returned as `Err`).
+#[derive(Debug, Clone)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+impl Diagnostics {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// The JSON Schema of the flow format (for editors).
+pub fn schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(FlowDoc)).expect("schemas serialise")
+}
+
+/// Parses a size with a unit: `64MiB`, `512kb`, `1GiB`, `100B`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "" => return Err(format!("{s:?} needs a unit: B, KiB, MiB, GiB (or kB, MB, GB)")),
+        other => return Err(format!("{s:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, kB, MB or GB")),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
+    usize::try_from(bytes).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// Parses a duration: `30s`, `2m`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("{s:?} is not a positive number of seconds"));
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 500ms or 2m: {e}"))
+}
+
+/// Reads, parses and checks a flow file. Plugins are not loaded here (see
+/// [`plugin_path`] and the runner); everything knowable from the text is.
+pub fn load(path: &Path) -> Result<(Flow, Diagnostics), Diagnostics> {
+    let file = path.display().to_string();
+    let err = |location: String, message: String| {
+        Diagnostics(vec![Diagnostic { severity: Severity::Error, location, message }])
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(file.clone(), format!("cannot read the flow file: {e}")))?;
+    if meta.len() > MAX_FLOW_BYTES as u64 {
+        return Err(err(file, format!("the flow file is {} bytes; the limit is {MAX_FLOW_BYTES}", meta.len())));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(file.clone(), format!("cannot read the flow file: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let upto = &bytes[..e.valid_up_to()];
+        let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = upto.len() - upto.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+        err(format!("{file}:{line}:{col}"), "the flow file is not valid UTF-8".into())
+    })?;
+    parse(text, &file, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Parses and checks flow text; `file` names it in messages and plugin paths
+/// are resolved against `base`.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<(Flow, Diagnostics), Diagnostics> {
+    let doc: FlowDoc = serde_yaml_ng::from_str(text).map_err(|e| {
+        let location = match e.location() {
+            Some(l) => format!("{file}:{}:{}", l.line(), l.column()),
+            None => file.to_owned(),
+        };
+        // The message repeats the location; keep only the first.
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+        Diagnostics(vec![Diagnostic { severity: Severity::Error, location, message: msg }])
+    })?;
+    check(doc, file, base)
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    found: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, where_: impl fmt::Display, message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            severity: Severity::Error,
+            location: format!("{}: {where_}", self.file),
+            message: message.into(),
+        });
+    }
+}
+
+fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), Diagnostics> {
+    let mut c = Checker { file, found: Vec::new() };
+    let id = TaskId::new(&doc.id).map_err(|e| c.error("id", e.to_string())).ok();
+    let namespace = Namespace::new(&doc.namespace).map_err(|e| c.error("namespace", e.to_string())).ok();
+    let mut input_ids = HashSet::new();
+    for i in &doc.inputs {
+        if TaskId::new(&i.id).is_err() {
+            c.error(format!("input {:?}", i.id), "input ids may contain only ASCII letters, digits, '_' and '-'");
+        }
+        if !input_ids.insert(i.id.clone()) {
+            c.error(format!("input {}", i.id), "duplicate input id");
+        }
+        if let Some(d) = &i.default
+            && !kind_matches(i.kind, d)
+        {
+            c.error(format!("input {}", i.id), format!("default {d} is not of type {:?}", i.kind));
+        }
+    }
+    if doc.tasks.is_empty() {
+        c.error("tasks", "a flow needs at least one task");
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut tasks = Vec::new();
+    for t in &doc.tasks {
+        let where_ = format!("task {}", t.id);
+        let tid = TaskId::new(&t.id).map_err(|e| c.error(&where_, e.to_string())).ok();
+        if seen.contains(&t.id) {
+            c.error(&where_, "duplicate task id: task ids must be unique in a flow");
+        }
+        let mut grants = Vec::new();
+        for s in &t.secrets {
+            match SecretName::new(s) {
+                Ok(n) => grants.push(n),
+                Err(e) => c.error(&where_, format!("secrets: {e}")),
+            }
+        }
+        let limits = limits(&t.limits).map_err(|e| c.error(format!("{where_}: limits"), e)).ok();
+        let sha256 = t.sha256.as_ref().map(|s| s.trim().to_ascii_lowercase());
+        if let Some(s) = &sha256
+            && (s.len() != 64 || !s.chars().all(|ch| ch.is_ascii_hexdigit()))
+        {
+            c.error(&where_, format!("sha256 {s:?} is not 64 hex digits"));
+        }
+        check_expressions(&mut c, &where_, "input", &t.input, &input_ids, &seen);
+        seen.push(t.id.clone());
+        if let (Some(id), Some(limits)) = (tid, limits) {
+            tasks.push(FlowTask {
+                id,
+                plugin: base.join(&t.plugin),
+                sha256,
+                grants: Grants::new(grants),
+                limits,
+                input: t.input.clone(),
+                literal_input: false,
+            });
+        }
+    }
+    let diags = Diagnostics(c.found);
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    let (Some(id), Some(namespace)) = (id, namespace) else { unreachable!("errors were reported above") };
+    Ok((Flow { id, namespace, inputs: doc.inputs, tasks, source: file.to_owned() }, diags))
+}
+
+fn kind_matches(kind: InputKind, v: &Value) -> bool {
+    match kind {
+        InputKind::String => v.is_string(),
+        InputKind::Number => v.is_number(),
+        InputKind::Boolean => v.is_boolean(),
+        InputKind::Json => true,
+    }
+}
+
+fn limits(l: &LimitsDoc) -> Result<Limits, String> {
+    let d = Limits::default();
+    Ok(Limits {
+        memory: l.memory.as_deref().map(parse_size).transpose()?.unwrap_or(d.memory),
+        timeout: l.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(d.timeout),
+        output: l.output.as_deref().map(parse_size).transpose()?.unwrap_or(d.output),
+    })
+}
+
+/// One `{{ ... }}` reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expr {
+    Input(String, Vec<Step>),
+    Output(String, Vec<Step>),
+    ExecutionId,
+    FlowId,
+    FlowNamespace,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Field(String),
+    Index(usize),
+}
+
+const SECRET_HINT: &str = "secrets never travel through task inputs: grant the secret to the task \
+    (`secrets: [NAME]`) and read it in the plugin with `keyhole_guest::secrets::get(\"NAME\")`";
+
+fn parse_expr(src: &str) -> Result<Expr, String> {
+    let s = src.trim();
+    if s.starts_with("secret(") || s.starts_with("secret (") || s.starts_with("secrets.") {
+        return Err(format!("`{{{{ {s} }}}}` is not supported: {SECRET_HINT}"));
+    }
+    let mut steps = Vec::new();
+    let mut rest = s;
+    let head_end = rest.find(['.', '[']).unwrap_or(rest.len());
+    let head = &rest[..head_end];
+    rest = &rest[head_end..];
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let name = &r[..end];
+            if name.is_empty() {
+                return Err(format!("empty field name in `{s}`"));
+            }
+            steps.push(Step::Field(name.to_owned()));
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']').ok_or_else(|| format!("missing `]` in `{s}`"))?;
+            let idx = r[..end].trim().parse().map_err(|_| format!("`[{}]` is not an index in `{s}`", &r[..end]))?;
+            steps.push(Step::Index(idx));
+            rest = &r[end + 1..];
+        } else {
+            return Err(format!("cannot read `{s}`: use dotted names like outputs.TASK.FIELD"));
+        }
+    }
+    let take_name = |steps: &mut Vec<Step>, what: &str| match steps.first() {
+        Some(Step::Field(n)) => Ok(n.clone()),
+        _ => Err(format!("`{s}` needs a {what} name, e.g. {head}.NAME")),
+    };
+    match head {
+        "inputs" => {
+            let name = take_name(&mut steps, "input")?;
+            Ok(Expr::Input(name, steps[1..].to_vec()))
+        }
+        "outputs" => {
+            let name = take_name(&mut steps, "task")?;
+            Ok(Expr::Output(name, steps[1..].to_vec()))
+        }
+        "execution" if steps == [Step::Field("id".into())] => Ok(Expr::ExecutionId),
+        "flow" if steps == [Step::Field("id".into())] => Ok(Expr::FlowId),
+        "flow" if steps == [Step::Field("namespace".into())] => Ok(Expr::FlowNamespace),
+        "secret" | "secrets" => Err(format!("`{{{{ {s} }}}}` is not supported: {SECRET_HINT}")),
+        _ => Err(format!(
+            "unknown expression `{s}`: use inputs.X, outputs.TASK.FIELD, execution.id, flow.id or flow.namespace"
+        )),
+    }
+}
+
+/// Splits a string into literal text and expressions.
+fn pieces(s: &str) -> Result<Vec<Result<&str, &str>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            out.push(Ok(&rest[..start]));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in {s:?}"))?;
+        out.push(Err(&after[..end]));
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        out.push(Ok(rest));
+    }
+    Ok(out)
+}
+
+fn check_expressions(
+    c: &mut Checker<'_>,
+    task: &str,
+    at: &str,
+    v: &Value,
+    inputs: &HashSet<String>,
+    before: &[String],
+) {
+    match v {
+        Value::String(s) => match pieces(s) {
+            Err(e) => c.error(format!("{task}: {at}"), e),
+            Ok(ps) => {
+                for p in ps.into_iter().filter_map(Result::err) {
+                    match parse_expr(p) {
+                        Err(e) => c.error(format!("{task}: {at}"), e),
+                        Ok(Expr::Input(name, _)) if !inputs.contains(&name) => {
+                            c.error(format!("{task}: {at}"), format!("`inputs.{name}` is not a declared input"))
+                        }
+                        Ok(Expr::Output(name, _)) if !before.contains(&name) => c.error(
+                            format!("{task}: {at}"),
+                            format!("`outputs.{name}` refers to a task that has not run before this one"),
+                        ),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_expressions(c, task, &format!("{at}[{i}]"), item, inputs, before);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                check_expressions(c, task, &format!("{at}.{k}"), item, inputs, before);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What expressions can see while a flow runs.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Input values.
+    pub inputs: Map<String, Value>,
+    /// Outputs of the tasks that ran (already masked).
+    pub outputs: Map<String, Value>,
+    /// Execution id.
+    pub execution_id: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Flow namespace.
+    pub namespace: String,
+}
+
+fn walk<'v>(mut v: &'v Value, steps: &[Step], what: &str) -> Result<&'v Value, String> {
+    for s in steps {
+        v = match s {
+            Step::Field(f) => v.get(f).ok_or_else(|| format!("{what} has no field `{f}`"))?,
+            Step::Index(i) => v.get(i).ok_or_else(|| format!("{what} has no element [{i}]"))?,
+        };
+    }
+    Ok(v)
+}
+
+fn resolve(src: &str, scope: &Scope) -> Result<Value, String> {
+    Ok(match parse_expr(src)? {
+        Expr::Input(name, steps) => {
+            let v = scope.inputs.get(&name).ok_or_else(|| format!("input `{name}` was not given"))?;
+            walk(v, &steps, &format!("`inputs.{}`", src.trim()["inputs.".len()..].trim()))?.clone()
+        }
+        Expr::Output(task, steps) => {
+            let v = scope.outputs.get(&task).ok_or_else(|| format!("task `{task}` has no output"))?;
+            walk(v, &steps, &format!("the output of task `{task}`"))?.clone()
+        }
+        Expr::ExecutionId => Value::String(scope.execution_id.clone()),
+        Expr::FlowId => Value::String(scope.flow_id.clone()),
+        Expr::FlowNamespace => Value::String(scope.namespace.clone()),
+    })
+}
+
+/// Renders a task's input template. A string that is exactly one
+/// expression takes the referenced value with its JSON type; expressions
+/// inside longer text are interpolated (non-strings as compact JSON).
+pub fn render(template: &Value, scope: &Scope) -> Result<Value, String> {
+    Ok(match template {
+        Value::String(s) => {
+            let ps = pieces(s)?;
+            if let [Err(only)] = ps.as_slice() {
+                return resolve(only, scope);
+            }
+            let mut out = String::new();
+            for p in ps {
+                match p {
+                    Ok(text) => out.push_str(text),
+                    Err(e) => match resolve(e, scope)? {
+                        Value::String(v) => out.push_str(&v),
+                        other => out.push_str(&other.to_string()),
+                    },
+                }
+            }
+            Value::String(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|i| render(i, scope)).collect::<Result<_, _>>()?),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| Ok((k.clone(), render(v, scope)?))).collect::<Result<_, String>>()?)
+        }
+        other => other.clone(),
+    })
+}
+
+/// Turns `--input ID=TEXT` pairs into typed input values, applying defaults
+/// and checking required inputs.
+pub fn bind_inputs(flow: &Flow, given: &[(String, String)]) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for (k, text) in given {
+        let decl = flow.inputs.iter().find(|d| &d.id == k).ok_or_else(|| {
+            let known: Vec<_> = flow.inputs.iter().map(|d| d.id.as_str()).collect();
+            format!(
+                "flow {} has no input `{k}` (declared: {})",
+                flow.id,
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )
+        })?;
+        let v = match decl.kind {
+            InputKind::String => Value::String(text.clone()),
+            InputKind::Number => serde_json::from_str::<serde_json::Number>(text)
+                .map(Value::Number)
+                .map_err(|_| format!("input `{k}` must be a number, got {text:?}"))?,
+            InputKind::Boolean => match text.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(format!("input `{k}` must be true or false, got {text:?}")),
+            },
+            InputKind::Json => serde_json::from_str(text).map_err(|e| format!("input `{k}` must be JSON: {e}"))?,
+        };
+        out.insert(k.clone(), v);
+    }
+    for d in &flow.inputs {
+        if !out.contains_key(&d.id) {
+            match &d.default {
+                Some(v) => {
+                    out.insert(d.id.clone(), v.clone());
+                }
+                None if d.required => {
+                    return Err(format!("flow {} needs input `{}`: pass --input {}=VALUE", flow.id, d.id, d.id));
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Capabilities a plugin may import that no flow grants, with what they are.
+pub fn ungrantable_imports(imports: &[String]) -> Vec<(&str, &'static str)> {
+    imports
+        .iter()
+        .filter_map(|i| {
+            let what = if i.starts_with("wasi:sockets/") {
+                "network sockets"
+            } else if i.starts_with("wasi:http/") {
+                "outgoing HTTP"
+            } else {
+                return None;
+            };
+            Some((i.as_str(), what))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn flow(text: &str) -> Result<(Flow, Diagnostics), Diagnostics> {
+        parse(text, "f.yaml", Path::new("/flows"))
+    }
+
+    fn errors(text: &str) -> String {
+        flow(text).unwrap_err().to_string()
+    }
+
+    const OK: &str = "
+id: nightly
+namespace: finance.reporting
+inputs:
+  - id: day
+    required: true
+tasks:
+  - id: sign
+    plugin: ../plugins/sign.wasm
+    secrets: [KEY]
+    limits: { memory: 32MiB, timeout: 5s }
+    input:
+      payload: 'report for {{ inputs.day }}'
+  - id: notify
+    plugin: notify.wasm
+    input:
+      signature: '{{ outputs.sign.signature }}'
+      whole: '{{ outputs.sign }}'
+      exec: '{{ execution.id }} {{ flow.id }} {{ flow.namespace }}'
+";
+
+    #[test]
+    fn a_good_flow_parses() {
+        let (f, d) = flow(OK).unwrap();
+        assert!(d.0.is_empty());
+        assert_eq!(f.tasks.len(), 2);
+        assert_eq!(f.tasks[0].plugin, Path::new("/flows/../plugins/sign.wasm"));
+        assert_eq!(f.tasks[0].limits.memory, 32 << 20);
+        assert_eq!(f.tasks[0].limits.timeout, Duration::from_secs(5));
+        assert!(f.tasks[1].grants.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_name_line_and_column() {
+        let e = errors("id: x\ntasks:\n  - id: a\n    plugn: a.wasm\n");
+        assert!(e.starts_with("error: f.yaml:4:5: tasks[0]: unknown field `plugn`"), "{e}");
+        let e = errors("id: x\ntasks:\n  - id: a\n    plugin: a.wasm\n    secrets: KEY\n");
+        assert!(e.contains("f.yaml:5:14") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_task() {
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm}\n  - {id: a, plugin: b.wasm}\n");
+        assert!(e.contains("task a: duplicate task id"), "{e}");
+        let e = errors(
+            "id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {v: '{{ outputs.b.x }}'}}\n  - {id: b, plugin: b.wasm}\n",
+        );
+        assert!(e.contains("f.yaml: task a: input.v: `outputs.b` refers to a task that has not run before"), "{e}");
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {v: '{{ inputs.nope }}'}}\n");
+        assert!(e.contains("`inputs.nope` is not a declared input"), "{e}");
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, limits: {memory: '64'}}\n");
+        assert!(e.contains("task a: limits") && e.contains("needs a unit"), "{e}");
+    }
+
+    #[test]
+    fn secret_expressions_are_rejected_with_guidance() {
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {k: \"{{ secret('DB') }}\"}}\n");
+        assert!(
+            e.contains("secrets: [NAME]") && e.contains("secrets::get(\\\"NAME\\\")")
+                || e.contains("secrets::get(\"NAME\")"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rendering_keeps_types_and_interpolates() {
+        let scope = Scope {
+            inputs: json!({"day": "2026-11-27", "n": 3}).as_object().unwrap().clone(),
+            outputs: json!({"sign": {"signature": "sha256=ab", "list": [1, {"x": true}]}}).as_object().unwrap().clone(),
+            execution_id: "e1".into(),
+            flow_id: "f".into(),
+            namespace: "ns".into(),
+        };
+        let t = json!({
+            "a": "{{ inputs.n }}",
+            "b": "n={{ inputs.n }} day={{inputs.day}}",
+            "c": "{{ outputs.sign.list[1].x }}",
+            "d": ["{{ execution.id }}", "{{ flow.id }}/{{ flow.namespace }}"],
+            "e": 5
+        });
+        assert_eq!(
+            render(&t, &scope).unwrap(),
+            json!({"a": 3, "b": "n=3 day=2026-11-27", "c": true, "d": ["e1", "f/ns"], "e": 5})
+        );
+        let e = render(&json!("{{ outputs.sign.nope }}"), &scope).unwrap_err();
+        assert_eq!(e, "the output of task `sign` has no field `nope`");
+    }
+
+    #[test]
+    fn hostile_yaml_is_an_error_not_a_hang() {
+        let bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
+                    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n\
+                    g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\nid: x\ntasks: []\n";
+        assert!(flow(bomb).is_err());
+        let deep = format!(
+            "id: x\ntasks:\n  - id: a\n    plugin: a.wasm\n    input: {}{}\n",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let e = errors(&deep);
+        assert!(e.contains("recursion limit"), "{e}");
+    }
+
+    #[test]
+    fn inputs_are_typed_and_required() {
+        let (f, _) = flow("id: x\ninputs:\n  - {id: n, type: number, required: true}\n  - {id: b, type: boolean, default: false}\ntasks:\n  - {id: a, plugin: a.wasm}\n").unwrap();
+        let v = bind_inputs(&f, &[("n".into(), "42".into())]).unwrap();
+        assert_eq!(Value::Object(v), json!({"n": 42, "b": false}));
+        assert!(bind_inputs(&f, &[]).unwrap_err().contains("needs input `n`"));
+        assert!(bind_inputs(&f, &[("n".into(), "x".into())]).unwrap_err().contains("must be a number"));
+        assert!(bind_inputs(&f, &[("zz".into(), "1".into())]).unwrap_err().contains("has no input `zz`"));
+    }
+
+    #[test]
+    fn sizes_need_units() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1gib").unwrap(), 1 << 30);
+        assert_eq!(parse_size("10kB").unwrap(), 10_000);
+        assert!(parse_size("64").is_err());
+        assert!(parse_size("64 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_schema_describes_tasks() {
+        let s = schema().to_string();
+        assert!(s.contains("\"tasks\"") && s.contains("\"secrets\"") && s.contains("additionalProperties"), "{s}");
+    }
+}

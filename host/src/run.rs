@@ -1,0 +1,188 @@
+//! Running a flow: load and check every plugin before anything runs, then
+//! run the tasks in order, each with its own grants, limits and sandbox,
+//! carrying masked outputs forward and recording the execution.
+//!
+//! Invariant: a pinned digest mismatch, a missing plugin or a plugin that
+//! does not fit the world stops the flow before its first task starts; a
+//! task's output reaches later tasks, the terminal and the execution record
+//! only after masking.
+
+use crate::access::TaskIdentity;
+use crate::audit::now_rfc3339;
+use crate::exec::{ExecutionEnv, TaskFailure, TaskSpec, run_task};
+use crate::executions::{ExecutionRecord, Executions, TaskRecord, TaskStatus};
+use crate::flow::{Diagnostic, Diagnostics, Flow, Scope, Severity, render, ungrantable_imports};
+use crate::names::ExecutionId;
+use crate::runtime::{LoadedFrom, Plugin, Runtime};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Loads every task's plugin and checks pins and imports.
+/// Errors stop the flow; warnings are returned alongside the plugins.
+pub fn prepare(runtime: &Runtime, flow: &Flow) -> Result<(Vec<Plugin>, Diagnostics), Diagnostics> {
+    let mut found = Vec::new();
+    let mut plugins = Vec::new();
+    for t in &flow.tasks {
+        let location = format!("{}: task {}", flow.source, t.id);
+        let mut error = |message: String| {
+            found.push(Diagnostic { severity: Severity::Error, location: location.clone(), message });
+        };
+        let plugin = match runtime.load(&t.plugin) {
+            Ok(p) => p,
+            Err(e) => {
+                error(e.to_string());
+                continue;
+            }
+        };
+        let how = match plugin.loaded_from {
+            LoadedFrom::Cache => "loaded from the compiled cache",
+            LoadedFrom::Compiled => "compiled",
+        };
+        tracing::info!("plugin {} {how} (sha256 {})", plugin.origin, plugin.sha256);
+        if let Some(pin) = &t.sha256
+            && *pin != plugin.sha256
+        {
+            error(format!(
+                "plugin {} has sha256 {}, but the flow pins {pin}: refusing to run a different binary",
+                t.plugin.display(),
+                plugin.sha256
+            ));
+            continue;
+        }
+        for (import, what) in ungrantable_imports(&plugin.imports) {
+            found.push(Diagnostic {
+                severity: Severity::Warning,
+                location: location.clone(),
+                message: format!(
+                    "the plugin imports {import} ({what}), which flows never grant: those calls will be refused"
+                ),
+            });
+        }
+        plugins.push(plugin);
+    }
+    let diags = Diagnostics(found);
+    if diags.has_errors() { Err(diags) } else { Ok((plugins, diags)) }
+}
+
+/// How a flow run ended.
+#[derive(Debug)]
+pub struct FlowReport {
+    /// The record as saved.
+    pub record: ExecutionRecord,
+    /// The failure of the task that stopped the flow, if any.
+    pub failure: Option<(String, TaskFailure)>,
+}
+
+/// Runs `flow` with `plugins` from [`prepare`]. Progress lines go to the
+/// execution's sink; the record is saved at the start and at the end.
+pub async fn run_flow(
+    runtime: &Runtime,
+    env: &ExecutionEnv,
+    flow: &Flow,
+    plugins: &[Plugin],
+    inputs: Map<String, Value>,
+    execution: ExecutionId,
+    records: &Executions,
+) -> FlowReport {
+    let mut record = ExecutionRecord {
+        id: execution.to_string(),
+        flow: flow.id.to_string(),
+        namespace: flow.namespace.as_str().to_owned(),
+        source: flow.source.clone(),
+        status: "running".into(),
+        started: now_rfc3339(),
+        ended: None,
+        tasks: flow
+            .tasks
+            .iter()
+            .map(|t| TaskRecord {
+                id: t.id.to_string(),
+                status: TaskStatus::Pending,
+                duration_ms: 0,
+                output: None,
+                error: None,
+            })
+            .collect(),
+    };
+    save(records, &record);
+    let mut scope = Scope {
+        inputs,
+        outputs: Map::new(),
+        execution_id: execution.to_string(),
+        flow_id: flow.id.to_string(),
+        namespace: flow.namespace.as_str().to_owned(),
+    };
+    let mut failure = None;
+    for (i, (task, plugin)) in flow.tasks.iter().zip(plugins).enumerate() {
+        if failure.is_some() {
+            record.tasks[i].status = TaskStatus::Skipped;
+            continue;
+        }
+        let rendered = if task.literal_input { Ok(task.input.clone()) } else { render(&task.input, &scope) };
+        let outcome = match rendered {
+            Err(e) => Err(TaskFailure::Instantiate(format!("cannot build the task's input: {e}"))),
+            Ok(input) => {
+                let spec = TaskSpec {
+                    plugin,
+                    identity: Arc::new(TaskIdentity {
+                        namespace: flow.namespace.clone(),
+                        flow: flow.id.clone(),
+                        task: task.id.clone(),
+                        execution: execution.clone(),
+                        plugin_sha256: plugin.sha256.clone(),
+                    }),
+                    grants: task.grants.clone(),
+                    input: &input,
+                    limits: task.limits,
+                };
+                let out = run_task(runtime, env, spec).await;
+                record.tasks[i].duration_ms = out.duration.as_millis() as u64;
+                out.result
+            }
+        };
+        let t = &mut record.tasks[i];
+        match outcome {
+            Ok(output) => {
+                // Masked before any later task, the terminal or the record sees it.
+                let masked = mask_value(env, &output);
+                t.status = TaskStatus::Succeeded;
+                t.output = Some(masked.clone());
+                scope.outputs.insert(task.id.to_string(), masked);
+                progress(env, flow, &format!("task {} succeeded in {} ms", task.id, t.duration_ms));
+            }
+            Err(f) => {
+                t.status = TaskStatus::Failed;
+                t.error = Some(f.to_string());
+                progress(env, flow, &format!("task {} failed: {f}", task.id));
+                failure = Some((task.id.to_string(), f));
+            }
+        }
+    }
+    record.status = if failure.is_some() { "failed" } else { "succeeded" }.into();
+    record.ended = Some(now_rfc3339());
+    save(records, &record);
+    FlowReport { record, failure }
+}
+
+/// Masks every string in a JSON value (keys included).
+pub fn mask_value(env: &ExecutionEnv, v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(env.masks.mask(s).into_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| mask_value(env, x)).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, x)| (env.masks.mask(k).into_owned(), mask_value(env, x))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn progress(env: &ExecutionEnv, flow: &Flow, line: &str) {
+    let text = format!("[{}] {}\n", flow.id, env.masks.mask(line));
+    let _ = env.sink.lock().unwrap_or_else(|p| p.into_inner()).write_all(text.as_bytes());
+}
+
+fn save(records: &Executions, record: &ExecutionRecord) {
+    if let Err(e) = records.save(record) {
+        tracing::error!("cannot save execution record {}: {e}", record.id);
+    }
+}
