@@ -6,6 +6,7 @@ mod support;
 
 mod audit;
 mod exec;
+mod flows;
 mod masking;
 mod sandbox;
 mod store;

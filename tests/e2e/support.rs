@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub use crate::plugins::{Plugin, component, core_module};
+pub use crate::plugins::{Plugin, component, core_module, workspace};
 
 /// A data directory of its own, removed when dropped.
 pub struct Env {
