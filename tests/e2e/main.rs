@@ -10,3 +10,4 @@ mod flows;
 mod masking;
 mod sandbox;
 mod store;
+mod tidy;
