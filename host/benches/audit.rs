@@ -30,6 +30,8 @@ fn access(store: &Arc<Mutex<SecretStore>>, audit: AuditLog) -> SecretAccess {
         store: store.clone(),
         masks: Arc::new(MaskSet::new()),
         audit,
+        pins: Default::default(),
+        backends: Default::default(),
     }
 }
 
@@ -38,7 +40,15 @@ fn reads(c: &mut Criterion) {
     let path = dir.path().join("bench.db");
     let mut store = SecretStore::open_with_key(&path, MasterKey::generate()).unwrap();
     let name = SecretName::new("K").unwrap();
-    store.set(&Namespace::root(), &name, &SecretValue::new("bench-value".into()), &Actor::current_user()).unwrap();
+    store
+        .set(
+            &Namespace::root(),
+            &name,
+            &SecretValue::new("bench-value".into()),
+            &Default::default(),
+            &Actor::current_user(),
+        )
+        .unwrap();
     let store = Arc::new(Mutex::new(store));
     let durable = AuditLog::open(&path, None).unwrap();
     let memory = AuditLog::open_in_memory().unwrap();

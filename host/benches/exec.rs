@@ -89,7 +89,15 @@ fn run(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = SecretStore::open_with_key(&dir.path().join("bench.db"), MasterKey::generate()).unwrap();
     let token = SecretName::new("API_TOKEN").unwrap();
-    store.set(&Namespace::root(), &token, &SecretValue::new("bench-token".into()), &Actor::current_user()).unwrap();
+    store
+        .set(
+            &Namespace::root(),
+            &token,
+            &SecretValue::new("bench-token".into()),
+            &Default::default(),
+            &Actor::current_user(),
+        )
+        .unwrap();
     let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true }).unwrap();
     let plugin = runtime.load(&path).unwrap();
     let store = Arc::new(Mutex::new(store));
@@ -118,6 +126,8 @@ fn run(c: &mut Criterion) {
                 sink: sink.clone(),
                 masks: Arc::new(MaskSet::new()),
                 audit: audit.clone(),
+                pins: Default::default(),
+                backends: Default::default(),
             };
             let spec = TaskSpec {
                 plugin: &plugin,

@@ -7,10 +7,13 @@
 
 use crate::audit::{Action, Actor, AuditLog, NewRecord, Outcome};
 use crate::mask::MaskSet;
-use crate::names::{ExecutionId, FlowId, Namespace, TaskId};
+use crate::names::{ExecutionId, FlowId, Namespace, SecretName, TaskId};
+use crate::policy::Grant;
 use crate::policy::{Grants, Refusal};
 use crate::secret::SecretValue;
-use crate::store::SecretStore;
+use crate::store::{Lookup, Pin, Resolved, SecretStore};
+use crate::vault::{Backends, VaultLookup};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Who is asking: the running task's identity.
@@ -41,7 +44,14 @@ pub struct SecretAccess {
     pub masks: Arc<MaskSet>,
     /// Where every attempt is recorded before it is answered.
     pub audit: AuditLog,
+    /// The version each secret was first read at in this execution.
+    pub pins: Pins,
+    /// Namespaces served by a Vault/OpenBao server.
+    pub backends: Arc<Backends>,
 }
+
+/// Per execution: secret name to the version first read.
+pub type Pins = Arc<Mutex<HashMap<SecretName, Pin>>>;
 
 impl TaskIdentity {
     /// This task as an audit actor.
@@ -105,9 +115,18 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
         }
     };
     record.secret = Some(grant.name().clone());
-    let found = access.store.lock().unwrap_or_else(|p| p.into_inner()).resolve(&id.namespace, &grant);
-    match found {
-        Ok(Some(found)) => {
+    let lookup = {
+        let mut pins = access.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pin = pins.get(grant.name()).cloned();
+        let lookup = lookup(access, &grant, pin.as_ref());
+        if let (None, Ok(Lookup::Found(found))) = (&pin, &lookup) {
+            // Every later read in this execution gets this same version.
+            pins.insert(grant.name().clone(), Pin { namespace: found.namespace.clone(), version: found.version });
+        }
+        lookup
+    };
+    match lookup {
+        Ok(Lookup::Found(found)) => {
             record.outcome = Outcome::Granted;
             record.version = Some(found.version);
             record.reason = Some(format!("found in namespace {}", found.namespace));
@@ -117,17 +136,59 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             tracing::debug!(task = %id.task, secret = %grant.name(), version = found.version, "secret released");
             Ok(found.value)
         }
-        Ok(None) => {
+        Ok(Lookup::NotFound) => {
             record.outcome = Outcome::NotFound;
             audited(access, record, Err(AccessError::NotFound))
+        }
+        Ok(Lookup::Revoked { namespace, version }) => {
+            record.outcome = Outcome::Revoked;
+            record.version = Some(version);
+            record.reason = Some(format!("revoked in namespace {namespace}"));
+            audited(access, record, Err(AccessError::Revoked))
+        }
+        Ok(Lookup::Expired { namespace, version }) => {
+            record.outcome = Outcome::Expired;
+            record.version = Some(version);
+            record.reason = Some(format!("expired in namespace {namespace}"));
+            audited(access, record, Err(AccessError::Expired))
         }
         Err(e) => {
             tracing::warn!(task = %id.task, secret = %grant.name(), "secret store error: {e}");
             record.outcome = Outcome::Unavailable;
-            record.reason = Some(e.to_string());
-            audited(access, record, Err(AccessError::Unavailable(e.to_string())))
+            record.reason = Some(e.clone());
+            audited(access, record, Err(AccessError::Unavailable(e)))
         }
     }
+}
+
+/// Walks the namespace chain (or goes straight to the pinned namespace and
+/// version), asking the backend that serves each namespace: a Vault server
+/// where one is configured, else the local store.
+fn lookup(access: &SecretAccess, grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, String> {
+    let chain = match pin {
+        Some(p) => vec![p.namespace.clone()],
+        None => access.identity.namespace.chain(),
+    };
+    let version = pin.map(|p| p.version);
+    for ns in chain {
+        let found = match access.backends.for_namespace(&ns) {
+            Some(vault) => match vault.read(grant.name(), version).map_err(|e| e.to_string())? {
+                VaultLookup::Found(value, version) => Some(Lookup::Found(Resolved { namespace: ns, version, value })),
+                VaultLookup::Deleted(version) => Some(Lookup::Revoked { namespace: ns, version }),
+                VaultLookup::NotFound => None,
+            },
+            None => access
+                .store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .resolve_at(&ns, grant, version)
+                .map_err(|e| e.to_string())?,
+        };
+        if let Some(found) = found {
+            return Ok(found);
+        }
+    }
+    Ok(Lookup::NotFound)
 }
 
 /// Writes `record`; returns `answer` only once it is durable.

@@ -75,6 +75,27 @@ pub enum Action {
     /// `host secret rm`.
     #[serde(rename = "secret.rm")]
     SecretRemove,
+    /// `host secret rotate`.
+    #[serde(rename = "secret.rotate")]
+    SecretRotate,
+    /// `host secret revoke`.
+    #[serde(rename = "secret.revoke")]
+    SecretRevoke,
+    /// `host secret destroy`.
+    #[serde(rename = "secret.destroy")]
+    SecretDestroy,
+    /// `host secret export`.
+    #[serde(rename = "secret.export")]
+    SecretExport,
+    /// `host secret import`.
+    #[serde(rename = "secret.import")]
+    SecretImport,
+    /// `host key rotate`.
+    #[serde(rename = "key.rotate")]
+    KeyRotate,
+    /// `host backend add-vault` / `host backend rm`.
+    #[serde(rename = "backend.change")]
+    BackendChange,
     /// `host audit prune`.
     #[serde(rename = "audit.prune")]
     AuditPrune,
@@ -91,6 +112,13 @@ impl Action {
             Action::TaskStart => "task.start",
             Action::SecretSet => "secret.set",
             Action::SecretRemove => "secret.rm",
+            Action::SecretRotate => "secret.rotate",
+            Action::SecretRevoke => "secret.revoke",
+            Action::SecretDestroy => "secret.destroy",
+            Action::SecretExport => "secret.export",
+            Action::SecretImport => "secret.import",
+            Action::KeyRotate => "key.rotate",
+            Action::BackendChange => "backend.change",
             Action::AuditPrune => "audit.prune",
             Action::AuditKeyCreate => "audit.key-create",
         }

@@ -157,7 +157,18 @@ impl MasterKey {
     }
 }
 
-fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
+/// Reads a key file (ignoring the environment).
+pub fn read_key_file(path: &Path) -> Result<MasterKey, KeyError> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|err| KeyError::Io {
+        action: "read",
+        path: path.to_owned(),
+        err,
+    })?);
+    MasterKey::from_base64(&text, KeySource::File(path.to_owned()))
+}
+
+/// Writes `key` to a new file with mode 0600 and syncs it; never overwrites.
+pub fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
     let io = |err| KeyError::Io { action: "create", path: path.to_owned(), err };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

@@ -6,7 +6,7 @@
 //! loop, long sleep, memory exhaustion) affects the host beyond the failure
 //! of that one task.
 
-use crate::access::{SecretAccess, TaskIdentity};
+use crate::access::{Pins, SecretAccess, TaskIdentity};
 use crate::audit::{Action, AuditLog, NewRecord, Outcome};
 use crate::mask::MaskSet;
 use crate::output::{Sink, TaskOutput};
@@ -14,6 +14,7 @@ use crate::policy::Grants;
 use crate::runtime::{POOLING_MAX_MEMORY, Plugin, Runtime};
 use crate::sandbox::TaskState;
 use crate::store::SecretStore;
+use crate::vault::Backends;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -62,6 +63,10 @@ pub struct ExecutionEnv {
     pub masks: Arc<MaskSet>,
     /// The audit trail.
     pub audit: AuditLog,
+    /// Versions pinned by this execution's first reads.
+    pub pins: Pins,
+    /// Namespaces served by a Vault/OpenBao server.
+    pub backends: Arc<Backends>,
 }
 
 impl std::fmt::Debug for ExecutionEnv {
@@ -146,6 +151,8 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         store: env.store.clone(),
         masks: env.masks.clone(),
         audit: env.audit.clone(),
+        pins: env.pins.clone(),
+        backends: env.backends.clone(),
     };
     let mut store = Store::new(runtime.engine(), TaskState::new(access, output.clone(), memory));
     store.limiter(|s| &mut s.limiter);

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod backup;
 pub mod crypto;
 pub mod data_dir;
 pub mod exec;
@@ -24,3 +25,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod secret;
 pub mod store;
+pub mod vault;

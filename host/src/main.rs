@@ -5,6 +5,8 @@
 //! input JSON, plugin file); 3 the plugin trapped or hit a limit (time,
 //! memory); 4 the host failed (store, master key, disk).
 
+mod lifecycle;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use keyhole::audit::{self, Actor, AuditKey, AuditLog, Verdict};
@@ -20,6 +22,7 @@ use keyhole::run::{prepare, run_flow};
 use keyhole::runtime::{Runtime, RuntimeOptions};
 use keyhole::secret::SecretValue;
 use keyhole::store::{SecretStore, StoreError};
+use keyhole::vault::{self, Backends};
 use serde_json::{Map, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -73,6 +76,12 @@ enum Command {
     /// Inspect, verify and export the audit trail (needs no master key).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Master-key management.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// External secret backends (HashiCorp Vault / OpenBao) per namespace.
+    #[command(subcommand)]
+    Backend(BackendCommand),
 }
 
 #[derive(Args, Debug)]
@@ -233,28 +242,181 @@ enum SecretCommand {
     Set {
         /// Secret name, e.g. WEBHOOK_SIGNING_KEY.
         name: SecretName,
-        /// Namespace, e.g. finance.reporting (default: the root).
-        #[arg(long, short, default_value = "", value_name = "NS")]
-        namespace: Namespace,
+        #[command(flatten)]
+        at: At,
         /// Read the value from this file instead of stdin.
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
+        #[command(flatten)]
+        version: VersionOpts,
     },
-    /// List secrets: names, namespaces, versions and times, never values.
+    /// Make a new version of an existing secret, from stdin or generated.
+    Rotate {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// Generate the value: this many random characters (alnum, ascii) or bytes (hex, base64).
+        #[arg(long, value_name = "N")]
+        generate: Option<usize>,
+        /// Character set of a generated value.
+        #[arg(long, value_enum, default_value = "alnum", requires = "generate")]
+        charset: Charset,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "FILE", conflicts_with = "generate")]
+        from_file: Option<PathBuf>,
+        #[command(flatten)]
+        version: VersionOpts,
+    },
+    /// List secrets: names, namespaces, versions, times and state, never values.
     List {
         /// Only this namespace.
         #[arg(long, short, value_name = "NS")]
         namespace: Option<Namespace>,
+        /// Only secrets whose current version expires within this time (e.g. 14d), expired ones included.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        expiring: Option<Duration>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// The stored versions of a secret (never values).
+    Versions {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Metadata of a secret: versions, created, rotated, expires, revoked, last read. Never the value.
+    Describe {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a secret at once, also for running executions; a new `set` or `rotate` lifts it.
+    Revoke {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Crypto-erase a secret: every version's ciphertext and data key; a tombstone stays.
+    Destroy {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
     },
     /// Delete a secret and all its versions.
     Rm {
         /// Secret name.
         name: SecretName,
-        /// Namespace (default: the root).
-        #[arg(long, short, default_value = "", value_name = "NS")]
+        #[command(flatten)]
+        at: At,
+    },
+    /// Write an encrypted backup bundle of every version of every secret.
+    Export {
+        /// The bundle file to create (mode 0600).
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Only this namespace.
+        #[arg(long, short, value_name = "NS")]
+        namespace: Option<Namespace>,
+        #[command(flatten)]
+        key: BundleKeyArgs,
+    },
+    /// Restore secrets from a bundle, in one transaction; existing secrets are skipped unless --overwrite.
+    Import {
+        /// The bundle file.
+        file: PathBuf,
+        /// Replace secrets that exist (all their versions).
+        #[arg(long)]
+        overwrite: bool,
+        #[command(flatten)]
+        key: BundleKeyArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct At {
+    /// Namespace, e.g. finance.reporting (default: the root).
+    #[arg(long, short, default_value = "", value_name = "NS")]
+    namespace: Namespace,
+}
+
+#[derive(Args, Debug)]
+struct VersionOpts {
+    /// The new version expires after this long (e.g. 90d); reads then get `expired`.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    expires_in: Option<Duration>,
+    /// Keep this many versions from now on (default 5).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    keep: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct BundleKeyArgs {
+    /// Read the bundle passphrase from this file (else $KEYHOLE_EXPORT_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Protect the bundle with a key file instead: base64 of 32 random bytes.
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum Charset {
+    /// Letters and digits.
+    Alnum,
+    /// Lowercase hex of N random bytes.
+    Hex,
+    /// Base64 of N random bytes.
+    Base64,
+    /// Printable ASCII without space.
+    Ascii,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Re-wrap every data key under a new master key, in one transaction.
+    Rotate,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackendCommand {
+    /// Serve a namespace from a HashiCorp Vault / OpenBao KV v2 server.
+    AddVault {
+        /// The keyhole namespace it serves.
+        namespace: Namespace,
+        /// Server address, e.g. https://vault.example.com:8200.
+        #[arg(long)]
+        address: String,
+        /// KV v2 mount.
+        #[arg(long, default_value = "secret")]
+        mount: String,
+        /// Path prefix under the mount, e.g. keyhole/finance/.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Token file, used when $VAULT_TOKEN and $BAO_TOKEN are unset.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// List configured backends.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a namespace from the local store again.
+    Rm {
+        /// The namespace.
         namespace: Namespace,
     },
 }
@@ -345,6 +507,8 @@ fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
             writeln!(std::io::stdout().lock(), "{schema}").map_err(stdout_err)
         }
         Command::Executions(cmd) => executions_cmd(&dir, cmd),
+        Command::Key(KeyCommand::Rotate) => lifecycle::key_rotate(&dir),
+        Command::Backend(cmd) => lifecycle::backend(&dir, cmd),
     }
 }
 
@@ -360,53 +524,7 @@ fn open_store(dir: &DataDir) -> Result<SecretStore, Exit> {
 }
 
 fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
-    match cmd {
-        SecretCommand::Set { name, namespace, from_file } => {
-            let value = read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?;
-            let mut store = open_store(dir)?;
-            let version = store.set(&namespace, &name, &value, &Actor::current_user()).map_err(|e| fail(HOST, e))?;
-            eprintln!("stored {name} version {version} in namespace {namespace}");
-            Ok(())
-        }
-        SecretCommand::List { namespace, json } => {
-            let store = open_store(dir)?;
-            let list = store.list(namespace.as_ref()).map_err(|e| fail(HOST, e))?;
-            let mut out = std::io::stdout().lock();
-            let res = if json {
-                serde_json::to_writer_pretty(&mut out, &list).map_err(std::io::Error::from).and_then(|()| writeln!(out))
-            } else {
-                write_table(&mut out, &list)
-            };
-            res.map_err(|e| fail(HOST, anyhow::Error::from(e).context("cannot write to stdout")))
-        }
-        SecretCommand::Rm { name, namespace } => {
-            let mut store = open_store(dir)?;
-            if store.remove(&namespace, &name, &Actor::current_user()).map_err(|e| fail(HOST, e))? {
-                eprintln!("removed {name} from namespace {namespace}");
-                Ok(())
-            } else {
-                Err(fail(USAGE, anyhow::anyhow!("no secret {name} in namespace {namespace}: see `host secret list`")))
-            }
-        }
-    }
-}
-
-fn write_table(out: &mut impl Write, list: &[keyhole::store::SecretInfo]) -> std::io::Result<()> {
-    let time = |t: i64| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64));
-    writeln!(out, "{:<24} {:<32} {:>7}  {:<20}  {:<20}", "NAMESPACE", "NAME", "VERSION", "CREATED", "UPDATED")?;
-    for s in list {
-        let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
-        writeln!(
-            out,
-            "{:<24} {:<32} {:>7}  {:<20}  {:<20}",
-            ns,
-            s.name,
-            s.version,
-            time(s.created_at).to_string(),
-            time(s.updated_at).to_string()
-        )?;
-    }
-    Ok(())
+    lifecycle::secret(dir, cmd)
 }
 
 fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
@@ -465,7 +583,15 @@ fn session(dir: &DataDir, masks: Arc<MaskSet>) -> Result<Session, Exit> {
     let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
     let audit = AuditLog::open(&dir.store_path(), key).map_err(|e| fail(HOST, e))?;
     let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
-    let env = ExecutionEnv { store: Arc::new(Mutex::new(store)), sink: stderr_sink(), masks, audit };
+    let backends = Backends::load(&vault::config_path(dir.root())).map_err(|e| fail(USAGE, e))?;
+    let env = ExecutionEnv {
+        store: Arc::new(Mutex::new(store)),
+        sink: stderr_sink(),
+        masks,
+        audit,
+        pins: Default::default(),
+        backends: Arc::new(backends),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

@@ -15,6 +15,7 @@ use crate::secret::SecretValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
 
 /// Versions kept per secret; older ones are deleted when a new one is set.
 pub const VERSIONS_KEPT: u32 = 5;
@@ -73,6 +74,14 @@ pub enum StoreError {
         /// The version that failed.
         version: u64,
     },
+    /// No such secret.
+    #[error("no secret {name} in namespace {namespace}: see `host secret list`")]
+    NotFound {
+        /// Namespace.
+        namespace: Namespace,
+        /// Name.
+        name: SecretName,
+    },
     /// The database was written by a newer keyhole.
     #[error(
         "secret store {path}: schema version {found} is newer than this host supports ({SCHEMA_VERSION}); upgrade keyhole"
@@ -104,8 +113,8 @@ pub struct Resolved {
     pub value: SecretValue,
 }
 
-/// What `host secret list` shows: metadata, never a value.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What `host secret list` and `describe` show: metadata, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SecretInfo {
     /// Namespace (`""` for the root).
     pub namespace: String,
@@ -113,10 +122,146 @@ pub struct SecretInfo {
     pub name: String,
     /// Current version.
     pub version: u64,
+    /// Versions still stored.
+    pub versions_stored: u64,
+    /// How many versions are kept.
+    pub keep_versions: u64,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: i64,
-    /// Time of the last `set`, seconds since the Unix epoch.
+    /// Time of the last `set` or `rotate`.
     pub updated_at: i64,
+    /// Expiry of the current version, if any.
+    pub expires_at: Option<i64>,
+    /// When it was revoked, if it is.
+    pub revoked_at: Option<i64>,
+    /// When it was destroyed (crypto-erased), if it was.
+    pub destroyed_at: Option<i64>,
+}
+
+/// One stored version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+    /// Expiry, if any.
+    pub expires_at: Option<i64>,
+    /// Whether this is the current version.
+    pub current: bool,
+}
+
+/// Options of `set` / `rotate`.
+#[derive(Debug, Clone, Default)]
+pub struct SetOptions {
+    /// Expiry of the new version (seconds since the Unix epoch).
+    pub expires_at: Option<i64>,
+    /// Versions to keep from now on.
+    pub keep: Option<u32>,
+    /// The secret must already exist (recorded as `secret.rotate`).
+    pub rotate: bool,
+}
+
+/// Which stored version an execution reads: the one it read first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The namespace it was found in.
+    pub namespace: Namespace,
+    /// The version.
+    pub version: u64,
+}
+
+/// The answer to a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Found and decrypted.
+    Found(Resolved),
+    /// In no namespace of the chain.
+    NotFound,
+    /// Revoked or destroyed.
+    Revoked {
+        /// Where.
+        namespace: Namespace,
+        /// Which version was asked for.
+        version: u64,
+    },
+    /// The version's expiry has passed.
+    Expired {
+        /// Where.
+        namespace: Namespace,
+        /// Which version.
+        version: u64,
+    },
+}
+
+/// One secret in a backup bundle.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedSecret {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Versions kept.
+    pub keep_versions: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// Every stored version, oldest first.
+    pub versions: Vec<ExportedVersion>,
+}
+
+/// One version in a backup bundle.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedVersion {
+    /// Version number.
+    pub version: u64,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry.
+    pub expires_at: Option<i64>,
+    /// The plaintext, zeroized on drop.
+    pub value: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for ExportedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportedVersion").field("version", &self.version).field("value", &"***").finish()
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ImportReport {
+    /// `namespace/name` restored.
+    pub imported: Vec<String>,
+    /// `namespace/name` left alone because they exist (use --overwrite).
+    pub skipped: Vec<String>,
+}
+
+/// Formats seconds since the epoch as RFC 3339.
+pub fn fmt_time(t: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string()
+}
+
+fn record(
+    actor: &Actor,
+    action: Action,
+    namespace: &Namespace,
+    name: &SecretName,
+    version: Option<u64>,
+    reason: Option<String>,
+) -> audit::NewRecord {
+    audit::NewRecord {
+        actor: actor.clone(),
+        action,
+        outcome: Outcome::Ok,
+        namespace: namespace.clone(),
+        secret: Some(name.clone()),
+        version,
+        reason,
+        value_hmac: None,
+    }
 }
 
 /// An open secret store.
@@ -149,12 +294,87 @@ impl SecretStore {
         let path = dir.store_path();
         let conn = connect(&path)?;
         let expected = read_verifier(&conn, &path)?;
-        let (key, source) = match &expected {
-            None => MasterKey::load(&dir.master_key_path(), true, None)?,
-            Some((id, _)) => MasterKey::load(&dir.master_key_path(), false, Some(id))?,
+        let key_path = dir.master_key_path();
+        let next_path = next_key_path(dir);
+        let (mut key, source) = match &expected {
+            None => MasterKey::load(&key_path, true, None)?,
+            Some((id, _)) => match MasterKey::load(&key_path, false, Some(id)) {
+                // The key file may be missing only because a rotation was
+                // interrupted right between its two renames.
+                Err(KeyError::Missing { .. }) if next_path.exists() => {
+                    (crypto::read_key_file(&next_path)?, KeySource::File(key_path.clone()))
+                }
+                other => other?,
+            },
         };
-        let key_file = dir.master_key_path().display().to_string();
+        if let Some((_, verifier)) = &expected {
+            let matches = |k: &MasterKey| crypto::open(k, VERIFIER_AAD, verifier).is_ok();
+            let next = if next_path.exists() { crypto::read_key_file(&next_path).ok() } else { None };
+            match (&source, matches(&key), next) {
+                // A rotation committed but did not install its new key file: finish it.
+                (KeySource::File(_), false, Some(n)) if matches(&n) => {
+                    install_key_file(&next_path, &key_path).map_err(|err| KeyError::Io {
+                        action: "install the rotated",
+                        path: key_path.clone(),
+                        err,
+                    })?;
+                    tracing::warn!(
+                        "completed an interrupted master-key rotation: {} now holds key {}",
+                        key_path.display(),
+                        n.id()
+                    );
+                    key = n;
+                }
+                // A rotation stopped before it committed: its new key was never used.
+                (KeySource::File(_), true, Some(_)) => {
+                    let _ = std::fs::remove_file(&next_path);
+                }
+                (KeySource::Env, false, Some(n)) if matches(&n) => {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        what: format!(
+                            "the master key was rotated to key {}; set ${} to the key in {} (then delete that file)",
+                            n.id(),
+                            crypto::MASTER_KEY_ENV,
+                            next_path.display()
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let key_file = key_path.display().to_string();
         Self::finish_open(conn, path, key, source, expected, key_file)
+    }
+
+    /// `host key rotate`: a new random master key; every data key re-wrapped
+    /// in one transaction. The new key is first written to
+    /// `master.key.next`; after the commit it replaces `master.key` (or, for
+    /// a key from the environment, waits there for the operator). Returns the
+    /// new key's id and how many data keys were re-wrapped.
+    pub fn rotate_key_files(
+        &mut self,
+        dir: &DataDir,
+        actor: &Actor,
+        before_commit: impl FnOnce(),
+        after_commit: impl FnOnce(),
+    ) -> Result<(KeyId, u64, bool), StoreError> {
+        let next_path = next_key_path(dir);
+        let from_env = std::env::var_os(crypto::MASTER_KEY_ENV).is_some();
+        let new = MasterKey::generate();
+        let _ = std::fs::remove_file(&next_path);
+        crypto::write_new_key_file(&next_path, &new)?;
+        sync_dir(dir.root());
+        let n = self.rotate_master_key(&new, actor, before_commit)?;
+        after_commit();
+        if !from_env {
+            install_key_file(&next_path, &dir.master_key_path()).map_err(|err| KeyError::Io {
+                action: "install the rotated",
+                path: dir.master_key_path(),
+                err,
+            })?;
+        }
+        Ok((new.id(), n, from_env))
     }
 
     /// Opens (creating if needed) the store file at `path` with an explicit key.
@@ -226,14 +446,16 @@ impl SecretStore {
     }
 
     /// Stores `value` as a new version of `namespace`/`name` and returns the
-    /// version number (1 for a new secret). Keeps the newest
-    /// [`VERSIONS_KEPT`] versions.
-    /// The change and its audit record (by `actor`) commit together.
+    /// version number (1 for a new secret). Keeps the newest `keep` versions
+    /// (default [`VERSIONS_KEPT`]). A new version lifts a revocation: it is a
+    /// new credential. The change and its audit record (by `actor`) commit
+    /// together.
     pub fn set(
         &mut self,
         namespace: &Namespace,
         name: &SecretName,
         value: &SecretValue,
+        opts: &SetOptions,
         actor: &Actor,
     ) -> Result<u64, StoreError> {
         let path = self.path.clone();
@@ -243,7 +465,156 @@ impl SecretStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e("start a write transaction"))?;
         let t = now();
-        let current: Option<(i64, i64)> = tx
+        let current: Option<(i64, i64, i64)> = tx
+            .query_row(
+                "SELECT id, current_version, keep_versions FROM secrets WHERE namespace = ?1 AND name = ?2",
+                params![namespace.as_str(), name.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(e("look up the secret"))?;
+        if opts.rotate && current.is_none() {
+            return Err(StoreError::NotFound { namespace: namespace.clone(), name: name.clone() });
+        }
+        let (id, version, keep) = match current {
+            Some((id, v, keep)) => {
+                let keep = opts.keep.map_or(keep, i64::from);
+                tx.execute(
+                    "UPDATE secrets SET current_version = ?1, updated_at = ?2, keep_versions = ?3, revoked_at = NULL, \
+                     destroyed_at = NULL WHERE id = ?4",
+                    params![v + 1, t, keep, id],
+                )
+                .map_err(e("update the secret"))?;
+                (id, (v + 1) as u64, keep)
+            }
+            None => {
+                let keep = i64::from(opts.keep.unwrap_or(VERSIONS_KEPT));
+                tx.execute(
+                    "INSERT INTO secrets (namespace, name, current_version, created_at, updated_at, keep_versions) \
+                     VALUES (?1, ?2, 1, ?3, ?3, ?4)",
+                    params![namespace.as_str(), name.as_str(), t, keep],
+                )
+                .map_err(e("insert the secret"))?;
+                (tx.last_insert_rowid(), 1, keep)
+            }
+        };
+        let sealed = crypto::seal(&self.key, &aad(namespace, name, version), value.expose().as_bytes());
+        tx.execute(
+            "INSERT INTO secret_versions (secret_id, version, created_at, expires_at, wrapped_key, nonce, ciphertext) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, version as i64, t, opts.expires_at, sealed.wrapped_key, sealed.nonce, sealed.ciphertext],
+        )
+        .map_err(e("store the new version"))?;
+        tx.execute(
+            "DELETE FROM secret_versions WHERE secret_id = ?1 AND version <= ?2",
+            params![id, version as i64 - keep],
+        )
+        .map_err(e("prune old versions"))?;
+        let action = if opts.rotate { Action::SecretRotate } else { Action::SecretSet };
+        let reason = opts.expires_at.map(|x| format!("expires at {}", fmt_time(x)));
+        audit::append(&tx, &record(actor, action, namespace, name, Some(version), reason))
+            .map_err(e("write the audit record"))?;
+        tx.commit().map_err(e("commit"))?;
+        Ok(version)
+    }
+
+    /// Finds the granted secret in `namespace` or its nearest ancestor and,
+    /// unless it is revoked or expired, decrypts its current version (or the
+    /// `pin`ned namespace and version, for execution-consistent reads).
+    /// Decrypting takes a [`Grant`]: only policy makes one.
+    pub fn resolve(&self, namespace: &Namespace, grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, StoreError> {
+        if let Some(p) = pin {
+            return Ok(self.resolve_at(&p.namespace, grant, Some(p.version))?.unwrap_or(Lookup::NotFound));
+        }
+        for ns in namespace.chain() {
+            if let Some(found) = self.resolve_at(&ns, grant, None)? {
+                return Ok(found);
+            }
+        }
+        Ok(Lookup::NotFound)
+    }
+
+    /// Looks in exactly `ns`: `None` if the secret is not there; else its
+    /// `version` (default: current), unless revoked or expired.
+    pub fn resolve_at(
+        &self,
+        ns: &Namespace,
+        grant: &Grant,
+        version: Option<u64>,
+    ) -> Result<Option<Lookup>, StoreError> {
+        let name = grant.name();
+        let row: Option<(i64, i64, bool)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, current_version, revoked_at IS NOT NULL OR destroyed_at IS NOT NULL FROM secrets \
+                 WHERE name = ?1 AND namespace = ?2",
+            )
+            .map_err(self.err("prepare a lookup"))?
+            .query_row(params![name.as_str(), ns.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(self.err("look up a secret"))?;
+        let Some((id, current, revoked)) = row else { return Ok(None) };
+        let version = version.unwrap_or(current as u64);
+        if revoked {
+            return Ok(Some(Lookup::Revoked { namespace: ns.clone(), version }));
+        }
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT expires_at, wrapped_key, nonce, ciphertext FROM secret_versions WHERE secret_id = ?1 AND version = ?2",
+            )
+            .map_err(self.err("prepare a lookup"))?
+            .query_row(params![id, version as i64], |r| {
+                Ok((r.get::<_, Option<i64>>(0)?, Sealed { wrapped_key: r.get(1)?, nonce: r.get(2)?, ciphertext: r.get(3)? }))
+            })
+            .optional()
+            .map_err(self.err("read a secret version"))?;
+        let Some((expires_at, sealed)) = row else {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("secret {name} in namespace {ns} has no stored version {version} (pruned or deleted)"),
+            });
+        };
+        if expires_at.is_some_and(|x| x <= now()) {
+            return Ok(Some(Lookup::Expired { namespace: ns.clone(), version }));
+        }
+        let plain = crypto::open(&self.key, &aad(ns, name, version), &sealed)
+            .map_err(|DecryptError| self.tampered(ns, name, version))?;
+        let value = SecretValue::from_utf8(plain).map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("secret {name} version {version} in namespace {ns} is not valid UTF-8"),
+        })?;
+        Ok(Some(Lookup::Found(Resolved { namespace: ns.clone(), version, value })))
+    }
+
+    /// Marks a secret revoked: every later read, including by executions
+    /// already running, gets `revoked`. A new `set`/`rotate` lifts it.
+    pub fn revoke(&mut self, namespace: &Namespace, name: &SecretName, actor: &Actor) -> Result<(), StoreError> {
+        self.mark(namespace, name, actor, Action::SecretRevoke, "revoked_at = ?1")
+    }
+
+    /// Crypto-erases a secret: every version's ciphertext and wrapped data
+    /// key is deleted; a tombstone row remains (shown as destroyed) so the
+    /// audit trail still makes sense. Reads get `revoked`.
+    pub fn destroy(&mut self, namespace: &Namespace, name: &SecretName, actor: &Actor) -> Result<(), StoreError> {
+        self.mark(namespace, name, actor, Action::SecretDestroy, "destroyed_at = ?1")
+    }
+
+    fn mark(
+        &mut self,
+        namespace: &Namespace,
+        name: &SecretName,
+        actor: &Actor,
+        action: Action,
+        set: &str,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |op| sql_err(&path, op);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e("start a write transaction"))?;
+        let id: Option<(i64, i64)> = tx
             .query_row(
                 "SELECT id, current_version FROM secrets WHERE namespace = ?1 AND name = ?2",
                 params![namespace.as_str(), name.as_str()],
@@ -251,115 +622,327 @@ impl SecretStore {
             )
             .optional()
             .map_err(e("look up the secret"))?;
-        let (id, version) = match current {
-            Some((id, v)) => {
-                tx.execute(
-                    "UPDATE secrets SET current_version = ?1, updated_at = ?2 WHERE id = ?3",
-                    params![v + 1, t, id],
-                )
-                .map_err(e("update the secret"))?;
-                (id, (v + 1) as u64)
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO secrets (namespace, name, current_version, created_at, updated_at) VALUES (?1, ?2, 1, ?3, ?3)",
-                    params![namespace.as_str(), name.as_str(), t],
-                )
-                .map_err(e("insert the secret"))?;
-                (tx.last_insert_rowid(), 1)
-            }
+        let Some((id, version)) = id else {
+            return Err(StoreError::NotFound { namespace: namespace.clone(), name: name.clone() });
         };
-        let sealed = crypto::seal(&self.key, &aad(namespace, name, version), value.expose().as_bytes());
-        tx.execute(
-            "INSERT INTO secret_versions (secret_id, version, created_at, wrapped_key, nonce, ciphertext) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, version as i64, t, sealed.wrapped_key, sealed.nonce, sealed.ciphertext],
-        )
-        .map_err(e("store the new version"))?;
-        tx.execute(
-            "DELETE FROM secret_versions WHERE secret_id = ?1 AND version <= ?2",
-            params![id, version as i64 - VERSIONS_KEPT as i64],
-        )
-        .map_err(e("prune old versions"))?;
-        audit::append(
-            &tx,
-            &audit::NewRecord {
-                actor: actor.clone(),
-                action: Action::SecretSet,
-                outcome: Outcome::Ok,
-                namespace: namespace.clone(),
-                secret: Some(name.clone()),
-                version: Some(version),
-                reason: None,
-                value_hmac: None,
-            },
-        )
-        .map_err(e("write the audit record"))?;
+        tx.execute(&format!("UPDATE secrets SET {set} WHERE id = ?2"), params![now(), id])
+            .map_err(e("update the secret"))?;
+        let mut reason = None;
+        if action == Action::SecretDestroy {
+            let n = tx
+                .execute("DELETE FROM secret_versions WHERE secret_id = ?1", [id])
+                .map_err(e("erase the versions"))?;
+            reason = Some(format!("erased {n} version(s): ciphertext and data keys"));
+        }
+        audit::append(&tx, &record(actor, action, namespace, name, Some(version as u64), reason))
+            .map_err(e("write the audit record"))?;
         tx.commit().map_err(e("commit"))?;
-        Ok(version)
+        if action == Action::SecretDestroy {
+            // Also drop the erased bytes from free pages and the WAL.
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;");
+        }
+        Ok(())
     }
 
-    /// Finds the granted secret in `namespace` or its nearest ancestor and
-    /// decrypts its current version. `Ok(None)` when no namespace of the
-    /// chain holds it. Decrypting takes a [`Grant`]: only policy makes one.
-    pub fn resolve(&self, namespace: &Namespace, grant: &Grant) -> Result<Option<Resolved>, StoreError> {
-        let name = grant.name();
+    /// The stored versions of a secret, newest first.
+    pub fn versions(&self, namespace: &Namespace, name: &SecretName) -> Result<Vec<VersionInfo>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT s.namespace, v.version, v.wrapped_key, v.nonce, v.ciphertext \
-                 FROM secrets s JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version \
-                 WHERE s.name = ?1 AND s.namespace = ?2",
+            .prepare(
+                "SELECT v.version, v.created_at, v.expires_at, v.version = s.current_version FROM secret_versions v \
+                 JOIN secrets s ON s.id = v.secret_id WHERE s.namespace = ?1 AND s.name = ?2 ORDER BY v.version DESC",
             )
-            .map_err(self.err("prepare a lookup"))?;
-        for ns in namespace.chain() {
-            let row = stmt
-                .query_row(params![name.as_str(), ns.as_str()], |r| {
-                    Ok((
-                        r.get::<_, i64>(1)? as u64,
-                        Sealed { wrapped_key: r.get(2)?, nonce: r.get(3)?, ciphertext: r.get(4)? },
-                    ))
+            .map_err(self.err("list versions"))?;
+        let rows = stmt
+            .query_map(params![namespace.as_str(), name.as_str()], |r| {
+                Ok(VersionInfo {
+                    version: r.get::<_, i64>(0)? as u64,
+                    created_at: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    current: r.get(3)?,
                 })
-                .optional()
-                .map_err(self.err("look up a secret"))?;
-            if let Some((version, sealed)) = row {
-                let plain = crypto::open(&self.key, &aad(&ns, name, version), &sealed)
-                    .map_err(|DecryptError| self.tampered(&ns, name, version))?;
-                let value = SecretValue::from_utf8(plain).map_err(|_| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    what: format!("secret {name} version {version} in namespace {ns} is not valid UTF-8"),
-                })?;
-                return Ok(Some(Resolved { namespace: ns, version, value }));
-            }
+            })
+            .map_err(self.err("list versions"))?;
+        let list: Vec<VersionInfo> = rows.collect::<Result<_, _>>().map_err(self.err("list versions"))?;
+        if list.is_empty() && self.describe(namespace, name)?.is_none() {
+            return Err(StoreError::NotFound { namespace: namespace.clone(), name: name.clone() });
         }
-        Ok(None)
+        Ok(list)
+    }
+
+    /// Metadata of one secret; never its value.
+    pub fn describe(&self, namespace: &Namespace, name: &SecretName) -> Result<Option<SecretInfo>, StoreError> {
+        Ok(self
+            .list_where("namespace = ?1 AND name = ?2", params![namespace.as_str(), name.as_str()])?
+            .into_iter()
+            .next())
     }
 
     fn tampered(&self, ns: &Namespace, name: &SecretName, version: u64) -> StoreError {
         StoreError::Tampered { path: self.path.clone(), namespace: ns.clone(), name: name.clone(), version }
     }
 
-    /// Lists secrets, in `namespace` only when given, sorted by namespace and name.
-    pub fn list(&self, namespace: Option<&Namespace>) -> Result<Vec<SecretInfo>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT namespace, name, current_version, created_at, updated_at FROM secrets \
-                 WHERE ?1 IS NULL OR namespace = ?1 ORDER BY namespace, name",
-            )
-            .map_err(self.err("prepare the listing"))?;
+    /// Lists secrets, in `namespace` only when given, sorted by namespace
+    /// and name; with `expiring_before`, only those whose current version
+    /// expires before that time (already expired included).
+    pub fn list(
+        &self,
+        namespace: Option<&Namespace>,
+        expiring_before: Option<i64>,
+    ) -> Result<Vec<SecretInfo>, StoreError> {
+        self.list_where(
+            "(?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR (expires_at IS NOT NULL AND expires_at < ?2))",
+            params![namespace.map(Namespace::as_str), expiring_before],
+        )
+    }
+
+    fn list_where(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<SecretInfo>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (SELECT s.namespace, s.name, s.current_version, s.created_at, s.updated_at, s.keep_versions, \
+               s.revoked_at, s.destroyed_at, \
+               (SELECT expires_at FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version) AS expires_at, \
+               (SELECT count(*) FROM secret_versions v WHERE v.secret_id = s.id) AS stored \
+             FROM secrets s) WHERE {filter} ORDER BY namespace, name"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(self.err("prepare the listing"))?;
         let rows = stmt
-            .query_map(params![namespace.map(Namespace::as_str)], |r| {
+            .query_map(args, |r| {
                 Ok(SecretInfo {
                     namespace: r.get(0)?,
                     name: r.get(1)?,
                     version: r.get::<_, i64>(2)? as u64,
                     created_at: r.get(3)?,
                     updated_at: r.get(4)?,
+                    keep_versions: r.get::<_, i64>(5)? as u64,
+                    revoked_at: r.get(6)?,
+                    destroyed_at: r.get(7)?,
+                    expires_at: r.get(8)?,
+                    versions_stored: r.get::<_, i64>(9)? as u64,
                 })
             })
             .map_err(self.err("list secrets"))?;
         rows.collect::<Result<_, _>>().map_err(self.err("list secrets"))
+    }
+
+    /// Re-wraps every data key and the key verifier under `new` in one
+    /// transaction; the values' ciphertexts are untouched. `before_commit`
+    /// runs inside the transaction (a seam for crash tests). Interrupted at
+    /// any point, the store is readable with exactly one of the two keys.
+    pub fn rotate_master_key(
+        &mut self,
+        new: &MasterKey,
+        actor: &Actor,
+        before_commit: impl FnOnce(),
+    ) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        let e = |op| sql_err(&path, op);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e("start a write transaction"))?;
+        let rows: Vec<(i64, i64, String, String, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT v.secret_id, v.version, s.namespace, s.name, v.wrapped_key FROM secret_versions v \
+                     JOIN secrets s ON s.id = v.secret_id",
+                )
+                .map_err(e("read the data keys"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .map_err(e("read the data keys"))?;
+            rows.collect::<Result<_, _>>().map_err(e("read the data keys"))?
+        };
+        let mut update = tx
+            .prepare("UPDATE secret_versions SET wrapped_key = ?1 WHERE secret_id = ?2 AND version = ?3")
+            .map_err(e("prepare the re-wrap"))?;
+        let corrupt = |what: String| StoreError::Corrupt { path: path.clone(), what };
+        for (id, version, ns, name, wrapped) in &rows {
+            let ns = Namespace::new(ns).map_err(|err| corrupt(err.to_string()))?;
+            let name = SecretName::new(name).map_err(|err| corrupt(err.to_string()))?;
+            let version = *version as u64;
+            let rewrapped =
+                crypto::rewrap(&self.key, new, &aad(&ns, &name, version), wrapped).map_err(|DecryptError| {
+                    StoreError::Tampered { path: path.clone(), namespace: ns.clone(), name: name.clone(), version }
+                })?;
+            update.execute(params![rewrapped, id, version as i64]).map_err(e("re-wrap a data key"))?;
+        }
+        drop(update);
+        let v = crypto::seal(new, VERIFIER_AAD, VERIFIER_PLAINTEXT);
+        for (k, val) in [
+            ("key_id", new.id().0.into_bytes()),
+            ("verifier_wrapped", v.wrapped_key),
+            ("verifier_nonce", v.nonce),
+            ("verifier_ciphertext", v.ciphertext),
+        ] {
+            tx.execute("UPDATE meta SET value = ?1 WHERE key = ?2", params![val, k])
+                .map_err(e("replace the key verifier"))?;
+        }
+        audit::append(
+            &tx,
+            &audit::NewRecord {
+                actor: actor.clone(),
+                action: Action::KeyRotate,
+                outcome: Outcome::Ok,
+                namespace: Namespace::root(),
+                secret: None,
+                version: None,
+                reason: Some(format!(
+                    "re-wrapped {} data key(s) from key {} to key {}",
+                    rows.len(),
+                    self.key.id(),
+                    new.id()
+                )),
+                value_hmac: None,
+            },
+        )
+        .map_err(e("write the audit record"))?;
+        before_commit();
+        tx.commit().map_err(e("commit"))?;
+        self.key = new.clone();
+        Ok(rows.len() as u64)
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt { path: self.path.clone(), what }
+    }
+
+    /// Decrypts every stored version of every secret (in `namespace` only,
+    /// when given) for a backup. Destroyed secrets are left out.
+    pub fn export(&self, namespace: Option<&Namespace>, actor: &Actor) -> Result<Vec<ExportedSecret>, StoreError> {
+        let infos = self.list(namespace, None)?;
+        let mut out = Vec::new();
+        for info in infos.into_iter().filter(|i| i.destroyed_at.is_none()) {
+            let ns = Namespace::new(&info.namespace).map_err(|err| self.corrupt(err.to_string()))?;
+            let name = SecretName::new(&info.name).map_err(|err| self.corrupt(err.to_string()))?;
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT v.version, v.created_at, v.expires_at, v.wrapped_key, v.nonce, v.ciphertext FROM secret_versions v \
+                     JOIN secrets s ON s.id = v.secret_id WHERE s.namespace = ?1 AND s.name = ?2 ORDER BY v.version",
+                )
+                .map_err(self.err("read versions"))?;
+            let rows = stmt
+                .query_map(params![ns.as_str(), name.as_str()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        Sealed { wrapped_key: r.get(3)?, nonce: r.get(4)?, ciphertext: r.get(5)? },
+                    ))
+                })
+                .map_err(self.err("read versions"))?;
+            let mut versions = Vec::new();
+            for row in rows {
+                let (version, created_at, expires_at, sealed) = row.map_err(self.err("read versions"))?;
+                let plain = crypto::open(&self.key, &aad(&ns, &name, version), &sealed)
+                    .map_err(|DecryptError| self.tampered(&ns, &name, version))?;
+                let value = SecretValue::from_utf8(plain).map_err(|_| self.corrupt(format!("{name} is not UTF-8")))?;
+                versions.push(ExportedVersion {
+                    version,
+                    created_at,
+                    expires_at,
+                    value: Zeroizing::new(value.expose().to_owned()),
+                });
+            }
+            out.push(ExportedSecret {
+                namespace: info.namespace,
+                name: info.name,
+                keep_versions: info.keep_versions,
+                revoked: info.revoked_at.is_some(),
+                versions,
+            });
+        }
+        let tx = self.conn.unchecked_transaction().map_err(self.err("start a transaction"))?;
+        audit::append(
+            &tx,
+            &audit::NewRecord {
+                actor: actor.clone(),
+                action: Action::SecretExport,
+                outcome: Outcome::Ok,
+                namespace: namespace.cloned().unwrap_or_default(),
+                secret: None,
+                version: None,
+                reason: Some(format!("exported {} secret(s)", out.len())),
+                value_hmac: None,
+            },
+        )
+        .map_err(self.err("write the audit record"))?;
+        tx.commit().map_err(self.err("commit"))?;
+        Ok(out)
+    }
+
+    /// Restores secrets from a backup in one transaction: a secret that
+    /// exists is skipped unless `overwrite`, which replaces all its versions.
+    /// `before_commit` runs inside the transaction (a seam for crash tests).
+    pub fn import(
+        &mut self,
+        secrets: &[ExportedSecret],
+        overwrite: bool,
+        actor: &Actor,
+        before_commit: impl FnOnce(),
+    ) -> Result<ImportReport, StoreError> {
+        let path = self.path.clone();
+        let e = |op| sql_err(&path, op);
+        // Validate everything before writing anything.
+        let mut parsed = Vec::new();
+        for s in secrets {
+            let ns = Namespace::new(&s.namespace).map_err(|err| self.corrupt(format!("bundle: {err}")))?;
+            let name = SecretName::new(&s.name).map_err(|err| self.corrupt(format!("bundle: {err}")))?;
+            let current = s
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .max()
+                .ok_or_else(|| self.corrupt(format!("bundle: {name} has no versions")))?;
+            parsed.push((ns, name, current, s));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e("start a write transaction"))?;
+        let mut report = ImportReport::default();
+        for (ns, name, current, s) in parsed {
+            let existing: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM secrets WHERE namespace = ?1 AND name = ?2",
+                    params![ns.as_str(), name.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(e("look up a secret"))?;
+            if let Some(id) = existing {
+                if !overwrite {
+                    report.skipped.push(format!("{ns}/{name}"));
+                    continue;
+                }
+                tx.execute("DELETE FROM secret_versions WHERE secret_id = ?1", [id]).map_err(e("replace versions"))?;
+                tx.execute("DELETE FROM secrets WHERE id = ?1", [id]).map_err(e("replace the secret"))?;
+            }
+            let created = s.versions.iter().map(|v| v.created_at).min().unwrap_or_else(now);
+            let revoked = s.revoked.then(now);
+            tx.execute(
+                "INSERT INTO secrets (namespace, name, current_version, created_at, updated_at, keep_versions, revoked_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![ns.as_str(), name.as_str(), current as i64, created, now(), s.keep_versions as i64, revoked],
+            )
+            .map_err(e("insert a secret"))?;
+            let id = tx.last_insert_rowid();
+            for v in &s.versions {
+                let sealed = crypto::seal(&self.key, &aad(&ns, &name, v.version), v.value.as_bytes());
+                tx.execute(
+                    "INSERT INTO secret_versions (secret_id, version, created_at, expires_at, wrapped_key, nonce, ciphertext) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![id, v.version as i64, v.created_at, v.expires_at, sealed.wrapped_key, sealed.nonce, sealed.ciphertext],
+                )
+                .map_err(e("insert a version"))?;
+            }
+            audit::append(&tx, &record(actor, Action::SecretImport, &ns, &name, Some(current), None))
+                .map_err(e("write the audit record"))?;
+            report.imported.push(format!("{ns}/{name}"));
+        }
+        before_commit();
+        tx.commit().map_err(e("commit"))?;
+        Ok(report)
     }
 
     /// Deletes a secret and all its versions. Returns whether it existed.
@@ -406,6 +989,23 @@ impl SecretStore {
 fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
     let path = path.to_owned();
     move |err| StoreError::Sqlite { path, op, err }
+}
+
+fn next_key_path(dir: &DataDir) -> PathBuf {
+    dir.root().join("master.key.next")
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Atomically replaces `to` with `from` and makes the rename durable.
+fn install_key_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    sync_dir(to.parent().unwrap_or(Path::new(".")));
+    Ok(())
 }
 
 /// Whether `name` exists in some namespace of `namespace`'s chain of the
@@ -467,12 +1067,16 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
              current_version INTEGER NOT NULL,
              created_at INTEGER NOT NULL,
              updated_at INTEGER NOT NULL,
+             keep_versions INTEGER NOT NULL DEFAULT 5,
+             revoked_at INTEGER,
+             destroyed_at INTEGER,
              UNIQUE (namespace, name)
          );
          CREATE TABLE IF NOT EXISTS secret_versions (
              secret_id INTEGER NOT NULL REFERENCES secrets (id),
              version INTEGER NOT NULL,
              created_at INTEGER NOT NULL,
+             expires_at INTEGER,
              wrapped_key BLOB NOT NULL,
              nonce BLOB NOT NULL,
              ciphertext BLOB NOT NULL,
@@ -528,34 +1132,115 @@ mod tests {
     fn grant(s: &str) -> Grant {
         Grants::new([name(s)]).check(s).unwrap()
     }
-
-    #[test]
-    fn nearest_namespace_wins_and_root_is_the_last_resort() {
+    fn store() -> (tempfile::TempDir, SecretStore) {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
-        s.set(&ns(""), &name("K"), &val("root"), &me()).unwrap();
-        s.set(&ns("finance"), &name("K"), &val("finance"), &me()).unwrap();
-        let r = s.resolve(&ns("finance.reporting"), &grant("K")).unwrap().unwrap();
-        assert_eq!((r.namespace.as_str(), r.value.expose()), ("finance", "finance"));
-        let r = s.resolve(&ns("ops"), &grant("K")).unwrap().unwrap();
-        assert_eq!((r.namespace.as_str(), r.value.expose()), ("", "root"));
-        assert!(s.resolve(&ns("ops"), &grant("OTHER")).unwrap().is_none());
+        let s = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
+        (dir, s)
+    }
+    fn set(s: &mut SecretStore, n: &str, k: &str, v: &str) -> u64 {
+        s.set(&ns(n), &name(k), &val(v), &SetOptions::default(), &me()).unwrap()
+    }
+    fn found(l: Lookup) -> (String, u64, String) {
+        match l {
+            Lookup::Found(r) => (r.namespace.as_str().to_owned(), r.version, r.value.expose().to_owned()),
+            other => panic!("expected a value, got {other:?}"),
+        }
     }
 
     #[test]
-    fn set_makes_versions_and_keeps_five() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
+    fn nearest_namespace_wins_and_root_is_the_last_resort() {
+        let (_d, mut s) = store();
+        set(&mut s, "", "K", "root");
+        set(&mut s, "finance", "K", "finance");
+        assert_eq!(
+            found(s.resolve(&ns("finance.reporting"), &grant("K"), None).unwrap()),
+            ("finance".into(), 1, "finance".into())
+        );
+        assert_eq!(found(s.resolve(&ns("ops"), &grant("K"), None).unwrap()), ("".into(), 1, "root".into()));
+        assert!(matches!(s.resolve(&ns("ops"), &grant("OTHER"), None).unwrap(), Lookup::NotFound));
+    }
+
+    #[test]
+    fn set_makes_versions_and_keeps_a_configurable_number() {
+        let (_d, mut s) = store();
         for i in 1..=7 {
-            assert_eq!(s.set(&ns("a"), &name("K"), &val(&format!("v{i}")), &me()).unwrap(), i);
+            assert_eq!(set(&mut s, "a", "K", &format!("v{i}")), i);
         }
-        let r = s.resolve(&ns("a"), &grant("K")).unwrap().unwrap();
-        assert_eq!((r.version, r.value.expose()), (7, "v7"));
-        let kept: i64 = s.conn.query_row("SELECT count(*) FROM secret_versions", [], |r| r.get(0)).unwrap();
-        assert_eq!(kept, VERSIONS_KEPT as i64);
+        assert_eq!(found(s.resolve(&ns("a"), &grant("K"), None).unwrap()).1, 7);
+        let versions: Vec<u64> = s.versions(&ns("a"), &name("K")).unwrap().iter().map(|v| v.version).collect();
+        assert_eq!(versions, [7, 6, 5, 4, 3]);
+        s.set(&ns("a"), &name("K"), &val("v8"), &SetOptions { keep: Some(2), ..Default::default() }, &me()).unwrap();
+        assert_eq!(s.versions(&ns("a"), &name("K")).unwrap().len(), 2);
         assert!(s.remove(&ns("a"), &name("K"), &me()).unwrap());
         assert!(!s.remove(&ns("a"), &name("K"), &me()).unwrap());
-        assert!(s.list(None).unwrap().is_empty());
+        assert!(s.list(None, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pinned_reads_keep_their_version_across_a_rotation() {
+        let (_d, mut s) = store();
+        set(&mut s, "", "K", "old");
+        let pin = Pin { namespace: ns(""), version: 1 };
+        s.set(&ns(""), &name("K"), &val("new"), &SetOptions { rotate: true, ..Default::default() }, &me()).unwrap();
+        assert_eq!(found(s.resolve(&ns(""), &grant("K"), Some(&pin)).unwrap()).2, "old");
+        assert_eq!(found(s.resolve(&ns(""), &grant("K"), None).unwrap()).2, "new");
+        let e = s
+            .set(&ns(""), &name("NEW"), &val("x"), &SetOptions { rotate: true, ..Default::default() }, &me())
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NotFound { .. }));
+    }
+
+    #[test]
+    fn revoke_expire_and_destroy() {
+        let (_d, mut s) = store();
+        set(&mut s, "", "R", "r");
+        s.revoke(&ns(""), &name("R"), &me()).unwrap();
+        assert!(matches!(s.resolve(&ns(""), &grant("R"), None).unwrap(), Lookup::Revoked { version: 1, .. }));
+        set(&mut s, "", "R", "r2");
+        assert_eq!(found(s.resolve(&ns(""), &grant("R"), None).unwrap()).2, "r2", "a new version lifts the revocation");
+
+        s.set(&ns(""), &name("E"), &val("e"), &SetOptions { expires_at: Some(now() - 1), ..Default::default() }, &me())
+            .unwrap();
+        assert!(matches!(s.resolve(&ns(""), &grant("E"), None).unwrap(), Lookup::Expired { .. }));
+        let soon: Vec<String> = s.list(None, Some(now() + 60)).unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(soon, ["E"]);
+
+        set(&mut s, "", "D", "destroy-me-please");
+        s.destroy(&ns(""), &name("D"), &me()).unwrap();
+        assert!(matches!(s.resolve(&ns(""), &grant("D"), None).unwrap(), Lookup::Revoked { .. }));
+        assert_eq!(s.describe(&ns(""), &name("D")).unwrap().unwrap().versions_stored, 0);
+        assert!(s.revoke(&ns(""), &name("NOPE"), &me()).is_err());
+    }
+
+    #[test]
+    fn master_key_rotation_rewraps_every_data_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let mut s = SecretStore::open_with_key(&p, MasterKey::generate()).unwrap();
+        for i in 0..10 {
+            set(&mut s, "a", &format!("K{i}"), &format!("value-{i}"));
+        }
+        let new = MasterKey::generate();
+        assert_eq!(s.rotate_master_key(&new, &me(), || {}).unwrap(), 10);
+        drop(s);
+        let s = SecretStore::open_with_key(&p, new).unwrap();
+        assert_eq!(found(s.resolve(&ns("a"), &grant("K3"), None).unwrap()).2, "value-3");
+        assert!(matches!(SecretStore::open_with_key(&p, MasterKey::generate()), Err(StoreError::WrongKey { .. })));
+    }
+
+    #[test]
+    fn export_and_import_restore_every_version() {
+        let (_d, mut a) = store();
+        set(&mut a, "x", "K", "one");
+        set(&mut a, "x", "K", "two");
+        let bundle = a.export(None, &me()).unwrap();
+        let (_d2, mut b) = store();
+        let r = b.import(&bundle, false, &me(), || {}).unwrap();
+        assert_eq!(r.imported, ["x/K"]);
+        assert_eq!(found(b.resolve(&ns("x"), &grant("K"), None).unwrap()), ("x".into(), 2, "two".into()));
+        assert_eq!(b.versions(&ns("x"), &name("K")).unwrap().len(), 2);
+        let again = b.import(&bundle, false, &me(), || {}).unwrap();
+        assert_eq!(again.skipped, ["x/K"]);
     }
 
     #[test]
@@ -563,7 +1248,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.db");
         let k = MasterKey::generate();
-        SecretStore::open_with_key(&p, k.clone()).unwrap().set(&ns(""), &name("K"), &val("v"), &me()).unwrap();
+        let mut s = SecretStore::open_with_key(&p, k.clone()).unwrap();
+        set(&mut s, "", "K", "v");
         let e = SecretStore::open_with_key(&p, MasterKey::generate()).unwrap_err();
         assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
         assert!(e.to_string().contains(&k.id().0), "{e}");

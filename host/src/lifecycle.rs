@@ -1,0 +1,488 @@
+//! `host secret ...`, `host key rotate` and `host backend ...`: the secret
+//! lifecycle at the command line (part of the `host` binary).
+
+use crate::{BackendCommand, BundleKeyArgs, Charset};
+use crate::{Exit, HOST, SecretCommand, USAGE, fail, open_store, read_value, stdout_err};
+use keyhole::audit::{self, Action, Actor, NewRecord, Outcome};
+use keyhole::backup::{self, BundleKey};
+use keyhole::data_dir::DataDir;
+use keyhole::names::{Namespace, SecretName};
+use keyhole::secret::SecretValue;
+use keyhole::store::{SecretInfo, SecretStore, SetOptions, StoreError, fmt_time};
+use keyhole::vault::{self, Backends, VaultConfig};
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// Environment variable naming a test failpoint: the process stops there
+/// (prints `failpoint NAME reached` and sleeps) so a test can kill it.
+const FAILPOINT_ENV: &str = "KEYHOLE_FAILPOINT";
+
+fn failpoint(name: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name} reached");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+fn store_err(e: StoreError) -> Exit {
+    let code = match e {
+        StoreError::NotFound { .. } | StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
+        _ => HOST,
+    };
+    fail(code, e)
+}
+
+fn backends(dir: &DataDir) -> Result<Backends, Exit> {
+    Backends::load(&vault::config_path(dir.root())).map_err(|e| fail(USAGE, e))
+}
+
+/// Appends one record for a management action that did not go through the store.
+fn record(
+    dir: &DataDir,
+    action: Action,
+    namespace: &Namespace,
+    secret: Option<&SecretName>,
+    version: Option<u64>,
+    reason: String,
+) -> Result<(), Exit> {
+    let mut conn = audit::open(&dir.store_path(), true).map_err(|e| fail(HOST, e))?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| fail(HOST, e))?;
+    audit::append(
+        &tx,
+        &NewRecord {
+            actor: Actor::current_user(),
+            action,
+            outcome: Outcome::Ok,
+            namespace: namespace.clone(),
+            secret: secret.cloned(),
+            version,
+            reason: Some(reason),
+            value_hmac: None,
+        },
+    )
+    .map_err(|e| fail(HOST, e))?;
+    tx.commit().map_err(|e| fail(HOST, e))
+}
+
+fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
+    use base64::Engine as _;
+    if n == 0 || n > 4096 {
+        return Err(fail(USAGE, anyhow::anyhow!("--generate takes 1 to 4096")));
+    }
+    let random = |len: usize| {
+        let mut b = Zeroizing::new(vec![0u8; len]);
+        getrandom::fill(&mut b).expect("the operating system's random source failed");
+        b
+    };
+    let pick = |alphabet: &[u8]| {
+        // Rejection sampling: uniform over the alphabet.
+        let limit = 256 - (256 % alphabet.len());
+        let mut out = Zeroizing::new(String::with_capacity(n));
+        while out.len() < n {
+            for &b in random(n * 2).iter() {
+                if (b as usize) < limit && out.len() < n {
+                    out.push(alphabet[b as usize % alphabet.len()] as char);
+                }
+            }
+        }
+        out
+    };
+    let text = match charset {
+        Charset::Alnum => pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
+        Charset::Ascii => pick(&(33u8..127).collect::<Vec<u8>>()),
+        Charset::Hex => Zeroizing::new(hex::encode(&*random(n))),
+        Charset::Base64 => Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*random(n))),
+    };
+    Ok(SecretValue::new(text.as_str().to_owned()))
+}
+
+fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
+    use base64::Engine as _;
+    if let Some(f) = &args.key_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read key file {}: {e}", f.display())))?,
+        );
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| fail(USAGE, anyhow::anyhow!("key file {} is not base64: {e}", f.display())))?,
+        );
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            fail(USAGE, anyhow::anyhow!("key file {} must hold 32 bytes, not {}", f.display(), bytes.len()))
+        })?;
+        return Ok(BundleKey::Raw(Zeroizing::new(arr)));
+    }
+    let pass = match &args.passphrase_file {
+        Some(f) => Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read passphrase file {}: {e}", f.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+        ),
+        None => Zeroizing::new(std::env::var("KEYHOLE_EXPORT_PASSPHRASE").map_err(|_| {
+            fail(USAGE, anyhow::anyhow!("give --passphrase-file, --key-file or $KEYHOLE_EXPORT_PASSPHRASE"))
+        })?),
+    };
+    if pass.len() < 12 {
+        return Err(fail(USAGE, anyhow::anyhow!("the passphrase must be at least 12 characters")));
+    }
+    Ok(BundleKey::Passphrase(pass))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn state(s: &SecretInfo, now: i64) -> String {
+    if s.destroyed_at.is_some() {
+        "destroyed".into()
+    } else if s.revoked_at.is_some() {
+        "revoked".into()
+    } else {
+        match s.expires_at {
+            Some(x) if x <= now => "expired".into(),
+            Some(x) => format!("expires {}", fmt_time(x)),
+            None => "active".into(),
+        }
+    }
+}
+
+pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
+    let me = Actor::current_user();
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        SecretCommand::Set { name, at, from_file, version: v } => {
+            let value = read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?;
+            store_value(dir, &name, &at.namespace, &value, v, false)
+        }
+        SecretCommand::Rotate { name, at, generate: g, charset, from_file, version: v } => {
+            let value = match g {
+                Some(n) => generate(n, charset)?,
+                None => read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?,
+            };
+            store_value(dir, &name, &at.namespace, &value, v, true)
+        }
+        SecretCommand::List { namespace, expiring, json } => {
+            let store = open_store(dir)?;
+            let before = expiring.map(|d| now() + d.as_secs() as i64);
+            let list = store.list(namespace.as_ref(), before).map_err(store_err)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &list).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<24} {:<32} {:>7}  {:<20}  {:<20}  STATE",
+                "NAMESPACE", "NAME", "VERSION", "CREATED", "UPDATED"
+            )
+            .map_err(stdout_err)?;
+            let t = now();
+            for s in &list {
+                let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
+                writeln!(
+                    out,
+                    "{:<24} {:<32} {:>7}  {:<20}  {:<20}  {}",
+                    ns,
+                    s.name,
+                    s.version,
+                    fmt_time(s.created_at),
+                    fmt_time(s.updated_at),
+                    state(s, t)
+                )
+                .map_err(stdout_err)?;
+            }
+            for b in backends(dir)?.list() {
+                writeln!(
+                    out,
+                    "(namespace {} is served by vault server {}; see `host backend list`)",
+                    b.namespace, b.address
+                )
+                .map_err(stdout_err)?;
+            }
+            Ok(())
+        }
+        SecretCommand::Versions { name, at, json } => {
+            let store = open_store(dir)?;
+            let versions = store.versions(&at.namespace, &name).map_err(store_err)?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &versions).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            } else {
+                writeln!(out, "{:>7}  {:<20}  {:<20}", "VERSION", "CREATED", "EXPIRES").map_err(stdout_err)?;
+                for v in versions {
+                    let cur = if v.current { "  (current)" } else { "" };
+                    let exp = v.expires_at.map_or("-".to_owned(), fmt_time);
+                    writeln!(out, "{:>7}  {:<20}  {:<20}{cur}", v.version, fmt_time(v.created_at), exp)
+                        .map_err(stdout_err)?;
+                }
+            }
+            Ok(())
+        }
+        SecretCommand::Describe { name, at, json } => {
+            let store = open_store(dir)?;
+            let info = store.describe(&at.namespace, &name).map_err(store_err)?.ok_or_else(|| {
+                store_err(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
+            })?;
+            let versions = store.versions(&at.namespace, &name).map_err(store_err)?;
+            let conn = audit::open(&dir.store_path(), false).map_err(|e| fail(HOST, e))?;
+            let last_read: Option<String> = conn
+                .query_row(
+                    "SELECT max(time) FROM audit WHERE action = 'secret.read' AND outcome = 'granted' AND secret = ?1 AND reason = ?2",
+                    rusqlite::params![name.as_str(), format!("found in namespace {}", at.namespace)],
+                    |r| r.get(0),
+                )
+                .map_err(|e| fail(HOST, e))?;
+            let doc = serde_json::json!({
+                "namespace": info.namespace,
+                "name": info.name,
+                "current_version": info.version,
+                "versions": versions,
+                "keep_versions": info.keep_versions,
+                "created": fmt_time(info.created_at),
+                "rotated": fmt_time(info.updated_at),
+                "expires": info.expires_at.map(fmt_time),
+                "revoked": info.revoked_at.map(fmt_time),
+                "destroyed": info.destroyed_at.map(fmt_time),
+                "last_read": last_read,
+                "state": state(&info, now()),
+            });
+            if json {
+                serde_json::to_writer_pretty(&mut out, &doc).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            } else {
+                for (k, v) in doc.as_object().expect("an object") {
+                    let shown = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => "-".into(),
+                        serde_json::Value::Array(a) => {
+                            a.iter().map(|v| v["version"].to_string()).collect::<Vec<_>>().join(", ")
+                        }
+                        other => other.to_string(),
+                    };
+                    writeln!(out, "{k:<16} {shown}").map_err(stdout_err)?;
+                }
+            }
+            Ok(())
+        }
+        SecretCommand::Revoke { name, at } => {
+            if let Some(b) = backends(dir)?.for_namespace(&at.namespace).cloned() {
+                b.delete_latest(&name).map_err(|e| fail(HOST, e))?;
+                record(
+                    dir,
+                    Action::SecretRevoke,
+                    &at.namespace,
+                    Some(&name),
+                    None,
+                    format!("deleted the latest version in vault server {}", b.address),
+                )?;
+            } else {
+                open_store(dir)?.revoke(&at.namespace, &name, &me).map_err(store_err)?;
+            }
+            eprintln!("revoked {name} in namespace {}: every read now gets `revoked`", at.namespace);
+            Ok(())
+        }
+        SecretCommand::Destroy { name, at } => {
+            if backends(dir)?.for_namespace(&at.namespace).is_some() {
+                return Err(fail(
+                    USAGE,
+                    anyhow::anyhow!(
+                        "namespace {} is served by vault: destroy versions there (bao kv destroy)",
+                        at.namespace
+                    ),
+                ));
+            }
+            open_store(dir)?.destroy(&at.namespace, &name, &me).map_err(store_err)?;
+            eprintln!(
+                "destroyed {name} in namespace {}: every version's ciphertext and data key are erased",
+                at.namespace
+            );
+            Ok(())
+        }
+        SecretCommand::Rm { name, at } => {
+            let mut store = open_store(dir)?;
+            if store.remove(&at.namespace, &name, &me).map_err(store_err)? {
+                eprintln!("removed {name} from namespace {}", at.namespace);
+                Ok(())
+            } else {
+                Err(store_err(StoreError::NotFound { namespace: at.namespace, name }))
+            }
+        }
+        SecretCommand::Export { output, namespace, key } => {
+            let key = bundle_key(&key)?;
+            let store = open_store(dir)?;
+            let secrets = store.export(namespace.as_ref(), &me).map_err(store_err)?;
+            let n = secrets.len();
+            let text = backup::seal(secrets, &key).map_err(|e| fail(HOST, e))?;
+            write_private(&output, &text)
+                .map_err(|e| fail(HOST, anyhow::anyhow!("cannot write {}: {e}", output.display())))?;
+            eprintln!("exported {n} secret(s) to {}", output.display());
+            Ok(())
+        }
+        SecretCommand::Import { file, overwrite, key } => {
+            let key = bundle_key(&key)?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read {}: {e}", file.display())))?;
+            // Decrypt and check everything before the store is opened for writing.
+            let secrets = backup::open(&text, &key)
+                .map_err(|e| fail(USAGE, anyhow::Error::from(e).context(format!("bundle {}", file.display()))))?;
+            let mut store = open_store(dir)?;
+            let report =
+                store.import(&secrets, overwrite, &me, || failpoint("import-before-commit")).map_err(store_err)?;
+            eprintln!(
+                "imported {} secret(s){}",
+                report.imported.len(),
+                if report.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; skipped {} that exist (use --overwrite): {}",
+                        report.skipped.len(),
+                        report.skipped.join(", ")
+                    )
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+fn store_value(
+    dir: &DataDir,
+    name: &SecretName,
+    ns: &Namespace,
+    value: &SecretValue,
+    v: crate::VersionOpts,
+    rotate: bool,
+) -> Result<(), Exit> {
+    let expires_at = v.expires_in.map(|d| now() + d.as_secs() as i64);
+    if let Some(b) = backends(dir)?.for_namespace(ns).cloned() {
+        if expires_at.is_some() || v.keep.is_some() {
+            return Err(fail(
+                USAGE,
+                anyhow::anyhow!("--expires-in and --keep apply to the local store; namespace {ns} is served by vault"),
+            ));
+        }
+        let version = b.write(name, value).map_err(|e| fail(HOST, e))?;
+        let action = if rotate { Action::SecretRotate } else { Action::SecretSet };
+        record(dir, action, ns, Some(name), Some(version), format!("stored in vault server {}", b.address))?;
+        eprintln!("stored {name} version {version} in namespace {ns} (vault server {})", b.address);
+        return Ok(());
+    }
+    let mut store: SecretStore = open_store(dir)?;
+    let version = store
+        .set(ns, name, value, &SetOptions { expires_at, keep: v.keep, rotate }, &Actor::current_user())
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => {
+                fail(USAGE, anyhow::Error::from(e).context("rotate needs an existing secret: use `host secret set`"))
+            }
+            e => store_err(e),
+        })?;
+    let verb = if rotate { "rotated" } else { "stored" };
+    let exp = expires_at.map(|x| format!(", expires {}", fmt_time(x))).unwrap_or_default();
+    eprintln!("{verb} {name}: version {version} in namespace {ns}{exp}");
+    Ok(())
+}
+
+pub(crate) fn key_rotate(dir: &DataDir) -> Result<(), Exit> {
+    let mut store = open_store(dir)?;
+    let (id, n, from_env) = store
+        .rotate_key_files(
+            dir,
+            &Actor::current_user(),
+            || failpoint("key-rotate-before-commit"),
+            || failpoint("key-rotate-after-commit"),
+        )
+        .map_err(store_err)?;
+    if from_env {
+        eprintln!(
+            "master key rotated to key {id} ({n} data keys re-wrapped). The new key is in {}: set $KEYHOLE_MASTER_KEY to its contents, then delete the file",
+            dir.root().join("master.key.next").display()
+        );
+    } else {
+        eprintln!(
+            "master key rotated to key {id} ({n} data keys re-wrapped); {} holds the new key",
+            dir.master_key_path().display()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
+    let path = vault::config_path(dir.root());
+    let mut b = backends(dir)?;
+    match cmd {
+        BackendCommand::AddVault { namespace, address, mount, prefix, token_file } => {
+            if !(address.starts_with("http://") || address.starts_with("https://")) {
+                return Err(fail(
+                    USAGE,
+                    anyhow::anyhow!("--address must start with https:// (or http:// for a local dev server)"),
+                ));
+            }
+            dir.ensure().map_err(|e| fail(HOST, e))?;
+            let cfg = VaultConfig {
+                namespace: namespace.as_str().to_owned(),
+                address: address.clone(),
+                mount,
+                prefix,
+                token_file,
+            };
+            b.upsert(cfg);
+            b.save(&path).map_err(|e| fail(HOST, e))?;
+            record(
+                dir,
+                Action::BackendChange,
+                &namespace,
+                None,
+                None,
+                format!("namespace served by vault server {address}"),
+            )?;
+            eprintln!("namespace {namespace} is now served by vault server {address}");
+            Ok(())
+        }
+        BackendCommand::List { json } => {
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, b.list()).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            } else {
+                writeln!(out, "{:<24} {:<36} {:<12} PREFIX", "NAMESPACE", "ADDRESS", "MOUNT").map_err(stdout_err)?;
+                for c in b.list() {
+                    writeln!(out, "{:<24} {:<36} {:<12} {}", c.namespace, c.address, c.mount, c.prefix)
+                        .map_err(stdout_err)?;
+                }
+            }
+            Ok(())
+        }
+        BackendCommand::Rm { namespace } => {
+            if !b.remove(namespace.as_str()) {
+                return Err(fail(USAGE, anyhow::anyhow!("no backend serves namespace {namespace}")));
+            }
+            b.save(&path).map_err(|e| fail(HOST, e))?;
+            record(
+                dir,
+                Action::BackendChange,
+                &namespace,
+                None,
+                None,
+                "namespace served by the local store again".into(),
+            )?;
+            eprintln!("namespace {namespace} is served by the local store again");
+            Ok(())
+        }
+    }
+}
