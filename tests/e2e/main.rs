@@ -7,6 +7,7 @@ mod support;
 mod audit;
 mod exec;
 mod flows;
+mod lifecycle;
 mod masking;
 mod sandbox;
 mod store;

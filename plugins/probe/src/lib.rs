@@ -18,6 +18,9 @@ enum Action {
         #[serde(default)]
         wait_ms: u64,
     },
+    /// Reads `name`, prints `waiting` to stderr, sleeps `wait_ms`, reads it
+    /// again; reports both reads (SHA-256 or error case).
+    GetTwice { name: String, wait_ms: u64 },
     /// Reads a secret and returns it verbatim (for masking tests).
     Leak { name: String },
     /// Lists environment variables and arguments.
@@ -77,6 +80,16 @@ fn probe(action: Action) -> Result<Value, TaskError> {
                 out.insert(name, v);
             }
             Value::Object(out)
+        }
+        Action::GetTwice { name, wait_ms } => {
+            let read = |n: &str| match secrets::get(n) {
+                Ok(value) => json!({ "sha256": hex::encode(Sha256::digest(value.as_bytes())) }),
+                Err(e) => json!({ "error": error_case(&e) }),
+            };
+            let first = read(&name);
+            eprintln!("waiting");
+            std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+            json!({ "first": first, "second": read(&name) })
         }
         Action::Leak { name } => json!({ "value": secrets::get(&name)? }),
         Action::Env => json!({
