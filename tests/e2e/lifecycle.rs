@@ -16,7 +16,11 @@ fn get(env: &Env, name: &str) -> Value {
 }
 
 /// Starts `host ARGS` and returns once its stderr shows `marker`.
-fn start_until(env: &Env, cmd: &mut std::process::Command, marker: &str) -> (Child, BufReader<std::process::ChildStderr>) {
+fn start_until(
+    env: &Env,
+    cmd: &mut std::process::Command,
+    marker: &str,
+) -> (Child, BufReader<std::process::ChildStderr>) {
     let _ = env;
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
@@ -36,7 +40,19 @@ fn versions_describe_and_generated_rotation_never_show_values() {
     env.set_secret("app", "DB_PASSWORD", "first-password");
     let r = env.run(&["secret", "rotate", "DB_PASSWORD", "-n", "app", "--generate", "32"]);
     r.expect_code(0);
-    let r = env.run(&["secret", "rotate", "DB_PASSWORD", "-n", "app", "--generate", "16", "--charset", "hex", "--expires-in", "90d"]);
+    let r = env.run(&[
+        "secret",
+        "rotate",
+        "DB_PASSWORD",
+        "-n",
+        "app",
+        "--generate",
+        "16",
+        "--charset",
+        "hex",
+        "--expires-in",
+        "90d",
+    ]);
     r.expect_code(0);
     let versions = json_of(&env.run(&["secret", "versions", "DB_PASSWORD", "-n", "app", "--json"]));
     let nums: Vec<u64> = versions.as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
@@ -49,9 +65,13 @@ fn versions_describe_and_generated_rotation_never_show_values() {
     assert_eq!(d["state"].as_str().unwrap().split(' ').next(), Some("expires"));
     assert!(d["last_read"].is_null());
     // The generated value is 32 hex characters (16 bytes) and nobody saw it.
-    let out = env.probe("app", &["DB_PASSWORD"], json!({"action": "leak", "name": "DB_PASSWORD"}), &[]).expect_code(0).json();
+    let out =
+        env.probe("app", &["DB_PASSWORD"], json!({"action": "leak", "name": "DB_PASSWORD"}), &[]).expect_code(0).json();
     assert_eq!(out["value"], "***");
-    let read = env.probe("app", &["DB_PASSWORD"], json!({"action": "get", "names": ["DB_PASSWORD"]}), &[]).expect_code(0).json();
+    let read = env
+        .probe("app", &["DB_PASSWORD"], json!({"action": "get", "names": ["DB_PASSWORD"]}), &[])
+        .expect_code(0)
+        .json();
     assert_ne!(read["DB_PASSWORD"]["sha256"], sha256("first-password"));
     let d = json_of(&env.run(&["secret", "describe", "DB_PASSWORD", "-n", "app", "--json"]));
     assert!(d["last_read"].as_str().is_some(), "describe shows the last read: {d}");
@@ -129,7 +149,10 @@ fn destroy_erases_every_version_and_leaves_a_tombstone() {
     assert_eq!(n, 0, "no ciphertext or data key may remain");
     let d = json_of(&env.run(&["secret", "describe", "GONE", "--json"]));
     assert_eq!(d["state"], "destroyed");
-    assert_eq!(json_of(&env.run(&["audit", "list", "--action", "secret.destroy", "--json"])).as_array().unwrap().len(), 1);
+    assert_eq!(
+        json_of(&env.run(&["audit", "list", "--action", "secret.destroy", "--json"])).as_array().unwrap().len(),
+        1
+    );
 }
 
 fn key_file(env: &Env) -> String {
@@ -212,7 +235,8 @@ fn export_and_import_round_trip_and_refuse_wrong_or_tampered_bundles() {
     }
     let pass = passphrase_file(&src, "correct horse battery staple");
     let bundle = src.home().join("backup.json");
-    src.run_with(src.host().args(["secret", "export", "-o"]).arg(&bundle).arg("--passphrase-file").arg(&pass), b"").expect_code(0);
+    src.run_with(src.host().args(["secret", "export", "-o"]).arg(&bundle).arg("--passphrase-file").arg(&pass), b"")
+        .expect_code(0);
     let text = std::fs::read_to_string(&bundle).unwrap();
     assert!(!text.contains("value-of-A"), "the bundle is encrypted");
 
@@ -230,13 +254,18 @@ fn export_and_import_round_trip_and_refuse_wrong_or_tampered_bundles() {
     v["ciphertext"] = Value::String(flipped);
     std::fs::write(&tampered, v.to_string()).unwrap();
     let right = passphrase_file(&dst, "correct horse battery staple");
-    let r = dst.run_with(dst.host().args(["secret", "import"]).arg(&tampered).arg("--passphrase-file").arg(&right), b"");
+    let r =
+        dst.run_with(dst.host().args(["secret", "import"]).arg(&tampered).arg("--passphrase-file").arg(&right), b"");
     r.expect_code(2);
     assert_eq!(dump(&dst.db()), before, "a refused bundle changes nothing");
 
     // Killed mid-import: nothing is half-imported.
     let mut cmd = dst.host();
-    cmd.env("KEYHOLE_FAILPOINT", "import-before-commit").args(["secret", "import"]).arg(&bundle).arg("--passphrase-file").arg(&right);
+    cmd.env("KEYHOLE_FAILPOINT", "import-before-commit")
+        .args(["secret", "import"])
+        .arg(&bundle)
+        .arg("--passphrase-file")
+        .arg(&right);
     let (mut child, _err) = start_until(&dst, &mut cmd, "failpoint import-before-commit reached");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -247,7 +276,8 @@ fn export_and_import_round_trip_and_refuse_wrong_or_tampered_bundles() {
     let r = dst.run_with(dst.host().args(["secret", "import"]).arg(&bundle).arg("--passphrase-file").arg(&right), b"");
     r.expect_code(0);
     assert!(r.stderr.contains("imported 2 secret(s)"), "{}", r.stderr);
-    let out = dst.probe("team.x", &["A", "B"], json!({"action": "get", "names": ["A", "B"]}), &[]).expect_code(0).json();
+    let out =
+        dst.probe("team.x", &["A", "B"], json!({"action": "get", "names": ["A", "B"]}), &[]).expect_code(0).json();
     assert_eq!(out["A"]["sha256"], sha256("value-of-A"));
     assert_eq!(out["B"]["sha256"], sha256("value-of-B"));
 }

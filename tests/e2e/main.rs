@@ -12,3 +12,4 @@ mod masking;
 mod sandbox;
 mod store;
 mod tidy;
+mod vault;
