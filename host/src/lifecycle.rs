@@ -2,7 +2,7 @@
 //! lifecycle at the command line (part of the `host` binary).
 
 use crate::{BackendCommand, BundleKeyArgs, Charset};
-use crate::{Exit, HOST, SecretCommand, USAGE, fail, open_store, read_value, stdout_err};
+use crate::{Exit, HOST, SecretCommand, USAGE, fail, open_store, print_json, read_value, stdout_err};
 use keyhole::audit::{self, Action, Actor, NewRecord, Outcome};
 use keyhole::backup::{self, BundleKey};
 use keyhole::data_dir::DataDir;
@@ -181,8 +181,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let before = expiring.map(|d| now() + d.as_secs() as i64);
             let list = store.list(namespace.as_ref(), before).map_err(store_err)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &list).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &list)?;
                 return Ok(());
             }
             writeln!(
@@ -220,8 +219,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let store = open_store(dir)?;
             let versions = store.versions(&at.namespace, &name).map_err(store_err)?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &versions).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &versions)?;
             } else {
                 writeln!(out, "{:>7}  {:<20}  {:<20}", "VERSION", "CREATED", "EXPIRES").map_err(stdout_err)?;
                 for v in versions {
@@ -262,8 +260,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 "state": state(&info, now()),
             });
             if json {
-                serde_json::to_writer_pretty(&mut out, &doc).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &doc)?;
             } else {
                 for (k, v) in doc.as_object().expect("an object") {
                     let shown = match v {
@@ -457,8 +454,7 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
         BackendCommand::List { json } => {
             let mut out = std::io::stdout().lock();
             if json {
-                serde_json::to_writer_pretty(&mut out, b.list()).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &b.list())?;
             } else {
                 writeln!(out, "{:<24} {:<36} {:<12} PREFIX", "NAMESPACE", "ADDRESS", "MOUNT").map_err(stdout_err)?;
                 for c in b.list() {

@@ -498,7 +498,7 @@ fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
     let dir = DataDir::locate(cli.data_dir.as_deref()).map_err(|e| fail(USAGE, e))?;
     match cli.command {
         Command::Exec(args) => exec(&dir, args, masks.clone()),
-        Command::Secret(cmd) => secret(&dir, cmd),
+        Command::Secret(cmd) => lifecycle::secret(&dir, cmd),
         Command::Audit(cmd) => audit_cmd(&dir, cmd),
         Command::Run(args) => run_flow_cmd(&dir, args, masks.clone()),
         Command::Validate(args) => validate_cmd(&dir, args),
@@ -521,10 +521,6 @@ fn open_store(dir: &DataDir) -> Result<SecretStore, Exit> {
         };
         fail(code, e)
     })
-}
-
-fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
-    lifecycle::secret(dir, cmd)
 }
 
 fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
@@ -665,8 +661,7 @@ fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>) -> Result<(),
     let report = s.rt.block_on(run_flow(&s.runtime, &s.env, &flow, &plugins, inputs, execution, &s.records));
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report.record).map_err(stdout_err)?;
-        writeln!(out).map_err(stdout_err)?;
+        print_json(&mut out, &report.record)?;
     } else {
         write_execution(&mut out, &report.record).map_err(stdout_err)?;
     }
@@ -732,8 +727,7 @@ fn validate_cmd(dir: &DataDir, args: ValidateArgs) -> Result<(), Exit> {
     let diags = Diagnostics(found);
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &diags.0).map_err(stdout_err)?;
-        writeln!(out).map_err(stdout_err)?;
+        print_json(&mut out, &diags.0)?;
     } else {
         for d in &diags.0 {
             writeln!(out, "{d}").map_err(stdout_err)?;
@@ -759,8 +753,7 @@ fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<(), Exit> {
         ExecutionsCommand::List { flow, limit, json } => {
             let list = records.list(flow.as_deref(), limit).map_err(|e| fail(HOST, e))?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &list).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &list)?;
             } else {
                 writeln!(out, "{:<36}  {:<24} {:<10} {:<24}  TASKS", "EXECUTION", "FLOW", "STATUS", "STARTED")
                     .map_err(stdout_err)?;
@@ -799,8 +792,7 @@ fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<(), Exit> {
                 e => fail(HOST, e),
             })?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &r).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &r)?;
             } else {
                 write_execution(&mut out, &r).map_err(stdout_err)?;
             }
@@ -823,6 +815,12 @@ fn audit_filter(f: AuditFilter) -> audit::Filter {
     }
 }
 
+/// Writes `value` as pretty JSON and a newline.
+fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), Exit> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(stdout_err)?;
+    writeln!(out).map_err(stdout_err)
+}
+
 fn stdout_err(e: impl Into<anyhow::Error>) -> Exit {
     fail(HOST, e.into().context("cannot write to stdout"))
 }
@@ -839,8 +837,7 @@ fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
         AuditCommand::List { filter, json } => {
             let records = audit::list(&conn, &path, &audit_filter(filter)).map_err(|e| fail(HOST, e))?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &records).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &records)?;
             } else {
                 writeln!(
                     out,
@@ -878,8 +875,7 @@ fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
         AuditCommand::Verify { json } => {
             let verdict = audit::verify(&conn, &path).map_err(|e| fail(HOST, e))?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &verdict).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &verdict)?;
             }
             match verdict {
                 Verdict::Intact { records, head_seq, head_hash, from_seq } => {
@@ -906,8 +902,7 @@ fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
         AuditCommand::Usage { json } => {
             let usage = audit::usage(&conn, &path).map_err(|e| fail(HOST, e))?;
             if json {
-                serde_json::to_writer_pretty(&mut out, &usage).map_err(stdout_err)?;
-                writeln!(out).map_err(stdout_err)?;
+                print_json(&mut out, &usage)?;
             } else {
                 writeln!(out, "{:<28} {:<24} {:<20} {:>6}  {:<24}", "SECRET", "FLOW", "TASK", "READS", "LAST READ")
                     .map_err(stdout_err)?;

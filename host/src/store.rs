@@ -460,10 +460,7 @@ impl SecretStore {
     ) -> Result<u64, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e("start a write transaction"))?;
+        let tx = begin(&mut self.conn, &path)?;
         let t = now();
         let current: Option<(i64, i64, i64)> = tx
             .query_row(
@@ -610,10 +607,7 @@ impl SecretStore {
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e("start a write transaction"))?;
+        let tx = begin(&mut self.conn, &path)?;
         let id: Option<(i64, i64)> = tx
             .query_row(
                 "SELECT id, current_version FROM secrets WHERE namespace = ?1 AND name = ?2",
@@ -736,10 +730,7 @@ impl SecretStore {
     ) -> Result<u64, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e("start a write transaction"))?;
+        let tx = begin(&mut self.conn, &path)?;
         let rows: Vec<(i64, i64, String, String, Vec<u8>)> = {
             let mut stmt = tx
                 .prepare(
@@ -896,10 +887,7 @@ impl SecretStore {
                 .ok_or_else(|| self.corrupt(format!("bundle: {name} has no versions")))?;
             parsed.push((ns, name, current, s));
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e("start a write transaction"))?;
+        let tx = begin(&mut self.conn, &path)?;
         let mut report = ImportReport::default();
         for (ns, name, current, s) in parsed {
             let existing: Option<i64> = tx
@@ -950,10 +938,7 @@ impl SecretStore {
     pub fn remove(&mut self, namespace: &Namespace, name: &SecretName, actor: &Actor) -> Result<bool, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e("start a write transaction"))?;
+        let tx = begin(&mut self.conn, &path)?;
         tx.execute(
             "DELETE FROM secret_versions WHERE secret_id IN (SELECT id FROM secrets WHERE namespace = ?1 AND name = ?2)",
             params![namespace.as_str(), name.as_str()],
@@ -984,6 +969,13 @@ impl SecretStore {
         tx.commit().map_err(e("commit"))?;
         Ok(n > 0)
     }
+}
+
+/// Starts a write transaction that takes the database's write lock at once,
+/// so that concurrent writers queue on the busy timeout instead of failing
+/// half-way.
+fn begin<'c>(conn: &'c mut Connection, path: &Path) -> Result<rusqlite::Transaction<'c>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err(path, "start a write transaction"))
 }
 
 fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {

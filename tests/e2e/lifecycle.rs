@@ -16,22 +16,23 @@ fn get(env: &Env, name: &str) -> Value {
 }
 
 /// Starts `host ARGS` and returns once its stderr shows `marker`.
-fn start_until(
-    env: &Env,
-    cmd: &mut std::process::Command,
-    marker: &str,
-) -> (Child, BufReader<std::process::ChildStderr>) {
-    let _ = env;
+fn start_until(cmd: &mut std::process::Command, marker: &str) -> (Child, BufReader<std::process::ChildStderr>) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    loop {
+    let mut seen = false;
+    while !seen {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "the process ended before printing {marker:?}");
-        if line.contains(marker) {
-            return (child, err);
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
         }
+        seen = line.contains(marker);
     }
+    if !seen {
+        let status = child.wait();
+        panic!("the process ended ({status:?}) before printing {marker:?}");
+    }
+    (child, err)
 }
 
 #[test]
@@ -93,7 +94,7 @@ fn a_rotation_mid_execution_is_not_seen_by_that_execution_but_by_the_next() {
     let input = json!({"action": "get_twice", "name": "K", "wait_ms": 1500}).to_string();
     let mut cmd = env.host();
     cmd.arg("exec").arg(component(Plugin::Probe)).args(["--grant", "K", "--input", &input]);
-    let (child, _err) = start_until(&env, &mut cmd, "[probe] waiting");
+    let (child, _err) = start_until(&mut cmd, "[probe] waiting");
     env.run_with(env.host().args(["secret", "rotate", "K"]), b"version-two").expect_code(0);
     let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(out["first"]["sha256"], sha256("version-one"));
@@ -108,7 +109,7 @@ fn a_revocation_is_seen_by_a_running_execution() {
     let input = json!({"action": "get_twice", "name": "K", "wait_ms": 1500}).to_string();
     let mut cmd = env.host();
     cmd.arg("exec").arg(component(Plugin::Probe)).args(["--grant", "K", "--input", &input]);
-    let (child, _err) = start_until(&env, &mut cmd, "[probe] waiting");
+    let (child, _err) = start_until(&mut cmd, "[probe] waiting");
     env.run(&["secret", "revoke", "K"]).expect_code(0);
     let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
     assert_eq!(out["first"]["sha256"], sha256("soon-revoked"));
@@ -198,7 +199,7 @@ fn kill_9_during_key_rotation_leaves_a_store_readable_with_exactly_one_key() {
         let old = key_file(&env);
         let mut cmd = env.host();
         cmd.env("KEYHOLE_FAILPOINT", point).args(["key", "rotate"]);
-        let (mut child, _err) = start_until(&env, &mut cmd, &format!("failpoint {point} reached"));
+        let (mut child, _err) = start_until(&mut cmd, &format!("failpoint {point} reached"));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // Whatever the moment, the next command opens the store and every value decrypts.
@@ -266,7 +267,7 @@ fn export_and_import_round_trip_and_refuse_wrong_or_tampered_bundles() {
         .arg(&bundle)
         .arg("--passphrase-file")
         .arg(&right);
-    let (mut child, _err) = start_until(&dst, &mut cmd, "failpoint import-before-commit reached");
+    let (mut child, _err) = start_until(&mut cmd, "failpoint import-before-commit reached");
     child.kill().unwrap();
     child.wait().unwrap();
     let list = json_of(&dst.run(&["secret", "list", "--json"]));
