@@ -135,7 +135,10 @@ pub fn open(text: &str, key: &BundleKey) -> Result<Vec<ExportedSecret>, BundleEr
             .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ct, aad: &aad })
             .map_err(|_| BundleError::Auth)?,
     );
-    let payload: Payload_ = serde_json::from_slice(&plain).map_err(|e| BundleError::Format(e.to_string()))?;
+    // serde's message could quote a value from the payload: report only where.
+    let payload: Payload_ = serde_json::from_slice(&plain).map_err(|e| {
+        BundleError::Format(format!("its decrypted contents are malformed at line {} column {}", e.line(), e.column()))
+    })?;
     Ok(payload.secrets)
 }
 
