@@ -19,7 +19,7 @@ use keyhole::names::{ExecutionId, Namespace, SecretName, TaskId};
 use keyhole::output::{MaskedStderr, stderr_sink};
 use keyhole::policy::Grants;
 use keyhole::run::{prepare, run_flow};
-use keyhole::runtime::{Runtime, RuntimeOptions};
+use keyhole::runtime::{POOLING_MAX_MEMORY, Runtime, RuntimeOptions};
 use keyhole::secret::SecretValue;
 use keyhole::store::{SecretStore, StoreError};
 use keyhole::vault::{self, Backends};
@@ -572,9 +572,10 @@ struct Session {
     rt: tokio::runtime::Runtime,
 }
 
-fn session(dir: &DataDir, masks: Arc<MaskSet>) -> Result<Session, Exit> {
+/// `pooling`: use the pooling instance allocator (for flows of several tasks).
+fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool) -> Result<Session, Exit> {
     let store = open_store(dir)?;
-    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
         .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
     let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
     let audit = AuditLog::open(&dir.store_path(), key).map_err(|e| fail(HOST, e))?;
@@ -613,7 +614,7 @@ fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result<(), Exit> 
     if memory == 0 {
         return Err(fail(USAGE, anyhow::anyhow!("--memory must be at least 1 MiB")));
     }
-    let s = session(dir, masks)?;
+    let s = session(dir, masks, false)?;
     let stem = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let task = TaskId::from_file_stem(&stem);
     let flow = Flow {
@@ -653,7 +654,10 @@ fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>) -> Result<(),
     let (flow, warnings) = flow::load(&args.flow).map_err(|d| fail(USAGE, d))?;
     print_warnings(&warnings);
     let inputs = flow::bind_inputs(&flow, &args.inputs).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
-    let s = session(dir, masks)?;
+    // Several instances in one process: pool them, unless a task may need
+    // more memory than a pooled instance can have.
+    let pooling = flow.tasks.len() > 1 && flow.tasks.iter().all(|t| t.limits.memory <= POOLING_MAX_MEMORY);
+    let s = session(dir, masks, pooling)?;
     let (plugins, warnings) = prepare(&s.runtime, &flow).map_err(|d| fail(USAGE, d))?;
     print_warnings(&warnings);
     let execution = ExecutionId::generate();
