@@ -105,12 +105,18 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
     let grant = match access.grants.check(requested) {
         Ok(g) => g,
         Err(refusal) => {
-            match &refusal {
-                Refusal::NotGranted(n) => record.secret = Some(n.clone()),
-                Refusal::InvalidName(_) => {}
+            // The requested name is plugin-chosen text: a plugin could pass
+            // a value it read earlier. Such a request is recorded masked.
+            let masked = access.masks.mask(requested);
+            if masked != requested {
+                record.reason = Some(format!("not granted: the requested name {masked:?} contains a secret value"));
+            } else {
+                if let Refusal::NotGranted(n) = &refusal {
+                    record.secret = Some(n.clone());
+                }
+                record.reason = Some(refusal.to_string());
             }
-            record.reason = Some(refusal.to_string());
-            tracing::info!(task = %id.task, execution = %id.execution, "secret request denied: {refusal}");
+            tracing::info!(task = %id.task, execution = %id.execution, "secret request denied: {}", access.masks.mask(&refusal.to_string()));
             return audited(access, record, Err(AccessError::Denied));
         }
     };

@@ -248,3 +248,21 @@ fn reads_fail_closed_when_the_disk_is_full() {
     v.expect_code(0);
     host(&["exec", plugin.to_str().unwrap(), "--grant", "K", "--input", &input], b"").expect_code(0);
 }
+
+#[test]
+fn a_value_used_as_a_secret_name_is_masked_in_the_audit_record() {
+    // A plugin that read a value may ask for it as a "name", trying to write
+    // it into the audit log.
+    let env = Env::new();
+    env.set_secret("", "TOKEN", "tok_live_1234567890");
+    let r = env.probe("", &["TOKEN"], json!({"action": "get", "names": ["TOKEN", "tok_live_1234567890"]}), &[]);
+    r.expect_code(0);
+    let denied = records(&env, &["--outcome", "denied"]);
+    assert_eq!(denied.len(), 1);
+    assert!(denied[0]["secret"].is_null());
+    assert!(denied[0]["reason"].as_str().unwrap().contains("\"***\" contains a secret value"), "{}", denied[0]);
+    for file in ["keyhole.db", "keyhole.db-wal"] {
+        let bytes = std::fs::read(env.home().join(file)).unwrap_or_default();
+        assert!(!bytes.windows(19).any(|w| w == b"tok_live_1234567890"), "value found in {file}");
+    }
+}
