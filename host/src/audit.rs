@@ -17,7 +17,7 @@
 //! under the audit key, which is kept apart from the master key.
 
 use crate::names::{ExecutionId, Namespace, SecretName};
-use crate::store::{StoreError, connect};
+use crate::store::{StoreError, connect, sql_err};
 use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
@@ -222,18 +222,7 @@ pub struct Record {
 /// Audit failures.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// The log could not be written or read.
-    #[error("audit log {path}: cannot {op}: {err}")]
-    Sqlite {
-        /// Database file.
-        path: PathBuf,
-        /// What was being done.
-        op: &'static str,
-        /// SQLite's error.
-        #[source]
-        err: rusqlite::Error,
-    },
-    /// Opening the database failed.
+    /// SQLite refused, or opening the database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// There is no store file yet.
@@ -251,8 +240,8 @@ pub enum AuditError {
 }
 
 fn sql(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> AuditError + use<> {
-    let path = path.to_owned();
-    move |err| AuditError::Sqlite { path, op, err }
+    let to_store = sql_err(path, op);
+    move |err| AuditError::Store(to_store(err))
 }
 
 /// Creates the audit tables (called from the store's schema migration).

@@ -5,7 +5,7 @@
 //! Invariant: records hold only masked text; the runner masks outputs and
 //! errors before they get here.
 
-use crate::store::{StoreError, connect};
+use crate::store::{StoreError, connect, sql_err};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -79,18 +79,7 @@ pub struct ExecutionRecord {
 /// Execution record failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    /// SQLite refused.
-    #[error("execution records in {path}: cannot {op}: {err}")]
-    Sqlite {
-        /// Database file.
-        path: PathBuf,
-        /// What was being done.
-        op: &'static str,
-        /// The error.
-        #[source]
-        err: rusqlite::Error,
-    },
-    /// Opening failed.
+    /// SQLite refused, or opening failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// No such execution.
@@ -112,7 +101,7 @@ impl Executions {
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> RecordError + '_ {
-        move |err| RecordError::Sqlite { path: self.path.clone(), op, err }
+        move |err| RecordError::Store(sql_err(&self.path, op)(err))
     }
 
     /// Inserts or replaces `rec`.

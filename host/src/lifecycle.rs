@@ -8,10 +8,10 @@ use keyhole::backup::{self, BundleKey};
 use keyhole::data_dir::DataDir;
 use keyhole::names::{Namespace, SecretName};
 use keyhole::secret::SecretValue;
-use keyhole::store::{SecretInfo, SecretStore, SetOptions, StoreError, fmt_time};
+use keyhole::store::{SecretInfo, SecretStore, SetOptions, StoreError, fmt_time, now};
 use keyhole::vault::{self, Backends, VaultConfig};
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Environment variable naming a test failpoint: the process stops there
@@ -23,10 +23,6 @@ fn failpoint(name: &str) {
         eprintln!("failpoint {name} reached");
         std::thread::sleep(Duration::from_secs(60));
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 fn store_err(e: StoreError) -> Exit {

@@ -54,6 +54,8 @@ pub struct MaskSet {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The values added so far.
+    values: Vec<Zeroizing<Vec<u8>>>,
     /// (pattern, whole-token-only), deduplicated.
     patterns: Vec<(Zeroizing<Vec<u8>>, bool)>,
     /// Built on first use after a change, so a task that reads secrets but
@@ -116,6 +118,12 @@ impl MaskSet {
     /// Adds a revealed value (and its encodings) to the set.
     pub fn add(&self, value: &SecretValue) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        // A value read again (pinned reads, several tasks) is already in the
+        // set with all its forms: skip re-encoding it on the read path.
+        if inner.values.iter().any(|v| v.as_slice() == value.expose().as_bytes()) {
+            return;
+        }
+        inner.values.push(Zeroizing::new(value.expose().as_bytes().to_vec()));
         let before = inner.patterns.len();
         for f in forms(value.expose()) {
             if !inner.patterns.iter().any(|(p, _)| *p == f.0) {

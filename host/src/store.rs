@@ -27,7 +27,7 @@ const VERIFIER_PLAINTEXT: &[u8] = b"keyhole";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite refused an operation.
-    #[error("secret store {path}: cannot {op}: {err}")]
+    #[error("keyhole store {path}: cannot {op}: {err}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
@@ -272,7 +272,8 @@ pub struct SecretStore {
     path: PathBuf,
 }
 
-fn now() -> i64 {
+/// Seconds since the Unix epoch: the unit of every time the store keeps.
+pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
@@ -978,7 +979,9 @@ fn begin<'c>(conn: &'c mut Connection, path: &Path) -> Result<rusqlite::Transact
     conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err(path, "start a write transaction"))
 }
 
-fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
+/// Maps a SQLite error to [`StoreError::Sqlite`] naming the file and the
+/// operation; the one constructor for every table in the store file.
+pub(crate) fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
     let path = path.to_owned();
     move |err| StoreError::Sqlite { path, op, err }
 }
