@@ -11,10 +11,16 @@ use crate::names::{ExecutionId, FlowId, Namespace, SecretName, TaskId};
 use crate::policy::Grant;
 use crate::policy::{Grants, Refusal};
 use crate::secret::SecretValue;
-use crate::store::{Lookup, Pin, Resolved, SecretStore};
+use crate::store::{Lookup, Pin, Resolved, SecretStore, StoreError};
 use crate::vault::{Backends, VaultLookup};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Most audited `secrets.get` calls one task may make (granted, denied and
+/// not-found alike); later calls are `unavailable`, and one summary record
+/// says so. Bounds how much a hostile plugin can grow the audit log.
+pub const MAX_AUDITED_REQUESTS: u64 = 10_000;
 
 /// Who is asking: the running task's identity.
 #[derive(Debug, Clone)]
@@ -40,8 +46,15 @@ pub struct SecretAccess {
     pub grants: Grants,
     /// Where secrets live.
     pub store: Arc<Mutex<SecretStore>>,
-    /// The execution's mask set; every revealed value goes in here first.
+    /// The execution's mask set (what the operator sees is masked with it);
+    /// every revealed value goes in here first.
     pub masks: Arc<MaskSet>,
+    /// This task's own mask set: only what it read. What it hands to later
+    /// tasks is masked with this, so how masking treats its output tells it
+    /// nothing about secrets it was not granted.
+    pub task_masks: Arc<MaskSet>,
+    /// `secrets.get` calls so far (see [`MAX_AUDITED_REQUESTS`]).
+    pub requests: Arc<AtomicU64>,
     /// Where every attempt is recorded before it is answered.
     pub audit: AuditLog,
     /// The version each secret was first read at in this execution.
@@ -92,6 +105,20 @@ pub enum AccessError {
 /// the answer is `Unavailable` and no value leaves (fail closed).
 pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue, AccessError> {
     let id = &access.identity;
+    let n = access.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if n > MAX_AUDITED_REQUESTS {
+        if n == MAX_AUDITED_REQUESTS + 1 {
+            let rec = NewRecord::ok(&id.actor(), Action::TaskReadCap, &id.namespace, None)
+                .outcome(Outcome::Unavailable)
+                .reason(format!(
+                    "the task made {MAX_AUDITED_REQUESTS} audited secret requests; this and every later one is refused"
+                ));
+            let _ = access.audit.record(rec);
+        }
+        return Err(AccessError::Unavailable(format!(
+            "this task has made {MAX_AUDITED_REQUESTS} secret requests, the most one task may make"
+        )));
+    }
     let mut record = NewRecord {
         actor: id.actor(),
         action: Action::SecretRead,
@@ -101,6 +128,7 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
         version: None,
         reason: None,
         value_hmac: None,
+        detail: None,
     };
     let grant = match access.grants.check(requested) {
         Ok(g) => g,
@@ -109,7 +137,10 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             // a value it read earlier. Such a request is recorded masked.
             let masked = access.masks.mask(requested);
             if masked != requested {
-                record.reason = Some(format!("not granted: the requested name {masked:?} contains a secret value"));
+                record.reason = Some(format!(
+                    "not granted: the requested name {:?} contains a secret value",
+                    crate::audit::bounded(&masked)
+                ));
             } else {
                 if let Refusal::NotGranted(n) = &refusal {
                     record.secret = Some(n.clone());
@@ -139,6 +170,7 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             record.value_hmac = access.audit.fingerprint(found.value.expose());
             audited(access, record, Ok(()))?;
             access.masks.add(&found.value);
+            access.task_masks.add(&found.value);
             tracing::debug!(task = %id.task, secret = %grant.name(), version = found.version, "secret released");
             Ok(found.value)
         }
@@ -159,18 +191,54 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             audited(access, record, Err(AccessError::Expired))
         }
         Err(e) => {
-            tracing::warn!(task = %id.task, secret = %grant.name(), "secret store error: {e}");
-            record.outcome = Outcome::Unavailable;
-            record.reason = Some(e.clone());
-            audited(access, record, Err(AccessError::Unavailable(e)))
+            // The operator's log and the audit record get the details; the
+            // plugin gets no path, address or internal detail.
+            tracing::warn!(task = %id.task, secret = %grant.name(), "secret {} is unavailable: {e}", grant.name());
+            let tampered =
+                matches!(e, LookupError::Store(StoreError::RowTampered { .. } | StoreError::Tampered { .. }));
+            record.outcome = if tampered { Outcome::Tampered } else { Outcome::Unavailable };
+            record.reason = Some(access.masks.mask(&e.to_string()).into_owned());
+            audited(access, record, Err(AccessError::Unavailable(e.for_plugin(grant.name()))))
         }
+    }
+}
+
+/// Why a lookup failed. `Display` is for the operator; the plugin gets
+/// [`LookupError::for_plugin`].
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+}
+
+impl LookupError {
+    /// What the plugin is told: what happened, never a file path, a server
+    /// address or another internal detail (the operator's log has those).
+    fn for_plugin(&self, name: &SecretName) -> String {
+        use crate::vault::VaultError as V;
+        let why = match self {
+            LookupError::Store(StoreError::Tampered { namespace, version, .. }) => {
+                format!("version {version} in namespace {namespace} failed to decrypt: its row was altered or moved")
+            }
+            LookupError::Store(StoreError::RowTampered { namespace, what, .. }) => {
+                format!("in namespace {namespace} failed its integrity check: {what} was altered outside keyhole")
+            }
+            LookupError::Store(_) => "the secret store could not be read".into(),
+            LookupError::Vault(V::Unreachable { .. }) => "its backend server could not be reached".into(),
+            LookupError::Vault(V::Server { status, .. }) => format!("its backend server answered HTTP {status}"),
+            LookupError::Vault(V::NoToken(_)) => "no token is configured for its backend".into(),
+            LookupError::Vault(_) => "its backend could not be read".into(),
+        };
+        format!("secret {name} {why} (the operator's log has the details)")
     }
 }
 
 /// Walks the namespace chain (or goes straight to the pinned namespace and
 /// version), asking the backend that serves each namespace: a Vault server
 /// where one is configured, else the local store.
-fn lookup(access: &SecretAccess, grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, String> {
+fn lookup(access: &SecretAccess, grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, LookupError> {
     let chain = match pin {
         Some(p) => vec![p.namespace.clone()],
         None => access.identity.namespace.chain(),
@@ -178,17 +246,12 @@ fn lookup(access: &SecretAccess, grant: &Grant, pin: Option<&Pin>) -> Result<Loo
     let version = pin.map(|p| p.version);
     for ns in chain {
         let found = match access.backends.for_namespace(&ns) {
-            Some(vault) => match vault.read(grant.name(), version).map_err(|e| e.to_string())? {
+            Some(vault) => match vault.read(grant.name(), version)? {
                 VaultLookup::Found(value, version) => Some(Lookup::Found(Resolved { namespace: ns, version, value })),
                 VaultLookup::Deleted(version) => Some(Lookup::Revoked { namespace: ns, version }),
                 VaultLookup::NotFound => None,
             },
-            None => access
-                .store
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .resolve_at(&ns, grant, version)
-                .map_err(|e| e.to_string())?,
+            None => access.store.lock().unwrap_or_else(|p| p.into_inner()).resolve_at(&ns, grant, version)?,
         };
         if let Some(found) = found {
             return Ok(found);
@@ -203,7 +266,7 @@ fn audited<T>(access: &SecretAccess, record: NewRecord, answer: Result<T, Access
         Ok(_) => answer,
         Err(e) => {
             tracing::error!("audit record could not be written; refusing the request: {e}");
-            Err(AccessError::Unavailable(format!("the audit log cannot be written, so nothing is released: {e}")))
+            Err(AccessError::Unavailable("the audit log cannot be written, so nothing is released".into()))
         }
     }
 }

@@ -3,9 +3,17 @@
 //! edited, deleted or inserted record is detected.
 //!
 //! Records live in the `audit` table of the store's SQLite file. Each record's
-//! `hash` is SHA-256 over its canonical JSON encoding, which includes the
-//! previous record's hash. Appends take a `BEGIN IMMEDIATE` transaction, so
-//! appends from several processes serialise and the chain stays linear.
+//! `hash` is an HMAC-SHA256, under the audit subkey of the store's integrity
+//! key, over its canonical JSON encoding, which includes the previous
+//! record's hash: whoever can write the database but lacks the master key
+//! can neither edit a record nor recompute the chain. The newest record is
+//! also named by an authenticated head in `meta`, so deleting the newest
+//! records is caught, and signed checkpoints ([`checkpoint_note`]) that the
+//! operator keeps outside the database catch a rollback of the whole file.
+//! Records written before the chain was keyed (by keyhole 0.1) keep their
+//! plain SHA-256 hashes up to an authenticated boundary. Appends take a
+//! `BEGIN IMMEDIATE` transaction, so appends from several processes
+//! serialise and the chain stays linear.
 //!
 //! Reads from plugins go through [`AuditLog`], whose writer thread commits
 //! every record waiting at that moment in one transaction (group commit): one
@@ -14,8 +22,12 @@
 //! record commit together or not at all.
 //!
 //! Invariant: a record never contains a secret value; at most an HMAC of it
-//! under the audit key, which is kept apart from the master key.
+//! under the audit key, which is kept apart from the master key. Writing a
+//! record needs the integrity key; listing needs no key; verifying needs the
+//! integrity key. Plugin-chosen text in a record is bounded
+//! ([`MAX_FIELD_LEN`]).
 
+use crate::crypto::{IntegrityKey, MacDomain};
 use crate::names::{ExecutionId, Namespace, SecretName};
 use crate::store::{StoreError, connect, sql_err};
 use hmac::{Hmac, Mac};
@@ -53,11 +65,35 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// The operator running this process, from `$USER` / `$LOGNAME`.
+    /// The operator running this process: the OS user of its effective uid,
+    /// never an environment variable the caller could set.
     pub fn current_user() -> Self {
-        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-        Actor::Cli { user }
+        Actor::Cli { user: os_user() }
     }
+}
+
+/// `name (uid N)` of this process's effective user.
+fn os_user() -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the process's effective uid.
+        if let Ok(meta) = std::fs::metadata("/proc/self") {
+            let uid = meta.uid();
+            let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|text| {
+                text.lines().find_map(|l| {
+                    let mut f = l.split(':');
+                    let name = f.next()?;
+                    (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+                })
+            });
+            return match name {
+                Some(n) => format!("{n} (uid {uid})"),
+                None => format!("uid {uid}"),
+            };
+        }
+    }
+    "unknown".into()
 }
 
 /// What happened.
@@ -102,6 +138,16 @@ pub enum Action {
     /// `host audit enable-fingerprints`.
     #[serde(rename = "audit.key-create")]
     AuditKeyCreate,
+    /// A stored row failed its integrity check.
+    #[serde(rename = "integrity.check")]
+    IntegrityCheck,
+    /// The integrity key was created and existing rows authenticated
+    /// (first use of a store written by keyhole 0.1).
+    #[serde(rename = "integrity.init")]
+    IntegrityInit,
+    /// A task reached its cap of audited secret requests.
+    #[serde(rename = "task.read-cap")]
+    TaskReadCap,
 }
 
 impl Action {
@@ -121,6 +167,9 @@ impl Action {
             Action::BackendChange => "backend.change",
             Action::AuditPrune => "audit.prune",
             Action::AuditKeyCreate => "audit.key-create",
+            Action::IntegrityCheck => "integrity.check",
+            Action::IntegrityInit => "integrity.init",
+            Action::TaskReadCap => "task.read-cap",
         }
     }
 }
@@ -142,6 +191,12 @@ pub enum Outcome {
     Unavailable,
     /// A management action succeeded.
     Ok,
+    /// A stored row failed its integrity check; nothing was released.
+    Tampered,
+    /// A remote change is about to be attempted (its outcome follows).
+    Pending,
+    /// A remote change failed.
+    Failed,
 }
 
 impl Outcome {
@@ -155,6 +210,9 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::Unavailable => "unavailable",
             Outcome::Ok => "ok",
+            Outcome::Tampered => "tampered",
+            Outcome::Pending => "pending",
+            Outcome::Failed => "failed",
         }
     }
 }
@@ -178,6 +236,59 @@ pub struct NewRecord {
     pub reason: Option<String>,
     /// HMAC-SHA256 of the released value under the audit key, if enabled.
     pub value_hmac: Option<String>,
+    /// Structured details (JSON), e.g. a prune's checkpoint.
+    pub detail: Option<serde_json::Value>,
+}
+
+impl NewRecord {
+    /// A successful management action by `actor`.
+    pub fn ok(actor: &Actor, action: Action, namespace: &Namespace, secret: Option<&SecretName>) -> Self {
+        NewRecord {
+            actor: actor.clone(),
+            action,
+            outcome: Outcome::Ok,
+            namespace: namespace.clone(),
+            secret: secret.cloned(),
+            version: None,
+            reason: None,
+            value_hmac: None,
+            detail: None,
+        }
+    }
+
+    /// With a version.
+    pub fn version(mut self, v: u64) -> Self {
+        self.version = Some(v);
+        self
+    }
+
+    /// With a reason.
+    pub fn reason(mut self, why: impl Into<String>) -> Self {
+        self.reason = Some(why.into());
+        self
+    }
+
+    /// With an outcome.
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+}
+
+/// Longest text a record keeps in a free-text field (after masking);
+/// longer text is cut at a character boundary and marked.
+pub const MAX_FIELD_LEN: usize = 256;
+
+/// Cuts `text` to [`MAX_FIELD_LEN`] bytes, saying how much was dropped.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_FIELD_LEN {
+        return text.to_owned();
+    }
+    let mut end = MAX_FIELD_LEN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} more bytes cut]", &text[..end], text.len() - end)
 }
 
 /// A stored record, as listed and exported.
@@ -213,6 +324,8 @@ pub struct Record {
     pub reason: Option<String>,
     /// HMAC of the value under the audit key.
     pub value_hmac: Option<String>,
+    /// Structured details (JSON text).
+    pub detail: Option<String>,
     /// Hash of the previous record.
     pub prev_hash: String,
     /// Hash of this record.
@@ -237,6 +350,9 @@ pub enum AuditError {
     /// The audit key is malformed or unreadable.
     #[error("audit key: {0}")]
     Key(String),
+    /// A checkpoint could not be made, read or matched.
+    #[error("audit checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 fn sql(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> AuditError + use<> {
@@ -263,10 +379,15 @@ pub(crate) const SCHEMA: &str = "
         reason TEXT,
         value_hmac TEXT,
         prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL
+        hash TEXT NOT NULL,
+        detail TEXT
     );
     CREATE INDEX IF NOT EXISTS audit_secret ON audit (secret, time);
     CREATE INDEX IF NOT EXISTS audit_execution ON audit (execution);
+    CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value BLOB NOT NULL
+    );
     CREATE TABLE IF NOT EXISTS audit_checkpoint (
         seq INTEGER PRIMARY KEY,
         hash TEXT NOT NULL,
@@ -275,7 +396,7 @@ pub(crate) const SCHEMA: &str = "
 ";
 
 /// The canonical encoding a record's hash covers: every field but `hash`,
-/// in this order, as compact JSON.
+/// in this order, as compact JSON. Keyed records add `detail`.
 #[derive(serde::Serialize)]
 struct Canonical<'a> {
     seq: u64,
@@ -294,10 +415,14 @@ struct Canonical<'a> {
     reason: Option<&'a str>,
     value_hmac: Option<&'a str>,
     prev_hash: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<Option<&'a str>>,
 }
 
 impl Record {
-    fn canonical_hash(&self) -> String {
+    /// The record's hash: HMAC under the chain key, or for records written
+    /// before the chain was keyed (`key` is `None`), plain SHA-256.
+    fn canonical_hash(&self, key: Option<&IntegrityKey>) -> String {
         let c = Canonical {
             seq: self.seq,
             time: &self.time,
@@ -315,9 +440,13 @@ impl Record {
             reason: self.reason.as_deref(),
             value_hmac: self.value_hmac.as_deref(),
             prev_hash: &self.prev_hash,
+            detail: key.map(|_| self.detail.as_deref()),
         };
         let bytes = serde_json::to_vec(&c).expect("records always encode");
-        hex::encode(Sha256::digest(&bytes))
+        match key {
+            Some(k) => hex::encode(k.mac(MacDomain::AuditChain, &[b"record", &bytes])),
+            None => hex::encode(Sha256::digest(&bytes)),
+        }
     }
 
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -337,6 +466,7 @@ impl Record {
             version: r.get::<_, Option<i64>>("version")?.map(|v| v as u64),
             reason: r.get("reason")?,
             value_hmac: r.get("value_hmac")?,
+            detail: r.get("detail")?,
             prev_hash: r.get("prev_hash")?,
             hash: r.get("hash")?,
         })
@@ -366,10 +496,11 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
     .optional()
 }
 
-/// Appends `rec` inside the caller's (IMMEDIATE) transaction and returns its
-/// sequence number. Used by management actions so that the change and its
-/// record commit together.
-pub fn append(tx: &Transaction<'_>, rec: &NewRecord) -> rusqlite::Result<u64> {
+/// Appends `rec` inside the caller's (IMMEDIATE) transaction, chained under
+/// `key`, and moves the authenticated head to it; returns its sequence
+/// number. Used by management actions so that the change and its record
+/// commit together.
+pub fn append(tx: &Transaction<'_>, key: &IntegrityKey, rec: &NewRecord) -> rusqlite::Result<u64> {
     let (last, prev_hash) = head(tx)?;
     let (actor_kind, actor, flow, task, execution, plugin) = match &rec.actor {
         Actor::Task { flow, task, execution, plugin_sha256 } => (
@@ -396,16 +527,17 @@ pub fn append(tx: &Transaction<'_>, rec: &NewRecord) -> rusqlite::Result<u64> {
         namespace: rec.namespace.as_str().to_owned(),
         secret: rec.secret.as_ref().map(|s| s.as_str().to_owned()),
         version: rec.version,
-        reason: rec.reason.clone(),
+        reason: rec.reason.as_deref().map(bounded),
         value_hmac: rec.value_hmac.clone(),
+        detail: rec.detail.as_ref().map(|d| d.to_string()),
         prev_hash,
         hash: String::new(),
     };
-    record.hash = record.canonical_hash();
+    record.hash = record.canonical_hash(Some(key));
     tx.prepare_cached(
         "INSERT INTO audit (seq, time, action, outcome, actor_kind, actor, flow, task, execution, plugin_sha256, \
-         namespace, secret, version, reason, value_hmac, prev_hash, hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+         namespace, secret, version, reason, value_hmac, prev_hash, hash, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         record.seq as i64,
@@ -424,9 +556,76 @@ pub fn append(tx: &Transaction<'_>, rec: &NewRecord) -> rusqlite::Result<u64> {
         record.reason,
         record.value_hmac,
         record.prev_hash,
-        record.hash
+        record.hash,
+        record.detail
     ])?;
+    set_head(tx, key, record.seq, &record.hash)?;
     Ok(record.seq)
+}
+
+const BOUNDARY: &str = "audit_keyed_from";
+
+fn set_head(conn: &Connection, key: &IntegrityKey, seq: u64, hash: &str) -> rusqlite::Result<()> {
+    let mac = hex::encode(key.mac(MacDomain::AuditChain, &[b"head", &seq.to_be_bytes(), hash.as_bytes()]));
+    conn.prepare_cached("INSERT OR REPLACE INTO audit_head (id, value) VALUES (1, ?1)")?
+        .execute(params![format!("{seq} {hash} {mac}").into_bytes()])?;
+    Ok(())
+}
+
+fn meta_text(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Keys the chain from the next record on: records up to the current head
+/// keep their plain hashes, and the boundary (with the head and the newest
+/// prune checkpoint at this moment) is authenticated. Called once, in the
+/// transaction that creates the store's integrity key.
+pub(crate) fn key_the_chain(tx: &Transaction<'_>, key: &IntegrityKey) -> rusqlite::Result<()> {
+    let (seq, hash) = head(tx)?;
+    let (cseq, chash) = checkpoint(tx)?.unwrap_or((0, GENESIS.to_owned()));
+    let fields = format!("{} {hash} {cseq} {chash}", seq + 1);
+    let mac = hex::encode(key.mac(MacDomain::AuditChain, &[b"boundary", fields.as_bytes()]));
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![BOUNDARY, format!("{fields} {mac}").into_bytes()],
+    )?;
+    set_head(tx, key, seq, &hash)
+}
+
+/// Where keyed records start, and what the log looked like then.
+struct Boundary {
+    keyed_from: u64,
+    legacy_head: String,
+    checkpoint: (u64, String),
+}
+
+fn boundary(conn: &Connection, key: &IntegrityKey) -> rusqlite::Result<Result<Boundary, String>> {
+    let Some(text) = meta_text(conn, BOUNDARY)? else {
+        return Ok(Err("the log's keyed boundary is missing from meta (the database was edited)".into()));
+    };
+    let parts: Vec<&str> = text.split(' ').collect();
+    let ok = parts.len() == 5
+        && key.verify(
+            MacDomain::AuditChain,
+            &[b"boundary", parts[..4].join(" ").as_bytes()],
+            &hex::decode(parts[4]).unwrap_or_default(),
+        );
+    let parsed = || -> Option<Boundary> {
+        Some(Boundary {
+            keyed_from: parts[0].parse().ok()?,
+            legacy_head: parts[1].to_owned(),
+            checkpoint: (parts[2].parse().ok()?, parts[3].to_owned()),
+        })
+    };
+    Ok(match (ok, parsed()) {
+        (true, Some(b)) => Ok(b),
+        _ => {
+            Err("the log's keyed boundary fails its MAC (the database was edited, or this is another store's key)"
+                .into())
+        }
+    })
 }
 
 /// The key for value fingerprints, kept apart from the master key.
@@ -467,12 +666,8 @@ impl AuditKey {
         use std::io::Write;
         let mut bytes = Zeroizing::new(vec![0u8; 32]);
         getrandom::fill(&mut bytes).map_err(|e| AuditError::Key(e.to_string()))?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let io = |e: std::io::Error| AuditError::Key(format!("cannot create {}: {e}", path.display()));
-        let mut f = opts.open(path).map_err(io)?;
+        let mut f = crate::data_dir::private_file_options().create_new(true).open(path).map_err(io)?;
         let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*bytes));
         f.write_all(text.as_bytes()).map_err(io)?;
         f.write_all(b"\n").map_err(io)?;
@@ -501,6 +696,12 @@ pub struct AuditLog {
     key: Option<AuditKey>,
 }
 
+impl Shared {
+    fn chain_key(&self) -> &IntegrityKey {
+        &self.chain
+    }
+}
+
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog").field("path", &self.shared.path).finish_non_exhaustive()
@@ -509,6 +710,7 @@ impl std::fmt::Debug for AuditLog {
 
 struct Shared {
     path: PathBuf,
+    chain: IntegrityKey,
     conn: Mutex<Connection>,
     state: Mutex<Queue>,
     committed: Condvar,
@@ -527,13 +729,15 @@ struct Queue {
 }
 
 impl AuditLog {
-    /// Opens the log in the store file at `path` with its own connection.
+    /// Opens the log in the store file at `path` with its own connection;
+    /// records are chained under `chain` (the store's integrity key).
     /// `key` enables value fingerprints.
-    pub fn open(path: &Path, key: Option<AuditKey>) -> Result<Self, AuditError> {
+    pub fn open(path: &Path, chain: IntegrityKey, key: Option<AuditKey>) -> Result<Self, AuditError> {
         let conn = connect(path)?;
         Ok(AuditLog {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
+                chain,
                 conn: Mutex::new(conn),
                 state: Mutex::new(Queue::default()),
                 committed: Condvar::new(),
@@ -546,7 +750,7 @@ impl AuditLog {
     /// benchmarks that measure what durability costs; never used by `host`.
     #[doc(hidden)]
     pub fn open_in_memory() -> Result<Self, AuditError> {
-        Self::open(Path::new(":memory:"), None)
+        Self::open(Path::new(":memory:"), IntegrityKey::generate(), None)
     }
 
     /// The fingerprint of `value`, when fingerprints are enabled.
@@ -606,7 +810,7 @@ impl AuditLog {
             let batch = std::mem::take(&mut q.pending);
             let settles = q.next_ticket;
             drop(q);
-            let result = commit(&mut lock(&sh.conn), &sh.path, &batch);
+            let result = commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), &batch);
             q = lock(&sh.state);
             if let Err(why) = &result {
                 tracing::error!("{} audit record(s) could not be written: {why}", batch.len());
@@ -628,7 +832,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Appends a batch in one IMMEDIATE transaction.
-fn commit(conn: &mut Connection, path: &Path, batch: &[(u64, NewRecord, bool)]) -> Result<Vec<u64>, String> {
+fn commit(
+    conn: &mut Connection,
+    path: &Path,
+    key: &IntegrityKey,
+    batch: &[(u64, NewRecord, bool)],
+) -> Result<Vec<u64>, String> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
@@ -637,7 +846,7 @@ fn commit(conn: &mut Connection, path: &Path, batch: &[(u64, NewRecord, bool)]) 
         conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| why("start a transaction", e))?;
     let mut seqs = Vec::with_capacity(batch.len());
     for (_, r, _) in batch {
-        seqs.push(append(&tx, r).map_err(|e| why("append a record", e))?);
+        seqs.push(append(&tx, key, r).map_err(|e| why("append a record", e))?);
     }
     tx.commit().map_err(|e| why("commit", e))?;
     Ok(seqs)
@@ -700,16 +909,22 @@ pub fn list(conn: &Connection, path: &Path, f: &Filter) -> Result<Vec<Record>, A
 /// What `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Verdict {
-    /// Every record links to the one before and hashes to its stored hash.
+    /// Every record links to the one before, carries its MAC, and the
+    /// newest is the authenticated head.
     Intact {
         /// Records checked.
         records: u64,
         /// Sequence number of the newest record (the head).
         head_seq: u64,
-        /// Hash of the newest record: keep a copy elsewhere to detect truncation.
+        /// Hash of the newest record.
         head_hash: String,
         /// Where verification started (after a prune checkpoint).
         from_seq: u64,
+        /// The id of the chain key the records were verified with.
+        key_id: String,
+        /// Records before this one were written before the chain was keyed
+        /// (plain SHA-256 up to an authenticated boundary).
+        keyed_from: u64,
     },
     /// The first record where the chain breaks.
     Broken {
@@ -720,12 +935,22 @@ pub enum Verdict {
     },
 }
 
-/// Walks the chain from the newest checkpoint (or the start) to the head.
-pub fn verify(conn: &Connection, path: &Path) -> Result<Verdict, AuditError> {
-    let (mut expected_seq, mut prev) = match checkpoint(conn).map_err(sql(path, "read the checkpoint"))? {
-        Some((seq, hash)) => (seq + 1, hash),
+/// Walks the chain from the newest valid prune checkpoint (or the start) to
+/// the authenticated head, checking every record's MAC under `key`.
+pub fn verify(conn: &Connection, path: &Path, key: &IntegrityKey) -> Result<Verdict, AuditError> {
+    let broken = |seq, problem: String| Ok(Verdict::Broken { seq, problem });
+    let b = match boundary(conn, key).map_err(sql(path, "read the audit boundary"))? {
+        Ok(b) => b,
+        Err(problem) => return broken(0, problem),
+    };
+    let ckpt = checkpoint(conn).map_err(sql(path, "read the checkpoint"))?;
+    let (mut expected_seq, mut prev) = match &ckpt {
+        Some((seq, hash)) => (seq + 1, hash.clone()),
         None => (1, GENESIS.to_owned()),
     };
+    // A checkpoint row is valid only as the boundary recorded it or as an
+    // `audit.prune` record in the verified chain says.
+    let mut ckpt_vouched = ckpt.as_ref().is_none_or(|c| *c == b.checkpoint);
     let from_seq = expected_seq;
     let mut stmt = conn.prepare("SELECT * FROM audit ORDER BY seq").map_err(sql(path, "read the audit log"))?;
     let rows = stmt.query_map([], Record::from_row).map_err(sql(path, "read the audit log"))?;
@@ -733,37 +958,222 @@ pub fn verify(conn: &Connection, path: &Path) -> Result<Verdict, AuditError> {
     for row in rows {
         let r = row.map_err(sql(path, "read a record"))?;
         if r.seq < expected_seq {
-            return Ok(Verdict::Broken { seq: r.seq, problem: "record precedes the prune checkpoint".into() });
+            return broken(r.seq, "record precedes the prune checkpoint".into());
         }
         if r.seq > expected_seq {
-            return Ok(Verdict::Broken {
-                seq: expected_seq,
-                problem: format!("record {expected_seq} is missing (next present is {})", r.seq),
-            });
+            return broken(expected_seq, format!("record {expected_seq} is missing (next present is {})", r.seq));
         }
-        if r.prev_hash != prev {
-            return Ok(Verdict::Broken {
-                seq: r.seq,
-                problem: "its prev_hash does not match the previous record (a record was inserted or removed)".into(),
-            });
+        if r.prev_hash != prev || (r.seq == b.keyed_from && r.prev_hash != b.legacy_head) {
+            return broken(
+                r.seq,
+                "its prev_hash does not match the previous record (a record was inserted or removed)".into(),
+            );
         }
-        if r.canonical_hash() != r.hash {
-            return Ok(Verdict::Broken {
-                seq: r.seq,
-                problem: "its contents do not match its hash (the record was altered)".into(),
-            });
+        let keyed = r.seq >= b.keyed_from;
+        if r.canonical_hash(keyed.then_some(key)) != r.hash {
+            let why = if keyed {
+                "its contents do not match its MAC (the record was altered or forged)"
+            } else {
+                "its contents do not match its hash (the record was altered)"
+            };
+            return broken(r.seq, why.into());
+        }
+        if keyed
+            && r.action == Action::AuditPrune.as_str()
+            && let Some((cseq, chash)) = &ckpt
+        {
+            let vouches =
+                r.detail.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()).is_some_and(|d| {
+                    d["checkpoint_seq"].as_u64() == Some(*cseq) && d["checkpoint_hash"].as_str() == Some(chash)
+                });
+            ckpt_vouched |= vouches;
         }
         prev = r.hash;
         expected_seq += 1;
         count += 1;
     }
-    Ok(Verdict::Intact { records: count, head_seq: expected_seq - 1, head_hash: prev, from_seq })
+    let head_seq = expected_seq - 1;
+    if let Some((cseq, _)) = &ckpt
+        && !ckpt_vouched
+    {
+        return broken(
+            *cseq,
+            format!(
+                "the prune checkpoint at record {cseq} matches no audit.prune record (a checkpoint row was forged \
+                 or the prune record was deleted)"
+            ),
+        );
+    }
+    let head_text = conn
+        .query_row("SELECT value FROM audit_head WHERE id = 1", [], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .map_err(sql(path, "read the audit head"))?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    match head_text {
+        None => {
+            return broken(head_seq + 1, "the log's authenticated head is missing (the database was edited)".into());
+        }
+        Some(text) => {
+            let p: Vec<&str> = text.split(' ').collect();
+            let (seq, hash) = (p.first().and_then(|s| s.parse::<u64>().ok()), p.get(1).copied());
+            let authentic = p.len() == 3
+                && seq.is_some_and(|seq| {
+                    key.verify(
+                        MacDomain::AuditChain,
+                        &[b"head", &seq.to_be_bytes(), p[1].as_bytes()],
+                        &hex::decode(p[2]).unwrap_or_default(),
+                    )
+                });
+            if !authentic {
+                return broken(head_seq, "the log's head fails its MAC (the database was edited)".into());
+            }
+            let seq = seq.unwrap_or_default();
+            if seq > head_seq {
+                return broken(
+                    head_seq + 1,
+                    format!(
+                        "the newest records were deleted: the log's head is record {seq}, but the last record present is {head_seq}"
+                    ),
+                );
+            }
+            if seq != head_seq || hash != Some(prev.as_str()) {
+                return broken(head_seq, format!("the last record does not match the log's head (record {seq})"));
+            }
+        }
+    }
+    Ok(Verdict::Intact {
+        records: count,
+        head_seq,
+        head_hash: prev,
+        from_seq,
+        key_id: key.id(MacDomain::AuditChain),
+        keyed_from: b.keyed_from,
+    })
+}
+
+/// The hash of record `seq`, if it is still in the log.
+fn hash_at(conn: &Connection, seq: u64) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT hash FROM audit WHERE seq = ?1", [seq as i64], |r| r.get(0)).optional()
+}
+
+/// A signed statement that the log had `seq` records ending in `hash`: the
+/// C2SP `tlog-checkpoint` signed-note format, signed with HMAC-SHA256 under
+/// the chain key (so checking one needs the master key too).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Checkpoint {
+    /// `keyhole.audit/STORE-ID`: which store's log.
+    pub origin: String,
+    /// Sequence number of the newest record it vouches for.
+    pub seq: u64,
+    /// That record's hash (hex).
+    pub hash: String,
+    /// When it was made.
+    pub time: String,
+}
+
+const EM_DASH: &str = "\u{2014}";
+
+fn store_origin(conn: &Connection) -> rusqlite::Result<String> {
+    Ok(format!("keyhole.audit/{}", meta_text(conn, "store_id")?.unwrap_or_else(|| "unknown".into())))
+}
+
+fn note_signature(key: &IntegrityKey, body: &str) -> String {
+    use base64::Engine as _;
+    let mut sig = hex::decode(key.id(MacDomain::AuditChain)).expect("key ids are hex");
+    sig.extend_from_slice(&key.mac(MacDomain::AuditChain, &[b"checkpoint note", body.as_bytes()]));
+    base64::engine::general_purpose::STANDARD.encode(sig)
+}
+
+/// Verifies the log and returns a signed checkpoint of its head.
+pub fn checkpoint_note(conn: &Connection, path: &Path, key: &IntegrityKey) -> Result<String, AuditError> {
+    use base64::Engine as _;
+    let (head_seq, head_hash) = match verify(conn, path, key)? {
+        Verdict::Intact { head_seq, head_hash, .. } => (head_seq, head_hash),
+        Verdict::Broken { seq, problem } => {
+            return Err(AuditError::Checkpoint(format!("refusing to sign a broken log: record {seq}: {problem}")));
+        }
+    };
+    let origin = store_origin(conn).map_err(sql(path, "read the store id"))?;
+    let hash = hex::decode(&head_hash).map_err(|_| AuditError::Checkpoint("the head hash is not hex".into()))?;
+    let body = format!(
+        "{origin}\n{head_seq}\n{}\ntime {}\n",
+        base64::engine::general_purpose::STANDARD.encode(hash),
+        now_rfc3339()
+    );
+    let sig = note_signature(key, &body);
+    Ok(format!("{body}\n{EM_DASH} {origin} {sig}\n"))
+}
+
+/// Parses and authenticates a checkpoint note made by [`checkpoint_note`]
+/// for this store.
+pub fn read_checkpoint(conn: &Connection, key: &IntegrityKey, text: &str) -> Result<Checkpoint, String> {
+    use base64::Engine as _;
+    let (body, sigs) = text.split_once("\n\n").ok_or("not a signed note: no blank line before the signatures")?;
+    let body = format!("{body}\n");
+    let origin = store_origin(conn).map_err(|e| e.to_string())?;
+    let good = sigs.lines().any(|l| {
+        l.strip_prefix(EM_DASH)
+            .and_then(|rest| rest.trim().split_once(' '))
+            .is_some_and(|(name, sig)| name == origin && sig == note_signature(key, &body))
+    });
+    if !good {
+        return Err(format!(
+            "its signature does not verify with this store's audit key {} for {origin} \
+             (the file was altered, or it belongs to another store)",
+            key.id(MacDomain::AuditChain)
+        ));
+    }
+    let mut lines = body.lines();
+    let o = lines.next().unwrap_or_default().to_owned();
+    let seq = lines.next().and_then(|l| l.parse().ok()).ok_or("line 2 is not a record number")?;
+    let hash = lines
+        .next()
+        .and_then(|l| base64::engine::general_purpose::STANDARD.decode(l).ok())
+        .map(hex::encode)
+        .ok_or("line 3 is not a base64 hash")?;
+    let time = lines.next().and_then(|l| l.strip_prefix("time ")).unwrap_or_default().to_owned();
+    Ok(Checkpoint { origin: o, seq, hash, time })
+}
+
+/// Whether the log still contains what `c` vouches for: `Err` says how it
+/// was cut or rewritten. Call after [`verify`] found the log intact.
+pub fn check_against(conn: &Connection, path: &Path, v: &Verdict, c: &Checkpoint) -> Result<(), AuditError> {
+    let Verdict::Intact { head_seq, from_seq, .. } = v else {
+        return Ok(());
+    };
+    let fail = |m: String| Err(AuditError::Checkpoint(m));
+    if c.seq > *head_seq {
+        return fail(format!(
+            "the log was cut: the checkpoint vouches for record {} ({}), but the log ends at record {head_seq}",
+            c.seq, c.time
+        ));
+    }
+    if c.seq == 0 {
+        return Ok(());
+    }
+    let stored = if c.seq >= *from_seq {
+        hash_at(conn, c.seq).map_err(sql(path, "read a record"))?
+    } else {
+        checkpoint(conn).map_err(sql(path, "read the checkpoint"))?.filter(|(s, _)| *s == c.seq).map(|(_, h)| h)
+    };
+    match stored {
+        Some(h) if h == c.hash => Ok(()),
+        Some(_) => fail(format!("the log was rewritten: record {} differs from the checkpoint ({})", c.seq, c.time)),
+        // Pruned past it, with an authenticated prune record: nothing to compare.
+        None => Ok(()),
+    }
 }
 
 /// Deletes records older than `before` (RFC 3339), recording a checkpoint so
-/// the rest stays verifiable, and appends an `audit.prune` record. Returns
-/// how many records were deleted.
-pub fn prune(conn: &mut Connection, path: &Path, before: &str, actor: &Actor) -> Result<u64, AuditError> {
+/// the rest stays verifiable, and appends an `audit.prune` record that
+/// vouches for it. Returns how many records were deleted.
+pub fn prune(
+    conn: &mut Connection,
+    path: &Path,
+    key: &IntegrityKey,
+    before: &str,
+    actor: &Actor,
+) -> Result<u64, AuditError> {
     let tx =
         conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql(path, "start a transaction"))?;
     let last: Option<(i64, String)> = tx
@@ -774,25 +1184,13 @@ pub fn prune(conn: &mut Connection, path: &Path, before: &str, actor: &Actor) ->
         .map_err(sql(path, "find records to prune"))?;
     let Some((seq, hash)) = last else { return Ok(0) };
     let n = tx.execute("DELETE FROM audit WHERE seq <= ?1", [seq]).map_err(sql(path, "delete records"))?;
-    tx.execute(
-        "INSERT OR REPLACE INTO audit_checkpoint (seq, hash, time) VALUES (?1, ?2, ?3)",
-        params![seq, hash, now_rfc3339()],
-    )
-    .map_err(sql(path, "write the checkpoint"))?;
-    append(
-        &tx,
-        &NewRecord {
-            actor: actor.clone(),
-            action: Action::AuditPrune,
-            outcome: Outcome::Ok,
-            namespace: Namespace::root(),
-            secret: None,
-            version: None,
-            reason: Some(format!("deleted {n} records before {before}, up to seq {seq}")),
-            value_hmac: None,
-        },
-    )
-    .map_err(sql(path, "record the prune"))?;
+    tx.execute("DELETE FROM audit_checkpoint", []).map_err(sql(path, "replace the checkpoint"))?;
+    tx.execute("INSERT INTO audit_checkpoint (seq, hash, time) VALUES (?1, ?2, ?3)", params![seq, hash, now_rfc3339()])
+        .map_err(sql(path, "write the checkpoint"))?;
+    let mut rec = NewRecord::ok(actor, Action::AuditPrune, &Namespace::root(), None)
+        .reason(format!("deleted {n} records before {before}, up to seq {seq}"));
+    rec.detail = Some(serde_json::json!({ "checkpoint_seq": seq, "checkpoint_hash": hash }));
+    append(&tx, key, &rec).map_err(sql(path, "record the prune"))?;
     tx.commit().map_err(sql(path, "commit"))?;
     Ok(n as u64)
 }
@@ -881,35 +1279,87 @@ mod tests {
             version: Some(1),
             reason: None,
             value_hmac: None,
+            detail: None,
         }
     }
 
-    fn setup() -> (tempfile::TempDir, PathBuf, AuditLog) {
+    fn setup() -> (tempfile::TempDir, PathBuf, AuditLog, IntegrityKey) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        SecretStore::open_with_key(&path, MasterKey::generate()).unwrap();
-        let log = AuditLog::open(&path, None).unwrap();
-        (dir, path, log)
+        let store = SecretStore::open_with_key(&path, MasterKey::generate()).unwrap();
+        let key = store.integrity().clone();
+        let log = AuditLog::open(&path, key.clone(), None).unwrap();
+        (dir, path, log, key)
     }
 
     #[test]
     fn records_chain_and_verify() {
-        let (_d, path, log) = setup();
+        let (_d, path, log, key) = setup();
         for i in 0..5 {
             assert_eq!(log.record(rec(&format!("S{i}"), Outcome::Granted)).unwrap(), i + 1);
         }
         let conn = Connection::open(&path).unwrap();
-        match verify(&conn, &path).unwrap() {
+        match verify(&conn, &path, &key).unwrap() {
             Verdict::Intact { records, head_seq, .. } => assert_eq!((records, head_seq), (5, 5)),
             v => panic!("{v:?}"),
         }
         conn.execute("UPDATE audit SET outcome = 'denied' WHERE seq = 3", []).unwrap();
-        assert!(matches!(verify(&conn, &path).unwrap(), Verdict::Broken { seq: 3, .. }));
+        assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Broken { seq: 3, .. }));
+    }
+
+    #[test]
+    fn a_recomputed_chain_or_a_cut_head_is_caught() {
+        let (_d, path, log, key) = setup();
+        for i in 0..4 {
+            log.record(rec(&format!("S{i}"), Outcome::Granted)).unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let note = checkpoint_note(&conn, &path, &key).unwrap();
+        let c = read_checkpoint(&conn, &key, &note).unwrap();
+        assert_eq!(c.seq, 4);
+        assert!(read_checkpoint(&conn, &key, &note.replace("\n4\n", "\n9\n")).is_err(), "edited note");
+        assert!(read_checkpoint(&conn, &IntegrityKey::generate(), &note).is_err(), "other key");
+        // Deleting the newest record leaves a linked chain, but not the head.
+        conn.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+        match verify(&conn, &path, &key).unwrap() {
+            Verdict::Broken { seq: 4, problem } => {
+                assert!(problem.contains("newest records were deleted"), "{problem}")
+            }
+            v => panic!("{v:?}"),
+        }
+        // Even with the head moved back, the checkpoint kept elsewhere says the log was cut.
+        let fake = Verdict::Intact {
+            records: 3,
+            head_seq: 3,
+            head_hash: String::new(),
+            from_seq: 1,
+            key_id: String::new(),
+            keyed_from: 1,
+        };
+        let e = check_against(&conn, &path, &fake, &c).unwrap_err().to_string();
+        assert!(e.contains("the log was cut"), "{e}");
+        // A record rewritten with a plain SHA-256 chain fails its MAC.
+        let r = Record::from_row;
+        let mut rec2: Record = conn.query_row("SELECT * FROM audit WHERE seq = 2", [], r).unwrap();
+        rec2.actor = "forger".into();
+        let forged = rec2.canonical_hash(None);
+        conn.execute("UPDATE audit SET actor = 'forger', hash = ?1 WHERE seq = 2", [forged]).unwrap();
+        assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Broken { seq: 2, .. }));
+    }
+
+    #[test]
+    fn long_fields_are_bounded() {
+        let long = "x".repeat(10_000);
+        let b = bounded(&long);
+        assert!(b.len() < MAX_FIELD_LEN + 40 && b.ends_with("9744 more bytes cut]"), "{b}");
+        assert_eq!(bounded("short"), "short");
+        let multi = "é".repeat(200);
+        assert!(bounded(&multi).starts_with(&"é".repeat(128)));
     }
 
     #[test]
     fn concurrent_records_are_group_committed_without_loss() {
-        let (_d, path, log) = setup();
+        let (_d, path, log, key) = setup();
         let threads: Vec<_> = (0..16)
             .map(|t| {
                 let log = log.clone();
@@ -924,21 +1374,21 @@ mod tests {
             t.join().unwrap();
         }
         let conn = Connection::open(&path).unwrap();
-        assert!(matches!(verify(&conn, &path).unwrap(), Verdict::Intact { records: 320, .. }));
+        assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 320, .. }));
     }
 
     #[test]
     fn prune_keeps_the_rest_verifiable() {
-        let (_d, path, log) = setup();
+        let (_d, path, log, key) = setup();
         for i in 0..4 {
             log.record(rec(&format!("S{i}"), Outcome::Granted)).unwrap();
         }
         let mut conn = Connection::open(&path).unwrap();
         let future =
             humantime::format_rfc3339_millis(SystemTime::now() + std::time::Duration::from_secs(60)).to_string();
-        assert_eq!(prune(&mut conn, &path, &future, &Actor::Cli { user: "t".into() }).unwrap(), 4);
+        assert_eq!(prune(&mut conn, &path, &key, &future, &Actor::Cli { user: "t".into() }).unwrap(), 4);
         log.record(rec("AFTER", Outcome::Granted)).unwrap();
-        match verify(&conn, &path).unwrap() {
+        match verify(&conn, &path, &key).unwrap() {
             Verdict::Intact { records, from_seq, head_seq, .. } => assert_eq!((records, from_seq, head_seq), (2, 5, 6)),
             v => panic!("{v:?}"),
         }

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 const FORMAT: &str = "keyhole-export-v1";
+/// Largest Argon2id cost a bundle may ask for (keyhole writes 64 MiB, t=3, p=1).
+const MAX_M_KIB: u32 = 256 * 1024;
+const MAX_T: u32 = 10;
+const MAX_P: u32 = 4;
 
 /// What protects a bundle.
 #[derive(Debug)]
@@ -76,12 +80,17 @@ fn derive(key: &BundleKey, kdf: &Kdf) -> Result<Zeroizing<[u8; 32]>, BundleError
     match (key, kdf) {
         (BundleKey::Raw(k), Kdf::Raw) => Ok(k.clone()),
         (BundleKey::Passphrase(p), Kdf::Argon2id { salt, m_kib, t, p: lanes }) => {
+            // The header is read before anything is authenticated: a crafted
+            // bundle must not make us spend gigabytes or minutes first.
+            if *m_kib > MAX_M_KIB || *t > MAX_T || *lanes > MAX_P {
+                return Err(BundleError::Format(format!(
+                    "its key-derivation cost (m={m_kib} KiB, t={t}, p={lanes}) is above what keyhole writes or accepts \
+                     (m<={MAX_M_KIB} KiB, t<={MAX_T}, p<={MAX_P})"
+                )));
+            }
             let salt = B64.decode(salt).map_err(|e| BundleError::Format(format!("salt: {e}")))?;
             let params =
                 argon2::Params::new(*m_kib, *t, *lanes, Some(32)).map_err(|e| BundleError::Kdf(e.to_string()))?;
-            if *m_kib > 1 << 20 || *t > 16 {
-                return Err(BundleError::Format("key-derivation cost is implausibly high".into()));
-            }
             let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             let mut out = Zeroizing::new([0u8; 32]);
             argon.hash_password_into(p.as_bytes(), &salt, &mut *out).map_err(|e| BundleError::Kdf(e.to_string()))?;

@@ -78,6 +78,30 @@ pub enum KeyError {
         /// The id of the key the store expects.
         expected: KeyId,
     },
+    /// Another process holds the key lock (a master-key rotation).
+    #[error(
+        "the key files are locked by another keyhole process (a master-key rotation is in progress, see {path}); \
+         waited {waited:?}: try again when it has finished"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this process waited.
+        waited: std::time::Duration,
+    },
+    /// The key in the environment was rotated away.
+    #[error(
+        "${MASTER_KEY_ENV} holds key {got}, but the master key was rotated to key {next_id}, which is in {next}: \
+         set ${MASTER_KEY_ENV} to the contents of that file (then move the file somewhere safe)"
+    )]
+    RotatedAway {
+        /// The id of the key in the environment.
+        got: KeyId,
+        /// The file holding the new key.
+        next: PathBuf,
+        /// The new key's id.
+        next_id: KeyId,
+    },
     /// Reading or creating the key file failed.
     #[error("cannot {action} master key file {path}: {err}")]
     Io {
@@ -130,31 +154,6 @@ impl MasterKey {
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&*self.0).into())
     }
-
-    /// Loads the master key: `$KEYHOLE_MASTER_KEY` if set, else `key_file`.
-    /// When neither exists and `create` is true, a new key is written to
-    /// `key_file` with mode 0600 (never overwriting an existing file).
-    pub fn load(key_file: &Path, create: bool, expected: Option<&KeyId>) -> Result<(Self, KeySource), KeyError> {
-        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
-            return Ok((MasterKey::from_base64(&text, KeySource::Env)?, KeySource::Env));
-        }
-        let source = KeySource::File(key_file.to_owned());
-        match std::fs::read_to_string(key_file) {
-            Ok(text) => Ok((MasterKey::from_base64(&Zeroizing::new(text), source.clone())?, source)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !create {
-                    return Err(KeyError::Missing {
-                        path: key_file.to_owned(),
-                        expected: expected.cloned().unwrap_or(KeyId("unknown".into())),
-                    });
-                }
-                let key = MasterKey::generate();
-                write_new_key_file(key_file, &key)?;
-                Ok((key, source))
-            }
-            Err(err) => Err(KeyError::Io { action: "read", path: key_file.to_owned(), err }),
-        }
-    }
 }
 
 /// Reads a key file (ignoring the environment).
@@ -170,11 +169,7 @@ pub fn read_key_file(path: &Path) -> Result<MasterKey, KeyError> {
 /// Writes `key` to a new file with mode 0600 and syncs it; never overwrites.
 pub fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
     let io = |err| KeyError::Io { action: "create", path: path.to_owned(), err };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(io)?;
+    let mut f = crate::data_dir::private_file_options().create_new(true).open(path).map_err(io)?;
     f.write_all(key.to_base64().as_bytes()).map_err(io)?;
     f.write_all(b"\n").map_err(io)?;
     f.sync_all().map_err(io)
@@ -263,6 +258,133 @@ pub fn open(master: &MasterKey, aad: &[u8], sealed: &Sealed) -> Result<Zeroizing
         .map_err(|_| DecryptError)
 }
 
+/// A random 256-bit key, kept wrapped under the master key in the store,
+/// from which the integrity subkeys are derived: the MAC over each secret's
+/// security-relevant columns, the audit chain, the backend configuration.
+/// Kept apart from the master key so that a master-key rotation re-wraps it
+/// without changing any MAC or breaking the audit chain.
+#[derive(Clone)]
+pub struct IntegrityKey(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for IntegrityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IntegrityKey(***)")
+    }
+}
+
+/// What an integrity MAC protects: each use has its own subkey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacDomain {
+    /// A row of `secrets` (current version, keep, revoked, destroyed).
+    SecretRow,
+    /// A row of `secret_versions` (version, creation, expiry).
+    VersionRow,
+    /// The audit hash chain and its head.
+    AuditChain,
+    /// `backends.json`.
+    Backends,
+    /// A revocation of a secret served by an external backend.
+    RemoteRevocation,
+}
+
+impl MacDomain {
+    fn label(self) -> &'static [u8] {
+        match self {
+            MacDomain::SecretRow => b"keyhole mac v1: secret row",
+            MacDomain::VersionRow => b"keyhole mac v1: version row",
+            MacDomain::AuditChain => b"keyhole mac v1: audit chain",
+            MacDomain::Backends => b"keyhole mac v1: backends",
+            MacDomain::RemoteRevocation => b"keyhole mac v1: remote revocation",
+        }
+    }
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+impl IntegrityKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *k).expect("the operating system's random source failed");
+        IntegrityKey(k)
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let arr: [u8; 32] = bytes.try_into().ok()?;
+        Some(IntegrityKey(Zeroizing::new(arr)))
+    }
+
+    fn hmac(&self, domain: MacDomain, fields: &[&[u8]]) -> HmacSha256 {
+        use hmac::Mac;
+        let mut sub = <HmacSha256 as Mac>::new_from_slice(&*self.0).expect("HMAC takes any key length");
+        sub.update(domain.label());
+        let subkey: Zeroizing<[u8; 32]> = Zeroizing::new(sub.finalize().into_bytes().into());
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&*subkey).expect("HMAC takes any key length");
+        for f in fields {
+            mac.update(&(f.len() as u64).to_be_bytes());
+            mac.update(f);
+        }
+        mac
+    }
+
+    /// HMAC-SHA256 under the subkey of `domain` over `fields`, each
+    /// length-prefixed so that no two field lists encode alike.
+    pub fn mac(&self, domain: MacDomain, fields: &[&[u8]]) -> [u8; 32] {
+        use hmac::Mac;
+        self.hmac(domain, fields).finalize().into_bytes().into()
+    }
+
+    /// Checks a MAC from [`IntegrityKey::mac`] in constant time.
+    pub fn verify(&self, domain: MacDomain, fields: &[&[u8]], tag: &[u8]) -> bool {
+        use hmac::Mac;
+        self.hmac(domain, fields).verify_slice(tag).is_ok()
+    }
+
+    /// A short public id of the key (of one domain's subkey), safe to print.
+    pub fn id(&self, domain: MacDomain) -> String {
+        hex::encode(&self.mac(domain, &[b"key id"])[..4])
+    }
+
+    /// Seals the key under `master` for storage.
+    pub fn seal(&self, master: &MasterKey) -> Vec<u8> {
+        seal(master, INTEGRITY_AAD, &*self.0).to_blob()
+    }
+
+    /// Opens a stored key.
+    pub fn open(master: &MasterKey, blob: &[u8]) -> Result<Self, DecryptError> {
+        let sealed = Sealed::from_blob(blob).ok_or(DecryptError)?;
+        let plain = open(master, INTEGRITY_AAD, &sealed)?;
+        IntegrityKey::from_bytes(&plain).ok_or(DecryptError)
+    }
+}
+
+const INTEGRITY_AAD: &[u8] = b"keyhole integrity key v1";
+
+impl Sealed {
+    /// One blob: the three parts, each with a 2-byte length.
+    pub fn to_blob(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in [&self.wrapped_key, &self.nonce, &self.ciphertext] {
+            out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// Parses [`Sealed::to_blob`]; `None` if malformed.
+    pub fn from_blob(mut blob: &[u8]) -> Option<Self> {
+        let mut take = || -> Option<Vec<u8>> {
+            let (len, rest) = blob.split_first_chunk::<2>()?;
+            let len = u16::from_be_bytes(*len) as usize;
+            let part = rest.get(..len)?.to_vec();
+            blob = &rest[len..];
+            Some(part)
+        };
+        let s = Sealed { wrapped_key: take()?, nonce: take()?, ciphertext: take()? };
+        blob.is_empty().then_some(s)
+    }
+}
+
 /// Re-wraps a data key from `old` to `new` master key without touching the
 /// value's ciphertext (master-key rotation).
 pub fn rewrap(old: &MasterKey, new: &MasterKey, aad: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, DecryptError> {
@@ -293,6 +415,21 @@ mod tests {
         s.wrapped_key = rewrap(&a, &b, b"x", &s.wrapped_key).unwrap();
         assert_eq!(open(&b, b"x", &s).unwrap().as_slice(), b"v");
         assert!(open(&a, b"x", &s).is_err());
+    }
+
+    #[test]
+    fn integrity_macs_bind_domain_fields_and_key() {
+        let k = IntegrityKey::generate();
+        let tag = k.mac(MacDomain::SecretRow, &[b"a", b"bc"]);
+        assert!(k.verify(MacDomain::SecretRow, &[b"a", b"bc"], &tag));
+        assert!(!k.verify(MacDomain::SecretRow, &[b"ab", b"c"], &tag), "fields are length-prefixed");
+        assert!(!k.verify(MacDomain::VersionRow, &[b"a", b"bc"], &tag));
+        assert!(!IntegrityKey::generate().verify(MacDomain::SecretRow, &[b"a", b"bc"], &tag));
+        let m = MasterKey::generate();
+        let back = IntegrityKey::open(&m, &k.seal(&m)).unwrap();
+        assert_eq!(back.mac(MacDomain::Backends, &[]), k.mac(MacDomain::Backends, &[]));
+        assert!(IntegrityKey::open(&MasterKey::generate(), &k.seal(&m)).is_err());
+        assert!(IntegrityKey::open(&m, b"\x00").is_err());
     }
 
     #[test]

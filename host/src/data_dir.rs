@@ -37,15 +37,26 @@ impl DataDir {
         DataDir { root: root.into() }
     }
 
-    /// Creates the directory (mode 0700) if it does not exist.
+    /// Creates the directory (mode 0700) if it does not exist; warns once
+    /// if an existing one, or its key files, can be read by other users.
     pub fn ensure(&self) -> Result<(), std::io::Error> {
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        b.create(&self.root).map_err(|e| {
+        create_private_dir(&self.root).map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot create data directory {}: {e}", self.root.display()))
-        })
+        })?;
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            for path in [self.root.clone(), self.master_key_path(), self.audit_key_path()] {
+                if let Some(mode) = loose_mode(&path) {
+                    tracing::warn!(
+                        "{} is accessible by other users (mode {mode:04o}); it should be private: chmod {} {}",
+                        path.display(),
+                        if path == self.root { "700" } else { "600" },
+                        path.display()
+                    );
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The directory itself.
@@ -71,5 +82,57 @@ impl DataDir {
     /// The compiled-plugin cache directory.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")
+    }
+}
+
+/// Options that create a file readable and writable by its owner only
+/// (0600): every file keyhole writes in the data directory.
+pub fn private_file_options() -> std::fs::OpenOptions {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Writes `bytes` to `path` atomically (a private temporary file, synced,
+/// then renamed over `path`).
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = private_file_options().truncate(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The mode of `path` if group or others have any access to it.
+fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }

@@ -22,7 +22,8 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 /// Resource limits for one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest size of each linear memory, in bytes.
+    /// Most bytes of linear memory and table space the task may use, all its
+    /// memories and tables together.
     pub memory: usize,
     /// Wall-clock time for instantiation and `run` together.
     pub timeout: Duration,
@@ -123,6 +124,9 @@ pub struct TaskOutcome {
     pub result: Result<serde_json::Value, TaskFailure>,
     /// Wall-clock time of instantiation plus `run`.
     pub duration: Duration,
+    /// The values this task read: what it hands to later tasks is masked
+    /// with these (and only these).
+    pub task_masks: Arc<MaskSet>,
 }
 
 /// Runs one task to completion, whatever the plugin does.
@@ -138,10 +142,12 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         version: None,
         reason: Some(format!("grants: {}", serde_json::to_string(&grants).expect("names encode"))),
         value_hmac: None,
+        detail: Some(serde_json::json!({ "grants": grants })),
     };
+    let task_masks = Arc::new(MaskSet::new());
     // Committed with the task's first read, or by the flush at the end.
     if let Err(e) = env.audit.record_later(start) {
-        return TaskOutcome { result: Err(TaskFailure::Audit(e.to_string())), duration: started.elapsed() };
+        return TaskOutcome { result: Err(TaskFailure::Audit(e.to_string())), duration: started.elapsed(), task_masks };
     }
     let memory = if runtime.pooling { spec.limits.memory.min(POOLING_MAX_MEMORY) } else { spec.limits.memory };
     let output = TaskOutput::new(spec.identity.task.as_str(), env.sink.clone(), env.masks.clone(), spec.limits.output);
@@ -150,6 +156,8 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         grants: spec.grants,
         store: env.store.clone(),
         masks: env.masks.clone(),
+        task_masks: task_masks.clone(),
+        requests: Default::default(),
         audit: env.audit.clone(),
         pins: env.pins.clone(),
         backends: env.backends.clone(),
@@ -179,15 +187,17 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let result = match raw {
         Err(_elapsed) => Err(TaskFailure::Timeout(spec.limits.timeout)),
         Ok(Ok(Ok(text))) => serde_json::from_str(&text).map_err(|e| {
-            let shown: String = text.chars().take(200).collect();
-            TaskFailure::BadOutput(masks.mask(&format!("{e} in {shown:?}")).into_owned())
+            // Mask first, then cut: a cut could split a secret in two.
+            let masked = masks.mask(&text);
+            let shown: String = masked.chars().take(200).collect();
+            TaskFailure::BadOutput(format!("{} in {shown:?}", masks.mask(&e.to_string())))
         }),
         Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
         Ok(Err((error, instantiating))) => {
             Err(classify(&error, instantiating, store.data().limiter.denied, memory, spec.limits.timeout, masks))
         }
     };
-    TaskOutcome { result, duration }
+    TaskOutcome { result, duration, task_masks }
 }
 
 fn classify(

@@ -16,6 +16,7 @@ pub mod data_dir;
 pub mod exec;
 pub mod executions;
 pub mod flow;
+pub mod keyring;
 pub mod mask;
 pub mod names;
 pub mod output;

@@ -2,10 +2,12 @@
 //! lifecycle at the command line (part of the `host` binary).
 
 use crate::{BackendCommand, BundleKeyArgs, Charset};
-use crate::{Exit, HOST, SecretCommand, USAGE, fail, open_store, print_json, read_value, stdout_err};
+use crate::{Exit, HOST, SecretCommand, TAMPERED, USAGE, fail, open_store, print_json, read_value, stdout_err};
+use crate::{store_exit, vault_exit};
 use keyhole::audit::{self, Action, Actor, NewRecord, Outcome};
 use keyhole::backup::{self, BundleKey};
 use keyhole::data_dir::DataDir;
+use keyhole::keyring::KeyLock;
 use keyhole::names::{Namespace, SecretName};
 use keyhole::secret::SecretValue;
 use keyhole::store::{SecretInfo, SecretStore, SetOptions, StoreError, fmt_time, now};
@@ -25,44 +27,42 @@ fn failpoint(name: &str) {
     }
 }
 
-fn store_err(e: StoreError) -> Exit {
-    let code = match e {
-        StoreError::NotFound { .. } | StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
-        _ => HOST,
-    };
-    fail(code, e)
+/// Maps a store failure to its exit, recording a failed integrity check in
+/// the audit trail first.
+fn checked(store: &mut SecretStore) -> impl FnOnce(StoreError) -> Exit + '_ {
+    |e| {
+        store.record_tamper(&e, &Actor::current_user());
+        store_exit(e)
+    }
 }
 
-fn backends(dir: &DataDir) -> Result<Backends, Exit> {
-    Backends::load(&vault::config_path(dir.root())).map_err(|e| fail(USAGE, e))
+fn backends(dir: &DataDir, store: &SecretStore) -> Result<Backends, Exit> {
+    Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(vault_exit)
 }
 
-/// Appends one record for a management action that did not go through the store.
-fn record(
-    dir: &DataDir,
+/// A change made in a remote backend: recorded as intended before it is
+/// attempted (fail closed: no record, no change), then as done or failed.
+fn remote_change<T>(
+    store: &mut SecretStore,
     action: Action,
     namespace: &Namespace,
     secret: Option<&SecretName>,
-    version: Option<u64>,
-    reason: String,
-) -> Result<(), Exit> {
-    let mut conn = audit::open(&dir.store_path(), true).map_err(|e| fail(HOST, e))?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| fail(HOST, e))?;
-    audit::append(
-        &tx,
-        &NewRecord {
-            actor: Actor::current_user(),
-            action,
-            outcome: Outcome::Ok,
-            namespace: namespace.clone(),
-            secret: secret.cloned(),
-            version,
-            reason: Some(reason),
-            value_hmac: None,
-        },
-    )
-    .map_err(|e| fail(HOST, e))?;
-    tx.commit().map_err(|e| fail(HOST, e))
+    what: String,
+    change: impl FnOnce() -> Result<T, vault::VaultError>,
+) -> Result<T, Exit> {
+    let rec = NewRecord::ok(&Actor::current_user(), action, namespace, secret);
+    store.record(&rec.clone().outcome(Outcome::Pending).reason(format!("about to: {what}"))).map_err(store_exit)?;
+    match change() {
+        Ok(v) => {
+            store.record(&rec.reason(what)).map_err(store_exit)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let failed = rec.outcome(Outcome::Failed).reason(format!("{what}: {e}"));
+            store.record(&failed).map_err(store_exit)?;
+            Err(fail(HOST, e))
+        }
+    }
 }
 
 fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
@@ -131,20 +131,10 @@ fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
     Ok(BundleKey::Passphrase(pass))
 }
 
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 fn state(s: &SecretInfo, now: i64) -> String {
-    if s.destroyed_at.is_some() {
+    if s.tampered {
+        "TAMPERED (edited outside keyhole; reads refused)".into()
+    } else if s.destroyed_at.is_some() {
         "destroyed".into()
     } else if s.revoked_at.is_some() {
         "revoked".into()
@@ -173,12 +163,13 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             store_value(dir, &name, &at.namespace, &value, v, true)
         }
         SecretCommand::List { namespace, expiring, json } => {
-            let store = open_store(dir)?;
+            let mut store = open_store(dir)?;
             let before = expiring.map(|d| now() + d.as_secs() as i64);
-            let list = store.list(namespace.as_ref(), before).map_err(store_err)?;
+            let list = store.list(namespace.as_ref(), before).map_err(store_exit)?;
+            let tampered = tampered_rows(&mut store, &list);
             if json {
                 print_json(&mut out, &list)?;
-                return Ok(());
+                return tampered;
             }
             writeln!(
                 out,
@@ -201,7 +192,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 )
                 .map_err(stdout_err)?;
             }
-            for b in backends(dir)?.list() {
+            for b in backends(dir, &store)?.list() {
                 writeln!(
                     out,
                     "(namespace {} is served by vault server {}; see `host backend list`)",
@@ -209,11 +200,11 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 )
                 .map_err(stdout_err)?;
             }
-            Ok(())
+            tampered
         }
         SecretCommand::Versions { name, at, json } => {
-            let store = open_store(dir)?;
-            let versions = store.versions(&at.namespace, &name).map_err(store_err)?;
+            let mut store = open_store(dir)?;
+            let versions = store.versions(&at.namespace, &name).map_err(checked(&mut store))?;
             if json {
                 print_json(&mut out, &versions)?;
             } else {
@@ -228,11 +219,12 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             Ok(())
         }
         SecretCommand::Describe { name, at, json } => {
-            let store = open_store(dir)?;
-            let info = store.describe(&at.namespace, &name).map_err(store_err)?.ok_or_else(|| {
-                store_err(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
+            let mut store = open_store(dir)?;
+            let info = store.describe(&at.namespace, &name).map_err(store_exit)?.ok_or_else(|| {
+                store_exit(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
             })?;
-            let versions = store.versions(&at.namespace, &name).map_err(store_err)?;
+            tampered_rows(&mut store, std::slice::from_ref(&info))?;
+            let versions = store.versions(&at.namespace, &name).map_err(checked(&mut store))?;
             let conn = audit::open(&dir.store_path(), false).map_err(|e| fail(HOST, e))?;
             let last_read: Option<String> = conn
                 .query_row(
@@ -273,24 +265,26 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             Ok(())
         }
         SecretCommand::Revoke { name, at } => {
-            if let Some(b) = backends(dir)?.for_namespace(&at.namespace).cloned() {
-                b.delete_latest(&name).map_err(|e| fail(HOST, e))?;
-                record(
-                    dir,
-                    Action::SecretRevoke,
-                    &at.namespace,
-                    Some(&name),
-                    None,
-                    format!("deleted the latest version in vault server {}", b.address),
-                )?;
-            } else {
-                open_store(dir)?.revoke(&at.namespace, &name, &me).map_err(store_err)?;
+            let mut store = open_store(dir)?;
+            if let Some(b) = backends(dir, &store)?.for_namespace(&at.namespace).cloned() {
+                let what = format!("soft-delete every version in vault server {}", b.address);
+                let n = remote_change(&mut store, Action::SecretRevoke, &at.namespace, Some(&name), what, || {
+                    b.delete_all_versions(&name)
+                })?;
+                eprintln!(
+                    "revoked {name} in namespace {}: its {n} version(s) are deleted in vault server {}, so every read, \
+                     pinned or not, gets `revoked` until a new version is written",
+                    at.namespace, b.address
+                );
+                return Ok(());
             }
+            store.revoke(&at.namespace, &name, &me).map_err(store_exit)?;
             eprintln!("revoked {name} in namespace {}: every read now gets `revoked`", at.namespace);
             Ok(())
         }
         SecretCommand::Destroy { name, at } => {
-            if backends(dir)?.for_namespace(&at.namespace).is_some() {
+            let mut store = open_store(dir)?;
+            if backends(dir, &store)?.for_namespace(&at.namespace).is_some() {
                 return Err(fail(
                     USAGE,
                     anyhow::anyhow!(
@@ -299,29 +293,32 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                     ),
                 ));
             }
-            open_store(dir)?.destroy(&at.namespace, &name, &me).map_err(store_err)?;
+            let warning = store.destroy(&at.namespace, &name, &me).map_err(store_exit)?;
             eprintln!(
                 "destroyed {name} in namespace {}: every version's ciphertext and data key are erased",
                 at.namespace
             );
-            Ok(())
+            match warning {
+                Some(w) => Err(fail(HOST, anyhow::anyhow!(w))),
+                None => Ok(()),
+            }
         }
         SecretCommand::Rm { name, at } => {
             let mut store = open_store(dir)?;
-            if store.remove(&at.namespace, &name, &me).map_err(store_err)? {
+            if store.remove(&at.namespace, &name, &me).map_err(store_exit)? {
                 eprintln!("removed {name} from namespace {}", at.namespace);
                 Ok(())
             } else {
-                Err(store_err(StoreError::NotFound { namespace: at.namespace, name }))
+                Err(store_exit(StoreError::NotFound { namespace: at.namespace, name }))
             }
         }
         SecretCommand::Export { output, namespace, key } => {
             let key = bundle_key(&key)?;
-            let store = open_store(dir)?;
-            let secrets = store.export(namespace.as_ref(), &me).map_err(store_err)?;
+            let mut store = open_store(dir)?;
+            let secrets = store.export(namespace.as_ref(), &me).map_err(checked(&mut store))?;
             let n = secrets.len();
             let text = backup::seal(secrets, &key).map_err(|e| fail(HOST, e))?;
-            write_private(&output, &text)
+            keyhole::data_dir::write_private_atomic(&output, text.as_bytes())
                 .map_err(|e| fail(HOST, anyhow::anyhow!("cannot write {}: {e}", output.display())))?;
             eprintln!("exported {n} secret(s) to {}", output.display());
             Ok(())
@@ -335,7 +332,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 .map_err(|e| fail(USAGE, anyhow::Error::from(e).context(format!("bundle {}", file.display()))))?;
             let mut store = open_store(dir)?;
             let report =
-                store.import(&secrets, overwrite, &me, || failpoint("import-before-commit")).map_err(store_err)?;
+                store.import(&secrets, overwrite, &me, || failpoint("import-before-commit")).map_err(store_exit)?;
             eprintln!(
                 "imported {} secret(s){}",
                 report.imported.len(),
@@ -363,27 +360,30 @@ fn store_value(
     rotate: bool,
 ) -> Result<(), Exit> {
     let expires_at = v.expires_in.map(|d| now() + d.as_secs() as i64);
-    if let Some(b) = backends(dir)?.for_namespace(ns).cloned() {
+    let mut store: SecretStore = open_store(dir)?;
+    if let Some(b) = backends(dir, &store)?.for_namespace(ns).cloned() {
         if expires_at.is_some() || v.keep.is_some() {
             return Err(fail(
                 USAGE,
                 anyhow::anyhow!("--expires-in and --keep apply to the local store; namespace {ns} is served by vault"),
             ));
         }
-        let version = b.write(name, value).map_err(|e| fail(HOST, e))?;
         let action = if rotate { Action::SecretRotate } else { Action::SecretSet };
-        record(dir, action, ns, Some(name), Some(version), format!("stored in vault server {}", b.address))?;
+        let what = format!("store a new version in vault server {}", b.address);
+        let version = remote_change(&mut store, action, ns, Some(name), what, || b.write(name, value))?;
         eprintln!("stored {name} version {version} in namespace {ns} (vault server {})", b.address);
         return Ok(());
     }
-    let mut store: SecretStore = open_store(dir)?;
     let version = store
         .set(ns, name, value, &SetOptions { expires_at, keep: v.keep, rotate }, &Actor::current_user())
         .map_err(|e| match e {
             StoreError::NotFound { .. } => {
                 fail(USAGE, anyhow::Error::from(e).context("rotate needs an existing secret: use `host secret set`"))
             }
-            e => store_err(e),
+            e => {
+                store.record_tamper(&e, &Actor::current_user());
+                store_exit(e)
+            }
         })?;
     let verb = if rotate { "rotated" } else { "stored" };
     let exp = expires_at.map(|x| format!(", expires {}", fmt_time(x))).unwrap_or_default();
@@ -392,15 +392,12 @@ fn store_value(
 }
 
 pub(crate) fn key_rotate(dir: &DataDir) -> Result<(), Exit> {
-    let mut store = open_store(dir)?;
-    let (id, n, from_env) = store
-        .rotate_key_files(
-            dir,
-            &Actor::current_user(),
-            || failpoint("key-rotate-before-commit"),
-            || failpoint("key-rotate-after-commit"),
-        )
-        .map_err(store_err)?;
+    dir.ensure().map_err(|e| fail(HOST, e))?;
+    // Held from before the new key is written until the old one is retired.
+    let lock = KeyLock::acquire(dir, keyhole::store::busy_timeout()).map_err(|e| store_exit(e.into()))?;
+    let mut store = SecretStore::open_locked(dir, &lock).map_err(store_exit)?;
+    let (id, n, from_env) =
+        store.rotate_key_files(dir, &lock, &Actor::current_user(), &|name| failpoint(name)).map_err(store_exit)?;
     if from_env {
         eprintln!(
             "master key rotated to key {id} ({n} data keys re-wrapped). The new key is in {}: set $KEYHOLE_MASTER_KEY to its contents, then delete the file",
@@ -408,42 +405,61 @@ pub(crate) fn key_rotate(dir: &DataDir) -> Result<(), Exit> {
         );
     } else {
         eprintln!(
-            "master key rotated to key {id} ({n} data keys re-wrapped); {} holds the new key",
+            "master key rotated to key {id} ({n} data keys re-wrapped); {} holds the new key, and the old key is kept \
+             as master.key.<id>.old until you remove it",
             dir.master_key_path().display()
         );
     }
     Ok(())
 }
 
+/// Records every row of `list` that failed its check; exit 5 if any did.
+fn tampered_rows(store: &mut SecretStore, list: &[SecretInfo]) -> Result<(), Exit> {
+    let bad: Vec<&SecretInfo> = list.iter().filter(|s| s.tampered).collect();
+    for s in &bad {
+        if let (Ok(namespace), Ok(name)) = (Namespace::new(&s.namespace), SecretName::new(&s.name)) {
+            let e =
+                StoreError::RowTampered { path: store.path().to_owned(), namespace, name, what: "its stored state" };
+            store.record_tamper(&e, &Actor::current_user());
+        }
+    }
+    match bad.as_slice() {
+        [] => Ok(()),
+        [one, ..] => Err(fail(
+            TAMPERED,
+            anyhow::anyhow!(
+                "{} secret(s) failed their integrity check (first: {} in namespace {:?}): the store was edited outside \
+                 keyhole; see `host audit list --action integrity.check`",
+                bad.len(),
+                one.name,
+                one.namespace
+            ),
+        )),
+    }
+}
+
 pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
     let path = vault::config_path(dir.root());
-    let mut b = backends(dir)?;
+    let mut store = open_store(dir)?;
+    let mut b = backends(dir, &store)?;
+    let me = Actor::current_user();
     match cmd {
-        BackendCommand::AddVault { namespace, address, mount, prefix, token_file } => {
-            if !(address.starts_with("http://") || address.starts_with("https://")) {
-                return Err(fail(
-                    USAGE,
-                    anyhow::anyhow!("--address must start with https:// (or http:// for a local dev server)"),
-                ));
-            }
-            dir.ensure().map_err(|e| fail(HOST, e))?;
+        BackendCommand::AddVault { namespace, address, mount, prefix, token_file, ca_file, insecure_http } => {
+            vault::check_address(&address, insecure_http).map_err(|e| fail(USAGE, anyhow::anyhow!("--address {e}")))?;
             let cfg = VaultConfig {
                 namespace: namespace.as_str().to_owned(),
                 address: address.clone(),
                 mount,
                 prefix,
                 token_file,
+                ca_file,
+                insecure_http,
             };
             b.upsert(cfg);
-            b.save(&path).map_err(|e| fail(HOST, e))?;
-            record(
-                dir,
-                Action::BackendChange,
-                &namespace,
-                None,
-                None,
-                format!("namespace served by vault server {address}"),
-            )?;
+            b.save(&path, store.integrity()).map_err(|e| fail(HOST, e))?;
+            let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
+                .reason(format!("namespace served by vault server {address}"));
+            store.record(&rec).map_err(store_exit)?;
             eprintln!("namespace {namespace} is now served by vault server {address}");
             Ok(())
         }
@@ -464,15 +480,10 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
             if !b.remove(namespace.as_str()) {
                 return Err(fail(USAGE, anyhow::anyhow!("no backend serves namespace {namespace}")));
             }
-            b.save(&path).map_err(|e| fail(HOST, e))?;
-            record(
-                dir,
-                Action::BackendChange,
-                &namespace,
-                None,
-                None,
-                "namespace served by the local store again".into(),
-            )?;
+            b.save(&path, store.integrity()).map_err(|e| fail(HOST, e))?;
+            let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
+                .reason("namespace served by the local store again");
+            store.record(&rec).map_err(store_exit)?;
             eprintln!("namespace {namespace} is served by the local store again");
             Ok(())
         }

@@ -1,9 +1,10 @@
 //! The `host` command line: run task plugins and manage secrets.
 //!
 //! Exit codes (also in `host --help`):
-//! 0 success; 1 the task returned an error; 2 bad usage or input (arguments,
-//! input JSON, plugin file); 3 the plugin trapped or hit a limit (time,
-//! memory); 4 the host failed (store, master key, disk).
+//! 0 success; 1 the task returned an error (or `audit verify` found the log
+//! broken); 2 bad usage or input (arguments, input JSON, plugin file); 3 the
+//! plugin trapped or hit a limit (time, memory); 4 the host failed (store,
+//! master key, disk); 5 stored state failed its integrity check (tampering).
 
 mod lifecycle;
 
@@ -36,7 +37,8 @@ Exit codes:
   1  the task ran and returned an error
   2  bad usage or input (arguments, input JSON, plugin file, names)
   3  the plugin trapped or hit a limit (time, memory)
-  4  the host failed (secret store, master key, disk)";
+  4  the host failed (secret store, master key, disk)
+  5  stored state failed its integrity check: the database or a config file was edited outside keyhole";
 
 /// Keyhole: run WebAssembly task plugins that get secrets only through a
 /// capability-checked import.
@@ -184,11 +186,25 @@ enum AuditCommand {
         #[command(flatten)]
         filter: AuditFilter,
     },
-    /// Verify the hash chain; exits 1 and names the first bad record if it is broken.
+    /// Verify the keyed hash chain (needs the master key); exits 1 and names the
+    /// first bad record if it is broken.
     Verify {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also prove that the log still contains the head recorded in this
+        /// signed checkpoint (from `host audit checkpoint`): catches a log cut
+        /// short or rolled back.
+        #[arg(long, value_name = "CHECKPOINT")]
+        against: Option<PathBuf>,
+    },
+    /// Verify the log and write a signed checkpoint of its head (C2SP
+    /// tlog-checkpoint note format) to keep outside the data directory.
+    Checkpoint {
+        /// Write it to this file (refusing to go back from a newer checkpoint
+        /// there) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Delete records older than a time, keeping the rest verifiable.
     Prune {
@@ -224,7 +240,7 @@ struct ExecArgs {
     /// Read the input JSON document from a file (`-` for stdin).
     #[arg(long, value_name = "FILE")]
     input_file: Option<PathBuf>,
-    /// Memory limit per linear memory, in MiB.
+    /// Memory limit of the task (all its linear memories and tables together), in MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     memory: u64,
     /// Time limit: seconds, or a duration like `500ms`, `2m`.
@@ -404,9 +420,15 @@ enum BackendCommand {
         /// Path prefix under the mount, e.g. keyhole/finance/.
         #[arg(long, default_value = "")]
         prefix: String,
-        /// Token file, used when $VAULT_TOKEN and $BAO_TOKEN are unset.
+        /// Token file; it wins over $VAULT_TOKEN and $BAO_TOKEN.
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// PEM file of the CA certificates to trust (a private CA) instead of the public roots.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Allow plain http:// to a non-loopback address (the token crosses the network in clear).
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// List configured backends.
     List {
@@ -462,6 +484,7 @@ const TASK_ERROR: u8 = 1;
 const USAGE: u8 = 2;
 const PLUGIN_FAILED: u8 = 3;
 const HOST: u8 = 4;
+const TAMPERED: u8 = 5;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -472,7 +495,10 @@ fn main() -> ExitCode {
     match run(cli, &masks) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
-            eprintln!("{}", masks.mask(&format!("error: {:#}", exit.error)));
+            let line = masks.mask(&format!("error: {:#}", exit.error)).into_owned();
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&keyhole::output::escape_controls(line.as_bytes()));
+            let _ = err.write_all(b"\n");
             ExitCode::from(exit.code)
         }
     }
@@ -490,7 +516,8 @@ fn init_tracing(verbose: u8, masks: &Arc<MaskSet>) {
         .with_writer(MaskedStderr(masks.clone()))
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Plain text: the masked writer escapes control characters.
+        .with_ansi(false)
         .init();
 }
 
@@ -513,14 +540,25 @@ fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
 }
 
 fn open_store(dir: &DataDir) -> Result<SecretStore, Exit> {
-    dir.ensure().map_err(|e| fail(HOST, e))?;
-    SecretStore::open(dir).map_err(|e| {
-        let code = match e {
-            StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
-            _ => HOST,
-        };
-        fail(code, e)
-    })
+    SecretStore::open(dir).map_err(store_exit)
+}
+
+/// The one mapping from store failures to exit codes.
+fn store_exit(e: StoreError) -> Exit {
+    use keyhole::crypto::KeyError;
+    let code = match &e {
+        StoreError::Key(KeyError::Locked { .. } | KeyError::Io { .. }) => HOST,
+        StoreError::NotFound { .. } | StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
+        StoreError::RowTampered { .. } | StoreError::Tampered { .. } => TAMPERED,
+        _ => HOST,
+    };
+    fail(code, e)
+}
+
+/// Maps backend configuration failures: an edited file is tampering.
+fn vault_exit(e: vault::VaultError) -> Exit {
+    let code = if matches!(e, vault::VaultError::Tampered(_)) { TAMPERED } else { USAGE };
+    fail(code, e)
 }
 
 fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
@@ -578,9 +616,9 @@ fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool) -> Result<Session,
     let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
         .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
     let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
-    let audit = AuditLog::open(&dir.store_path(), key).map_err(|e| fail(HOST, e))?;
+    let audit = AuditLog::open(&dir.store_path(), store.integrity().clone(), key).map_err(|e| fail(HOST, e))?;
     let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
-    let backends = Backends::load(&vault::config_path(dir.root())).map_err(|e| fail(USAGE, e))?;
+    let backends = Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(vault_exit)?;
     let env = ExecutionEnv {
         store: Arc::new(Mutex::new(store)),
         sink: stderr_sink(),
@@ -805,6 +843,17 @@ fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<(), Exit> {
     Ok(())
 }
 
+fn read_checkpoint_file(
+    conn: &rusqlite::Connection,
+    key: &keyhole::crypto::IntegrityKey,
+    file: &Path,
+) -> Result<audit::Checkpoint, Exit> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read checkpoint {}: {e}", file.display())))?;
+    audit::read_checkpoint(conn, key, &text)
+        .map_err(|e| fail(TASK_ERROR, anyhow::anyhow!("checkpoint {} is not valid: {e}", file.display())))
+}
+
 fn audit_filter(f: AuditFilter) -> audit::Filter {
     audit::Filter {
         secret: f.secret,
@@ -831,11 +880,19 @@ fn stdout_err(e: impl Into<anyhow::Error>) -> Exit {
 
 fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
     let path = dir.store_path();
-    let create = matches!(cmd, AuditCommand::EnableFingerprints);
-    if create {
-        dir.ensure().map_err(|e| fail(HOST, e))?;
+    // Writing a record or checking the chain needs the integrity key, which
+    // only the master key opens; listing needs no key.
+    let needs_key = !matches!(
+        cmd,
+        AuditCommand::List { .. } | AuditCommand::Export { .. } | AuditCommand::Usage { .. } | AuditCommand::HashValue
+    );
+    if needs_key && !path.exists() && !matches!(cmd, AuditCommand::EnableFingerprints) {
+        return Err(fail(USAGE, audit::AuditError::NoStore(path.clone())));
     }
-    let mut conn = audit::open(&path, create).map_err(|e| fail(USAGE, e))?;
+    let mut store = if needs_key { Some(open_store(dir)?) } else { None };
+    let key = store.as_ref().map(|s| s.integrity().clone());
+    let key = || key.clone().expect("opened above for every command that needs the key");
+    let mut conn = audit::open(&path, false).map_err(|e| fail(USAGE, e))?;
     let mut out = std::io::stdout().lock();
     match cmd {
         AuditCommand::List { filter, json } => {
@@ -876,19 +933,38 @@ fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             }
             Ok(())
         }
-        AuditCommand::Verify { json } => {
-            let verdict = audit::verify(&conn, &path).map_err(|e| fail(HOST, e))?;
+        AuditCommand::Verify { json, against } => {
+            let verdict = audit::verify(&conn, &path, &key()).map_err(|e| fail(HOST, e))?;
+            let checkpoint = match &against {
+                Some(file) => Some(read_checkpoint_file(&conn, &key(), file)?),
+                None => None,
+            };
+            if let Some(c) = &checkpoint {
+                audit::check_against(&conn, &path, &verdict, c).map_err(|e| {
+                    fail(TASK_ERROR, anyhow::Error::from(e).context(format!("audit log {}", path.display())))
+                })?;
+            }
             if json {
                 print_json(&mut out, &verdict)?;
             }
             match verdict {
-                Verdict::Intact { records, head_seq, head_hash, from_seq } => {
+                Verdict::Intact { records, head_seq, head_hash, from_seq, key_id, keyed_from } => {
                     if !json {
                         writeln!(
                             out,
-                            "audit log intact: {records} records (seq {from_seq}..{head_seq}), head hash {head_hash}"
+                            "audit log intact: {records} records (seq {from_seq}..{head_seq}), head hash {head_hash}, \
+                             verified with audit key {key_id}{}",
+                            if keyed_from > 1 {
+                                format!(" (records before {keyed_from} predate the keyed chain: plain SHA-256)")
+                            } else {
+                                String::new()
+                            }
                         )
                         .map_err(stdout_err)?;
+                        if let (Some(c), Some(f)) = (&checkpoint, &against) {
+                            writeln!(out, "contains checkpoint {} (record {}, {})", f.display(), c.seq, c.time)
+                                .map_err(stdout_err)?;
+                        }
                     }
                     Ok(())
                 }
@@ -898,8 +974,37 @@ fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
                 )),
             }
         }
+        AuditCommand::Checkpoint { output } => {
+            let note = audit::checkpoint_note(&conn, &path, &key()).map_err(|e| fail(TASK_ERROR, e))?;
+            let Some(file) = output else {
+                return write!(out, "{note}").map_err(stdout_err);
+            };
+            if file.exists() {
+                // Like a sumdb client: never go back from what is on file.
+                let old = read_checkpoint_file(&conn, &key(), &file)?;
+                let new = audit::read_checkpoint(&conn, &key(), &note).map_err(|e| fail(HOST, anyhow::anyhow!(e)))?;
+                let verdict = audit::verify(&conn, &path, &key()).map_err(|e| fail(HOST, e))?;
+                audit::check_against(&conn, &path, &verdict, &old).map_err(|e| {
+                    fail(
+                        TASK_ERROR,
+                        anyhow::Error::from(e).context(format!("{} is newer than the log", file.display())),
+                    )
+                })?;
+                if new.seq < old.seq {
+                    return Err(fail(TASK_ERROR, anyhow::anyhow!("{} is newer than the log", file.display())));
+                }
+            }
+            keyhole::data_dir::write_private_atomic(&file, note.as_bytes())
+                .map_err(|e| fail(HOST, anyhow::anyhow!("cannot write {}: {e}", file.display())))?;
+            eprintln!(
+                "wrote a signed checkpoint of the audit log to {}: keep a copy outside the data directory",
+                file.display()
+            );
+            Ok(())
+        }
         AuditCommand::Prune { before } => {
-            let n = audit::prune(&mut conn, &path, &before, &Actor::current_user()).map_err(|e| fail(HOST, e))?;
+            let n =
+                audit::prune(&mut conn, &path, &key(), &before, &Actor::current_user()).map_err(|e| fail(HOST, e))?;
             eprintln!("pruned {n} audit records before {before}; the rest remain verifiable");
             Ok(())
         }
@@ -920,22 +1025,10 @@ fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
         }
         AuditCommand::EnableFingerprints => {
             AuditKey::create(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
-            let tx = conn.transaction().map_err(|e| fail(HOST, e))?;
-            audit::append(
-                &tx,
-                &audit::NewRecord {
-                    actor: Actor::current_user(),
-                    action: audit::Action::AuditKeyCreate,
-                    outcome: audit::Outcome::Ok,
-                    namespace: Namespace::root(),
-                    secret: None,
-                    version: None,
-                    reason: Some(format!("created {}", dir.audit_key_path().display())),
-                    value_hmac: None,
-                },
-            )
-            .map_err(|e| fail(HOST, e))?;
-            tx.commit().map_err(|e| fail(HOST, e))?;
+            let rec =
+                audit::NewRecord::ok(&Actor::current_user(), audit::Action::AuditKeyCreate, &Namespace::root(), None)
+                    .reason(format!("created {}", dir.audit_key_path().display()));
+            store.as_mut().expect("opened above").record(&rec).map_err(store_exit)?;
             eprintln!(
                 "audit fingerprints enabled: key in {} (keep it apart from master.key)",
                 dir.audit_key_path().display()

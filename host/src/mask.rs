@@ -2,12 +2,19 @@
 //! host. Every outbound channel (stdout, stderr, log lines, task output and
 //! errors, trap messages, execution records, CLI errors) passes through here.
 //!
-//! A [`MaskSet`] belongs to one execution. `access::get_secret` adds every
-//! value it reveals *before* the plugin receives it, together with the forms a
-//! careless plugin is likely to print: base64 (standard and URL-safe, with
-//! and without padding), hex (lower and upper case), percent-encoding, the
-//! JSON-string-escaped form, and each line of a multi-line value. Every match
-//! becomes the fixed string `***`, whatever the secret's length.
+//! A [`MaskSet`] belongs to one execution (and one to each task, for what
+//! it hands to later tasks). `access::get_secret` adds every value it
+//! reveals *before* the plugin receives it, together with the forms common
+//! tools produce: base64 (standard and URL-safe, with and without padding),
+//! the value inside a larger base64 document at each of the three byte
+//! alignments (HTTP Basic auth's `base64("user:" + password)`, as GitHub
+//! Actions masks it), hex (lower and upper case), percent-encoding as real
+//! encoders write it (every byte but alphanumerics; RFC 3986, which keeps
+//! `-._~`; HTML forms, which write a space as `+`; JavaScript's
+//! `encodeURIComponent`, which keeps `!'()*`; each with upper- and
+//! lower-case hex digits), the JSON-string-escaped form, and each line of a
+//! multi-line value. Every match becomes the fixed string `***`, whatever
+//! the secret's length.
 //!
 //! Values (and lines) shorter than [`MIN_MASK_LEN`] bytes are masked only as
 //! whole tokens (not touching another letter or digit), and their encodings
@@ -15,8 +22,9 @@
 //! and still not hide a two-character secret.
 //!
 //! Out of reach, by design: transformations the host cannot know (the value
-//! reversed, split with separators, XOR-ed, hashed, embedded inside a larger
-//! base64 document).
+//! reversed, split with separators, XOR-ed, hashed, encrypted). Inside a
+//! larger base64 document the one or two characters at each edge of the
+//! value's span, which also carry bits of its neighbours, stay visible.
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
@@ -89,13 +97,18 @@ fn forms(value: &str) -> Vec<(Zeroizing<Vec<u8>>, bool)> {
     for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
         push(engine.encode(b).into_bytes(), false);
     }
+    for (alphabet, shift) in [STANDARD_NO_PAD, URL_SAFE_NO_PAD].iter().flat_map(|e| (0..3).map(move |k| (e, k))) {
+        if let Some(inner) = base64_inner(alphabet, b, shift) {
+            push(inner, false);
+        }
+    }
     let hex = hex::encode(b);
     push(hex.to_uppercase().into_bytes(), false);
     push(hex.into_bytes(), false);
-    push(
-        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string().into_bytes(),
-        false,
-    );
+    for form in percent_forms(value) {
+        push(form.to_lowercase_hex(), false);
+        push(form.0.into_bytes(), false);
+    }
     let json = serde_json::to_string(value).expect("a string always encodes as JSON");
     push(json.as_bytes()[1..json.len() - 1].to_vec(), false);
     if value.contains('\n') {
@@ -106,6 +119,62 @@ fn forms(value: &str) -> Vec<(Zeroizing<Vec<u8>>, bool)> {
             }
         }
     }
+    out
+}
+
+/// Shortest stable inner part of a shifted base64 form worth masking: a
+/// shorter one would also match unrelated base64 text.
+const MIN_BASE64_INNER: usize = 6;
+
+/// The base64 characters that depend only on `value` when it sits `shift`
+/// bytes (0, 1 or 2) into a larger encoded document: the characters before
+/// and after also carry bits of its neighbours.
+fn base64_inner(alphabet: &base64::engine::GeneralPurpose, value: &[u8], shift: usize) -> Option<Vec<u8>> {
+    let mut shifted = vec![0u8; shift];
+    shifted.extend_from_slice(value);
+    let encoded = alphabet.encode(&shifted).into_bytes();
+    // Characters wholly inside the value: from the first one that starts at
+    // or after bit `8 * shift`, to the last one that ends at or before the
+    // value's last bit.
+    let first = (8 * shift).div_ceil(6);
+    let end = (8 * shifted.len()) / 6;
+    let inner = encoded.get(first..end)?.to_vec();
+    (inner.len() >= MIN_BASE64_INNER).then_some(inner)
+}
+
+/// A percent-encoded form (upper-case hex digits, as encoders write them).
+struct Percent(String);
+
+impl Percent {
+    /// The same form with lower-case hex digits (`%2f`), as some encoders
+    /// write. Every `%` in a form starts an escape: a literal `%` is `%25`.
+    fn to_lowercase_hex(&self) -> Vec<u8> {
+        let mut out = self.0.clone().into_bytes();
+        for i in 0..out.len() {
+            if out[i] == b'%' {
+                for b in out.iter_mut().skip(i + 1).take(2) {
+                    *b = b.to_ascii_lowercase();
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The percent-encodings real encoders produce.
+fn percent_forms(value: &str) -> Vec<Percent> {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    // RFC 3986 unreserved: ALPHA DIGIT - . _ ~ (Python's quote(safe=""), Go's PathEscape-ish).
+    const RFC3986: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    // JavaScript encodeURIComponent: also keeps ! ' ( ) *.
+    const JS: &AsciiSet = &RFC3986.remove(b'!').remove(b'\'').remove(b'(').remove(b')').remove(b'*');
+    // application/x-www-form-urlencoded: keeps * - . _, space becomes +.
+    const FORM: &AsciiSet = &NON_ALPHANUMERIC.remove(b'*').remove(b'-').remove(b'.').remove(b'_').remove(b' ');
+    let mut out: Vec<Percent> = [NON_ALPHANUMERIC, RFC3986, JS]
+        .into_iter()
+        .map(|set| Percent(utf8_percent_encode(value, set).to_string()))
+        .collect();
+    out.push(Percent(utf8_percent_encode(value, FORM).to_string().replace(' ', "+")));
     out
 }
 
@@ -220,20 +289,32 @@ impl Matcher {
             *prev = buf.last().copied().or(*prev);
             return buf.len();
         };
-        let mut pos = 0;
-        for m in ac.find_iter(buf) {
+        // Bytes from `hold` on could begin a pattern that runs past the end
+        // of `buf` (whole-text masking might then match there, or match a
+        // longer pattern): they wait for more input. Recomputed after each
+        // match, since a match may consume them.
+        let hold_from = |pos: usize| if eof { buf.len() } else { buf.len() - self.possible_prefix_len(&buf[pos..]) };
+        let (mut pos, mut search, mut hold) = (0, 0, hold_from(0));
+        while let Some(m) = ac.find(aho_corasick::Input::new(buf).span(search..buf.len())) {
+            if m.start() >= hold {
+                break;
+            }
+            search = m.end();
             if self.whole_token[m.pattern().as_usize()] {
                 let before = if m.start() == 0 { *prev } else { Some(buf[m.start() - 1]) };
                 if m.end() == buf.len() && !eof {
                     // Cannot tell yet whether the token ends here.
                     out.extend_from_slice(&buf[pos..m.start()]);
-                    if m.start() > 0 {
+                    if m.start() > pos {
                         *prev = Some(buf[m.start() - 1]);
                     }
                     return m.start();
                 }
                 let after = buf.get(m.end()).copied();
                 if before.is_some_and(is_word) || after.is_some_and(is_word) {
+                    // Not a token here: a longer secret may still start
+                    // inside it, so search again from the next byte.
+                    search = m.start() + 1;
                     continue;
                 }
             }
@@ -241,19 +322,18 @@ impl Matcher {
             out.extend_from_slice(MASK.as_bytes());
             pos = m.end();
             *prev = Some(buf[m.end() - 1]);
+            hold = hold_from(pos);
         }
-        let tail = &buf[pos..];
-        let keep = if eof { 0 } else { self.possible_prefix_len(tail) };
-        let emit = &tail[..tail.len() - keep];
+        let emit = &buf[pos..hold.max(pos)];
         out.extend_from_slice(emit);
         if let Some(&b) = emit.last() {
             *prev = Some(b);
         }
-        buf.len() - keep
+        hold.max(pos)
     }
 
-    /// Length of the longest suffix of `tail` that is a proper prefix of a
-    /// pattern (0 if none): those bytes must wait for more input.
+    /// Length of the longest suffix of `tail` that is a prefix of a pattern
+    /// (0 if none): those bytes must wait for more input.
     fn possible_prefix_len(&self, tail: &[u8]) -> usize {
         let window = self.max_len.saturating_sub(1).min(tail.len());
         let start = tail.len() - window;
@@ -374,6 +454,81 @@ mod tests {
         sm.push(&m, b"b a", &mut out);
         sm.push(&m, b"1\n", &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "x a1b ***\n");
+    }
+
+    #[test]
+    fn real_encoder_forms_and_shifted_base64_are_masked() {
+        let secret = "pa$$ w0rd/it's(1)*~";
+        let s = set(&[secret]);
+        for form in percent_forms(secret) {
+            let text = format!("q={}&x", form.0);
+            assert_eq!(s.mask(&text), "q=***&x", "{}", form.0);
+            let lower = String::from_utf8(form.to_lowercase_hex()).unwrap();
+            assert_eq!(s.mask(&format!("q={lower}&x")), "q=***&x", "{lower}");
+        }
+        for user in ["", "u", "us", "use"] {
+            let doc = STANDARD.encode(format!("{user}:{secret}"));
+            let masked = s.mask(&doc);
+            assert!(masked.contains("***") && masked.len() < 16, "{user}: {doc} -> {masked}");
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_a_prefix_of_another_waits_for_the_longer_one() {
+        let s = set(&["dbuser", "dbuser:Pa55w0rd@db"]);
+        let m = s.matcher();
+        let mut sm = StreamMasker::default();
+        let mut out = Vec::new();
+        sm.push(&m, b"dbuser", &mut out);
+        sm.push(&m, b":Pa55w0rd@db and dbuser alone", &mut out);
+        sm.finish(&m, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "*** and *** alone");
+    }
+
+    fn stream(m: &Matcher, text: &str, cuts: &[usize]) -> String {
+        let mut sm = StreamMasker::default();
+        let mut out = Vec::new();
+        let mut last = 0;
+        for &c in cuts {
+            sm.push(m, &text.as_bytes()[last..c], &mut out);
+            last = c;
+        }
+        sm.push(m, &text.as_bytes()[last..], &mut out);
+        sm.finish(m, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// For random secrets (from a small alphabet, so that they overlap and
+        /// prefix each other), text made of random filler and their forms, and
+        /// random splits into writes: streaming equals masking the whole text
+        /// at once, and no form of a secret of masking length survives.
+        #[test]
+        fn streaming_equals_whole_text_and_no_form_survives(
+            secrets in proptest::collection::vec("[abc:@/+= ]{1,12}", 1..4),
+            pieces in proptest::collection::vec((0usize..64, "[abcd :/+=%A-Z]{0,6}"), 0..12),
+            cuts in proptest::collection::vec(0usize..4096, 0..10),
+        ) {
+            let s = set(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+            let all: Vec<Vec<u8>> = secrets.iter().flat_map(|v| forms(v).into_iter().map(|(f, _)| f.to_vec())).collect();
+            let mut text = String::new();
+            for (i, filler) in &pieces {
+                text.push_str(filler);
+                text.push_str(std::str::from_utf8(&all[i % all.len()]).unwrap());
+            }
+            let whole = s.mask(&text).into_owned();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (text.len() + 1)).collect();
+            cuts.sort_unstable();
+            proptest::prop_assert_eq!(stream(&s.matcher(), &text, &cuts), whole.clone());
+            for v in secrets.iter().filter(|v| v.len() >= MIN_MASK_LEN && v.trim() == v.as_str()) {
+                for (f, _) in forms(v) {
+                    let f = std::str::from_utf8(&f).unwrap();
+                    proptest::prop_assert!(!whole.contains(f), "{:?} survives in {:?} (text {:?})", f, whole, text);
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,14 @@
 //! masking, prefixed with the task id, bounded in size, to the operator's
 //! stream (the host's stderr for the CLI).
 //!
-//! Invariant: plugin bytes reach the sink only after `mask` has seen them.
+//! Control characters in plugin text are shown escaped, as `cat -v` and
+//! `journalctl` do (`ESC` as `^[`, a carriage return as `^M`), so a plugin
+//! cannot move the operator's cursor, retitle the terminal or forge a host
+//! line. Text is masked first and cut to the output budget after, so a cut
+//! can never split a secret in two.
+//!
+//! Invariant: plugin bytes reach the sink only after `mask` has seen them,
+//! and only with their control characters escaped.
 
 use crate::mask::{MaskSet, StreamMasker};
 use bytes::Bytes;
@@ -47,8 +54,42 @@ impl Write for MaskedEvent {
 impl Drop for MaskedEvent {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.buf);
-        let _ = std::io::stderr().lock().write_all(self.masks.mask(&text).as_bytes());
+        let masked = self.masks.mask(&text);
+        // A host diagnostic may quote plugin text: escape it too (the final
+        // newline of the event stays).
+        let body = masked.strip_suffix('\n').unwrap_or(&masked);
+        let mut line = escape_controls(body.as_bytes()).into_owned();
+        line.push(b'\n');
+        let _ = std::io::stderr().lock().write_all(&line);
     }
+}
+
+/// Shows control characters the way `cat -v` does: `^[` for ESC, `^M` for a
+/// carriage return, `^?` for DEL, `<U+009B>` for a C1 control. Newlines and
+/// tabs pass.
+pub fn escape_controls(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let c1 = |i: usize| bytes[i] == 0xC2 && bytes.get(i + 1).is_some_and(|b| (0x80..=0x9F).contains(b));
+    let plain = |b: u8| b >= 0x20 && b != 0x7F || b == b'\n' || b == b'\t';
+    if bytes.iter().all(|&b| plain(b)) && !(0..bytes.len()).any(c1) {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if c1(i) {
+            out.extend_from_slice(format!("<U+{:04X}>", bytes[i + 1]).as_bytes());
+            i += 2;
+            continue;
+        }
+        match b {
+            0x7F => out.extend_from_slice(b"^?"),
+            _ if !plain(b) => out.extend_from_slice(&[b'^', b + 0x40]),
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
@@ -151,12 +192,18 @@ impl State {
         if self.truncated {
             return;
         }
-        let allowed = self.charge(bytes.len());
         let matcher = self.masks.matcher();
-        let mut out = Vec::with_capacity(allowed + 8);
-        self.channels[stream as usize].masker.push(&matcher, &bytes[..allowed], &mut out);
-        self.emit_lines(stream as usize, &out);
-        if allowed < bytes.len() {
+        let mut out = Vec::with_capacity(bytes.len() + 8);
+        self.channels[stream as usize].masker.push(&matcher, bytes, &mut out);
+        self.emit_budgeted(stream as usize, &out);
+    }
+
+    /// Escapes masked bytes, then emits as much as the budget allows.
+    fn emit_budgeted(&mut self, stream: usize, masked: &[u8]) {
+        let shown = escape_controls(masked);
+        let allowed = self.charge(shown.len());
+        self.emit_lines(stream, &shown[..allowed]);
+        if allowed < shown.len() {
             self.cut_off();
         }
     }
@@ -195,10 +242,10 @@ impl TaskOutput {
         if st.truncated {
             return;
         }
-        let allowed = st.charge(message.len());
-        let text = &message.as_bytes()[..allowed];
-        let text = String::from_utf8_lossy(text);
-        let masked = st.masks.mask(&text).into_owned();
+        let masked = st.masks.mask(message).into_owned();
+        let shown = escape_controls(masked.as_bytes()).into_owned();
+        let allowed = st.charge(shown.len());
+        let masked = String::from_utf8_lossy(&shown[..allowed]).into_owned();
         let mut buf = Vec::new();
         st.break_lines(None, &mut buf);
         for line in masked.split('\n') {
@@ -209,7 +256,7 @@ impl TaskOutput {
             buf.push(b'\n');
         }
         let _ = st.sink.lock().unwrap_or_else(|p| p.into_inner()).write_all(&buf);
-        if allowed < message.len() {
+        if allowed < shown.len() {
             st.cut_off();
         }
     }
@@ -227,7 +274,10 @@ impl TaskOutput {
                 let matcher = st.masks.matcher();
                 st.channels[i].masker.finish(&matcher, &mut out);
             }
-            st.emit_lines(i, &out);
+            st.emit_budgeted(i, &out);
+            if st.truncated {
+                return;
+            }
             if !st.channels[i].at_line_start {
                 st.emit_lines(i, b"\n");
             }
@@ -334,6 +384,21 @@ mod tests {
         out.finish();
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert_eq!(text, "[sign] one *** two\n[sign] three\n[sign] INFO log ***\n");
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_masking_comes_before_the_cut() {
+        let masks = Arc::new(MaskSet::new());
+        masks.add(&SecretValue::new("0123456789-secret".into()));
+        let (sink, buf) = capture();
+        let out = TaskOutput::new("t", sink, masks, 20);
+        out.write(Stream::Stdout, b"\x1b]0;pwned\x07\r");
+        out.log("INFO", "0123456789-secret");
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("[t] ^[]0;pwned^G^M\n[t] INFO"), "{text:?}");
+        assert!(!text.contains("0123456789"), "a secret cut at the budget must not leak its start: {text:?}");
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+        assert_eq!(escape_controls("a\u{9b}b\tc\n".as_bytes()).as_ref(), b"a<U+009B>b\tc\n");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::audit::now_rfc3339;
 use crate::exec::{ExecutionEnv, TaskFailure, TaskSpec, run_task};
 use crate::executions::{ExecutionRecord, Executions, TaskRecord, TaskStatus};
 use crate::flow::{Diagnostic, Diagnostics, Flow, Scope, Severity, render, ungrantable_imports};
+use crate::mask::MaskSet;
 use crate::names::ExecutionId;
 use crate::runtime::{LoadedFrom, Plugin, Runtime};
 use serde_json::{Map, Value};
@@ -137,17 +138,19 @@ pub async fn run_flow(
                 };
                 let out = run_task(runtime, env, spec).await;
                 record.tasks[i].duration_ms = out.duration.as_millis() as u64;
-                out.result
+                out.result.map(|o| (o, out.task_masks))
             }
         };
         let t = &mut record.tasks[i];
         match outcome {
-            Ok(output) => {
-                // Masked before any later task, the terminal or the record sees it.
-                let masked = mask_value(env, &output);
+            Ok((output, task_masks)) => {
+                // What the operator and the record see is masked with every
+                // value revealed so far; what later tasks see only with the
+                // values this task read, so that masking cannot tell a task
+                // whether it guessed a secret it was not granted.
                 t.status = TaskStatus::Succeeded;
-                t.output = Some(masked.clone());
-                scope.outputs.insert(task.id.to_string(), masked);
+                t.output = Some(mask_value(&env.masks, &output));
+                scope.outputs.insert(task.id.to_string(), mask_value(&task_masks, &output));
                 progress(env, flow, &format!("task {} succeeded in {} ms", task.id, t.duration_ms));
             }
             Err(f) => {
@@ -164,21 +167,32 @@ pub async fn run_flow(
     FlowReport { record, failure }
 }
 
-/// Masks every string in a JSON value (keys included).
-pub fn mask_value(env: &ExecutionEnv, v: &Value) -> Value {
+/// Masks every string in a JSON value (keys included), and every number or
+/// boolean whose text is (or contains) a secret, which becomes the string
+/// `***`.
+pub fn mask_value(masks: &MaskSet, v: &Value) -> Value {
     match v {
-        Value::String(s) => Value::String(env.masks.mask(s).into_owned()),
-        Value::Array(a) => Value::Array(a.iter().map(|x| mask_value(env, x)).collect()),
+        Value::String(s) => Value::String(masks.mask(s).into_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| mask_value(masks, x)).collect()),
         Value::Object(m) => {
-            Value::Object(m.iter().map(|(k, x)| (env.masks.mask(k).into_owned(), mask_value(env, x))).collect())
+            Value::Object(m.iter().map(|(k, x)| (masks.mask(k).into_owned(), mask_value(masks, x))).collect())
         }
-        other => other.clone(),
+        Value::Number(_) | Value::Bool(_) => {
+            let text = v.to_string();
+            match masks.mask(&text) {
+                std::borrow::Cow::Borrowed(_) => v.clone(),
+                std::borrow::Cow::Owned(masked) => Value::String(masked),
+            }
+        }
+        Value::Null => Value::Null,
     }
 }
 
 fn progress(env: &ExecutionEnv, flow: &Flow, line: &str) {
-    let text = format!("[{}] {}\n", flow.id, env.masks.mask(line));
-    let _ = env.sink.lock().unwrap_or_else(|p| p.into_inner()).write_all(text.as_bytes());
+    let text = format!("[{}] {}", flow.id, env.masks.mask(line));
+    let mut sink = env.sink.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = sink.write_all(&crate::output::escape_controls(text.as_bytes()));
+    let _ = sink.write_all(b"\n");
 }
 
 fn save(records: &Executions, record: &ExecutionRecord) {

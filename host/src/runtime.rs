@@ -4,7 +4,11 @@
 //! (`wasm32-wasip1`), which is turned into a component with the WASI
 //! preview1 adapter. Compiled artifacts are cached in the data directory,
 //! keyed by the SHA-256 of the plugin's bytes and the engine's configuration,
-//! and written atomically (temporary file, then rename).
+//! and written atomically (temporary file, then rename). Cached machine code
+//! is loaded only after its MAC checks out: an HMAC-SHA256 under a private
+//! key in the cache directory over the plugin's SHA-256, the engine key and
+//! the artifact, so an entry copied over another plugin's, or edited, is
+//! recompiled (with a warning), never run.
 
 use crate::sandbox::{self, TaskState, bindings::TaskPre};
 use sha2::{Digest, Sha256};
@@ -199,32 +203,92 @@ impl Runtime {
         Some(self.cache_dir.as_ref()?.join(format!("{sha256}-{}.cwasm", self.engine_key)))
     }
 
+    /// The key that authenticates cache entries (created 0600 on first use).
+    fn cache_key(&self) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+        let dir = self.cache_dir.as_ref().ok_or(std::io::ErrorKind::NotFound)?;
+        crate::data_dir::create_private_dir(dir)?;
+        let path = dir.join("cache.key");
+        match std::fs::read(&path) {
+            Ok(k) if k.len() == 32 => return Ok(zeroize::Zeroizing::new(k)),
+            Ok(_) => return Err(std::io::Error::other(format!("{} is not a 32-byte key", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut key = zeroize::Zeroizing::new(vec![0u8; 32]);
+        getrandom::fill(&mut key).expect("the operating system's random source failed");
+        let tmp = dir.join(format!(".cache.key.{}.tmp", std::process::id()));
+        let mut f = crate::data_dir::private_file_options().create_new(true).open(&tmp)?;
+        std::io::Write::write_all(&mut f, &key)?;
+        f.sync_all()?;
+        // If another process created it first, use theirs.
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                key = zeroize::Zeroizing::new(std::fs::read(&path)?)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        let _ = std::fs::remove_file(&tmp);
+        Ok(key)
+    }
+
+    fn entry_mac(&self, key: &[u8], sha256: &str, artifact: &[u8]) -> hmac::Hmac<Sha256> {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        for part in [b"keyhole cache entry v1".as_slice(), sha256.as_bytes(), self.engine_key.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(artifact);
+        mac
+    }
+
     fn cached(&self, sha256: &str) -> Option<Component> {
+        use hmac::Mac;
         let path = self.cache_path(sha256)?;
         if !path.exists() {
             return None;
         }
-        match deserialize_cached(&self.engine, &path) {
+        let drop_entry = |why: String| {
+            tracing::warn!("compiled-plugin cache entry {}: {why}; recompiling the plugin", path.display());
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(mac_path(&path));
+            None
+        };
+        let key = match self.cache_key() {
+            Ok(k) => k,
+            Err(e) => return drop_entry(format!("the cache key is unusable ({e})")),
+        };
+        let (artifact, tag) = match (std::fs::read(&path), std::fs::read(mac_path(&path))) {
+            (Ok(a), Ok(t)) => (a, t),
+            (Err(e), _) | (_, Err(e)) => return drop_entry(format!("cannot be read with its MAC ({e})")),
+        };
+        if self.entry_mac(&key, sha256, &artifact).verify_slice(&tag).is_err() {
+            return drop_entry(
+                "failed its authentication (it was altered, or copied from another plugin's entry)".into(),
+            );
+        }
+        match deserialize_cached(&self.engine, &artifact) {
             Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!("ignoring unusable compiled-plugin cache entry {}: {e:#}", path.display());
-                let _ = std::fs::remove_file(&path);
-                None
-            }
+            Err(e) => drop_entry(format!("is unusable ({e:#})")),
         }
     }
 
     fn store_in_cache(&self, sha256: &str, component: &Component) {
+        use hmac::Mac;
         let Some(path) = self.cache_path(sha256) else {
             return;
         };
         let result = (|| -> anyhow::Result<()> {
-            let dir = path.parent().expect("cache entries live in a directory");
-            std::fs::create_dir_all(dir)?;
+            let key = self.cache_key()?;
             let bytes = component.serialize()?;
-            let tmp = dir.join(format!(".{}.{}.tmp", sha256, std::process::id()));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)?;
+            let tag = self.entry_mac(&key, sha256, &bytes).finalize().into_bytes();
+            // The MAC first: an entry without its MAC is a miss, never a run.
+            crate::data_dir::write_private_atomic(&mac_path(&path), &tag)?;
+            crate::data_dir::write_private_atomic(&path, &bytes)?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -234,17 +298,20 @@ impl Runtime {
     }
 }
 
+fn mac_path(entry: &Path) -> PathBuf {
+    entry.with_extension("cwasm.mac")
+}
+
 /// Loads machine code this host compiled and cached earlier.
 #[allow(unsafe_code)]
-fn deserialize_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: `deserialize_file` trusts its input to be an artifact produced by
-    // `Component::serialize` of a compatible engine. Cache entries are written
-    // only by `store_in_cache`, atomically, into the data directory (mode
-    // 0700), named by the source's SHA-256 and this engine's compatibility
-    // hash; wasmtime itself checks the header and the engine compatibility.
-    // Whoever can write the data directory can also read the master key, so
-    // the cache adds no new trust.
-    unsafe { Component::deserialize_file(engine, path) }
+fn deserialize_cached(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `deserialize` trusts its input to be an artifact produced by
+    // `Component::serialize` of a compatible engine. The caller passes only
+    // bytes whose MAC, under the private cache key and bound to the plugin's
+    // SHA-256 and this engine's compatibility hash, was made by
+    // `store_in_cache` when this host compiled them; wasmtime itself checks
+    // the header and the engine compatibility.
+    unsafe { Component::deserialize(engine, artifact) }
 }
 
 /// Turns a `wasm32-wasip1` core module into a component with the preview1

@@ -46,7 +46,8 @@ pub struct TaskHost {
 
 impl TaskState {
     /// State for one task: WASI with nothing but the masked output channels,
-    /// memory capped at `memory_limit` bytes.
+    /// memory (all memories and tables together) capped at `memory_limit`
+    /// bytes.
     pub fn new(access: SecretAccess, output: TaskOutput, memory_limit: usize) -> Self {
         let wasi = WasiCtxBuilder::new()
             // Defaults already deny these; say so where a reader looks.
@@ -59,7 +60,7 @@ impl TaskState {
         TaskState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit, denied: None },
+            limiter: MemoryLimiter { limit: memory_limit, used: 0, denied: None },
             host: TaskHost { access, output },
         }
     }
@@ -71,28 +72,65 @@ impl WasiView for TaskState {
     }
 }
 
-/// Caps each linear memory and remembers a refused growth, so a failure can
-/// be reported as "memory limit reached" rather than a bare trap.
+/// Caps the task's memory: every linear memory and table of every core
+/// instance counted together (a component can instantiate many modules,
+/// each with memories of its own), and the number of instances, memories
+/// and tables. Remembers a refused growth, so a failure can be reported as
+/// "memory limit reached" rather than a bare trap.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     limit: usize,
-    /// The size a refused growth asked for.
+    /// Bytes of linear memory and table space in use.
+    used: usize,
+    /// The total a refused growth asked for.
     pub denied: Option<usize>,
 }
 
+/// Most table elements across all tables of a task.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Bytes a table element is counted as.
+const TABLE_ELEMENT_BYTES: usize = 8;
+/// Most core instances, memories and tables one task may create.
+pub const MAX_INSTANCES: usize = 1_000;
+/// See [`MAX_INSTANCES`].
+pub const MAX_MEMORIES: usize = 100;
+/// See [`MAX_INSTANCES`].
+pub const MAX_TABLES: usize = 1_000;
+
+impl MemoryLimiter {
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
+            self.denied = Some(total);
+            return false;
+        }
+        self.used = total;
+        true
+    }
+}
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
-        if desired > self.limit {
-            self.denied = Some(desired);
-            return Ok(false);
-        }
-        Ok(true)
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        Ok(self.grow(current, desired))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        Ok(self.grow(current * TABLE_ELEMENT_BYTES, desired * TABLE_ELEMENT_BYTES))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 

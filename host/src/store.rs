@@ -6,9 +6,10 @@
 //! Writes run in `BEGIN IMMEDIATE` transactions on a WAL database with a busy
 //! timeout, so two `host` processes can use one store at once.
 
-use crate::audit::{self, Action, Actor, Outcome};
-use crate::crypto::{self, DecryptError, KeyError, KeyId, KeySource, MasterKey, Sealed};
+use crate::audit::{self, Action, Actor, NewRecord};
+use crate::crypto::{self, DecryptError, IntegrityKey, KeyError, KeyId, KeySource, MacDomain, MasterKey, Sealed};
 use crate::data_dir::DataDir;
+use crate::keyring::{KeyFiles, KeyLock};
 use crate::names::{Namespace, SecretName};
 use crate::policy::Grant;
 use crate::secret::SecretValue;
@@ -19,7 +20,7 @@ use zeroize::Zeroizing;
 
 /// Versions kept per secret; older ones are deleted when a new one is set.
 pub const VERSIONS_KEPT: u32 = 5;
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const VERIFIER_AAD: &[u8] = b"keyhole master key verifier v1";
 const VERIFIER_PLAINTEXT: &[u8] = b"keyhole";
 
@@ -73,6 +74,31 @@ pub enum StoreError {
         name: SecretName,
         /// The version that failed.
         version: u64,
+    },
+    /// A row's security-relevant columns fail their MAC: the database was
+    /// edited outside keyhole.
+    #[error(
+        "secret store {path}: secret {name} in namespace {namespace} failed its integrity check ({what} was edited \
+         outside keyhole); nothing was released: restore the store from a backup, or `host secret rm` it and set it again"
+    )]
+    RowTampered {
+        /// The database file.
+        path: PathBuf,
+        /// The secret's namespace.
+        namespace: Namespace,
+        /// The secret's name.
+        name: SecretName,
+        /// What failed the check.
+        what: &'static str,
+    },
+    /// Another process rotated the master key after this one opened the
+    /// store; writing now would seal under the retired key.
+    #[error(
+        "secret store {path}: the master key was rotated by another process while this one ran; run the command again"
+    )]
+    KeyChanged {
+        /// The database file.
+        path: PathBuf,
     },
     /// No such secret.
     #[error("no secret {name} in namespace {namespace}: see `host secret list`")]
@@ -136,6 +162,9 @@ pub struct SecretInfo {
     pub revoked_at: Option<i64>,
     /// When it was destroyed (crypto-erased), if it was.
     pub destroyed_at: Option<i64>,
+    /// Its stored state fails its integrity check: it was edited outside
+    /// keyhole, and reads are refused.
+    pub tampered: bool,
 }
 
 /// One stored version.
@@ -251,17 +280,11 @@ fn record(
     name: &SecretName,
     version: Option<u64>,
     reason: Option<String>,
-) -> audit::NewRecord {
-    audit::NewRecord {
-        actor: actor.clone(),
-        action,
-        outcome: Outcome::Ok,
-        namespace: namespace.clone(),
-        secret: Some(name.clone()),
-        version,
-        reason,
-        value_hmac: None,
-    }
+) -> NewRecord {
+    let mut r = NewRecord::ok(actor, action, namespace, Some(name));
+    r.version = version;
+    r.reason = reason;
+    r
 }
 
 /// An open secret store.
@@ -269,6 +292,8 @@ fn record(
 pub struct SecretStore {
     conn: Connection,
     key: MasterKey,
+    source: KeySource,
+    integrity: IntegrityKey,
     path: PathBuf,
 }
 
@@ -290,90 +315,60 @@ fn aad(ns: &Namespace, name: &SecretName, version: u64) -> Vec<u8> {
 impl SecretStore {
     /// Opens (creating if needed) the store in `dir`, with the master key from
     /// `$KEYHOLE_MASTER_KEY` or the data directory's `master.key`. A new key
-    /// file is created only for a new store.
+    /// file is created only for a new store. Takes the key lock for the
+    /// duration of the open, so it never sees a rotation half-way.
     pub fn open(dir: &DataDir) -> Result<Self, StoreError> {
+        dir.ensure().map_err(|err| KeyError::Io { action: "create", path: dir.root().to_owned(), err })?;
+        let lock = KeyLock::acquire(dir, busy_timeout())?;
+        Self::open_locked(dir, &lock)
+    }
+
+    /// [`SecretStore::open`] with the key lock already held (by a rotation).
+    pub fn open_locked(dir: &DataDir, lock: &KeyLock) -> Result<Self, StoreError> {
         let path = dir.store_path();
         let conn = connect(&path)?;
         let expected = read_verifier(&conn, &path)?;
-        let key_path = dir.master_key_path();
-        let next_path = next_key_path(dir);
-        let (mut key, source) = match &expected {
-            None => MasterKey::load(&key_path, true, None)?,
-            Some((id, _)) => match MasterKey::load(&key_path, false, Some(id)) {
-                // The key file may be missing only because a rotation was
-                // interrupted right between its two renames.
-                Err(KeyError::Missing { .. }) if next_path.exists() => {
-                    (crypto::read_key_file(&next_path)?, KeySource::File(key_path.clone()))
-                }
-                other => other?,
-            },
+        let files = KeyFiles::new(dir);
+        let (key, source) = match &expected {
+            None => files.load_or_create()?,
+            Some((id, verifier)) => files.choose(lock, id, |k| crypto::open(k, VERIFIER_AAD, verifier).is_ok())?,
         };
-        if let Some((_, verifier)) = &expected {
-            let matches = |k: &MasterKey| crypto::open(k, VERIFIER_AAD, verifier).is_ok();
-            let next = if next_path.exists() { crypto::read_key_file(&next_path).ok() } else { None };
-            match (&source, matches(&key), next) {
-                // A rotation committed but did not install its new key file: finish it.
-                (KeySource::File(_), false, Some(n)) if matches(&n) => {
-                    install_key_file(&next_path, &key_path).map_err(|err| KeyError::Io {
-                        action: "install the rotated",
-                        path: key_path.clone(),
-                        err,
-                    })?;
-                    tracing::warn!(
-                        "completed an interrupted master-key rotation: {} now holds key {}",
-                        key_path.display(),
-                        n.id()
-                    );
-                    key = n;
-                }
-                // A rotation stopped before it committed: its new key was never used.
-                (KeySource::File(_), true, Some(_)) => {
-                    let _ = std::fs::remove_file(&next_path);
-                }
-                (KeySource::Env, false, Some(n)) if matches(&n) => {
-                    return Err(StoreError::Corrupt {
-                        path,
-                        what: format!(
-                            "the master key was rotated to key {}; set ${} to the key in {} (then delete that file)",
-                            n.id(),
-                            crypto::MASTER_KEY_ENV,
-                            next_path.display()
-                        ),
-                    });
-                }
-                _ => {}
-            }
+        let key_file = files.current().display().to_string();
+        let (store, created) = Self::finish_open(conn, path, key, source, expected, key_file)?;
+        if created {
+            // The same first use authenticates the backend configuration.
+            crate::vault::Backends::adopt_unsigned(&crate::vault::config_path(dir.root()), &store.integrity)
+                .map_err(|e| store.corrupt(e.to_string()))?;
         }
-        let key_file = key_path.display().to_string();
-        Self::finish_open(conn, path, key, source, expected, key_file)
+        Ok(store)
     }
 
-    /// `host key rotate`: a new random master key; every data key re-wrapped
-    /// in one transaction. The new key is first written to
-    /// `master.key.next`; after the commit it replaces `master.key` (or, for
-    /// a key from the environment, waits there for the operator). Returns the
-    /// new key's id and how many data keys were re-wrapped.
+    /// `host key rotate`: a new random master key; every data key and the
+    /// integrity key re-wrapped in one transaction. With the key lock held
+    /// throughout: the new key is written to `master.key.next` first; after
+    /// the commit, a key file is retired to `master.key.<id>.old` and the
+    /// new one installed (a key from the environment instead waits in
+    /// `master.key.next` for the operator). `failpoint` is called with the
+    /// name of each step, a seam for crash tests. Returns the new key's id,
+    /// how many data keys were re-wrapped, and whether the key came from the
+    /// environment.
     pub fn rotate_key_files(
         &mut self,
         dir: &DataDir,
+        lock: &KeyLock,
         actor: &Actor,
-        before_commit: impl FnOnce(),
-        after_commit: impl FnOnce(),
+        failpoint: &dyn Fn(&str),
     ) -> Result<(KeyId, u64, bool), StoreError> {
-        let next_path = next_key_path(dir);
-        let from_env = std::env::var_os(crypto::MASTER_KEY_ENV).is_some();
+        let files = KeyFiles::new(dir);
+        let old_id = self.key.id();
+        files.clear_next(lock, |k| k.id() == old_id)?;
         let new = MasterKey::generate();
-        let _ = std::fs::remove_file(&next_path);
-        crypto::write_new_key_file(&next_path, &new)?;
-        sync_dir(dir.root());
-        let n = self.rotate_master_key(&new, actor, before_commit)?;
-        after_commit();
+        files.write_next(lock, &new)?;
+        let n = self.rotate_master_key(&new, actor, || failpoint("key-rotate-before-commit"))?;
+        failpoint("key-rotate-after-commit");
+        let from_env = self.source == KeySource::Env;
         if !from_env {
-            install_key_file(&next_path, &dir.master_key_path()).map_err(|err| KeyError::Io {
-                action: "install the rotated",
-                path: dir.master_key_path(),
-                err,
-            })?;
+            files.install_next(lock, &old_id, || failpoint("key-rotate-between-renames"))?;
         }
         Ok((new.id(), n, from_env))
     }
@@ -382,62 +377,68 @@ impl SecretStore {
     pub fn open_with_key(path: &Path, key: MasterKey) -> Result<Self, StoreError> {
         let conn = connect(path)?;
         let expected = read_verifier(&conn, path)?;
-        Self::finish_open(conn, path.to_owned(), key, KeySource::Env, expected, "a key file".into())
+        Ok(Self::finish_open(conn, path.to_owned(), key, KeySource::Env, expected, "a key file".into())?.0)
     }
 
+    /// Checks the key against the verifier (or writes the verifier of a new
+    /// store), then loads the integrity key, creating it on first use.
+    /// Returns whether the integrity key was created now.
     fn finish_open(
-        conn: Connection,
+        mut conn: Connection,
         path: PathBuf,
         key: MasterKey,
         source: KeySource,
         expected: Option<(KeyId, Sealed)>,
         key_file: String,
-    ) -> Result<Self, StoreError> {
-        let store = SecretStore { conn, key, path };
-        match expected {
-            Some((id, verifier)) => {
-                if crypto::open(&store.key, VERIFIER_AAD, &verifier).is_err() {
-                    return Err(StoreError::WrongKey {
-                        path: store.path,
-                        source_: source,
-                        got: store.key.id(),
-                        expected: id,
-                        key_file,
-                    });
-                }
-            }
-            None => store.write_verifier()?,
+    ) -> Result<(Self, bool), StoreError> {
+        let expected = match expected {
+            Some(e) => e,
+            None => write_verifier(&conn, &path, &key)?,
+        };
+        let (id, verifier) = expected;
+        if crypto::open(&key, VERIFIER_AAD, &verifier).is_err() {
+            return Err(StoreError::WrongKey { path, source_: source, got: key.id(), expected: id, key_file });
         }
-        Ok(store)
+        let (integrity, created) = load_integrity(&mut conn, &path, &key)?;
+        Ok((SecretStore { conn, key, source, integrity, path }, created))
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
         move |err| StoreError::Sqlite { path: self.path.clone(), op, err }
     }
 
-    fn write_verifier(&self) -> Result<(), StoreError> {
-        let v = crypto::seal(&self.key, VERIFIER_AAD, VERIFIER_PLAINTEXT);
-        // INSERT OR IGNORE: if another process initialised the store first,
-        // its verifier stands and ours is checked against it below.
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_id', ?1), ('verifier_wrapped', ?2), \
-                 ('verifier_nonce', ?3), ('verifier_ciphertext', ?4)",
-                params![self.key.id().0.as_bytes(), v.wrapped_key, v.nonce, v.ciphertext],
-            )
-            .map_err(self.err("initialise the store"))?;
-        match read_verifier(&self.conn, &self.path)? {
-            Some((_, v)) if crypto::open(&self.key, VERIFIER_AAD, &v).is_ok() => Ok(()),
-            Some((id, _)) => Err(StoreError::WrongKey {
-                path: self.path.clone(),
-                source_: KeySource::Env,
-                got: self.key.id(),
-                expected: id,
-                key_file: "the key file".into(),
-            }),
-            None => {
-                Err(StoreError::Corrupt { path: self.path.clone(), what: "key verifier missing after write".into() })
+    /// The key that authenticates rows, the audit chain and the backend
+    /// configuration.
+    pub fn integrity(&self) -> &IntegrityKey {
+        &self.integrity
+    }
+
+    /// Appends one audit record in a transaction of its own (an action that
+    /// changes nothing in this file: a remote change, a failed check).
+    pub fn record(&mut self, rec: &NewRecord) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(&path, "start a write transaction"))?;
+        let seq = audit::append(&tx, &self.integrity, rec).map_err(sql_err(&path, "write the audit record"))?;
+        tx.commit().map_err(sql_err(&path, "commit"))?;
+        Ok(seq)
+    }
+
+    /// Records a failed integrity check (`err` is a tamper error) by `actor`.
+    pub fn record_tamper(&mut self, err: &StoreError, actor: &Actor) {
+        let (ns, name) = match err {
+            StoreError::RowTampered { namespace, name, .. } | StoreError::Tampered { namespace, name, .. } => {
+                (namespace.clone(), name.clone())
             }
+            _ => return,
+        };
+        let rec = NewRecord::ok(actor, Action::IntegrityCheck, &ns, Some(&name))
+            .outcome(audit::Outcome::Tampered)
+            .reason(err.to_string());
+        if let Err(e) = self.record(&rec) {
+            tracing::error!("cannot record the failed integrity check: {e}");
         }
     }
 
@@ -461,16 +462,15 @@ impl SecretStore {
     ) -> Result<u64, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = begin(&mut self.conn, &path)?;
+        let kid = self.key.id();
+        let tx = begin(&mut self.conn, &path, &kid)?;
         let t = now();
-        let current: Option<(i64, i64, i64)> = tx
-            .query_row(
-                "SELECT id, current_version, keep_versions FROM secrets WHERE namespace = ?1 AND name = ?2",
-                params![namespace.as_str(), name.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(e("look up the secret"))?;
+        let row = secret_row(&tx, &path, &self.integrity, namespace, name)?;
+        if row.as_ref().is_some_and(|r| !r.authentic) {
+            // Building on edited state would launder it: `rm` it first.
+            return Err(row_tampered(&path, namespace, name, "its current version, keep count or state"));
+        }
+        let current = row.map(|r| (r.id, r.current, r.keep));
         if opts.rotate && current.is_none() {
             return Err(StoreError::NotFound { namespace: namespace.clone(), name: name.clone() });
         }
@@ -508,9 +508,11 @@ impl SecretStore {
             params![id, version as i64 - keep],
         )
         .map_err(e("prune old versions"))?;
+        remac_secret(&tx, &self.integrity, id).map_err(e("authenticate the secret"))?;
+        remac_version(&tx, &self.integrity, id, version as i64).map_err(e("authenticate the version"))?;
         let action = if opts.rotate { Action::SecretRotate } else { Action::SecretSet };
         let reason = opts.expires_at.map(|x| format!("expires at {}", fmt_time(x)));
-        audit::append(&tx, &record(actor, action, namespace, name, Some(version), reason))
+        audit::append(&tx, &self.integrity, &record(actor, action, namespace, name, Some(version), reason))
             .map_err(e("write the audit record"))?;
         tx.commit().map_err(e("commit"))?;
         Ok(version)
@@ -541,38 +543,41 @@ impl SecretStore {
         version: Option<u64>,
     ) -> Result<Option<Lookup>, StoreError> {
         let name = grant.name();
-        let row: Option<(i64, i64, bool)> = self
-            .conn
-            .prepare_cached(
-                "SELECT id, current_version, revoked_at IS NOT NULL OR destroyed_at IS NOT NULL FROM secrets \
-                 WHERE name = ?1 AND namespace = ?2",
-            )
-            .map_err(self.err("prepare a lookup"))?
-            .query_row(params![name.as_str(), ns.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()
-            .map_err(self.err("look up a secret"))?;
-        let Some((id, current, revoked)) = row else { return Ok(None) };
-        let version = version.unwrap_or(current as u64);
-        if revoked {
+        let Some(row) = secret_row(&self.conn, &self.path, &self.integrity, ns, name)? else { return Ok(None) };
+        if !row.authentic {
+            return Err(row_tampered(&self.path, ns, name, "its current version, keep count or state"));
+        }
+        let version = version.unwrap_or(row.current as u64);
+        if row.revoked {
             return Ok(Some(Lookup::Revoked { namespace: ns.clone(), version }));
         }
         let row = self
             .conn
             .prepare_cached(
-                "SELECT expires_at, wrapped_key, nonce, ciphertext FROM secret_versions WHERE secret_id = ?1 AND version = ?2",
+                "SELECT created_at, expires_at, mac, wrapped_key, nonce, ciphertext FROM secret_versions \
+                 WHERE secret_id = ?1 AND version = ?2",
             )
             .map_err(self.err("prepare a lookup"))?
-            .query_row(params![id, version as i64], |r| {
-                Ok((r.get::<_, Option<i64>>(0)?, Sealed { wrapped_key: r.get(1)?, nonce: r.get(2)?, ciphertext: r.get(3)? }))
+            .query_row(params![row.id, version as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    Sealed { wrapped_key: r.get(3)?, nonce: r.get(4)?, ciphertext: r.get(5)? },
+                ))
             })
             .optional()
             .map_err(self.err("read a secret version"))?;
-        let Some((expires_at, sealed)) = row else {
+        let Some((created_at, expires_at, mac, sealed)) = row else {
             return Err(StoreError::Corrupt {
                 path: self.path.clone(),
                 what: format!("secret {name} in namespace {ns} has no stored version {version} (pruned or deleted)"),
             });
         };
+        let expected = version_mac(&self.integrity, ns.as_str(), name.as_str(), version as i64, created_at, expires_at);
+        if mac.as_deref() != Some(&expected[..]) {
+            return Err(row_tampered(&self.path, ns, name, "the expiry or creation time of its version"));
+        }
         if expires_at.is_some_and(|x| x <= now()) {
             return Ok(Some(Lookup::Expired { namespace: ns.clone(), version }));
         }
@@ -594,8 +599,21 @@ impl SecretStore {
     /// Crypto-erases a secret: every version's ciphertext and wrapped data
     /// key is deleted; a tombstone row remains (shown as destroyed) so the
     /// audit trail still makes sense. Reads get `revoked`.
-    pub fn destroy(&mut self, namespace: &Namespace, name: &SecretName, actor: &Actor) -> Result<(), StoreError> {
-        self.mark(namespace, name, actor, Action::SecretDestroy, "destroyed_at = ?1")
+    /// Returns a warning if the erased bytes could not be vacuumed away.
+    pub fn destroy(
+        &mut self,
+        namespace: &Namespace,
+        name: &SecretName,
+        actor: &Actor,
+    ) -> Result<Option<String>, StoreError> {
+        self.mark(namespace, name, actor, Action::SecretDestroy, "destroyed_at = ?1")?;
+        // secure_delete zeroes freed pages; also drop them and the WAL.
+        Ok(self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;").err().map(|e| {
+            format!(
+                "the secret is destroyed, but compacting {} failed ({e}): run `host secret destroy` again, or VACUUM the file",
+                self.path.display()
+            )
+        }))
     }
 
     fn mark(
@@ -608,16 +626,12 @@ impl SecretStore {
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = begin(&mut self.conn, &path)?;
-        let id: Option<(i64, i64)> = tx
-            .query_row(
-                "SELECT id, current_version FROM secrets WHERE namespace = ?1 AND name = ?2",
-                params![namespace.as_str(), name.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(e("look up the secret"))?;
-        let Some((id, version)) = id else {
+        let kid = self.key.id();
+        let tx = begin(&mut self.conn, &path, &kid)?;
+        // Revoking or destroying only takes away: it proceeds on a row that
+        // fails its check, and authenticates the result.
+        let row = secret_row(&tx, &path, &self.integrity, namespace, name)?;
+        let Some((id, version)) = row.map(|r| (r.id, r.current)) else {
             return Err(StoreError::NotFound { namespace: namespace.clone(), name: name.clone() });
         };
         tx.execute(&format!("UPDATE secrets SET {set} WHERE id = ?2"), params![now(), id])
@@ -629,13 +643,10 @@ impl SecretStore {
                 .map_err(e("erase the versions"))?;
             reason = Some(format!("erased {n} version(s): ciphertext and data keys"));
         }
-        audit::append(&tx, &record(actor, action, namespace, name, Some(version as u64), reason))
+        remac_secret(&tx, &self.integrity, id).map_err(e("authenticate the secret"))?;
+        audit::append(&tx, &self.integrity, &record(actor, action, namespace, name, Some(version as u64), reason))
             .map_err(e("write the audit record"))?;
         tx.commit().map_err(e("commit"))?;
-        if action == Action::SecretDestroy {
-            // Also drop the erased bytes from free pages and the WAL.
-            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;");
-        }
         Ok(())
     }
 
@@ -644,21 +655,38 @@ impl SecretStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT v.version, v.created_at, v.expires_at, v.version = s.current_version FROM secret_versions v \
+                "SELECT v.version, v.created_at, v.expires_at, v.version = s.current_version, v.mac FROM secret_versions v \
                  JOIN secrets s ON s.id = v.secret_id WHERE s.namespace = ?1 AND s.name = ?2 ORDER BY v.version DESC",
             )
             .map_err(self.err("list versions"))?;
         let rows = stmt
             .query_map(params![namespace.as_str(), name.as_str()], |r| {
-                Ok(VersionInfo {
+                let info = VersionInfo {
                     version: r.get::<_, i64>(0)? as u64,
                     created_at: r.get(1)?,
                     expires_at: r.get(2)?,
                     current: r.get(3)?,
-                })
+                };
+                Ok((info, r.get::<_, Option<Vec<u8>>>(4)?))
             })
             .map_err(self.err("list versions"))?;
-        let list: Vec<VersionInfo> = rows.collect::<Result<_, _>>().map_err(self.err("list versions"))?;
+        let rows: Vec<(VersionInfo, Option<Vec<u8>>)> =
+            rows.collect::<Result<_, _>>().map_err(self.err("list versions"))?;
+        let mut list = Vec::with_capacity(rows.len());
+        for (v, mac) in rows {
+            let expected = version_mac(
+                &self.integrity,
+                namespace.as_str(),
+                name.as_str(),
+                v.version as i64,
+                v.created_at,
+                v.expires_at,
+            );
+            if mac.as_deref() != Some(&expected[..]) {
+                return Err(row_tampered(&self.path, namespace, name, "the expiry or creation time of a version"));
+            }
+            list.push(v);
+        }
         if list.is_empty() && self.describe(namespace, name)?.is_none() {
             return Err(StoreError::NotFound { namespace: namespace.clone(), name: name.clone() });
         }
@@ -696,13 +724,15 @@ impl SecretStore {
             "SELECT * FROM (SELECT s.namespace, s.name, s.current_version, s.created_at, s.updated_at, s.keep_versions, \
                s.revoked_at, s.destroyed_at, \
                (SELECT expires_at FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version) AS expires_at, \
-               (SELECT count(*) FROM secret_versions v WHERE v.secret_id = s.id) AS stored \
+               (SELECT count(*) FROM secret_versions v WHERE v.secret_id = s.id) AS stored, s.mac, \
+               (SELECT v.created_at FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version), \
+               (SELECT v.mac FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version) \
              FROM secrets s) WHERE {filter} ORDER BY namespace, name"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(self.err("prepare the listing"))?;
         let rows = stmt
             .query_map(args, |r| {
-                Ok(SecretInfo {
+                let mut info = SecretInfo {
                     namespace: r.get(0)?,
                     name: r.get(1)?,
                     version: r.get::<_, i64>(2)? as u64,
@@ -713,7 +743,23 @@ impl SecretStore {
                     destroyed_at: r.get(7)?,
                     expires_at: r.get(8)?,
                     versions_stored: r.get::<_, i64>(9)? as u64,
-                })
+                    tampered: false,
+                };
+                let ik = &self.integrity;
+                let (ns, name, cur) = (&info.namespace, &info.name, info.version as i64);
+                let row_ok = r.get::<_, Option<Vec<u8>>>(10)?.as_deref()
+                    == Some(
+                        &secret_mac(ik, ns, name, cur, info.keep_versions as i64, info.revoked_at, info.destroyed_at)[..],
+                    );
+                let version_ok = match r.get::<_, Option<i64>>(11)? {
+                    None => true,
+                    Some(created) => {
+                        r.get::<_, Option<Vec<u8>>>(12)?.as_deref()
+                            == Some(&version_mac(ik, ns, name, cur, created, info.expires_at)[..])
+                    }
+                };
+                info.tampered = !(row_ok && version_ok);
+                Ok(info)
             })
             .map_err(self.err("list secrets"))?;
         rows.collect::<Result<_, _>>().map_err(self.err("list secrets"))
@@ -731,7 +777,8 @@ impl SecretStore {
     ) -> Result<u64, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = begin(&mut self.conn, &path)?;
+        let kid = self.key.id();
+        let tx = begin(&mut self.conn, &path, &kid)?;
         let rows: Vec<(i64, i64, String, String, Vec<u8>)> = {
             let mut stmt = tx
                 .prepare(
@@ -765,29 +812,18 @@ impl SecretStore {
             ("verifier_wrapped", v.wrapped_key),
             ("verifier_nonce", v.nonce),
             ("verifier_ciphertext", v.ciphertext),
+            ("integrity_key", self.integrity.seal(new)),
         ] {
             tx.execute("UPDATE meta SET value = ?1 WHERE key = ?2", params![val, k])
                 .map_err(e("replace the key verifier"))?;
         }
-        audit::append(
-            &tx,
-            &audit::NewRecord {
-                actor: actor.clone(),
-                action: Action::KeyRotate,
-                outcome: Outcome::Ok,
-                namespace: Namespace::root(),
-                secret: None,
-                version: None,
-                reason: Some(format!(
-                    "re-wrapped {} data key(s) from key {} to key {}",
-                    rows.len(),
-                    self.key.id(),
-                    new.id()
-                )),
-                value_hmac: None,
-            },
-        )
-        .map_err(e("write the audit record"))?;
+        let rec = NewRecord::ok(actor, Action::KeyRotate, &Namespace::root(), None).reason(format!(
+            "re-wrapped {} data key(s) and the integrity key from key {} to key {}",
+            rows.len(),
+            self.key.id(),
+            new.id()
+        ));
+        audit::append(&tx, &self.integrity, &rec).map_err(e("write the audit record"))?;
         before_commit();
         tx.commit().map_err(e("commit"))?;
         self.key = new.clone();
@@ -802,6 +838,13 @@ impl SecretStore {
     /// when given) for a backup. Destroyed secrets are left out.
     pub fn export(&self, namespace: Option<&Namespace>, actor: &Actor) -> Result<Vec<ExportedSecret>, StoreError> {
         let infos = self.list(namespace, None)?;
+        if let Some(bad) = infos.iter().find(|i| i.tampered) {
+            // A backup would carry the edited state on as if it were genuine.
+            let (ns, name) = (Namespace::new(&bad.namespace), SecretName::new(&bad.name));
+            if let (Ok(ns), Ok(name)) = (ns, name) {
+                return Err(row_tampered(&self.path, &ns, &name, "its stored state"));
+            }
+        }
         let mut out = Vec::new();
         for info in infos.into_iter().filter(|i| i.destroyed_at.is_none()) {
             let ns = Namespace::new(&info.namespace).map_err(|err| self.corrupt(err.to_string()))?;
@@ -845,20 +888,9 @@ impl SecretStore {
             });
         }
         let tx = self.conn.unchecked_transaction().map_err(self.err("start a transaction"))?;
-        audit::append(
-            &tx,
-            &audit::NewRecord {
-                actor: actor.clone(),
-                action: Action::SecretExport,
-                outcome: Outcome::Ok,
-                namespace: namespace.cloned().unwrap_or_default(),
-                secret: None,
-                version: None,
-                reason: Some(format!("exported {} secret(s)", out.len())),
-                value_hmac: None,
-            },
-        )
-        .map_err(self.err("write the audit record"))?;
+        let rec = NewRecord::ok(actor, Action::SecretExport, &namespace.cloned().unwrap_or_default(), None)
+            .reason(format!("exported {} secret(s)", out.len()));
+        audit::append(&tx, &self.integrity, &rec).map_err(self.err("write the audit record"))?;
         tx.commit().map_err(self.err("commit"))?;
         Ok(out)
     }
@@ -888,7 +920,8 @@ impl SecretStore {
                 .ok_or_else(|| self.corrupt(format!("bundle: {name} has no versions")))?;
             parsed.push((ns, name, current, s));
         }
-        let tx = begin(&mut self.conn, &path)?;
+        let kid = self.key.id();
+        let tx = begin(&mut self.conn, &path, &kid)?;
         let mut report = ImportReport::default();
         for (ns, name, current, s) in parsed {
             let existing: Option<i64> = tx
@@ -924,8 +957,10 @@ impl SecretStore {
                     params![id, v.version as i64, v.created_at, v.expires_at, sealed.wrapped_key, sealed.nonce, sealed.ciphertext],
                 )
                 .map_err(e("insert a version"))?;
+                remac_version(&tx, &self.integrity, id, v.version as i64).map_err(e("authenticate a version"))?;
             }
-            audit::append(&tx, &record(actor, Action::SecretImport, &ns, &name, Some(current), None))
+            remac_secret(&tx, &self.integrity, id).map_err(e("authenticate a secret"))?;
+            audit::append(&tx, &self.integrity, &record(actor, Action::SecretImport, &ns, &name, Some(current), None))
                 .map_err(e("write the audit record"))?;
             report.imported.push(format!("{ns}/{name}"));
         }
@@ -939,7 +974,8 @@ impl SecretStore {
     pub fn remove(&mut self, namespace: &Namespace, name: &SecretName, actor: &Actor) -> Result<bool, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
-        let tx = begin(&mut self.conn, &path)?;
+        let kid = self.key.id();
+        let tx = begin(&mut self.conn, &path, &kid)?;
         tx.execute(
             "DELETE FROM secret_versions WHERE secret_id IN (SELECT id FROM secrets WHERE namespace = ?1 AND name = ?2)",
             params![namespace.as_str(), name.as_str()],
@@ -952,20 +988,8 @@ impl SecretStore {
             )
             .map_err(e("delete the secret"))?;
         if n > 0 {
-            audit::append(
-                &tx,
-                &audit::NewRecord {
-                    actor: actor.clone(),
-                    action: Action::SecretRemove,
-                    outcome: Outcome::Ok,
-                    namespace: namespace.clone(),
-                    secret: Some(name.clone()),
-                    version: None,
-                    reason: None,
-                    value_hmac: None,
-                },
-            )
-            .map_err(e("write the audit record"))?;
+            let rec = NewRecord::ok(actor, Action::SecretRemove, namespace, Some(name));
+            audit::append(&tx, &self.integrity, &rec).map_err(e("write the audit record"))?;
         }
         tx.commit().map_err(e("commit"))?;
         Ok(n > 0)
@@ -974,9 +998,21 @@ impl SecretStore {
 
 /// Starts a write transaction that takes the database's write lock at once,
 /// so that concurrent writers queue on the busy timeout instead of failing
-/// half-way.
-fn begin<'c>(conn: &'c mut Connection, path: &Path) -> Result<rusqlite::Transaction<'c>, StoreError> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err(path, "start a write transaction"))
+/// half-way, and checks that the store is still under `key`: a process that
+/// opened the store before another one rotated the master key must not
+/// seal anything under the retired key.
+fn begin<'c>(conn: &'c mut Connection, path: &Path, key: &KeyId) -> Result<rusqlite::Transaction<'c>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err(path, "start a write transaction"))?;
+    let current: Option<Vec<u8>> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'key_id'", [], |r| r.get(0))
+        .optional()
+        .map_err(sql_err(path, "read the key id"))?;
+    if current.as_deref() != Some(key.0.as_bytes()) {
+        return Err(StoreError::KeyChanged { path: path.to_owned() });
+    }
+    Ok(tx)
 }
 
 /// Maps a SQLite error to [`StoreError::Sqlite`] naming the file and the
@@ -986,21 +1022,171 @@ pub(crate) fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Er
     move |err| StoreError::Sqlite { path, op, err }
 }
 
-fn next_key_path(dir: &DataDir) -> PathBuf {
-    dir.root().join("master.key.next")
+fn opt(v: Option<i64>) -> Vec<u8> {
+    v.map(|x| x.to_be_bytes().to_vec()).unwrap_or_default()
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+/// The MAC over a `secrets` row's security-relevant columns.
+fn secret_mac(
+    ik: &IntegrityKey,
+    ns: &str,
+    name: &str,
+    current: i64,
+    keep: i64,
+    revoked: Option<i64>,
+    destroyed: Option<i64>,
+) -> [u8; 32] {
+    ik.mac(
+        MacDomain::SecretRow,
+        &[ns.as_bytes(), name.as_bytes(), &current.to_be_bytes(), &keep.to_be_bytes(), &opt(revoked), &opt(destroyed)],
+    )
 }
 
-/// Atomically replaces `to` with `from` and makes the rename durable.
-fn install_key_file(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::rename(from, to)?;
-    sync_dir(to.parent().unwrap_or(Path::new(".")));
+/// The MAC over a `secret_versions` row's metadata (the ciphertext is
+/// authenticated by its own AEAD tag).
+fn version_mac(ik: &IntegrityKey, ns: &str, name: &str, version: i64, created: i64, expires: Option<i64>) -> [u8; 32] {
+    ik.mac(
+        MacDomain::VersionRow,
+        &[ns.as_bytes(), name.as_bytes(), &version.to_be_bytes(), &created.to_be_bytes(), &opt(expires)],
+    )
+}
+
+/// Recomputes the MAC of secret `id` from its stored columns: the one place
+/// that authenticates a `secrets` row after a change.
+fn remac_secret(conn: &Connection, ik: &IntegrityKey, id: i64) -> rusqlite::Result<()> {
+    let mac = conn.query_row(
+        "SELECT namespace, name, current_version, keep_versions, revoked_at, destroyed_at FROM secrets WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(secret_mac(
+                ik,
+                &r.get::<_, String>(0)?,
+                &r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        },
+    )?;
+    conn.execute("UPDATE secrets SET mac = ?1 WHERE id = ?2", params![mac.to_vec(), id])?;
     Ok(())
+}
+
+/// Recomputes the MAC of one version row from its stored columns.
+fn remac_version(conn: &Connection, ik: &IntegrityKey, id: i64, version: i64) -> rusqlite::Result<()> {
+    let mac = conn.query_row(
+        "SELECT s.namespace, s.name, v.created_at, v.expires_at FROM secret_versions v JOIN secrets s ON s.id = v.secret_id \
+         WHERE v.secret_id = ?1 AND v.version = ?2",
+        params![id, version],
+        |r| Ok(version_mac(ik, &r.get::<_, String>(0)?, &r.get::<_, String>(1)?, version, r.get(2)?, r.get(3)?)),
+    )?;
+    conn.execute(
+        "UPDATE secret_versions SET mac = ?1 WHERE secret_id = ?2 AND version = ?3",
+        params![mac.to_vec(), id, version],
+    )?;
+    Ok(())
+}
+
+/// A `secrets` row as the read and write paths need it.
+struct SecretRow {
+    id: i64,
+    current: i64,
+    keep: i64,
+    /// Revoked or destroyed.
+    revoked: bool,
+    /// Its MAC checks out.
+    authentic: bool,
+}
+
+fn secret_row(
+    conn: &Connection,
+    path: &Path,
+    ik: &IntegrityKey,
+    ns: &Namespace,
+    name: &SecretName,
+) -> Result<Option<SecretRow>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, current_version, keep_versions, revoked_at, destroyed_at, mac FROM secrets \
+         WHERE name = ?1 AND namespace = ?2",
+    )
+    .map_err(sql_err(path, "prepare a lookup"))?
+    .query_row(params![name.as_str(), ns.as_str()], |r| {
+        let (current, keep, revoked, destroyed) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+        let expected = secret_mac(ik, ns.as_str(), name.as_str(), current, keep, revoked, destroyed);
+        Ok(SecretRow {
+            id: r.get(0)?,
+            current,
+            keep,
+            revoked: revoked.is_some() || destroyed.is_some(),
+            authentic: r.get::<_, Option<Vec<u8>>>(5)?.as_deref() == Some(&expected[..]),
+        })
+    })
+    .optional()
+    .map_err(sql_err(path, "look up a secret"))
+}
+
+fn row_tampered(path: &Path, ns: &Namespace, name: &SecretName, what: &'static str) -> StoreError {
+    StoreError::RowTampered { path: path.to_owned(), namespace: ns.clone(), name: name.clone(), what }
+}
+
+/// Loads the integrity key sealed in `meta`, or creates it on first use:
+/// then every existing row is authenticated as it stands (a store written
+/// by keyhole 0.1 had no MACs) and the audit chain is keyed from its head.
+fn load_integrity(conn: &mut Connection, path: &Path, key: &MasterKey) -> Result<(IntegrityKey, bool), StoreError> {
+    let get = |c: &Connection| -> Result<Option<Vec<u8>>, StoreError> {
+        c.query_row("SELECT value FROM meta WHERE key = 'integrity_key'", [], |r| r.get(0))
+            .optional()
+            .map_err(sql_err(path, "read the integrity key"))
+    };
+    let open = |blob: Vec<u8>| {
+        IntegrityKey::open(key, &blob).map_err(|DecryptError| StoreError::Corrupt {
+            path: path.to_owned(),
+            what: "the sealed integrity key in meta does not open with the master key (the database was edited)".into(),
+        })
+    };
+    if let Some(blob) = get(conn)? {
+        return Ok((open(blob)?, false));
+    }
+    let e = |op| sql_err(path, op);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e("start a write transaction"))?;
+    if let Some(blob) = get(&tx)? {
+        return Ok((open(blob)?, false));
+    }
+    let ik = IntegrityKey::generate();
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).expect("the operating system's random source failed");
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('integrity_key', ?1), ('store_id', ?2)",
+        params![ik.seal(key), hex::encode(id).into_bytes()],
+    )
+    .map_err(e("store the integrity key"))?;
+    let ids: Vec<i64> = tx
+        .prepare("SELECT id FROM secrets")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(e("read the secrets"))?;
+    let versions: Vec<(i64, i64)> = tx
+        .prepare("SELECT secret_id, version FROM secret_versions")
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(e("read the versions"))?;
+    for id in &ids {
+        remac_secret(&tx, &ik, *id).map_err(e("authenticate a secret"))?;
+    }
+    for (id, v) in &versions {
+        remac_version(&tx, &ik, *id, *v).map_err(e("authenticate a version"))?;
+    }
+    audit::key_the_chain(&tx, &ik).map_err(e("key the audit chain"))?;
+    if !ids.is_empty() {
+        let rec =
+            NewRecord::ok(&Actor::current_user(), Action::IntegrityInit, &Namespace::root(), None).reason(format!(
+                "authenticated {} secret(s) and {} version(s) as they stood (first use by a keyhole with row MACs)",
+                ids.len(),
+                versions.len()
+            ));
+        audit::append(&tx, &ik, &rec).map_err(e("write the audit record"))?;
+    }
+    tx.commit().map_err(e("commit"))?;
+    Ok((ik, true))
 }
 
 /// Whether `name` exists in some namespace of `namespace`'s chain of the
@@ -1025,7 +1211,8 @@ pub fn exists_in_chain(path: &Path, namespace: &Namespace, name: &SecretName) ->
 /// process's write to finish, in milliseconds (default 10000).
 pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
 
-fn busy_timeout() -> Duration {
+/// How long to wait for another process's write or key rotation.
+pub fn busy_timeout() -> Duration {
     let ms = std::env::var(BUSY_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     Duration::from_millis(ms)
 }
@@ -1033,8 +1220,13 @@ fn busy_timeout() -> Duration {
 /// Opens the SQLite file with keyhole's settings and schema.
 pub(crate) fn connect(path: &Path) -> Result<Connection, StoreError> {
     let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
+    if path != Path::new(":memory:") && !path.exists() {
+        // SQLite gives the -wal and -shm files the database file's mode: 0600.
+        let _ = crate::data_dir::private_file_options().open(path);
+    }
     let conn = Connection::open(path).map_err(e("open the database"))?;
     conn.busy_timeout(busy_timeout()).map_err(e("set the busy timeout"))?;
+    conn.pragma_update(None, "secure_delete", "ON").map_err(e("enable secure delete"))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(e("enable WAL mode"))?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(e("set synchronous mode"))?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(e("enable foreign keys"))?;
@@ -1051,6 +1243,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
+    if version == 1 {
+        // keyhole 0.1: add the MAC columns and the audit detail. The MACs
+        // themselves are computed by the first open with the master key.
+        return conn
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE secrets ADD COLUMN mac BLOB;
+                 ALTER TABLE secret_versions ADD COLUMN mac BLOB;
+                 ALTER TABLE audit ADD COLUMN detail TEXT;
+                 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), value BLOB NOT NULL);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .or_else(|err| {
+                // Another process migrated it first.
+                let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
+                let _ = conn.execute_batch("ROLLBACK");
+                if now == SCHEMA_VERSION { Ok(()) } else { Err(err) }
+            })
+            .map_err(e("upgrade the schema"));
+    }
     // IMMEDIATE so that two processes creating the store at once serialise.
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
@@ -1065,6 +1278,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
              keep_versions INTEGER NOT NULL DEFAULT 5,
              revoked_at INTEGER,
              destroyed_at INTEGER,
+             mac BLOB,
              UNIQUE (namespace, name)
          );
          CREATE TABLE IF NOT EXISTS secret_versions (
@@ -1075,16 +1289,31 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
              wrapped_key BLOB NOT NULL,
              nonce BLOB NOT NULL,
              ciphertext BLOB NOT NULL,
+             mac BLOB,
              PRIMARY KEY (secret_id, version)
          );
          {audit}
          {executions}
-         PRAGMA user_version = 1;
+         PRAGMA user_version = 2;
          COMMIT;",
         audit = crate::audit::SCHEMA,
         executions = crate::executions::SCHEMA,
     ))
     .map_err(e("create the schema"))
+}
+
+/// Writes the verifier of a new store under `key` and returns the verifier
+/// that stands (another process may have initialised the store first).
+fn write_verifier(conn: &Connection, path: &Path, key: &MasterKey) -> Result<(KeyId, Sealed), StoreError> {
+    let v = crypto::seal(key, VERIFIER_AAD, VERIFIER_PLAINTEXT);
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_id', ?1), ('verifier_wrapped', ?2), \
+         ('verifier_nonce', ?3), ('verifier_ciphertext', ?4)",
+        params![key.id().0.as_bytes(), v.wrapped_key, v.nonce, v.ciphertext],
+    )
+    .map_err(sql_err(path, "initialise the store"))?;
+    read_verifier(conn, path)?
+        .ok_or_else(|| StoreError::Corrupt { path: path.to_owned(), what: "key verifier missing after write".into() })
 }
 
 fn read_verifier(conn: &Connection, path: &Path) -> Result<Option<(KeyId, Sealed)>, StoreError> {

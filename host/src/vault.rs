@@ -1,12 +1,17 @@
 //! External backends: a namespace served by a HashiCorp Vault or OpenBao
 //! server (KV version 2) instead of the local store.
 //!
-//! The configuration lives in `DATA_DIR/backends.json`; the token comes from
-//! `$VAULT_TOKEN`, `$BAO_TOKEN` or a token file, and is never written into a
-//! message. Grants, namespace rules, execution-consistent versions and the
-//! audit trail work the same as for the local store: `resolve` calls in here
-//! for the namespaces a backend serves.
+//! The configuration lives in `DATA_DIR/backends.json`, authenticated with a
+//! MAC under the store's integrity key, so an edit that points a namespace
+//! (and its token) at another server is refused. The token comes from the
+//! backend's token file, else `$VAULT_TOKEN` or `$BAO_TOKEN`; it is never
+//! written into a message and never follows a redirect (none are followed).
+//! `https://` is required except for a loopback address. Grants, namespace
+//! rules, execution-consistent versions and the audit trail work the same as
+//! for the local store: `access` calls in here for the namespaces a backend
+//! serves.
 
+use crate::crypto::{IntegrityKey, MacDomain};
 use crate::names::{Namespace, SecretName};
 use crate::secret::SecretValue;
 use serde::{Deserialize, Serialize};
@@ -28,15 +33,54 @@ pub struct VaultConfig {
     /// Path prefix under the mount, e.g. `keyhole/finance/`.
     #[serde(default)]
     pub prefix: String,
-    /// File holding the token, used when `$VAULT_TOKEN`/`$BAO_TOKEN` are unset.
+    /// File holding the token; it wins over `$VAULT_TOKEN`/`$BAO_TOKEN`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates to trust instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Plain `http://` to a non-loopback address was allowed explicitly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     backends: Vec<VaultConfig>,
+    /// HMAC of `backends` under the store's integrity key (hex).
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+fn config_mac(key: &IntegrityKey, backends: &[VaultConfig]) -> String {
+    let text = serde_json::to_vec(backends).expect("config encodes");
+    hex::encode(key.mac(MacDomain::Backends, &[&text]))
+}
+
+/// Checks a server address: `https://`, or `http://` only to a loopback
+/// address unless `insecure_http`.
+pub fn check_address(address: &str, insecure_http: bool) -> Result<(), String> {
+    if address.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = address.strip_prefix("http://") else {
+        return Err(format!("{address:?} must start with https://"));
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback || insecure_http {
+        Ok(())
+    } else {
+        Err(format!(
+            "{address:?} is plain http to a non-loopback host: the token would cross the network in clear; \
+             use https:// (or pass --insecure-http if you really mean it)"
+        ))
+    }
 }
 
 /// Backend failures: name the server and path, never the token.
@@ -75,6 +119,12 @@ pub enum VaultError {
         /// API path.
         path: String,
     },
+    /// The configuration file failed its integrity check.
+    #[error(
+        "backend configuration {0} failed its integrity check: it was edited outside keyhole (an edit could send a \
+         token to another server); remove it and add the backends again with `host backend add-vault`"
+    )]
+    Tampered(PathBuf),
     /// The configuration file is unreadable or malformed.
     #[error("backend configuration {path}: {why}")]
     Config {
@@ -113,25 +163,44 @@ impl Backends {
         Backends::default()
     }
 
-    /// Reads `backends.json` (absent: no backends).
-    pub fn load(path: &Path) -> Result<Self, VaultError> {
+    fn read(path: &Path) -> Result<Option<ConfigFile>, VaultError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Backends::none()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(VaultError::Config { path: path.to_owned(), why: e.to_string() }),
         };
-        let f: ConfigFile = serde_json::from_str(&text)
-            .map_err(|e| VaultError::Config { path: path.to_owned(), why: e.to_string() })?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| VaultError::Config { path: path.to_owned(), why: e.to_string() })
+    }
+
+    /// Reads `backends.json` (absent: no backends) and checks its MAC.
+    pub fn load(path: &Path, key: &IntegrityKey) -> Result<Self, VaultError> {
+        let Some(f) = Self::read(path)? else { return Ok(Backends::none()) };
+        let good = f.mac.as_deref().and_then(|m| hex::decode(m).ok()).is_some_and(|m| {
+            key.verify(MacDomain::Backends, &[&serde_json::to_vec(&f.backends).expect("config encodes")], &m)
+        });
+        if !good {
+            return Err(VaultError::Tampered(path.to_owned()));
+        }
         Ok(Backends { list: f.backends })
     }
 
-    /// Writes the configuration atomically.
-    pub fn save(&self, path: &Path) -> Result<(), VaultError> {
+    /// On the first use of a store by a keyhole that authenticates its
+    /// configuration: signs an unsigned `backends.json` as it stands.
+    pub fn adopt_unsigned(path: &Path, key: &IntegrityKey) -> Result<(), VaultError> {
+        match Self::read(path)? {
+            Some(f) if f.mac.is_none() => Backends { list: f.backends }.save(path, key),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the configuration atomically (0600), with its MAC.
+    pub fn save(&self, path: &Path, key: &IntegrityKey) -> Result<(), VaultError> {
         let err = |e: std::io::Error| VaultError::Config { path: path.to_owned(), why: e.to_string() };
-        let text = serde_json::to_string_pretty(&ConfigFile { backends: self.list.clone() }).expect("config encodes");
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        let file = ConfigFile { backends: self.list.clone(), mac: Some(config_mac(key, &self.list)) };
+        let text = serde_json::to_string_pretty(&file).expect("config encodes");
+        crate::data_dir::write_private_atomic(path, text.as_bytes()).map_err(err)
     }
 
     /// The configured backends.
@@ -159,16 +228,41 @@ impl Backends {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 impl VaultConfig {
+    /// The HTTP client: no redirects (the token must reach only this
+    /// server), this backend's CA file if any.
+    fn agent(&self) -> Result<ureq::Agent, VaultError> {
+        use ureq::tls::{PemItem, RootCerts, TlsConfig};
+        let mut tls = TlsConfig::builder();
+        if let Some(ca) = &self.ca_file {
+            let bad = |why: String| VaultError::Config { path: ca.clone(), why };
+            let pem = std::fs::read(ca).map_err(|e| bad(format!("cannot read the CA file: {e}")))?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                if let PemItem::Certificate(c) = item.map_err(|e| bad(format!("not PEM: {e}")))? {
+                    certs.push(c);
+                }
+            }
+            if certs.is_empty() {
+                return Err(bad("holds no certificate".into()));
+            }
+            tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+        }
+        Ok(ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(tls.build())
+            .build()
+            .into())
+    }
+
     fn token(&self) -> Result<Zeroizing<String>, VaultError> {
+        if let Some(f) = &self.token_file {
+            let t = std::fs::read_to_string(f)
+                .map_err(|e| VaultError::Config { path: f.clone(), why: format!("cannot read the token file: {e}") })?;
+            return Ok(Zeroizing::new(t.trim().to_owned()));
+        }
         for var in ["VAULT_TOKEN", "BAO_TOKEN"] {
             if let Ok(t) = std::env::var(var)
                 && !t.is_empty()
@@ -176,12 +270,19 @@ impl VaultConfig {
                 return Ok(Zeroizing::new(t));
             }
         }
-        if let Some(f) = &self.token_file {
-            let t = std::fs::read_to_string(f)
-                .map_err(|e| VaultError::Config { path: f.clone(), why: format!("cannot read the token file: {e}") })?;
-            return Ok(Zeroizing::new(t.trim().to_owned()));
-        }
         Err(VaultError::NoToken(self.address.clone()))
+    }
+
+    fn redirected(&self, op: &'static str, path: &str, status: u16) -> Option<VaultError> {
+        (300..400).contains(&status).then(|| VaultError::Server {
+            address: self.address.clone(),
+            op,
+            path: path.to_owned(),
+            status,
+            message: "the server answered with a redirect, which keyhole does not follow (the token would go to \
+                      another address): configure the backend with the final address"
+                .into(),
+        })
     }
 
     fn api_path(&self, kind: &str, name: &SecretName) -> String {
@@ -217,12 +318,15 @@ impl VaultConfig {
     pub fn read(&self, name: &SecretName, version: Option<u64>) -> Result<VaultLookup, VaultError> {
         let token = self.token()?;
         let path = self.api_path("data", name);
-        let mut req = agent().get(self.url(&path)).header("X-Vault-Token", token.as_str());
+        let mut req = self.agent()?.get(self.url(&path)).header("X-Vault-Token", token.as_str());
         if let Some(v) = version {
             req = req.query("version", v.to_string());
         }
         let mut resp = req.call().map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
+        if let Some(e) = self.redirected("GET", &path, status) {
+            return Err(e);
+        }
         let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
         let meta = &body["data"]["metadata"];
         let deleted =
@@ -246,13 +350,17 @@ impl VaultConfig {
         let token = self.token()?;
         let path = self.api_path("data", name);
         let body = Zeroizing::new(serde_json::json!({ "data": { "value": value.expose() } }).to_string());
-        let mut resp = agent()
+        let mut resp = self
+            .agent()?
             .post(self.url(&path))
             .header("X-Vault-Token", token.as_str())
             .header("Content-Type", "application/json")
             .send(body.as_bytes())
             .map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
+        if let Some(e) = self.redirected("POST", &path, status) {
+            return Err(e);
+        }
         let reply: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
         if status != 200 && status != 204 {
             return Err(self.server_error("POST", &path, status, &reply));
@@ -260,21 +368,44 @@ impl VaultConfig {
         Ok(reply["data"]["version"].as_u64().unwrap_or(0))
     }
 
-    /// Soft-deletes the latest version (what `host secret revoke` does for a
-    /// Vault namespace): reads then see it as revoked.
-    pub fn delete_latest(&self, name: &SecretName) -> Result<(), VaultError> {
+    /// Soft-deletes every version (what `host secret revoke` does for a
+    /// Vault namespace): every read, pinned or not, then sees it as revoked,
+    /// and an edit of keyhole's own files cannot undo that. Returns how many
+    /// versions were deleted.
+    pub fn delete_all_versions(&self, name: &SecretName) -> Result<usize, VaultError> {
         let token = self.token()?;
-        let path = self.api_path("data", name);
-        let mut resp = agent()
-            .delete(self.url(&path))
+        let meta_path = self.api_path("metadata", name);
+        let agent = self.agent()?;
+        let mut resp = agent
+            .get(self.url(&meta_path))
             .header("X-Vault-Token", token.as_str())
             .call()
             .map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
+        let body: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+        if status != 200 {
+            return Err(self
+                .redirected("GET", &meta_path, status)
+                .unwrap_or_else(|| self.server_error("GET", &meta_path, status, &body)));
+        }
+        let versions: Vec<u64> = body["data"]["versions"]
+            .as_object()
+            .map(|m| m.keys().filter_map(|k| k.parse().ok()).collect())
+            .unwrap_or_default();
+        let path = self.api_path("delete", name);
+        let mut resp = agent
+            .post(self.url(&path))
+            .header("X-Vault-Token", token.as_str())
+            .header("Content-Type", "application/json")
+            .send(serde_json::json!({ "versions": versions }).to_string().as_bytes())
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
         if status != 200 && status != 204 {
             let reply: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-            return Err(self.server_error("DELETE", &path, status, &reply));
+            return Err(self
+                .redirected("POST", &path, status)
+                .unwrap_or_else(|| self.server_error("POST", &path, status, &reply)));
         }
-        Ok(())
+        Ok(versions.len())
     }
 }

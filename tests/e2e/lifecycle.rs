@@ -3,8 +3,6 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 
 fn json_of(r: &Run) -> Value {
     r.expect_code(0);
@@ -13,26 +11,6 @@ fn json_of(r: &Run) -> Value {
 
 fn get(env: &Env, name: &str) -> Value {
     env.probe("", &[name], json!({"action": "get", "names": [name]}), &[]).expect_code(0).json()[name].clone()
-}
-
-/// Starts `host ARGS` and returns once its stderr shows `marker`.
-fn start_until(cmd: &mut std::process::Command, marker: &str) -> (Child, BufReader<std::process::ChildStderr>) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut seen = false;
-    while !seen {
-        line.clear();
-        if err.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        seen = line.contains(marker);
-    }
-    if !seen {
-        let status = child.wait();
-        panic!("the process ended ({status:?}) before printing {marker:?}");
-    }
-    (child, err)
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod exec;
 mod flows;
 mod lifecycle;
 mod masking;
+mod safety;
 mod sandbox;
 mod store;
 mod tidy;

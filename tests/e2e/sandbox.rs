@@ -129,14 +129,21 @@ fn a_second_exec_loads_from_the_compiled_cache() {
     let first = run();
     assert_eq!(first.expect_code(0).json()["message"], "hello, ops");
     assert!(first.stderr.contains("hello.wasm compiled"), "{}", first.stderr);
-    let entries: Vec<_> = std::fs::read_dir(env.home().join("cache")).unwrap().collect();
-    assert_eq!(entries.len(), 1, "one compiled artifact is cached");
+    // Compiled artifacts are `.cwasm` files (each with its `.mac`, beside the cache key).
+    let artifacts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(env.home().join("cache"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    assert_eq!(artifacts().len(), 1, "one compiled artifact is cached");
     let second = run();
     assert_eq!(second.expect_code(0).json()["message"], "hello, ops");
     assert!(second.stderr.contains("hello.wasm loaded from the compiled cache"), "{}", second.stderr);
 
     // A corrupted cache entry is ignored and replaced, not fatal.
-    let entry = std::fs::read_dir(env.home().join("cache")).unwrap().next().unwrap().unwrap().path();
+    let entry = artifacts().remove(0);
     std::fs::write(&entry, b"garbage").unwrap();
     let third = run();
     assert_eq!(third.expect_code(0).json()["message"], "hello, ops");

@@ -1,9 +1,9 @@
 //! Test helpers: a fresh data directory per test and a way to drive `host`.
 
 use sha2::{Digest, Sha256};
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 pub use crate::plugins::{Plugin, component, core_module, workspace};
 
@@ -41,7 +41,14 @@ impl Run {
 
 impl Env {
     pub fn new() -> Self {
-        Env { dir: tempfile::tempdir().expect("cannot create a temporary directory") }
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        // Private, as a data directory should be (keyhole warns otherwise).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        Env { dir }
     }
 
     pub fn home(&self) -> &Path {
@@ -115,4 +122,24 @@ pub fn dump(db: &Path) -> Vec<String> {
         out.extend(rows.map(Result::unwrap));
     }
     out
+}
+
+/// Starts `host ARGS` and returns once its stderr shows `marker`.
+pub fn start_until(cmd: &mut std::process::Command, marker: &str) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut seen = false;
+    while !seen {
+        line.clear();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen = line.contains(marker);
+    }
+    if !seen {
+        let status = child.wait();
+        panic!("the process ended ({status:?}) before printing {marker:?}");
+    }
+    (child, err)
 }

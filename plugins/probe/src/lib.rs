@@ -52,8 +52,18 @@ enum Action {
         #[serde(default)]
         get: Option<String>,
     },
-    /// Reads secret `get`, then writes each part to stdout as its own write.
-    WriteParts { parts: Vec<String>, get: String },
+    /// Reads secret `get` (and every secret in `also`), then writes each
+    /// part to stdout as its own write.
+    WriteParts {
+        parts: Vec<String>,
+        get: String,
+        #[serde(default)]
+        also: Vec<String>,
+    },
+    /// Reads secret `name` and returns it as a JSON number.
+    LeakNumber { name: String },
+    /// Returns the SHA-256 of `text`: what this task received, unmasked.
+    Digest { text: String },
     /// Returns the execution context.
     Context,
     /// Fails with `message` (after reading secret `get`, if given).
@@ -146,8 +156,11 @@ fn probe(action: Action) -> Result<Value, TaskError> {
             log::info(&text);
             json!({ "echo": text })
         }
-        Action::WriteParts { parts, get } => {
+        Action::WriteParts { parts, get, also } => {
             read(Some(get))?;
+            for name in also {
+                read(Some(name))?;
+            }
             let mut out = std::io::stdout();
             for part in &parts {
                 out.write_all(part.as_bytes()).map_err(|e| TaskError::new(e.to_string()))?;
@@ -155,6 +168,12 @@ fn probe(action: Action) -> Result<Value, TaskError> {
             }
             json!({ "parts": parts.len() })
         }
+        Action::LeakNumber { name } => {
+            let value = secrets::get(&name)?;
+            let n: u64 = value.parse().map_err(|_| TaskError::new("not a number"))?;
+            json!({ "pin": n })
+        }
+        Action::Digest { text } => json!({ "sha256": hex::encode(Sha256::digest(text.as_bytes())) }),
         Action::Context => {
             let c = context::current();
             json!({ "namespace": c.namespace, "flow": c.flow, "task": c.task, "execution_id": c.execution_id })
