@@ -39,4 +39,7 @@ echo "==> recorded executions and the audit trail"
 "$host" executions list --limit 3
 "$host" audit list --limit 6
 "$host" audit verify
+echo "==> a signed checkpoint of the audit log: keep it outside the data directory, then"
+echo "    \`host audit verify --against FILE\` proves the log was not cut or rolled back"
+"$host" audit checkpoint
 echo "==> done"

@@ -264,7 +264,11 @@ pub fn open(master: &MasterKey, aad: &[u8], sealed: &Sealed) -> Result<Zeroizing
 /// Kept apart from the master key so that a master-key rotation re-wraps it
 /// without changing any MAC or breaking the audit chain.
 #[derive(Clone)]
-pub struct IntegrityKey(Zeroizing<[u8; 32]>);
+pub struct IntegrityKey {
+    key: Zeroizing<[u8; 32]>,
+    /// The subkey of each [`MacDomain`], derived once.
+    subkeys: std::sync::Arc<[Zeroizing<[u8; 32]>; MacDomain::ALL.len()]>,
+}
 
 impl fmt::Debug for IntegrityKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -288,6 +292,14 @@ pub enum MacDomain {
 }
 
 impl MacDomain {
+    const ALL: [MacDomain; 5] = [
+        MacDomain::SecretRow,
+        MacDomain::VersionRow,
+        MacDomain::AuditChain,
+        MacDomain::Backends,
+        MacDomain::RemoteRevocation,
+    ];
+
     fn label(self) -> &'static [u8] {
         match self {
             MacDomain::SecretRow => b"keyhole mac v1: secret row",
@@ -306,20 +318,28 @@ impl IntegrityKey {
     pub fn generate() -> Self {
         let mut k = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut *k).expect("the operating system's random source failed");
-        IntegrityKey(k)
+        Self::with_subkeys(k)
+    }
+
+    fn with_subkeys(key: Zeroizing<[u8; 32]>) -> Self {
+        use hmac::Mac;
+        let subkeys = MacDomain::ALL.map(|d| {
+            let mut sub = <HmacSha256 as Mac>::new_from_slice(&*key).expect("HMAC takes any key length");
+            sub.update(d.label());
+            Zeroizing::new(sub.finalize().into_bytes().into())
+        });
+        IntegrityKey { key, subkeys: std::sync::Arc::new(subkeys) }
     }
 
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let arr: [u8; 32] = bytes.try_into().ok()?;
-        Some(IntegrityKey(Zeroizing::new(arr)))
+        Some(Self::with_subkeys(Zeroizing::new(arr)))
     }
 
     fn hmac(&self, domain: MacDomain, fields: &[&[u8]]) -> HmacSha256 {
         use hmac::Mac;
-        let mut sub = <HmacSha256 as Mac>::new_from_slice(&*self.0).expect("HMAC takes any key length");
-        sub.update(domain.label());
-        let subkey: Zeroizing<[u8; 32]> = Zeroizing::new(sub.finalize().into_bytes().into());
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&*subkey).expect("HMAC takes any key length");
+        let subkey = &self.subkeys[domain as usize];
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&**subkey).expect("HMAC takes any key length");
         for f in fields {
             mac.update(&(f.len() as u64).to_be_bytes());
             mac.update(f);
@@ -347,7 +367,7 @@ impl IntegrityKey {
 
     /// Seals the key under `master` for storage.
     pub fn seal(&self, master: &MasterKey) -> Vec<u8> {
-        seal(master, INTEGRITY_AAD, &*self.0).to_blob()
+        seal(master, INTEGRITY_AAD, &*self.key).to_blob()
     }
 
     /// Opens a stored key.

@@ -186,18 +186,21 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let masks = &env.masks;
     let result = match raw {
         Err(_elapsed) => Err(TaskFailure::Timeout(spec.limits.timeout)),
-        Ok(Ok(Ok(text))) => serde_json::from_str(&text).map_err(|e| {
-            // Mask first, then cut: a cut could split a secret in two.
-            let masked = masks.mask(&text);
-            let shown: String = masked.chars().take(200).collect();
-            TaskFailure::BadOutput(format!("{} in {shown:?}", masks.mask(&e.to_string())))
-        }),
+        Ok(Ok(Ok(text))) => serde_json::from_str(&text).map_err(|e| bad_output(masks, &text, &e)),
         Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
         Ok(Err((error, instantiating))) => {
             Err(classify(&error, instantiating, store.data().limiter.denied, memory, spec.limits.timeout, masks))
         }
     };
     TaskOutcome { result, duration, task_masks }
+}
+
+/// The failure of a task whose output is not JSON: the parse error and an
+/// excerpt, masked first and cut after (a cut could split a secret in two).
+fn bad_output(masks: &MaskSet, text: &str, e: &serde_json::Error) -> TaskFailure {
+    let masked = masks.mask(text);
+    let shown: String = masked.chars().take(200).collect();
+    TaskFailure::BadOutput(format!("{} in {shown:?}", masks.mask(&e.to_string())))
 }
 
 fn classify(
@@ -223,5 +226,23 @@ fn classify(
         Some(trap) => TaskFailure::Trap(masks.mask(&trap.to_string()).into_owned()),
         None if instantiating => TaskFailure::Instantiate(masks.mask(&format!("{error:#}")).into_owned()),
         None => TaskFailure::Trap(masks.mask(&format!("{error:#}")).into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretValue;
+
+    #[test]
+    fn a_secret_across_the_excerpt_cut_does_not_leak_its_start() {
+        let masks = MaskSet::new();
+        let secret = "0123456789abcdefghij-secret";
+        masks.add(&SecretValue::new(secret.into()));
+        // Not JSON; the secret straddles character 200.
+        let text = format!("{}{secret} tail", "x".repeat(190));
+        let e = serde_json::from_str::<serde_json::Value>(&text).unwrap_err();
+        let shown = bad_output(&masks, &text, &e).to_string();
+        assert!(!shown.contains("0123456789") && shown.contains("***"), "{shown}");
     }
 }

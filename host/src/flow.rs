@@ -110,7 +110,7 @@ pub struct TaskDoc {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsDoc {
-    /// Memory per linear memory, with a unit: `64MiB`, `1GiB`.
+    /// Memory of the task (all its linear memories and tables together), with a unit: `64MiB`, `1GiB`.
     #[serde(default)]
     pub memory: Option<String>,
     /// Wall time: `30s`, `2m`, `500ms`.

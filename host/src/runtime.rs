@@ -5,10 +5,12 @@
 //! preview1 adapter. Compiled artifacts are cached in the data directory,
 //! keyed by the SHA-256 of the plugin's bytes and the engine's configuration,
 //! and written atomically (temporary file, then rename). Cached machine code
-//! is loaded only after its MAC checks out: an HMAC-SHA256 under a private
-//! key in the cache directory over the plugin's SHA-256, the engine key and
-//! the artifact, so an entry copied over another plugin's, or edited, is
-//! recompiled (with a warning), never run.
+//! is loaded only after its tag checks out: XChaCha20-Poly1305 under a
+//! private key in the cache directory, with a random nonce per entry, over
+//! the plugin's SHA-256, the engine key and the artifact as associated data
+//! (Poly1305 runs at GB/s; HMAC-SHA256 without SHA extensions took longer
+//! than loading the entry). An entry copied over another plugin's, or
+//! edited, is recompiled (with a warning), never run.
 
 use crate::sandbox::{self, TaskState, bindings::TaskPre};
 use sha2::{Digest, Sha256};
@@ -235,19 +237,19 @@ impl Runtime {
         Ok(key)
     }
 
-    fn entry_mac(&self, key: &[u8], sha256: &str, artifact: &[u8]) -> hmac::Hmac<Sha256> {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    /// What an entry's tag covers: which plugin, which engine, which bytes.
+    fn entry_aad(&self, sha256: &str, artifact: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(artifact.len() + 128);
         for part in [b"keyhole cache entry v1".as_slice(), sha256.as_bytes(), self.engine_key.as_bytes()] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
+            aad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            aad.extend_from_slice(part);
         }
-        mac.update(artifact);
-        mac
+        aad.extend_from_slice(artifact);
+        aad
     }
 
     fn cached(&self, sha256: &str) -> Option<Component> {
-        use hmac::Mac;
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let path = self.cache_path(sha256)?;
         if !path.exists() {
             return None;
@@ -266,7 +268,13 @@ impl Runtime {
             (Ok(a), Ok(t)) => (a, t),
             (Err(e), _) | (_, Err(e)) => return drop_entry(format!("cannot be read with its MAC ({e})")),
         };
-        if self.entry_mac(&key, sha256, &artifact).verify_slice(&tag).is_err() {
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new_from_slice(&key).expect("the cache key is 32 bytes");
+        let authentic = tag.len() == 24 + 16 && {
+            let (nonce, t) = tag.split_at(24);
+            let aad = self.entry_aad(sha256, &artifact);
+            cipher.decrypt(nonce.into(), Payload { msg: t, aad: &aad }).is_ok_and(|m| m.is_empty())
+        };
+        if !authentic {
             return drop_entry(
                 "failed its authentication (it was altered, or copied from another plugin's entry)".into(),
             );
@@ -278,14 +286,21 @@ impl Runtime {
     }
 
     fn store_in_cache(&self, sha256: &str, component: &Component) {
-        use hmac::Mac;
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let Some(path) = self.cache_path(sha256) else {
             return;
         };
         let result = (|| -> anyhow::Result<()> {
             let key = self.cache_key()?;
             let bytes = component.serialize()?;
-            let tag = self.entry_mac(&key, sha256, &bytes).finalize().into_bytes();
+            let cipher = chacha20poly1305::XChaCha20Poly1305::new_from_slice(&key).expect("the cache key is 32 bytes");
+            let mut tag = [0u8; 24].to_vec();
+            getrandom::fill(&mut tag).expect("the operating system's random source failed");
+            let aad = self.entry_aad(sha256, &bytes);
+            let t = cipher
+                .encrypt(tag.as_slice().into(), Payload { msg: &[], aad: &aad })
+                .map_err(|_| anyhow::anyhow!("cannot tag the cache entry"))?;
+            tag.extend_from_slice(&t);
             // The MAC first: an entry without its MAC is a miss, never a run.
             crate::data_dir::write_private_atomic(&mac_path(&path), &tag)?;
             crate::data_dir::write_private_atomic(&path, &bytes)?;

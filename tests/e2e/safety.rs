@@ -545,7 +545,7 @@ fn a_crafted_bundle_cannot_make_argon2_run_with_huge_parameters() {
     std::fs::write(&pass, "correct horse battery staple").unwrap();
     let bundle = env.home().join("bundle.json");
     let doc = json!({
-        "header": {"format": "keyhole-export-v1", "kdf": {"alg": "argon2id", "salt": "AAAAAAAAAAAAAAAAAAAAAA==", "m_kib": 4_000_000, "t": 1000, "p": 1}, "nonce": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+        "header": {"format": "keyhole-export-v1", "kdf": {"alg": "argon2id", "salt": "AAAAAAAAAAAAAAAAAAAAAA==", "m_kib": 512 * 1024, "t": 3, "p": 1}, "nonce": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
         "ciphertext": "AAAA",
     });
     std::fs::write(&bundle, doc.to_string()).unwrap();

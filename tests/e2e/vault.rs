@@ -240,3 +240,102 @@ fn unreachable_servers_and_bad_tokens_give_clear_errors_without_the_token() {
     assert_eq!(secrets(dump(&env.db())), secrets(before));
     env.run(&["backend", "rm", "down"]).expect_code(0);
 }
+
+#[test]
+fn revoking_a_vault_secret_stops_an_execution_pinned_to_an_older_version() {
+    // On 0.1 revoke deleted only the latest version, so an execution pinned
+    // to version 1 kept reading it.
+    let Some((_one, bao)) = bao() else { return };
+    let env = Env::new();
+    with_vault(&env, &bao);
+    bao.put("PINNED", "pinned-v1");
+    let input = json!({"action": "get_twice", "name": "PINNED", "wait_ms": 1500}).to_string();
+    let mut cmd = env.host();
+    cmd.env("VAULT_TOKEN", TOKEN)
+        .arg("exec")
+        .arg(component(Plugin::Probe))
+        .args(["-n", "ops", "--grant", "PINNED", "--input", &input]);
+    let (child, _err) = start_until(&mut cmd, "[probe] waiting");
+    bao.put("PINNED", "pinned-v2");
+    let r = env.run_with(env.host().env("VAULT_TOKEN", TOKEN).args(["secret", "revoke", "PINNED", "-n", "ops"]), b"");
+    r.expect_code(0);
+    let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(out["first"]["sha256"], sha256("pinned-v1"));
+    assert_eq!(out["second"]["error"], "revoked", "the pinned version is revoked too");
+    // The remote change was recorded before and after.
+    let recs: Vec<Value> =
+        serde_json::from_str(&env.run(&["audit", "list", "--action", "secret.revoke", "--json"]).stdout).unwrap();
+    let outcomes: Vec<&str> = recs.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["pending", "ok"]);
+}
+
+/// A one-purpose HTTP server on 127.0.0.1 that answers every request with
+/// `response` and keeps the request heads; it stops by itself after 30 s.
+struct Recorder {
+    addr: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start(response: String) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < until {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&head).to_lowercase());
+                let _ = s.write_all(response.as_bytes());
+            }
+        });
+        Recorder { addr, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn the_token_never_follows_a_redirect_and_the_backends_token_file_wins() {
+    let elsewhere = Recorder::start("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".into());
+    let vault = Recorder::start(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{}/v1/secret/data/K\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        elsewhere.addr
+    ));
+    let env = Env::new();
+    let token_file = env.home().join("token");
+    std::fs::write(&token_file, "file-token-123\n").unwrap();
+    let address = format!("http://{}", vault.addr);
+    env.run_with(
+        env.host().args(["backend", "add-vault", "ops", "--address", &address, "--token-file"]).arg(&token_file),
+        b"",
+    )
+    .expect_code(0);
+    let r = probe(&env, "ops", &["K"], json!({"action": "get", "names": ["K"]}), "env-token-456");
+    let err = r.expect_code(0).json()["K"]["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("HTTP 307") && !err.contains(&vault.addr), "{err}");
+    assert!(r.stderr.contains("redirect"), "{}", r.stderr);
+    let seen = vault.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].contains("x-vault-token: file-token-123"), "the backend's token file wins: {seen:?}");
+    assert!(!seen[0].contains("env-token-456"));
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed: {:?}", elsewhere.requests());
+}
