@@ -339,3 +339,113 @@ fn the_token_never_follows_a_redirect_and_the_backends_token_file_wins() {
     assert!(!seen[0].contains("env-token-456"));
     assert!(elsewhere.requests().is_empty(), "the redirect was followed: {:?}", elsewhere.requests());
 }
+
+/// Runs `openssl ARGS` in `dir`; panics with its output if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("cannot run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_private_ca_is_trusted_only_when_given_and_certificate_errors_are_errors() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("*** SKIPPED: openssl is not installed, so no TLS server with a private CA can be made");
+        return;
+    }
+    // A private CA and a certificate for 127.0.0.1 signed by it.
+    let pki = tempfile::tempdir().unwrap();
+    let p = pki.path();
+    openssl(
+        p,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=keyhole test CA",
+        ],
+    );
+    openssl(
+        p,
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"],
+    );
+    std::fs::write(p.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        p,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        ],
+    );
+    // A TLS server on loopback that answers every request with a status page.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("openssl")
+        .current_dir(p)
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "srv.pem",
+            "-key",
+            "srv.key",
+            "-www",
+            "-quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let env = Env::new();
+    let address = format!("https://127.0.0.1:{port}");
+    env.run(&["backend", "add-vault", "public-roots", "--address", &address]).expect_code(0);
+    env.run_with(
+        env.host()
+            .args(["backend", "add-vault", "private-ca", "--address", &address, "--ca-file"])
+            .arg(p.join("ca.pem")),
+        b"",
+    )
+    .expect_code(0);
+    let get = json!({"action": "get", "names": ["K"]});
+    // Without the CA file the certificate does not verify: an error, never skipped.
+    let r = probe(&env, "public-roots", &["K"], get.clone(), TOKEN);
+    let err = r.expect_code(0).json()["K"]["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("could not be reached"), "{err}");
+    assert!(
+        r.stderr.to_lowercase().contains("certificate") || r.stderr.to_lowercase().contains("issuer"),
+        "{}",
+        r.stderr
+    );
+    // With it, TLS succeeds and keyhole reads the (non-Vault) answer.
+    let r = probe(&env, "private-ca", &["K"], get, TOKEN);
+    let err = r.expect_code(0).json()["K"]["error"].as_str().unwrap().to_owned();
+    assert!(!err.contains("could not be reached"), "TLS with the private CA failed: {err}; {}", r.stderr);
+    let _ = server.kill();
+    let _ = server.wait();
+}
