@@ -167,6 +167,7 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             record.outcome = Outcome::Granted;
             record.version = Some(found.version);
             record.reason = Some(format!("found in namespace {}", found.namespace));
+            record.detail = Some(serde_json::json!({ "found_in": found.namespace.as_str() }));
             record.value_hmac = access.audit.fingerprint(found.value.expose());
             audited(access, record, Ok(()))?;
             access.masks.add(&found.value);

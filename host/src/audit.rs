@@ -1195,6 +1195,22 @@ pub fn prune(
     Ok(n as u64)
 }
 
+/// Time of the newest granted read of `name` found in exactly `namespace`.
+pub fn last_read(
+    conn: &Connection,
+    path: &Path,
+    namespace: &Namespace,
+    name: &SecretName,
+) -> Result<Option<String>, AuditError> {
+    conn.query_row(
+        "SELECT max(time) FROM audit WHERE action = 'secret.read' AND outcome = 'granted' AND secret = ?1 \
+         AND (json_extract(detail, '$.found_in') = ?2 OR (detail IS NULL AND reason = 'found in namespace ' || ?2))",
+        params![name.as_str(), namespace.as_str()],
+        |r| r.get(0),
+    )
+    .map_err(sql(path, "find the last read"))
+}
+
 /// One line of the usage report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -1215,18 +1231,30 @@ pub struct Usage {
 pub fn usage(conn: &Connection, path: &Path) -> Result<Vec<Usage>, AuditError> {
     let mut out: std::collections::BTreeMap<(String, String, String), Usage> = Default::default();
     let mut stmt = conn
-        .prepare("SELECT flow, task, reason FROM audit WHERE action = 'task.start'")
+        .prepare("SELECT flow, task, reason, detail FROM audit WHERE action = 'task.start'")
         .map_err(sql(path, "read task starts"))?;
     let starts = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
         .map_err(sql(path, "read task starts"))?;
     for s in starts {
-        let (flow, task, reason) = s.map_err(sql(path, "read task starts"))?;
-        let grants: Vec<String> = reason
-            .as_deref()
-            .and_then(|r| r.strip_prefix("grants: "))
-            .and_then(|g| serde_json::from_str(g).ok())
-            .unwrap_or_default();
+        let (flow, task, reason, detail) = s.map_err(sql(path, "read task starts"))?;
+        // The grants are typed in `detail`; records of keyhole 0.1 had them
+        // only in the reason text.
+        let grants: Vec<String> = match detail.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()) {
+            Some(d) => serde_json::from_value(d["grants"].clone()).unwrap_or_default(),
+            None => reason
+                .as_deref()
+                .and_then(|r| r.strip_prefix("grants: "))
+                .and_then(|g| serde_json::from_str(g).ok())
+                .unwrap_or_default(),
+        };
         for g in grants {
             out.entry((g.clone(), flow.clone(), task.clone())).or_insert(Usage {
                 secret: g,

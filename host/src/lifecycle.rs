@@ -226,13 +226,8 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             tampered_rows(&mut store, std::slice::from_ref(&info))?;
             let versions = store.versions(&at.namespace, &name).map_err(checked(&mut store))?;
             let conn = audit::open(&dir.store_path(), false).map_err(|e| fail(HOST, e))?;
-            let last_read: Option<String> = conn
-                .query_row(
-                    "SELECT max(time) FROM audit WHERE action = 'secret.read' AND outcome = 'granted' AND secret = ?1 AND reason = ?2",
-                    rusqlite::params![name.as_str(), format!("found in namespace {}", at.namespace)],
-                    |r| r.get(0),
-                )
-                .map_err(|e| fail(HOST, e))?;
+            let last_read =
+                audit::last_read(&conn, &dir.store_path(), &at.namespace, &name).map_err(|e| fail(HOST, e))?;
             let doc = serde_json::json!({
                 "namespace": info.namespace,
                 "name": info.name,
