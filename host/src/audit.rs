@@ -1204,8 +1204,8 @@ pub fn last_read(
 ) -> Result<Option<String>, AuditError> {
     conn.query_row(
         "SELECT max(time) FROM audit WHERE action = 'secret.read' AND outcome = 'granted' AND secret = ?1 \
-         AND (json_extract(detail, '$.found_in') = ?2 OR (detail IS NULL AND reason = 'found in namespace ' || ?2))",
-        params![name.as_str(), namespace.as_str()],
+         AND (json_extract(detail, '$.found_in') = ?2 OR (detail IS NULL AND reason = ?3))",
+        params![name.as_str(), namespace.as_str(), format!("found in namespace {namespace}")],
         |r| r.get(0),
     )
     .map_err(sql(path, "find the last read"))
