@@ -555,3 +555,105 @@ fn a_crafted_bundle_cannot_make_argon2_run_with_huge_parameters() {
     assert!(r.stderr.contains("key-derivation cost"), "{}", r.stderr);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Turns a store into what keyhole 0.1 wrote: no MAC columns, no integrity
+/// key, no audit head, and an audit log chained with plain SHA-256 over 0.1's
+/// canonical encoding.
+fn downgrade_to_0_1(db: &Path) {
+    #[derive(serde::Serialize)]
+    struct Canonical {
+        seq: i64,
+        time: String,
+        action: String,
+        outcome: String,
+        actor_kind: String,
+        actor: String,
+        flow: Option<String>,
+        task: Option<String>,
+        execution: Option<String>,
+        plugin_sha256: Option<String>,
+        namespace: String,
+        secret: Option<String>,
+        version: Option<i64>,
+        reason: Option<String>,
+        value_hmac: Option<String>,
+        prev_hash: String,
+    }
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE secrets DROP COLUMN mac;
+         ALTER TABLE secret_versions DROP COLUMN mac;
+         ALTER TABLE audit DROP COLUMN detail;
+         DROP TABLE audit_head;
+         DELETE FROM meta WHERE key IN ('integrity_key', 'store_id', 'audit_keyed_from');",
+    )
+    .unwrap();
+    let rows: Vec<Canonical> = conn
+        .prepare("SELECT seq, time, action, outcome, actor_kind, actor, flow, task, execution, plugin_sha256, namespace, secret, version, reason, value_hmac FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(Canonical {
+                seq: r.get(0)?,
+                time: r.get(1)?,
+                action: r.get(2)?,
+                outcome: r.get(3)?,
+                actor_kind: r.get(4)?,
+                actor: r.get(5)?,
+                flow: r.get(6)?,
+                task: r.get(7)?,
+                execution: r.get(8)?,
+                plugin_sha256: r.get(9)?,
+                namespace: r.get(10)?,
+                secret: r.get(11)?,
+                version: r.get(12)?,
+                reason: r.get(13)?,
+                value_hmac: r.get(14)?,
+                prev_hash: String::new(),
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut prev = "0".repeat(64);
+    for mut c in rows {
+        c.prev_hash = prev.clone();
+        let hash = sha256(&serde_json::to_string(&c).unwrap());
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![c.prev_hash, hash, c.seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    conn.pragma_update(None, "user_version", 1).unwrap();
+}
+
+#[test]
+fn a_store_written_by_keyhole_0_1_is_upgraded_in_place() {
+    let env = Env::new();
+    for n in ["A", "B"] {
+        env.set_secret("", n, &format!("value-of-{n}"));
+    }
+    env.set_secret("", "GONE", "value-of-GONE");
+    env.run(&["secret", "revoke", "GONE"]).expect_code(0);
+    all_readable(&env, None, &["A", "B"]);
+    downgrade_to_0_1(&env.db());
+
+    // The first command authenticates what is there, once, and keys the log.
+    let list = env.run(&["secret", "list", "--json"]).expect_code(0).json();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    all_readable(&env, None, &["A", "B"]);
+    let gone = env.probe("", &["GONE"], json!({"action": "get", "names": ["GONE"]}), &[]).expect_code(0).json();
+    assert_eq!(gone["GONE"]["error"], "revoked");
+    assert_eq!(records(&env, &["--action", "integrity.init"]).len(), 1);
+    let r = env.run(&["audit", "verify"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("predate the keyed chain: plain SHA-256"), "{}", r.stdout);
+    // From now on an edit is caught, in the rows and in the 0.1 part of the log.
+    tamper(&env, "UPDATE secrets SET revoked_at = NULL WHERE name = 'GONE'");
+    env.run(&["secret", "list"]).expect_code(5);
+    tamper(&env, "UPDATE audit SET actor = 'someone-else' WHERE seq = 2");
+    let r = env.run(&["audit", "verify"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("broken at record 2"), "{}", r.stderr);
+}
