@@ -287,18 +287,11 @@ pub enum MacDomain {
     AuditChain,
     /// `backends.json`.
     Backends,
-    /// A revocation of a secret served by an external backend.
-    RemoteRevocation,
 }
 
 impl MacDomain {
-    const ALL: [MacDomain; 5] = [
-        MacDomain::SecretRow,
-        MacDomain::VersionRow,
-        MacDomain::AuditChain,
-        MacDomain::Backends,
-        MacDomain::RemoteRevocation,
-    ];
+    const ALL: [MacDomain; 4] =
+        [MacDomain::SecretRow, MacDomain::VersionRow, MacDomain::AuditChain, MacDomain::Backends];
 
     fn label(self) -> &'static [u8] {
         match self {
@@ -306,7 +299,6 @@ impl MacDomain {
             MacDomain::VersionRow => b"keyhole mac v1: version row",
             MacDomain::AuditChain => b"keyhole mac v1: audit chain",
             MacDomain::Backends => b"keyhole mac v1: backends",
-            MacDomain::RemoteRevocation => b"keyhole mac v1: remote revocation",
         }
     }
 }
