@@ -39,6 +39,10 @@ use crate::secret::SecretValue;
 pub const MASK: &str = "***";
 /// Values shorter than this many bytes are masked only as whole tokens.
 pub const MIN_MASK_LEN: usize = 4;
+/// Above this many patterns the matcher filters start positions and runs an
+/// anchored DFA; below, a contiguous NFA with its own prefilter is faster to
+/// build and to run (see `benches/mask.rs`).
+const LARGE_SET: usize = 400;
 
 /// The compiled matcher for one snapshot of the mask set.
 #[derive(Debug)]
@@ -51,6 +55,98 @@ pub struct Matcher {
     /// Which bytes start some pattern.
     first_bytes: [bool; 256],
     max_len: usize,
+    /// For large sets: which positions could start a pattern, checked
+    /// before the (anchored) automaton runs there.
+    starts: Option<Box<StartFilter>>,
+}
+
+/// Large sets have no byte rare enough for a prefilter, and an unanchored
+/// automaton over them visits every byte with a cache miss or two. This
+/// filter asks, per position, one cheap question instead: does some pattern
+/// start with these four bytes (a 256 Ki-bit set of their hashes) or, for
+/// patterns shorter than four bytes, with this byte? Only where it says yes
+/// does an anchored leftmost-longest search run. The first position where
+/// that search matches gives exactly the match an unanchored leftmost-longest
+/// search would: the smallest start, then the longest pattern there.
+struct StartFilter {
+    grams: Vec<u64>,
+    short_first: [bool; 256],
+    /// Some pattern is shorter than [`GRAM`] bytes.
+    has_short: bool,
+}
+
+impl std::fmt::Debug for StartFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartFilter")
+    }
+}
+
+/// Bytes of a pattern's start that the filter looks at.
+const GRAM: usize = 4;
+
+/// Bits in the filter's set: 256 Ki bits (32 KiB, an L1 data cache), so
+/// that a few thousand patterns leave most positions a clear "no".
+const FILTER_BITS_LOG2: u32 = 18;
+
+fn gram_hash(b: &[u8]) -> usize {
+    hash_gram(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn hash_gram(gram: u32) -> usize {
+    (gram.wrapping_mul(0x9E37_79B1) >> (32 - FILTER_BITS_LOG2)) as usize
+}
+
+impl StartFilter {
+    fn new<'p>(patterns: impl Iterator<Item = &'p [u8]>) -> Self {
+        let mut f =
+            StartFilter { grams: vec![0; 1 << (FILTER_BITS_LOG2 - 6)], short_first: [false; 256], has_short: false };
+        for p in patterns {
+            if p.len() >= GRAM {
+                let h = gram_hash(p);
+                f.grams[h >> 6] |= 1 << (h & 63);
+            } else {
+                f.short_first[p[0] as usize] = true;
+                f.has_short = true;
+            }
+        }
+        f
+    }
+
+    fn hit(&self, gram: u32) -> bool {
+        let h = hash_gram(gram);
+        self.grams[h >> 6] & (1 << (h & 63)) != 0
+    }
+
+    /// The first position at or after `from` where a pattern could start.
+    fn next_candidate(&self, buf: &[u8], from: usize) -> Option<usize> {
+        let end = buf.len().saturating_sub(GRAM - 1);
+        let mut i = from;
+        if !self.has_short {
+            // Four positions per 8-byte load, tested together: the common
+            // case (nothing here) costs four independent hashes and loads.
+            while i + 8 <= buf.len() {
+                let w = u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"));
+                let any = self.hit(w as u32)
+                    | self.hit((w >> 8) as u32)
+                    | self.hit((w >> 16) as u32)
+                    | self.hit((w >> 24) as u32);
+                if any {
+                    break;
+                }
+                i += 4;
+            }
+        }
+        for i in i..end {
+            if self.hit(u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]))
+                || self.short_first[buf[i] as usize]
+            {
+                return Some(i);
+            }
+        }
+        // The last bytes can only start a short pattern (or the start of a
+        // longer one, which no search over `buf` can match).
+        (from.max(end)..buf.len()).find(|&i| self.short_first[buf[i] as usize])
+    }
 }
 
 /// The secrets one execution has revealed, and the matcher over them.
@@ -73,7 +169,14 @@ struct Inner {
 
 impl Default for Matcher {
     fn default() -> Self {
-        Matcher { ac: None, whole_token: Vec::new(), sorted: Vec::new(), first_bytes: [false; 256], max_len: 0 }
+        Matcher {
+            ac: None,
+            whole_token: Vec::new(),
+            sorted: Vec::new(),
+            first_bytes: [false; 256],
+            max_len: 0,
+            starts: None,
+        }
     }
 }
 
@@ -231,20 +334,29 @@ fn is_word(b: u8) -> bool {
 
 impl Matcher {
     fn build(patterns: &[(Zeroizing<Vec<u8>>, bool)]) -> Self {
+        Self::build_sized(patterns, patterns.len() > LARGE_SET)
+    }
+
+    /// `large`: use the start filter and an anchored DFA (see [`StartFilter`]).
+    fn build_sized(patterns: &[(Zeroizing<Vec<u8>>, bool)], large: bool) -> Self {
         if patterns.is_empty() {
             return Matcher::default();
         }
         // Small sets (the usual task reads a handful of secrets): a
         // contiguous NFA builds in microseconds (a DFA takes tens, paid by
         // every task that prints after reading a secret) and with the
-        // prefilter scans at GB/s. Large sets defeat the prefilter, so a DFA
-        // pays for its build; see `benches/mask.rs`.
-        let kind = if patterns.len() > 128 { AhoCorasickKind::DFA } else { AhoCorasickKind::ContiguousNFA };
+        // prefilter scans at GB/s. Large sets defeat the prefilter: there a
+        // `StartFilter` picks candidate positions and an anchored DFA, which
+        // pays for its build, runs only at them; see `benches/mask.rs`.
+        let kind = if large { AhoCorasickKind::DFA } else { AhoCorasickKind::ContiguousNFA };
+        let start = if large { aho_corasick::StartKind::Anchored } else { aho_corasick::StartKind::Unanchored };
         let ac = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .kind(Some(kind))
+            .start_kind(start)
             .build(patterns.iter().map(|(p, _)| p.as_slice()))
             .expect("masking patterns are plain byte strings");
+        let starts = large.then(|| Box::new(StartFilter::new(patterns.iter().map(|(p, _)| p.as_slice()))));
         let mut sorted: Vec<_> = patterns.iter().map(|(p, _)| p.clone()).collect();
         sorted.sort_by(|a, b| a.as_slice().cmp(b.as_slice()));
         let mut first_bytes = [false; 256];
@@ -257,7 +369,24 @@ impl Matcher {
             max_len: sorted.iter().map(|p| p.len()).max().unwrap_or(0),
             sorted,
             first_bytes,
+            starts,
         }
+    }
+
+    /// The leftmost-longest match in `buf[from..]`.
+    fn find(&self, ac: &AhoCorasick, buf: &[u8], from: usize) -> Option<aho_corasick::Match> {
+        let Some(starts) = &self.starts else {
+            return ac.find(aho_corasick::Input::new(buf).span(from..buf.len()));
+        };
+        let mut at = from;
+        while let Some(i) = starts.next_candidate(buf, at) {
+            let input = aho_corasick::Input::new(buf).span(i..buf.len()).anchored(aho_corasick::Anchored::Yes);
+            if let Some(m) = ac.find(input) {
+                return Some(m);
+            }
+            at = i + 1;
+        }
+        None
     }
 
     /// Masks a complete text.
@@ -295,7 +424,7 @@ impl Matcher {
         // match, since a match may consume them.
         let hold_from = |pos: usize| if eof { buf.len() } else { buf.len() - self.possible_prefix_len(&buf[pos..]) };
         let (mut pos, mut search, mut hold) = (0, 0, hold_from(0));
-        while let Some(m) = ac.find(aho_corasick::Input::new(buf).span(search..buf.len())) {
+        while let Some(m) = self.find(ac, buf, search) {
             if m.start() >= hold {
                 break;
             }
@@ -522,6 +651,10 @@ mod tests {
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (text.len() + 1)).collect();
             cuts.sort_unstable();
             proptest::prop_assert_eq!(stream(&s.matcher(), &text, &cuts), whole.clone());
+            // The large-set engine (start filter, anchored DFA) agrees.
+            let large = Matcher::build_sized(&s.inner.read().unwrap().patterns, true);
+            proptest::prop_assert_eq!(large.mask_str(&text).into_owned(), whole.clone());
+            proptest::prop_assert_eq!(stream(&large, &text, &cuts), whole.clone());
             for v in secrets.iter().filter(|v| v.len() >= MIN_MASK_LEN && v.trim() == v.as_str()) {
                 for (f, _) in forms(v) {
                     let f = std::str::from_utf8(&f).unwrap();
