@@ -1,48 +1,171 @@
-//! `host secret ...`, `host key rotate` and `host backend ...`: the secret
-//! lifecycle at the command line (part of the `host` binary).
+//! `host secret ...`: the secret lifecycle at the command line.
 
-use crate::{BackendCommand, BundleKeyArgs, Charset};
-use crate::{Exit, HOST, SecretCommand, TAMPERED, USAGE, fail, open_store, print_json, read_value, stdout_err};
-use crate::{store_exit, vault_exit};
+use super::*;
 use keyhole::audit::{self, Action, Actor, NewRecord, Outcome};
 use keyhole::backup::{self, BundleKey};
-use keyhole::data_dir::DataDir;
-use keyhole::keyring::KeyLock;
-use keyhole::names::{Namespace, SecretName};
-use keyhole::secret::SecretValue;
-use keyhole::store::{SecretInfo, SecretStore, SetOptions, StoreError, fmt_time, now};
-use keyhole::vault::{self, Backends, VaultConfig};
-use std::io::Write;
-use std::time::Duration;
+use keyhole::store::{SecretInfo, SetOptions, fmt_time, now};
 use zeroize::Zeroizing;
 
-/// Environment variable naming a test failpoint: the process stops there
-/// (prints `failpoint NAME reached` and sleeps) so a test can kill it.
-const FAILPOINT_ENV: &str = "KEYHOLE_FAILPOINT";
+#[derive(Subcommand, Debug)]
+pub(crate) enum SecretCommand {
+    /// Store a secret (a new version if it exists). The value is read from
+    /// stdin, never from the command line; one trailing newline is dropped.
+    Set {
+        /// Secret name, e.g. WEBHOOK_SIGNING_KEY.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        #[command(flatten)]
+        version: VersionOpts,
+    },
+    /// Make a new version of an existing secret, from stdin or generated.
+    Rotate {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// Generate the value: this many random characters (alnum, ascii) or bytes (hex, base64).
+        #[arg(long, value_name = "N")]
+        generate: Option<usize>,
+        /// Character set of a generated value.
+        #[arg(long, value_enum, default_value = "alnum", requires = "generate")]
+        charset: Charset,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "FILE", conflicts_with = "generate")]
+        from_file: Option<PathBuf>,
+        #[command(flatten)]
+        version: VersionOpts,
+    },
+    /// List secrets: names, namespaces, versions, times and state, never values.
+    List {
+        /// Only this namespace.
+        #[arg(long, short, value_name = "NS")]
+        namespace: Option<Namespace>,
+        /// Only secrets whose current version expires within this time (e.g. 14d), expired ones included.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        expiring: Option<Duration>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The stored versions of a secret (never values).
+    Versions {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Metadata of a secret: versions, created, rotated, expires, revoked, last read. Never the value.
+    Describe {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a secret at once, also for running executions; a new `set` or `rotate` lifts it.
+    Revoke {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Crypto-erase a secret: every version's ciphertext and data key; a tombstone stays.
+    Destroy {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Delete a secret and all its versions.
+    Rm {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Write an encrypted backup bundle of every version of every secret.
+    Export {
+        /// The bundle file to create (mode 0600).
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Only this namespace.
+        #[arg(long, short, value_name = "NS")]
+        namespace: Option<Namespace>,
+        #[command(flatten)]
+        key: BundleKeyArgs,
+    },
+    /// Restore secrets from a bundle, in one transaction; existing secrets are skipped unless --overwrite.
+    Import {
+        /// The bundle file.
+        file: PathBuf,
+        /// Replace secrets that exist (all their versions).
+        #[arg(long)]
+        overwrite: bool,
+        #[command(flatten)]
+        key: BundleKeyArgs,
+    },
+}
 
-fn failpoint(name: &str) {
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
-        eprintln!("failpoint {name} reached");
-        std::thread::sleep(Duration::from_secs(60));
-    }
+#[derive(Args, Debug)]
+pub(crate) struct At {
+    /// Namespace, e.g. finance.reporting (default: the root).
+    #[arg(long, short, default_value = "", value_name = "NS")]
+    namespace: Namespace,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct VersionOpts {
+    /// The new version expires after this long (e.g. 90d); reads then get `expired`.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    expires_in: Option<Duration>,
+    /// Keep this many versions from now on (default 5).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    keep: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BundleKeyArgs {
+    /// Read the bundle passphrase from this file (else $KEYHOLE_EXPORT_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Protect the bundle with a key file instead: base64 of 32 random bytes.
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub(crate) enum Charset {
+    /// Letters and digits.
+    Alnum,
+    /// Lowercase hex of N random bytes.
+    Hex,
+    /// Base64 of N random bytes.
+    Base64,
+    /// Printable ASCII without space.
+    Ascii,
 }
 
 /// Maps a store failure to its exit, recording a failed integrity check in
 /// the audit trail first.
-fn checked(store: &mut SecretStore) -> impl FnOnce(StoreError) -> Exit + '_ {
+pub(crate) fn checked(store: &mut SecretStore) -> impl FnOnce(StoreError) -> Exit + '_ {
     |e| {
         store.record_tamper(&e, &Actor::current_user());
         store_exit(e)
     }
 }
 
-fn backends(dir: &DataDir, store: &SecretStore) -> Result<Backends, Exit> {
-    Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(vault_exit)
-}
-
 /// A change made in a remote backend: recorded as intended before it is
 /// attempted (fail closed: no record, no change), then as done or failed.
-fn remote_change<T>(
+pub(crate) fn remote_change<T>(
     store: &mut SecretStore,
     action: Action,
     namespace: &Namespace,
@@ -65,7 +188,7 @@ fn remote_change<T>(
     }
 }
 
-fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
+pub(crate) fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
     use base64::Engine as _;
     if n == 0 || n > 4096 {
         return Err(fail(USAGE, anyhow::anyhow!("--generate takes 1 to 4096")));
@@ -97,7 +220,7 @@ fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
     Ok(SecretValue::new(text.as_str().to_owned()))
 }
 
-fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
+pub(crate) fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
     use base64::Engine as _;
     if let Some(f) = &args.key_file {
         let text = Zeroizing::new(
@@ -131,7 +254,7 @@ fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
     Ok(BundleKey::Passphrase(pass))
 }
 
-fn state(s: &SecretInfo, now: i64) -> String {
+pub(crate) fn state(s: &SecretInfo, now: i64) -> String {
     if s.tampered {
         "TAMPERED (edited outside keyhole; reads refused)".into()
     } else if s.destroyed_at.is_some() {
@@ -346,12 +469,12 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
     }
 }
 
-fn store_value(
+pub(crate) fn store_value(
     dir: &DataDir,
     name: &SecretName,
     ns: &Namespace,
     value: &SecretValue,
-    v: crate::VersionOpts,
+    v: VersionOpts,
     rotate: bool,
 ) -> Result<(), Exit> {
     let expires_at = v.expires_in.map(|d| now() + d.as_secs() as i64);
@@ -386,30 +509,8 @@ fn store_value(
     Ok(())
 }
 
-pub(crate) fn key_rotate(dir: &DataDir) -> Result<(), Exit> {
-    dir.ensure().map_err(|e| fail(HOST, e))?;
-    // Held from before the new key is written until the old one is retired.
-    let lock = KeyLock::acquire(dir, keyhole::store::busy_timeout()).map_err(|e| store_exit(e.into()))?;
-    let mut store = SecretStore::open_locked(dir, &lock).map_err(store_exit)?;
-    let (id, n, from_env) =
-        store.rotate_key_files(dir, &lock, &Actor::current_user(), &|name| failpoint(name)).map_err(store_exit)?;
-    if from_env {
-        eprintln!(
-            "master key rotated to key {id} ({n} data keys re-wrapped). The new key is in {}: set $KEYHOLE_MASTER_KEY to its contents, then delete the file",
-            dir.root().join("master.key.next").display()
-        );
-    } else {
-        eprintln!(
-            "master key rotated to key {id} ({n} data keys re-wrapped); {} holds the new key, and the old key is kept \
-             as master.key.<id>.old until you remove it",
-            dir.master_key_path().display()
-        );
-    }
-    Ok(())
-}
-
 /// Records every row of `list` that failed its check; exit 5 if any did.
-fn tampered_rows(store: &mut SecretStore, list: &[SecretInfo]) -> Result<(), Exit> {
+pub(crate) fn tampered_rows(store: &mut SecretStore, list: &[SecretInfo]) -> Result<(), Exit> {
     let bad: Vec<&SecretInfo> = list.iter().filter(|s| s.tampered).collect();
     for s in &bad {
         if let (Ok(namespace), Ok(name)) = (Namespace::new(&s.namespace), SecretName::new(&s.name)) {
@@ -430,57 +531,5 @@ fn tampered_rows(store: &mut SecretStore, list: &[SecretInfo]) -> Result<(), Exi
                 one.namespace
             ),
         )),
-    }
-}
-
-pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
-    let path = vault::config_path(dir.root());
-    let mut store = open_store(dir)?;
-    let mut b = backends(dir, &store)?;
-    let me = Actor::current_user();
-    match cmd {
-        BackendCommand::AddVault { namespace, address, mount, prefix, token_file, ca_file, insecure_http } => {
-            vault::check_address(&address, insecure_http).map_err(|e| fail(USAGE, anyhow::anyhow!("--address {e}")))?;
-            let cfg = VaultConfig {
-                namespace: namespace.as_str().to_owned(),
-                address: address.clone(),
-                mount,
-                prefix,
-                token_file,
-                ca_file,
-                insecure_http,
-            };
-            b.upsert(cfg);
-            b.save(&path, store.integrity()).map_err(|e| fail(HOST, e))?;
-            let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
-                .reason(format!("namespace served by vault server {address}"));
-            store.record(&rec).map_err(store_exit)?;
-            eprintln!("namespace {namespace} is now served by vault server {address}");
-            Ok(())
-        }
-        BackendCommand::List { json } => {
-            let mut out = std::io::stdout().lock();
-            if json {
-                print_json(&mut out, &b.list())?;
-            } else {
-                writeln!(out, "{:<24} {:<36} {:<12} PREFIX", "NAMESPACE", "ADDRESS", "MOUNT").map_err(stdout_err)?;
-                for c in b.list() {
-                    writeln!(out, "{:<24} {:<36} {:<12} {}", c.namespace, c.address, c.mount, c.prefix)
-                        .map_err(stdout_err)?;
-                }
-            }
-            Ok(())
-        }
-        BackendCommand::Rm { namespace } => {
-            if !b.remove(namespace.as_str()) {
-                return Err(fail(USAGE, anyhow::anyhow!("no backend serves namespace {namespace}")));
-            }
-            b.save(&path, store.integrity()).map_err(|e| fail(HOST, e))?;
-            let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
-                .reason("namespace served by the local store again");
-            store.record(&rec).map_err(store_exit)?;
-            eprintln!("namespace {namespace} is served by the local store again");
-            Ok(())
-        }
     }
 }

@@ -1,0 +1,312 @@
+//! `host audit ...`: list, export, verify (against a signed checkpoint),
+//! checkpoint, prune, usage, fingerprints.
+
+use super::*;
+use keyhole::audit::{self, Actor, AuditKey, Verdict};
+
+#[derive(Args, Debug, Default)]
+pub(crate) struct AuditFilter {
+    /// Only records about this secret name.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Only records in this namespace.
+    #[arg(long, short)]
+    namespace: Option<String>,
+    /// Only records of this flow.
+    #[arg(long)]
+    flow: Option<String>,
+    /// Only records of this execution id.
+    #[arg(long)]
+    execution: Option<String>,
+    /// Only this outcome: granted, denied, not-found, revoked, expired, unavailable, ok.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only this action: secret.read, task.start, secret.set, secret.rm, audit.prune, ...
+    #[arg(long)]
+    action: Option<String>,
+    /// Records at or after this time: RFC 3339, a date (2026-11-27) or an age (24h, 7d).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<String>,
+    /// Records before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<String>,
+    /// At most this many records (the newest).
+    #[arg(long)]
+    limit: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCommand {
+    /// List audit records, oldest first.
+    List {
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export records as JSON lines, for a SIEM.
+    Export {
+        /// Output format (only jsonl).
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Verify the keyed hash chain (needs the master key); exits 1 and names the
+    /// first bad record if it is broken.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also prove that the log still contains the head recorded in this
+        /// signed checkpoint (from `host audit checkpoint`): catches a log cut
+        /// short or rolled back.
+        #[arg(long, value_name = "CHECKPOINT")]
+        against: Option<PathBuf>,
+    },
+    /// Verify the log and write a signed checkpoint of its head (C2SP
+    /// tlog-checkpoint note format) to keep outside the data directory.
+    Checkpoint {
+        /// Write it to this file (refusing to go back from a newer checkpoint
+        /// there) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Delete records older than a time, keeping the rest verifiable.
+    Prune {
+        /// RFC 3339 time, a date, or an age (90d).
+        #[arg(long, value_parser = parse_time)]
+        before: String,
+    },
+    /// Per secret and task: reads and last read; grants never used show 0 reads.
+    Usage {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the audit key so that each released value's HMAC fingerprint is recorded.
+    EnableFingerprints,
+    /// Fingerprint a value found in the wild (read from stdin) and list the reads that released it.
+    HashValue,
+}
+
+pub(crate) fn read_checkpoint_file(
+    conn: &rusqlite::Connection,
+    key: &keyhole::crypto::IntegrityKey,
+    file: &Path,
+) -> Result<audit::Checkpoint, Exit> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read checkpoint {}: {e}", file.display())))?;
+    audit::read_checkpoint(conn, key, &text)
+        .map_err(|e| fail(TASK_ERROR, anyhow::anyhow!("checkpoint {} is not valid: {e}", file.display())))
+}
+
+pub(crate) fn audit_filter(f: AuditFilter) -> audit::Filter {
+    audit::Filter {
+        secret: f.secret,
+        namespace: f.namespace,
+        flow: f.flow,
+        execution: f.execution,
+        outcome: f.outcome,
+        action: f.action,
+        since: f.since,
+        until: f.until,
+        limit: f.limit,
+    }
+}
+
+pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
+    let path = dir.store_path();
+    // Writing a record or checking the chain needs the integrity key, which
+    // only the master key opens; listing needs no key.
+    let needs_key = !matches!(
+        cmd,
+        AuditCommand::List { .. } | AuditCommand::Export { .. } | AuditCommand::Usage { .. } | AuditCommand::HashValue
+    );
+    if needs_key && !path.exists() && !matches!(cmd, AuditCommand::EnableFingerprints) {
+        return Err(fail(USAGE, audit::AuditError::NoStore(path.clone())));
+    }
+    let mut store = if needs_key { Some(open_store(dir)?) } else { None };
+    let key = store.as_ref().map(|s| s.integrity().clone());
+    let key = || key.clone().expect("opened above for every command that needs the key");
+    let mut conn = audit::open(&path, false).map_err(|e| fail(USAGE, e))?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        AuditCommand::List { filter, json } => {
+            let records = audit::list(&conn, &path, &audit_filter(filter)).map_err(|e| fail(HOST, e))?;
+            if json {
+                print_json(&mut out, &records)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>6}  {:<24}  {:<12} {:<11} {:<24} {:<20} {:<24} {:>3}  REASON",
+                    "SEQ", "TIME", "ACTION", "OUTCOME", "ACTOR", "NAMESPACE", "SECRET", "VER"
+                )
+                .map_err(stdout_err)?;
+                for r in records {
+                    let ns = if r.namespace.is_empty() { "(root)" } else { &r.namespace };
+                    writeln!(
+                        out,
+                        "{:>6}  {:<24}  {:<12} {:<11} {:<24} {:<20} {:<24} {:>3}  {}",
+                        r.seq,
+                        r.time,
+                        r.action,
+                        r.outcome,
+                        r.actor,
+                        ns,
+                        r.secret.as_deref().unwrap_or("-"),
+                        r.version.map_or("-".to_owned(), |v| v.to_string()),
+                        r.reason.as_deref().unwrap_or(""),
+                    )
+                    .map_err(stdout_err)?;
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Export { format: _, filter } => {
+            for r in audit::list(&conn, &path, &audit_filter(filter)).map_err(|e| fail(HOST, e))? {
+                serde_json::to_writer(&mut out, &r).map_err(stdout_err)?;
+                writeln!(out).map_err(stdout_err)?;
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { json, against } => {
+            let verdict = audit::verify(&conn, &path, &key()).map_err(|e| fail(HOST, e))?;
+            let checkpoint = match &against {
+                Some(file) => Some(read_checkpoint_file(&conn, &key(), file)?),
+                None => None,
+            };
+            if let Some(c) = &checkpoint {
+                audit::check_against(&conn, &path, &verdict, c).map_err(|e| {
+                    fail(TASK_ERROR, anyhow::Error::from(e).context(format!("audit log {}", path.display())))
+                })?;
+            }
+            if json {
+                print_json(&mut out, &verdict)?;
+            }
+            match verdict {
+                Verdict::Intact { records, head_seq, head_hash, from_seq, key_id, keyed_from } => {
+                    if !json {
+                        writeln!(
+                            out,
+                            "audit log intact: {records} records (seq {from_seq}..{head_seq}), head hash {head_hash}, \
+                             verified with audit key {key_id}{}",
+                            if keyed_from > 1 {
+                                format!(" (records before {keyed_from} predate the keyed chain: plain SHA-256)")
+                            } else {
+                                String::new()
+                            }
+                        )
+                        .map_err(stdout_err)?;
+                        if let (Some(c), Some(f)) = (&checkpoint, &against) {
+                            writeln!(out, "contains checkpoint {} (record {}, {})", f.display(), c.seq, c.time)
+                                .map_err(stdout_err)?;
+                        }
+                    }
+                    Ok(())
+                }
+                Verdict::Broken { seq, problem } => Err(fail(
+                    TASK_ERROR,
+                    anyhow::anyhow!("audit log {} is broken at record {seq}: {problem}", path.display()),
+                )),
+            }
+        }
+        AuditCommand::Checkpoint { output } => {
+            let note = audit::checkpoint_note(&conn, &path, &key()).map_err(|e| fail(TASK_ERROR, e))?;
+            let Some(file) = output else {
+                return write!(out, "{note}").map_err(stdout_err);
+            };
+            if file.exists() {
+                // Like a sumdb client: never go back from what is on file.
+                let old = read_checkpoint_file(&conn, &key(), &file)?;
+                let new = audit::read_checkpoint(&conn, &key(), &note).map_err(|e| fail(HOST, anyhow::anyhow!(e)))?;
+                let verdict = audit::verify(&conn, &path, &key()).map_err(|e| fail(HOST, e))?;
+                audit::check_against(&conn, &path, &verdict, &old).map_err(|e| {
+                    fail(
+                        TASK_ERROR,
+                        anyhow::Error::from(e).context(format!("{} is newer than the log", file.display())),
+                    )
+                })?;
+                if new.seq < old.seq {
+                    return Err(fail(TASK_ERROR, anyhow::anyhow!("{} is newer than the log", file.display())));
+                }
+            }
+            keyhole::data_dir::write_private_atomic(&file, note.as_bytes())
+                .map_err(|e| fail(HOST, anyhow::anyhow!("cannot write {}: {e}", file.display())))?;
+            eprintln!(
+                "wrote a signed checkpoint of the audit log to {}: keep a copy outside the data directory",
+                file.display()
+            );
+            Ok(())
+        }
+        AuditCommand::Prune { before } => {
+            let n =
+                audit::prune(&mut conn, &path, &key(), &before, &Actor::current_user()).map_err(|e| fail(HOST, e))?;
+            eprintln!("pruned {n} audit records before {before}; the rest remain verifiable");
+            Ok(())
+        }
+        AuditCommand::Usage { json } => {
+            let usage = audit::usage(&conn, &path).map_err(|e| fail(HOST, e))?;
+            if json {
+                print_json(&mut out, &usage)?;
+            } else {
+                writeln!(out, "{:<28} {:<24} {:<20} {:>6}  {:<24}", "SECRET", "FLOW", "TASK", "READS", "LAST READ")
+                    .map_err(stdout_err)?;
+                for u in usage {
+                    let last = u.last_read.as_deref().unwrap_or("never (grant unused)");
+                    writeln!(out, "{:<28} {:<24} {:<20} {:>6}  {:<24}", u.secret, u.flow, u.task, u.reads, last)
+                        .map_err(stdout_err)?;
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::EnableFingerprints => {
+            AuditKey::create(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
+            let rec =
+                audit::NewRecord::ok(&Actor::current_user(), audit::Action::AuditKeyCreate, &Namespace::root(), None)
+                    .reason(format!("created {}", dir.audit_key_path().display()));
+            store.as_mut().expect("opened above").record(&rec).map_err(store_exit)?;
+            eprintln!(
+                "audit fingerprints enabled: key in {} (keep it apart from master.key)",
+                dir.audit_key_path().display()
+            );
+            Ok(())
+        }
+        AuditCommand::HashValue => {
+            let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?.ok_or_else(|| {
+                fail(USAGE, anyhow::anyhow!("fingerprints are not enabled: run `host audit enable-fingerprints` first"))
+            })?;
+            let value = read_value(None).map_err(|e| fail(USAGE, e))?;
+            let fp = key.fingerprint(value.expose());
+            writeln!(out, "{fp}").map_err(stdout_err)?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT seq, time, actor, namespace, secret, version FROM audit WHERE value_hmac = ?1 ORDER BY seq",
+                )
+                .map_err(|e| fail(HOST, e))?;
+            let rows = stmt
+                .query_map([&fp], |r| {
+                    Ok(format!(
+                        "released by record {} at {}: {} read {} version {} in namespace {:?}",
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        r.get::<_, Option<i64>>(5)?.unwrap_or_default(),
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(|e| fail(HOST, e))?;
+            let mut any = false;
+            for row in rows {
+                writeln!(out, "{}", row.map_err(|e| fail(HOST, e))?).map_err(stdout_err)?;
+                any = true;
+            }
+            if !any {
+                writeln!(out, "no recorded read released this value").map_err(stdout_err)?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `host exec`: one plugin as a one-task flow, and the session (store,
+//! engine, audit log, execution records) that `exec` and `run` share.
+
+use super::*;
+use keyhole::audit::{AuditKey, AuditLog};
+use keyhole::exec::{ExecutionEnv, Limits, TaskFailure};
+use keyhole::executions::Executions;
+use keyhole::flow::{Diagnostics, Flow, FlowTask};
+use keyhole::names::{ExecutionId, TaskId};
+use keyhole::output::stderr_sink;
+use keyhole::policy::Grants;
+use keyhole::run::{prepare, run_flow};
+use keyhole::runtime::{Runtime, RuntimeOptions};
+use serde_json::{Map, Value};
+use std::sync::Mutex;
+
+#[derive(Args, Debug)]
+pub(crate) struct ExecArgs {
+    /// The plugin: a wasm32-wasip2 component or a wasm32-wasip1 module.
+    plugin: PathBuf,
+    /// Namespace the task's secrets are looked up in (then its parents).
+    #[arg(long, short, default_value = "", value_name = "NS")]
+    namespace: Namespace,
+    /// Grant the task this secret (repeat for more). Nothing is granted by default.
+    #[arg(long = "grant", short, value_name = "NAME")]
+    grants: Vec<SecretName>,
+    /// Input JSON document.
+    #[arg(long, conflicts_with = "input_file", value_name = "JSON")]
+    input: Option<String>,
+    /// Read the input JSON document from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+    /// Memory limit of the task (all its linear memories and tables together), in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    memory: u64,
+    /// Time limit: seconds, or a duration like `500ms`, `2m`.
+    #[arg(long, default_value = "30", value_parser = parse_duration, value_name = "SECS")]
+    timeout: Duration,
+    /// Most bytes of plugin stdout, stderr and log lines shown.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    max_output: usize,
+}
+
+pub(crate) fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
+    let (text, origin) = match (&args.input, &args.input_file) {
+        (Some(s), _) => (s.clone(), "--input".to_owned()),
+        (None, Some(p)) if p == Path::new("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read the input from stdin")?;
+            (s, "stdin".to_owned())
+        }
+        (None, Some(p)) => (
+            std::fs::read_to_string(p).with_context(|| format!("cannot read input file {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        (None, None) => ("{}".to_owned(), "the default input".to_owned()),
+    };
+    serde_json::from_str(&text).with_context(|| format!("the input from {origin} is not a JSON document"))
+}
+
+/// Everything a run needs: store, engine, audit log, execution records.
+pub(crate) struct Session {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) env: ExecutionEnv,
+    pub(crate) records: Executions,
+    pub(crate) rt: tokio::runtime::Runtime,
+}
+
+/// `pooling`: use the pooling instance allocator (for flows of several tasks).
+pub(crate) fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool) -> Result<Session, Exit> {
+    let store = open_store(dir)?;
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
+        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
+    let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
+    let audit = AuditLog::open(&dir.store_path(), store.integrity().clone(), key).map_err(|e| fail(HOST, e))?;
+    let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
+    let backends = Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(vault_exit)?;
+    let env = ExecutionEnv {
+        store: Arc::new(Mutex::new(store)),
+        sink: stderr_sink(),
+        masks,
+        audit,
+        pins: Default::default(),
+        backends: Arc::new(backends),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+    Ok(Session { runtime, env, records, rt })
+}
+
+pub(crate) fn failure_exit(context: String, failure: TaskFailure) -> Exit {
+    let code = if failure.is_task_error() { TASK_ERROR } else { PLUGIN_FAILED };
+    fail(code, anyhow::Error::from(failure).context(context))
+}
+
+pub(crate) fn print_warnings(d: &Diagnostics) {
+    for w in &d.0 {
+        eprintln!("{w}");
+    }
+}
+
+/// `host exec`: a flow of one task whose grants come from `--grant`.
+pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
+    let input = read_input(&args).map_err(|e| fail(USAGE, e))?;
+    let memory = usize::try_from(args.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    if memory == 0 {
+        return Err(fail(USAGE, anyhow::anyhow!("--memory must be at least 1 MiB")));
+    }
+    let s = session(dir, masks, false)?;
+    let stem = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let task = TaskId::from_file_stem(&stem);
+    let flow = Flow {
+        id: task.clone(),
+        namespace: args.namespace,
+        inputs: Vec::new(),
+        tasks: vec![FlowTask {
+            id: task,
+            plugin: args.plugin.clone(),
+            sha256: None,
+            grants: Grants::new(args.grants),
+            limits: Limits { memory, timeout: args.timeout, output: args.max_output },
+            input,
+            literal_input: true,
+        }],
+        source: args.plugin.display().to_string(),
+    };
+    let (plugins, warnings) = prepare(&s.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    print_warnings(&warnings);
+    let execution = ExecutionId::generate();
+    tracing::info!("execution {execution} started");
+    let report = s.rt.block_on(run_flow(&s.runtime, &s.env, &flow, &plugins, Map::new(), execution, &s.records));
+    if let Some((_, failure)) = report.failure {
+        return Err(failure_exit(format!("plugin {}", args.plugin.display()), failure));
+    }
+    let output = report.record.tasks[0].output.clone().unwrap_or(Value::Null);
+    let text = serde_json::to_string_pretty(&output).expect("a JSON value always serialises");
+    writeln!(std::io::stdout().lock(), "{text}").map_err(stdout_err)
+}

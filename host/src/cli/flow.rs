@@ -1,0 +1,221 @@
+//! `host run`, `host validate`, `host flow schema` and `host executions`.
+
+use super::exec::{failure_exit, print_warnings, session};
+use super::*;
+use keyhole::executions::{ExecutionRecord, Executions};
+use keyhole::flow::{self, Diagnostic, Diagnostics, Severity};
+use keyhole::names::ExecutionId;
+use keyhole::run::{prepare, run_flow};
+use keyhole::runtime::{POOLING_MAX_MEMORY, Runtime, RuntimeOptions};
+use serde_json::{Map, Value};
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The flow file (YAML or JSON).
+    flow: PathBuf,
+    /// A flow input, as ID=VALUE (repeat for more).
+    #[arg(long = "input", short, value_parser = parse_input_pair, value_name = "ID=VALUE")]
+    inputs: Vec<(String, String)>,
+    /// Print the execution record as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ValidateArgs {
+    /// The flow file (YAML or JSON).
+    flow: PathBuf,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum FlowCommand {
+    /// Print the JSON Schema of the flow format (for editor validation and completion).
+    Schema,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ExecutionsCommand {
+    /// The newest executions first.
+    List {
+        /// Only this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One execution: per-task status, duration, masked output or error.
+    Show {
+        /// Execution id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn parse_input_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not ID=VALUE"))
+}
+
+/// `host run`: a flow file.
+pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
+    let (flow, warnings) = flow::load(&args.flow).map_err(|d| fail(USAGE, d))?;
+    print_warnings(&warnings);
+    let inputs = flow::bind_inputs(&flow, &args.inputs).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
+    // Several instances in one process: pool them, unless a task may need
+    // more memory than a pooled instance can have.
+    let pooling = flow.tasks.len() > 1 && flow.tasks.iter().all(|t| t.limits.memory <= POOLING_MAX_MEMORY);
+    let s = session(dir, masks, pooling)?;
+    let (plugins, warnings) = prepare(&s.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    print_warnings(&warnings);
+    let execution = ExecutionId::generate();
+    eprintln!("[{}] execution {execution} started", flow.id);
+    let report = s.rt.block_on(run_flow(&s.runtime, &s.env, &flow, &plugins, inputs, execution, &s.records));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        print_json(&mut out, &report.record)?;
+    } else {
+        write_execution(&mut out, &report.record).map_err(stdout_err)?;
+    }
+    match report.failure {
+        Some((task, failure)) => Err(failure_exit(format!("flow {} failed at task {task}", flow.id), failure)),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std::io::Result<()> {
+    let ns = if r.namespace.is_empty() { "(root)" } else { &r.namespace };
+    writeln!(out, "execution {}  flow {}  namespace {ns}  {}", r.id, r.flow, r.status)?;
+    writeln!(out, "started {}  ended {}", r.started, r.ended.as_deref().unwrap_or("-"))?;
+    for t in &r.tasks {
+        let status =
+            serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        writeln!(out, "  {:<10} {:<24} {:>7} ms  {}", status, t.id, t.duration_ms, t.error.as_deref().unwrap_or(""))?;
+    }
+    let outputs: Map<String, Value> =
+        r.tasks.iter().filter_map(|t| t.output.clone().map(|o| (t.id.clone(), o))).collect();
+    writeln!(out, "outputs:")?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&outputs).expect("JSON encodes"))
+}
+
+/// `host validate`: everything `run` would check, without running.
+pub(crate) fn validate_cmd(dir: &DataDir, args: ValidateArgs) -> Result<(), Exit> {
+    let mut found = Vec::new();
+    let flow = match flow::load(&args.flow) {
+        Ok((flow, warnings)) => {
+            found.extend(warnings.0);
+            Some(flow)
+        }
+        Err(d) => {
+            found.extend(d.0);
+            None
+        }
+    };
+    if let Some(flow) = &flow {
+        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
+            .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
+        match prepare(&runtime, flow) {
+            Ok((_, w)) => found.extend(w.0),
+            Err(d) => found.extend(d.0),
+        }
+        for t in &flow.tasks {
+            for g in t.grants.iter() {
+                let exists = keyhole::store::exists_in_chain(&dir.store_path(), &flow.namespace, g)
+                    .map_err(|e| fail(HOST, e))?;
+                if !exists {
+                    found.push(Diagnostic {
+                        severity: Severity::Warning,
+                        location: format!("{}: task {}", flow.source, t.id),
+                        message: format!(
+                            "secret {g} is granted but exists in no namespace of {}'s chain: `host secret set {g} --namespace {}`",
+                            flow.namespace,
+                            flow.namespace.as_str()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let diags = Diagnostics(found);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        print_json(&mut out, &diags.0)?;
+    } else {
+        for d in &diags.0 {
+            writeln!(out, "{d}").map_err(stdout_err)?;
+        }
+    }
+    if diags.has_errors() {
+        let n = diags.0.iter().filter(|d| d.severity == Severity::Error).count();
+        return Err(fail(USAGE, anyhow::anyhow!("flow {} has {n} error(s)", args.flow.display())));
+    }
+    if !args.json {
+        writeln!(out, "flow {} is valid ({} warning(s))", args.flow.display(), diags.0.len()).map_err(stdout_err)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<(), Exit> {
+    if !dir.store_path().exists() {
+        return Err(fail(USAGE, anyhow::anyhow!("no executions yet: {} does not exist", dir.store_path().display())));
+    }
+    let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        ExecutionsCommand::List { flow, limit, json } => {
+            let list = records.list(flow.as_deref(), limit).map_err(|e| fail(HOST, e))?;
+            if json {
+                print_json(&mut out, &list)?;
+            } else {
+                writeln!(out, "{:<36}  {:<24} {:<10} {:<24}  TASKS", "EXECUTION", "FLOW", "STATUS", "STARTED")
+                    .map_err(stdout_err)?;
+                for r in list {
+                    let tasks: Vec<String> = r
+                        .tasks
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{}:{}",
+                                t.id,
+                                serde_json::to_value(t.status)
+                                    .ok()
+                                    .and_then(|v| v.as_str().map(str::to_owned))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    writeln!(
+                        out,
+                        "{:<36}  {:<24} {:<10} {:<24}  {}",
+                        r.id,
+                        r.flow,
+                        r.status,
+                        r.started,
+                        tasks.join(" ")
+                    )
+                    .map_err(stdout_err)?;
+                }
+            }
+        }
+        ExecutionsCommand::Show { id, json } => {
+            let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
+            let r = records.get(id.as_str()).map_err(|e| match e {
+                keyhole::executions::RecordError::NotFound(_) => fail(USAGE, e),
+                e => fail(HOST, e),
+            })?;
+            if json {
+                print_json(&mut out, &r)?;
+            } else {
+                write_execution(&mut out, &r).map_err(stdout_err)?;
+            }
+        }
+    }
+    Ok(())
+}

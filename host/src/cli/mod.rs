@@ -1,0 +1,217 @@
+//! The `host` command line: argument definitions, one file per command
+//! group, and the one mapping from failures to exit codes. `main.rs` only
+//! parses and dispatches to [`run`].
+
+mod audit;
+mod backend;
+mod exec;
+mod flow;
+mod key;
+mod secret;
+
+use audit::AuditCommand;
+use backend::BackendCommand;
+use exec::ExecArgs;
+use flow::{ExecutionsCommand, FlowCommand, RunArgs, ValidateArgs};
+use key::KeyCommand;
+use secret::SecretCommand;
+
+pub(crate) use anyhow::{Context, Result, bail};
+pub(crate) use clap::{Args, Parser, Subcommand};
+pub(crate) use keyhole::data_dir::DataDir;
+pub(crate) use keyhole::mask::MaskSet;
+pub(crate) use keyhole::names::{Namespace, SecretName};
+pub(crate) use keyhole::secret::SecretValue;
+pub(crate) use keyhole::store::{SecretStore, StoreError};
+pub(crate) use keyhole::vault::{self, Backends};
+pub(crate) use std::io::{Read, Write};
+pub(crate) use std::path::{Path, PathBuf};
+pub(crate) use std::sync::Arc;
+pub(crate) use std::time::Duration;
+
+pub(crate) const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the task ran and returned an error
+  2  bad usage or input (arguments, input JSON, plugin file, names)
+  3  the plugin trapped or hit a limit (time, memory)
+  4  the host failed (secret store, master key, disk)
+  5  stored state failed its integrity check: the database or a config file was edited outside keyhole";
+
+/// Keyhole: run WebAssembly task plugins that get secrets only through a
+/// capability-checked import.
+#[derive(Parser, Debug)]
+#[command(name = "host", version, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// Data directory (store, master key, compiled-plugin cache).
+    /// Default: $KEYHOLE_HOME, else $XDG_DATA_HOME/keyhole, else ~/.local/share/keyhole.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// More host diagnostics on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Run one task plugin; its JSON output goes to stdout.
+    #[command(after_help = EXIT_CODES)]
+    Exec(ExecArgs),
+    /// Manage secrets in the encrypted store.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Run a flow file: its tasks in order, each with its own grants and limits.
+    #[command(after_help = EXIT_CODES)]
+    Run(RunArgs),
+    /// Check a flow file without running it.
+    Validate(ValidateArgs),
+    /// Flow format helpers.
+    #[command(subcommand)]
+    Flow(FlowCommand),
+    /// Past executions of flows and `host exec`.
+    #[command(subcommand)]
+    Executions(ExecutionsCommand),
+    /// Inspect, verify and export the audit trail (needs no master key).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Master-key management.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// External secret backends (HashiCorp Vault / OpenBao) per namespace.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+}
+
+/// Parses `--since`-style times into the RFC 3339 form records use.
+pub(crate) fn parse_time(s: &str) -> Result<String, String> {
+    let t = if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{s}T00:00:00")) {
+        t
+    } else if let Ok(age) = humantime::parse_duration(s) {
+        std::time::SystemTime::now() - age
+    } else {
+        return Err(format!(
+            "{s:?} is not a time: use RFC 3339 (2026-11-27T10:00:00Z), a date (2026-11-27) or an age (24h, 7d)"
+        ));
+    };
+    Ok(humantime::format_rfc3339_millis(t).to_string())
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("{s:?} is not a positive number of seconds"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30, 1.5, 500ms or 2m: {e}"))
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub(crate) code: u8,
+    pub(crate) error: anyhow::Error,
+}
+
+pub(crate) fn fail(code: u8, error: impl Into<anyhow::Error>) -> Exit {
+    Exit { code, error: error.into() }
+}
+
+pub(crate) const TASK_ERROR: u8 = 1;
+pub(crate) const USAGE: u8 = 2;
+pub(crate) const PLUGIN_FAILED: u8 = 3;
+pub(crate) const HOST: u8 = 4;
+pub(crate) const TAMPERED: u8 = 5;
+
+pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
+    let dir = DataDir::locate(cli.data_dir.as_deref()).map_err(|e| fail(USAGE, e))?;
+    match cli.command {
+        Command::Exec(args) => exec::exec(&dir, args, masks.clone()),
+        Command::Secret(cmd) => secret::secret(&dir, cmd),
+        Command::Audit(cmd) => audit::audit_cmd(&dir, cmd),
+        Command::Run(args) => flow::run_flow_cmd(&dir, args, masks.clone()),
+        Command::Validate(args) => flow::validate_cmd(&dir, args),
+        Command::Flow(FlowCommand::Schema) => {
+            let schema = serde_json::to_string_pretty(&keyhole::flow::schema()).expect("schemas encode");
+            writeln!(std::io::stdout().lock(), "{schema}").map_err(stdout_err)
+        }
+        Command::Executions(cmd) => flow::executions_cmd(&dir, cmd),
+        Command::Key(KeyCommand::Rotate) => key::key_rotate(&dir),
+        Command::Backend(cmd) => backend::backend(&dir, cmd),
+    }
+}
+
+pub(crate) fn open_store(dir: &DataDir) -> Result<SecretStore, Exit> {
+    SecretStore::open(dir).map_err(store_exit)
+}
+
+/// The one mapping from store failures to exit codes.
+pub(crate) fn store_exit(e: StoreError) -> Exit {
+    use keyhole::crypto::KeyError;
+    let code = match &e {
+        StoreError::Key(KeyError::Locked { .. } | KeyError::Io { .. }) => HOST,
+        StoreError::NotFound { .. } | StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
+        StoreError::RowTampered { .. } | StoreError::Tampered { .. } => TAMPERED,
+        _ => HOST,
+    };
+    fail(code, e)
+}
+
+/// Maps backend configuration failures: an edited file is tampering.
+pub(crate) fn vault_exit(e: vault::VaultError) -> Exit {
+    let code = if matches!(e, vault::VaultError::Tampered(_)) { TAMPERED } else { USAGE };
+    fail(code, e)
+}
+
+pub(crate) fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    match from_file {
+        Some(p) => {
+            *bytes = std::fs::read(p).with_context(|| format!("cannot read secret value from {}", p.display()))?;
+        }
+        None => {
+            std::io::stdin().lock().read_to_end(&mut bytes).context("cannot read the secret value from stdin")?;
+        }
+    }
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        bail!(
+            "the secret value is empty: pipe it on stdin (e.g. `printf %s \"$VALUE\" | host secret set NAME`) or use --from-file"
+        );
+    }
+    SecretValue::from_utf8(bytes).map_err(|e| anyhow::anyhow!("the secret value is not valid UTF-8 ({e})"))
+}
+
+/// Writes `value` as pretty JSON and a newline.
+pub(crate) fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), Exit> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(stdout_err)?;
+    writeln!(out).map_err(stdout_err)
+}
+
+pub(crate) fn stdout_err(e: impl Into<anyhow::Error>) -> Exit {
+    fail(HOST, e.into().context("cannot write to stdout"))
+}
+
+/// Environment variable naming a test failpoint: the process stops there
+/// (prints `failpoint NAME reached` and sleeps) so a test can kill it.
+pub(crate) const FAILPOINT_ENV: &str = "KEYHOLE_FAILPOINT";
+
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name} reached");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+pub(crate) fn backends(dir: &DataDir, store: &SecretStore) -> Result<Backends, Exit> {
+    Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(vault_exit)
+}
