@@ -130,11 +130,11 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
     let mut store = if needs_key { Some(open_store(dir)?) } else { None };
     let key = store.as_ref().map(|s| s.integrity().clone());
     let key = || key.clone().expect("opened above for every command that needs the key");
-    let mut conn = audit::open(&path, false).map_err(|e| fail(USAGE, e))?;
+    let mut conn = audit::open(&path, false)?;
     let mut out = std::io::stdout().lock();
     match cmd {
         AuditCommand::List { filter, json } => {
-            let records = audit::list(&conn, &path, &audit_filter(filter)).map_err(|e| fail(HOST, e))?;
+            let records = audit::list(&conn, &path, &audit_filter(filter))?;
             if json {
                 print_json(&mut out, &records)?;
             } else {
@@ -165,14 +165,14 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             Ok(())
         }
         AuditCommand::Export { format: _, filter } => {
-            for r in audit::list(&conn, &path, &audit_filter(filter)).map_err(|e| fail(HOST, e))? {
+            for r in audit::list(&conn, &path, &audit_filter(filter))? {
                 serde_json::to_writer(&mut out, &r).map_err(stdout_err)?;
                 writeln!(out).map_err(stdout_err)?;
             }
             Ok(())
         }
         AuditCommand::Verify { json, against } => {
-            let verdict = audit::verify(&conn, &path, &key()).map_err(|e| fail(HOST, e))?;
+            let verdict = audit::verify(&conn, &path, &key())?;
             let checkpoint = match &against {
                 Some(file) => Some(read_checkpoint_file(&conn, &key(), file)?),
                 None => None,
@@ -213,7 +213,7 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             }
         }
         AuditCommand::Checkpoint { output } => {
-            let note = audit::checkpoint_note(&conn, &path, &key()).map_err(|e| fail(TASK_ERROR, e))?;
+            let note = audit::checkpoint_note(&conn, &path, &key())?;
             let Some(file) = output else {
                 return write!(out, "{note}").map_err(stdout_err);
             };
@@ -221,7 +221,7 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
                 // Like a sumdb client: never go back from what is on file.
                 let old = read_checkpoint_file(&conn, &key(), &file)?;
                 let new = audit::read_checkpoint(&conn, &key(), &note).map_err(|e| fail(HOST, anyhow::anyhow!(e)))?;
-                let verdict = audit::verify(&conn, &path, &key()).map_err(|e| fail(HOST, e))?;
+                let verdict = audit::verify(&conn, &path, &key())?;
                 audit::check_against(&conn, &path, &verdict, &old).map_err(|e| {
                     fail(
                         TASK_ERROR,
@@ -241,13 +241,12 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             Ok(())
         }
         AuditCommand::Prune { before } => {
-            let n =
-                audit::prune(&mut conn, &path, &key(), &before, &Actor::current_user()).map_err(|e| fail(HOST, e))?;
+            let n = audit::prune(&mut conn, &path, &key(), &before, &Actor::current_user())?;
             eprintln!("pruned {n} audit records before {before}; the rest remain verifiable");
             Ok(())
         }
         AuditCommand::Usage { json } => {
-            let usage = audit::usage(&conn, &path).map_err(|e| fail(HOST, e))?;
+            let usage = audit::usage(&conn, &path)?;
             if json {
                 print_json(&mut out, &usage)?;
             } else {
@@ -262,11 +261,11 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             Ok(())
         }
         AuditCommand::EnableFingerprints => {
-            AuditKey::create(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
+            AuditKey::create(&dir.audit_key_path())?;
             let rec =
                 audit::NewRecord::ok(&Actor::current_user(), audit::Action::AuditKeyCreate, &Namespace::root(), None)
                     .reason(format!("created {}", dir.audit_key_path().display()));
-            store.as_mut().expect("opened above").record(&rec).map_err(store_exit)?;
+            store.as_mut().expect("opened above").record(&rec)?;
             eprintln!(
                 "audit fingerprints enabled: key in {} (keep it apart from master.key)",
                 dir.audit_key_path().display()
@@ -274,7 +273,7 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             Ok(())
         }
         AuditCommand::HashValue => {
-            let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?.ok_or_else(|| {
+            let key = AuditKey::load(&dir.audit_key_path())?.ok_or_else(|| {
                 fail(USAGE, anyhow::anyhow!("fingerprints are not enabled: run `host audit enable-fingerprints` first"))
             })?;
             let value = read_value(None).map_err(|e| fail(USAGE, e))?;

@@ -60,10 +60,10 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
                 insecure_http,
             };
             b.upsert(cfg);
-            b.save(&path, store.integrity()).map_err(|e| fail(HOST, e))?;
+            b.save(&path, store.integrity())?;
             let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
                 .reason(format!("namespace served by vault server {address}"));
-            store.record(&rec).map_err(store_exit)?;
+            store.record(&rec)?;
             eprintln!("namespace {namespace} is now served by vault server {address}");
             Ok(())
         }
@@ -84,10 +84,10 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
             if !b.remove(namespace.as_str()) {
                 return Err(fail(USAGE, anyhow::anyhow!("no backend serves namespace {namespace}")));
             }
-            b.save(&path, store.integrity()).map_err(|e| fail(HOST, e))?;
+            b.save(&path, store.integrity())?;
             let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
                 .reason("namespace served by the local store again");
-            store.record(&rec).map_err(store_exit)?;
+            store.record(&rec)?;
             eprintln!("namespace {namespace} is served by the local store again");
             Ok(())
         }

@@ -71,10 +71,10 @@ pub(crate) fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool) -> Resu
     let store = open_store(dir)?;
     let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
         .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
-    let key = AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(USAGE, e))?;
-    let audit = AuditLog::open(&dir.store_path(), store.integrity().clone(), key).map_err(|e| fail(HOST, e))?;
-    let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
-    let backends = Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(vault_exit)?;
+    let key = AuditKey::load(&dir.audit_key_path())?;
+    let audit = AuditLog::open(&dir.store_path(), store.integrity().clone(), key)?;
+    let records = Executions::open(&dir.store_path())?;
+    let backends = Backends::load(&vault::config_path(dir.root()), store.integrity())?;
     let env = ExecutionEnv {
         store: Arc::new(Mutex::new(store)),
         sink: stderr_sink(),

@@ -127,8 +127,7 @@ pub(crate) fn validate_cmd(dir: &DataDir, args: ValidateArgs) -> Result<(), Exit
         }
         for t in &flow.tasks {
             for g in t.grants.iter() {
-                let exists = keyhole::store::exists_in_chain(&dir.store_path(), &flow.namespace, g)
-                    .map_err(|e| fail(HOST, e))?;
+                let exists = keyhole::store::exists_in_chain(&dir.store_path(), &flow.namespace, g)?;
                 if !exists {
                     found.push(Diagnostic {
                         severity: Severity::Warning,
@@ -166,11 +165,11 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
     if !dir.store_path().exists() {
         return Err(fail(USAGE, anyhow::anyhow!("no executions yet: {} does not exist", dir.store_path().display())));
     }
-    let records = Executions::open(&dir.store_path()).map_err(|e| fail(HOST, e))?;
+    let records = Executions::open(&dir.store_path())?;
     let mut out = std::io::stdout().lock();
     match cmd {
         ExecutionsCommand::List { flow, limit, json } => {
-            let list = records.list(flow.as_deref(), limit).map_err(|e| fail(HOST, e))?;
+            let list = records.list(flow.as_deref(), limit)?;
             if json {
                 print_json(&mut out, &list)?;
             } else {
@@ -206,10 +205,7 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
         }
         ExecutionsCommand::Show { id, json } => {
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
-            let r = records.get(id.as_str()).map_err(|e| match e {
-                keyhole::executions::RecordError::NotFound(_) => fail(USAGE, e),
-                e => fail(HOST, e),
-            })?;
+            let r = records.get(id.as_str())?;
             if json {
                 print_json(&mut out, &r)?;
             } else {

@@ -13,10 +13,9 @@ pub(crate) enum KeyCommand {
 pub(crate) fn key_rotate(dir: &DataDir) -> Result<(), Exit> {
     dir.ensure().map_err(|e| fail(HOST, e))?;
     // Held from before the new key is written until the old one is retired.
-    let lock = KeyLock::acquire(dir, keyhole::store::busy_timeout()).map_err(|e| store_exit(e.into()))?;
-    let mut store = SecretStore::open_locked(dir, &lock).map_err(store_exit)?;
-    let (id, n, from_env) =
-        store.rotate_key_files(dir, &lock, &Actor::current_user(), &|name| failpoint(name)).map_err(store_exit)?;
+    let lock = KeyLock::acquire(dir, keyhole::store::busy_timeout())?;
+    let mut store = SecretStore::open_locked(dir, &lock)?;
+    let (id, n, from_env) = store.rotate_key_files(dir, &lock, &Actor::current_user(), &|name| failpoint(name))?;
     if from_env {
         eprintln!(
             "master key rotated to key {id} ({n} data keys re-wrapped). The new key is in {}: set $KEYHOLE_MASTER_KEY to its contents, then delete the file",

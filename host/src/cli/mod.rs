@@ -146,25 +146,68 @@ pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
 }
 
 pub(crate) fn open_store(dir: &DataDir) -> Result<SecretStore, Exit> {
-    SecretStore::open(dir).map_err(store_exit)
+    SecretStore::open(dir).map_err(Exit::from)
 }
 
-/// The one mapping from store failures to exit codes.
-pub(crate) fn store_exit(e: StoreError) -> Exit {
-    use keyhole::crypto::KeyError;
-    let code = match &e {
-        StoreError::Key(KeyError::Locked { .. } | KeyError::Io { .. }) => HOST,
-        StoreError::NotFound { .. } | StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
-        StoreError::RowTampered { .. } | StoreError::Tampered { .. } => TAMPERED,
-        _ => HOST,
-    };
-    fail(code, e)
+// One conversion per library error type: the variant, not the call site,
+// decides the exit code.
+
+impl From<StoreError> for Exit {
+    fn from(e: StoreError) -> Self {
+        use keyhole::crypto::KeyError;
+        let code = match &e {
+            StoreError::Key(KeyError::Locked { .. } | KeyError::Io { .. }) => HOST,
+            StoreError::NotFound { .. } | StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
+            StoreError::RowTampered { .. } | StoreError::Tampered { .. } => TAMPERED,
+            _ => HOST,
+        };
+        fail(code, e)
+    }
 }
 
-/// Maps backend configuration failures: an edited file is tampering.
-pub(crate) fn vault_exit(e: vault::VaultError) -> Exit {
-    let code = if matches!(e, vault::VaultError::Tampered(_)) { TAMPERED } else { USAGE };
-    fail(code, e)
+impl From<keyhole::crypto::KeyError> for Exit {
+    fn from(e: keyhole::crypto::KeyError) -> Self {
+        StoreError::Key(e).into()
+    }
+}
+
+impl From<vault::VaultError> for Exit {
+    fn from(e: vault::VaultError) -> Self {
+        use vault::VaultError as V;
+        let code = match &e {
+            V::Tampered(_) => TAMPERED,
+            V::Config { .. } | V::NoToken(_) => USAGE,
+            V::Unreachable { .. } | V::Server { .. } | V::Shape { .. } => HOST,
+        };
+        fail(code, e)
+    }
+}
+
+impl From<keyhole::audit::AuditError> for Exit {
+    fn from(e: keyhole::audit::AuditError) -> Self {
+        use keyhole::audit::AuditError as A;
+        match e {
+            A::Store(e) => e.into(),
+            e @ (A::NoStore(_) | A::Key(_)) => fail(USAGE, e),
+            // The log does not vouch for what was asked: like a broken chain.
+            e @ A::Checkpoint(_) => fail(TASK_ERROR, e),
+            e @ (A::WriterGone | A::Writer(_)) => fail(HOST, e),
+        }
+    }
+}
+
+impl From<keyhole::executions::RecordError> for Exit {
+    fn from(e: keyhole::executions::RecordError) -> Self {
+        let code = if matches!(e, keyhole::executions::RecordError::NotFound(_)) { USAGE } else { HOST };
+        fail(code, e)
+    }
+}
+
+impl From<keyhole::backup::BundleError> for Exit {
+    fn from(e: keyhole::backup::BundleError) -> Self {
+        let code = if matches!(e, keyhole::backup::BundleError::Kdf(_)) { HOST } else { USAGE };
+        fail(code, e)
+    }
 }
 
 pub(crate) fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
@@ -213,5 +256,5 @@ pub(crate) fn failpoint(name: &str) {
 }
 
 pub(crate) fn backends(dir: &DataDir, store: &SecretStore) -> Result<Backends, Exit> {
-    Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(vault_exit)
+    Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(Exit::from)
 }

@@ -159,7 +159,7 @@ pub(crate) enum Charset {
 pub(crate) fn checked(store: &mut SecretStore) -> impl FnOnce(StoreError) -> Exit + '_ {
     |e| {
         store.record_tamper(&e, &Actor::current_user());
-        store_exit(e)
+        Exit::from(e)
     }
 }
 
@@ -174,16 +174,16 @@ pub(crate) fn remote_change<T>(
     change: impl FnOnce() -> Result<T, vault::VaultError>,
 ) -> Result<T, Exit> {
     let rec = NewRecord::ok(&Actor::current_user(), action, namespace, secret);
-    store.record(&rec.clone().outcome(Outcome::Pending).reason(format!("about to: {what}"))).map_err(store_exit)?;
+    store.record(&rec.clone().outcome(Outcome::Pending).reason(format!("about to: {what}")))?;
     match change() {
         Ok(v) => {
-            store.record(&rec.reason(what)).map_err(store_exit)?;
+            store.record(&rec.reason(what))?;
             Ok(v)
         }
         Err(e) => {
             let failed = rec.outcome(Outcome::Failed).reason(format!("{what}: {e}"));
-            store.record(&failed).map_err(store_exit)?;
-            Err(fail(HOST, e))
+            store.record(&failed)?;
+            Err(e.into())
         }
     }
 }
@@ -288,7 +288,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::List { namespace, expiring, json } => {
             let mut store = open_store(dir)?;
             let before = expiring.map(|d| now() + d.as_secs() as i64);
-            let list = store.list(namespace.as_ref(), before).map_err(store_exit)?;
+            let list = store.list(namespace.as_ref(), before)?;
             let tampered = tampered_rows(&mut store, &list);
             if json {
                 print_json(&mut out, &list)?;
@@ -343,14 +343,13 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Describe { name, at, json } => {
             let mut store = open_store(dir)?;
-            let info = store.describe(&at.namespace, &name).map_err(store_exit)?.ok_or_else(|| {
-                store_exit(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
+            let info = store.describe(&at.namespace, &name)?.ok_or_else(|| {
+                Exit::from(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
             })?;
             tampered_rows(&mut store, std::slice::from_ref(&info))?;
             let versions = store.versions(&at.namespace, &name).map_err(checked(&mut store))?;
-            let conn = audit::open(&dir.store_path(), false).map_err(|e| fail(HOST, e))?;
-            let last_read =
-                audit::last_read(&conn, &dir.store_path(), &at.namespace, &name).map_err(|e| fail(HOST, e))?;
+            let conn = audit::open(&dir.store_path(), false)?;
+            let last_read = audit::last_read(&conn, &dir.store_path(), &at.namespace, &name)?;
             let doc = serde_json::json!({
                 "namespace": info.namespace,
                 "name": info.name,
@@ -396,7 +395,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 );
                 return Ok(());
             }
-            store.revoke(&at.namespace, &name, &me).map_err(store_exit)?;
+            store.revoke(&at.namespace, &name, &me)?;
             eprintln!("revoked {name} in namespace {}: every read now gets `revoked`", at.namespace);
             Ok(())
         }
@@ -411,7 +410,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                     ),
                 ));
             }
-            let warning = store.destroy(&at.namespace, &name, &me).map_err(store_exit)?;
+            let warning = store.destroy(&at.namespace, &name, &me)?;
             eprintln!(
                 "destroyed {name} in namespace {}: every version's ciphertext and data key are erased",
                 at.namespace
@@ -423,11 +422,11 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Rm { name, at } => {
             let mut store = open_store(dir)?;
-            if store.remove(&at.namespace, &name, &me).map_err(store_exit)? {
+            if store.remove(&at.namespace, &name, &me)? {
                 eprintln!("removed {name} from namespace {}", at.namespace);
                 Ok(())
             } else {
-                Err(store_exit(StoreError::NotFound { namespace: at.namespace, name }))
+                Err(Exit::from(StoreError::NotFound { namespace: at.namespace, name }))
             }
         }
         SecretCommand::Export { output, namespace, key } => {
@@ -435,7 +434,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let mut store = open_store(dir)?;
             let secrets = store.export(namespace.as_ref(), &me).map_err(checked(&mut store))?;
             let n = secrets.len();
-            let text = backup::seal(secrets, &key).map_err(|e| fail(HOST, e))?;
+            let text = backup::seal(secrets, &key)?;
             keyhole::data_dir::write_private_atomic(&output, text.as_bytes())
                 .map_err(|e| fail(HOST, anyhow::anyhow!("cannot write {}: {e}", output.display())))?;
             eprintln!("exported {n} secret(s) to {}", output.display());
@@ -449,8 +448,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let secrets = backup::open(&text, &key)
                 .map_err(|e| fail(USAGE, anyhow::Error::from(e).context(format!("bundle {}", file.display()))))?;
             let mut store = open_store(dir)?;
-            let report =
-                store.import(&secrets, overwrite, &me, || failpoint("import-before-commit")).map_err(store_exit)?;
+            let report = store.import(&secrets, overwrite, &me, || failpoint("import-before-commit"))?;
             eprintln!(
                 "imported {} secret(s){}",
                 report.imported.len(),
@@ -500,7 +498,7 @@ pub(crate) fn store_value(
             }
             e => {
                 store.record_tamper(&e, &Actor::current_user());
-                store_exit(e)
+                Exit::from(e)
             }
         })?;
     let verb = if rotate { "rotated" } else { "stored" };
