@@ -25,5 +25,6 @@ pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod secret;
+pub mod session;
 pub mod store;
 pub mod vault;

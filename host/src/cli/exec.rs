@@ -2,17 +2,13 @@
 //! engine, audit log, execution records) that `exec` and `run` share.
 
 use super::*;
-use keyhole::audit::{AuditKey, AuditLog};
-use keyhole::exec::{ExecutionEnv, Limits, TaskFailure};
-use keyhole::executions::Executions;
+use keyhole::exec::{Limits, TaskFailure};
 use keyhole::flow::{Diagnostics, Flow, FlowTask};
 use keyhole::names::{ExecutionId, TaskId};
 use keyhole::output::stderr_sink;
 use keyhole::policy::Grants;
 use keyhole::run::{prepare, run_flow};
-use keyhole::runtime::{Runtime, RuntimeOptions};
 use serde_json::{Map, Value};
-use std::sync::Mutex;
 
 #[derive(Args, Debug)]
 pub(crate) struct ExecArgs {
@@ -58,36 +54,20 @@ pub(crate) fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("the input from {origin} is not a JSON document"))
 }
 
-/// Everything a run needs: store, engine, audit log, execution records.
+/// An opened host and the async runtime that drives its tasks.
 pub(crate) struct Session {
-    pub(crate) runtime: Arc<Runtime>,
-    pub(crate) env: ExecutionEnv,
-    pub(crate) records: Executions,
+    pub(crate) host: keyhole::session::Session,
     pub(crate) rt: tokio::runtime::Runtime,
 }
 
 /// `pooling`: use the pooling instance allocator (for flows of several tasks).
 pub(crate) fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool) -> Result<Session, Exit> {
-    let store = open_store(dir)?;
-    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
-        .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
-    let key = AuditKey::load(&dir.audit_key_path())?;
-    let audit = AuditLog::open(&dir.store_path(), store.integrity().clone(), key)?;
-    let records = Executions::open(&dir.store_path())?;
-    let backends = Backends::load(&vault::config_path(dir.root()), store.integrity())?;
-    let env = ExecutionEnv {
-        store: Arc::new(Mutex::new(store)),
-        sink: stderr_sink(),
-        masks,
-        audit,
-        pins: Default::default(),
-        backends: Arc::new(backends),
-    };
+    let host = keyhole::session::Session::open(dir, stderr_sink(), masks, pooling)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the async runtime: {e}")))?;
-    Ok(Session { runtime, env, records, rt })
+    Ok(Session { host, rt })
 }
 
 pub(crate) fn failure_exit(context: String, failure: TaskFailure) -> Exit {
@@ -126,11 +106,12 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result
         }],
         source: args.plugin.display().to_string(),
     };
-    let (plugins, warnings) = prepare(&s.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    let (plugins, warnings) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
     print_warnings(&warnings);
     let execution = ExecutionId::generate();
     tracing::info!("execution {execution} started");
-    let report = s.rt.block_on(run_flow(&s.runtime, &s.env, &flow, &plugins, Map::new(), execution, &s.records));
+    let report =
+        s.rt.block_on(run_flow(&s.host.runtime, &s.host.env, &flow, &plugins, Map::new(), execution, &s.host.records));
     if let Some((_, failure)) = report.failure {
         return Err(failure_exit(format!("plugin {}", args.plugin.display()), failure));
     }

@@ -73,11 +73,12 @@ pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>) ->
     // more memory than a pooled instance can have.
     let pooling = flow.tasks.len() > 1 && flow.tasks.iter().all(|t| t.limits.memory <= POOLING_MAX_MEMORY);
     let s = session(dir, masks, pooling)?;
-    let (plugins, warnings) = prepare(&s.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    let (plugins, warnings) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
     print_warnings(&warnings);
     let execution = ExecutionId::generate();
     eprintln!("[{}] execution {execution} started", flow.id);
-    let report = s.rt.block_on(run_flow(&s.runtime, &s.env, &flow, &plugins, inputs, execution, &s.records));
+    let report =
+        s.rt.block_on(run_flow(&s.host.runtime, &s.host.env, &flow, &plugins, inputs, execution, &s.host.records));
     let mut out = std::io::stdout().lock();
     if args.json {
         print_json(&mut out, &report.record)?;

@@ -196,6 +196,19 @@ impl From<keyhole::audit::AuditError> for Exit {
     }
 }
 
+impl From<keyhole::session::SessionError> for Exit {
+    fn from(e: keyhole::session::SessionError) -> Self {
+        use keyhole::session::SessionError as S;
+        match e {
+            S::Store(e) => e.into(),
+            S::Audit(e) => e.into(),
+            S::Records(e) => e.into(),
+            S::Backends(e) => e.into(),
+            e @ S::Engine(_) => fail(HOST, e),
+        }
+    }
+}
+
 impl From<keyhole::executions::RecordError> for Exit {
     fn from(e: keyhole::executions::RecordError) -> Self {
         let code = if matches!(e, keyhole::executions::RecordError::NotFound(_)) { USAGE } else { HOST };

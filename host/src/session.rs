@@ -1,0 +1,74 @@
+//! The composition root: everything a run needs, opened from a data
+//! directory in one place, so the CLI, the tests and any embedder build the
+//! same host: the secret store (master key, integrity key), the wasmtime
+//! engine with its compiled-plugin cache, the audit log, the backend
+//! configuration and the execution records.
+//!
+//! Invariant: knows the order things are opened in, nothing else; every
+//! decision stays in the module it opens.
+
+use crate::audit::{AuditError, AuditKey, AuditLog};
+use crate::data_dir::DataDir;
+use crate::exec::ExecutionEnv;
+use crate::executions::{Executions, RecordError};
+use crate::mask::MaskSet;
+use crate::output::Sink;
+use crate::runtime::{Runtime, RuntimeOptions};
+use crate::store::{SecretStore, StoreError};
+use crate::vault::{self, Backends, VaultError};
+use std::sync::{Arc, Mutex};
+
+/// An opened host, ready to run flows.
+#[derive(Debug)]
+pub struct Session {
+    /// The engine, linker and compiled-plugin cache.
+    pub runtime: Arc<Runtime>,
+    /// What every task of an execution shares: store, audit log, masks, ...
+    pub env: ExecutionEnv,
+    /// Where execution records are saved.
+    pub records: Executions,
+}
+
+/// Why a session could not be opened; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The secret store (or its master key).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log or the audit key.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The execution records.
+    #[error(transparent)]
+    Records(#[from] RecordError),
+    /// The backend configuration.
+    #[error(transparent)]
+    Backends(#[from] VaultError),
+    /// The WebAssembly engine.
+    #[error("cannot start the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+impl Session {
+    /// Opens the host in `dir`: plugin output goes to `sink`, masked with
+    /// `masks`; `pooling` uses the pooling instance allocator (worth it for
+    /// flows of several tasks).
+    pub fn open(dir: &DataDir, sink: Sink, masks: Arc<MaskSet>, pooling: bool) -> Result<Self, SessionError> {
+        let store = SecretStore::open(dir)?;
+        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
+            .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
+        let key = AuditKey::load(&dir.audit_key_path())?;
+        let audit = AuditLog::open(&dir.store_path(), store.integrity().clone(), key)?;
+        let records = Executions::open(&dir.store_path())?;
+        let backends = Backends::load(&vault::config_path(dir.root()), store.integrity())?;
+        let env = ExecutionEnv {
+            store: Arc::new(Mutex::new(store)),
+            sink,
+            masks,
+            audit,
+            pins: Default::default(),
+            backends: Arc::new(backends),
+        };
+        Ok(Session { runtime, env, records })
+    }
+}
