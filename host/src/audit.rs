@@ -28,8 +28,8 @@
 //! ([`MAX_FIELD_LEN`]).
 
 use crate::crypto::{IntegrityKey, MacDomain};
+use crate::db::{DbError, connect, sql_err};
 use crate::names::{ExecutionId, Namespace, SecretName};
-use crate::store::{StoreError, connect, sql_err};
 use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
@@ -337,7 +337,7 @@ pub struct Record {
 pub enum AuditError {
     /// SQLite refused, or opening the database failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Db(#[from] DbError),
     /// There is no store file yet.
     #[error("no keyhole store at {0}: nothing has been recorded yet")]
     NoStore(PathBuf),
@@ -356,44 +356,9 @@ pub enum AuditError {
 }
 
 fn sql(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> AuditError + use<> {
-    let to_store = sql_err(path, op);
-    move |err| AuditError::Store(to_store(err))
+    let to_db = sql_err(path, op);
+    move |err| AuditError::Db(to_db(err))
 }
-
-/// Creates the audit tables (called from the store's schema migration).
-pub(crate) const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS audit (
-        seq INTEGER PRIMARY KEY,
-        time TEXT NOT NULL,
-        action TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        actor_kind TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        flow TEXT,
-        task TEXT,
-        execution TEXT,
-        plugin_sha256 TEXT,
-        namespace TEXT NOT NULL,
-        secret TEXT,
-        version INTEGER,
-        reason TEXT,
-        value_hmac TEXT,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        detail TEXT
-    );
-    CREATE INDEX IF NOT EXISTS audit_secret ON audit (secret, time);
-    CREATE INDEX IF NOT EXISTS audit_execution ON audit (execution);
-    CREATE TABLE IF NOT EXISTS audit_head (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        value BLOB NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS audit_checkpoint (
-        seq INTEGER PRIMARY KEY,
-        hash TEXT NOT NULL,
-        time TEXT NOT NULL
-    );
-";
 
 /// The canonical encoding a record's hash covers: every field but `hash`,
 /// in this order, as compact JSON. Keyed records add `detail`.

@@ -5,26 +5,11 @@
 //! Invariant: records hold only masked text; the runner masks outputs and
 //! errors before they get here.
 
-use crate::store::{StoreError, connect, sql_err};
+use crate::db::{DbError, connect, sql_err};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-
-/// The table (created by the store's schema migration).
-pub(crate) const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS executions (
-        id TEXT PRIMARY KEY,
-        flow TEXT NOT NULL,
-        namespace TEXT NOT NULL,
-        source TEXT NOT NULL,
-        status TEXT NOT NULL,
-        started TEXT NOT NULL,
-        ended TEXT,
-        tasks TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow, started);
-";
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +66,7 @@ pub struct ExecutionRecord {
 pub enum RecordError {
     /// SQLite refused, or opening failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Db(#[from] DbError),
     /// No such execution.
     #[error("no execution {0}: see `host executions list`")]
     NotFound(String),
@@ -101,7 +86,7 @@ impl Executions {
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> RecordError + '_ {
-        move |err| RecordError::Store(sql_err(&self.path, op)(err))
+        move |err| RecordError::Db(sql_err(&self.path, op)(err))
     }
 
     /// Inserts or replaces `rec`.

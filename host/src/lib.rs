@@ -13,6 +13,7 @@ pub mod audit;
 pub mod backup;
 pub mod crypto;
 pub mod data_dir;
+pub mod db;
 pub mod exec;
 pub mod executions;
 pub mod flow;

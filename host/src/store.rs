@@ -9,6 +9,7 @@
 use crate::audit::{self, Action, Actor, NewRecord};
 use crate::crypto::{self, DecryptError, IntegrityKey, KeyError, KeyId, KeySource, MacDomain, MasterKey, Sealed};
 use crate::data_dir::DataDir;
+use crate::db::{self, DbError, busy_timeout, connect};
 use crate::keyring::{KeyFiles, KeyLock};
 use crate::names::{Namespace, SecretName};
 use crate::policy::Grant;
@@ -20,24 +21,15 @@ use zeroize::Zeroizing;
 
 /// Versions kept per secret; older ones are deleted when a new one is set.
 pub const VERSIONS_KEPT: u32 = 5;
-const SCHEMA_VERSION: i64 = 2;
 const VERIFIER_AAD: &[u8] = b"keyhole master key verifier v1";
 const VERIFIER_PLAINTEXT: &[u8] = b"keyhole";
 
 /// Store failures; each names the file and what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite refused an operation.
-    #[error("keyhole store {path}: cannot {op}: {err}")]
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-        /// What was being done.
-        op: &'static str,
-        /// The SQLite error.
-        #[source]
-        err: rusqlite::Error,
-    },
+    /// The database file.
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// The master key could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -107,16 +99,6 @@ pub enum StoreError {
         namespace: Namespace,
         /// Name.
         name: SecretName,
-    },
-    /// The database was written by a newer keyhole.
-    #[error(
-        "secret store {path}: schema version {found} is newer than this host supports ({SCHEMA_VERSION}); upgrade keyhole"
-    )]
-    TooNew {
-        /// The database file.
-        path: PathBuf,
-        /// The version found.
-        found: i64,
     },
     /// A stored value is not valid text, or a stored name is invalid.
     #[error("secret store {path}: {what}")]
@@ -404,7 +386,7 @@ impl SecretStore {
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
-        move |err| StoreError::Sqlite { path: self.path.clone(), op, err }
+        move |err| StoreError::Db(DbError::Sqlite { path: self.path.clone(), op, err })
     }
 
     /// The key that authenticates rows, the audit chain and the backend
@@ -1015,11 +997,10 @@ fn begin<'c>(conn: &'c mut Connection, path: &Path, key: &KeyId) -> Result<rusql
     Ok(tx)
 }
 
-/// Maps a SQLite error to [`StoreError::Sqlite`] naming the file and the
-/// operation; the one constructor for every table in the store file.
+/// Maps a SQLite error to a [`StoreError`] naming the file and the operation.
 pub(crate) fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
-    let path = path.to_owned();
-    move |err| StoreError::Sqlite { path, op, err }
+    let to_db = db::sql_err(path, op);
+    move |err| StoreError::Db(to_db(err))
 }
 
 fn opt(v: Option<i64>) -> Vec<u8> {
@@ -1207,101 +1188,6 @@ pub fn exists_in_chain(path: &Path, namespace: &Namespace, name: &SecretName) ->
     Ok(false)
 }
 
-/// Environment variable overriding how long a write waits for another
-/// process's write to finish, in milliseconds (default 10000).
-pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
-
-/// How long to wait for another process's write or key rotation.
-pub fn busy_timeout() -> Duration {
-    let ms = std::env::var(BUSY_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    Duration::from_millis(ms)
-}
-
-/// Opens the SQLite file with keyhole's settings and schema.
-pub(crate) fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
-    if path != Path::new(":memory:") && !path.exists() {
-        // SQLite gives the -wal and -shm files the database file's mode: 0600.
-        let _ = crate::data_dir::private_file_options().open(path);
-    }
-    let conn = Connection::open(path).map_err(e("open the database"))?;
-    conn.busy_timeout(busy_timeout()).map_err(e("set the busy timeout"))?;
-    conn.pragma_update(None, "secure_delete", "ON").map_err(e("enable secure delete"))?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(e("enable WAL mode"))?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(e("set synchronous mode"))?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(e("enable foreign keys"))?;
-    migrate(&conn, path)?;
-    Ok(conn)
-}
-
-fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e("read the schema version"))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew { path: path.to_owned(), found: version });
-    }
-    if version == SCHEMA_VERSION {
-        return Ok(());
-    }
-    if version == 1 {
-        // keyhole 0.1: add the MAC columns and the audit detail. The MACs
-        // themselves are computed by the first open with the master key.
-        return conn
-            .execute_batch(
-                "BEGIN IMMEDIATE;
-                 ALTER TABLE secrets ADD COLUMN mac BLOB;
-                 ALTER TABLE secret_versions ADD COLUMN mac BLOB;
-                 ALTER TABLE audit ADD COLUMN detail TEXT;
-                 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), value BLOB NOT NULL);
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )
-            .or_else(|err| {
-                // Another process migrated it first.
-                let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
-                let _ = conn.execute_batch("ROLLBACK");
-                if now == SCHEMA_VERSION { Ok(()) } else { Err(err) }
-            })
-            .map_err(e("upgrade the schema"));
-    }
-    // IMMEDIATE so that two processes creating the store at once serialise.
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;
-         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-         CREATE TABLE IF NOT EXISTS secrets (
-             id INTEGER PRIMARY KEY,
-             namespace TEXT NOT NULL,
-             name TEXT NOT NULL,
-             current_version INTEGER NOT NULL,
-             created_at INTEGER NOT NULL,
-             updated_at INTEGER NOT NULL,
-             keep_versions INTEGER NOT NULL DEFAULT 5,
-             revoked_at INTEGER,
-             destroyed_at INTEGER,
-             mac BLOB,
-             UNIQUE (namespace, name)
-         );
-         CREATE TABLE IF NOT EXISTS secret_versions (
-             secret_id INTEGER NOT NULL REFERENCES secrets (id),
-             version INTEGER NOT NULL,
-             created_at INTEGER NOT NULL,
-             expires_at INTEGER,
-             wrapped_key BLOB NOT NULL,
-             nonce BLOB NOT NULL,
-             ciphertext BLOB NOT NULL,
-             mac BLOB,
-             PRIMARY KEY (secret_id, version)
-         );
-         {audit}
-         {executions}
-         PRAGMA user_version = 2;
-         COMMIT;",
-        audit = crate::audit::SCHEMA,
-        executions = crate::executions::SCHEMA,
-    ))
-    .map_err(e("create the schema"))
-}
-
 /// Writes the verifier of a new store under `key` and returns the verifier
 /// that stands (another process may have initialised the store first).
 fn write_verifier(conn: &Connection, path: &Path, key: &MasterKey) -> Result<(KeyId, Sealed), StoreError> {
@@ -1317,7 +1203,7 @@ fn write_verifier(conn: &Connection, path: &Path, key: &MasterKey) -> Result<(Ke
 }
 
 fn read_verifier(conn: &Connection, path: &Path) -> Result<Option<(KeyId, Sealed)>, StoreError> {
-    let e = |op| move |err| StoreError::Sqlite { path: path.to_owned(), op, err };
+    let e = |op| sql_err(path, op);
     let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
             .optional()

@@ -13,7 +13,7 @@ pub(crate) enum KeyCommand {
 pub(crate) fn key_rotate(dir: &DataDir) -> Result<(), Exit> {
     dir.ensure().map_err(|e| fail(HOST, e))?;
     // Held from before the new key is written until the old one is retired.
-    let lock = KeyLock::acquire(dir, keyhole::store::busy_timeout())?;
+    let lock = KeyLock::acquire(dir, keyhole::db::busy_timeout())?;
     let mut store = SecretStore::open_locked(dir, &lock)?;
     let (id, n, from_env) = store.rotate_key_files(dir, &lock, &Actor::current_user(), &|name| failpoint(name))?;
     if from_env {

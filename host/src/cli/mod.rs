@@ -187,7 +187,7 @@ impl From<keyhole::audit::AuditError> for Exit {
     fn from(e: keyhole::audit::AuditError) -> Self {
         use keyhole::audit::AuditError as A;
         match e {
-            A::Store(e) => e.into(),
+            A::Db(e) => StoreError::Db(e).into(),
             e @ (A::NoStore(_) | A::Key(_)) => fail(USAGE, e),
             // The log does not vouch for what was asked: like a broken chain.
             e @ A::Checkpoint(_) => fail(TASK_ERROR, e),

@@ -1,0 +1,193 @@
+//! Persistence at the bottom: the one SQLite file of a data directory, its
+//! connections (WAL, busy timeout, secure delete, created 0600), the schema
+//! of every table in it and its migrations (`PRAGMA user_version`), and one
+//! error type. The secret store, the audit trail and the execution records
+//! sit on top; this module knows none of them.
+//!
+//! Invariant: imports nothing from the rest of the crate but `data_dir`;
+//! schema changes happen only in [`connect`], through a new version.
+
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The schema version this host writes: 1 was keyhole 0.1; 2 added the
+/// integrity MAC columns, the audit `detail` and the authenticated head.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// A failure of the database file; each names the file and what was being
+/// done.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite refused an operation.
+    #[error("keyhole store {path}: cannot {op}: {err}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The SQLite error.
+        #[source]
+        err: rusqlite::Error,
+    },
+    /// The database was written by a newer keyhole.
+    #[error(
+        "keyhole store {path}: schema version {found} is newer than this host supports ({SCHEMA_VERSION}); upgrade keyhole"
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+}
+
+/// Maps a SQLite error to [`DbError::Sqlite`] naming the file and the
+/// operation; the one constructor for every table in the file.
+pub fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError + use<> {
+    let path = path.to_owned();
+    move |err| DbError::Sqlite { path, op, err }
+}
+
+const AUDIT_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        time TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        actor_kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        flow TEXT,
+        task TEXT,
+        execution TEXT,
+        plugin_sha256 TEXT,
+        namespace TEXT NOT NULL,
+        secret TEXT,
+        version INTEGER,
+        reason TEXT,
+        value_hmac TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX IF NOT EXISTS audit_secret ON audit (secret, time);
+    CREATE INDEX IF NOT EXISTS audit_execution ON audit (execution);
+    CREATE TABLE IF NOT EXISTS audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS audit_checkpoint (
+        seq INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL,
+        time TEXT NOT NULL
+    );
+";
+
+const EXECUTIONS_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS executions (
+        id TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started TEXT NOT NULL,
+        ended TEXT,
+        tasks TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow, started);
+";
+
+/// Environment variable overriding how long a write waits for another
+/// process's write to finish, in milliseconds (default 10000).
+pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
+
+/// How long to wait for another process's write or key rotation.
+pub fn busy_timeout() -> Duration {
+    let ms = std::env::var(BUSY_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    Duration::from_millis(ms)
+}
+
+/// Opens the SQLite file with keyhole's settings and schema.
+pub fn connect(path: &Path) -> Result<Connection, DbError> {
+    let e = |op| move |err| DbError::Sqlite { path: path.to_owned(), op, err };
+    if path != Path::new(":memory:") && !path.exists() {
+        // SQLite gives the -wal and -shm files the database file's mode: 0600.
+        let _ = crate::data_dir::private_file_options().open(path);
+    }
+    let conn = Connection::open(path).map_err(e("open the database"))?;
+    conn.busy_timeout(busy_timeout()).map_err(e("set the busy timeout"))?;
+    conn.pragma_update(None, "secure_delete", "ON").map_err(e("enable secure delete"))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(e("enable WAL mode"))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(e("set synchronous mode"))?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(e("enable foreign keys"))?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
+    let e = |op| move |err| DbError::Sqlite { path: path.to_owned(), op, err };
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e("read the schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(DbError::TooNew { path: path.to_owned(), found: version });
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    if version == 1 {
+        // keyhole 0.1: add the MAC columns and the audit detail. The MACs
+        // themselves are computed by the first open with the master key.
+        return conn
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 ALTER TABLE secrets ADD COLUMN mac BLOB;
+                 ALTER TABLE secret_versions ADD COLUMN mac BLOB;
+                 ALTER TABLE audit ADD COLUMN detail TEXT;
+                 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), value BLOB NOT NULL);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )
+            .or_else(|err| {
+                // Another process migrated it first.
+                let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
+                let _ = conn.execute_batch("ROLLBACK");
+                if now == SCHEMA_VERSION { Ok(()) } else { Err(err) }
+            })
+            .map_err(e("upgrade the schema"));
+    }
+    // IMMEDIATE so that two processes creating the store at once serialise.
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS secrets (
+             id INTEGER PRIMARY KEY,
+             namespace TEXT NOT NULL,
+             name TEXT NOT NULL,
+             current_version INTEGER NOT NULL,
+             created_at INTEGER NOT NULL,
+             updated_at INTEGER NOT NULL,
+             keep_versions INTEGER NOT NULL DEFAULT 5,
+             revoked_at INTEGER,
+             destroyed_at INTEGER,
+             mac BLOB,
+             UNIQUE (namespace, name)
+         );
+         CREATE TABLE IF NOT EXISTS secret_versions (
+             secret_id INTEGER NOT NULL REFERENCES secrets (id),
+             version INTEGER NOT NULL,
+             created_at INTEGER NOT NULL,
+             expires_at INTEGER,
+             wrapped_key BLOB NOT NULL,
+             nonce BLOB NOT NULL,
+             ciphertext BLOB NOT NULL,
+             mac BLOB,
+             PRIMARY KEY (secret_id, version)
+         );
+         {audit}
+         {executions}
+         PRAGMA user_version = 2;
+         COMMIT;",
+        audit = AUDIT_SCHEMA,
+        executions = EXECUTIONS_SCHEMA,
+    ))
+    .map_err(e("create the schema"))
+}
