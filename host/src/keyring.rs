@@ -183,7 +183,10 @@ impl KeyFiles {
         let to = match crypto::read_key_file(&next) {
             Ok(k) if opens(&k) => self.retired(&k.id()),
             Ok(k) => self.abandoned(&k.id().0),
-            Err(_) => self.abandoned(&format!("torn-{}", crate::store::now())),
+            Err(_) => {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                self.abandoned(&format!("torn-{t}"))
+            }
         };
         rename(&next, &to)?;
         sync_dir(&self.root);

@@ -39,3 +39,66 @@ fn no_wasm_binaries_are_committed() {
         assert!(out.stdout.is_empty(), "committed wasm: {}", String::from_utf8_lossy(&out.stdout));
     }
 }
+
+/// The modules of `host/src` each file uses through `crate::`, outside its
+/// tests.
+fn module_edges() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(workspace().join("host/src")).unwrap() {
+        let p = entry.unwrap().path();
+        let Some(name) = p.file_stem().map(|n| n.to_string_lossy().into_owned()) else { continue };
+        if p.extension().is_none_or(|e| e != "rs") || name == "main" || name == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut deps = std::collections::BTreeSet::new();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            let dep: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !dep.is_empty() && dep != name {
+                deps.insert(dep);
+            }
+        }
+        graph.insert(name, deps);
+    }
+    graph
+}
+
+#[test]
+fn library_modules_have_no_import_cycle() {
+    // A cycle between two modules is a missing third module (ARCHITECTURE.md).
+    let graph = module_edges();
+    assert!(graph.contains_key("db") && graph.contains_key("store"), "{graph:?}");
+    fn visit(
+        m: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == m) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(m.to_owned());
+            return Some(cycle);
+        }
+        if !done.insert(m.to_owned()) {
+            return None;
+        }
+        path.push(m.to_owned());
+        for dep in graph.get(m).into_iter().flatten() {
+            if let Some(c) = visit(dep, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for m in graph.keys() {
+        if let Some(cycle) = visit(m, &graph, &mut Vec::new(), &mut done) {
+            panic!("module import cycle: {}", cycle.join(" -> "));
+        }
+    }
+    // Persistence stays at the bottom.
+    assert!(graph["db"].iter().all(|d| d == "data_dir"), "db imports {:?}", graph["db"]);
+}
