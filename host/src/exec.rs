@@ -8,6 +8,7 @@
 
 use crate::access::{Pins, SecretAccess, TaskIdentity};
 use crate::audit::{Action, AuditLog, NewRecord, Outcome};
+pub use crate::limits::Limits;
 use crate::mask::MaskSet;
 use crate::output::{Sink, TaskOutput};
 use crate::policy::Grants;
@@ -18,25 +19,6 @@ use crate::vault::Backends;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
-
-/// Resource limits for one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Most bytes of linear memory and table space the task may use, all its
-    /// memories and tables together.
-    pub memory: usize,
-    /// Wall-clock time for instantiation and `run` together.
-    pub timeout: Duration,
-    /// Plugin stdout + stderr + log bytes shown before output is cut off.
-    pub output: usize,
-}
-
-impl Default for Limits {
-    /// 64 MiB memory, 30 s, 1 MiB of output.
-    fn default() -> Self {
-        Limits { memory: 64 << 20, timeout: Duration::from_secs(30), output: 1 << 20 }
-    }
-}
 
 /// One task to run.
 #[derive(Debug)]

@@ -9,7 +9,7 @@
 //! no `secret()` expression, and task outputs are masked before they can be
 //! referenced by later tasks.
 
-use crate::exec::Limits;
+use crate::limits::Limits;
 use crate::names::{FlowId, Namespace, SecretName, TaskId};
 use crate::policy::Grants;
 use schemars::JsonSchema;

@@ -18,6 +18,7 @@ pub mod exec;
 pub mod executions;
 pub mod flow;
 pub mod keyring;
+pub mod limits;
 pub mod mask;
 pub mod names;
 pub mod output;
