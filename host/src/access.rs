@@ -170,8 +170,7 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             record.detail = Some(serde_json::json!({ "found_in": found.namespace.as_str() }));
             record.value_hmac = access.audit.fingerprint(found.value.expose());
             audited(access, record, Ok(()))?;
-            access.masks.add(&found.value);
-            access.task_masks.add(&found.value);
+            MaskSet::add_to(&[&access.masks, &access.task_masks], &found.value);
             tracing::debug!(task = %id.task, secret = %grant.name(), version = found.version, "secret released");
             Ok(found.value)
         }

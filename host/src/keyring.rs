@@ -56,17 +56,18 @@ impl KeyLock {
 #[derive(Debug, Clone)]
 pub struct KeyFiles {
     root: PathBuf,
+    current: PathBuf,
 }
 
 impl KeyFiles {
     /// The key files in `dir`.
     pub fn new(dir: &DataDir) -> Self {
-        KeyFiles { root: dir.root().to_owned() }
+        KeyFiles { root: dir.root().to_owned(), current: dir.master_key_path() }
     }
 
     /// `master.key`: the key, when it does not come from the environment.
     pub fn current(&self) -> PathBuf {
-        self.root.join("master.key")
+        self.current.clone()
     }
 
     /// `master.key.next`: a rotation's new key, before it is installed (or,

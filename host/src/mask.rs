@@ -289,21 +289,30 @@ impl MaskSet {
 
     /// Adds a revealed value (and its encodings) to the set.
     pub fn add(&self, value: &SecretValue) {
-        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        // A value read again (pinned reads, several tasks) is already in the
-        // set with all its forms: skip re-encoding it on the read path.
-        if inner.values.iter().any(|v| v.as_slice() == value.expose().as_bytes()) {
-            return;
-        }
-        inner.values.push(Zeroizing::new(value.expose().as_bytes().to_vec()));
-        let before = inner.patterns.len();
-        for f in forms(value.expose()) {
-            if !inner.patterns.iter().any(|(p, _)| *p == f.0) {
-                inner.patterns.push(f);
+        Self::add_to(&[self], value);
+    }
+
+    /// Adds a revealed value to each of `sets`, encoding its forms at most
+    /// once (the read path adds to the execution's and the task's set).
+    pub fn add_to(sets: &[&MaskSet], value: &SecretValue) {
+        let mut encoded: Option<Vec<(Zeroizing<Vec<u8>>, bool)>> = None;
+        for set in sets {
+            let mut inner = set.inner.write().unwrap_or_else(|p| p.into_inner());
+            // A value read again (pinned reads, several tasks) is already in
+            // the set with all its forms: skip re-encoding it.
+            if inner.values.iter().any(|v| v.as_slice() == value.expose().as_bytes()) {
+                continue;
             }
-        }
-        if inner.patterns.len() != before {
-            inner.compiled = None;
+            inner.values.push(Zeroizing::new(value.expose().as_bytes().to_vec()));
+            let before = inner.patterns.len();
+            for f in encoded.get_or_insert_with(|| forms(value.expose())).iter() {
+                if !inner.patterns.iter().any(|(p, _)| *p == f.0) {
+                    inner.patterns.push(f.clone());
+                }
+            }
+            if inner.patterns.len() != before {
+                inner.compiled = None;
+            }
         }
     }
 
