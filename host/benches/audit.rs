@@ -7,16 +7,18 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keyhole::access::{SecretAccess, TaskIdentity, get_secret};
 use keyhole::audit::{Actor, AuditLog};
+use keyhole::backend::Router;
+use keyhole::backend::local::LocalBackend;
 use keyhole::crypto::MasterKey;
 use keyhole::mask::MaskSet;
 use keyhole::names::{ExecutionId, Namespace, SecretName, TaskId};
 use keyhole::policy::Grants;
 use keyhole::secret::SecretValue;
 use keyhole::store::SecretStore;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn access(store: &Arc<Mutex<SecretStore>>, audit: AuditLog) -> SecretAccess {
+fn access(secrets: &Arc<Router>, audit: AuditLog) -> SecretAccess {
     let task = TaskId::new("bench").unwrap();
     SecretAccess {
         identity: Arc::new(TaskIdentity {
@@ -27,13 +29,12 @@ fn access(store: &Arc<Mutex<SecretStore>>, audit: AuditLog) -> SecretAccess {
             plugin_sha256: "0".repeat(64),
         }),
         grants: Grants::new([SecretName::new("K").unwrap()]),
-        store: store.clone(),
+        secrets: secrets.clone(),
         masks: Arc::new(MaskSet::new()),
         task_masks: Arc::new(MaskSet::new()),
         requests: Default::default(),
         audit,
         pins: Default::default(),
-        backends: Default::default(),
     }
 }
 
@@ -48,11 +49,16 @@ fn reads(c: &mut Criterion) {
             &name,
             &SecretValue::new("bench-value".into()),
             &Default::default(),
-            &Actor::current_user(),
+            &keyhole::audit::NewRecord::ok(
+                &Actor::current_user(),
+                keyhole::audit::Action::SecretSet,
+                &Namespace::root(),
+                None,
+            ),
         )
         .unwrap();
     let durable = AuditLog::open(&path, store.integrity().clone(), None).unwrap();
-    let store = Arc::new(Mutex::new(store));
+    let secrets = Arc::new(Router::new(LocalBackend::new(store), Default::default(), None).unwrap());
     let memory = AuditLog::open_in_memory().unwrap();
 
     for readers in [1usize, 16] {
@@ -62,7 +68,7 @@ fn reads(c: &mut Criterion) {
         for (label, log) in [("audited", &durable), ("audit-in-memory", &memory)] {
             g.bench_function(label, |b| {
                 b.iter_custom(|iters| {
-                    let accesses: Vec<_> = (0..readers).map(|_| access(&store, log.clone())).collect();
+                    let accesses: Vec<_> = (0..readers).map(|_| access(&secrets, log.clone())).collect();
                     let start = Instant::now();
                     std::thread::scope(|s| {
                         for a in &accesses {

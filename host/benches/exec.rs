@@ -13,6 +13,8 @@ mod plugins;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keyhole::access::TaskIdentity;
 use keyhole::audit::{Actor, AuditLog};
+use keyhole::backend::Router;
+use keyhole::backend::local::LocalBackend;
 use keyhole::crypto::MasterKey;
 use keyhole::exec::{ExecutionEnv, Limits, TaskSpec, run_task};
 use keyhole::mask::MaskSet;
@@ -95,12 +97,17 @@ fn run(c: &mut Criterion) {
             &token,
             &SecretValue::new("bench-token".into()),
             &Default::default(),
-            &Actor::current_user(),
+            &keyhole::audit::NewRecord::ok(
+                &Actor::current_user(),
+                keyhole::audit::Action::SecretSet,
+                &Namespace::root(),
+                None,
+            ),
         )
         .unwrap();
     let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true }).unwrap();
     let plugin = runtime.load(&path).unwrap();
-    let store = Arc::new(Mutex::new(store));
+    let secrets = Arc::new(Router::new(LocalBackend::new(store), Default::default(), None).unwrap());
     let sink: keyhole::output::Sink = Arc::new(Mutex::new(std::io::sink()));
     let task = TaskId::new("hello").unwrap();
     // The runtime's own overhead, with the audit log in memory; what a
@@ -122,12 +129,11 @@ fn run(c: &mut Criterion) {
     g.bench_function("keyhole", |b| {
         b.iter(|| {
             let env = ExecutionEnv {
-                store: store.clone(),
+                secrets: secrets.clone(),
                 sink: sink.clone(),
                 masks: Arc::new(MaskSet::new()),
                 audit: audit.clone(),
                 pins: Default::default(),
-                backends: Default::default(),
             };
             let spec = TaskSpec {
                 plugin: &plugin,

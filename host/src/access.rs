@@ -6,16 +6,13 @@
 //! Invariant: no other code path hands a secret value to a plugin.
 
 use crate::audit::{Action, Actor, AuditLog, NewRecord, Outcome};
+use crate::backend::{Lookup, Pin, Pins, Router};
 use crate::mask::MaskSet;
-use crate::names::{ExecutionId, FlowId, Namespace, SecretName, TaskId};
-use crate::policy::Grant;
+use crate::names::{ExecutionId, FlowId, Namespace, TaskId};
 use crate::policy::{Grants, Refusal};
 use crate::secret::SecretValue;
-use crate::store::{Lookup, Pin, Resolved, SecretStore, StoreError};
-use crate::vault::{Backends, VaultLookup};
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// Most audited `secrets.get` calls one task may make (granted, denied and
 /// not-found alike); later calls are `unavailable`, and one summary record
@@ -45,7 +42,7 @@ pub struct SecretAccess {
     /// What it may read.
     pub grants: Grants,
     /// Where secrets live.
-    pub store: Arc<Mutex<SecretStore>>,
+    pub secrets: Arc<Router>,
     /// The execution's mask set (what the operator sees is masked with it);
     /// every revealed value goes in here first.
     pub masks: Arc<MaskSet>,
@@ -59,12 +56,7 @@ pub struct SecretAccess {
     pub audit: AuditLog,
     /// The version each secret was first read at in this execution.
     pub pins: Pins,
-    /// Namespaces served by a Vault/OpenBao server.
-    pub backends: Arc<Backends>,
 }
-
-/// Per execution: secret name to the version first read.
-pub type Pins = Arc<Mutex<HashMap<SecretName, Pin>>>;
 
 impl TaskIdentity {
     /// This task as an audit actor.
@@ -155,23 +147,25 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
     let lookup = {
         let mut pins = access.pins.lock().unwrap_or_else(|p| p.into_inner());
         let pin = pins.get(grant.name()).cloned();
-        let lookup = lookup(access, &grant, pin.as_ref());
+        let lookup = access.secrets.lookup(&id.namespace, &grant, pin.as_ref());
         if let (None, Ok(Lookup::Found(found))) = (&pin, &lookup) {
             // Every later read in this execution gets this same version.
-            pins.insert(grant.name().clone(), Pin { namespace: found.namespace.clone(), version: found.version });
+            pins.insert(
+                grant.name().clone(),
+                Pin { namespace: found.namespace.clone(), version: found.version.clone() },
+            );
         }
         lookup
     };
     match lookup {
         Ok(Lookup::Found(found)) => {
             record.outcome = Outcome::Granted;
-            record.version = Some(found.version);
             record.reason = Some(format!("found in namespace {}", found.namespace));
-            record.detail = Some(serde_json::json!({ "found_in": found.namespace.as_str() }));
+            record = found.version.on(record).detail_field("found_in", found.namespace.as_str());
             record.value_hmac = access.audit.fingerprint(found.value.expose());
             audited(access, record, Ok(()))?;
             MaskSet::add_to(&[&access.masks, &access.task_masks], &found.value);
-            tracing::debug!(task = %id.task, secret = %grant.name(), version = found.version, "secret released");
+            tracing::debug!(task = %id.task, secret = %grant.name(), version = %found.version, "secret released");
             Ok(found.value)
         }
         Ok(Lookup::NotFound) => {
@@ -179,14 +173,14 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             audited(access, record, Err(AccessError::NotFound))
         }
         Ok(Lookup::Revoked { namespace, version }) => {
+            record = version.on(record);
             record.outcome = Outcome::Revoked;
-            record.version = Some(version);
             record.reason = Some(format!("revoked in namespace {namespace}"));
             audited(access, record, Err(AccessError::Revoked))
         }
         Ok(Lookup::Expired { namespace, version }) => {
+            record = version.on(record);
             record.outcome = Outcome::Expired;
-            record.version = Some(version);
             record.reason = Some(format!("expired in namespace {namespace}"));
             audited(access, record, Err(AccessError::Expired))
         }
@@ -194,70 +188,11 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             // The operator's log and the audit record get the details; the
             // plugin gets no path, address or internal detail.
             tracing::warn!(task = %id.task, secret = %grant.name(), "secret {} is unavailable: {e}", grant.name());
-            let tampered =
-                matches!(e, LookupError::Store(StoreError::RowTampered { .. } | StoreError::Tampered { .. }));
-            record.outcome = if tampered { Outcome::Tampered } else { Outcome::Unavailable };
+            record.outcome = if e.is_tampered() { Outcome::Tampered } else { Outcome::Unavailable };
             record.reason = Some(access.masks.mask(&e.to_string()).into_owned());
             audited(access, record, Err(AccessError::Unavailable(e.for_plugin(grant.name()))))
         }
     }
-}
-
-/// Why a lookup failed. `Display` is for the operator; the plugin gets
-/// [`LookupError::for_plugin`].
-#[derive(Debug, thiserror::Error)]
-enum LookupError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Vault(#[from] crate::vault::VaultError),
-}
-
-impl LookupError {
-    /// What the plugin is told: what happened, never a file path, a server
-    /// address or another internal detail (the operator's log has those).
-    fn for_plugin(&self, name: &SecretName) -> String {
-        use crate::vault::VaultError as V;
-        let why = match self {
-            LookupError::Store(StoreError::Tampered { namespace, version, .. }) => {
-                format!("version {version} in namespace {namespace} failed to decrypt: its row was altered or moved")
-            }
-            LookupError::Store(StoreError::RowTampered { namespace, what, .. }) => {
-                format!("in namespace {namespace} failed its integrity check: {what} was altered outside keyhole")
-            }
-            LookupError::Store(_) => "the secret store could not be read".into(),
-            LookupError::Vault(V::Unreachable { .. }) => "its backend server could not be reached".into(),
-            LookupError::Vault(V::Server { status, .. }) => format!("its backend server answered HTTP {status}"),
-            LookupError::Vault(V::NoToken(_)) => "no token is configured for its backend".into(),
-            LookupError::Vault(_) => "its backend could not be read".into(),
-        };
-        format!("secret {name} {why} (the operator's log has the details)")
-    }
-}
-
-/// Walks the namespace chain (or goes straight to the pinned namespace and
-/// version), asking the backend that serves each namespace: a Vault server
-/// where one is configured, else the local store.
-fn lookup(access: &SecretAccess, grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, LookupError> {
-    let chain = match pin {
-        Some(p) => vec![p.namespace.clone()],
-        None => access.identity.namespace.chain(),
-    };
-    let version = pin.map(|p| p.version);
-    for ns in chain {
-        let found = match access.backends.for_namespace(&ns) {
-            Some(vault) => match vault.read(grant.name(), version)? {
-                VaultLookup::Found(value, version) => Some(Lookup::Found(Resolved { namespace: ns, version, value })),
-                VaultLookup::Deleted(version) => Some(Lookup::Revoked { namespace: ns, version }),
-                VaultLookup::NotFound => None,
-            },
-            None => access.store.lock().unwrap_or_else(|p| p.into_inner()).resolve_at(&ns, grant, version)?,
-        };
-        if let Some(found) = found {
-            return Ok(found);
-        }
-    }
-    Ok(Lookup::NotFound)
 }
 
 /// Writes `record`; returns `answer` only once it is durable.
@@ -268,5 +203,107 @@ fn audited<T>(access: &SecretAccess, record: NewRecord, answer: Result<T, Access
             tracing::error!("audit record could not be written; refusing the request: {e}");
             Err(AccessError::Unavailable("the audit log cannot be written, so nothing is released".into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::backend::memory::MemoryBackend;
+    use crate::backend::{Backends, Version};
+    use crate::crypto::MasterKey;
+    use crate::names::SecretName;
+    use crate::store::{SecretStore, SetOptions};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        fake: Arc<MemoryBackend>,
+        access: SecretAccess,
+    }
+
+    /// A task in namespace `team.a` granted `K` and `GONE`, whose namespace
+    /// `team` is served by an in-memory backend.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SecretStore::open_with_key(&path, MasterKey::generate()).unwrap();
+        let audit = AuditLog::open(&path, store.integrity().clone(), None).unwrap();
+        let fake = Arc::new(MemoryBackend::new());
+        let team = Namespace::new("team").unwrap();
+        let router = Router::new(LocalBackend::new(store), Backends::none(), None).unwrap().serve(team, fake.clone());
+        let task = TaskId::new("t").unwrap();
+        let access = SecretAccess {
+            identity: Arc::new(TaskIdentity {
+                namespace: Namespace::new("team.a").unwrap(),
+                flow: task.clone(),
+                task,
+                execution: ExecutionId::generate(),
+                plugin_sha256: "0".repeat(64),
+            }),
+            grants: Grants::new(["K", "GONE"].map(|n| SecretName::new(n).unwrap())),
+            secrets: Arc::new(router),
+            masks: Arc::new(MaskSet::new()),
+            task_masks: Arc::new(MaskSet::new()),
+            requests: Default::default(),
+            audit,
+            pins: Default::default(),
+        };
+        Fixture { _dir: dir, path, fake, access }
+    }
+
+    fn put(f: &Fixture, name: &str, value: &str) {
+        let me = Actor::Cli { user: "tester".into() };
+        let (ns, name) = (Namespace::new("team").unwrap(), SecretName::new(name).unwrap());
+        f.access.secrets.set(&me, &ns, &name, &SecretValue::new(value.into()), &SetOptions::default()).unwrap();
+    }
+
+    fn reads(f: &Fixture) -> Vec<crate::audit::Record> {
+        let filter = crate::audit::Filter { action: Some("secret.read".into()), ..Default::default() };
+        crate::audit::list(&crate::audit::open(&f.path, false).unwrap(), &f.path, &filter).unwrap()
+    }
+
+    #[test]
+    fn a_granted_read_is_audited_masked_and_pinned() {
+        let f = fixture();
+        put(&f, "K", "first-value");
+        assert_eq!(get_secret(&f.access, "K").unwrap().expose(), "first-value");
+        assert_eq!(f.access.masks.mask("x first-value y"), "x *** y");
+        assert_eq!(f.access.task_masks.mask("first-value"), "***");
+        put(&f, "K", "second-value");
+        assert_eq!(get_secret(&f.access, "K").unwrap().expose(), "first-value", "the execution keeps its version");
+        let pins = f.access.pins.lock().unwrap();
+        assert_eq!(pins[&SecretName::new("K").unwrap()].version, Version::Number(1));
+        drop(pins);
+        let r = reads(&f);
+        assert_eq!((r[0].outcome.as_str(), r[0].version), ("granted", Some(1)));
+        assert_eq!(r[0].reason.as_deref(), Some("found in namespace team"));
+        assert!(r[0].detail.as_deref().unwrap().contains(r#""found_in":"team""#));
+    }
+
+    #[test]
+    fn denied_not_found_and_revoked_are_answered_and_audited() {
+        let f = fixture();
+        assert_eq!(get_secret(&f.access, "NOT_GRANTED").unwrap_err(), AccessError::Denied);
+        assert_eq!(get_secret(&f.access, "K").unwrap_err(), AccessError::NotFound);
+        put(&f, "GONE", "v");
+        let me = Actor::Cli { user: "tester".into() };
+        f.access.secrets.revoke(&me, &Namespace::new("team").unwrap(), &SecretName::new("GONE").unwrap()).unwrap();
+        assert_eq!(get_secret(&f.access, "GONE").unwrap_err(), AccessError::Revoked);
+        let outcomes: Vec<String> = reads(&f).into_iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, ["denied", "not-found", "revoked"]);
+    }
+
+    #[test]
+    fn an_unreachable_backend_is_unavailable_without_its_address() {
+        let f = fixture();
+        put(&f, "K", "v");
+        f.fake.set_down(true);
+        let AccessError::Unavailable(why) = get_secret(&f.access, "K").unwrap_err() else { panic!() };
+        assert!(why.contains("could not be reached") && !why.contains("fake.internal"), "{why}");
+        let r = reads(&f);
+        assert_eq!(r[0].outcome, "unavailable");
+        assert!(r[0].reason.as_deref().unwrap().contains("fake.internal"), "the operator's record has the detail");
     }
 }

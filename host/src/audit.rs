@@ -273,6 +273,15 @@ impl NewRecord {
         self.outcome = outcome;
         self
     }
+
+    /// With `key: value` added to its structured detail.
+    pub fn detail_field(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        let detail = self.detail.get_or_insert_with(|| serde_json::json!({}));
+        if let Some(map) = detail.as_object_mut() {
+            map.insert(key.to_owned(), value.into());
+        }
+        self
+    }
 }
 
 /// Longest text a record keeps in a free-text field (after masking);

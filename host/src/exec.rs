@@ -6,17 +6,16 @@
 //! loop, long sleep, memory exhaustion) affects the host beyond the failure
 //! of that one task.
 
-use crate::access::{Pins, SecretAccess, TaskIdentity};
+use crate::access::{SecretAccess, TaskIdentity};
 use crate::audit::{Action, AuditLog, NewRecord, Outcome};
+use crate::backend::{Pins, Router};
 pub use crate::limits::Limits;
 use crate::mask::MaskSet;
 use crate::output::{Sink, TaskOutput};
 use crate::policy::Grants;
 use crate::runtime::{POOLING_MAX_MEMORY, Plugin, Runtime};
 use crate::sandbox::TaskState;
-use crate::store::SecretStore;
-use crate::vault::Backends;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -38,8 +37,8 @@ pub struct TaskSpec<'a> {
 /// Shared by all tasks of one execution.
 #[derive(Clone)]
 pub struct ExecutionEnv {
-    /// The secret store.
-    pub store: Arc<Mutex<SecretStore>>,
+    /// Where secrets live: the backends, by namespace.
+    pub secrets: Arc<Router>,
     /// Where plugin output goes.
     pub sink: Sink,
     /// Values revealed so far in this execution.
@@ -48,13 +47,11 @@ pub struct ExecutionEnv {
     pub audit: AuditLog,
     /// Versions pinned by this execution's first reads.
     pub pins: Pins,
-    /// Namespaces served by a Vault/OpenBao server.
-    pub backends: Arc<Backends>,
 }
 
 impl std::fmt::Debug for ExecutionEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecutionEnv").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("ExecutionEnv").field("secrets", &self.secrets).finish_non_exhaustive()
     }
 }
 
@@ -136,13 +133,12 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let access = SecretAccess {
         identity: spec.identity.clone(),
         grants: spec.grants,
-        store: env.store.clone(),
+        secrets: env.secrets.clone(),
         masks: env.masks.clone(),
         task_masks: task_masks.clone(),
         requests: Default::default(),
         audit: env.audit.clone(),
         pins: env.pins.clone(),
-        backends: env.backends.clone(),
     };
     let mut store = Store::new(runtime.engine(), TaskState::new(access, output.clone(), memory));
     store.limiter(|s| &mut s.limiter);

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod backend;
 pub mod backup;
 pub mod crypto;
 pub mod data_dir;
@@ -29,4 +30,3 @@ pub mod sandbox;
 pub mod secret;
 pub mod session;
 pub mod store;
-pub mod vault;

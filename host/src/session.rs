@@ -8,6 +8,9 @@
 //! decision stays in the module it opens.
 
 use crate::audit::{AuditError, AuditKey, AuditLog};
+use crate::backend::config::{self, Backends, ConfigError};
+use crate::backend::local::LocalBackend;
+use crate::backend::{BackendError, Router};
 use crate::data_dir::DataDir;
 use crate::exec::ExecutionEnv;
 use crate::executions::{Executions, RecordError};
@@ -15,8 +18,7 @@ use crate::mask::MaskSet;
 use crate::output::Sink;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::store::{SecretStore, StoreError};
-use crate::vault::{self, Backends, VaultError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// An opened host, ready to run flows.
 #[derive(Debug)]
@@ -43,7 +45,10 @@ pub enum SessionError {
     Records(#[from] RecordError),
     /// The backend configuration.
     #[error(transparent)]
-    Backends(#[from] VaultError),
+    Config(#[from] ConfigError),
+    /// A configured backend.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     /// The WebAssembly engine.
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
@@ -54,21 +59,28 @@ impl Session {
     /// `masks`; `pooling` uses the pooling instance allocator (worth it for
     /// flows of several tasks).
     pub fn open(dir: &DataDir, sink: Sink, masks: Arc<MaskSet>, pooling: bool) -> Result<Self, SessionError> {
-        let store = SecretStore::open(dir)?;
+        let secrets = Arc::new(open_secrets(dir)?);
         let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
             .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
         let key = AuditKey::load(&dir.audit_key_path())?;
-        let audit = AuditLog::open(&dir.store_path(), store.integrity().clone(), key)?;
+        let integrity = secrets.local().store().integrity().clone();
+        let audit = AuditLog::open(&dir.store_path(), integrity, key)?;
         let records = Executions::open(&dir.store_path())?;
-        let backends = Backends::load(&vault::config_path(dir.root()), store.integrity())?;
-        let env = ExecutionEnv {
-            store: Arc::new(Mutex::new(store)),
-            sink,
-            masks,
-            audit,
-            pins: Default::default(),
-            backends: Arc::new(backends),
-        };
+        let env = ExecutionEnv { secrets, sink, masks, audit, pins: Default::default() };
         Ok(Session { runtime, env, records })
     }
+}
+
+/// The secret plane of `dir`: the store (master key, integrity key) and the
+/// backends `backends.json` configures, checked against the integrity key.
+/// What `host secret` and `host backend` work on.
+pub fn open_secrets(dir: &DataDir) -> Result<Router, SessionError> {
+    let store = SecretStore::open(dir)?;
+    let path = config::config_path(dir.root());
+    if store.first_use() {
+        // The first use that authenticates rows also signs the configuration.
+        Backends::adopt_unsigned(&path, store.integrity())?;
+    }
+    let backends = Backends::load(&path, store.integrity())?;
+    Ok(Router::new(LocalBackend::new(store), backends, Some(path))?)
 }

@@ -1,8 +1,12 @@
-//! `host backend ...`: namespaces served by Vault/OpenBao.
+//! `host backend ...`: namespaces served by Vault/OpenBao or AWS Secrets
+//! Manager instead of the local store.
 
 use super::*;
 use keyhole::audit::{Action, Actor, NewRecord};
-use keyhole::vault::VaultConfig;
+use keyhole::backend::aws::AwsConfig;
+use keyhole::backend::config::{self, BackendConfig, Backends};
+use keyhole::backend::http::check_address;
+use keyhole::backend::vault::VaultConfig;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BackendCommand {
@@ -29,6 +33,28 @@ pub(crate) enum BackendCommand {
         #[arg(long)]
         insecure_http: bool,
     },
+    /// Serve a namespace from AWS Secrets Manager. Credentials come from the
+    /// standard AWS sources ($AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY/$AWS_SESSION_TOKEN,
+    /// else the shared credentials file and $AWS_PROFILE), never from the command line.
+    AddAws {
+        /// The keyhole namespace it serves.
+        namespace: Namespace,
+        /// AWS region, e.g. us-east-1.
+        #[arg(long)]
+        region: String,
+        /// Another endpoint (a VPC endpoint, or a local test server).
+        #[arg(long, value_name = "URL")]
+        endpoint_url: Option<String>,
+        /// Prefix of the secret ids (default: keyhole/NAMESPACE/).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Refuse every write through keyhole (set, rotate, revoke, destroy, rm).
+        #[arg(long)]
+        read_only: bool,
+        /// Allow plain http:// to a non-loopback endpoint (the signature crosses the network in clear).
+        #[arg(long)]
+        insecure_http: bool,
+    },
     /// List configured backends.
     List {
         /// Print JSON.
@@ -43,53 +69,70 @@ pub(crate) enum BackendCommand {
 }
 
 pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
-    let path = vault::config_path(dir.root());
-    let mut store = open_store(dir)?;
-    let mut b = backends(dir, &store)?;
+    let path = config::config_path(dir.root());
+    let store = open_store(dir)?;
+    let mut b = Backends::load(&path, store.integrity())?;
     let me = Actor::current_user();
-    match cmd {
+    let (namespace, cfg) = match cmd {
         BackendCommand::AddVault { namespace, address, mount, prefix, token_file, ca_file, insecure_http } => {
-            vault::check_address(&address, insecure_http).map_err(|e| fail(USAGE, anyhow::anyhow!("--address {e}")))?;
+            check_address(&address, insecure_http).map_err(|e| fail(USAGE, anyhow::anyhow!("--address {e}")))?;
             let cfg = VaultConfig {
                 namespace: namespace.as_str().to_owned(),
-                address: address.clone(),
+                address,
                 mount,
                 prefix,
                 token_file,
                 ca_file,
                 insecure_http,
             };
-            b.upsert(cfg);
-            b.save(&path, store.integrity())?;
-            let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
-                .reason(format!("namespace served by vault server {address}"));
-            store.record(&rec)?;
-            eprintln!("namespace {namespace} is now served by vault server {address}");
-            Ok(())
+            (namespace, Some(BackendConfig::Vault(cfg)))
+        }
+        BackendCommand::AddAws { namespace, region, endpoint_url, prefix, read_only, insecure_http } => {
+            if let Some(url) = &endpoint_url {
+                check_address(url, insecure_http).map_err(|e| fail(USAGE, anyhow::anyhow!("--endpoint-url {e}")))?;
+            }
+            if region.is_empty() || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(fail(USAGE, anyhow::anyhow!("--region {region:?} is not an AWS region like us-east-1")));
+            }
+            let cfg = AwsConfig {
+                prefix: prefix.unwrap_or_else(|| format!("keyhole/{}/", namespace.as_str())),
+                namespace: namespace.as_str().to_owned(),
+                region,
+                endpoint_url,
+                read_only,
+                revoked: Default::default(),
+            };
+            (namespace, Some(BackendConfig::Aws(cfg)))
         }
         BackendCommand::List { json } => {
             let mut out = std::io::stdout().lock();
             if json {
-                print_json(&mut out, &b.list())?;
-            } else {
-                writeln!(out, "{:<24} {:<36} {:<12} PREFIX", "NAMESPACE", "ADDRESS", "MOUNT").map_err(stdout_err)?;
-                for c in b.list() {
-                    writeln!(out, "{:<24} {:<36} {:<12} {}", c.namespace, c.address, c.mount, c.prefix)
-                        .map_err(stdout_err)?;
-                }
+                return print_json(&mut out, &b.list());
             }
-            Ok(())
-        }
-        BackendCommand::Rm { namespace } => {
-            if !b.remove(namespace.as_str()) {
-                return Err(fail(USAGE, anyhow::anyhow!("no backend serves namespace {namespace}")));
+            writeln!(out, "{:<24} {:<6} {:<48} PREFIX", "NAMESPACE", "KIND", "WHERE").map_err(stdout_err)?;
+            for c in b.list() {
+                let ro = matches!(c, BackendConfig::Aws(a) if a.read_only);
+                let place = format!("{}{}", c.location(), if ro { " (read-only)" } else { "" });
+                writeln!(out, "{:<24} {:<6} {:<48} {}", c.namespace(), c.kind(), place, c.prefix())
+                    .map_err(stdout_err)?;
             }
-            b.save(&path, store.integrity())?;
-            let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None)
-                .reason("namespace served by the local store again");
-            store.record(&rec)?;
-            eprintln!("namespace {namespace} is served by the local store again");
-            Ok(())
+            return Ok(());
         }
-    }
+        BackendCommand::Rm { namespace } => (namespace, None),
+    };
+    let said = match cfg {
+        Some(cfg) => {
+            let said = format!("namespace {namespace} is now served by {}", cfg.open()?.describe());
+            b.upsert(cfg);
+            said
+        }
+        None if b.remove(&namespace) => format!("namespace {namespace} is served by the local store again"),
+        None => return Err(fail(USAGE, anyhow::anyhow!("no backend serves namespace {namespace}"))),
+    };
+    b.save(&path, store.integrity())?;
+    let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None).reason(said.clone());
+    let mut store = store;
+    store.record(&rec)?;
+    eprintln!("{said}");
+    Ok(())
 }

@@ -18,12 +18,12 @@ use secret::SecretCommand;
 
 pub(crate) use anyhow::{Context, Result, bail};
 pub(crate) use clap::{Args, Parser, Subcommand};
+pub(crate) use keyhole::backend::Router;
 pub(crate) use keyhole::data_dir::DataDir;
 pub(crate) use keyhole::mask::MaskSet;
 pub(crate) use keyhole::names::{Namespace, SecretName};
 pub(crate) use keyhole::secret::SecretValue;
 pub(crate) use keyhole::store::{SecretStore, StoreError};
-pub(crate) use keyhole::vault::{self, Backends};
 pub(crate) use std::io::{Read, Write};
 pub(crate) use std::path::{Path, PathBuf};
 pub(crate) use std::sync::Arc;
@@ -79,7 +79,7 @@ pub(crate) enum Command {
     /// Master-key management.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// External secret backends (HashiCorp Vault / OpenBao) per namespace.
+    /// External secret backends per namespace: HashiCorp Vault / OpenBao, AWS Secrets Manager.
     #[command(subcommand)]
     Backend(BackendCommand),
 }
@@ -171,14 +171,22 @@ impl From<keyhole::crypto::KeyError> for Exit {
     }
 }
 
-impl From<vault::VaultError> for Exit {
-    fn from(e: vault::VaultError) -> Self {
-        use vault::VaultError as V;
-        let code = match &e {
-            V::Tampered(_) => TAMPERED,
-            V::Config { .. } | V::NoToken(_) => USAGE,
-            V::Unreachable { .. } | V::Server { .. } | V::Shape { .. } => HOST,
+impl From<keyhole::backend::BackendError> for Exit {
+    fn from(e: keyhole::backend::BackendError) -> Self {
+        use keyhole::backend::BackendError as B;
+        let code = match e {
+            B::Store(e) => return e.into(),
+            B::Config { .. } | B::NoCredentials { .. } | B::Unsupported { .. } | B::NotFound { .. } => USAGE,
+            B::Unreachable { .. } | B::Server { .. } | B::Shape { .. } => HOST,
         };
+        fail(code, e)
+    }
+}
+
+impl From<keyhole::backend::config::ConfigError> for Exit {
+    fn from(e: keyhole::backend::config::ConfigError) -> Self {
+        use keyhole::backend::config::ConfigError as C;
+        let code = if matches!(e, C::Tampered(_)) { TAMPERED } else { USAGE };
         fail(code, e)
     }
 }
@@ -203,7 +211,8 @@ impl From<keyhole::session::SessionError> for Exit {
             S::Store(e) => e.into(),
             S::Audit(e) => e.into(),
             S::Records(e) => e.into(),
-            S::Backends(e) => e.into(),
+            S::Config(e) => e.into(),
+            S::Backend(e) => e.into(),
             e @ S::Engine(_) => fail(HOST, e),
         }
     }
@@ -268,6 +277,7 @@ pub(crate) fn failpoint(name: &str) {
     }
 }
 
-pub(crate) fn backends(dir: &DataDir, store: &SecretStore) -> Result<Backends, Exit> {
-    Backends::load(&vault::config_path(dir.root()), store.integrity()).map_err(Exit::from)
+/// The secret plane of `dir`: the store and every configured backend.
+pub(crate) fn open_secrets(dir: &DataDir) -> Result<Router, Exit> {
+    keyhole::session::open_secrets(dir).map_err(Exit::from)
 }

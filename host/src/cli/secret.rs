@@ -1,7 +1,8 @@
 //! `host secret ...`: the secret lifecycle at the command line.
 
 use super::*;
-use keyhole::audit::{self, Action, Actor, NewRecord, Outcome};
+use keyhole::audit::{self, Actor};
+use keyhole::backend::{BackendError, BackendKind, Router};
 use keyhole::backup::{self, BundleKey};
 use keyhole::store::{SecretInfo, SetOptions, fmt_time, now};
 use zeroize::Zeroizing;
@@ -154,40 +155,6 @@ pub(crate) enum Charset {
     Ascii,
 }
 
-/// Maps a store failure to its exit, recording a failed integrity check in
-/// the audit trail first.
-pub(crate) fn checked(store: &mut SecretStore) -> impl FnOnce(StoreError) -> Exit + '_ {
-    |e| {
-        store.record_tamper(&e, &Actor::current_user());
-        Exit::from(e)
-    }
-}
-
-/// A change made in a remote backend: recorded as intended before it is
-/// attempted (fail closed: no record, no change), then as done or failed.
-pub(crate) fn remote_change<T>(
-    store: &mut SecretStore,
-    action: Action,
-    namespace: &Namespace,
-    secret: Option<&SecretName>,
-    what: String,
-    change: impl FnOnce() -> Result<T, vault::VaultError>,
-) -> Result<T, Exit> {
-    let rec = NewRecord::ok(&Actor::current_user(), action, namespace, secret);
-    store.record(&rec.clone().outcome(Outcome::Pending).reason(format!("about to: {what}")))?;
-    match change() {
-        Ok(v) => {
-            store.record(&rec.reason(what))?;
-            Ok(v)
-        }
-        Err(e) => {
-            let failed = rec.outcome(Outcome::Failed).reason(format!("{what}: {e}"));
-            store.record(&failed)?;
-            Err(e.into())
-        }
-    }
-}
-
 pub(crate) fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
     use base64::Engine as _;
     if n == 0 || n > 4096 {
@@ -286,10 +253,24 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             store_value(dir, &name, &at.namespace, &value, v, true)
         }
         SecretCommand::List { namespace, expiring, json } => {
-            let mut store = open_store(dir)?;
+            let secrets = open_secrets(dir)?;
             let before = expiring.map(|d| now() + d.as_secs() as i64);
-            let list = store.list(namespace.as_ref(), before)?;
-            let tampered = tampered_rows(&mut store, &list);
+            let mut list = secrets.local().store().list(namespace.as_ref(), before)?;
+            let tampered = tampered_rows(&secrets, &list);
+            let mut notes = Vec::new();
+            for (ns, b) in secrets.remote() {
+                if namespace.as_ref().is_some_and(|n| n != ns) {
+                    continue;
+                }
+                match b.list(ns) {
+                    Ok(remote) => list.extend(remote.into_iter().filter(|_| before.is_none())),
+                    Err(e) => notes.push(format!("(namespace {ns} is served by {}: {e})", b.describe())),
+                }
+            }
+            list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            for n in &notes {
+                eprintln!("{n}");
+            }
             if json {
                 print_json(&mut out, &list)?;
                 return tampered;
@@ -303,31 +284,25 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let t = now();
             for s in &list {
                 let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
+                let version = s.version_id.as_deref().map_or(s.version.to_string(), short_id);
                 writeln!(
                     out,
                     "{:<24} {:<32} {:>7}  {:<20}  {:<20}  {}",
                     ns,
                     s.name,
-                    s.version,
+                    version,
                     fmt_time(s.created_at),
                     fmt_time(s.updated_at),
                     state(s, t)
                 )
                 .map_err(stdout_err)?;
             }
-            for b in backends(dir, &store)?.list() {
-                writeln!(
-                    out,
-                    "(namespace {} is served by vault server {}; see `host backend list`)",
-                    b.namespace, b.address
-                )
-                .map_err(stdout_err)?;
-            }
             tampered
         }
         SecretCommand::Versions { name, at, json } => {
-            let mut store = open_store(dir)?;
-            let versions = store.versions(&at.namespace, &name).map_err(checked(&mut store))?;
+            let secrets = open_secrets(dir)?;
+            let versions =
+                secrets.backend_for(&at.namespace).versions(&at.namespace, &name).map_err(checked(&secrets))?;
             if json {
                 print_json(&mut out, &versions)?;
             } else {
@@ -335,25 +310,28 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 for v in versions {
                     let cur = if v.current { "  (current)" } else { "" };
                     let exp = v.expires_at.map_or("-".to_owned(), fmt_time);
-                    writeln!(out, "{:>7}  {:<20}  {:<20}{cur}", v.version, fmt_time(v.created_at), exp)
+                    let version = v.version_id.unwrap_or_else(|| v.version.to_string());
+                    writeln!(out, "{version:>7}  {:<20}  {:<20}{cur}", fmt_time(v.created_at), exp)
                         .map_err(stdout_err)?;
                 }
             }
             Ok(())
         }
         SecretCommand::Describe { name, at, json } => {
-            let mut store = open_store(dir)?;
-            let info = store.describe(&at.namespace, &name)?.ok_or_else(|| {
+            let secrets = open_secrets(dir)?;
+            let backend = secrets.backend_for(&at.namespace);
+            let info = backend.info(&at.namespace, &name)?.ok_or_else(|| {
                 Exit::from(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
             })?;
-            tampered_rows(&mut store, std::slice::from_ref(&info))?;
-            let versions = store.versions(&at.namespace, &name).map_err(checked(&mut store))?;
+            tampered_rows(&secrets, std::slice::from_ref(&info))?;
+            let versions = backend.versions(&at.namespace, &name).map_err(checked(&secrets))?;
             let conn = audit::open(&dir.store_path(), false)?;
             let last_read = audit::last_read(&conn, &dir.store_path(), &at.namespace, &name)?;
             let doc = serde_json::json!({
                 "namespace": info.namespace,
                 "name": info.name,
-                "current_version": info.version,
+                "backend": backend.describe(),
+                "current_version": info.version_id.clone().map_or(serde_json::json!(info.version), serde_json::Value::from),
                 "versions": versions,
                 "keep_versions": info.keep_versions,
                 "created": fmt_time(info.created_at),
@@ -371,9 +349,13 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                     let shown = match v {
                         serde_json::Value::String(s) => s.clone(),
                         serde_json::Value::Null => "-".into(),
-                        serde_json::Value::Array(a) => {
-                            a.iter().map(|v| v["version"].to_string()).collect::<Vec<_>>().join(", ")
-                        }
+                        serde_json::Value::Array(a) => a
+                            .iter()
+                            .map(|v| {
+                                v.get("version_id").unwrap_or(&v["version"]).to_string().trim_matches('"').to_owned()
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         other => other.to_string(),
                     };
                     writeln!(out, "{k:<16} {shown}").map_err(stdout_err)?;
@@ -382,47 +364,20 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             Ok(())
         }
         SecretCommand::Revoke { name, at } => {
-            let mut store = open_store(dir)?;
-            if let Some(b) = backends(dir, &store)?.for_namespace(&at.namespace).cloned() {
-                let what = format!("soft-delete every version in vault server {}", b.address);
-                let n = remote_change(&mut store, Action::SecretRevoke, &at.namespace, Some(&name), what, || {
-                    b.delete_all_versions(&name)
-                })?;
-                eprintln!(
-                    "revoked {name} in namespace {}: its {n} version(s) are deleted in vault server {}, so every read, \
-                     pinned or not, gets `revoked` until a new version is written",
-                    at.namespace, b.address
-                );
-                return Ok(());
-            }
-            store.revoke(&at.namespace, &name, &me)?;
-            eprintln!("revoked {name} in namespace {}: every read now gets `revoked`", at.namespace);
+            let secrets = open_secrets(dir)?;
+            let done = secrets.revoke(&me, &at.namespace, &name)?;
+            eprintln!("revoked {name} in namespace {}: {done}", at.namespace);
             Ok(())
         }
         SecretCommand::Destroy { name, at } => {
-            let mut store = open_store(dir)?;
-            if backends(dir, &store)?.for_namespace(&at.namespace).is_some() {
-                return Err(fail(
-                    USAGE,
-                    anyhow::anyhow!(
-                        "namespace {} is served by vault: destroy versions there (bao kv destroy)",
-                        at.namespace
-                    ),
-                ));
-            }
-            let warning = store.destroy(&at.namespace, &name, &me)?;
-            eprintln!(
-                "destroyed {name} in namespace {}: every version's ciphertext and data key are erased",
-                at.namespace
-            );
-            match warning {
-                Some(w) => Err(fail(HOST, anyhow::anyhow!(w))),
-                None => Ok(()),
-            }
+            let secrets = open_secrets(dir)?;
+            let done = secrets.destroy(&me, &at.namespace, &name)?;
+            eprintln!("destroyed {name} in namespace {}: {done}", at.namespace);
+            Ok(())
         }
         SecretCommand::Rm { name, at } => {
-            let mut store = open_store(dir)?;
-            if store.remove(&at.namespace, &name, &me)? {
+            let secrets = open_secrets(dir)?;
+            if secrets.remove(&me, &at.namespace, &name)? {
                 eprintln!("removed {name} from namespace {}", at.namespace);
                 Ok(())
             } else {
@@ -431,10 +386,11 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Export { output, namespace, key } => {
             let key = bundle_key(&key)?;
-            let mut store = open_store(dir)?;
-            let secrets = store.export(namespace.as_ref(), &me).map_err(checked(&mut store))?;
-            let n = secrets.len();
-            let text = backup::seal(secrets, &key)?;
+            let secrets = open_secrets(dir)?;
+            let exported = secrets.local().store().export(namespace.as_ref(), &me);
+            let exported = exported.map_err(|e| checked(&secrets)(e.into()))?;
+            let n = exported.len();
+            let text = backup::seal(exported, &key)?;
             keyhole::data_dir::write_private_atomic(&output, text.as_bytes())
                 .map_err(|e| fail(HOST, anyhow::anyhow!("cannot write {}: {e}", output.display())))?;
             eprintln!("exported {n} secret(s) to {}", output.display());
@@ -445,10 +401,10 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read {}: {e}", file.display())))?;
             // Decrypt and check everything before the store is opened for writing.
-            let secrets = backup::open(&text, &key)
+            let bundle = backup::open(&text, &key)
                 .map_err(|e| fail(USAGE, anyhow::Error::from(e).context(format!("bundle {}", file.display()))))?;
             let mut store = open_store(dir)?;
-            let report = store.import(&secrets, overwrite, &me, || failpoint("import-before-commit"))?;
+            let report = store.import(&bundle, overwrite, &me, || failpoint("import-before-commit"))?;
             eprintln!(
                 "imported {} secret(s){}",
                 report.imported.len(),
@@ -467,6 +423,20 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
     }
 }
 
+/// The first characters of a long version id, for tables.
+fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+/// Maps a backend failure to its exit, recording a failed integrity check
+/// in the audit trail first.
+pub(crate) fn checked(secrets: &Router) -> impl FnOnce(BackendError) -> Exit + '_ {
+    |e| {
+        secrets.record_tamper(&e, &Actor::current_user());
+        Exit::from(e)
+    }
+}
+
 pub(crate) fn store_value(
     dir: &DataDir,
     name: &SecretName,
@@ -476,45 +446,30 @@ pub(crate) fn store_value(
     rotate: bool,
 ) -> Result<(), Exit> {
     let expires_at = v.expires_in.map(|d| now() + d.as_secs() as i64);
-    let mut store: SecretStore = open_store(dir)?;
-    if let Some(b) = backends(dir, &store)?.for_namespace(ns).cloned() {
-        if expires_at.is_some() || v.keep.is_some() {
-            return Err(fail(
-                USAGE,
-                anyhow::anyhow!("--expires-in and --keep apply to the local store; namespace {ns} is served by vault"),
-            ));
+    let secrets = open_secrets(dir)?;
+    let opts = SetOptions { expires_at, keep: v.keep, rotate };
+    let version = secrets.set(&Actor::current_user(), ns, name, value, &opts).map_err(|e| match e {
+        e @ (BackendError::Store(StoreError::NotFound { .. }) | BackendError::NotFound { .. }) if rotate => {
+            fail(USAGE, anyhow::Error::from(e).context("rotate needs an existing secret: use `host secret set`"))
         }
-        let action = if rotate { Action::SecretRotate } else { Action::SecretSet };
-        let what = format!("store a new version in vault server {}", b.address);
-        let version = remote_change(&mut store, action, ns, Some(name), what, || b.write(name, value))?;
-        eprintln!("stored {name} version {version} in namespace {ns} (vault server {})", b.address);
-        return Ok(());
-    }
-    let version = store
-        .set(ns, name, value, &SetOptions { expires_at, keep: v.keep, rotate }, &Actor::current_user())
-        .map_err(|e| match e {
-            StoreError::NotFound { .. } => {
-                fail(USAGE, anyhow::Error::from(e).context("rotate needs an existing secret: use `host secret set`"))
-            }
-            e => {
-                store.record_tamper(&e, &Actor::current_user());
-                Exit::from(e)
-            }
-        })?;
+        e => Exit::from(e),
+    })?;
     let verb = if rotate { "rotated" } else { "stored" };
     let exp = expires_at.map(|x| format!(", expires {}", fmt_time(x))).unwrap_or_default();
-    eprintln!("{verb} {name}: version {version} in namespace {ns}{exp}");
+    let backend = secrets.backend_for(ns);
+    let place = if backend.kind() == BackendKind::Local { String::new() } else { format!(" ({})", backend.describe()) };
+    eprintln!("{verb} {name}: version {version} in namespace {ns}{exp}{place}");
     Ok(())
 }
 
 /// Records every row of `list` that failed its check; exit 5 if any did.
-pub(crate) fn tampered_rows(store: &mut SecretStore, list: &[SecretInfo]) -> Result<(), Exit> {
+pub(crate) fn tampered_rows(secrets: &Router, list: &[SecretInfo]) -> Result<(), Exit> {
     let bad: Vec<&SecretInfo> = list.iter().filter(|s| s.tampered).collect();
     for s in &bad {
         if let (Ok(namespace), Ok(name)) = (Namespace::new(&s.namespace), SecretName::new(&s.name)) {
-            let e =
-                StoreError::RowTampered { path: store.path().to_owned(), namespace, name, what: "its stored state" };
-            store.record_tamper(&e, &Actor::current_user());
+            let path = secrets.local().store().path().to_owned();
+            let e = StoreError::RowTampered { path, namespace, name, what: "its stored state" };
+            secrets.record_tamper(&e.into(), &Actor::current_user());
         }
     }
     match bad.as_slice() {

@@ -1,0 +1,383 @@
+//! The router: which backend serves a namespace, the one walk of the
+//! namespace chain, and the one place management actions are audited.
+
+use super::config::{Backends, ConfigError};
+use super::local::LocalBackend;
+use super::{BackendError, BackendKind, Read, SecretBackend, Version};
+use crate::audit::{Action, Actor, NewRecord, Outcome};
+use crate::names::{Namespace, SecretName};
+use crate::policy::Grant;
+use crate::secret::SecretValue;
+use crate::store::{SetOptions, fmt_time};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Which version an execution reads: the one it read first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The namespace it was found in.
+    pub namespace: Namespace,
+    /// The version.
+    pub version: Version,
+}
+
+/// Per execution: secret name to the version first read.
+pub type Pins = Arc<Mutex<HashMap<SecretName, Pin>>>;
+
+/// A secret found by a lookup.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The namespace of the chain that held it.
+    pub namespace: Namespace,
+    /// The version returned.
+    pub version: Version,
+    /// The plaintext.
+    pub value: SecretValue,
+}
+
+/// The answer to a lookup along the namespace chain.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Found and decrypted.
+    Found(Resolved),
+    /// In no namespace of the chain.
+    NotFound,
+    /// Revoked, destroyed or deleted where it was found.
+    Revoked {
+        /// Where.
+        namespace: Namespace,
+        /// Which version.
+        version: Version,
+    },
+    /// Past its expiry where it was found.
+    Expired {
+        /// Where.
+        namespace: Namespace,
+        /// Which version.
+        version: Version,
+    },
+}
+
+/// Namespaces to backends: the local store for every namespace no remote
+/// backend is configured for.
+#[derive(Debug, Clone)]
+pub struct Router {
+    local: Arc<LocalBackend>,
+    remote: HashMap<Namespace, Arc<dyn SecretBackend>>,
+    /// Where the configuration is saved when a backend's state changes.
+    config: Option<Arc<(PathBuf, Mutex<Backends>)>>,
+}
+
+impl Router {
+    /// Serves every namespace from `local`, except those `backends` names;
+    /// a backend whose state changes is saved back to `config_path`.
+    pub fn new(local: LocalBackend, backends: Backends, config_path: Option<PathBuf>) -> Result<Self, BackendError> {
+        let mut router = Router { local: Arc::new(local), remote: HashMap::new(), config: None };
+        for cfg in backends.list() {
+            let ns = Namespace::new(cfg.namespace())
+                .map_err(|e| BackendError::Config { backend: cfg.kind().into(), why: e.to_string() })?;
+            router.remote.insert(ns, cfg.open()?);
+        }
+        router.config = config_path.map(|p| Arc::new((p, Mutex::new(backends))));
+        Ok(router)
+    }
+
+    /// Saves `backend`'s configuration if its state changed.
+    fn save_config(&self, backend: &dyn SecretBackend) -> Result<(), ConfigError> {
+        let (Some(cfg), Some(file)) = (backend.config(), &self.config) else { return Ok(()) };
+        let mut backends = file.1.lock().unwrap_or_else(|p| p.into_inner());
+        if backends.for_namespace(&Namespace::new(cfg.namespace()).unwrap_or_default()) == Some(&cfg) {
+            return Ok(());
+        }
+        backends.upsert(cfg);
+        let key = self.local.store().integrity().clone();
+        backends.save(&file.0, &key)
+    }
+
+    /// Serves exactly `namespace` from `backend` (an embedder's own, or a
+    /// test's).
+    pub fn serve(mut self, namespace: Namespace, backend: Arc<dyn SecretBackend>) -> Self {
+        self.remote.insert(namespace, backend);
+        self
+    }
+
+    /// The local backend: the store, and where audit records are written.
+    pub fn local(&self) -> &LocalBackend {
+        &self.local
+    }
+
+    /// The backend serving exactly `namespace`.
+    pub fn backend_for(&self, namespace: &Namespace) -> &dyn SecretBackend {
+        match self.remote.get(namespace) {
+            Some(b) => b.as_ref(),
+            None => self.local.as_ref(),
+        }
+    }
+
+    /// The remote backends, by namespace.
+    pub fn remote(&self) -> impl Iterator<Item = (&Namespace, &dyn SecretBackend)> {
+        self.remote.iter().map(|(ns, b)| (ns, b.as_ref()))
+    }
+
+    /// Finds the granted secret: in `namespace` or its nearest ancestor
+    /// that holds it, or straight at the `pin`ned namespace and version.
+    /// The first namespace that has the name decides (found, revoked or
+    /// expired); a namespace without it passes on to its parent.
+    pub fn lookup(&self, namespace: &Namespace, grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, BackendError> {
+        let chain = match pin {
+            Some(p) => vec![p.namespace.clone()],
+            None => namespace.chain(),
+        };
+        let version = pin.map(|p| &p.version);
+        for ns in chain {
+            let found = match self.backend_for(&ns).read(&ns, grant, version)? {
+                Read::Absent => continue,
+                Read::Found(value, version) => Lookup::Found(Resolved { namespace: ns, version, value }),
+                Read::Revoked(version) => Lookup::Revoked { namespace: ns, version },
+                Read::Expired(version) => Lookup::Expired { namespace: ns, version },
+            };
+            return Ok(found);
+        }
+        Ok(Lookup::NotFound)
+    }
+
+    /// Appends one audit record on its own (a check, a configuration
+    /// change).
+    pub fn record(&self, rec: &NewRecord) -> Result<(), BackendError> {
+        self.local.store().record(rec)?;
+        Ok(())
+    }
+
+    /// Records a failed integrity check, if `err` is one.
+    pub fn record_tamper(&self, err: &BackendError, actor: &Actor) {
+        if let BackendError::Store(e) = err {
+            self.local.store().record_tamper(e, actor);
+        }
+    }
+
+    /// Stores a new version of `name` in `namespace`'s backend (`set`, or
+    /// `rotate` when `opts.rotate`).
+    pub fn set(
+        &self,
+        actor: &Actor,
+        namespace: &Namespace,
+        name: &SecretName,
+        value: &SecretValue,
+        opts: &SetOptions,
+    ) -> Result<Version, BackendError> {
+        let backend = self.backend_for(namespace);
+        let s = backend.supports();
+        let refused = if !s.write {
+            Some("is read-only: keyhole does not write to it")
+        } else if opts.expires_at.is_some() && !s.expiry {
+            Some("keeps no expiry: --expires-in applies to the local store")
+        } else if opts.keep.is_some() && !s.keep {
+            Some("keeps its own versions: --keep applies to the local store")
+        } else {
+            None
+        };
+        if let Some(what) = refused {
+            return Err(self.unsupported(namespace, backend, what));
+        }
+        let action = if opts.rotate { Action::SecretRotate } else { Action::SecretSet };
+        let mut rec = NewRecord::ok(actor, action, namespace, Some(name));
+        if let Some(x) = opts.expires_at {
+            rec = rec.reason(format!("expires at {}", fmt_time(x)));
+        }
+        let what = format!("store a new version in {}", backend.describe());
+        self.change(backend, rec, what, |rec| backend.write(namespace, name, value, opts, rec), |v, rec| v.on(rec))
+    }
+
+    /// Revokes `name` in `namespace`'s backend; returns what was done.
+    pub fn revoke(&self, actor: &Actor, namespace: &Namespace, name: &SecretName) -> Result<String, BackendError> {
+        let backend = self.backend_for(namespace);
+        if !backend.supports().write {
+            return Err(self.unsupported(namespace, backend, "is read-only: revoke the secret in the backend itself"));
+        }
+        let rec = NewRecord::ok(actor, Action::SecretRevoke, namespace, Some(name));
+        let what = format!("revoke every version in {}", backend.describe());
+        self.change(backend, rec, what, |rec| backend.revoke(namespace, name, rec), |_, rec| rec)
+    }
+
+    /// Erases `name` in `namespace`'s backend for good.
+    pub fn destroy(&self, actor: &Actor, namespace: &Namespace, name: &SecretName) -> Result<String, BackendError> {
+        let backend = self.backend_for(namespace);
+        let s = backend.supports();
+        if !s.write || !s.destroy {
+            return Err(self.unsupported(namespace, backend, "does not destroy secrets through keyhole"));
+        }
+        let rec = NewRecord::ok(actor, Action::SecretDestroy, namespace, Some(name));
+        let what = format!("destroy every version in {}", backend.describe());
+        self.change(backend, rec, what, |rec| backend.destroy(namespace, name, rec), |_, rec| rec)
+    }
+
+    /// Deletes `name` from `namespace`'s backend; whether it existed.
+    pub fn remove(&self, actor: &Actor, namespace: &Namespace, name: &SecretName) -> Result<bool, BackendError> {
+        let backend = self.backend_for(namespace);
+        if !backend.supports().write {
+            return Err(self.unsupported(namespace, backend, "is read-only: keyhole does not delete from it"));
+        }
+        let rec = NewRecord::ok(actor, Action::SecretRemove, namespace, Some(name));
+        let what = format!("delete the secret from {}", backend.describe());
+        self.change(backend, rec, what, |rec| backend.remove(namespace, name, rec), |_, rec| rec)
+    }
+
+    fn unsupported(&self, namespace: &Namespace, backend: &dyn SecretBackend, what: &str) -> BackendError {
+        BackendError::Unsupported { namespace: namespace.clone(), backend: backend.describe(), what: what.to_owned() }
+    }
+
+    /// Runs one management change with its audit records. A backend that
+    /// commits the record with the change gets it; for any other, the
+    /// change is recorded `pending` first (no record, no change), then `ok`
+    /// (completed by `done` with what the change returned) or `failed`.
+    fn change<T>(
+        &self,
+        backend: &dyn SecretBackend,
+        rec: NewRecord,
+        what: String,
+        apply: impl FnOnce(&NewRecord) -> Result<T, BackendError>,
+        done: impl FnOnce(&T, NewRecord) -> NewRecord,
+    ) -> Result<T, BackendError> {
+        let rec = rec.detail_field("backend", backend.kind().as_str());
+        let actor = rec.actor.clone();
+        if backend.supports().audit_in_transaction {
+            return apply(&rec).inspect_err(|e| self.record_tamper(e, &actor));
+        }
+        debug_assert!(backend.kind() != BackendKind::Local);
+        self.record(&rec.clone().outcome(Outcome::Pending).reason(format!("about to: {what}")))?;
+        match apply(&rec).and_then(|v| {
+            self.save_config(backend)
+                .map_err(|e| BackendError::Config { backend: backend.describe(), why: e.to_string() })?;
+            Ok(v)
+        }) {
+            Ok(v) => {
+                let ok = done(&v, rec).reason(what);
+                self.record(&ok)?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.record(&rec.outcome(Outcome::Failed).reason(format!("{what}: {e}")))?;
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{self, Filter, Record};
+    use crate::backend::memory::MemoryBackend;
+    use crate::crypto::MasterKey;
+    use crate::policy::Grants;
+    use crate::store::SecretStore;
+
+    fn ns(s: &str) -> Namespace {
+        Namespace::new(s).unwrap()
+    }
+    fn name(s: &str) -> SecretName {
+        SecretName::new(s).unwrap()
+    }
+    fn grant(s: &str) -> Grant {
+        Grants::new([name(s)]).check(s).unwrap()
+    }
+    fn me() -> Actor {
+        Actor::Cli { user: "tester".into() }
+    }
+    fn val(s: &str) -> SecretValue {
+        SecretValue::new(s.into())
+    }
+
+    /// A router over a real store in a temporary file, with `ops` served by
+    /// an in-memory backend.
+    fn router() -> (tempfile::TempDir, Router, Arc<MemoryBackend>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SecretStore::open_with_key(&dir.path().join("s.db"), MasterKey::generate()).unwrap();
+        let fake = Arc::new(MemoryBackend::new());
+        let router =
+            Router::new(LocalBackend::new(store), Backends::none(), None).unwrap().serve(ns("ops"), fake.clone());
+        (dir, router, fake)
+    }
+
+    fn records(dir: &tempfile::TempDir) -> Vec<Record> {
+        let path = dir.path().join("s.db");
+        audit::list(&audit::open(&path, false).unwrap(), &path, &Filter::default()).unwrap()
+    }
+
+    fn found(l: Lookup) -> (String, Version, String) {
+        match l {
+            Lookup::Found(r) => (r.namespace.as_str().to_owned(), r.version, r.value.expose().to_owned()),
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_chain_is_walked_across_backends_and_the_nearest_namespace_wins() {
+        let (_d, r, _fake) = router();
+        r.set(&me(), &ns(""), &name("K"), &val("root"), &SetOptions::default()).unwrap();
+        r.set(&me(), &ns("ops"), &name("K"), &val("ops"), &SetOptions::default()).unwrap();
+        r.set(&me(), &ns("ops"), &name("ONLY_OPS"), &val("o"), &SetOptions::default()).unwrap();
+        let at = |n: &str, k: &str| r.lookup(&ns(n), &grant(k), None).unwrap();
+        assert_eq!(found(at("ops.db", "K")), ("ops".into(), Version::Number(1), "ops".into()));
+        assert_eq!(found(at("finance", "K")), ("".into(), Version::Number(1), "root".into()));
+        assert!(matches!(at("finance", "ONLY_OPS"), Lookup::NotFound));
+        // Revoked in the nearer namespace: the chain stops there.
+        r.revoke(&me(), &ns("ops"), &name("K")).unwrap();
+        assert!(matches!(at("ops", "K"), Lookup::Revoked { .. }));
+    }
+
+    #[test]
+    fn a_pin_goes_straight_to_its_namespace_and_version() {
+        let (_d, r, _fake) = router();
+        r.set(&me(), &ns("ops"), &name("K"), &val("v1"), &SetOptions::default()).unwrap();
+        r.set(&me(), &ns("ops"), &name("K"), &val("v2"), &SetOptions::default()).unwrap();
+        r.set(&me(), &ns("ops.db"), &name("K"), &val("nearer"), &SetOptions::default()).unwrap();
+        let pin = Pin { namespace: ns("ops"), version: Version::Number(1) };
+        assert_eq!(found(r.lookup(&ns("ops.db"), &grant("K"), Some(&pin)).unwrap()).2, "v1");
+    }
+
+    #[test]
+    fn every_backend_audits_management_actions_with_the_same_shape() {
+        let (d, r, fake) = router();
+        for n in ["", "ops"] {
+            r.set(&me(), &ns(n), &name("K"), &val("v"), &SetOptions::default()).unwrap();
+            r.revoke(&me(), &ns(n), &name("K")).unwrap();
+            assert!(r.remove(&me(), &ns(n), &name("K")).unwrap());
+        }
+        fake.set_down(true);
+        let e = r.set(&me(), &ns("ops"), &name("K"), &val("v"), &SetOptions::default()).unwrap_err();
+        assert!(matches!(e, BackendError::Unreachable { .. }), "{e}");
+        let recs = records(&d);
+        let shape = |ns: &str| -> Vec<(String, String, String, String)> {
+            recs.iter()
+                .filter(|r| r.namespace == ns && r.outcome != "pending")
+                .map(|r| (r.action.clone(), r.actor.clone(), r.outcome.clone(), r.secret.clone().unwrap_or_default()))
+                .collect()
+        };
+        // Same actions, actor, outcomes and secret, whichever backend; a
+        // new version is recorded with its number.
+        assert_eq!(shape("")[..3], shape("ops")[..3], "{recs:#?}");
+        let set_versions: Vec<_> =
+            recs.iter().filter(|r| r.action == "secret.set" && r.outcome == "ok").map(|r| r.version).collect();
+        assert_eq!(set_versions, [Some(1), Some(1)]);
+        let backends: Vec<_> = recs.iter().map(|r| r.detail.clone().unwrap_or_default()).collect();
+        assert!(backends.iter().take(3).all(|d| d.contains(r#""backend":"local""#)), "{backends:?}");
+        assert!(backends.iter().skip(3).all(|d| d.contains(r#""backend":"memory""#)), "{backends:?}");
+        // The remote change: pending before, ok after; the failed one says so.
+        let ops: Vec<&str> = recs.iter().filter(|r| r.namespace == "ops").map(|r| r.outcome.as_str()).collect();
+        assert_eq!(ops, ["pending", "ok", "pending", "ok", "pending", "ok", "pending", "failed"]);
+        let failed = recs.last().unwrap();
+        assert!(failed.reason.as_deref().unwrap().contains("unreachable"), "{failed:?}");
+    }
+
+    #[test]
+    fn an_option_a_backend_lacks_is_refused_before_anything_changes() {
+        let (d, r, _fake) = router();
+        let before = records(&d).len();
+        let opts = SetOptions { keep: Some(2), ..Default::default() };
+        let e = r.set(&me(), &ns("ops"), &name("K"), &val("v"), &opts).unwrap_err();
+        assert!(e.to_string().contains("--keep applies to the local store"), "{e}");
+        assert_eq!(records(&d).len(), before);
+    }
+}
