@@ -22,6 +22,21 @@ if ! command -v bao >/dev/null 2>&1; then
   export KEYHOLE_ALLOW_NO_BAO=1
 fi
 
+# The AWS Secrets Manager backend is tested against moto_server (PyPI), which
+# also brings boto3 for the tests' fixtures.
+if ! command -v moto_server >/dev/null 2>&1; then
+  if command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1; then
+    echo "==> installing moto (pip install \"moto[server]\") for the AWS backend tests"
+    "$(command -v pip || command -v pip3)" install --quiet "moto[server]" || echo "pip install moto[server] failed" >&2
+    hash -r
+  fi
+fi
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "*** WARNING: moto_server is not available and pip could not install it:" >&2
+  echo "*** the AWS Secrets Manager backend tests will be SKIPPED (they say so in their output)." >&2
+  export KEYHOLE_ALLOW_NO_MOTO=1
+fi
+
 cargo test --release
 # The benchmarks must keep compiling; run them with `cargo bench -p keyhole-host`.
 cargo bench --no-run --quiet -p keyhole-host

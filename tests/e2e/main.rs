@@ -5,6 +5,7 @@ mod plugins;
 mod support;
 
 mod audit;
+mod aws;
 mod exec;
 mod flows;
 mod lifecycle;

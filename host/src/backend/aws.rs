@@ -165,13 +165,25 @@ impl AwsBackend {
         if let Some(e) = http::redirected(&self.name, &target, "/", status) {
             return Err(e);
         }
-        let reply: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+        let text = Zeroizing::new(resp.body_mut().read_to_string().unwrap_or_default());
+        let reply: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status == 200 {
             return Ok(Ok(reply));
         }
-        let kind = reply["__type"].as_str().unwrap_or_default();
-        let kind = kind.rsplit('#').next().unwrap_or(kind).to_owned();
-        let message = reply["message"].as_str().or(reply["Message"].as_str()).unwrap_or("request failed").to_owned();
+        // Errors come as JSON, or (from the authentication layer) as XML.
+        let tag = |t: &str| {
+            let (open, close) = (format!("<{t}>"), format!("</{t}>"));
+            let start = text.find(&open)? + open.len();
+            Some(text[start..].split(&close).next()?.to_owned())
+        };
+        let kind = reply["__type"].as_str().map(str::to_owned).or_else(|| tag("Code")).unwrap_or_default();
+        let kind = kind.rsplit('#').next().unwrap_or(&kind).to_owned();
+        let message = reply["message"]
+            .as_str()
+            .or(reply["Message"].as_str())
+            .map(str::to_owned)
+            .or_else(|| tag("Message"))
+            .unwrap_or_else(|| "request failed".into());
         Ok(Err((status, kind, message)))
     }
 
@@ -281,6 +293,12 @@ impl SecretBackend for AwsBackend {
         let mut c = self.config.clone();
         c.revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner()).clone();
         Some(BackendConfig::Aws(c))
+    }
+
+    fn reconfigure(&self, config: &BackendConfig) {
+        if let BackendConfig::Aws(c) = config {
+            *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = c.revoked.clone();
+        }
     }
 
     fn read(&self, _namespace: &Namespace, grant: &Grant, version: Option<&Version>) -> Result<Read, BackendError> {

@@ -299,4 +299,7 @@ pub trait SecretBackend: Send + Sync + fmt::Debug {
     fn config(&self) -> Option<BackendConfig> {
         None
     }
+
+    /// Takes up state another process saved in its configuration.
+    fn reconfigure(&self, _config: &BackendConfig) {}
 }

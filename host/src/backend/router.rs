@@ -65,8 +65,22 @@ pub enum Lookup {
 pub struct Router {
     local: Arc<LocalBackend>,
     remote: HashMap<Namespace, Arc<dyn SecretBackend>>,
-    /// Where the configuration is saved when a backend's state changes.
-    config: Option<Arc<(PathBuf, Mutex<Backends>)>>,
+    /// Where the configuration is saved when a backend's state changes,
+    /// and reloaded from when another process changed it.
+    config: Option<Arc<ConfigState>>,
+}
+
+#[derive(Debug)]
+struct ConfigState {
+    path: PathBuf,
+    backends: Mutex<Backends>,
+    /// The file's modification time and length when last read or written.
+    seen: Mutex<Option<(std::time::SystemTime, u64)>>,
+}
+
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl Router {
@@ -79,20 +93,47 @@ impl Router {
                 .map_err(|e| BackendError::Config { backend: cfg.kind().into(), why: e.to_string() })?;
             router.remote.insert(ns, cfg.open()?);
         }
-        router.config = config_path.map(|p| Arc::new((p, Mutex::new(backends))));
+        router.config = config_path.map(|path| {
+            let seen = Mutex::new(stamp(&path));
+            Arc::new(ConfigState { path, backends: Mutex::new(backends), seen })
+        });
         Ok(router)
+    }
+
+    /// Reloads the configuration if another process changed it (a
+    /// revocation kept there must reach running executions at once).
+    fn refresh(&self) -> Result<(), BackendError> {
+        let Some(state) = &self.config else { return Ok(()) };
+        let now = stamp(&state.path);
+        let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == now {
+            return Ok(());
+        }
+        let key = self.local.store().integrity().clone();
+        let loaded = Backends::load(&state.path, &key)
+            .map_err(|e| BackendError::Config { backend: "the backend configuration".into(), why: e.to_string() })?;
+        for cfg in loaded.list() {
+            if let Some(b) = Namespace::new(cfg.namespace()).ok().and_then(|ns| self.remote.get(&ns)) {
+                b.reconfigure(cfg);
+            }
+        }
+        *state.backends.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
+        *seen = now;
+        Ok(())
     }
 
     /// Saves `backend`'s configuration if its state changed.
     fn save_config(&self, backend: &dyn SecretBackend) -> Result<(), ConfigError> {
-        let (Some(cfg), Some(file)) = (backend.config(), &self.config) else { return Ok(()) };
-        let mut backends = file.1.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(cfg), Some(state)) = (backend.config(), &self.config) else { return Ok(()) };
+        let mut backends = state.backends.lock().unwrap_or_else(|p| p.into_inner());
         if backends.for_namespace(&Namespace::new(cfg.namespace()).unwrap_or_default()) == Some(&cfg) {
             return Ok(());
         }
         backends.upsert(cfg);
         let key = self.local.store().integrity().clone();
-        backends.save(&file.0, &key)
+        backends.save(&state.path, &key)?;
+        *state.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&state.path);
+        Ok(())
     }
 
     /// Serves exactly `namespace` from `backend` (an embedder's own, or a
@@ -131,7 +172,11 @@ impl Router {
         };
         let version = pin.map(|p| &p.version);
         for ns in chain {
-            let found = match self.backend_for(&ns).read(&ns, grant, version)? {
+            let backend = self.backend_for(&ns);
+            if backend.config().is_some() {
+                self.refresh()?;
+            }
+            let found = match backend.read(&ns, grant, version)? {
                 Read::Absent => continue,
                 Read::Found(value, version) => Lookup::Found(Resolved { namespace: ns, version, value }),
                 Read::Revoked(version) => Lookup::Revoked { namespace: ns, version },
