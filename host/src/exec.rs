@@ -9,12 +9,12 @@
 use crate::access::{SecretAccess, TaskIdentity};
 use crate::audit::{Action, AuditLog, NewRecord, Outcome};
 use crate::backend::{Pins, Router};
+use crate::capability::TaskState;
 pub use crate::limits::Limits;
 use crate::mask::MaskSet;
 use crate::output::{Sink, TaskOutput};
 use crate::policy::Grants;
 use crate::runtime::{POOLING_MAX_MEMORY, Plugin, Runtime};
-use crate::sandbox::TaskState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};

@@ -666,23 +666,6 @@ pub fn bind_inputs(flow: &Flow, given: &[(String, String)]) -> Result<Map<String
     Ok(out)
 }
 
-/// Capabilities a plugin may import that no flow grants, with what they are.
-pub fn ungrantable_imports(imports: &[String]) -> Vec<(&str, &'static str)> {
-    imports
-        .iter()
-        .filter_map(|i| {
-            let what = if i.starts_with("wasi:sockets/") {
-                "network sockets"
-            } else if i.starts_with("wasi:http/") {
-                "outgoing HTTP"
-            } else {
-                return None;
-            };
-            Some((i.as_str(), what))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

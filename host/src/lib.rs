@@ -12,6 +12,7 @@ pub mod access;
 pub mod audit;
 pub mod backend;
 pub mod backup;
+pub mod capability;
 pub mod crypto;
 pub mod data_dir;
 pub mod db;

@@ -9,9 +9,10 @@
 
 use crate::access::TaskIdentity;
 use crate::audit::now_rfc3339;
+use crate::capability::wasi::ungrantable_imports;
 use crate::exec::{ExecutionEnv, TaskFailure, TaskSpec, run_task};
 use crate::executions::{ExecutionRecord, Executions, TaskRecord, TaskStatus};
-use crate::flow::{Diagnostic, Diagnostics, Flow, Scope, Severity, render, ungrantable_imports};
+use crate::flow::{Diagnostic, Diagnostics, Flow, Scope, Severity, render};
 use crate::mask::MaskSet;
 use crate::names::ExecutionId;
 use crate::runtime::{LoadedFrom, Plugin, Runtime};

@@ -12,7 +12,8 @@
 //! than loading the entry). An entry copied over another plugin's, or
 //! edited, is recompiled (with a warning), never run.
 
-use crate::sandbox::{self, TaskState, bindings::TaskPre};
+use crate::capability::{self, TaskState};
+use crate::sandbox::bindings::TaskPre;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -134,7 +135,7 @@ impl Runtime {
         }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        sandbox::add_to_linker(&mut linker)?;
+        capability::add_to_linker(&mut linker)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());

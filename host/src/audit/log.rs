@@ -1,0 +1,229 @@
+//! The audit log as the sandbox uses it: [`AuditLog`] appends records
+//! through one writer thread that group-commits whatever is queued (one
+//! fsync for many records), and [`AuditKey`] fingerprints released values.
+
+use super::*;
+
+/// The key for value fingerprints, kept apart from the master key.
+#[derive(Clone)]
+pub struct AuditKey(Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(***)")
+    }
+}
+
+impl AuditKey {
+    /// `$KEYHOLE_AUDIT_KEY` or the file `path`; `None` when neither exists
+    /// (fingerprints disabled).
+    pub fn load(path: &Path) -> Result<Option<Self>, AuditError> {
+        use base64::Engine as _;
+        let text = match std::env::var(AUDIT_KEY_ENV) {
+            Ok(t) => Zeroizing::new(t),
+            Err(_) => match std::fs::read_to_string(path) {
+                Ok(t) => Zeroizing::new(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(AuditError::Key(format!("cannot read {}: {e}", path.display()))),
+            },
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| AuditError::Key(format!("not base64 ({e})")))?;
+        if bytes.len() < 32 {
+            return Err(AuditError::Key(format!("must be at least 32 bytes, got {}", bytes.len())));
+        }
+        Ok(Some(AuditKey(Zeroizing::new(bytes))))
+    }
+
+    /// Creates a new random key file (mode 0600); fails if it exists.
+    pub fn create(path: &Path) -> Result<Self, AuditError> {
+        use base64::Engine as _;
+        use std::io::Write;
+        let mut bytes = Zeroizing::new(vec![0u8; 32]);
+        getrandom::fill(&mut bytes).map_err(|e| AuditError::Key(e.to_string()))?;
+        let io = |e: std::io::Error| AuditError::Key(format!("cannot create {}: {e}", path.display()));
+        let mut f = crate::data_dir::private_file_options().create_new(true).open(path).map_err(io)?;
+        let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*bytes));
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.write_all(b"\n").map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok(AuditKey(bytes))
+    }
+
+    /// HMAC-SHA256 of `value`, lowercase hex: the value's fingerprint.
+    pub fn fingerprint(&self, value: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(value.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// The durable, group-committing writer used on the plugin read path.
+///
+/// Group commit without a writer thread: a caller queues its record; if no
+/// commit is in progress it becomes the leader, takes everything queued and
+/// commits it in one transaction on its own thread; callers that arrive
+/// meanwhile wait and are committed together by the next leader. One reader
+/// pays one fsync and no thread handoff; many readers share fsyncs.
+#[derive(Clone)]
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    key: Option<AuditKey>,
+}
+
+impl Shared {
+    fn chain_key(&self) -> &IntegrityKey {
+        &self.chain
+    }
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("path", &self.shared.path).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    chain: IntegrityKey,
+    conn: Mutex<Connection>,
+    state: Mutex<Queue>,
+    committed: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    next_ticket: u64,
+    /// Queued records: ticket, record, whether a caller waits for it.
+    pending: Vec<(u64, NewRecord, bool)>,
+    leader: bool,
+    /// Outcomes of committed tickets not yet collected by their waiters.
+    done: HashMap<u64, Result<u64, String>>,
+    /// Every ticket below this has been committed or has failed.
+    settled_below: u64,
+}
+
+impl AuditLog {
+    /// Opens the log in the store file at `path` with its own connection;
+    /// records are chained under `chain` (the store's integrity key).
+    /// `key` enables value fingerprints.
+    pub fn open(path: &Path, chain: IntegrityKey, key: Option<AuditKey>) -> Result<Self, AuditError> {
+        let conn = connect(path)?;
+        Ok(AuditLog {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                chain,
+                conn: Mutex::new(conn),
+                state: Mutex::new(Queue::default()),
+                committed: Condvar::new(),
+            }),
+            key,
+        })
+    }
+
+    /// Opens a log in a private in-memory database: nothing is durable. For
+    /// benchmarks that measure what durability costs; never used by `host`.
+    #[doc(hidden)]
+    pub fn open_in_memory() -> Result<Self, AuditError> {
+        Self::open(Path::new(":memory:"), IntegrityKey::generate(), None)
+    }
+
+    /// The fingerprint of `value`, when fingerprints are enabled.
+    pub fn fingerprint(&self, value: &str) -> Option<String> {
+        self.key.as_ref().map(|k| k.fingerprint(value))
+    }
+
+    /// Appends `record` and returns its sequence number once it is durably
+    /// committed.
+    pub fn record(&self, record: NewRecord) -> Result<u64, AuditError> {
+        let ticket = self.enqueue(record, true);
+        self.wait_for(ticket)
+    }
+
+    /// Queues `record` without waiting. It commits with the next batch; a
+    /// later [`AuditLog::record`] or [`AuditLog::flush`] returns only after
+    /// it is durable. For records that release nothing (a task starting).
+    pub fn record_later(&self, record: NewRecord) -> Result<(), AuditError> {
+        self.enqueue(record, false);
+        Ok(())
+    }
+
+    /// Returns once every record queued before it is durable.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let last = lock(&self.shared.state).next_ticket;
+        if last == 0 {
+            return Ok(());
+        }
+        self.wait_for(last - 1).map(|_| ())
+    }
+
+    fn enqueue(&self, record: NewRecord, waiter: bool) -> u64 {
+        let mut q = lock(&self.shared.state);
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.pending.push((ticket, record, waiter));
+        ticket
+    }
+
+    /// Waits until `ticket` is settled, leading commits when no one else is.
+    fn wait_for(&self, ticket: u64) -> Result<u64, AuditError> {
+        let sh = &*self.shared;
+        let mut q = lock(&sh.state);
+        loop {
+            if ticket < q.settled_below {
+                return match q.done.remove(&ticket) {
+                    Some(Ok(seq)) => Ok(seq),
+                    Some(Err(why)) => Err(AuditError::Writer(format!("audit log {}: {why}", sh.path.display()))),
+                    None => Ok(0),
+                };
+            }
+            if q.leader {
+                q = sh.committed.wait(q).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            q.leader = true;
+            let batch = std::mem::take(&mut q.pending);
+            let settles = q.next_ticket;
+            drop(q);
+            let result = commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), &batch);
+            q = lock(&sh.state);
+            if let Err(why) = &result {
+                tracing::error!("{} audit record(s) could not be written: {why}", batch.len());
+            }
+            for (i, (t, _, waiter)) in batch.iter().enumerate() {
+                if *waiter {
+                    q.done.insert(*t, result.as_ref().map(|seqs| seqs[i]).map_err(Clone::clone));
+                }
+            }
+            q.settled_below = settles;
+            q.leader = false;
+            sh.committed.notify_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Appends a batch in one IMMEDIATE transaction.
+fn commit(
+    conn: &mut Connection,
+    path: &Path,
+    key: &IntegrityKey,
+    batch: &[(u64, NewRecord, bool)],
+) -> Result<Vec<u64>, String> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let why = |op: &str, e: rusqlite::Error| format!("cannot {op} in {}: {e}", path.display());
+    let tx =
+        conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| why("start a transaction", e))?;
+    let mut seqs = Vec::with_capacity(batch.len());
+    for (_, r, _) in batch {
+        seqs.push(append(&tx, key, r).map_err(|e| why("append a record", e))?);
+    }
+    tx.commit().map_err(|e| why("commit", e))?;
+    Ok(seqs)
+}

@@ -1,0 +1,75 @@
+//! What a task can do, one module per capability, in the spirit of
+//! wasmtime-wasi's `WasiCtxBuilder` and Spin's factors. Each module owns
+//! its per-task state (built from what the flow or CLI granted), the host
+//! side of its WIT interface, and its `add_to_linker`:
+//!
+//! - [`secrets`]: `keyhole:task/secrets`, answered by `access::get_secret`;
+//! - [`log`]: `keyhole:task/log`, into the task's masked output;
+//! - [`context`]: `keyhole:task/context`, the task's identity;
+//! - [`wasi`]: WASI p2 with nothing but masked stdout/stderr: no files,
+//!   environment, arguments or network.
+//!
+//! Invariant: a capability decides nothing about secrets itself (it calls
+//! `access`, `output`, `mask`), and a task has no capability it was not
+//! given here. Adding one is a module with those three things, a field in
+//! [`Capabilities`], and one line in [`add_to_linker`].
+
+pub mod context;
+pub mod log;
+pub mod secrets;
+pub mod wasi;
+
+use crate::access::SecretAccess;
+use crate::output::TaskOutput;
+use crate::sandbox::MemoryLimiter;
+use wasmtime::component::Linker;
+
+/// One task's capabilities: the per-task state of each module.
+#[derive(Debug)]
+pub struct Capabilities {
+    /// `secrets.get`.
+    pub secrets: secrets::Secrets,
+    /// `log.log`.
+    pub log: log::Log,
+    /// `context.current`.
+    pub context: context::Context,
+    /// WASI: stdout and stderr only.
+    pub wasi: wasi::Wasi,
+}
+
+/// Per-task store data.
+pub struct TaskState {
+    pub(crate) caps: Capabilities,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+impl std::fmt::Debug for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskState").field("task", &self.caps.context.0.task).finish_non_exhaustive()
+    }
+}
+
+impl TaskState {
+    /// State for one task: its secrets access, its output (stdout, stderr,
+    /// log), memory (all memories and tables together) capped at
+    /// `memory_limit` bytes.
+    pub fn new(access: SecretAccess, output: TaskOutput, memory_limit: usize) -> Self {
+        let caps = Capabilities {
+            wasi: wasi::Wasi::new(&output),
+            context: context::Context(access.identity.clone()),
+            secrets: secrets::Secrets(access),
+            log: log::Log(output),
+        };
+        TaskState { caps, limiter: MemoryLimiter::new(memory_limit) }
+    }
+}
+
+/// Adds every capability's imports to `linker`: the one place a new
+/// capability is wired in.
+pub fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
+    wasi::add_to_linker(linker)?;
+    secrets::add_to_linker(linker)?;
+    log::add_to_linker(linker)?;
+    context::add_to_linker(linker)?;
+    Ok(())
+}
