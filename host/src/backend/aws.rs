@@ -295,6 +295,10 @@ impl SecretBackend for AwsBackend {
         Some(BackendConfig::Aws(c))
     }
 
+    fn keeps_config_state(&self) -> bool {
+        true
+    }
+
     fn reconfigure(&self, config: &BackendConfig) {
         if let BackendConfig::Aws(c) = config {
             *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = c.revoked.clone();

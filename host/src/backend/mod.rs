@@ -300,6 +300,13 @@ pub trait SecretBackend: Send + Sync + fmt::Debug {
         None
     }
 
-    /// Takes up state another process saved in its configuration.
+    /// Takes up state another process saved in its configuration (called
+    /// before a read when the file changed, for a backend whose `config`
+    /// is `Some`).
     fn reconfigure(&self, _config: &BackendConfig) {}
+
+    /// Whether it keeps state in its configuration (see `config`).
+    fn keeps_config_state(&self) -> bool {
+        false
+    }
 }

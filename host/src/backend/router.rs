@@ -173,7 +173,7 @@ impl Router {
         let version = pin.map(|p| &p.version);
         for ns in chain {
             let backend = self.backend_for(&ns);
-            if backend.config().is_some() {
+            if backend.keeps_config_state() {
                 self.refresh()?;
             }
             let found = match backend.read(&ns, grant, version)? {
