@@ -60,12 +60,13 @@ fn reads(c: &mut Criterion) {
     let durable = AuditLog::open(&path, store.integrity().clone(), None).unwrap();
     let secrets = Arc::new(Router::new(LocalBackend::new(store), Default::default(), None).unwrap());
     let memory = AuditLog::open_in_memory().unwrap();
+    let nosync = AuditLog::open_without_fsync(&dir.path().join("nosync.db")).unwrap();
 
     for readers in [1usize, 16] {
         let mut g = c.benchmark_group(format!("secrets.get/{readers}-readers"));
         g.throughput(Throughput::Elements(readers as u64));
         g.sample_size(20).measurement_time(Duration::from_secs(5));
-        for (label, log) in [("audited", &durable), ("audit-in-memory", &memory)] {
+        for (label, log) in [("audited", &durable), ("audit-in-memory", &memory), ("audit-no-fsync", &nosync)] {
             g.bench_function(label, |b| {
                 b.iter_custom(|iters| {
                     let accesses: Vec<_> = (0..readers).map(|_| access(&secrets, log.clone())).collect();

@@ -64,18 +64,14 @@ impl AuditKey {
 /// Group commit without a writer thread: a caller queues its record; if no
 /// commit is in progress it becomes the leader, takes everything queued and
 /// commits it in one transaction on its own thread; callers that arrive
-/// meanwhile wait and are committed together by the next leader. One reader
-/// pays one fsync and no thread handoff; many readers share fsyncs.
+/// meanwhile sleep. When the leader is done it wakes exactly the callers
+/// whose records it committed, and hands leadership to the oldest caller
+/// still waiting, so no thread wakes only to sleep again. One reader pays
+/// one fsync and no thread handoff; many readers share fsyncs.
 #[derive(Clone)]
 pub struct AuditLog {
     shared: Arc<Shared>,
     key: Option<AuditKey>,
-}
-
-impl Shared {
-    fn chain_key(&self) -> &IntegrityKey {
-        &self.chain
-    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -89,14 +85,22 @@ struct Shared {
     chain: IntegrityKey,
     conn: Mutex<Connection>,
     state: Mutex<Queue>,
-    committed: Condvar,
+}
+
+/// A queued record, and the thread to wake when it is settled (none for
+/// [`AuditLog::record_later`]).
+struct Entry {
+    ticket: u64,
+    record: Prepared,
+    waiter: Option<Thread>,
 }
 
 #[derive(Default)]
 struct Queue {
     next_ticket: u64,
-    /// Queued records: ticket, record, whether a caller waits for it.
-    pending: Vec<(u64, NewRecord, bool)>,
+    pending: Vec<Entry>,
+    /// Threads in [`AuditLog::flush`], each with the ticket it waits for.
+    flushers: Vec<(u64, Thread)>,
     leader: bool,
     /// Outcomes of committed tickets not yet collected by their waiters.
     done: HashMap<u64, Result<u64, String>>,
@@ -116,7 +120,6 @@ impl AuditLog {
                 chain,
                 conn: Mutex::new(conn),
                 state: Mutex::new(Queue::default()),
-                committed: Condvar::new(),
             }),
             key,
         })
@@ -129,6 +132,17 @@ impl AuditLog {
         Self::open(Path::new(":memory:"), IntegrityKey::generate(), None)
     }
 
+    /// Opens a log at `path` (a new file) committed without fsync: the same
+    /// database, journal and group commit as [`AuditLog::open`], with the
+    /// records left in the operating system's page cache. For benchmarks
+    /// that measure what the fsync costs; never used by `host`.
+    #[doc(hidden)]
+    pub fn open_without_fsync(path: &Path) -> Result<Self, AuditError> {
+        let log = Self::open(path, IntegrityKey::generate(), None)?;
+        lock(&log.shared.conn).pragma_update(None, "synchronous", "OFF").map_err(sql(path, "turn off fsync"))?;
+        Ok(log)
+    }
+
     /// The fingerprint of `value`, when fingerprints are enabled.
     pub fn fingerprint(&self, value: &str) -> Option<String> {
         self.key.as_ref().map(|k| k.fingerprint(value))
@@ -137,7 +151,7 @@ impl AuditLog {
     /// Appends `record` and returns its sequence number once it is durably
     /// committed.
     pub fn record(&self, record: NewRecord) -> Result<u64, AuditError> {
-        let ticket = self.enqueue(record, true);
+        let ticket = self.enqueue(record, Some(std::thread::current()));
         self.wait_for(ticket)
     }
 
@@ -145,33 +159,43 @@ impl AuditLog {
     /// later [`AuditLog::record`] or [`AuditLog::flush`] returns only after
     /// it is durable. For records that release nothing (a task starting).
     pub fn record_later(&self, record: NewRecord) -> Result<(), AuditError> {
-        self.enqueue(record, false);
+        self.enqueue(record, None);
         Ok(())
     }
 
     /// Returns once every record queued before it is durable.
     pub fn flush(&self) -> Result<(), AuditError> {
-        let last = lock(&self.shared.state).next_ticket;
-        if last == 0 {
-            return Ok(());
-        }
-        self.wait_for(last - 1).map(|_| ())
+        let last = {
+            let mut q = lock(&self.shared.state);
+            if q.next_ticket == 0 {
+                return Ok(());
+            }
+            let last = q.next_ticket - 1;
+            q.flushers.push((last, std::thread::current()));
+            last
+        };
+        self.wait_for(last).map(|_| ())
     }
 
-    fn enqueue(&self, record: NewRecord, waiter: bool) -> u64 {
+    fn enqueue(&self, record: NewRecord, waiter: Option<Thread>) -> u64 {
+        // Encoded here, in parallel with other callers; the commit only
+        // chains, MACs and inserts.
+        let record = Prepared::new(&record);
         let mut q = lock(&self.shared.state);
         let ticket = q.next_ticket;
         q.next_ticket += 1;
-        q.pending.push((ticket, record, waiter));
+        q.pending.push(Entry { ticket, record, waiter });
         ticket
     }
 
-    /// Waits until `ticket` is settled, leading commits when no one else is.
+    /// Waits until `ticket` is settled, leading a commit when no one else is.
     fn wait_for(&self, ticket: u64) -> Result<u64, AuditError> {
         let sh = &*self.shared;
-        let mut q = lock(&sh.state);
+        let me = std::thread::current().id();
         loop {
+            let mut q = lock(&sh.state);
             if ticket < q.settled_below {
+                q.flushers.retain(|(t, th)| !(*t == ticket && th.id() == me));
                 return match q.done.remove(&ticket) {
                     Some(Ok(seq)) => Ok(seq),
                     Some(Err(why)) => Err(AuditError::Writer(format!("audit log {}: {why}", sh.path.display()))),
@@ -179,27 +203,71 @@ impl AuditLog {
                 };
             }
             if q.leader {
-                q = sh.committed.wait(q).unwrap_or_else(|p| p.into_inner());
+                // The leader wakes this thread when its ticket is settled or
+                // when it is its turn to lead; a wake-up that came before the
+                // park makes the park return at once.
+                drop(q);
+                std::thread::park();
                 continue;
             }
             q.leader = true;
-            let batch = std::mem::take(&mut q.pending);
-            let settles = q.next_ticket;
-            drop(q);
-            let result = commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), &batch);
-            q = lock(&sh.state);
-            if let Err(why) = &result {
-                tracing::error!("{} audit record(s) could not be written: {why}", batch.len());
-            }
-            for (i, (t, _, waiter)) in batch.iter().enumerate() {
-                if *waiter {
-                    q.done.insert(*t, result.as_ref().map(|seqs| seqs[i]).map_err(Clone::clone));
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                let batch = std::mem::take(&mut q.pending);
+                let settles = q.next_ticket;
+                drop(q);
+                let (records, waiters): (Vec<Prepared>, Vec<(u64, Option<Thread>)>) =
+                    batch.into_iter().map(|e| (e.record, (e.ticket, e.waiter))).unzip();
+                let n = records.len();
+                let result = commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), records);
+                q = lock(&sh.state);
+                if let Err(why) = &result {
+                    tracing::error!("{n} audit record(s) could not be written: {why}");
+                }
+                let mut wake = Vec::new();
+                for (i, (ticket, waiter)) in waiters.into_iter().enumerate() {
+                    if let Some(thread) = waiter {
+                        q.done.insert(ticket, result.as_ref().map(|seqs| seqs[i]).map_err(Clone::clone));
+                        wake.push(thread);
+                    }
+                }
+                q.settled_below = settles;
+                wake.extend(q.flushers.iter().filter(|(t, _)| *t < settles).map(|(_, th)| th.clone()));
+                let more = q.pending.iter().any(|e| e.waiter.is_some()) || !q.flushers.is_empty();
+                let keep = more && rounds < LEAD_ROUNDS;
+                if !keep {
+                    q.leader = false;
+                    if more {
+                        // The oldest caller still waiting leads the next batch.
+                        wake.extend(
+                            q.pending
+                                .iter()
+                                .find_map(|e| e.waiter.clone())
+                                .or_else(|| q.flushers.first().map(|f| f.1.clone())),
+                        );
+                    }
+                }
+                drop(q);
+                for thread in wake {
+                    if thread.id() != me {
+                        thread.unpark();
+                    }
+                }
+                q = lock(&sh.state);
+                if !keep {
+                    break;
                 }
             }
-            q.settled_below = settles;
-            q.leader = false;
-            sh.committed.notify_all();
         }
+    }
+}
+
+const LEAD_ROUNDS: u32 = 8;
+
+impl Shared {
+    fn chain_key(&self) -> &IntegrityKey {
+        &self.chain
     }
 }
 
@@ -208,22 +276,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Appends a batch in one IMMEDIATE transaction.
-fn commit(
-    conn: &mut Connection,
-    path: &Path,
-    key: &IntegrityKey,
-    batch: &[(u64, NewRecord, bool)],
-) -> Result<Vec<u64>, String> {
+fn commit(conn: &mut Connection, path: &Path, key: &IntegrityKey, batch: Vec<Prepared>) -> Result<Vec<u64>, String> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
     let why = |op: &str, e: rusqlite::Error| format!("cannot {op} in {}: {e}", path.display());
     let tx =
         conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| why("start a transaction", e))?;
-    let mut seqs = Vec::with_capacity(batch.len());
-    for (_, r, _) in batch {
-        seqs.push(append(&tx, key, r).map_err(|e| why("append a record", e))?);
-    }
+    let seqs = append_all(&tx, key, batch).map_err(|e| why("append records", e))?;
     tx.commit().map_err(|e| why("commit", e))?;
     Ok(seqs)
 }

@@ -35,7 +35,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
 use std::time::SystemTime;
 use zeroize::Zeroizing;
 
@@ -378,10 +379,13 @@ fn sql(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> AuditEr
 }
 
 /// The canonical encoding a record's hash covers: every field but `hash`,
-/// in this order, as compact JSON. Keyed records add `detail`.
+/// in this order, as compact JSON (`{"seq":..,"time":..,..,"prev_hash":..}`);
+/// keyed records add `"detail"` last. Built in three parts so that all but
+/// `seq` and `prev_hash` is encoded before the record joins the chain, off
+/// the serial commit path: `{"seq":N` + [`body`](CanonicalBody) +
+/// `,"prev_hash":"H"` + [`tail`](CanonicalTail) + `}`.
 #[derive(serde::Serialize)]
-struct Canonical<'a> {
-    seq: u64,
+struct CanonicalBody<'a> {
     time: &'a str,
     action: &'a str,
     outcome: &'a str,
@@ -396,39 +400,80 @@ struct Canonical<'a> {
     version: Option<u64>,
     reason: Option<&'a str>,
     value_hmac: Option<&'a str>,
-    prev_hash: &'a str,
+}
+
+/// The fields after `prev_hash`: `detail`, in keyed records only.
+#[derive(serde::Serialize)]
+struct CanonicalTail<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<Option<&'a str>>,
 }
 
-impl Record {
-    /// The record's hash: HMAC under the chain key, or for records written
-    /// before the chain was keyed (`key` is `None`), plain SHA-256.
-    fn canonical_hash(&self, key: Option<&IntegrityKey>) -> String {
-        let c = Canonical {
-            seq: self.seq,
-            time: &self.time,
-            action: &self.action,
-            outcome: &self.outcome,
-            actor_kind: &self.actor_kind,
-            actor: &self.actor,
-            flow: self.flow.as_deref(),
-            task: self.task.as_deref(),
-            execution: self.execution.as_deref(),
-            plugin_sha256: self.plugin_sha256.as_deref(),
-            namespace: &self.namespace,
-            secret: self.secret.as_deref(),
-            version: self.version,
-            reason: self.reason.as_deref(),
-            value_hmac: self.value_hmac.as_deref(),
-            prev_hash: &self.prev_hash,
-            detail: key.map(|_| self.detail.as_deref()),
+/// The members of `value`'s JSON object, each preceded by a comma
+/// (`,"a":1,"b":2`), or nothing for an empty object.
+fn members(value: &impl serde::Serialize) -> Vec<u8> {
+    let mut json = serde_json::to_vec(value).expect("records always encode");
+    // `{...}` -> `,...`; `{}` -> ``.
+    json.pop();
+    if json.len() == 1 {
+        json.clear();
+    } else {
+        json[0] = b',';
+    }
+    json
+}
+
+/// A record's canonical parts but `seq` and `prev_hash`, encoded.
+struct CanonicalParts {
+    body: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl CanonicalParts {
+    fn of(r: &Record, keyed: bool) -> Self {
+        let body = CanonicalBody {
+            time: &r.time,
+            action: &r.action,
+            outcome: &r.outcome,
+            actor_kind: &r.actor_kind,
+            actor: &r.actor,
+            flow: r.flow.as_deref(),
+            task: r.task.as_deref(),
+            execution: r.execution.as_deref(),
+            plugin_sha256: r.plugin_sha256.as_deref(),
+            namespace: &r.namespace,
+            secret: r.secret.as_deref(),
+            version: r.version,
+            reason: r.reason.as_deref(),
+            value_hmac: r.value_hmac.as_deref(),
         };
-        let bytes = serde_json::to_vec(&c).expect("records always encode");
+        let tail = CanonicalTail { detail: keyed.then_some(r.detail.as_deref()) };
+        CanonicalParts { body: members(&body), tail: members(&tail) }
+    }
+
+    /// The record's hash at `seq` after `prev_hash`: HMAC under the chain
+    /// key, or for records written before the chain was keyed (`key` is
+    /// `None`), plain SHA-256.
+    fn hash(&self, key: Option<&IntegrityKey>, seq: u64, prev_hash: &str) -> String {
+        let mut bytes = Vec::with_capacity(self.body.len() + self.tail.len() + prev_hash.len() + 40);
+        bytes.extend_from_slice(b"{\"seq\":");
+        bytes.extend_from_slice(seq.to_string().as_bytes());
+        bytes.extend_from_slice(&self.body);
+        bytes.extend_from_slice(b",\"prev_hash\":");
+        serde_json::to_writer(&mut bytes, prev_hash).expect("strings always encode");
+        bytes.extend_from_slice(&self.tail);
+        bytes.push(b'}');
         match key {
             Some(k) => hex::encode(k.mac(MacDomain::AuditChain, &[b"record", &bytes])),
             None => hex::encode(Sha256::digest(&bytes)),
         }
+    }
+}
+
+impl Record {
+    /// The record's hash as stored (see [`CanonicalParts::hash`]).
+    fn canonical_hash(&self, key: Option<&IntegrityKey>) -> String {
+        CanonicalParts::of(self, key.is_some()).hash(key, self.seq, &self.prev_hash)
     }
 
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
@@ -483,66 +528,107 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
 /// number. Used by management actions so that the change and its record
 /// commit together.
 pub fn append(tx: &Transaction<'_>, key: &IntegrityKey, rec: &NewRecord) -> rusqlite::Result<u64> {
-    let (last, prev_hash) = head(tx)?;
-    let (actor_kind, actor, flow, task, execution, plugin) = match &rec.actor {
-        Actor::Task { flow, task, execution, plugin_sha256 } => (
-            "task",
-            format!("{flow}/{task}"),
-            Some(flow.clone()),
-            Some(task.clone()),
-            Some(execution.to_string()),
-            Some(plugin_sha256.clone()),
-        ),
-        Actor::Cli { user } => ("cli", user.clone(), None, None, None, None),
-    };
-    let mut record = Record {
-        seq: last + 1,
-        time: now_rfc3339(),
-        action: rec.action.as_str().to_owned(),
-        outcome: rec.outcome.as_str().to_owned(),
-        actor_kind: actor_kind.to_owned(),
-        actor,
-        flow,
-        task,
-        execution,
-        plugin_sha256: plugin,
-        namespace: rec.namespace.as_str().to_owned(),
-        secret: rec.secret.as_ref().map(|s| s.as_str().to_owned()),
-        version: rec.version,
-        reason: rec.reason.as_deref().map(bounded),
-        value_hmac: rec.value_hmac.clone(),
-        detail: rec.detail.as_ref().map(|d| d.to_string()),
-        prev_hash,
-        hash: String::new(),
-    };
-    record.hash = record.canonical_hash(Some(key));
-    tx.prepare_cached(
+    append_all(tx, key, vec![Prepared::new(rec)]).map(|seqs| seqs[0])
+}
+
+/// A record made ready to join the chain: everything but its place in it
+/// (`seq`, `prev_hash`, `hash`) is filled in and encoded, so the serial
+/// part of an append is one MAC and one insert.
+pub(crate) struct Prepared {
+    record: Record,
+    parts: CanonicalParts,
+}
+
+impl Prepared {
+    /// `rec`, timed now.
+    pub(crate) fn new(rec: &NewRecord) -> Self {
+        let record = Record::new(rec, now_rfc3339());
+        let parts = CanonicalParts::of(&record, true);
+        Prepared { record, parts }
+    }
+}
+
+/// Appends `recs` in order inside the caller's (IMMEDIATE) transaction:
+/// reads the head once, chains each record to the one before, and moves
+/// the authenticated head once, to the last. Returns their sequence numbers.
+pub(crate) fn append_all(tx: &Transaction<'_>, key: &IntegrityKey, recs: Vec<Prepared>) -> rusqlite::Result<Vec<u64>> {
+    let (mut last, mut prev_hash) = head(tx)?;
+    let mut seqs = Vec::with_capacity(recs.len());
+    let mut insert = tx.prepare_cached(
         "INSERT INTO audit (seq, time, action, outcome, actor_kind, actor, flow, task, execution, plugin_sha256, \
          namespace, secret, version, reason, value_hmac, prev_hash, hash, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-    )?
-    .execute(params![
-        record.seq as i64,
-        record.time,
-        record.action,
-        record.outcome,
-        record.actor_kind,
-        record.actor,
-        record.flow,
-        record.task,
-        record.execution,
-        record.plugin_sha256,
-        record.namespace,
-        record.secret,
-        record.version.map(|v| v as i64),
-        record.reason,
-        record.value_hmac,
-        record.prev_hash,
-        record.hash,
-        record.detail
-    ])?;
-    set_head(tx, key, record.seq, &record.hash)?;
-    Ok(record.seq)
+    )?;
+    for Prepared { mut record, parts } in recs {
+        record.seq = last + 1;
+        record.hash = parts.hash(Some(key), record.seq, &prev_hash);
+        record.prev_hash = prev_hash;
+        insert.execute(params![
+            record.seq as i64,
+            record.time,
+            record.action,
+            record.outcome,
+            record.actor_kind,
+            record.actor,
+            record.flow,
+            record.task,
+            record.execution,
+            record.plugin_sha256,
+            record.namespace,
+            record.secret,
+            record.version.map(|v| v as i64),
+            record.reason,
+            record.value_hmac,
+            record.prev_hash,
+            record.hash,
+            record.detail
+        ])?;
+        seqs.push(record.seq);
+        last = record.seq;
+        prev_hash = record.hash;
+    }
+    if !seqs.is_empty() {
+        set_head(tx, key, last, &prev_hash)?;
+    }
+    Ok(seqs)
+}
+
+impl Record {
+    /// The stored form of `rec` at `time`, not yet in the chain (`seq`,
+    /// `prev_hash` and `hash` are still to be filled in).
+    fn new(rec: &NewRecord, time: String) -> Self {
+        let (actor_kind, actor, flow, task, execution, plugin) = match &rec.actor {
+            Actor::Task { flow, task, execution, plugin_sha256 } => (
+                "task",
+                format!("{flow}/{task}"),
+                Some(flow.clone()),
+                Some(task.clone()),
+                Some(execution.to_string()),
+                Some(plugin_sha256.clone()),
+            ),
+            Actor::Cli { user } => ("cli", user.clone(), None, None, None, None),
+        };
+        Record {
+            seq: 0,
+            time,
+            action: rec.action.as_str().to_owned(),
+            outcome: rec.outcome.as_str().to_owned(),
+            actor_kind: actor_kind.to_owned(),
+            actor,
+            flow,
+            task,
+            execution,
+            plugin_sha256: plugin,
+            namespace: rec.namespace.as_str().to_owned(),
+            secret: rec.secret.as_ref().map(|s| s.as_str().to_owned()),
+            version: rec.version,
+            reason: rec.reason.as_deref().map(bounded),
+            value_hmac: rec.value_hmac.clone(),
+            detail: rec.detail.as_ref().map(|d| d.to_string()),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
 }
 
 const BOUNDARY: &str = "audit_keyed_from";
@@ -712,6 +798,90 @@ mod tests {
         assert_eq!(bounded("short"), "short");
         let multi = "é".repeat(200);
         assert!(bounded(&multi).starts_with(&"é".repeat(128)));
+    }
+
+    /// The encoding every record written so far was hashed with: one serde
+    /// struct. The three-part encoding must produce the same bytes, or old
+    /// logs stop verifying.
+    #[derive(serde::Serialize)]
+    struct WholeCanonical<'a> {
+        seq: u64,
+        time: &'a str,
+        action: &'a str,
+        outcome: &'a str,
+        actor_kind: &'a str,
+        actor: &'a str,
+        flow: Option<&'a str>,
+        task: Option<&'a str>,
+        execution: Option<&'a str>,
+        plugin_sha256: Option<&'a str>,
+        namespace: &'a str,
+        secret: Option<&'a str>,
+        version: Option<u64>,
+        reason: Option<&'a str>,
+        value_hmac: Option<&'a str>,
+        prev_hash: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<Option<&'a str>>,
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_canonical_encoding_is_the_one_old_logs_were_hashed_with(
+            seq in proptest::prelude::any::<u64>(),
+            text in proptest::collection::vec(".{0,40}", 8),
+            optional in proptest::collection::vec(proptest::option::of("[\\x00-\\x7f\"\\\\é😀]{0,30}"), 7),
+            version in proptest::option::of(proptest::prelude::any::<u64>()),
+            keyed in proptest::prelude::any::<bool>(),
+        ) {
+            let r = Record {
+                seq,
+                time: text[0].clone(),
+                action: text[1].clone(),
+                outcome: text[2].clone(),
+                actor_kind: text[3].clone(),
+                actor: text[4].clone(),
+                flow: optional[0].clone(),
+                task: optional[1].clone(),
+                execution: optional[2].clone(),
+                plugin_sha256: optional[3].clone(),
+                namespace: text[5].clone(),
+                secret: optional[4].clone(),
+                version,
+                reason: optional[5].clone(),
+                value_hmac: None,
+                detail: optional[6].clone(),
+                prev_hash: text[6].clone(),
+                hash: String::new(),
+            };
+            let whole = serde_json::to_vec(&WholeCanonical {
+                seq: r.seq,
+                time: &r.time,
+                action: &r.action,
+                outcome: &r.outcome,
+                actor_kind: &r.actor_kind,
+                actor: &r.actor,
+                flow: r.flow.as_deref(),
+                task: r.task.as_deref(),
+                execution: r.execution.as_deref(),
+                plugin_sha256: r.plugin_sha256.as_deref(),
+                namespace: &r.namespace,
+                secret: r.secret.as_deref(),
+                version: r.version,
+                reason: r.reason.as_deref(),
+                value_hmac: r.value_hmac.as_deref(),
+                prev_hash: &r.prev_hash,
+                detail: keyed.then_some(r.detail.as_deref()),
+            })
+            .unwrap();
+            let key = IntegrityKey::generate();
+            let expected = if keyed {
+                hex::encode(key.mac(MacDomain::AuditChain, &[b"record", &whole]))
+            } else {
+                hex::encode(Sha256::digest(&whole))
+            };
+            proptest::prop_assert_eq!(r.canonical_hash(keyed.then_some(&key)), expected);
+        }
     }
 
     #[test]
