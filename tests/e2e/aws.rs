@@ -169,6 +169,22 @@ fn an_aws_namespace_follows_grants_the_namespace_chain_and_rotation() {
     assert_eq!(out["MISSING"]["error"], "not-found");
     assert!(!r.all_output().contains(SECRET_KEY) && !r.all_output().contains("aws-v1"));
 
+    // `host validate` cannot ask AWS (no credentials, no network): a grant
+    // that may live there is not reported as missing.
+    let flow = env.home().join("cloud.yaml");
+    let probe_path = component(Plugin::Probe);
+    std::fs::write(
+        &flow,
+        format!(
+            "id: c\nnamespace: cloud.app\ntasks:\n  - {{id: a, plugin: {}, secrets: [API_KEY]}}\n",
+            probe_path.display()
+        ),
+    )
+    .unwrap();
+    let v = env.run_with(host(&env).arg("validate").arg(&flow), b"");
+    v.expect_code(0);
+    assert!(!v.stdout.contains("API_KEY"), "{}", v.stdout);
+
     let reads = audit(&env, &["--secret", "API_KEY", "--outcome", "granted"]);
     assert_eq!(reads[0]["reason"], "found in namespace cloud");
     assert!(reads[0]["detail"].as_str().unwrap().contains("version_id"), "{:?}", reads[0]);

@@ -161,6 +161,18 @@ impl Backends {
         Ok(backends)
     }
 
+    /// The namespaces `backends.json` says are served remotely, read
+    /// without the key and so without checking the MAC: for advice only
+    /// (`host validate` does not warn about a grant it cannot check), never
+    /// for deciding where a secret is read or written.
+    pub fn remote_namespaces_unverified(path: &Path) -> Vec<String> {
+        match Self::read(path) {
+            Ok(Some(Read::Tagged(f))) => f.backends.iter().map(|b| b.namespace().to_owned()).collect(),
+            Ok(Some(Read::Untagged(f))) => f.backends.into_iter().map(|b| b.namespace).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
         for b in &self.list {
             Namespace::new(b.namespace())
