@@ -28,7 +28,8 @@
 //! A `wasm32-wasip1` build works too: the host turns the core module into a
 //! component when it loads it.
 //!
-//! The plugin runs with no files, no environment variables and no network.
+//! The plugin runs with no files, no environment variables and no network
+//! but the HTTP destinations its flow allows ([`http`]).
 //! Everything it prints goes to the operator's terminal through the host's
 //! masking, prefixed with the task id.
 
@@ -52,6 +53,8 @@ pub mod bindings {
         runtime_path: "::keyhole_guest::__private::wit_bindgen::rt",
     });
 }
+
+pub mod http;
 
 /// Reading secrets the flow granted to this task.
 pub mod secrets {

@@ -147,6 +147,7 @@ fn run(c: &mut Criterion) {
                 grants: Grants::new([token.clone()]),
                 input: &input,
                 limits: Limits::default(),
+                network: Default::default(),
             };
             let out = rt.block_on(run_task(&runtime, &env, spec));
             assert!(out.result.is_ok());

@@ -12,6 +12,7 @@ use crate::backend::{Pins, Router};
 use crate::capability::TaskState;
 pub use crate::limits::Limits;
 use crate::mask::MaskSet;
+use crate::network::NetworkPolicy;
 use crate::output::{Sink, TaskOutput};
 use crate::policy::Grants;
 use crate::runtime::{POOLING_MAX_MEMORY, Plugin, Runtime};
@@ -32,6 +33,8 @@ pub struct TaskSpec<'a> {
     pub input: &'a serde_json::Value,
     /// Limits.
     pub limits: Limits,
+    /// Outbound HTTP.
+    pub network: NetworkPolicy,
 }
 
 /// Shared by all tasks of one execution.
@@ -140,9 +143,10 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         audit: env.audit.clone(),
         pins: env.pins.clone(),
     };
-    let mut store = Store::new(runtime.engine(), TaskState::new(access, output.clone(), memory));
-    store.limiter(|s| &mut s.limiter);
     let deadline = started + spec.limits.timeout;
+    let state = TaskState::new(access, output.clone(), spec.network, deadline, memory);
+    let mut store = Store::new(runtime.engine(), state);
+    store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })

@@ -10,7 +10,9 @@
 //! referenced by later tasks.
 
 use crate::limits::Limits;
+pub use crate::limits::{parse_duration, parse_size};
 use crate::names::{FlowId, Namespace, SecretName, TaskId};
+use crate::network::{NetworkDoc, NetworkPolicy};
 use crate::policy::Grants;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -18,7 +20,6 @@ use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Largest flow file accepted.
 pub const MAX_FLOW_BYTES: usize = 1 << 20;
@@ -98,6 +99,9 @@ pub struct TaskDoc {
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsDoc,
+    /// Outbound HTTP: where this task may send requests (nowhere by default), and its limits.
+    #[serde(default)]
+    pub network: NetworkDoc,
     /// The task's JSON input; strings may hold `{{ ... }}` expressions.
     #[serde(default)]
     pub input: Value,
@@ -149,6 +153,8 @@ pub struct FlowTask {
     pub grants: Grants,
     /// Limits.
     pub limits: Limits,
+    /// Outbound HTTP.
+    pub network: NetworkPolicy,
     /// Input template.
     pub input: Value,
     /// Take `input` as it is, without expanding `{{ ... }}` (`host exec`).
@@ -214,38 +220,6 @@ impl Diagnostics {
 /// The JSON Schema of the flow format (for editors).
 pub fn schema() -> Value {
     serde_json::to_value(schemars::schema_for!(FlowDoc)).expect("schemas serialise")
-}
-
-/// Parses a size with a unit: `64MiB`, `512kb`, `1GiB`, `100B`.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "b" => 1,
-        "kb" => 1000,
-        "kib" => 1 << 10,
-        "mb" => 1000 * 1000,
-        "mib" => 1 << 20,
-        "gb" => 1000 * 1000 * 1000,
-        "gib" => 1 << 30,
-        "" => return Err(format!("{s:?} needs a unit: B, KiB, MiB, GiB (or kB, MB, GB)")),
-        other => return Err(format!("{s:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, kB, MB or GB")),
-    };
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
-    usize::try_from(bytes).map_err(|_| format!("{s:?} is too large"))
-}
-
-/// Parses a duration: `30s`, `2m`, `500ms`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>() {
-        if secs.is_finite() && secs > 0.0 && secs < 1e9 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-        return Err(format!("{s:?} is not a positive number of seconds"));
-    }
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 500ms or 2m: {e}"))
 }
 
 /// Reads, parses and checks a flow file. Plugins are not loaded here (see
@@ -376,6 +350,7 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
             }
         }
         let limits = limits(&t.limits).map_err(|e| c.error(format!("{where_}: limits"), e)).ok();
+        let network = t.network.policy(base).map_err(|e| c.error(format!("{where_}: network"), e)).ok();
         let sha256 = t.sha256.as_ref().map(|s| s.trim().to_ascii_lowercase());
         if let Some(s) = &sha256
             && (s.len() != 64 || !s.chars().all(|ch| ch.is_ascii_hexdigit()))
@@ -384,13 +359,14 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         }
         check_expressions(&mut c, &where_, "input", &t.input, &input_ids, &seen);
         seen.push(t.id.clone());
-        if let (Some(id), Some(limits)) = (tid, limits) {
+        if let (Some(id), Some(limits), Some(network)) = (tid, limits, network) {
             tasks.push(FlowTask {
                 id,
                 plugin: base.join(&t.plugin),
                 sha256,
                 grants: Grants::new(grants),
                 limits,
+                network,
                 input: t.input.clone(),
                 literal_input: false,
             });
@@ -707,7 +683,7 @@ tasks:
         assert_eq!(f.tasks.len(), 2);
         assert_eq!(f.tasks[0].plugin, Path::new("/flows/../plugins/sign.wasm"));
         assert_eq!(f.tasks[0].limits.memory, 32 << 20);
-        assert_eq!(f.tasks[0].limits.timeout, Duration::from_secs(5));
+        assert_eq!(f.tasks[0].limits.timeout, std::time::Duration::from_secs(5));
         assert!(f.tasks[1].grants.is_empty());
     }
 

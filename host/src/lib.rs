@@ -23,6 +23,7 @@ pub mod keyring;
 pub mod limits;
 pub mod mask;
 pub mod names;
+pub mod network;
 pub mod output;
 pub mod policy;
 pub mod run;

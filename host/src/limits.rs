@@ -22,3 +22,35 @@ impl Default for Limits {
         Limits { memory: 64 << 20, timeout: Duration::from_secs(30), output: 1 << 20 }
     }
 }
+
+/// Parses a size with a unit: `64MiB`, `512kb`, `1GiB`, `100B`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "" => return Err(format!("{s:?} needs a unit: B, KiB, MiB, GiB (or kB, MB, GB)")),
+        other => return Err(format!("{s:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, kB, MB or GB")),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
+    usize::try_from(bytes).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// Parses a duration: `30s`, `2m`, `500ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("{s:?} is not a positive number of seconds"));
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 500ms or 2m: {e}"))
+}

@@ -136,6 +136,7 @@ pub async fn run_flow(
                     grants: task.grants.clone(),
                     input: &input,
                     limits: task.limits,
+                    network: task.network.clone(),
                 };
                 let out = run_task(runtime, env, spec).await;
                 record.tasks[i].duration_ms = out.duration.as_millis() as u64;

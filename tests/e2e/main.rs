@@ -10,6 +10,7 @@ mod exec;
 mod flows;
 mod lifecycle;
 mod masking;
+mod network;
 mod safety;
 mod sandbox;
 mod store;

@@ -6,8 +6,10 @@
 //! - [`secrets`]: `keyhole:task/secrets`, answered by `access::get_secret`;
 //! - [`log`]: `keyhole:task/log`, into the task's masked output;
 //! - [`context`]: `keyhole:task/context`, the task's identity;
+//! - [`http`]: `wasi:http/outgoing-handler`, under the task's
+//!   `network::NetworkPolicy` (no destination unless allowed);
 //! - [`wasi`]: WASI p2 with nothing but masked stdout/stderr: no files,
-//!   environment, arguments or network.
+//!   environment, arguments or sockets.
 //!
 //! Invariant: a capability decides nothing about secrets itself (it calls
 //! `access`, `output`, `mask`), and a task has no capability it was not
@@ -15,13 +17,16 @@
 //! [`Capabilities`], and one line in [`add_to_linker`].
 
 pub mod context;
+pub mod http;
 pub mod log;
 pub mod secrets;
 pub mod wasi;
 
 use crate::access::SecretAccess;
+use crate::network::NetworkPolicy;
 use crate::output::TaskOutput;
 use crate::sandbox::MemoryLimiter;
+use std::time::Instant;
 use wasmtime::component::Linker;
 
 /// One task's capabilities: the per-task state of each module.
@@ -35,6 +40,8 @@ pub struct Capabilities {
     pub context: context::Context,
     /// WASI: stdout and stderr only.
     pub wasi: wasi::Wasi,
+    /// Outbound HTTP.
+    pub http: http::Http,
 }
 
 /// Per-task store data.
@@ -51,10 +58,19 @@ impl std::fmt::Debug for TaskState {
 
 impl TaskState {
     /// State for one task: its secrets access, its output (stdout, stderr,
-    /// log), memory (all memories and tables together) capped at
-    /// `memory_limit` bytes.
-    pub fn new(access: SecretAccess, output: TaskOutput, memory_limit: usize) -> Self {
+    /// log), its network policy (until `deadline`), memory (all memories
+    /// and tables together) capped at `memory_limit` bytes.
+    pub fn new(
+        access: SecretAccess,
+        output: TaskOutput,
+        network: NetworkPolicy,
+        deadline: Instant,
+        memory_limit: usize,
+    ) -> Self {
+        let http =
+            http::Http::new(network, access.identity.clone(), access.audit.clone(), access.masks.clone(), deadline);
         let caps = Capabilities {
+            http,
             wasi: wasi::Wasi::new(&output),
             context: context::Context(access.identity.clone()),
             secrets: secrets::Secrets(access),
@@ -68,6 +84,7 @@ impl TaskState {
 /// capability is wired in.
 pub fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     wasi::add_to_linker(linker)?;
+    http::add_to_linker(linker)?;
     secrets::add_to_linker(linker)?;
     log::add_to_linker(linker)?;
     context::add_to_linker(linker)?;

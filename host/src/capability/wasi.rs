@@ -1,7 +1,8 @@
 //! WASI p2 for a task: masked stdout and stderr, an empty stdin, and
 //! nothing else: no preopened directory, environment variable, argument or
-//! network. Also knows which WASI imports name a capability no flow can
-//! grant yet, so `validate` and `run` can say so before a task fails.
+//! socket (HTTP is `capability::http`). Also knows which WASI imports name
+//! a capability no flow can grant yet, so `validate` and `run` can say so
+//! before a task fails.
 
 use super::TaskState;
 use crate::output::{Stream, TaskOutput};
@@ -35,6 +36,14 @@ impl Wasi {
     }
 }
 
+impl Wasi {
+    /// The resource table, shared with the other WASI interfaces (wasi:http
+    /// streams live in it too).
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
 impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let w = &mut self.caps.wasi;
@@ -54,8 +63,6 @@ pub fn ungrantable_imports(imports: &[String]) -> Vec<(&str, &'static str)> {
         .filter_map(|i| {
             let what = if i.starts_with("wasi:sockets/") {
                 "network sockets"
-            } else if i.starts_with("wasi:http/") {
-                "outgoing HTTP"
             } else {
                 return None;
             };

@@ -5,6 +5,7 @@ use super::*;
 use keyhole::exec::{Limits, TaskFailure};
 use keyhole::flow::{Diagnostics, Flow, FlowTask};
 use keyhole::names::{ExecutionId, TaskId};
+use keyhole::network::{AllowEntry, NetLimitsDoc, NetworkDoc, NetworkPolicy};
 use keyhole::output::stderr_sink;
 use keyhole::policy::Grants;
 use keyhole::run::{prepare, run_flow};
@@ -35,6 +36,47 @@ pub(crate) struct ExecArgs {
     /// Most bytes of plugin stdout, stderr and log lines shown.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     max_output: usize,
+    /// Let the task send HTTP requests to this destination, `scheme://host[:port]`
+    /// (host may start with `*.`; repeat for more). Nothing is allowed by default.
+    #[arg(long = "allow-outbound", value_name = "URL", help_heading = "Network")]
+    allow_outbound: Vec<AllowEntry>,
+    /// Also trust the CA certificates in this PEM file for outbound HTTPS.
+    #[arg(long, value_name = "PEM", help_heading = "Network")]
+    ca_file: Option<PathBuf>,
+    /// Most outbound requests the task may make [default: 100].
+    #[arg(long, value_name = "N", help_heading = "Network")]
+    max_requests: Option<u32>,
+    /// Most outbound requests in flight at once [default: 4].
+    #[arg(long, value_name = "N", help_heading = "Network")]
+    max_concurrent_requests: Option<u32>,
+    /// Largest request body, e.g. `1MiB` [default: 10MiB].
+    #[arg(long, value_name = "SIZE", help_heading = "Network")]
+    max_request_body: Option<String>,
+    /// Largest response body, e.g. `5MiB` [default: 10MiB].
+    #[arg(long, value_name = "SIZE", help_heading = "Network")]
+    max_response_body: Option<String>,
+    /// Time for one request, e.g. `10s` [default: 30s; never beyond --timeout].
+    #[arg(long, value_name = "DURATION", help_heading = "Network")]
+    request_timeout: Option<String>,
+}
+
+impl ExecArgs {
+    /// The network policy the flags describe, checked as a flow's
+    /// `network:` block is.
+    fn network(&self) -> Result<NetworkPolicy> {
+        let doc = NetworkDoc {
+            allow: self.allow_outbound.clone(),
+            ca_file: self.ca_file.as_ref().map(|p| p.display().to_string()),
+            limits: NetLimitsDoc {
+                requests: self.max_requests,
+                concurrent: self.max_concurrent_requests,
+                request_body: self.max_request_body.clone(),
+                response_body: self.max_response_body.clone(),
+                timeout: self.request_timeout.clone(),
+            },
+        };
+        doc.policy(Path::new(".")).map_err(|e| anyhow::anyhow!("network: {e}"))
+    }
 }
 
 pub(crate) fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
@@ -65,6 +107,7 @@ pub(crate) fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool) -> Resu
     let host = keyhole::session::Session::open(dir, stderr_sink(), masks, pooling)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .enable_io()
         .build()
         .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the async runtime: {e}")))?;
     Ok(Session { host, rt })
@@ -88,6 +131,7 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result
     if memory == 0 {
         return Err(fail(USAGE, anyhow::anyhow!("--memory must be at least 1 MiB")));
     }
+    let network = args.network().map_err(|e| fail(USAGE, e))?;
     let s = session(dir, masks, false)?;
     let stem = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let task = TaskId::from_file_stem(&stem);
@@ -101,6 +145,7 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result
             sha256: None,
             grants: Grants::new(args.grants),
             limits: Limits { memory, timeout: args.timeout, output: args.max_output },
+            network,
             input,
             literal_input: true,
         }],

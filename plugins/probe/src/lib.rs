@@ -29,6 +29,15 @@ enum Action {
     ReadFile { path: String },
     /// Tries to open a TCP connection.
     Connect { addr: String },
+    /// Sends each request in turn with `keyhole_guest::http`; reports each
+    /// response (status, headers, body) or error. With `secret`, that
+    /// secret is read first and `{secret}` in the URL, headers and body
+    /// is replaced by what `secrets::get` returned.
+    Http {
+        requests: Vec<HttpRequest>,
+        #[serde(default)]
+        secret: Option<String>,
+    },
     /// Spins forever.
     Loop,
     /// Sleeps for `secs` seconds.
@@ -114,6 +123,31 @@ fn probe(action: Action) -> Result<Value, TaskError> {
         Action::Connect { addr } => json!({
             "connect": std::net::TcpStream::connect(&addr).map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
         }),
+        Action::Http { requests, secret } => {
+            let value = match &secret {
+                Some(name) => secrets::get(name)?.to_string(),
+                None => String::new(),
+            };
+            let fill = |s: &str| s.replace("{secret}", &value);
+            let results: Vec<Value> = requests
+                .iter()
+                .map(|r| {
+                    let mut req = keyhole_guest::http::request(&r.method, &fill(&r.url)).body(fill(&r.body));
+                    for (k, v) in &r.headers {
+                        req = req.header(k, &fill(v));
+                    }
+                    match req.send() {
+                        Ok(resp) => json!({
+                            "status": resp.status,
+                            "headers": resp.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+                            "body": resp.text(),
+                        }),
+                        Err(e) => json!({ "error": format!("{e:?}") }),
+                    }
+                })
+                .collect();
+            json!(results)
+        }
         Action::Loop => {
             let mut n: u64 = 0;
             loop {
@@ -190,6 +224,21 @@ fn read(name: Option<String>) -> Result<(), TaskError> {
         secrets::get(&name)?;
     }
     Ok(())
+}
+
+#[derive(Deserialize)]
+struct HttpRequest {
+    #[serde(default = "get")]
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+}
+
+fn get() -> String {
+    "GET".into()
 }
 
 fn error_case(e: &secrets::Error) -> String {

@@ -1,0 +1,296 @@
+//! Outbound HTTP, end to end: the probe plugin sends requests with
+//! `keyhole_guest::http` to servers these tests start on 127.0.0.1. No
+//! packet goes anywhere else: refusals of private and link-local addresses
+//! are proven on the address check (`network::address`'s unit tests) and
+//! here with `localhost`, a name that resolves to loopback.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A request as the server received it.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A local HTTP/1.1 server that records every request and answers by path:
+/// `/echo` returns the request (method, target, headers, body) as JSON,
+/// `/big` returns 1 MiB, `/slow` answers after 3 s, `/redirect` sends a
+/// 302 to `/echo`; anything else is `200 ok`.
+struct Server {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Server {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let log = log.clone();
+                std::thread::spawn(move || serve(conn, &log));
+            }
+        });
+        Server { port, received }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+        let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        let req = Received { method, target, headers, body };
+        log.lock().unwrap().push(req.clone());
+        let path = req.target.split('?').next().unwrap_or("");
+        let (status, extra, body): (&str, String, Vec<u8>) = match path {
+            "/echo" => {
+                let echo = json!({
+                    "method": req.method,
+                    "target": req.target,
+                    "headers": req.headers,
+                    "body": String::from_utf8_lossy(&req.body),
+                });
+                ("200 OK", String::new(), echo.to_string().into_bytes())
+            }
+            "/big" => ("200 OK", String::new(), vec![b'x'; 1 << 20]),
+            "/slow" => {
+                std::thread::sleep(Duration::from_secs(3));
+                ("200 OK", String::new(), b"late".to_vec())
+            }
+            "/redirect" => ("302 Found", "location: /echo\r\n".into(), Vec::new()),
+            _ => ("200 OK", String::new(), b"ok".to_vec()),
+        };
+        let head = format!("HTTP/1.1 {status}\r\n{extra}content-length: {}\r\n\r\n", body.len());
+        if conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(&body)).is_err() {
+            return;
+        }
+    }
+}
+
+fn http(env: &Env, requests: Value, extra: &[&str]) -> Run {
+    env.probe("", &[], json!({"action": "http", "requests": requests}), extra)
+}
+
+fn audit_http(env: &Env) -> Vec<Value> {
+    let r = env.run(&["audit", "list", "--action", "http.request", "--json"]);
+    r.expect_code(0);
+    r.json().as_array().unwrap().clone()
+}
+
+fn detail(record: &Value) -> Value {
+    serde_json::from_str(record["detail"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn without_an_allow_list_no_request_leaves_and_the_refusal_is_audited() {
+    let server = Server::start();
+    let env = Env::new();
+    let r = http(&env, json!([{"url": server.url("/echo")}]), &[]);
+    r.expect_code(0);
+    assert_eq!(r.json()[0]["error"], "Denied", "{}", r.stdout);
+    assert!(server.received().is_empty(), "nothing reached the server");
+    let records = audit_http(&env);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "denied");
+    assert_eq!(detail(&records[0])["refused"], "allow-list");
+    assert!(r.stderr.contains("may not use the network"), "the operator is told why: {}", r.stderr);
+}
+
+#[test]
+fn an_allowed_destination_is_reached_and_audited_before_and_after() {
+    let server = Server::start();
+    let env = Env::new();
+    let requests = json!([
+        {"method": "POST", "url": server.url("/echo?token=s3cr3t-query-value&page=2"), "headers": {"x-test": "1"}, "body": "hello"},
+        {"url": server.url("/redirect")},
+    ]);
+    let r = http(&env, requests, &["--allow-outbound", &server.origin()]);
+    r.expect_code(0);
+    let out = r.json();
+    assert_eq!(out[0]["status"], 200, "{out}");
+    let echo: Value = serde_json::from_str(out[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"], "hello");
+    assert_eq!(out[1]["status"], 302, "redirects are not followed: {out}");
+    let got = server.received();
+    assert_eq!(got.len(), 2, "the redirect target was not requested: {got:?}");
+    assert_eq!(got[0].header("x-test"), Some("1"));
+
+    let records = audit_http(&env);
+    let outcomes: Vec<&str> = records.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["pending", "sent", "pending", "sent"], "{records:?}");
+    let sent = detail(&records[1]);
+    assert_eq!(sent["status"], 200);
+    assert_eq!(sent["bytes_out"], 5);
+    assert_eq!(sent["method"], "POST");
+    assert_eq!(sent["destination"], format!("http://127.0.0.1:{}", server.port));
+    assert_eq!(sent["path"], "/echo");
+    assert_eq!(sent["query_keys"], json!(["token", "page"]));
+    assert!(sent["duration_ms"].is_u64());
+    let log = env.run(&["audit", "list", "--json"]).stdout;
+    assert!(!log.contains("s3cr3t-query-value"), "query values are never recorded");
+    env.run(&["audit", "verify"]).expect_code(0);
+}
+
+#[test]
+fn the_allow_list_matches_scheme_host_and_port_and_a_loopback_name_is_refused() {
+    let server = Server::start();
+    let env = Env::new();
+    let other = format!("http://127.0.0.1:{}", server.port.wrapping_add(1).max(1));
+    // Allowed by name, but `localhost` resolves to loopback: refused unless
+    // the loopback address itself is allowed.
+    let by_name = format!("http://localhost:{}", server.port);
+    let r = http(
+        &env,
+        json!([{"url": format!("{by_name}/echo")}]),
+        &["--allow-outbound", &by_name, "--allow-outbound", &other],
+    );
+    assert_eq!(r.json()[0]["error"], "AddressProhibited", "{}", r.stdout);
+    assert!(
+        r.stderr.contains("loopback") && r.stderr.contains(&format!("http://127.0.0.1:{}", server.port)),
+        "{}",
+        r.stderr
+    );
+    // Another port of the same address is not allowed.
+    let r = http(&env, json!([{"url": server.url("/echo")}]), &["--allow-outbound", &other]);
+    assert_eq!(r.json()[0]["error"], "Denied", "{}", r.stdout);
+    // https to the allowed http origin is another destination.
+    let r = http(
+        &env,
+        json!([{"url": server.url("/echo").replace("http://", "https://")}]),
+        &["--allow-outbound", &server.origin()],
+    );
+    assert_eq!(r.json()[0]["error"], "Denied", "{}", r.stdout);
+    assert!(server.received().is_empty(), "{:?}", server.received());
+    let refused: Vec<String> =
+        audit_http(&env).iter().map(|r| detail(r)["refused"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(refused, ["private-address", "allow-list", "allow-list"]);
+    // With the literal allowed too, the name works.
+    let both = ["--allow-outbound", &by_name, "--allow-outbound", &server.origin()];
+    let r = http(&env, json!([{"url": format!("{by_name}/echo")}]), &both);
+    assert_eq!(r.json()[0]["status"], 200, "{}", r.stdout);
+}
+
+#[test]
+fn limits_fail_the_request_not_the_task() {
+    let server = Server::start();
+    let env = Env::new();
+    let allow = ["--allow-outbound", &server.origin()];
+    let r = http(
+        &env,
+        json!([{"url": server.url("/a")}, {"url": server.url("/b")}]),
+        &[&allow[..], &["--max-requests", "1"]].concat(),
+    );
+    r.expect_code(0);
+    assert_eq!(r.json()[0]["status"], 200);
+    assert!(r.json()[1]["error"].as_str().unwrap().contains("Limit"), "{}", r.stdout);
+    let r = http(&env, json!([{"url": server.url("/big")}]), &[&allow[..], &["--max-response-body", "64KiB"]].concat());
+    assert!(r.json()[0]["error"].as_str().unwrap().contains("65536"), "{}", r.stdout);
+    let r = http(
+        &env,
+        json!([{"method": "POST", "url": server.url("/echo"), "body": "x".repeat(5000)}]),
+        &[&allow[..], &["--max-request-body", "1KiB"]].concat(),
+    );
+    assert!(r.json()[0]["error"].as_str().unwrap().contains("1024"), "{}", r.stdout);
+    let r = http(
+        &env,
+        json!([{"url": server.url("/slow")}, {"url": server.url("/a")}]),
+        &[&allow[..], &["--request-timeout", "500ms"]].concat(),
+    );
+    r.expect_code(0);
+    assert!(r.json()[0]["error"].as_str().unwrap().contains("Timeout"), "{}", r.stdout);
+    assert_eq!(r.json()[1]["status"], 200, "the task goes on after a timeout: {}", r.stdout);
+    let got: Vec<String> = server.received().iter().map(|r| r.target.clone()).collect();
+    assert!(!got.iter().any(|t| t == "/b"), "the request over the count was not sent: {got:?}");
+}
+
+#[test]
+fn flows_allow_per_task_and_validate_names_bad_entries_with_line_and_column() {
+    let server = Server::start();
+    let env = Env::new();
+    let probe = crate::plugins::component(crate::plugins::Plugin::Probe);
+    let flow = env.home().join("net.yaml");
+    let req = json!({"action": "http", "requests": [{"url": server.url("/echo")}]});
+    std::fs::write(
+        &flow,
+        format!(
+            "id: net\ntasks:\n  - id: allowed\n    plugin: {p}\n    network:\n      allow: [\"{origin}\"]\n    input: {req}\n  - id: other\n    plugin: {p}\n    input: {req}\n",
+            p = probe.display(),
+            origin = server.origin(),
+        ),
+    )
+    .unwrap();
+    let r = env.run(&["run", flow.to_str().unwrap(), "--json"]);
+    r.expect_code(0);
+    let out = r.json();
+    assert_eq!(out["tasks"][0]["output"][0]["status"], 200, "{out}");
+    assert_eq!(out["tasks"][1]["output"][0]["error"], "Denied", "a task never gets another task's allow-list: {out}");
+
+    let bad = env.home().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "id: bad\ntasks:\n  - id: a\n    plugin: {}\n    network:\n      allow: [\"https://example.com/repos\"]\n",
+            probe.display()
+        ),
+    )
+    .unwrap();
+    let r = env.run(&["validate", bad.to_str().unwrap()]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stdout.contains("paths are not allowed") || r.stderr.contains("paths are not allowed"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.all_output().contains("bad.yaml:6:"), "file:line:column: {}", r.all_output());
+}
