@@ -35,6 +35,7 @@ fn access(secrets: &Arc<Router>, audit: AuditLog) -> SecretAccess {
         requests: Default::default(),
         audit,
         pins: Default::default(),
+        bound: Default::default(),
     }
 }
 

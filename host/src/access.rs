@@ -9,6 +9,7 @@ use crate::audit::{Action, Actor, AuditLog, NewRecord, Outcome};
 use crate::backend::{Lookup, Pin, Pins, Router};
 use crate::mask::MaskSet;
 use crate::names::{ExecutionId, FlowId, Namespace, TaskId};
+use crate::network::inject::BoundSecrets;
 use crate::policy::{Grants, Refusal};
 use crate::secret::SecretValue;
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub struct SecretAccess {
     pub audit: AuditLog,
     /// The version each secret was first read at in this execution.
     pub pins: Pins,
+    /// The destination-bound secrets this task asked for, behind their
+    /// placeholders (shared with its outbound HTTP).
+    pub bound: Arc<BoundSecrets>,
 }
 
 impl TaskIdentity {
@@ -163,6 +167,17 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             record.reason = Some(format!("found in namespace {}", found.namespace));
             record = found.version.on(record).detail_field("found_in", found.namespace.as_str());
             record.value_hmac = access.audit.fingerprint(found.value.expose());
+            if !found.destinations.is_empty() {
+                // Bound: the task gets a placeholder; the value goes only
+                // into requests to its destinations, put there by the host.
+                let to: Vec<String> = found.destinations.iter().map(ToString::to_string).collect();
+                record = record.detail_field("bound_to", to);
+                audited(access, record, Ok(()))?;
+                MaskSet::add_to(&[&access.masks, &access.task_masks], &found.value);
+                let placeholder = access.bound.placeholder(grant.name(), found.value, found.destinations);
+                tracing::debug!(task = %id.task, secret = %grant.name(), "bound secret: placeholder released");
+                return Ok(SecretValue::new(placeholder));
+            }
             audited(access, record, Ok(()))?;
             MaskSet::add_to(&[&access.masks, &access.task_masks], &found.value);
             tracing::debug!(task = %id.task, secret = %grant.name(), version = %found.version, "secret released");
@@ -249,6 +264,7 @@ mod tests {
             requests: Default::default(),
             audit,
             pins: Default::default(),
+            bound: Default::default(),
         };
         Fixture { _dir: dir, path, fake, access }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// The schema version this host writes: 1 was keyhole 0.1; 2 added the
 /// integrity MAC columns, the audit `detail` and the authenticated head.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// A failure of the database file; each names the file and what was being
 /// done.
@@ -124,6 +124,19 @@ pub fn connect(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Moves the schema from version `from` to `from + 1` with `sql`, in one
+/// IMMEDIATE transaction; a no-op when another process did it first.
+fn step(conn: &Connection, path: &Path, from: i64, sql: &str) -> Result<(), DbError> {
+    let e = |op| move |err| DbError::Sqlite { path: path.to_owned(), op, err };
+    conn.execute_batch(&format!("BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {};\nCOMMIT;", from + 1))
+        .or_else(|err| {
+            let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
+            let _ = conn.execute_batch("ROLLBACK");
+            if now > from { Ok(()) } else { Err(err) }
+        })
+        .map_err(e("upgrade the schema"))
+}
+
 fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     let e = |op| move |err| DbError::Sqlite { path: path.to_owned(), op, err };
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(e("read the schema version"))?;
@@ -136,23 +149,19 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     if version == 1 {
         // keyhole 0.1: add the MAC columns and the audit detail. The MACs
         // themselves are computed by the first open with the master key.
-        return conn
-            .execute_batch(
-                "BEGIN IMMEDIATE;
-                 ALTER TABLE secrets ADD COLUMN mac BLOB;
-                 ALTER TABLE secret_versions ADD COLUMN mac BLOB;
-                 ALTER TABLE audit ADD COLUMN detail TEXT;
-                 CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), value BLOB NOT NULL);
-                 PRAGMA user_version = 2;
-                 COMMIT;",
-            )
-            .or_else(|err| {
-                // Another process migrated it first.
-                let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(0);
-                let _ = conn.execute_batch("ROLLBACK");
-                if now == SCHEMA_VERSION { Ok(()) } else { Err(err) }
-            })
-            .map_err(e("upgrade the schema"));
+        step(
+            conn,
+            path,
+            1,
+            "ALTER TABLE secrets ADD COLUMN mac BLOB;
+             ALTER TABLE secret_versions ADD COLUMN mac BLOB;
+             ALTER TABLE audit ADD COLUMN detail TEXT;
+             CREATE TABLE IF NOT EXISTS audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), value BLOB NOT NULL);",
+        )?;
+    }
+    if version == 1 || version == 2 {
+        // keyhole 0.3: the destinations a secret is bound to (NULL: none).
+        return step(conn, path, 2, "ALTER TABLE secrets ADD COLUMN destinations TEXT;");
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
     conn.execute_batch(&format!(
@@ -169,6 +178,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
              revoked_at INTEGER,
              destroyed_at INTEGER,
              mac BLOB,
+             destinations TEXT,
              UNIQUE (namespace, name)
          );
          CREATE TABLE IF NOT EXISTS secret_versions (
@@ -184,7 +194,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
          );
          {audit}
          {executions}
-         PRAGMA user_version = 2;
+         PRAGMA user_version = 3;
          COMMIT;",
         audit = AUDIT_SCHEMA,
         executions = EXECUTIONS_SCHEMA,

@@ -142,6 +142,7 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         requests: Default::default(),
         audit: env.audit.clone(),
         pins: env.pins.clone(),
+        bound: Default::default(),
     };
     let deadline = started + spec.limits.timeout;
     let state = TaskState::new(access, output.clone(), spec.network, deadline, memory);

@@ -294,3 +294,113 @@ fn flows_allow_per_task_and_validate_names_bad_entries_with_line_and_column() {
     );
     assert!(r.all_output().contains("bad.yaml:6:"), "file:line:column: {}", r.all_output());
 }
+
+fn http_with(env: &Env, secret: &str, requests: Value, extra: &[&str]) -> Run {
+    let input = json!({"action": "http", "secret": secret, "requests": requests});
+    env.probe("", &[secret], input, extra)
+}
+
+#[test]
+fn a_bound_secret_never_reaches_the_plugin_and_is_injected_toward_its_destination() {
+    let server = Server::start();
+    let env = Env::new();
+    let value = "tok-3f9a/77+x";
+    let r = env
+        .run_with(env.host().args(["secret", "set", "API_TOKEN", "--destination", &server.origin()]), value.as_bytes());
+    r.expect_code(0);
+    let described = env.run(&["secret", "describe", "API_TOKEN", "--json"]).json();
+    assert_eq!(described["destinations"], json!([format!("{}", server.origin())]), "{described}");
+
+    // The plugin asks for the value and gets a placeholder.
+    let leak = env.probe("", &["API_TOKEN"], json!({"action": "leak", "name": "API_TOKEN"}), &[]);
+    leak.expect_code(0);
+    let placeholder = leak.json()["value"].as_str().unwrap().to_owned();
+    assert!(placeholder.starts_with("khp_") && !placeholder.contains(value), "{placeholder}");
+
+    let requests = json!([{
+        "method": "POST",
+        "url": server.url("/echo?key={secret}"),
+        "headers": {
+            "authorization": "Bearer {secret}",
+            "x-basic": "Basic {secret}.basic(alice)",
+            "x-signature": "sha256={secret}.hmac-sha256-hex(body)",
+        },
+        "body": "{\"token\":\"{secret}\"}",
+    }]);
+    let r = http_with(&env, "API_TOKEN", requests, &["--allow-outbound", &server.origin()]);
+    r.expect_code(0);
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert_eq!(req.header("authorization"), Some(format!("Bearer {value}").as_str()));
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{value}"));
+    assert_eq!(req.header("x-basic"), Some(format!("Basic {basic}").as_str()));
+    let body = format!("{{\"token\":\"{value}\"}}");
+    assert_eq!(req.body, body.as_bytes());
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(value.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    assert_eq!(
+        req.header("x-signature"),
+        Some(format!("sha256={}", hex::encode(mac.finalize().into_bytes())).as_str())
+    );
+    assert_eq!(req.target, "/echo?key=tok%2D3f9a%2F77%2Bx", "the value is percent-encoded in the URL");
+
+    // The echo came back scrubbed: the plugin never saw the value.
+    assert!(!r.all_output().contains(value), "{}", r.all_output());
+    let echoed = r.json()[0]["body"].as_str().unwrap().to_owned();
+    assert!(echoed.contains("***"), "{echoed}");
+    let records = audit_http(&env);
+    let pending = records.iter().find(|r| r["outcome"] == "pending").unwrap();
+    assert_eq!(detail(pending)["injected"], json!(["API_TOKEN"]));
+    let reads = env.run(&["audit", "list", "--secret", "API_TOKEN", "--json"]).json();
+    assert!(
+        reads.as_array().unwrap().iter().any(|r| r["detail"].as_str().is_some_and(|d| d.contains("bound_to"))),
+        "{reads}"
+    );
+    assert!(!env.run(&["audit", "list", "--json"]).stdout.contains(value));
+}
+
+#[test]
+fn a_placeholder_sent_anywhere_else_stops_the_request_and_is_audited_as_exfiltration() {
+    let bound_to = Server::start();
+    let elsewhere = Server::start();
+    let env = Env::new();
+    env.run_with(env.host().args(["secret", "set", "API_TOKEN", "--destination", &bound_to.origin()]), b"v4lue-xyz")
+        .expect_code(0);
+    let allow = ["--allow-outbound", &bound_to.origin(), "--allow-outbound", &elsewhere.origin()];
+    let r = http_with(&env, "API_TOKEN", json!([{"url": elsewhere.url("/collect?t={secret}")}]), &allow);
+    r.expect_code(0);
+    assert_eq!(r.json()[0]["error"], "Denied", "{}", r.stdout);
+    assert!(elsewhere.received().is_empty(), "nothing was sent: {:?}", elsewhere.received());
+    let refused = audit_http(&env);
+    assert_eq!(detail(&refused[0])["refused"], "destination-binding", "{refused:?}");
+    assert!(refused[0]["reason"].as_str().unwrap().contains("not bound"), "{refused:?}");
+
+    // Unbinding is audited, and then the task gets the value itself.
+    env.run(&["secret", "bind", "API_TOKEN", "--clear"]).expect_code(0);
+    let leak = env.probe("", &["API_TOKEN"], json!({"action": "leak", "name": "API_TOKEN"}), &[]);
+    assert_eq!(leak.json()["value"], "***", "the real value, masked in output: {}", leak.stdout);
+    let binds = env.run(&["audit", "list", "--action", "secret.bind", "--json"]).json();
+    assert_eq!(binds.as_array().unwrap().len(), 1, "{binds}");
+}
+
+#[test]
+fn an_edited_row_cannot_unbind_a_secret() {
+    let server = Server::start();
+    let env = Env::new();
+    env.run_with(env.host().args(["secret", "set", "API_TOKEN", "--destination", &server.origin()]), b"v4lue-xyz")
+        .expect_code(0);
+    rusqlite::Connection::open(env.db()).unwrap().execute_batch("UPDATE secrets SET destinations = NULL").unwrap();
+    let leak = env.probe("", &["API_TOKEN"], json!({"action": "leak", "name": "API_TOKEN"}), &[]);
+    assert!(!leak.all_output().contains("v4lue-xyz"), "{}", leak.all_output());
+    assert!(leak.stdout.contains("unavailable") || leak.all_output().contains("integrity"), "{}", leak.all_output());
+    let widened = format!("[\"{}\",\"https://evil.example.net:443\"]", server.origin());
+    let env2 = Env::new();
+    env2.run_with(env2.host().args(["secret", "set", "API_TOKEN", "--destination", &server.origin()]), b"v4lue-xyz")
+        .expect_code(0);
+    rusqlite::Connection::open(env2.db()).unwrap().execute("UPDATE secrets SET destinations = ?1", [widened]).unwrap();
+    let leak = env2.probe("", &["API_TOKEN"], json!({"action": "leak", "name": "API_TOKEN"}), &[]);
+    assert!(!leak.all_output().contains("v4lue-xyz") && !leak.stdout.contains("khp_"), "{}", leak.all_output());
+}

@@ -45,8 +45,8 @@ mod log;
 mod query;
 mod verify;
 
-pub use chain::{append, now_rfc3339};
 pub(crate) use chain::{Prepared, append_all};
+pub use chain::{append, now_rfc3339};
 use chain::{checkpoint, head};
 pub use log::{AuditKey, AuditLog};
 pub use query::{Filter, Usage, last_read, list, usage};
@@ -161,6 +161,9 @@ pub enum Action {
     /// A task reached its cap of audited secret requests.
     #[serde(rename = "task.read-cap")]
     TaskReadCap,
+    /// `host secret bind` (or `set --destination`): where a secret may be sent.
+    #[serde(rename = "secret.bind")]
+    SecretBind,
     /// A task's outbound HTTP request: `pending` before it is sent, then
     /// `sent` or `failed`; `denied` when refused (`detail.refused` says why).
     #[serde(rename = "http.request")]
@@ -188,6 +191,7 @@ impl Action {
             Action::IntegrityInit => "integrity.init",
             Action::TaskReadCap => "task.read-cap",
             Action::HttpRequest => "http.request",
+            Action::SecretBind => "secret.bind",
         }
     }
 }

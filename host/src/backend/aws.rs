@@ -239,6 +239,7 @@ impl AwsBackend {
             .and_then(|m| m.iter().find(|(_, s)| s.as_array().is_some_and(|s| s.iter().any(|x| x == "AWSCURRENT"))))
             .map(|(id, _)| id.clone());
         SecretInfo {
+            destinations: Vec::new(),
             namespace: namespace.as_str().to_owned(),
             name: name.to_owned(),
             version: 0,
@@ -324,7 +325,7 @@ impl SecretBackend for AwsBackend {
                         self.secret_id(name)
                     )));
                 };
-                Ok(Read::Found(SecretValue::new(value.to_owned()), Version::Id(id.to_owned())))
+                Ok(Read::Found(SecretValue::new(value.to_owned()), Version::Id(id.to_owned()), Vec::new()))
             }
             Err((_, kind, _)) if kind == "ResourceNotFoundException" => Ok(Read::Absent),
             Err((_, kind, message)) if kind == "InvalidRequestException" && message.contains("deletion") => {

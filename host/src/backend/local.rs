@@ -74,7 +74,7 @@ impl SecretBackend for LocalBackend {
         self.give_back(reader);
         Ok(match found? {
             None => Read::Absent,
-            Some(Lookup::Found(r)) => Read::Found(r.value, Version::Number(r.version)),
+            Some(Lookup::Found(r)) => Read::Found(r.value, Version::Number(r.version), r.destinations),
             Some(Lookup::Revoked { version, .. }) => Read::Revoked(Version::Number(version)),
             Some(Lookup::Expired { version, .. }) => Read::Expired(Version::Number(version)),
             Some(Lookup::NotFound) => Read::Absent,

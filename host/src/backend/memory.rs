@@ -80,7 +80,7 @@ impl SecretBackend for MemoryBackend {
             return Ok(Read::Revoked(Version::Number(n)));
         }
         Ok(match e.versions.get((n as usize).wrapping_sub(1)) {
-            Some(v) => Read::Found(v.clone(), Version::Number(n)),
+            Some(v) => Read::Found(v.clone(), Version::Number(n), Vec::new()),
             None => Read::Absent,
         })
     }
@@ -128,6 +128,7 @@ impl SecretBackend for MemoryBackend {
             .iter()
             .filter(|((ns, _), _)| ns == namespace)
             .map(|((ns, name), e)| SecretInfo {
+                destinations: Vec::new(),
                 namespace: ns.as_str().to_owned(),
                 name: name.as_str().to_owned(),
                 version: e.versions.len() as u64,

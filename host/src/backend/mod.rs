@@ -114,8 +114,9 @@ impl fmt::Display for Version {
 /// What one backend found for one name in one namespace.
 #[derive(Debug)]
 pub enum Read {
-    /// The value and its version.
-    Found(SecretValue, Version),
+    /// The value, its version, and the destinations it is bound to
+    /// (empty: unbound; only the local store binds).
+    Found(SecretValue, Version, Vec<crate::network::AllowEntry>),
     /// Not in this namespace: the chain goes on to the parent.
     Absent,
     /// Revoked, destroyed or deleted: the chain stops here.

@@ -34,6 +34,9 @@ pub struct Resolved {
     pub version: Version,
     /// The plaintext.
     pub value: SecretValue,
+    /// Where it may be sent (empty: unbound): then it never reaches a
+    /// plugin, which gets a placeholder the host fills in on the way out.
+    pub destinations: Vec<crate::network::AllowEntry>,
 }
 
 /// The answer to a lookup along the namespace chain.
@@ -178,7 +181,9 @@ impl Router {
             }
             let found = match backend.read(&ns, grant, version)? {
                 Read::Absent => continue,
-                Read::Found(value, version) => Lookup::Found(Resolved { namespace: ns, version, value }),
+                Read::Found(value, version, destinations) => {
+                    Lookup::Found(Resolved { namespace: ns, version, value, destinations })
+                }
                 Read::Revoked(version) => Lookup::Revoked { namespace: ns, version },
                 Read::Expired(version) => Lookup::Expired { namespace: ns, version },
             };
@@ -219,6 +224,8 @@ impl Router {
             Some("keeps no expiry: --expires-in applies to the local store")
         } else if opts.keep.is_some() && !s.keep {
             Some("keeps its own versions: --keep applies to the local store")
+        } else if opts.destinations.as_ref().is_some_and(|d| !d.is_empty()) && backend.kind() != BackendKind::Local {
+            Some("cannot bind secrets to destinations: --destination applies to the local store")
         } else {
             None
         };
@@ -243,6 +250,32 @@ impl Router {
         let rec = NewRecord::ok(actor, Action::SecretRevoke, namespace, Some(name));
         let what = format!("revoke every version in {}", backend.describe());
         self.change(backend, rec, what, |rec| backend.revoke(namespace, name, rec), |_, rec| rec)
+    }
+
+    /// Binds `name` in `namespace` to `destinations` (empty: unbinds it):
+    /// from then on tasks get a placeholder for it, and the host puts the
+    /// value only into requests to those destinations. Local store only.
+    pub fn bind(
+        &self,
+        actor: &Actor,
+        namespace: &Namespace,
+        name: &SecretName,
+        destinations: &[crate::network::AllowEntry],
+    ) -> Result<(), BackendError> {
+        let backend = self.backend_for(namespace);
+        if backend.kind() != BackendKind::Local {
+            return Err(self.unsupported(namespace, backend, "cannot bind secrets to destinations (local store only)"));
+        }
+        let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+        let rec = NewRecord::ok(actor, Action::SecretBind, namespace, Some(name)).detail_field("destinations", list);
+        let what = format!("bind the secret in {}", backend.describe());
+        self.change(
+            backend,
+            rec,
+            what,
+            |rec| Ok(self.local.store().bind(namespace, name, destinations, rec)?),
+            |_, rec| rec,
+        )
     }
 
     /// Erases `name` in `namespace`'s backend for good.

@@ -176,7 +176,7 @@ impl SecretBackend for VaultBackend {
                     backend: self.name.clone(),
                     what: format!("{path} has no string field `value`"),
                 })?;
-                Ok(Read::Found(SecretValue::new(value.to_owned()), number))
+                Ok(Read::Found(SecretValue::new(value.to_owned()), number, Vec::new()))
             }
             200 | 404 if deleted => Ok(Read::Revoked(number)),
             404 => Ok(Read::Absent),

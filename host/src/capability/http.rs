@@ -14,9 +14,10 @@
 //! body and a response body are held in memory, bounded by the limits.
 
 use super::TaskState;
-use crate::access::TaskIdentity;
+use crate::access::{SecretAccess, TaskIdentity};
 use crate::audit::{Action, AuditLog, NewRecord, Outcome};
 use crate::mask::MaskSet;
+use crate::network::inject::{BoundSecrets, Injected, Parts, scrub};
 use crate::network::{Destination, Host, NetworkPolicy, Scheme, address};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -41,21 +42,17 @@ impl std::fmt::Debug for Http {
 }
 
 impl Http {
-    /// Outbound HTTP for the task `identity` under `policy`, until
-    /// `deadline`; requests are audited in `audit`, and text from the
-    /// plugin (paths) is masked with `masks` before it is recorded.
-    pub fn new(
-        policy: NetworkPolicy,
-        identity: Arc<TaskIdentity>,
-        audit: AuditLog,
-        masks: Arc<MaskSet>,
-        deadline: Instant,
-    ) -> Self {
+    /// Outbound HTTP for the task of `access` under `policy`, until
+    /// `deadline`: requests are audited in its audit log, text from the
+    /// plugin (paths) is masked with its masks before it is recorded, and
+    /// its bound secrets are injected where their placeholders are.
+    pub fn new(policy: NetworkPolicy, access: &SecretAccess, deadline: Instant) -> Self {
         let shared = Shared {
             policy,
-            identity,
-            audit,
-            masks,
+            identity: access.identity.clone(),
+            audit: access.audit.clone(),
+            masks: access.masks.clone(),
+            bound: access.bound.clone(),
             deadline,
             made: AtomicU32::new(0),
             in_flight: Arc::new(AtomicU32::new(0)),
@@ -84,6 +81,7 @@ struct Shared {
     identity: Arc<TaskIdentity>,
     audit: AuditLog,
     masks: Arc<MaskSet>,
+    bound: Arc<BoundSecrets>,
     deadline: Instant,
     made: AtomicU32,
     in_flight: Arc<AtomicU32>,
@@ -118,6 +116,7 @@ struct Summary {
 enum Refusal {
     AllowList,
     PrivateAddress,
+    DestinationBinding,
     Limit,
 }
 
@@ -126,6 +125,7 @@ impl Refusal {
         match self {
             Refusal::AllowList => "allow-list",
             Refusal::PrivateAddress => "private-address",
+            Refusal::DestinationBinding => "destination-binding",
             Refusal::Limit => "limit",
         }
     }
@@ -175,10 +175,15 @@ impl Shared {
             }
             Err(e) => return Err(e),
         };
+        let (body, injected) = self.inject(&summary, &mut parts, body)?;
         let addr = self.resolve(&summary).await?;
 
         // Fail closed: nothing leaves before its record is durable.
-        let pending = self.record(&summary, Outcome::Pending).detail_field("address", addr.to_string());
+        let names: Vec<&str> = injected.names.iter().map(|n| n.as_str()).collect();
+        let pending = self
+            .record(&summary, Outcome::Pending)
+            .detail_field("address", addr.to_string())
+            .detail_field("injected", names.clone());
         if let Err(e) = self.audit.record(pending) {
             tracing::error!("outbound request to {dest} not sent: the audit log could not be written: {e}");
             return Err(HttpError::InternalError(Some("the audit log could not be written; nothing was sent".into())));
@@ -199,6 +204,7 @@ impl Shared {
         };
         let done = self
             .record(&summary, if result.is_ok() { Outcome::Sent } else { Outcome::Failed })
+            .detail_field("injected", names)
             .detail_field("bytes_out", bytes_out)
             .detail_field("duration_ms", started.elapsed().as_millis() as u64);
         let done = match &result {
@@ -211,9 +217,56 @@ impl Shared {
             tracing::error!("the audit record of a finished request could not be queued: {e}");
         }
         let (head, body) = result?;
-        let response =
-            http::Response::from_parts(head.into_parts().0, Full::new(body).map_err(|n| match n {}).boxed_unsync());
+        let (mut head, ()) = head.into_parts();
+        // An endpoint that echoes the request cannot hand an injected value back.
+        let body = Bytes::from(scrub(&injected, &body));
+        for value in head.headers.values_mut() {
+            let clean = scrub(&injected, value.as_bytes());
+            if clean != value.as_bytes() {
+                *value = http::HeaderValue::from_bytes(&clean).unwrap_or(http::HeaderValue::from_static("***"));
+            }
+        }
+        let response = http::Response::from_parts(head, Full::new(body).map_err(|n| match n {}).boxed_unsync());
         Ok((response, Box::new(async { Ok(()) })))
+    }
+
+    /// Puts the task's bound secrets where their placeholders are, or
+    /// refuses the request (audited as a refused exfiltration).
+    fn inject(
+        &self,
+        s: &Summary,
+        parts: &mut http::request::Parts,
+        body: Bytes,
+    ) -> Result<(Bytes, Injected), HttpError> {
+        if self.bound.is_empty() {
+            return Ok((body, Injected::default()));
+        }
+        let mut p = Parts {
+            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            headers: parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect(),
+            body: body.to_vec(),
+        };
+        let injected = self
+            .bound
+            .inject(&s.destination, &mut p)
+            .map_err(|e| self.refuse(s, Refusal::DestinationBinding, e.to_string(), HttpError::HttpRequestDenied))?;
+        if injected.names.is_empty() {
+            return Ok((body, injected));
+        }
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = Some(p.path_and_query.parse().map_err(|_| HttpError::HttpRequestUriInvalid)?);
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        parts.headers.clear();
+        for (k, v) in p.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| HttpError::HttpRequestHeaderSize { field_name: None, field_size: None })?;
+            let value = http::HeaderValue::from_bytes(&v).map_err(|_| HttpError::HttpRequestDenied)?;
+            parts.headers.append(name, value);
+        }
+        if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+            parts.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(p.body.len()));
+        }
+        Ok((Bytes::from(p.body), injected))
     }
 
     fn summary(&self, parts: &http::request::Parts) -> Result<Summary, HttpError> {

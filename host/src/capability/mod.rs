@@ -67,8 +67,7 @@ impl TaskState {
         deadline: Instant,
         memory_limit: usize,
     ) -> Self {
-        let http =
-            http::Http::new(network, access.identity.clone(), access.audit.clone(), access.masks.clone(), deadline);
+        let http = http::Http::new(network, &access, deadline);
         let caps = Capabilities {
             http,
             wasi: wasi::Wasi::new(&output),

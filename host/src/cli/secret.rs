@@ -4,6 +4,7 @@ use super::*;
 use keyhole::audit::{self, Actor};
 use keyhole::backend::{BackendError, BackendKind, Router};
 use keyhole::backup::{self, BundleKey};
+use keyhole::network::AllowEntry;
 use keyhole::store::{SecretInfo, SetOptions, fmt_time, now};
 use zeroize::Zeroizing;
 
@@ -72,6 +73,20 @@ pub(crate) enum SecretCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Bind a secret to destinations (or `--clear` the binding): a bound secret never reaches a
+    /// plugin, which gets a placeholder the host fills in on requests to these destinations only.
+    Bind {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// A destination, `scheme://host[:port]` (repeat for more); replaces the current list.
+        #[arg(long = "destination", value_name = "URL", required_unless_present = "clear")]
+        destinations: Vec<AllowEntry>,
+        /// Remove the binding: tasks get the value itself again.
+        #[arg(long, conflicts_with = "destinations")]
+        clear: bool,
+    },
     /// Revoke a secret at once, also for running executions; a new `set` or `rotate` lifts it.
     Revoke {
         /// Secret name.
@@ -131,6 +146,10 @@ pub(crate) struct VersionOpts {
     /// Keep this many versions from now on (default 5).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     keep: Option<u32>,
+    /// Bind the secret to this destination, `scheme://host[:port]` (repeat for more): tasks then
+    /// get a placeholder, and the host puts the value only into requests to these destinations.
+    #[arg(long = "destination", value_name = "URL")]
+    destinations: Vec<AllowEntry>,
 }
 
 #[derive(Args, Debug)]
@@ -339,6 +358,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 "expires": info.expires_at.map(fmt_time),
                 "revoked": info.revoked_at.map(fmt_time),
                 "destroyed": info.destroyed_at.map(fmt_time),
+                "destinations": info.destinations,
                 "last_read": last_read,
                 "state": state(&info, now()),
             });
@@ -351,8 +371,14 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                         serde_json::Value::Null => "-".into(),
                         serde_json::Value::Array(a) => a
                             .iter()
-                            .map(|v| {
-                                v.get("version_id").unwrap_or(&v["version"]).to_string().trim_matches('"').to_owned()
+                            .map(|v| match v {
+                                serde_json::Value::String(s) => s.clone(),
+                                v => v
+                                    .get("version_id")
+                                    .unwrap_or(&v["version"])
+                                    .to_string()
+                                    .trim_matches('"')
+                                    .to_owned(),
                             })
                             .collect::<Vec<_>>()
                             .join(", "),
@@ -360,6 +386,21 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                     };
                     writeln!(out, "{k:<16} {shown}").map_err(stdout_err)?;
                 }
+            }
+            Ok(())
+        }
+        SecretCommand::Bind { name, at, destinations, clear: _ } => {
+            let secrets = open_secrets(dir)?;
+            secrets.bind(&me, &at.namespace, &name, &destinations).map_err(checked(&secrets))?;
+            if destinations.is_empty() {
+                eprintln!("{name} in namespace {} is no longer bound: tasks granted it get its value", at.namespace);
+            } else {
+                let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "{name} in namespace {} is bound to {}: tasks get a placeholder, the value goes only there",
+                    at.namespace,
+                    list.join(", ")
+                );
             }
             Ok(())
         }
@@ -447,7 +488,8 @@ pub(crate) fn store_value(
 ) -> Result<(), Exit> {
     let expires_at = v.expires_in.map(|d| now() + d.as_secs() as i64);
     let secrets = open_secrets(dir)?;
-    let opts = SetOptions { expires_at, keep: v.keep, rotate };
+    let destinations = (!v.destinations.is_empty()).then_some(v.destinations);
+    let opts = SetOptions { expires_at, keep: v.keep, rotate, destinations };
     let version = secrets.set(&Actor::current_user(), ns, name, value, &opts).map_err(|e| match e {
         e @ (BackendError::Store(StoreError::NotFound { .. }) | BackendError::NotFound { .. }) if rotate => {
             fail(USAGE, anyhow::Error::from(e).context("rotate needs an existing secret: use `host secret set`"))

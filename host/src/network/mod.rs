@@ -1,13 +1,16 @@
 //! Outbound HTTP policy: which destinations a task may reach
 //! ([`allow`]), which resolved addresses are refused unless named
-//! ([`address`]), and how much a task may send and receive
-//! ([`NetLimits`]). `capability::http` enforces it on each request.
+//! ([`address`]), how much a task may send and receive ([`NetLimits`]),
+//! and how a destination-bound secret is put into a request without the
+//! task ever holding it ([`inject`]). `capability::http` enforces it on
+//! each request.
 //!
 //! Invariant: this module decides and never sends: no socket, no TLS, no
 //! wasmtime type. Deny by default: an empty allow-list is no network.
 
 pub mod address;
 pub mod allow;
+pub mod inject;
 
 pub use allow::{AllowEntry, AllowList, Destination, Host, Scheme};
 

@@ -14,6 +14,7 @@ use crate::data_dir::DataDir;
 use crate::db::{self, DbError, busy_timeout, connect};
 use crate::keyring::{KeyFiles, KeyLock};
 use crate::names::{Namespace, SecretName};
+use crate::network::AllowEntry;
 use crate::policy::Grant;
 use crate::secret::SecretValue;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -129,6 +130,9 @@ pub struct Resolved {
     pub version: u64,
     /// The plaintext.
     pub value: SecretValue,
+    /// Where the value may be sent (empty: unbound). A bound value never
+    /// reaches a plugin; the host injects it into requests.
+    pub destinations: Vec<AllowEntry>,
 }
 
 /// What `host secret list` and `describe` show: metadata, never a value.
@@ -157,6 +161,9 @@ pub struct SecretInfo {
     pub revoked_at: Option<i64>,
     /// When it was destroyed (crypto-erased), if it was.
     pub destroyed_at: Option<i64>,
+    /// The destinations its value may be sent to; empty when unbound.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
     /// Its stored state fails its integrity check: it was edited outside
     /// keyhole, and reads are refused.
     pub tampered: bool,
@@ -187,6 +194,9 @@ pub struct SetOptions {
     pub keep: Option<u32>,
     /// The secret must already exist (recorded as `secret.rotate`).
     pub rotate: bool,
+    /// Bind it to these destinations (`None`: leave the binding as it is;
+    /// a new secret is then unbound).
+    pub destinations: Option<Vec<AllowEntry>>,
 }
 
 /// The answer to a lookup.

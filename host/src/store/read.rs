@@ -83,7 +83,8 @@ impl SecretStore {
                (SELECT expires_at FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version) AS expires_at, \
                (SELECT count(*) FROM secret_versions v WHERE v.secret_id = s.id) AS stored, s.mac, \
                (SELECT v.created_at FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version), \
-               (SELECT v.mac FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version) \
+               (SELECT v.mac FROM secret_versions v WHERE v.secret_id = s.id AND v.version = s.current_version), \
+               s.destinations \
              FROM secrets s) WHERE {filter} ORDER BY namespace, name"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(self.err("prepare the listing"))?;
@@ -101,13 +102,29 @@ impl SecretStore {
                     destroyed_at: r.get(7)?,
                     expires_at: r.get(8)?,
                     versions_stored: r.get::<_, i64>(9)? as u64,
+                    destinations: Vec::new(),
                     tampered: false,
                 };
+                let destinations: Option<String> = r.get(13)?;
+                info.destinations = super::rows::parse_destinations(destinations.as_deref())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
                 let ik = &self.integrity;
                 let (ns, name, cur) = (&info.namespace, &info.name, info.version as i64);
                 let row_ok = r.get::<_, Option<Vec<u8>>>(10)?.as_deref()
                     == Some(
-                        &secret_mac(ik, ns, name, cur, info.keep_versions as i64, info.revoked_at, info.destroyed_at)[..],
+                        &secret_mac(
+                            ik,
+                            ns,
+                            name,
+                            cur,
+                            info.keep_versions as i64,
+                            info.revoked_at,
+                            info.destroyed_at,
+                            destinations.as_deref(),
+                        )[..],
                     );
                 let version_ok = match r.get::<_, Option<i64>>(11)? {
                     None => true,
@@ -186,6 +203,7 @@ fn resolve_in(
         return Err(row_tampered(path, ns, name, "its current version, keep count or state"));
     }
     let version = version.unwrap_or(row.current as u64);
+    let destinations = row.destinations;
     if row.revoked {
         return Ok(Some(Lookup::Revoked { namespace: ns.clone(), version }));
     }
@@ -228,5 +246,5 @@ fn resolve_in(
         path: path.to_owned(),
         what: format!("secret {name} version {version} in namespace {ns} is not valid UTF-8"),
     })?;
-    Ok(Some(Lookup::Found(Resolved { namespace: ns.clone(), version, value })))
+    Ok(Some(Lookup::Found(Resolved { namespace: ns.clone(), version, value, destinations })))
 }

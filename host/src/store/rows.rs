@@ -9,7 +9,11 @@ fn opt(v: Option<i64>) -> Vec<u8> {
     v.map(|x| x.to_be_bytes().to_vec()).unwrap_or_default()
 }
 
-/// The MAC over a `secrets` row's security-relevant columns.
+/// The MAC over a `secrets` row's security-relevant columns. The
+/// destinations a secret is bound to are covered when there are any (a
+/// row with none keeps the MAC it had before binding existed), so an
+/// edited row can neither unbind a secret nor widen where it may go.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn secret_mac(
     ik: &IntegrityKey,
     ns: &str,
@@ -18,11 +22,30 @@ pub(super) fn secret_mac(
     keep: i64,
     revoked: Option<i64>,
     destroyed: Option<i64>,
+    destinations: Option<&str>,
 ) -> [u8; 32] {
-    ik.mac(
-        MacDomain::SecretRow,
-        &[ns.as_bytes(), name.as_bytes(), &current.to_be_bytes(), &keep.to_be_bytes(), &opt(revoked), &opt(destroyed)],
-    )
+    let (cur, keep, revoked, destroyed) = (current.to_be_bytes(), keep.to_be_bytes(), opt(revoked), opt(destroyed));
+    let mut fields: Vec<&[u8]> = vec![ns.as_bytes(), name.as_bytes(), &cur, &keep, &revoked, &destroyed];
+    if let Some(d) = destinations {
+        fields.extend([b"destinations".as_slice(), d.as_bytes()]);
+    }
+    ik.mac(MacDomain::SecretRow, &fields)
+}
+
+/// The destinations column, parsed; `None` (unbound) for NULL.
+pub(super) fn parse_destinations(text: Option<&str>) -> Result<Vec<AllowEntry>, String> {
+    let Some(text) = text else { return Ok(Vec::new()) };
+    let list: Vec<String> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    list.iter().map(|d| d.parse()).collect()
+}
+
+/// The stored form of `destinations`: NULL when empty.
+pub(super) fn encode_destinations(destinations: &[AllowEntry]) -> Option<String> {
+    if destinations.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+    Some(serde_json::to_string(&list).expect("strings encode"))
 }
 
 /// The MAC over a `secret_versions` row's metadata (the ciphertext is
@@ -45,7 +68,8 @@ pub(super) fn version_mac(
 /// that authenticates a `secrets` row after a change.
 pub(super) fn remac_secret(conn: &Connection, ik: &IntegrityKey, id: i64) -> rusqlite::Result<()> {
     let mac = conn.query_row(
-        "SELECT namespace, name, current_version, keep_versions, revoked_at, destroyed_at FROM secrets WHERE id = ?1",
+        "SELECT namespace, name, current_version, keep_versions, revoked_at, destroyed_at, destinations FROM secrets \
+         WHERE id = ?1",
         [id],
         |r| {
             Ok(secret_mac(
@@ -56,6 +80,7 @@ pub(super) fn remac_secret(conn: &Connection, ik: &IntegrityKey, id: i64) -> rus
                 r.get(3)?,
                 r.get(4)?,
                 r.get(5)?,
+                r.get::<_, Option<String>>(6)?.as_deref(),
             ))
         },
     )?;
@@ -87,6 +112,8 @@ pub(super) struct SecretRow {
     pub(super) revoked: bool,
     /// Its MAC checks out.
     pub(super) authentic: bool,
+    /// Where its value may be sent (empty: unbound).
+    pub(super) destinations: Vec<AllowEntry>,
 }
 
 pub(super) fn secret_row(
@@ -97,19 +124,25 @@ pub(super) fn secret_row(
     name: &SecretName,
 ) -> Result<Option<SecretRow>, StoreError> {
     conn.prepare_cached(
-        "SELECT id, current_version, keep_versions, revoked_at, destroyed_at, mac FROM secrets \
+        "SELECT id, current_version, keep_versions, revoked_at, destroyed_at, mac, destinations FROM secrets \
          WHERE name = ?1 AND namespace = ?2",
     )
     .map_err(sql_err(path, "prepare a lookup"))?
     .query_row(params![name.as_str(), ns.as_str()], |r| {
         let (current, keep, revoked, destroyed) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-        let expected = secret_mac(ik, ns.as_str(), name.as_str(), current, keep, revoked, destroyed);
+        let destinations: Option<String> = r.get(6)?;
+        let expected =
+            secret_mac(ik, ns.as_str(), name.as_str(), current, keep, revoked, destroyed, destinations.as_deref());
+        let authentic = r.get::<_, Option<Vec<u8>>>(5)?.as_deref() == Some(&expected[..]);
+        // An authentic column always parses; an edited one is caught by the MAC.
+        let destinations = parse_destinations(destinations.as_deref()).unwrap_or_default();
         Ok(SecretRow {
             id: r.get(0)?,
             current,
             keep,
             revoked: revoked.is_some() || destroyed.is_some(),
-            authentic: r.get::<_, Option<Vec<u8>>>(5)?.as_deref() == Some(&expected[..]),
+            authentic,
+            destinations,
         })
     })
     .optional()

@@ -4,7 +4,7 @@
 //! changed and appends its audit record, so a change and its record commit
 //! together or not at all.
 
-use super::rows::{remac_secret, remac_version, row_tampered, secret_row};
+use super::rows::{encode_destinations, remac_secret, remac_version, row_tampered, secret_row};
 use super::*;
 
 impl SecretStore {
@@ -69,11 +69,43 @@ impl SecretStore {
             params![id, version as i64 - keep],
         )
         .map_err(e("prune old versions"))?;
+        if let Some(d) = &opts.destinations {
+            tx.execute("UPDATE secrets SET destinations = ?1 WHERE id = ?2", params![encode_destinations(d), id])
+                .map_err(e("bind the secret"))?;
+        }
         remac_secret(&tx, &self.integrity, id).map_err(e("authenticate the secret"))?;
         remac_version(&tx, &self.integrity, id, version as i64).map_err(e("authenticate the version"))?;
         audit::append(&tx, &self.integrity, &audit.clone().version(version)).map_err(e("write the audit record"))?;
         tx.commit().map_err(e("commit"))?;
         Ok(version)
+    }
+
+    /// Binds a secret to `destinations` (empty: unbinds it), with its audit
+    /// record `audit`, in one transaction.
+    pub fn bind(
+        &mut self,
+        namespace: &Namespace,
+        name: &SecretName,
+        destinations: &[AllowEntry],
+        audit: &NewRecord,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |op| sql_err(&path, op);
+        let kid = self.key.id();
+        let tx = begin(&mut self.conn, &path, &kid)?;
+        let row = secret_row(&tx, &path, &self.integrity, namespace, name)?
+            .ok_or_else(|| StoreError::NotFound { namespace: namespace.clone(), name: name.clone() })?;
+        if !row.authentic {
+            return Err(row_tampered(&path, namespace, name, "its current version, keep count or state"));
+        }
+        tx.execute(
+            "UPDATE secrets SET destinations = ?1 WHERE id = ?2",
+            params![encode_destinations(destinations), row.id],
+        )
+        .map_err(e("bind the secret"))?;
+        remac_secret(&tx, &self.integrity, row.id).map_err(e("authenticate the secret"))?;
+        audit::append(&tx, &self.integrity, audit).map_err(e("write the audit record"))?;
+        tx.commit().map_err(e("commit"))
     }
 
     /// Marks a secret revoked: every later read, including by executions
