@@ -404,3 +404,33 @@ fn an_edited_row_cannot_unbind_a_secret() {
     let leak = env2.probe("", &["API_TOKEN"], json!({"action": "leak", "name": "API_TOKEN"}), &[]);
     assert!(!leak.all_output().contains("v4lue-xyz") && !leak.stdout.contains("khp_"), "{}", leak.all_output());
 }
+
+#[test]
+fn nothing_is_sent_when_the_audit_record_cannot_be_written() {
+    let server = Server::start();
+    let env = Env::new();
+    let input = json!({"action": "http", "wait_ms": 1500, "requests": [{"url": server.url("/echo")}]}).to_string();
+    let mut child = env
+        .host()
+        .env("KEYHOLE_BUSY_TIMEOUT_MS", "200")
+        .arg("exec")
+        .arg(crate::plugins::component(crate::plugins::Plugin::Probe))
+        .args(["--allow-outbound", &server.origin(), "--input", &input])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the task runs, another process takes the write lock and holds it.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("[probe] waiting") {
+        line.clear();
+    }
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let out = child.wait_with_output().unwrap();
+    conn.execute_batch("ROLLBACK").unwrap();
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(result[0]["error"].as_str().unwrap().contains("audit log"), "{result}");
+    assert!(server.received().is_empty(), "the request left without its record: {:?}", server.received());
+}

@@ -582,6 +582,7 @@ fn downgrade_to_0_1(db: &Path) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(
         "ALTER TABLE secrets DROP COLUMN mac;
+         ALTER TABLE secrets DROP COLUMN destinations;
          ALTER TABLE secret_versions DROP COLUMN mac;
          ALTER TABLE audit DROP COLUMN detail;
          DROP TABLE audit_head;

@@ -32,11 +32,14 @@ enum Action {
     /// Sends each request in turn with `keyhole_guest::http`; reports each
     /// response (status, headers, body) or error. With `secret`, that
     /// secret is read first and `{secret}` in the URL, headers and body
-    /// is replaced by what `secrets::get` returned.
+    /// is replaced by what `secrets::get` returned. With `wait_ms`, first
+    /// prints `waiting` to stderr and sleeps that long.
     Http {
         requests: Vec<HttpRequest>,
         #[serde(default)]
         secret: Option<String>,
+        #[serde(default)]
+        wait_ms: u64,
     },
     /// Spins forever.
     Loop,
@@ -123,7 +126,11 @@ fn probe(action: Action) -> Result<Value, TaskError> {
         Action::Connect { addr } => json!({
             "connect": std::net::TcpStream::connect(&addr).map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
         }),
-        Action::Http { requests, secret } => {
+        Action::Http { requests, secret, wait_ms } => {
+            if wait_ms > 0 {
+                eprintln!("waiting");
+                std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+            }
             let value = match &secret {
                 Some(name) => secrets::get(name)?.to_string(),
                 None => String::new(),
