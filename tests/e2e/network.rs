@@ -434,3 +434,111 @@ fn nothing_is_sent_when_the_audit_record_cannot_be_written() {
     assert!(result[0]["error"].as_str().unwrap().contains("audit log"), "{result}");
     assert!(server.received().is_empty(), "the request left without its record: {:?}", server.received());
 }
+
+/// Runs `openssl` with `args` in `dir`; false when it is missing or fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn https_to_a_private_ca_needs_its_ca_file_and_a_bad_certificate_is_an_error() {
+    let env = Env::new();
+    let dir = env.home().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let made = openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=keyhole test CA",
+        ],
+    ) && openssl(
+        &dir,
+        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"],
+    ) && openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+        ],
+    );
+    if !made {
+        eprintln!("SKIPPED https_to_a_private_ca_needs_its_ca_file: the openssl command is not available");
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        std::process::Command::new("openssl")
+            .current_dir(&dir)
+            .args([
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-cert",
+                "leaf.pem",
+                "-key",
+                "leaf.key",
+                "-www",
+                "-quiet",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let origin = format!("https://127.0.0.1:{port}");
+    let ca = dir.join("ca.pem");
+    let requests = json!([{"url": format!("{origin}/")}]);
+    let r = http(&env, requests.clone(), &["--allow-outbound", &origin, "--ca-file", ca.to_str().unwrap()]);
+    r.expect_code(0);
+    assert_eq!(r.json()[0]["status"], 200, "{}", r.stdout);
+    let r = http(&env, requests, &["--allow-outbound", &origin]);
+    r.expect_code(0);
+    assert!(r.json()[0]["error"].as_str().unwrap().contains("TlsCertificateError"), "{}", r.stdout);
+}
