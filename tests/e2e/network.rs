@@ -542,3 +542,51 @@ fn https_to_a_private_ca_needs_its_ca_file_and_a_bad_certificate_is_an_error() {
     r.expect_code(0);
     assert!(r.json()[0]["error"].as_str().unwrap().contains("TlsCertificateError"), "{}", r.stdout);
 }
+
+#[test]
+fn the_example_flow_delivers_the_report_signed_by_the_host_and_no_task_holds_the_key() {
+    let server = Server::start();
+    let env = Env::new();
+    let key = "whsec_example_key_42";
+    let origin = server.origin();
+    env.run_with(
+        env.host().args(["secret", "set", "WEBHOOK_SIGNING_KEY", "-n", "finance", "--destination", &origin]),
+        key.as_bytes(),
+    )
+    .expect_code(0);
+    // The example flow as shipped, pointed at this test's receiver.
+    let shipped =
+        std::fs::read_to_string(crate::plugins::workspace().join("plugins/flows/nightly-sales-report.yaml")).unwrap();
+    let deliver = crate::plugins::component(crate::plugins::Plugin::WebhookRequest);
+    let text = shipped
+        .replace("http://127.0.0.1:8087", &origin)
+        .replace("../../target/plugins/wasm32-wasip2/release/webhook_request.wasm", deliver.to_str().unwrap());
+    let flow = env.home().join("nightly.yaml");
+    std::fs::write(&flow, text).unwrap();
+    let r = env.run_with(env.host().arg("run").arg(&flow).args(["--json", "--input", "day=2026-11-27"]), b"");
+    r.expect_code(0);
+    let rec = r.json();
+    assert_eq!(rec["tasks"][0]["output"]["status"], 200, "{rec}");
+    let got = server.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body = br#"{"report":"sales","day":"2026-11-27"}"#;
+    assert_eq!(got[0].body, body);
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(got[0].header("x-hub-signature-256"), Some(expected.as_str()));
+    assert_eq!(got[0].header("x-keyhole-execution"), rec["id"].as_str());
+    assert!(!r.all_output().contains(key));
+    // The record is kept and can be shown again.
+    let id = rec["id"].as_str().unwrap();
+    assert_eq!(env.run(&["executions", "show", id, "--json"]).expect_code(0).json(), rec);
+    // Unbound, the plugin refuses rather than hold the key; a required input left out is a usage error.
+    env.run(&["secret", "bind", "WEBHOOK_SIGNING_KEY", "-n", "finance", "--clear"]).expect_code(0);
+    let r = env.run_with(env.host().arg("run").arg(&flow).args(["--input", "day=2026-11-27"]), b"");
+    assert!(r.all_output().contains("is not bound to the receiver"), "{}", r.all_output());
+    let r = env.run_with(env.host().arg("run").arg(&flow), b"");
+    r.expect_code(2);
+    assert!(r.stderr.contains("needs input `day`: pass --input day=VALUE"), "{}", r.stderr);
+    assert_eq!(server.received().len(), 1, "nothing more was sent");
+}

@@ -1,39 +1,48 @@
-//! Builds the HTTP request that delivers a signed webhook: URL, headers and
-//! body, ready for a delivery step. Needs no secret: the signature comes from
-//! the signing task's output, so this task is granted nothing.
+//! Delivers a webhook: POSTs the payload to the receiver, signed the way
+//! GitHub signs its webhooks (`X-Hub-Signature-256: sha256=` + the hex
+//! HMAC-SHA256 of the body under the signing key).
+//!
+//! The signing key is a destination-bound secret: this plugin only ever
+//! holds its placeholder, and asks the host for the signature by writing
+//! `{placeholder}.hmac-sha256-hex(body)` in the header. The host computes it
+//! as the request leaves, and only toward the key's destination.
 
-use keyhole_guest::{TaskError, context, task};
+use keyhole_guest::{TaskError, context, http, secrets, task};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 #[derive(Deserialize)]
 struct Input {
     url: String,
     payload: String,
-    signature: String,
 }
 
 #[derive(Serialize)]
-struct Request {
-    method: &'static str,
+struct Delivery {
     url: String,
-    headers: BTreeMap<&'static str, String>,
-    body: String,
+    status: u16,
+    response: String,
 }
 
-fn build(input: Input) -> Result<Request, TaskError> {
-    if !input.url.starts_with("https://") {
-        return Err(TaskError::new(format!("refusing to deliver to {:?}: webhooks go over https", input.url)));
-    }
-    if !input.signature.starts_with("sha256=") {
-        return Err(TaskError::new("the signature must look like sha256=<hex>"));
+fn deliver(input: Input) -> Result<Delivery, TaskError> {
+    let key = secrets::get("WEBHOOK_SIGNING_KEY")?;
+    if !key.starts_with("khp_") {
+        // Unbound, the value itself would go into the header: refuse.
+        return Err(TaskError::new(
+            "WEBHOOK_SIGNING_KEY is not bound to the receiver, so this task would hold the key itself; bind it: \
+             `host secret bind WEBHOOK_SIGNING_KEY --namespace NS --destination <receiver origin>`",
+        ));
     }
     let me = context::current();
-    let mut headers = BTreeMap::new();
-    headers.insert("Content-Type", "application/json".to_owned());
-    headers.insert("X-Hub-Signature-256", input.signature);
-    headers.insert("X-Keyhole-Execution", me.execution_id);
-    Ok(Request { method: "POST", url: input.url, headers, body: input.payload })
+    let response = http::post(&input.url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", &format!("sha256={key}.hmac-sha256-hex(body)"))
+        .header("x-keyhole-execution", &me.execution_id)
+        .body(input.payload)
+        .send()?;
+    if response.status >= 300 {
+        return Err(TaskError::new(format!("the receiver answered {}: {}", response.status, response.text())));
+    }
+    Ok(Delivery { url: input.url, status: response.status, response: response.text() })
 }
 
-task!(build);
+task!(deliver);
