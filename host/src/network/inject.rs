@@ -165,17 +165,21 @@ impl BoundSecrets {
             }
             used(b)?;
         }
-        parts.body = replace(&parts.body, &in_body, &[], |v| v.as_bytes().to_vec());
-        let body = parts.body.clone();
-        let in_url = known(find(parts.path_and_query.as_bytes()));
+        if !in_body.is_empty() {
+            parts.body = replace(&parts.body, &in_body, &[], |v| v.as_bytes().to_vec());
+        }
+        let Parts { path_and_query, headers, body } = parts;
+        let in_url = known(find(path_and_query.as_bytes()));
         for (_, b) in &in_url {
             used(b)?;
         }
-        let url = replace(parts.path_and_query.as_bytes(), &in_url, &body, |v| {
-            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string().into_bytes()
-        });
-        parts.path_and_query = String::from_utf8(url).expect("percent-encoding is ASCII");
-        for (name, value) in &mut parts.headers {
+        if !in_url.is_empty() {
+            let url = replace(path_and_query.as_bytes(), &in_url, body, |v| {
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string().into_bytes()
+            });
+            *path_and_query = String::from_utf8(url).expect("percent-encoding is ASCII");
+        }
+        for (name, value) in headers.iter_mut() {
             let found = known(find(value));
             if found.is_empty() {
                 continue;
@@ -183,7 +187,7 @@ impl BoundSecrets {
             for (_, b) in &found {
                 used(b)?;
             }
-            *value = replace(value, &found, &body, |v| v.as_bytes().to_vec());
+            *value = replace(value, &found, body, |v| v.as_bytes().to_vec());
             if value.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
                 return Err(InjectError::BadHeader(name.clone()));
             }
@@ -232,7 +236,7 @@ fn replace(text: &[u8], tokens: &[(Token, Arc<Bound>)], body: &[u8], encode: imp
 fn find(text: &[u8]) -> Vec<Token> {
     let mut tokens = Vec::new();
     let mut from = 0;
-    while let Some(i) = memfind(&text[from..], PREFIX.as_bytes()) {
+    while let Some(i) = memchr::memmem::find(&text[from..], PREFIX.as_bytes()) {
         let start = from + i;
         let id_start = start + PREFIX.len();
         let id_end = id_start + ID_LEN;
@@ -261,10 +265,6 @@ fn suffix(rest: &[u8]) -> Option<(Form, usize)> {
     let close = args.iter().position(|&c| c == b')')?;
     let user = std::str::from_utf8(&args[..close]).ok()?;
     Some((Form::Basic(user.to_owned()), ".basic(".len() + close + 1))
-}
-
-fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `bytes` with every injected value (and its encodings) replaced by `***`.
