@@ -410,22 +410,13 @@ fn nothing_is_sent_when_the_audit_record_cannot_be_written() {
     let server = Server::start();
     let env = Env::new();
     let input = json!({"action": "http", "wait_ms": 1500, "requests": [{"url": server.url("/echo")}]}).to_string();
-    let mut child = env
-        .host()
-        .env("KEYHOLE_BUSY_TIMEOUT_MS", "200")
+    // Once the task runs, another process takes the write lock and holds it.
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_BUSY_TIMEOUT_MS", "200")
         .arg("exec")
         .arg(crate::plugins::component(crate::plugins::Plugin::Probe))
-        .args(["--allow-outbound", &server.origin(), "--input", &input])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Once the task runs, another process takes the write lock and holds it.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("[probe] waiting") {
-        line.clear();
-    }
+        .args(["--allow-outbound", &server.origin(), "--input", &input]);
+    let (child, _stderr) = start_until(&mut cmd, "[probe] waiting");
     let conn = rusqlite::Connection::open(env.db()).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -435,69 +426,12 @@ fn nothing_is_sent_when_the_audit_record_cannot_be_written() {
     assert!(server.received().is_empty(), "the request left without its record: {:?}", server.received());
 }
 
-/// Runs `openssl` with `args` in `dir`; false when it is missing or fails.
-fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
-    std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[test]
 fn https_to_a_private_ca_needs_its_ca_file_and_a_bad_certificate_is_an_error() {
     let env = Env::new();
     let dir = env.home().join("tls");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let made = openssl(
-        &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=keyhole test CA",
-        ],
-    ) && openssl(
-        &dir,
-        &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"],
-    ) && openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-        ],
-    );
-    if !made {
-        eprintln!("SKIPPED https_to_a_private_ca_needs_its_ca_file: the openssl command is not available");
+    if !private_ca(&dir) {
         return;
     }
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -516,9 +450,9 @@ fn https_to_a_private_ca_needs_its_ca_file_and_a_bad_certificate_is_an_error() {
                 "-accept",
                 &format!("127.0.0.1:{port}"),
                 "-cert",
-                "leaf.pem",
+                "srv.pem",
                 "-key",
-                "leaf.key",
+                "srv.key",
                 "-www",
                 "-quiet",
             ])

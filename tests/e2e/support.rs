@@ -143,3 +143,43 @@ pub fn start_until(cmd: &mut std::process::Command, marker: &str) -> (Child, Buf
     }
     (child, err)
 }
+
+/// A private CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by
+/// it (`srv.pem`, `srv.key`) in `dir`, made with the `openssl` command;
+/// `false` (after saying so loudly) when openssl is not installed.
+pub fn private_ca(dir: &Path) -> bool {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("*** SKIPPED: openssl is not installed, so no TLS server with a private CA can be made");
+        return false;
+    }
+    let openssl = |args: &[&str]| {
+        let out =
+            std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("cannot run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ca = "/CN=keyhole test CA";
+    openssl(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj",
+        ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let sign = ["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"];
+    openssl(&[&sign[..], &["-out", "srv.pem", "-days", "1", "-extfile", "ext"]].concat());
+    true
+}
