@@ -11,7 +11,7 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup ta
 
 echo "==> building the host and the example plugins"
 cargo build --release --quiet -p keyhole-host --bin host --example webhook-receiver
-cargo build --release --quiet --target wasm32-wasip2 --target-dir target/plugins -p hello -p hmac-sign -p probe -p webhook-request
+cargo build --release --quiet --target wasm32-wasip2 --target-dir target/plugins -p hello -p hmac-sign -p open-issue -p probe -p webhook-request
 
 host=target/release/host
 plugin=target/plugins/wasm32-wasip2/release/hmac_sign.wasm

@@ -107,6 +107,10 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) {
                 ("200 OK", String::new(), b"late".to_vec())
             }
             "/redirect" => ("302 Found", "location: /echo\r\n".into(), Vec::new()),
+            p if p.starts_with("/repos/") && p.ends_with("/issues") && req.method == "POST" => {
+                let created = json!({"number": 7, "html_url": format!("https://example.test{}/7", p)});
+                ("201 Created", String::new(), created.to_string().into_bytes())
+            }
             _ => ("200 OK", String::new(), b"ok".to_vec()),
         };
         let head = format!("HTTP/1.1 {status}\r\n{extra}content-length: {}\r\n\r\n", body.len());
@@ -523,4 +527,33 @@ fn the_example_flow_delivers_the_report_signed_by_the_host_and_no_task_holds_the
     r.expect_code(2);
     assert!(r.stderr.contains("needs input `day`: pass --input day=VALUE"), "{}", r.stderr);
     assert_eq!(server.received().len(), 1, "nothing more was sent");
+}
+
+#[test]
+fn the_api_example_sends_a_bearer_token_it_never_holds() {
+    let server = Server::start();
+    let env = Env::new();
+    let token = "ghp_example0123456789";
+    let origin = server.origin();
+    env.run_with(env.host().args(["secret", "set", "GITHUB_TOKEN", "--destination", &origin]), token.as_bytes())
+        .expect_code(0);
+    let plugin = crate::plugins::component(crate::plugins::Plugin::OpenIssue);
+    let input = json!({"api": origin, "repo": "acme/app", "title": "nightly job failed"}).to_string();
+    let r = env.run_with(
+        env.host().arg("exec").arg(&plugin).args([
+            "--grant",
+            "GITHUB_TOKEN",
+            "--allow-outbound",
+            &origin,
+            "--input",
+            &input,
+        ]),
+        b"",
+    );
+    r.expect_code(0);
+    assert_eq!(r.json()["number"], 7, "{}", r.stdout);
+    let got = server.received();
+    assert_eq!(got[0].target, "/repos/acme/app/issues");
+    assert_eq!(got[0].header("authorization"), Some(format!("Bearer {token}").as_str()));
+    assert!(!r.all_output().contains(token));
 }

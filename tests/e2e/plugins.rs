@@ -19,8 +19,10 @@ pub enum Plugin {
     HmacSign,
     /// `plugins/probe`: does what its input asks, hostile things included.
     Probe,
-    /// `plugins/webhook-request`: builds a signed webhook delivery request.
+    /// `plugins/webhook-request`: delivers a webhook signed by the host.
     WebhookRequest,
+    /// `plugins/open-issue`: calls a JSON API with a bearer token.
+    OpenIssue,
 }
 
 impl Plugin {
@@ -30,6 +32,7 @@ impl Plugin {
             Plugin::HmacSign => "hmac-sign",
             Plugin::Probe => "probe",
             Plugin::WebhookRequest => "webhook-request",
+            Plugin::OpenIssue => "open-issue",
         }
     }
     fn artifact(self) -> String {
@@ -37,7 +40,7 @@ impl Plugin {
     }
 }
 
-const ALL: [Plugin; 4] = [Plugin::Hello, Plugin::HmacSign, Plugin::Probe, Plugin::WebhookRequest];
+const ALL: [Plugin; 5] = [Plugin::Hello, Plugin::HmacSign, Plugin::Probe, Plugin::WebhookRequest, Plugin::OpenIssue];
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
