@@ -557,3 +557,19 @@ fn the_api_example_sends_a_bearer_token_it_never_holds() {
     assert_eq!(got[0].header("authorization"), Some(format!("Bearer {token}").as_str()));
     assert!(!r.all_output().contains(token));
 }
+
+#[test]
+fn requests_beyond_the_concurrency_limit_fail_while_the_others_go_through() {
+    let server = Server::start();
+    let env = Env::new();
+    let input = json!({"action": "http_burst", "url": server.url("/slow"), "n": 3});
+    let r = env.probe("", &[], input, &["--allow-outbound", &server.origin(), "--max-concurrent-requests", "2"]);
+    r.expect_code(0);
+    let out = r.json();
+    let statuses: Vec<&Value> =
+        out.as_array().unwrap().iter().map(|x| x.get("status").unwrap_or(&x["error"])).collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| s.as_str().is_some_and(|e| e.contains("ConnectionLimitReached"))).count();
+    assert_eq!((ok, limited), (2, 1), "{out}");
+    assert_eq!(server.received().len(), 2);
+}

@@ -41,6 +41,9 @@ enum Action {
         #[serde(default)]
         wait_ms: u64,
     },
+    /// Starts `n` GET requests to `url` at once (raw wasi:http), then
+    /// waits for all; reports each status or error code.
+    HttpBurst { url: String, n: usize },
     /// Spins forever.
     Loop,
     /// Sleeps for `secs` seconds.
@@ -150,6 +153,34 @@ fn probe(action: Action) -> Result<Value, TaskError> {
                             "body": resp.text(),
                         }),
                         Err(e) => json!({ "error": format!("{e:?}") }),
+                    }
+                })
+                .collect();
+            json!(results)
+        }
+        Action::HttpBurst { url, n } => {
+            use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+            let (authority, path) = url.trim_start_matches("http://").split_once('/').unwrap_or((&url, ""));
+            let pending: Vec<_> = (0..n)
+                .map(|_| {
+                    let req = OutgoingRequest::new(Fields::new());
+                    req.set_scheme(Some(&Scheme::Http)).unwrap();
+                    req.set_authority(Some(authority)).unwrap();
+                    req.set_path_with_query(Some(&format!("/{path}"))).unwrap();
+                    wasi::http::outgoing_handler::handle(req, None)
+                })
+                .collect();
+            let results: Vec<Value> = pending
+                .into_iter()
+                .map(|p| match p {
+                    Err(code) => json!({ "error": format!("{code:?}") }),
+                    Ok(f) => {
+                        f.subscribe().block();
+                        match f.get() {
+                            Some(Ok(Ok(r))) => json!({ "status": r.status() }),
+                            Some(Ok(Err(code))) => json!({ "error": format!("{code:?}") }),
+                            _ => json!({ "error": "lost" }),
+                        }
                     }
                 })
                 .collect();
