@@ -573,3 +573,66 @@ fn requests_beyond_the_concurrency_limit_fail_while_the_others_go_through() {
     assert_eq!((ok, limited), (2, 1), "{out}");
     assert_eq!(server.received().len(), 2);
 }
+
+/// A real full disk (a 4 MiB tmpfs holding the data directory): the
+/// request's record cannot be written, so the request is not sent. Needs
+/// root (CI runs as root); elsewhere it says so loudly and stops.
+#[test]
+fn nothing_is_sent_when_the_disk_is_full() {
+    let server = Server::start();
+    let env = Env::new();
+    let mnt = env.home().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        eprintln!("*** SKIPPED nothing_is_sent_when_the_disk_is_full: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let home = mnt.join("home");
+    let plugin = crate::plugins::component(crate::plugins::Plugin::Probe);
+    let input = json!({"action": "http", "requests": [{"url": server.url("/echo")}]}).to_string();
+    let exec = || {
+        let mut c = env.host();
+        c.env("KEYHOLE_HOME", &home).arg("exec").arg(&plugin).args([
+            "--allow-outbound",
+            &server.origin(),
+            "--input",
+            &input,
+        ]);
+        env.run_with(&mut c, b"")
+    };
+    exec().expect_code(0);
+    assert_eq!(server.received().len(), 1, "with space, the request goes out");
+    // Another process keeps the database open, so its shared-memory index
+    // exists and the host can still open the store; then fill the disk.
+    let reader = rusqlite::Connection::open(home.join("keyhole.db")).unwrap();
+    reader.query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0)).unwrap();
+    {
+        let mut f = std::fs::File::create(mnt.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+        while f.write_all(&small[..1]).is_ok() {}
+    }
+    let r = exec();
+    let out: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+    r.expect_code(0);
+    assert!(
+        out[0]["error"].as_str().is_some_and(|e| e.contains("the audit log could not be written; nothing was sent")),
+        "the request must fail, and the task go on: {r:?}"
+    );
+    assert_eq!(server.received().len(), 1, "nothing more reached the server: {:?}", server.received());
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    drop(reader);
+    let v = env.run_with(env.host().env("KEYHOLE_HOME", &home).args(["audit", "verify"]), b"");
+    v.expect_code(0);
+}
