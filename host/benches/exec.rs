@@ -6,6 +6,11 @@
 //!   component doing one `secrets.get`, through keyhole (grant check, SQLite
 //!   lookup, decryption, masking, output capture, audit records kept in
 //!   memory) and through bare wasmtime with a no-op import.
+//! - `http/keyhole` vs `http/bare-wasi-http`: instantiate-and-run of the
+//!   probe plugin sending one GET to a server on 127.0.0.1, through
+//!   keyhole (allow-list, address check, pending and sent audit records in
+//!   memory, body limits) and through wasmtime-wasi-http with a plain
+//!   sender (connect, send, stream the response back).
 
 #[path = "../../tests/e2e/plugins.rs"]
 mod plugins;
@@ -41,6 +46,75 @@ use bare::keyhole::task::{context, log, secrets};
 struct BareState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: PlainSender,
+}
+
+impl BareState {
+    fn new() -> Self {
+        BareState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            http: Default::default(),
+            hooks: PlainSender,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for BareState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// wasmtime-wasi-http's sending without any policy: connect, send, hand
+/// the response back as it streams.
+struct PlainSender;
+
+type HttpError = wasmtime_wasi_http::Error;
+type Io = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for PlainSender {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Io,
+    ) -> Box<dyn Future<Output = Result<(http::Response<wasmtime_wasi_http::WasiBody>, Io), HttpError>> + Send> {
+        use http_body_util::BodyExt;
+        Box::new(async move {
+            let (mut parts, body) = request.into_parts();
+            let authority = parts.uri.authority().expect("an authority").to_string();
+            let tcp = tokio::net::TcpStream::connect(authority).await.map_err(HttpError::Connect)?;
+            let io = wasmtime_wasi_http::io::TokioIo::new(tcp);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(HttpError::Hyper)?;
+            tokio::spawn(conn);
+            parts.uri = parts.uri.path_and_query().expect("a path").as_str().parse().expect("a path");
+            let response =
+                sender.send_request(http::Request::from_parts(parts, body)).await.map_err(HttpError::Hyper)?;
+            let response = response.map(|b| b.map_err(HttpError::Hyper).boxed_unsync());
+            Ok((response, Box::new(async { Ok(()) }) as Io))
+        })
+    }
+}
+
+/// A server on 127.0.0.1 answering every request `200 ok`; its origin.
+fn local_server() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    origin
 }
 
 impl WasiView for BareState {
@@ -156,7 +230,7 @@ fn run(c: &mut Criterion) {
     g.bench_function("bare-wasmtime", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let state = BareState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() };
+                let state = BareState::new();
                 let mut store = Store::new(&engine, state);
                 let task = pre.instantiate_async(&mut store).await.unwrap();
                 let out = task.call_run(&mut store, &input_text).await.unwrap();
@@ -167,5 +241,76 @@ fn run(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, load, run);
+fn http_request(c: &mut Criterion) {
+    let path = plugins::component(plugins::Plugin::Probe);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().enable_io().build().unwrap();
+    let origin = local_server();
+    let input = serde_json::json!({ "action": "http", "requests": [{ "url": format!("{origin}/") }] });
+
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true }).unwrap();
+    let plugin = runtime.load(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SecretStore::open_with_key(&dir.path().join("bench.db"), MasterKey::generate()).unwrap();
+    let secrets = Arc::new(Router::new(LocalBackend::new(store), Default::default(), None).unwrap());
+    let sink: keyhole::output::Sink = Arc::new(Mutex::new(std::io::sink()));
+    let task = TaskId::new("probe").unwrap();
+    let audit = AuditLog::open_in_memory().unwrap();
+    let network = keyhole::network::NetworkDoc { allow: vec![origin.parse().unwrap()], ..Default::default() }
+        .policy(std::path::Path::new("."))
+        .unwrap();
+
+    let mut config = Config::new();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(PoolingAllocationConfig::default()));
+    let engine = Engine::new(&config).unwrap();
+    let mut linker: Linker<BareState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
+    bare::Task::add_to_linker::<BareState, BareData>(&mut linker, |s| s).unwrap();
+    let component = wasmtime::component::Component::from_file(&engine, &path).unwrap();
+    let pre = bare::TaskPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let input_text = input.to_string();
+
+    let mut g = c.benchmark_group("http");
+    g.bench_function("keyhole", |b| {
+        b.iter(|| {
+            let env = ExecutionEnv {
+                secrets: secrets.clone(),
+                sink: sink.clone(),
+                masks: Arc::new(MaskSet::new()),
+                audit: audit.clone(),
+                pins: Default::default(),
+            };
+            let spec = TaskSpec {
+                plugin: &plugin,
+                identity: Arc::new(TaskIdentity {
+                    namespace: Namespace::root(),
+                    flow: task.clone(),
+                    task: task.clone(),
+                    execution: ExecutionId::generate(),
+                    plugin_sha256: plugin.sha256.clone(),
+                }),
+                grants: Grants::new([]),
+                input: &input,
+                limits: Limits::default(),
+                network: network.clone(),
+            };
+            let out = rt.block_on(run_task(&runtime, &env, spec));
+            let out = out.result.unwrap();
+            assert_eq!(out[0]["status"], 200, "{out}");
+        })
+    });
+    g.bench_function("bare-wasi-http", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut store = Store::new(&engine, BareState::new());
+                let task = pre.instantiate_async(&mut store).await.unwrap();
+                let out = task.call_run(&mut store, &input_text).await.unwrap().unwrap();
+                assert!(out.contains("\"status\":200"), "{out}");
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, load, run, http_request);
 criterion_main!(benches);
