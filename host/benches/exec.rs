@@ -156,6 +156,45 @@ fn load(c: &mut Criterion) {
     g.finish();
 }
 
+/// One task through keyhole's real path (`run_task`), with fresh masks and
+/// pins, as a flow would run it.
+#[allow(clippy::too_many_arguments)]
+fn keyhole_task(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Runtime,
+    plugin: &keyhole::runtime::Plugin,
+    secrets: &Arc<Router>,
+    sink: &keyhole::output::Sink,
+    audit: &AuditLog,
+    task: &TaskId,
+    grants: Grants,
+    input: &serde_json::Value,
+    network: keyhole::network::NetworkPolicy,
+) -> serde_json::Value {
+    let env = ExecutionEnv {
+        secrets: secrets.clone(),
+        sink: sink.clone(),
+        masks: Arc::new(MaskSet::new()),
+        audit: audit.clone(),
+        pins: Default::default(),
+    };
+    let spec = TaskSpec {
+        plugin,
+        identity: Arc::new(TaskIdentity {
+            namespace: Namespace::root(),
+            flow: task.clone(),
+            task: task.clone(),
+            execution: ExecutionId::generate(),
+            plugin_sha256: plugin.sha256.clone(),
+        }),
+        grants,
+        input,
+        limits: Limits::default(),
+        network,
+    };
+    rt.block_on(run_task(runtime, &env, spec)).result.expect("the task succeeds")
+}
+
 fn run(c: &mut Criterion) {
     let path = plugins::component(plugins::Plugin::Hello);
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
@@ -202,29 +241,8 @@ fn run(c: &mut Criterion) {
     let mut g = c.benchmark_group("run");
     g.bench_function("keyhole", |b| {
         b.iter(|| {
-            let env = ExecutionEnv {
-                secrets: secrets.clone(),
-                sink: sink.clone(),
-                masks: Arc::new(MaskSet::new()),
-                audit: audit.clone(),
-                pins: Default::default(),
-            };
-            let spec = TaskSpec {
-                plugin: &plugin,
-                identity: Arc::new(TaskIdentity {
-                    namespace: Namespace::root(),
-                    flow: task.clone(),
-                    task: task.clone(),
-                    execution: ExecutionId::generate(),
-                    plugin_sha256: plugin.sha256.clone(),
-                }),
-                grants: Grants::new([token.clone()]),
-                input: &input,
-                limits: Limits::default(),
-                network: Default::default(),
-            };
-            let out = rt.block_on(run_task(&runtime, &env, spec));
-            assert!(out.result.is_ok());
+            let grants = Grants::new([token.clone()]);
+            keyhole_task(&rt, &runtime, &plugin, &secrets, &sink, &audit, &task, grants, &input, Default::default())
         })
     });
     g.bench_function("bare-wasmtime", |b| {
@@ -273,29 +291,9 @@ fn http_request(c: &mut Criterion) {
     let mut g = c.benchmark_group("http");
     g.bench_function("keyhole", |b| {
         b.iter(|| {
-            let env = ExecutionEnv {
-                secrets: secrets.clone(),
-                sink: sink.clone(),
-                masks: Arc::new(MaskSet::new()),
-                audit: audit.clone(),
-                pins: Default::default(),
-            };
-            let spec = TaskSpec {
-                plugin: &plugin,
-                identity: Arc::new(TaskIdentity {
-                    namespace: Namespace::root(),
-                    flow: task.clone(),
-                    task: task.clone(),
-                    execution: ExecutionId::generate(),
-                    plugin_sha256: plugin.sha256.clone(),
-                }),
-                grants: Grants::new([]),
-                input: &input,
-                limits: Limits::default(),
-                network: network.clone(),
-            };
-            let out = rt.block_on(run_task(&runtime, &env, spec));
-            let out = out.result.unwrap();
+            let grants = Grants::new([]);
+            let out =
+                keyhole_task(&rt, &runtime, &plugin, &secrets, &sink, &audit, &task, grants, &input, network.clone());
             assert_eq!(out[0]["status"], 200, "{out}");
         })
     });

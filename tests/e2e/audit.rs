@@ -198,20 +198,7 @@ fn usage_shows_reads_and_unused_grants_and_fingerprints_trace_a_leak() {
 fn reads_fail_closed_when_the_disk_is_full() {
     let env = Env::new();
     let mnt = env.home().join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted =
-        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status();
-    if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("SKIPPED reads_fail_closed_when_the_disk_is_full: cannot mount a tmpfs (not root?)");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let Some(disk) = SmallDisk::mount(&mnt, "reads_fail_closed_when_the_disk_is_full") else { return };
     let home = mnt.join("home");
     let host = |args: &[&str], stdin: &[u8]| {
         let mut c = env.host();
@@ -223,16 +210,7 @@ fn reads_fail_closed_when_the_disk_is_full() {
     // exists and the host can still open and read the store.
     let reader = rusqlite::Connection::open(home.join("keyhole.db")).unwrap();
     reader.query_row("SELECT count(*) FROM secrets", [], |r| r.get::<_, i64>(0)).unwrap();
-    // Fill every remaining byte.
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(mnt.join("filler")).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        let small = [0u8; 512];
-        while f.write_all(&small).is_ok() {}
-        while f.write_all(&small[..1]).is_ok() {}
-    }
+    disk.fill();
     let plugin = component(Plugin::Probe);
     let input = json!({"action": "get", "names": ["K"]}).to_string();
     let r = host(&["exec", plugin.to_str().unwrap(), "--grant", "K", "--input", &input], b"");
@@ -242,7 +220,7 @@ fn reads_fail_closed_when_the_disk_is_full() {
     assert!(err.starts_with("unavailable: the audit log cannot be written"), "{out}");
     assert!(out["K"].get("sha256").is_none());
     // Space back: the store is intact and the chain verifies.
-    std::fs::remove_file(mnt.join("filler")).unwrap();
+    disk.free();
     drop(reader);
     let v = host(&["audit", "verify"], b"");
     v.expect_code(0);

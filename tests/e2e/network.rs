@@ -438,38 +438,8 @@ fn https_to_a_private_ca_needs_its_ca_file_and_a_bad_certificate_is_an_error() {
     if !private_ca(&dir) {
         return;
     }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Kill(
-        std::process::Command::new("openssl")
-            .current_dir(&dir)
-            .args([
-                "s_server",
-                "-accept",
-                &format!("127.0.0.1:{port}"),
-                "-cert",
-                "srv.pem",
-                "-key",
-                "srv.key",
-                "-www",
-                "-quiet",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "openssl s_server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = TlsServer::start(&dir);
+    let port = server.port;
     let origin = format!("https://127.0.0.1:{port}");
     let ca = dir.join("ca.pem");
     let requests = json!([{"url": format!("{origin}/")}]);
@@ -582,20 +552,7 @@ fn nothing_is_sent_when_the_disk_is_full() {
     let server = Server::start();
     let env = Env::new();
     let mnt = env.home().join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted =
-        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&mnt).status();
-    if !matches!(mounted, Ok(s) if s.success()) {
-        eprintln!("*** SKIPPED nothing_is_sent_when_the_disk_is_full: cannot mount a tmpfs (not root?)");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let Some(disk) = SmallDisk::mount(&mnt, "nothing_is_sent_when_the_disk_is_full") else { return };
     let home = mnt.join("home");
     let plugin = crate::plugins::component(crate::plugins::Plugin::Probe);
     let input = json!({"action": "http", "requests": [{"url": server.url("/echo")}]}).to_string();
@@ -615,14 +572,7 @@ fn nothing_is_sent_when_the_disk_is_full() {
     // exists and the host can still open the store; then fill the disk.
     let reader = rusqlite::Connection::open(home.join("keyhole.db")).unwrap();
     reader.query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0)).unwrap();
-    {
-        let mut f = std::fs::File::create(mnt.join("filler")).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        let small = [0u8; 512];
-        while f.write_all(&small).is_ok() {}
-        while f.write_all(&small[..1]).is_ok() {}
-    }
+    disk.fill();
     let r = exec();
     let out: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
     r.expect_code(0);
@@ -631,7 +581,7 @@ fn nothing_is_sent_when_the_disk_is_full() {
         "the request must fail, and the task go on: {r:?}"
     );
     assert_eq!(server.received().len(), 1, "nothing more reached the server: {:?}", server.received());
-    std::fs::remove_file(mnt.join("filler")).unwrap();
+    disk.free();
     drop(reader);
     let v = env.run_with(env.host().env("KEYHOLE_HOME", &home).args(["audit", "verify"]), b"");
     v.expect_code(0);

@@ -183,3 +183,77 @@ pub fn private_ca(dir: &Path) -> bool {
     openssl(&[&sign[..], &["-out", "srv.pem", "-days", "1", "-extfile", "ext"]].concat());
     true
 }
+
+/// `openssl s_server` on 127.0.0.1 with `dir`'s `srv.pem`/`srv.key` (see
+/// [`private_ca`]), answering every request with a status page; stopped
+/// when dropped.
+pub struct TlsServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl TlsServer {
+    pub fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let accept = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(["s_server", "-accept", &accept, "-cert", "srv.pem", "-key", "srv.key", "-www", "-quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < until, "openssl s_server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsServer { port, child }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A 4 MiB tmpfs mounted at `dir`, unmounted when dropped: a disk that can
+/// really be filled. Needs root (CI runs as root); `None`, after saying so
+/// loudly for `test`, where mounting is not allowed.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &Path, test: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(dir).status();
+        if !matches!(mounted, Ok(s) if s.success()) {
+            eprintln!("*** SKIPPED {test}: cannot mount a tmpfs (not root?)");
+            return None;
+        }
+        Some(SmallDisk(dir.to_owned()))
+    }
+
+    /// Fills every remaining byte.
+    pub fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+        while f.write_all(&small[..1]).is_ok() {}
+    }
+
+    /// Gives the space back.
+    pub fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

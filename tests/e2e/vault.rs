@@ -350,29 +350,8 @@ fn a_private_ca_is_trusted_only_when_given_and_certificate_errors_are_errors() {
         return;
     }
     // A TLS server on loopback that answers every request with a status page.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = Command::new("openssl")
-        .current_dir(p)
-        .args([
-            "s_server",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
-            "-cert",
-            "srv.pem",
-            "-key",
-            "srv.key",
-            "-www",
-            "-quiet",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "openssl s_server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = TlsServer::start(p);
+    let port = server.port;
     let env = Env::new();
     let address = format!("https://127.0.0.1:{port}");
     env.run(&["backend", "add-vault", "public-roots", "--address", &address]).expect_code(0);
@@ -397,6 +376,5 @@ fn a_private_ca_is_trusted_only_when_given_and_certificate_errors_are_errors() {
     let r = probe(&env, "private-ca", &["K"], get, TOKEN);
     let err = r.expect_code(0).json()["K"]["error"].as_str().unwrap().to_owned();
     assert!(!err.contains("could not be reached"), "TLS with the private CA failed: {err}; {}", r.stderr);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
