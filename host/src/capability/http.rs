@@ -107,6 +107,9 @@ impl WasiHttpHooks for Outbound {
 struct Summary {
     method: String,
     destination: Destination,
+    /// `destination` as shown in records and logs: masked, since a plugin
+    /// can put a value it read into a host name.
+    shown: String,
     path: String,
     query_keys: Vec<String>,
 }
@@ -150,7 +153,7 @@ impl Shared {
             let why = if self.policy.allow.is_empty() {
                 "the task may not use the network (no `network.allow` in its flow, no --allow-outbound)".to_owned()
             } else {
-                format!("{dest} matches no entry of the task's allow-list")
+                format!("{} matches no entry of the task's allow-list", summary.shown)
             };
             return Err(self.refuse(&summary, Refusal::AllowList, why, HttpError::HttpRequestDenied));
         }
@@ -185,7 +188,7 @@ impl Shared {
             .detail_field("address", addr.to_string())
             .detail_field("injected", names.clone());
         if let Err(e) = self.audit.record(pending) {
-            tracing::error!("outbound request to {dest} not sent: the audit log could not be written: {e}");
+            tracing::error!("outbound request to {} not sent: the audit log could not be written: {e}", summary.shown);
             return Err(HttpError::InternalError(Some("the audit log could not be written; nothing was sent".into())));
         }
 
@@ -211,7 +214,7 @@ impl Shared {
             Ok((status, body)) => {
                 done.detail_field("status", status.status().as_u16()).detail_field("bytes_in", body.len())
             }
-            Err(e) => done.reason(format!("{} {}: {e}", summary.method, dest)),
+            Err(e) => done.reason(self.masks.mask(&format!("{} {}: {e}", summary.method, summary.shown)).into_owned()),
         };
         if let Err(e) = self.audit.record_later(done) {
             tracing::error!("the audit record of a finished request could not be queued: {e}");
@@ -284,6 +287,7 @@ impl Shared {
             .collect();
         Ok(Summary {
             method: parts.method.to_string(),
+            shown: self.masks.mask(&destination.to_string()).into_owned(),
             destination,
             path: crate::audit::bounded(&self.masks.mask(uri.path())),
             query_keys,
@@ -298,12 +302,12 @@ impl Shared {
             namespace: self.identity.namespace.clone(),
             secret: None,
             version: None,
-            reason: Some(format!("{} {}{}", s.method, s.destination, s.path)),
+            reason: Some(format!("{} {}{}", s.method, s.shown, s.path)),
             value_hmac: None,
             detail: None,
         }
         .detail_field("method", s.method.clone())
-        .detail_field("destination", s.destination.to_string())
+        .detail_field("destination", s.shown.clone())
         .detail_field("path", s.path.clone())
         .detail_field("query_keys", s.query_keys.clone())
     }
@@ -311,11 +315,12 @@ impl Shared {
     /// Audits a refusal (queued: nothing is sent, nothing is released) and
     /// tells the operator; returns `error` for the plugin.
     fn refuse(&self, s: &Summary, why: Refusal, message: String, error: HttpError) -> HttpError {
-        tracing::warn!("task {}: {} {} refused: {message}", self.identity.task, s.method, s.destination);
+        let message = self.masks.mask(&message).into_owned();
+        tracing::warn!("task {}: {} {} refused: {message}", self.identity.task, s.method, s.shown);
         let record = self
             .record(s, Outcome::Denied)
             .detail_field("refused", why.as_str())
-            .reason(format!("{} {}{}: {message}", s.method, s.destination, s.path));
+            .reason(format!("{} {}{}: {message}", s.method, s.shown, s.path));
         if let Err(e) = self.audit.record_later(record) {
             tracing::error!("the audit record of a refused request could not be queued: {e}");
         }
