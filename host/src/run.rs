@@ -20,7 +20,9 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// Loads every task's plugin and checks pins and imports.
-/// Errors stop the flow; warnings are returned alongside the plugins.
+/// Errors stop the flow; warnings (imports no flow grants) are returned
+/// alongside the plugins: `validate` shows them, `run` and `exec` only
+/// with `-v`.
 pub fn prepare(runtime: &Runtime, flow: &Flow) -> Result<(Vec<Plugin>, Diagnostics), Diagnostics> {
     let mut found = Vec::new();
     let mut plugins = Vec::new();
@@ -51,12 +53,22 @@ pub fn prepare(runtime: &Runtime, flow: &Flow) -> Result<(Vec<Plugin>, Diagnosti
             ));
             continue;
         }
+        // One finding per capability, however many of its interfaces the
+        // plugin imports (every Rust std plugin imports all of wasi:sockets).
+        let mut by_what: Vec<(&str, Vec<&str>)> = Vec::new();
         for (import, what) in ungrantable_imports(&plugin.imports) {
+            match by_what.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, list)) => list.push(import),
+                None => by_what.push((what, vec![import])),
+            }
+        }
+        for (what, imports) in by_what {
             found.push(Diagnostic {
                 severity: Severity::Warning,
                 location: location.clone(),
                 message: format!(
-                    "the plugin imports {import} ({what}), which flows never grant: those calls will be refused"
+                    "the plugin imports {} ({what}), which flows never grant: those calls will be refused",
+                    imports.join(", ")
                 ),
             });
         }

@@ -161,3 +161,18 @@ fn secret_set_refuses_empty_values_and_reads_files() {
         env.probe("", &["FROM_FILE"], json!({"action": "get", "names": ["FROM_FILE"]}), &[]).expect_code(0).json();
     assert_eq!(out["FROM_FILE"]["sha256"], sha256("from-a-file"));
 }
+
+#[test]
+fn imports_no_flow_grants_are_said_once_with_v_and_not_on_every_run() {
+    let env = Env::new();
+    let plugin = component(Plugin::Probe);
+    let input = r#"{"action":"digest","text":"x"}"#;
+    let quiet = env.run_with(env.host().arg("exec").arg(&plugin).args(["--input", input]), b"");
+    quiet.expect_code(0);
+    assert!(!quiet.stderr.contains("wasi:sockets"), "no noise on a plain run: {}", quiet.stderr);
+    let verbose = env.run_with(env.host().arg("-v").arg("exec").arg(&plugin).args(["--input", input]), b"");
+    verbose.expect_code(0);
+    let lines: Vec<&str> = verbose.stderr.lines().filter(|l| l.contains("wasi:sockets")).collect();
+    assert_eq!(lines.len(), 1, "one line for the whole capability: {lines:?}");
+    assert!(lines[0].contains("wasi:sockets/tcp") && lines[0].contains("will be refused"), "{lines:?}");
+}

@@ -124,6 +124,15 @@ pub(crate) fn print_warnings(d: &Diagnostics) {
     }
 }
 
+/// What `prepare` found about a plugin's imports: said by `validate`, and
+/// here only with `-v`, so that every run is not noisy about what it
+/// refuses anyway.
+pub(crate) fn log_import_notes(d: &Diagnostics) {
+    for w in &d.0 {
+        tracing::info!("{}: {}", w.location, w.message);
+    }
+}
+
 /// `host exec`: a flow of one task whose grants come from `--grant`.
 pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
     let input = read_input(&args).map_err(|e| fail(USAGE, e))?;
@@ -151,8 +160,8 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result
         }],
         source: args.plugin.display().to_string(),
     };
-    let (plugins, warnings) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
-    print_warnings(&warnings);
+    let (plugins, notes) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    log_import_notes(&notes);
     let execution = ExecutionId::generate();
     tracing::info!("execution {execution} started");
     let report =

@@ -1,6 +1,6 @@
 //! `host run`, `host validate`, `host flow schema` and `host executions`.
 
-use super::exec::{failure_exit, print_warnings, session};
+use super::exec::{failure_exit, log_import_notes, print_warnings, session};
 use super::*;
 use keyhole::executions::{ExecutionRecord, Executions};
 use keyhole::flow::{self, Diagnostic, Diagnostics, Severity};
@@ -73,8 +73,8 @@ pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>) ->
     // more memory than a pooled instance can have.
     let pooling = flow.tasks.len() > 1 && flow.tasks.iter().all(|t| t.limits.memory <= POOLING_MAX_MEMORY);
     let s = session(dir, masks, pooling)?;
-    let (plugins, warnings) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
-    print_warnings(&warnings);
+    let (plugins, notes) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
+    log_import_notes(&notes);
     let execution = ExecutionId::generate();
     eprintln!("[{}] execution {execution} started", flow.id);
     let report =
