@@ -41,11 +41,13 @@ extern crate self as keyhole_guest;
 
 use std::fmt;
 
-/// Raw bindings generated from `wit/task.wit`. Most plugins never need them.
+/// Raw bindings generated from `wit/task.wit` (the copy in this crate). Most plugins never need them.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        // The crate's own copy of `wit/` (a tidy test keeps them identical),
+        // so the crate builds on its own, packaged or copied elsewhere.
+        path: "wit",
         world: "keyhole:task/task",
         pub_export_macro: true,
         export_macro_name: "__export_task",
@@ -159,6 +161,35 @@ pub mod log {
     pub fn debug(message: &str) {
         log(Level::Debug, message);
     }
+}
+
+/// Logs a formatted line at `info` level: `info!("signed {} payloads", n)`.
+///
+/// ```no_run
+/// let n = 3;
+/// keyhole_guest::info!("signed {n} payloads");
+/// ```
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::info(&::std::format!($($arg)*)) };
+}
+
+/// Logs a formatted line at `warn` level.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::warn(&::std::format!($($arg)*)) };
+}
+
+/// Logs a formatted line at `error` level.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log::error(&::std::format!($($arg)*)) };
+}
+
+/// Logs a formatted line at `debug` level.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log::debug(&::std::format!($($arg)*)) };
 }
 
 /// Where this task runs: namespace, flow, task id and execution id.

@@ -154,3 +154,21 @@ fn library_modules_have_no_import_cycle() {
     // Persistence stays at the bottom.
     assert!(graph["db"].iter().all(|d| d == "data_dir"), "db imports {:?}", graph["db"]);
 }
+
+#[test]
+fn the_guest_sdk_carries_the_same_wit_as_the_repository() {
+    // The SDK builds from its own copy so that it can be packaged; the
+    // contract is `wit/`, and the copy must never drift from it.
+    let ours = workspace().join("wit");
+    let sdk = workspace().join("guest-sdk/wit");
+    let names = |dir: &std::path::Path| {
+        let mut n: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&ours), names(&sdk), "guest-sdk/wit/ must hold the same files as wit/");
+    for name in names(&ours) {
+        let (a, b) = (std::fs::read(ours.join(&name)).unwrap(), std::fs::read(sdk.join(&name)).unwrap());
+        assert!(a == b, "guest-sdk/wit/{name:?} differs from wit/{name:?}: copy wit/ into guest-sdk/wit/");
+    }
+}
