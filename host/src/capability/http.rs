@@ -4,11 +4,14 @@
 //!
 //! A request goes out only if, in this order: its destination matches the
 //! allow-list by name or literal; the task is under its request and
-//! concurrency limits; its body fits; the name resolves to an address that
-//! is public or that the allow-list names (checked on the address then
-//! connected to: a rebinding name gains nothing); and its audit record is
-//! durable (fail closed). Anything else fails the request with a WASI HTTP
-//! error code (a value, not a trap) and is audited as refused.
+//! concurrency limits; its body fits; every placeholder of a bound secret
+//! in it is bound to this destination (then the value is substituted,
+//! `network::inject`); the name resolves to an address that is public or
+//! that the allow-list names (checked on the address then connected to: a
+//! rebinding name gains nothing); and its audit record is durable (fail
+//! closed). Anything else fails the request with a WASI HTTP error code (a
+//! value, not a trap) and is audited as refused. The response is scrubbed
+//! of injected values before the plugin reads it.
 //!
 //! Invariant: this module owns sending; `network` owns deciding. A request
 //! body and a response body are held in memory, bounded by the limits.
