@@ -1,5 +1,5 @@
-//! The audit log as the sandbox uses it: [`AuditLog`] appends records
-//! through one writer thread that group-commits whatever is queued (one
+//! The audit log as the sandbox uses it: [`AuditLog`] appends records by
+//! leader-based group commit (whoever commits takes everything queued: one
 //! fsync for many records), and [`AuditKey`] fingerprints released values.
 
 use super::*;
@@ -211,59 +211,40 @@ impl AuditLog {
                 continue;
             }
             q.leader = true;
-            let mut rounds = 0;
-            loop {
-                rounds += 1;
-                let batch = std::mem::take(&mut q.pending);
-                let settles = q.next_ticket;
-                drop(q);
-                let (records, waiters): (Vec<Prepared>, Vec<(u64, Option<Thread>)>) =
-                    batch.into_iter().map(|e| (e.record, (e.ticket, e.waiter))).unzip();
-                let n = records.len();
-                let result = commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), records);
-                q = lock(&sh.state);
-                if let Err(why) = &result {
-                    tracing::error!("{n} audit record(s) could not be written: {why}");
+            let batch = std::mem::take(&mut q.pending);
+            let settles = q.next_ticket;
+            drop(q);
+            let (records, waiters): (Vec<Prepared>, Vec<(u64, Option<Thread>)>) =
+                batch.into_iter().map(|e| (e.record, (e.ticket, e.waiter))).unzip();
+            let n = records.len();
+            let result = commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), records);
+            let mut q = lock(&sh.state);
+            if let Err(why) = &result {
+                tracing::error!("{n} audit record(s) could not be written: {why}");
+            }
+            let mut wake = Vec::new();
+            for (i, (ticket, waiter)) in waiters.into_iter().enumerate() {
+                if let Some(thread) = waiter {
+                    q.done.insert(ticket, result.as_ref().map(|seqs| seqs[i]).map_err(Clone::clone));
+                    wake.push(thread);
                 }
-                let mut wake = Vec::new();
-                for (i, (ticket, waiter)) in waiters.into_iter().enumerate() {
-                    if let Some(thread) = waiter {
-                        q.done.insert(ticket, result.as_ref().map(|seqs| seqs[i]).map_err(Clone::clone));
-                        wake.push(thread);
-                    }
-                }
-                q.settled_below = settles;
-                wake.extend(q.flushers.iter().filter(|(t, _)| *t < settles).map(|(_, th)| th.clone()));
-                let more = q.pending.iter().any(|e| e.waiter.is_some()) || !q.flushers.is_empty();
-                let keep = more && rounds < LEAD_ROUNDS;
-                if !keep {
-                    q.leader = false;
-                    if more {
-                        // The oldest caller still waiting leads the next batch.
-                        wake.extend(
-                            q.pending
-                                .iter()
-                                .find_map(|e| e.waiter.clone())
-                                .or_else(|| q.flushers.first().map(|f| f.1.clone())),
-                        );
-                    }
-                }
-                drop(q);
-                for thread in wake {
-                    if thread.id() != me {
-                        thread.unpark();
-                    }
-                }
-                q = lock(&sh.state);
-                if !keep {
-                    break;
+            }
+            q.settled_below = settles;
+            q.leader = false;
+            wake.extend(q.flushers.iter().filter(|(t, _)| *t < settles).map(|(_, th)| th.clone()));
+            // The oldest caller still waiting leads the next batch.
+            wake.extend(
+                q.pending.iter().find_map(|e| e.waiter.clone()).or_else(|| q.flushers.first().map(|f| f.1.clone())),
+            );
+            drop(q);
+            for thread in wake {
+                if thread.id() != me {
+                    thread.unpark();
                 }
             }
         }
     }
 }
-
-const LEAD_ROUNDS: u32 = 8;
 
 impl Shared {
     fn chain_key(&self) -> &IntegrityKey {

@@ -15,9 +15,9 @@
 //! `BEGIN IMMEDIATE` transaction, so appends from several processes
 //! serialise and the chain stays linear.
 //!
-//! Reads from plugins go through [`AuditLog`], whose writer thread commits
-//! every record waiting at that moment in one transaction (group commit): one
-//! fsync per batch, not per read. Management actions append inside the
+//! Reads from plugins go through [`AuditLog`], which commits every record
+//! waiting at that moment in one transaction (leader-based group commit):
+//! one fsync per batch, not per read. Management actions append inside the
 //! transaction that makes the change ([`append`]), so the change and its
 //! record commit together or not at all.
 //!

@@ -79,6 +79,9 @@ pub fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
 
 struct Outbound(Arc<Shared>);
 
+/// Query keys a request's audit record lists at most.
+const MAX_QUERY_KEYS: usize = 32;
+
 struct Shared {
     policy: NetworkPolicy,
     identity: Arc<TaskIdentity>,
@@ -286,11 +289,13 @@ impl Shared {
             .map(|q| q.split('&').filter(|kv| !kv.is_empty()).map(|kv| kv.split('=').next().unwrap_or("").to_owned()))
             .into_iter()
             .flatten()
-            .map(|k| self.masks.mask(&k).into_owned())
+            // Plugin-chosen text: masked, bounded, and at most 32 keys.
+            .take(MAX_QUERY_KEYS)
+            .map(|k| crate::audit::bounded(&self.masks.mask(&k)))
             .collect();
         Ok(Summary {
             method: parts.method.to_string(),
-            shown: self.masks.mask(&destination.to_string()).into_owned(),
+            shown: crate::audit::bounded(&self.masks.mask(&destination.to_string())),
             destination,
             path: crate::audit::bounded(&self.masks.mask(uri.path())),
             query_keys,

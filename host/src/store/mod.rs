@@ -559,6 +559,19 @@ mod tests {
     }
 
     #[test]
+    fn a_destinations_column_that_does_not_parse_is_refused_even_with_a_valid_mac() {
+        // Defence in depth: whoever holds the key and writes a bad binding
+        // must not turn a bound secret into an unbound one.
+        let (_d, mut s) = store();
+        set(&mut s, "", "K", "v");
+        s.conn.execute("UPDATE secrets SET destinations = 'not a list'", []).unwrap();
+        let id: i64 = s.conn.query_row("SELECT id FROM secrets", [], |r| r.get(0)).unwrap();
+        rows::remac_secret(&s.conn, &s.integrity, id).unwrap();
+        assert!(matches!(s.resolve_at(&ns(""), &grant("K"), None), Err(StoreError::RowTampered { .. })));
+        assert!(s.list(None, None).unwrap()[0].tampered);
+    }
+
+    #[test]
     fn set_makes_versions_and_keeps_a_configurable_number() {
         let (_d, mut s) = store();
         for i in 1..=7 {

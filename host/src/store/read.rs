@@ -106,11 +106,9 @@ impl SecretStore {
                     tampered: false,
                 };
                 let destinations: Option<String> = r.get(13)?;
-                info.destinations = super::rows::parse_destinations(destinations.as_deref())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
+                let parsed = super::rows::parse_destinations(destinations.as_deref());
+                let destinations_ok = parsed.is_ok();
+                info.destinations = parsed.unwrap_or_default().iter().map(ToString::to_string).collect();
                 let ik = &self.integrity;
                 let (ns, name, cur) = (&info.namespace, &info.name, info.version as i64);
                 let row_ok = r.get::<_, Option<Vec<u8>>>(10)?.as_deref()
@@ -133,7 +131,7 @@ impl SecretStore {
                             == Some(&version_mac(ik, ns, name, cur, created, info.expires_at)[..])
                     }
                 };
-                info.tampered = !(row_ok && version_ok);
+                info.tampered = !(row_ok && version_ok && destinations_ok);
                 Ok(info)
             })
             .map_err(self.err("list secrets"))?;

@@ -133,9 +133,13 @@ pub(super) fn secret_row(
         let destinations: Option<String> = r.get(6)?;
         let expected =
             secret_mac(ik, ns.as_str(), name.as_str(), current, keep, revoked, destroyed, destinations.as_deref());
-        let authentic = r.get::<_, Option<Vec<u8>>>(5)?.as_deref() == Some(&expected[..]);
-        // An authentic column always parses; an edited one is caught by the MAC.
-        let destinations = parse_destinations(destinations.as_deref()).unwrap_or_default();
+        // A column that does not parse is refused like an edited one: a
+        // bound secret must never be read as unbound.
+        let (destinations, parsed) = match parse_destinations(destinations.as_deref()) {
+            Ok(d) => (d, true),
+            Err(_) => (Vec::new(), false),
+        };
+        let authentic = parsed && r.get::<_, Option<Vec<u8>>>(5)?.as_deref() == Some(&expected[..]);
         Ok(SecretRow {
             id: r.get(0)?,
             current,
