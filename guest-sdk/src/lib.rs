@@ -6,11 +6,10 @@
 //! with [`task!`].
 //!
 //! ```no_run
-//! use keyhole_guest::{secrets, task, TaskError};
-//! use serde::Deserialize;
-//! use serde_json::{json, Value};
+//! use keyhole_guest::{json, secrets, serde, task, TaskError, Value};
 //!
-//! #[derive(Deserialize)]
+//! #[derive(serde::Deserialize)]
+//! #[serde(crate = "keyhole_guest::serde")]
 //! struct Input { name: String }
 //!
 //! fn greet(input: Input) -> Result<Value, TaskError> {
@@ -22,8 +21,11 @@
 //! # fn main() {}
 //! ```
 //!
+//! `keyhole-guest` is the only dependency a plugin needs: it re-exports
+//! [`serde`] and [`serde_json`]. Test the logic natively with [`testing`].
+//!
 //! Build it with `cargo build --target wasm32-wasip2 --release` (the crate
-//! must have `crate-type = ["cdylib"]`) and run it with
+//! must have `crate-type = ["cdylib"]`), or `host plugin build`, and run it with
 //! `host exec target/wasm32-wasip2/release/NAME.wasm --grant GREETING_TOKEN`.
 //! A `wasm32-wasip1` build works too: the host turns the core module into a
 //! component when it loads it.
@@ -57,6 +59,20 @@ pub mod bindings {
 }
 
 pub mod http;
+pub mod testing;
+
+/// The `keyhole:task` WIT package version this SDK targets. keyhole-guest
+/// `0.1.x` speaks `keyhole:task@0.1.0`; a host serves the versions it names
+/// in `host plugin inspect`.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// serde, re-exported so a plugin needs one dependency. To derive with it,
+/// name it: `#[derive(keyhole_guest::serde::Deserialize)]` plus
+/// `#[serde(crate = "keyhole_guest::serde")]`.
+pub use serde;
+/// serde_json, re-exported: `keyhole_guest::serde_json::json!`, or the
+/// shorter [`json!`](crate::json) and [`Value`].
+pub use serde_json::{self, Value, json};
 
 /// Reading secrets the flow granted to this task.
 pub mod secrets {
@@ -119,7 +135,10 @@ pub mod secrets {
     /// # }
     /// ```
     pub fn get(name: &str) -> Result<String, Error> {
-        wit::get(name).map_err(Error::from)
+        #[cfg(target_family = "wasm")]
+        return wit::get(name).map_err(Error::from);
+        #[cfg(not(target_family = "wasm"))]
+        return crate::testing::get(name);
     }
 }
 
@@ -135,7 +154,10 @@ pub mod log {
     /// keyhole_guest::log::log(keyhole_guest::log::Level::Warn, "retrying");
     /// ```
     pub fn log(level: Level, message: &str) {
+        #[cfg(target_family = "wasm")]
         wit::log(level, message);
+        #[cfg(not(target_family = "wasm"))]
+        crate::testing::log(level, message);
     }
 
     /// Emits one line at `info` level.
@@ -203,7 +225,10 @@ pub mod context {
     /// keyhole_guest::log::info(&format!("running {} in {}", me.task, me.namespace));
     /// ```
     pub fn current() -> Execution {
-        crate::bindings::keyhole::task::context::current()
+        #[cfg(target_family = "wasm")]
+        return crate::bindings::keyhole::task::context::current();
+        #[cfg(not(target_family = "wasm"))]
+        return crate::testing::current();
     }
 }
 
@@ -315,6 +340,12 @@ pub mod __private {
             }
             let err = run_json("{}", |_: In| Ok::<_, String>(1)).unwrap_err();
             assert!(err.contains("missing field `payload`"), "{err}");
+        }
+
+        #[test]
+        fn the_sdk_targets_the_wit_it_carries() {
+            let wit = include_str!("../wit/task.wit");
+            assert!(wit.contains(&format!("package keyhole:task@{};", crate::WIT_VERSION)));
         }
 
         #[test]

@@ -10,12 +10,13 @@ use crate::access::{SecretAccess, TaskIdentity};
 use crate::audit::{Action, AuditLog, NewRecord, Outcome};
 use crate::backend::{Pins, Router};
 use crate::capability::TaskState;
+use crate::capability::wasi::Stdio;
 pub use crate::limits::Limits;
 use crate::mask::MaskSet;
 use crate::network::NetworkPolicy;
-use crate::output::{Sink, TaskOutput};
+use crate::output::{Captured, Sink, TaskOutput};
 use crate::policy::Grants;
-use crate::runtime::{POOLING_MAX_MEMORY, Plugin, Runtime};
+use crate::runtime::{Entry, POOLING_MAX_MEMORY, Plugin, Runtime};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -83,6 +84,14 @@ pub enum TaskFailure {
         /// The limit.
         limit: usize,
     },
+    /// A WASI command exited with a failure status.
+    #[error("the program exited with status {0} (WASI 0.2 reports only success or failure; its stderr above says why)")]
+    Exit(i32),
+    /// A WASI command wrote more to stdout than its output limit.
+    #[error(
+        "the program wrote more than {0} bytes to stdout, its output limit (raise it with --output or `limits.output`)"
+    )]
+    OutputTooLarge(usize),
     /// The task's start could not be audited, so it did not run.
     #[error("task not started: the audit log cannot be written: {0}")]
     Audit(String),
@@ -95,7 +104,7 @@ impl TaskFailure {
     /// Whether the plugin itself reported the failure (as opposed to being
     /// stopped by the host).
     pub fn is_task_error(&self) -> bool {
-        matches!(self, TaskFailure::Returned(_) | TaskFailure::BadOutput(_))
+        matches!(self, TaskFailure::Returned(_) | TaskFailure::BadOutput(_) | TaskFailure::Exit(_))
     }
 }
 
@@ -145,7 +154,13 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         bound: Default::default(),
     };
     let deadline = started + spec.limits.timeout;
-    let state = TaskState::new(access, output.clone(), spec.network, deadline, memory);
+    let input = spec.input.to_string();
+    let captured = Captured::new(spec.limits.output);
+    let stdio = match &spec.plugin.entry {
+        Entry::Task(_) => Stdio::Task,
+        Entry::Command(_) => Stdio::Command { stdin: input.clone().into_bytes(), stdout: captured.clone() },
+    };
+    let state = TaskState::new(access, output.clone(), stdio, spec.network, deadline, memory);
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
@@ -153,10 +168,26 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
     });
 
-    let input = spec.input.to_string();
     let call = async {
-        let task = spec.plugin.pre.instantiate_async(&mut store).await.map_err(|e| (e, true))?;
-        task.call_run(&mut store, &input).await.map_err(|e| (e, false))
+        match &spec.plugin.entry {
+            Entry::Task(pre) => {
+                let task = pre.instantiate_async(&mut store).await.map_err(|e| (e, true))?;
+                let returned = task.call_run(&mut store, &input).await.map_err(|e| (e, false))?;
+                Ok(returned.map(Returned::Json))
+            }
+            Entry::Command(pre) => {
+                let command = pre.instantiate_async(&mut store).await.map_err(|e| (e, true))?;
+                let status = match command.wasi_cli_run().call_run(&mut store).await {
+                    Ok(Ok(())) => 0,
+                    Ok(Err(())) => 1,
+                    Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                        Some(exit) => exit.0,
+                        None => return Err((e, false)),
+                    },
+                };
+                Ok(Ok(Returned::Stdout(status)))
+            }
+        }
     };
     // The epoch callback stops busy plugins; this timer stops plugins blocked
     // in a host call (a long sleep). The grace lets the trap win when both fire.
@@ -169,13 +200,47 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let masks = &env.masks;
     let result = match raw {
         Err(_elapsed) => Err(TaskFailure::Timeout(spec.limits.timeout)),
-        Ok(Ok(Ok(text))) => serde_json::from_str(&text).map_err(|e| bad_output(masks, &text, &e)),
+        Ok(Ok(Ok(Returned::Json(text)))) => serde_json::from_str(&text).map_err(|e| bad_output(masks, &text, &e)),
+        Ok(Ok(Ok(Returned::Stdout(status)))) => command_output(status, &captured, spec.limits.output, masks),
         Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
         Ok(Err((error, instantiating))) => {
             Err(classify(&error, instantiating, store.data().limiter.denied, memory, spec.limits.timeout, masks))
         }
     };
     TaskOutcome { result, duration, task_masks }
+}
+
+/// What a plugin handed back when it finished.
+enum Returned {
+    /// A task's `run` result text.
+    Json(String),
+    /// A command's exit status; its output is in the captured stdout.
+    Stdout(i32),
+}
+
+/// A command's output: its stdout as a JSON document if it parses as one,
+/// else as a string (without one trailing newline).
+fn command_output(
+    status: i32,
+    captured: &Captured,
+    limit: usize,
+    masks: &MaskSet,
+) -> Result<serde_json::Value, TaskFailure> {
+    if captured.overflowed() {
+        return Err(TaskFailure::OutputTooLarge(limit));
+    }
+    if status != 0 {
+        return Err(TaskFailure::Exit(status));
+    }
+    let bytes = captured.take();
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let shown = masks.mask(&String::from_utf8_lossy(e.as_bytes())).chars().take(200).collect::<String>();
+        TaskFailure::BadOutput(format!("the program's stdout is not UTF-8 text: {shown:?}"))
+    })?;
+    Ok(serde_json::from_str(&text).unwrap_or_else(|_| {
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        serde_json::Value::String(line.strip_suffix('\r').unwrap_or(line).to_owned())
+    }))
 }
 
 /// The failure of a task whose output is not JSON: the parse error and an

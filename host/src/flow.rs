@@ -169,6 +169,8 @@ pub enum Severity {
     Error,
     /// The flow runs, but probably not as meant.
     Warning,
+    /// For information: what a plugin is and what it will be refused.
+    Note,
 }
 
 /// One validation finding: where, and what.
@@ -187,6 +189,7 @@ impl fmt::Display for Diagnostic {
         let sev = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Note => "note",
         };
         write!(f, "{sev}: {}: {}", self.location, self.message)
     }

@@ -19,6 +19,7 @@ pub mod db;
 pub mod exec;
 pub mod executions;
 pub mod flow;
+pub mod inspect;
 pub mod keyring;
 pub mod limits;
 pub mod mask;

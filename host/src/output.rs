@@ -352,6 +352,107 @@ impl tokio::io::AsyncWrite for PluginStream {
     }
 }
 
+/// A WASI command's stdout, kept (up to `limit` bytes) to become its output
+/// document. Masking happens where every output is masked, once the
+/// program has stopped; past the limit the stream reports itself closed
+/// and [`Captured::overflowed`] says so.
+#[derive(Clone)]
+pub struct Captured {
+    inner: Arc<Mutex<CapturedBytes>>,
+}
+
+struct CapturedBytes {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captured").finish_non_exhaustive()
+    }
+}
+
+impl Captured {
+    /// Keeps at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Captured { inner: Arc::new(Mutex::new(CapturedBytes { bytes: Vec::new(), limit, overflowed: false })) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CapturedBytes> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends what fits; false once the limit is passed.
+    fn push(&self, b: &[u8]) -> bool {
+        let mut c = self.lock();
+        if c.overflowed || c.bytes.len() + b.len() > c.limit {
+            c.overflowed = true;
+            return false;
+        }
+        c.bytes.extend_from_slice(b);
+        true
+    }
+
+    /// Everything written, unmasked: mask before it is shown.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut self.lock().bytes)
+    }
+
+    /// Whether the program wrote more than the limit.
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+}
+
+impl IsTerminal for Captured {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Captured {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Captured {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for Captured {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        if self.push(&bytes) { Ok(()) } else { Err(wasmtime_wasi::p2::StreamError::Closed) }
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        if self.overflowed() { Err(wasmtime_wasi::p2::StreamError::Closed) } else { Ok(WRITE_WINDOW) }
+    }
+}
+
+impl tokio::io::AsyncWrite for Captured {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.push(buf) {
+            Poll::Ready(Ok(buf.len()))
+        } else {
+            Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "stdout is over the output limit")))
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,15 @@ pub fn prepare(runtime: &Runtime, flow: &Flow) -> Result<(Vec<Plugin>, Diagnosti
             ));
             continue;
         }
+        found.push(Diagnostic {
+            severity: Severity::Note,
+            location: location.clone(),
+            message: format!(
+                "plugin {} is a {}",
+                t.plugin.display(),
+                crate::inspect::describe(plugin.shape, &plugin.imports)
+            ),
+        });
         // One finding per capability, however many of its interfaces the
         // plugin imports (every Rust std plugin imports all of wasi:sockets).
         let mut by_what: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -64,7 +73,7 @@ pub fn prepare(runtime: &Runtime, flow: &Flow) -> Result<(Vec<Plugin>, Diagnosti
         }
         for (what, imports) in by_what {
             found.push(Diagnostic {
-                severity: Severity::Warning,
+                severity: Severity::Note,
                 location: location.clone(),
                 message: format!(
                     "the plugin imports {} ({what}), which flows never grant: those calls will be refused",

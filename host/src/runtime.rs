@@ -2,7 +2,9 @@
 //!
 //! A plugin file may be a component (`wasm32-wasip2`) or a core module
 //! (`wasm32-wasip1`), which is turned into a component with the WASI
-//! preview1 adapter. Compiled artifacts are cached in the data directory,
+//! preview1 adapter (the command adapter if it exports `_start`, else the
+//! reactor). It has one of two shapes ([`Shape`]): a `keyhole:task`
+//! component exporting `run`, or a WASI command (a program with `main`). Compiled artifacts are cached in the data directory,
 //! keyed by the SHA-256 of the plugin's bytes and the engine's configuration,
 //! and written atomically (temporary file, then rename). Cached machine code
 //! is loaded only after its tag checks out: XChaCha20-Poly1305 under a
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::p2::bindings::CommandPre;
 
 /// How often the engine's epoch advances; the granularity of timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -78,10 +81,30 @@ pub enum LoadedFrom {
     Cache,
 }
 
+/// What a plugin exports, and so how it is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// A `keyhole:task` component: `run(input) -> result<output, error>`.
+    Task,
+    /// A WASI command (`wasi:cli/run`, or a core module's `_start`): input
+    /// on stdin, output on stdout, failure by exit status.
+    Command,
+}
+
+/// The pre-instantiated entry point, by shape.
+#[derive(Clone)]
+pub(crate) enum Entry {
+    Task(TaskPre<TaskState>),
+    Command(CommandPre<TaskState>),
+}
+
 /// A plugin ready to instantiate.
 #[derive(Clone)]
 pub struct Plugin {
-    pub(crate) pre: TaskPre<TaskState>,
+    pub(crate) entry: Entry,
+    /// How it is run.
+    pub shape: Shape,
     /// SHA-256 of the plugin file, lowercase hex.
     pub sha256: String,
     /// Whether it was compiled or loaded from the cache.
@@ -180,14 +203,22 @@ impl Runtime {
         let imports = component.component_type().imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         let world = |e: wasmtime::Error| LoadError::World { origin: origin.to_owned(), why: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(world)?;
-        let pre = TaskPre::new(pre).map_err(|e| LoadError::World {
-            origin: origin.to_owned(),
-            why: format!(
-                "{e:#}; a keyhole task must export `run: func(input: string) -> result<string, string>` \
-                 (use keyhole_guest::task! in Rust)"
-            ),
-        })?;
-        Ok(Plugin { pre, sha256, loaded_from, origin: origin.to_owned(), imports })
+        let (entry, shape) = match TaskPre::new(pre.clone()) {
+            Ok(task) => (Entry::Task(task), Shape::Task),
+            Err(not_task) => match CommandPre::new(pre) {
+                Ok(command) => (Entry::Command(command), Shape::Command),
+                Err(_) => {
+                    return Err(LoadError::World {
+                        origin: origin.to_owned(),
+                        why: format!(
+                            "{not_task:#}; a plugin must either export `run: func(input: string) -> result<string, string>` \
+                             (keyhole_guest::task! in Rust) or be a WASI command with `main` (wasi:cli/run)"
+                        ),
+                    });
+                }
+            },
+        };
+        Ok(Plugin { entry, shape, sha256, loaded_from, origin: origin.to_owned(), imports })
     }
 
     fn compile(&self, bytes: &[u8], origin: &str) -> Result<Component, LoadError> {
@@ -331,14 +362,18 @@ fn deserialize_cached(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Comp
 }
 
 /// Turns a `wasm32-wasip1` core module into a component with the preview1
-/// reactor adapter.
+/// adapter: the command adapter for a program (it exports `_start`), the
+/// reactor adapter for a library exporting `run`.
 fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use wasi_preview1_component_adapter_provider as adapters;
+    let adapter = if crate::inspect::core_exports(module)?.iter().any(|e| e == "_start") {
+        adapters::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
+    } else {
+        adapters::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER
+    };
     wit_component::ComponentEncoder::default()
         .validate(true)
         .module(module)?
-        .adapter(
-            "wasi_snapshot_preview1",
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-        )?
+        .adapter("wasi_snapshot_preview1", adapter)?
         .encode()
 }

@@ -6,16 +6,20 @@
 //! - [`secrets`]: `keyhole:task/secrets`, answered by `access::get_secret`;
 //! - [`log`]: `keyhole:task/log`, into the task's masked output;
 //! - [`context`]: `keyhole:task/context`, the task's identity;
+//! - [`config`]: `wasi:config/store` (both versions in use), answered from
+//!   the task's grants through the same `access::get_secret`;
 //! - [`http`]: `wasi:http/outgoing-handler`, under the task's
 //!   `network::NetworkPolicy` (no destination unless allowed);
-//! - [`wasi`]: WASI p2 with nothing but masked stdout/stderr: no files,
-//!   environment, arguments or sockets.
+//! - [`wasi`]: WASI p2 with nothing but masked stdout/stderr (and, for a
+//!   WASI command, its input on stdin and its stdout captured as its
+//!   output): no files, environment, arguments or sockets.
 //!
 //! Invariant: a capability decides nothing about secrets itself (it calls
 //! `access`, `output`, `mask`), and a task has no capability it was not
 //! given here. Adding one is a module with those three things, a field in
 //! [`Capabilities`], and one line in [`add_to_linker`].
 
+pub mod config;
 pub mod context;
 pub mod http;
 pub mod log;
@@ -38,6 +42,8 @@ pub struct Capabilities {
     pub log: log::Log,
     /// `context.current`.
     pub context: context::Context,
+    /// `wasi:config/store`.
+    pub config: config::Config,
     /// WASI: stdout and stderr only.
     pub wasi: wasi::Wasi,
     /// Outbound HTTP.
@@ -58,11 +64,12 @@ impl std::fmt::Debug for TaskState {
 
 impl TaskState {
     /// State for one task: its secrets access, its output (stdout, stderr,
-    /// log), its network policy (until `deadline`), memory (all memories
-    /// and tables together) capped at `memory_limit` bytes.
+    /// log) and stdio shape, its network policy (until `deadline`), memory
+    /// (all memories and tables together) capped at `memory_limit` bytes.
     pub fn new(
         access: SecretAccess,
         output: TaskOutput,
+        stdio: wasi::Stdio,
         network: NetworkPolicy,
         deadline: Instant,
         memory_limit: usize,
@@ -70,8 +77,9 @@ impl TaskState {
         let http = http::Http::new(network, &access, deadline);
         let caps = Capabilities {
             http,
-            wasi: wasi::Wasi::new(&output),
+            wasi: wasi::Wasi::new(&output, stdio),
             context: context::Context(access.identity.clone()),
+            config: config::Config(access.clone()),
             secrets: secrets::Secrets(access),
             log: log::Log(output),
         };
@@ -87,5 +95,6 @@ pub fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     secrets::add_to_linker(linker)?;
     log::add_to_linker(linker)?;
     context::add_to_linker(linker)?;
+    config::add_to_linker(linker)?;
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! WASI p2 for a task: masked stdout and stderr, an empty stdin, and
 //! nothing else: no preopened directory, environment variable, argument or
-//! socket (HTTP is `capability::http`). Also knows which WASI imports name
+//! socket (HTTP is `capability::http`). A WASI command (a program with
+//! `main`) gets its input document on stdin instead, and its stdout is
+//! captured as its output rather than shown. Also knows which WASI imports name
 //! a capability no flow can grant yet, so `validate` and `run` can say so
 //! before a task fails.
 
 use super::TaskState;
-use crate::output::{Stream, TaskOutput};
+use crate::output::{Captured, Stream, TaskOutput};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -21,18 +23,36 @@ impl std::fmt::Debug for Wasi {
     }
 }
 
+/// How a task's standard streams are wired, by the plugin's shape.
+#[derive(Debug, Clone)]
+pub enum Stdio {
+    /// A `keyhole:task` component: empty stdin, stdout shown (masked) to
+    /// the operator like stderr.
+    Task,
+    /// A WASI command: `stdin` holds its input document, its stdout is
+    /// captured here to become its output.
+    Command {
+        /// The input document.
+        stdin: Vec<u8>,
+        /// Where stdout goes.
+        stdout: Captured,
+    },
+}
+
 impl Wasi {
-    /// WASI whose stdout and stderr go to `output`.
-    pub fn new(output: &TaskOutput) -> Self {
-        let ctx = WasiCtxBuilder::new()
-            // Defaults already deny these; say so where a reader looks.
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .stdout(output.stream(Stream::Stdout))
-            .stderr(output.stream(Stream::Stderr))
-            .build();
-        Wasi { ctx, table: ResourceTable::new() }
+    /// WASI whose stderr (and, for a task, stdout) goes to `output`.
+    pub fn new(output: &TaskOutput, stdio: Stdio) -> Self {
+        let mut builder = WasiCtxBuilder::new();
+        // Defaults already deny these; say so where a reader looks.
+        builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        builder.stderr(output.stream(Stream::Stderr));
+        match stdio {
+            Stdio::Task => builder.stdout(output.stream(Stream::Stdout)),
+            Stdio::Command { stdin, stdout } => {
+                builder.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin)).stdout(stdout)
+            }
+        };
+        Wasi { ctx: builder.build(), table: ResourceTable::new() }
     }
 }
 

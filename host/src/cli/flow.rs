@@ -164,7 +164,8 @@ pub(crate) fn validate_cmd(dir: &DataDir, args: ValidateArgs) -> Result<(), Exit
         return Err(fail(USAGE, anyhow::anyhow!("flow {} has {n} error(s)", args.flow.display())));
     }
     if !args.json {
-        writeln!(out, "flow {} is valid ({} warning(s))", args.flow.display(), diags.0.len()).map_err(stdout_err)?;
+        let warnings = diags.0.iter().filter(|d| d.severity == Severity::Warning).count();
+        writeln!(out, "flow {} is valid ({warnings} warning(s))", args.flow.display()).map_err(stdout_err)?;
     }
     Ok(())
 }

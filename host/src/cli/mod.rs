@@ -7,6 +7,7 @@ mod backend;
 mod exec;
 mod flow;
 mod key;
+mod plugin;
 mod secret;
 
 use audit::AuditCommand;
@@ -14,6 +15,7 @@ use backend::BackendCommand;
 use exec::ExecArgs;
 use flow::{ExecutionsCommand, FlowCommand, RunArgs, ValidateArgs};
 use key::KeyCommand;
+use plugin::PluginCommand;
 use secret::SecretCommand;
 
 pub(crate) use anyhow::{Context, Result, bail};
@@ -82,6 +84,9 @@ pub(crate) enum Command {
     /// External secret backends per namespace: HashiCorp Vault / OpenBao, AWS Secrets Manager.
     #[command(subcommand)]
     Backend(BackendCommand),
+    /// Write plugins: start a project, build it, inspect a component, pre-compile.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
 }
 
 /// Parses `--since`-style times into the RFC 3339 form records use.
@@ -142,6 +147,7 @@ pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
         Command::Executions(cmd) => flow::executions_cmd(&dir, cmd),
         Command::Key(KeyCommand::Rotate) => key::key_rotate(&dir),
         Command::Backend(cmd) => backend::backend(&dir, cmd),
+        Command::Plugin(cmd) => plugin::plugin(&dir, cmd),
     }
 }
 

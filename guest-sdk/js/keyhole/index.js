@@ -1,0 +1,91 @@
+// Write a keyhole task in JavaScript.
+//
+// A keyhole task is a WebAssembly component that takes a JSON document in and
+// gives a JSON document back. Wrap one function with `task` and export it as
+// `run`:
+//
+//     import { task, secrets, log } from './keyhole/index.js';
+//
+//     export const run = task((input) => {
+//       const token = secrets.get('GREETING_TOKEN'); // only if the flow granted it
+//       log.info(`greeting ${input.name}`);
+//       return { greeting: `hello, ${input.name}`, tokenLength: token.length };
+//     });
+//
+// Build it with `host plugin build` (componentize-js underneath). Values the
+// task reads are masked by the host in everything it prints, logs or returns.
+// Under plain `node --test`, `keyhole/testing.js` provides a fake host.
+//
+// This module targets keyhole:task@0.1.0 (WIT_VERSION).
+
+import * as witSecrets from 'keyhole:task/secrets@0.1.0';
+import * as witLog from 'keyhole:task/log@0.1.0';
+import * as witContext from 'keyhole:task/context@0.1.0';
+
+export const WIT_VERSION = '0.1.0';
+
+/** Why the host did not hand out a secret: `kind` is `denied`, `not-found`,
+ * `revoked`, `expired` or `unavailable` (with `detail` saying why). */
+export class SecretError extends Error {
+  constructor(name, kind, detail = '') {
+    super(`secret ${name}: ${kind}${detail ? `: ${detail}` : ''}`);
+    this.name = 'SecretError';
+    this.secret = name;
+    this.kind = kind;
+    this.detail = detail;
+  }
+}
+
+/** Throw it to fail the task with a message for the operator. */
+export class TaskError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'TaskError';
+  }
+}
+
+export const secrets = {
+  /** The value of secret `name`; throws a SecretError when the host does not
+   * hand it out. */
+  get(name) {
+    try {
+      return witSecrets.get(name);
+    } catch (e) {
+      const p = e && e.payload;
+      if (p && typeof p.tag === 'string') throw new SecretError(name, p.tag, p.val ?? '');
+      throw e;
+    }
+  },
+};
+
+const emit = (level) => (message) => witLog.log(level, String(message));
+
+/** Log lines to the operator's terminal, masked, prefixed with the task id. */
+export const log = {
+  debug: emit('debug'),
+  info: emit('info'),
+  warn: emit('warn'),
+  error: emit('error'),
+};
+
+export const context = {
+  /** `{ namespace, flow, task, executionId }` of the running task. */
+  current() {
+    return witContext.current();
+  },
+};
+
+/** Turns `fn(input) -> output` into the component's `run` export: the input
+ * is decoded from JSON, the output encoded as JSON, and a thrown error fails
+ * the task with its message. */
+export function task(fn) {
+  return function run(input) {
+    let output;
+    try {
+      output = fn(JSON.parse(input));
+    } catch (e) {
+      throw e instanceof Error ? `${e.name === 'Error' ? '' : `${e.name}: `}${e.message}` : String(e);
+    }
+    return JSON.stringify(output ?? null);
+  };
+}
