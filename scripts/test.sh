@@ -37,6 +37,26 @@ if ! command -v moto_server >/dev/null 2>&1; then
   export KEYHOLE_ALLOW_NO_MOTO=1
 fi
 
+# Python and JavaScript plugins (`host plugin new --lang python|js`) are built
+# with componentize-py (PyPI) and componentize-js (npm, into target/js-tools).
+if ! command -v componentize-py >/dev/null 2>&1; then
+  if command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1; then
+    echo "==> installing componentize-py (pip install componentize-py==0.25.1) for the Python plugin tests"
+    "$(command -v pip || command -v pip3)" install --quiet componentize-py==0.25.1 || echo "pip install componentize-py failed" >&2
+    hash -r
+  fi
+fi
+if [ ! -x target/js-tools/node_modules/.bin/componentize-js ] && command -v npm >/dev/null 2>&1; then
+  echo "==> installing componentize-js (npm) for the JavaScript plugin tests"
+  npm install --silent --no-audit --no-fund --prefix target/js-tools @bytecodealliance/componentize-js@0.23.0 \
+    || echo "npm install @bytecodealliance/componentize-js failed" >&2
+fi
+if ! command -v componentize-py >/dev/null 2>&1 || [ ! -x target/js-tools/node_modules/.bin/componentize-js ]; then
+  echo "*** WARNING: componentize-py or componentize-js is not available and could not be installed:" >&2
+  echo "*** the Python/JavaScript plugin tests will be SKIPPED (they say so in their output)." >&2
+  export KEYHOLE_ALLOW_NO_COMPONENTIZE=1
+fi
+
 cargo test --release
 # The benchmarks must keep compiling; run them with `cargo bench -p keyhole-host`.
 cargo bench --no-run --quiet -p keyhole-host

@@ -61,6 +61,8 @@ struct Recorded {
     logs: Vec<(Level, String)>,
 }
 
+// Read only outside wasm, where the fake answers.
+#[cfg_attr(target_family = "wasm", allow(dead_code))]
 struct Installed {
     host: FakeHost,
     recorded: Rc<RefCell<Recorded>>,
@@ -129,9 +131,11 @@ impl Drop for Installation {
     }
 }
 
+#[cfg(not(target_family = "wasm"))]
 const NO_HOST: &str =
     "no keyhole host: this code runs outside WebAssembly; in a test, install a keyhole_guest::testing::FakeHost first";
 
+#[cfg(not(target_family = "wasm"))]
 pub(crate) fn get(name: &str) -> Result<String, Error> {
     CURRENT.with(|c| match &*c.borrow() {
         Some(i) => {
@@ -142,6 +146,7 @@ pub(crate) fn get(name: &str) -> Result<String, Error> {
     })
 }
 
+#[cfg(not(target_family = "wasm"))]
 pub(crate) fn log(level: Level, message: &str) {
     CURRENT.with(|c| match &*c.borrow() {
         Some(i) => i.recorded.borrow_mut().logs.push((level, message.to_owned())),
@@ -149,6 +154,7 @@ pub(crate) fn log(level: Level, message: &str) {
     })
 }
 
+#[cfg(not(target_family = "wasm"))]
 pub(crate) fn current() -> Execution {
     CURRENT.with(|c| c.borrow().as_ref().map(|i| i.host.context.clone())).unwrap_or_else(|| panic!("{NO_HOST}"))
 }

@@ -89,7 +89,7 @@ pub enum TaskFailure {
     Exit(i32),
     /// A WASI command wrote more to stdout than its output limit.
     #[error(
-        "the program wrote more than {0} bytes to stdout, its output limit (raise it with --output or `limits.output`)"
+        "the program wrote more than {0} bytes to stdout, its output limit (raise it with --max-output or `limits.output`)"
     )]
     OutputTooLarge(usize),
     /// The task's start could not be audited, so it did not run.
@@ -199,9 +199,12 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let duration = started.elapsed();
     let masks = &env.masks;
     let result = match raw {
+        // A program that wrote past the limit usually dies of it (a panic on
+        // a closed stdout): the limit is the cause to report.
+        _ if captured.overflowed() => Err(TaskFailure::OutputTooLarge(spec.limits.output)),
         Err(_elapsed) => Err(TaskFailure::Timeout(spec.limits.timeout)),
         Ok(Ok(Ok(Returned::Json(text)))) => serde_json::from_str(&text).map_err(|e| bad_output(masks, &text, &e)),
-        Ok(Ok(Ok(Returned::Stdout(status)))) => command_output(status, &captured, spec.limits.output, masks),
+        Ok(Ok(Ok(Returned::Stdout(status)))) => command_output(status, &captured, masks),
         Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
         Ok(Err((error, instantiating))) => {
             Err(classify(&error, instantiating, store.data().limiter.denied, memory, spec.limits.timeout, masks))
@@ -220,15 +223,7 @@ enum Returned {
 
 /// A command's output: its stdout as a JSON document if it parses as one,
 /// else as a string (without one trailing newline).
-fn command_output(
-    status: i32,
-    captured: &Captured,
-    limit: usize,
-    masks: &MaskSet,
-) -> Result<serde_json::Value, TaskFailure> {
-    if captured.overflowed() {
-        return Err(TaskFailure::OutputTooLarge(limit));
-    }
+fn command_output(status: i32, captured: &Captured, masks: &MaskSet) -> Result<serde_json::Value, TaskFailure> {
     if status != 0 {
         return Err(TaskFailure::Exit(status));
     }

@@ -12,13 +12,24 @@ use wasmparser::{Parser, Payload};
 /// The `keyhole:task` package version this host serves.
 pub const TASK_WIT_VERSION: &str = "0.1.0";
 
+/// What a plugin exports, and so how it is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// A `keyhole:task` component: `run(input) -> result<output, error>`.
+    Task,
+    /// A WASI command (`wasi:cli/run`, or a core module's `_start`): input
+    /// on stdin, output on stdout, failure by exit status.
+    Command,
+}
+
 /// What a plugin file is.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// `component` or `core-module`.
     pub kind: Kind,
     /// How keyhole runs it, if it can.
-    pub shape: Option<crate::runtime::Shape>,
+    pub shape: Option<Shape>,
     /// Size in bytes.
     pub size: usize,
     /// SHA-256 of the file, lowercase hex: the value to pin in a flow (`sha256:`).
@@ -131,11 +142,11 @@ pub fn classify(name: &str) -> (Capability, &'static str) {
 
 /// One line on what kind of plugin this is: a keyhole task, a WASI
 /// command, and whether it reads configuration through `wasi:config/store`.
-pub fn describe(shape: crate::runtime::Shape, imports: &[String]) -> String {
+pub fn describe(shape: Shape, imports: &[String]) -> String {
     let config = imports.iter().any(|i| classify(i).0 == Capability::Config);
     let shape = match shape {
-        crate::runtime::Shape::Task => "keyhole task (exports run: JSON in, JSON out)",
-        crate::runtime::Shape::Command => "WASI command (main: input JSON on stdin, output on stdout)",
+        Shape::Task => "keyhole task (exports run: JSON in, JSON out)",
+        Shape::Command => "WASI command (main: input JSON on stdin, output on stdout)",
     };
     if config {
         format!("{shape} reading configuration through wasi:config/store (answered from its grants)")
@@ -146,14 +157,14 @@ pub fn describe(shape: crate::runtime::Shape, imports: &[String]) -> String {
 
 /// Reads a plugin file's bytes.
 pub fn inspect(bytes: &[u8]) -> Result<Report, String> {
-    let sha256 = crate::runtime::sha256_hex(bytes);
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
     if Parser::is_component(bytes) {
         let (imports, exports) = component_surface(bytes)?;
         let version = imports.iter().find_map(|i| task_version(i));
         let shape = if exports.iter().any(|e| e == "run") {
-            Some(crate::runtime::Shape::Task)
+            Some(Shape::Task)
         } else if exports.iter().any(|e| e.split('@').next() == Some("wasi:cli/run")) {
-            Some(crate::runtime::Shape::Command)
+            Some(Shape::Command)
         } else {
             None
         };
@@ -210,9 +221,9 @@ pub fn inspect(bytes: &[u8]) -> Result<Report, String> {
             }
         }
         let shape = if exports.iter().any(|e| e == "_start") {
-            Some(crate::runtime::Shape::Command)
+            Some(Shape::Command)
         } else if exports.iter().any(|e| e == "run") {
-            Some(crate::runtime::Shape::Task)
+            Some(Shape::Task)
         } else {
             None
         };
@@ -299,7 +310,7 @@ mod tests {
         .unwrap();
         let r = inspect(&wasm).unwrap();
         assert_eq!(r.kind, Kind::CoreModule);
-        assert_eq!(r.shape, Some(crate::runtime::Shape::Command));
+        assert_eq!(r.shape, Some(Shape::Command));
         assert_eq!(r.imports[0].name, "wasi_snapshot_preview1::fd_write");
         assert_eq!(r.imports[0].capability, Capability::Preview1);
         assert_eq!(r.sha256.len(), 64);

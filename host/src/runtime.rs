@@ -81,16 +81,7 @@ pub enum LoadedFrom {
     Cache,
 }
 
-/// What a plugin exports, and so how it is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Shape {
-    /// A `keyhole:task` component: `run(input) -> result<output, error>`.
-    Task,
-    /// A WASI command (`wasi:cli/run`, or a core module's `_start`): input
-    /// on stdin, output on stdout, failure by exit status.
-    Command,
-}
+pub use crate::inspect::Shape;
 
 /// The pre-instantiated entry point, by shape.
 #[derive(Clone)]

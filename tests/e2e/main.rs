@@ -5,6 +5,7 @@ mod plugins;
 mod support;
 
 mod audit;
+mod authors;
 mod aws;
 mod exec;
 mod flows;

@@ -23,6 +23,8 @@ pub enum Plugin {
     WebhookRequest,
     /// `plugins/open-issue`: calls a JSON API with a bearer token.
     OpenIssue,
+    /// `plugins/config-command`: a WASI program with `main` reading `wasi:config/store`.
+    ConfigCommand,
 }
 
 impl Plugin {
@@ -33,14 +35,20 @@ impl Plugin {
             Plugin::Probe => "probe",
             Plugin::WebhookRequest => "webhook-request",
             Plugin::OpenIssue => "open-issue",
+            Plugin::ConfigCommand => "config-command",
         }
     }
     fn artifact(self) -> String {
-        format!("{}.wasm", self.package().replace('-', "_"))
+        match self {
+            // A binary keeps its name; a cdylib's dashes become underscores.
+            Plugin::ConfigCommand => format!("{}.wasm", self.package()),
+            _ => format!("{}.wasm", self.package().replace('-', "_")),
+        }
     }
 }
 
-const ALL: [Plugin; 5] = [Plugin::Hello, Plugin::HmacSign, Plugin::Probe, Plugin::WebhookRequest, Plugin::OpenIssue];
+const ALL: [Plugin; 6] =
+    [Plugin::Hello, Plugin::HmacSign, Plugin::Probe, Plugin::WebhookRequest, Plugin::OpenIssue, Plugin::ConfigCommand];
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
