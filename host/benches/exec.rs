@@ -11,6 +11,12 @@
 //!   keyhole (allow-list, address check, pending and sent audit records in
 //!   memory, body limits) and through wasmtime-wasi-http with a plain
 //!   sender (connect, send, stream the response back).
+//! - `languages/{cold,warm}/LANG/COMPILER`: the `host plugin new` greeting
+//!   task in Rust, Python and JavaScript, built with `host plugin build`:
+//!   cold is compiling the component (an empty cache), warm is one task
+//!   run from the loaded plugin; each with Cranelift and with Winch.
+//!   Python and JavaScript need componentize-py / componentize-js
+//!   (scripts/test.sh installs them); without them they are skipped, loudly.
 
 #[path = "../../tests/e2e/plugins.rs"]
 mod plugins;
@@ -145,8 +151,8 @@ impl HasData for BareData {
 fn load(c: &mut Criterion) {
     let bytes = std::fs::read(plugins::component(plugins::Plugin::Hello)).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let cold = Runtime::new(RuntimeOptions { cache_dir: None, pooling: false }).unwrap();
-    let warm = Runtime::new(RuntimeOptions { cache_dir: Some(cache.path().to_owned()), pooling: false }).unwrap();
+    let cold = Runtime::new(RuntimeOptions { cache_dir: None, ..Default::default() }).unwrap();
+    let warm = Runtime::new(RuntimeOptions { cache_dir: Some(cache.path().to_owned()), ..Default::default() }).unwrap();
     warm.load_bytes(&bytes, "hello.wasm").unwrap();
 
     let mut g = c.benchmark_group("load");
@@ -218,7 +224,7 @@ fn run(c: &mut Criterion) {
             ),
         )
         .unwrap();
-    let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true }).unwrap();
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true, ..Default::default() }).unwrap();
     let plugin = runtime.load(&path).unwrap();
     let secrets = Arc::new(Router::new(LocalBackend::new(store), Default::default(), None).unwrap());
     let sink: keyhole::output::Sink = Arc::new(Mutex::new(std::io::sink()));
@@ -265,7 +271,7 @@ fn http_request(c: &mut Criterion) {
     let origin = local_server();
     let input = serde_json::json!({ "action": "http", "requests": [{ "url": format!("{origin}/") }] });
 
-    let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true }).unwrap();
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: None, pooling: true, ..Default::default() }).unwrap();
     let plugin = runtime.load(&path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = SecretStore::open_with_key(&dir.path().join("bench.db"), MasterKey::generate()).unwrap();
@@ -310,5 +316,87 @@ fn http_request(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, load, run, http_request);
+/// `host plugin new NAME --lang LANG` + `host plugin build`, or `None`
+/// (said loudly) when the language's toolchain is missing.
+fn template_plugin(root: &std::path::Path, lang: &str) -> Option<Vec<u8>> {
+    use std::process::Command;
+    let host = env!("CARGO_BIN_EXE_host");
+    let dir = root.join(lang);
+    let new =
+        Command::new(host).args(["plugin", "new", "greeter", "--lang", lang, "--dir"]).arg(&dir).output().unwrap();
+    assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+    let tools = plugins::workspace().join("target/js-tools/node_modules/.bin");
+    let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
+    let built = Command::new(host)
+        .args(["plugin", "build"])
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", plugins::workspace().join("target/plugins"))
+        .output()
+        .unwrap();
+    if !built.status.success() {
+        eprintln!("\n*** SKIPPED languages/*/{lang}: {} ***\n", String::from_utf8_lossy(&built.stderr).trim());
+        return None;
+    }
+    let wasm = String::from_utf8_lossy(&built.stdout).lines().last().unwrap().to_owned();
+    Some(std::fs::read(wasm).unwrap())
+}
+
+fn languages(c: &mut Criterion) {
+    use keyhole::runtime::Compiler;
+    let root = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SecretStore::open_with_key(&dir.path().join("bench.db"), MasterKey::generate()).unwrap();
+    let token = SecretName::new("GREETING_TOKEN").unwrap();
+    let record = keyhole::audit::NewRecord::ok(
+        &Actor::current_user(),
+        keyhole::audit::Action::SecretSet,
+        &Namespace::root(),
+        None,
+    );
+    store
+        .set(&Namespace::root(), &token, &SecretValue::new("bench-token".into()), &Default::default(), &record)
+        .unwrap();
+    let secrets = Arc::new(Router::new(LocalBackend::new(store), Default::default(), None).unwrap());
+    let sink: keyhole::output::Sink = Arc::new(Mutex::new(std::io::sink()));
+    let audit = AuditLog::open_in_memory().unwrap();
+    let task = TaskId::new("greeter").unwrap();
+    let input = serde_json::json!({ "name": "bench" });
+
+    let mut g = c.benchmark_group("languages");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for lang in ["rust", "python", "js"] {
+        let Some(bytes) = template_plugin(root.path(), lang) else { continue };
+        for compiler in [Compiler::Cranelift, Compiler::Winch] {
+            let name = format!("{lang}/{compiler:?}").to_lowercase();
+            let runtime = Runtime::new(RuntimeOptions { compiler, ..Default::default() }).unwrap();
+            g.bench_function(format!("cold/{name}"), |b| {
+                b.iter(|| runtime.load_bytes(&bytes, "greeter.wasm").unwrap())
+            });
+            let plugin = runtime.load_bytes(&bytes, "greeter.wasm").unwrap();
+            g.bench_function(format!("warm/{name}"), |b| {
+                b.iter(|| {
+                    let grants = Grants::new([token.clone()]);
+                    let out = keyhole_task(
+                        &rt,
+                        &runtime,
+                        &plugin,
+                        &secrets,
+                        &sink,
+                        &audit,
+                        &task,
+                        grants,
+                        &input,
+                        Default::default(),
+                    );
+                    assert_eq!(out["greeting"], "hello, bench");
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, load, run, http_request, languages);
 criterion_main!(benches);

@@ -28,9 +28,34 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 /// How often the engine's epoch advances; the granularity of timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Which compiler turns plugins into machine code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compiler {
+    /// Cranelift: optimising; slower to compile, faster code. The default.
+    #[default]
+    Cranelift,
+    /// Winch: wasmtime's baseline compiler; compiles in a fraction of the
+    /// time, runs slower. For large plugins (Python, JavaScript) on an empty
+    /// cache and short tasks.
+    Winch,
+}
+
+impl std::str::FromStr for Compiler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cranelift" => Ok(Compiler::Cranelift),
+            "winch" => Ok(Compiler::Winch),
+            other => Err(format!("{other:?} is not a compiler: use cranelift or winch")),
+        }
+    }
+}
+
 /// Engine settings.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeOptions {
+    /// The compiler.
+    pub compiler: Compiler,
     /// Where compiled plugins are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
     /// Use the pooling instance allocator (worth it when many instances run
@@ -137,6 +162,10 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> wasmtime::Result<Arc<Self>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        config.strategy(match options.compiler {
+            Compiler::Cranelift => wasmtime::Strategy::Cranelift,
+            Compiler::Winch => wasmtime::Strategy::Winch,
+        });
         if options.pooling {
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(64)
@@ -152,6 +181,8 @@ impl Runtime {
         capability::add_to_linker(&mut linker)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
+        // Machine code from one compiler is never loaded for the other.
+        format!("{:?}", options.compiler).hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());
 
         let weak = engine.weak();

@@ -16,7 +16,7 @@ use crate::exec::ExecutionEnv;
 use crate::executions::{Executions, RecordError};
 use crate::mask::MaskSet;
 use crate::output::Sink;
-use crate::runtime::{Runtime, RuntimeOptions};
+use crate::runtime::{Compiler, Runtime, RuntimeOptions};
 use crate::store::{SecretStore, StoreError};
 use std::sync::Arc;
 
@@ -57,10 +57,16 @@ pub enum SessionError {
 impl Session {
     /// Opens the host in `dir`: plugin output goes to `sink`, masked with
     /// `masks`; `pooling` uses the pooling instance allocator (worth it for
-    /// flows of several tasks).
-    pub fn open(dir: &DataDir, sink: Sink, masks: Arc<MaskSet>, pooling: bool) -> Result<Self, SessionError> {
+    /// flows of several tasks); `compiler` compiles what the cache lacks.
+    pub fn open(
+        dir: &DataDir,
+        sink: Sink,
+        masks: Arc<MaskSet>,
+        pooling: bool,
+        compiler: Compiler,
+    ) -> Result<Self, SessionError> {
         let secrets = Arc::new(open_secrets(dir)?);
-        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling })
+        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling, compiler })
             .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
         let key = AuditKey::load(&dir.audit_key_path())?;
         let integrity = secrets.local().store().integrity().clone();

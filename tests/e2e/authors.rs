@@ -299,3 +299,31 @@ fn compile_fills_the_cache_so_the_first_run_loads_from_it() {
     r.expect_code(0);
     assert!(r.stderr.contains("loaded from the compiled cache"), "{}", r.stderr);
 }
+
+#[test]
+fn winch_compiles_its_own_cache_entries_and_keeps_the_sandbox() {
+    let env = Env::new();
+    let hello = component(Plugin::Hello);
+    let r = env.run(&["plugin", "compile", hello.to_str().unwrap()]);
+    assert!(r.stdout.contains("compiled into the cache"), "{}", r.stdout);
+    // Cranelift's machine code is never loaded for Winch: its own entry.
+    let r = env.run(&["--compiler", "winch", "plugin", "compile", hello.to_str().unwrap()]);
+    assert!(r.stdout.contains("compiled into the cache"), "{}", r.stdout);
+    let r = env.run(&["--compiler", "winch", "plugin", "compile", hello.to_str().unwrap()]);
+    assert!(r.stdout.contains("already in the cache"), "{}", r.stdout);
+    // The same limits hold for Winch code, chosen through the environment.
+    let probe = component(Plugin::Probe);
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_COMPILER", "winch").arg("exec").arg(&probe).args([
+        "--timeout",
+        "1",
+        "--input",
+        r#"{"action":"loop"}"#,
+    ]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(3);
+    assert!(r.stderr.contains("exceeded its time limit of 1s"), "{}", r.stderr);
+    let r = env.run(&["--compiler", "fast", "plugin", "compile", hello.to_str().unwrap()]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("use cranelift or winch"), "{}", r.stderr);
+}

@@ -9,6 +9,7 @@ use keyhole::network::{AllowEntry, NetLimitsDoc, NetworkDoc, NetworkPolicy};
 use keyhole::output::stderr_sink;
 use keyhole::policy::Grants;
 use keyhole::run::{prepare, run_flow};
+use keyhole::runtime::Compiler;
 use serde_json::{Map, Value};
 
 #[derive(Args, Debug)]
@@ -103,8 +104,8 @@ pub(crate) struct Session {
 }
 
 /// `pooling`: use the pooling instance allocator (for flows of several tasks).
-pub(crate) fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool) -> Result<Session, Exit> {
-    let host = keyhole::session::Session::open(dir, stderr_sink(), masks, pooling)?;
+pub(crate) fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool, compiler: Compiler) -> Result<Session, Exit> {
+    let host = keyhole::session::Session::open(dir, stderr_sink(), masks, pooling, compiler)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .enable_io()
@@ -134,14 +135,14 @@ pub(crate) fn log_import_notes(d: &Diagnostics) {
 }
 
 /// `host exec`: a flow of one task whose grants come from `--grant`.
-pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
+pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler: Compiler) -> Result<(), Exit> {
     let input = read_input(&args).map_err(|e| fail(USAGE, e))?;
     let memory = usize::try_from(args.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     if memory == 0 {
         return Err(fail(USAGE, anyhow::anyhow!("--memory must be at least 1 MiB")));
     }
     let network = args.network().map_err(|e| fail(USAGE, e))?;
-    let s = session(dir, masks, false)?;
+    let s = session(dir, masks, false, compiler)?;
     let stem = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let task = TaskId::from_file_stem(&stem);
     let flow = Flow {

@@ -6,7 +6,7 @@ use keyhole::executions::{ExecutionRecord, Executions};
 use keyhole::flow::{self, Diagnostic, Diagnostics, Severity};
 use keyhole::names::ExecutionId;
 use keyhole::run::{prepare, run_flow};
-use keyhole::runtime::{POOLING_MAX_MEMORY, Runtime, RuntimeOptions};
+use keyhole::runtime::{Compiler, POOLING_MAX_MEMORY, Runtime, RuntimeOptions};
 use serde_json::{Map, Value};
 
 #[derive(Args, Debug)]
@@ -65,14 +65,14 @@ pub(crate) fn parse_input_pair(s: &str) -> Result<(String, String), String> {
 }
 
 /// `host run`: a flow file.
-pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>) -> Result<(), Exit> {
+pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>, compiler: Compiler) -> Result<(), Exit> {
     let (flow, warnings) = flow::load(&args.flow).map_err(|d| fail(USAGE, d))?;
     print_warnings(&warnings);
     let inputs = flow::bind_inputs(&flow, &args.inputs).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
     // Several instances in one process: pool them, unless a task may need
     // more memory than a pooled instance can have.
     let pooling = flow.tasks.len() > 1 && flow.tasks.iter().all(|t| t.limits.memory <= POOLING_MAX_MEMORY);
-    let s = session(dir, masks, pooling)?;
+    let s = session(dir, masks, pooling, compiler)?;
     let (plugins, notes) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
     log_import_notes(&notes);
     let execution = ExecutionId::generate();
@@ -107,7 +107,7 @@ pub(crate) fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std:
 }
 
 /// `host validate`: everything `run` would check, without running.
-pub(crate) fn validate_cmd(dir: &DataDir, args: ValidateArgs) -> Result<(), Exit> {
+pub(crate) fn validate_cmd(dir: &DataDir, args: ValidateArgs, compiler: Compiler) -> Result<(), Exit> {
     let mut found = Vec::new();
     let flow = match flow::load(&args.flow) {
         Ok((flow, warnings)) => {
@@ -120,7 +120,7 @@ pub(crate) fn validate_cmd(dir: &DataDir, args: ValidateArgs) -> Result<(), Exit
         }
     };
     if let Some(flow) = &flow {
-        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
+        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false, compiler })
             .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
         match prepare(&runtime, flow) {
             Ok((_, w)) => found.extend(w.0),

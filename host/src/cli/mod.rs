@@ -49,6 +49,11 @@ pub(crate) struct Cli {
     /// Default: $KEYHOLE_HOME, else $XDG_DATA_HOME/keyhole, else ~/.local/share/keyhole.
     #[arg(long, global = true, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Compiler for plugins not yet in the compiled cache: cranelift
+    /// (optimising, the default) or winch (baseline: compiles several times
+    /// faster, runs slower; for big Python/JavaScript plugins on a cold cache).
+    #[arg(long, global = true, env = "KEYHOLE_COMPILER", default_value = "cranelift", value_name = "NAME")]
+    pub(crate) compiler: keyhole::runtime::Compiler,
     /// More host diagnostics on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
@@ -135,11 +140,11 @@ pub(crate) const TAMPERED: u8 = 5;
 pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
     let dir = DataDir::locate(cli.data_dir.as_deref()).map_err(|e| fail(USAGE, e))?;
     match cli.command {
-        Command::Exec(args) => exec::exec(&dir, args, masks.clone()),
+        Command::Exec(args) => exec::exec(&dir, args, masks.clone(), cli.compiler),
         Command::Secret(cmd) => secret::secret(&dir, cmd),
         Command::Audit(cmd) => audit::audit_cmd(&dir, cmd),
-        Command::Run(args) => flow::run_flow_cmd(&dir, args, masks.clone()),
-        Command::Validate(args) => flow::validate_cmd(&dir, args),
+        Command::Run(args) => flow::run_flow_cmd(&dir, args, masks.clone(), cli.compiler),
+        Command::Validate(args) => flow::validate_cmd(&dir, args, cli.compiler),
         Command::Flow(FlowCommand::Schema) => {
             let schema = serde_json::to_string_pretty(&keyhole::flow::schema()).expect("schemas encode");
             writeln!(std::io::stdout().lock(), "{schema}").map_err(stdout_err)
@@ -147,7 +152,7 @@ pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
         Command::Executions(cmd) => flow::executions_cmd(&dir, cmd),
         Command::Key(KeyCommand::Rotate) => key::key_rotate(&dir),
         Command::Backend(cmd) => backend::backend(&dir, cmd),
-        Command::Plugin(cmd) => plugin::plugin(&dir, cmd),
+        Command::Plugin(cmd) => plugin::plugin(&dir, cmd, cli.compiler),
     }
 }
 

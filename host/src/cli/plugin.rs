@@ -5,7 +5,7 @@
 
 use super::*;
 use keyhole::inspect::{self, Capability, Report, TASK_WIT_VERSION};
-use keyhole::runtime::{LoadedFrom, Runtime, RuntimeOptions};
+use keyhole::runtime::{Compiler, LoadedFrom, Runtime, RuntimeOptions};
 use std::process::Stdio;
 
 #[derive(Subcommand, Debug)]
@@ -78,12 +78,12 @@ pub(crate) struct CompileArgs {
     files: Vec<PathBuf>,
 }
 
-pub(crate) fn plugin(dir: &DataDir, cmd: PluginCommand) -> Result<(), Exit> {
+pub(crate) fn plugin(dir: &DataDir, cmd: PluginCommand, compiler: Compiler) -> Result<(), Exit> {
     match cmd {
         PluginCommand::New(args) => new(args).map_err(|e| fail(USAGE, e)),
         PluginCommand::Build(args) => build(&args.dir),
         PluginCommand::Inspect(args) => inspect_cmd(args),
-        PluginCommand::Compile(args) => compile(dir, args),
+        PluginCommand::Compile(args) => compile(dir, args, compiler),
     }
 }
 
@@ -417,8 +417,8 @@ fn print_report(out: &mut impl Write, file: &Path, r: &Report) -> std::io::Resul
 
 // ---- compile ----
 
-fn compile(dir: &DataDir, args: CompileArgs) -> Result<(), Exit> {
-    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false })
+fn compile(dir: &DataDir, args: CompileArgs, compiler: Compiler) -> Result<(), Exit> {
+    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: false, compiler })
         .map_err(|e| fail(HOST, anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}")))?;
     let mut out = std::io::stdout().lock();
     for file in &args.files {
