@@ -141,6 +141,62 @@ fn javascript_plugin_from_new_to_exec() {
     runs_with_grant_and_is_denied_without(&env, &wasm, "jsgreet");
 }
 
+/// The JavaScript SDK's task may be async, and `fetch()` goes out through
+/// keyhole's outbound HTTP: to allowed destinations only, with a bound
+/// token the plugin holds only a placeholder of.
+#[test]
+fn a_javascript_plugin_fetches_through_the_allow_list_with_a_bound_token() {
+    let tools = workspace().join("target/js-tools/node_modules/.bin");
+    if !tools.join("componentize-js").is_file()
+        && tool_missing(
+            "componentize-js",
+            "npm install --prefix target/js-tools @bytecodealliance/componentize-js@0.23.0",
+        )
+    {
+        return;
+    }
+    let env = Env::new();
+    let server = crate::network::Server::start();
+    let dir = new_project(&env, "fetcher", "js");
+    std::fs::write(
+        dir.join("app.js"),
+        "import { secrets, task } from './keyhole/index.js';\n\
+         export const run = task(async (input) => {\n\
+           const token = secrets.get('API_TOKEN');\n\
+           const r = await fetch(input.url, { headers: { authorization: `Bearer ${token}` } });\n\
+           return { status: r.status, held: token.slice(0, 4) };\n\
+         });\n",
+    )
+    .unwrap();
+    let wasm = build(&env, &dir, Some(&tools));
+    let token = "ghp_js-bound-token-3b9e";
+    let r = env
+        .run_with(env.host().args(["secret", "set", "API_TOKEN", "--destination", &server.origin()]), token.as_bytes());
+    r.expect_code(0);
+    let exec = |url: &str, allow: Option<&str>| {
+        let mut cmd = env.host();
+        // Winch: this test is about the network path, not the compiler.
+        cmd.env("KEYHOLE_COMPILER", "winch").arg("exec").arg(&wasm);
+        cmd.args(["--grant", "API_TOKEN", "--input", &json!({ "url": url }).to_string()]);
+        if let Some(a) = allow {
+            cmd.args(["--allow-outbound", a]);
+        }
+        env.run_with(&mut cmd, b"")
+    };
+    let ok = exec(&server.url("/hello"), Some(&server.origin()));
+    ok.expect_code(0);
+    assert_eq!(ok.json(), json!({ "status": 200, "held": "khp_" }), "the plugin holds a placeholder: {ok:#?}");
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("authorization"), Some(format!("Bearer {token}").as_str()), "injected by the host");
+
+    let refused = exec(&server.url("/hello"), None);
+    refused.expect_code(1);
+    assert!(refused.stderr.contains("may not use the network"), "{refused:#?}");
+    assert_eq!(server.received().len(), 1, "nothing left without an allow-list");
+    assert!(!refused.all_output().contains(token) && !ok.all_output().contains(token));
+}
+
 #[test]
 fn a_missing_toolchain_says_what_to_install() {
     let env = Env::new();

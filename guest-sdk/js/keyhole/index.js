@@ -77,14 +77,20 @@ export const context = {
 
 /** Turns `fn(input) -> output` into the component's `run` export: the input
  * is decoded from JSON, the output encoded as JSON, and a thrown error fails
- * the task with its message. */
+ * the task with its message. `fn` may be async (to `await fetch(...)`). */
 export function task(fn) {
+  const fail = (e) => {
+    throw e instanceof Error ? `${e.name === 'Error' ? '' : `${e.name}: `}${e.message}` : String(e);
+  };
   return function run(input) {
     let output;
     try {
       output = fn(JSON.parse(input));
     } catch (e) {
-      throw e instanceof Error ? `${e.name === 'Error' ? '' : `${e.name}: `}${e.message}` : String(e);
+      fail(e);
+    }
+    if (output && typeof output.then === 'function') {
+      return output.then((o) => JSON.stringify(o ?? null), fail);
     }
     return JSON.stringify(output ?? null);
   };
