@@ -316,6 +316,47 @@ mod tests {
         assert_eq!(r.sha256.len(), 64);
     }
 
+    proptest::proptest! {
+        /// Any file, however crafted, is an answer or an error: never a
+        /// panic. Mutations of a real component reach deep into the parser.
+        #[test]
+        fn crafted_files_never_panic(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 0..8),
+        ) {
+            let mut raw = b"\0asm\x01\0\0\0".to_vec();
+            raw.extend_from_slice(&tail);
+            let _ = inspect(&raw);
+            let mut component = COMPONENT.with(|c| c.clone());
+            for (at, byte) in flips {
+                let n = component.len();
+                component[at % n] = byte;
+            }
+            let _ = inspect(&component);
+        }
+    }
+
+    thread_local! {
+        static COMPONENT: Vec<u8> = wat::parse_str(
+            r#"(component
+                 (import "keyhole:task/secrets@0.1.0" (instance))
+                 (core module $m (func (export "run")))
+                 (core instance $i (instantiate $m))
+                 (func $run (canon lift (core func $i "run")))
+                 (export "run" (func $run)))"#,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_component_names_its_task_version_and_shape() {
+        let r = COMPONENT.with(|c| inspect(c)).unwrap();
+        assert_eq!(r.kind, Kind::Component);
+        assert_eq!(r.shape, Some(Shape::Task));
+        assert_eq!(r.keyhole_task_version.as_deref(), Some("0.1.0"));
+        assert_eq!(r.imports[0].capability, Capability::Secrets);
+    }
+
     #[test]
     fn not_wasm_is_an_error() {
         assert!(inspect(b"#!/bin/sh\n").unwrap_err().contains("magic bytes"));

@@ -75,6 +75,21 @@ fn tool_missing(what: &str, install: &str) -> bool {
     );
 }
 
+/// Where scripts/test.sh installs componentize-js (npm install --prefix),
+/// or `None` when it is missing and skipping is allowed.
+fn js_tools() -> Option<PathBuf> {
+    let tools = workspace().join("target/js-tools/node_modules/.bin");
+    if !tools.join("componentize-js").is_file()
+        && tool_missing(
+            "componentize-js",
+            "npm install --prefix target/js-tools @bytecodealliance/componentize-js@0.23.0",
+        )
+    {
+        return None;
+    }
+    Some(tools)
+}
+
 fn on_path(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
 }
@@ -118,16 +133,7 @@ fn python_plugin_from_new_to_exec() {
 
 #[test]
 fn javascript_plugin_from_new_to_exec() {
-    // scripts/test.sh installs componentize-js here (npm install --prefix).
-    let tools = workspace().join("target/js-tools/node_modules/.bin");
-    if !tools.join("componentize-js").is_file()
-        && tool_missing(
-            "componentize-js",
-            "npm install --prefix target/js-tools @bytecodealliance/componentize-js@0.23.0",
-        )
-    {
-        return;
-    }
+    let Some(tools) = js_tools() else { return };
     let env = Env::new();
     let dir = new_project(&env, "jsgreet", "js");
     let t =
@@ -146,15 +152,7 @@ fn javascript_plugin_from_new_to_exec() {
 /// token the plugin holds only a placeholder of.
 #[test]
 fn a_javascript_plugin_fetches_through_the_allow_list_with_a_bound_token() {
-    let tools = workspace().join("target/js-tools/node_modules/.bin");
-    if !tools.join("componentize-js").is_file()
-        && tool_missing(
-            "componentize-js",
-            "npm install --prefix target/js-tools @bytecodealliance/componentize-js@0.23.0",
-        )
-    {
-        return;
-    }
+    let Some(tools) = js_tools() else { return };
     let env = Env::new();
     let server = crate::network::Server::start();
     let dir = new_project(&env, "fetcher", "js");
