@@ -11,25 +11,19 @@
 //!   keyhole (allow-list, address check, pending and sent audit records in
 //!   memory, body limits) and through wasmtime-wasi-http with a plain
 //!   sender (connect, send, stream the response back).
-//! - `languages/{cold,warm}/LANG/COMPILER`: the `host plugin new` greeting
-//!   task in Rust, Python and JavaScript, built with `host plugin build`:
-//!   cold is compiling the component (an empty cache), warm is one task
-//!   run from the loaded plugin; each with Cranelift and with Winch.
-//!   Python and JavaScript need componentize-py / componentize-js
-//!   (scripts/test.sh installs them); without them they are skipped, loudly.
 
 #[path = "../../tests/e2e/plugins.rs"]
 mod plugins;
 
+mod common;
+use common::keyhole_task;
+
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyhole::access::TaskIdentity;
 use keyhole::audit::{Actor, AuditLog};
 use keyhole::backend::Router;
 use keyhole::backend::local::LocalBackend;
 use keyhole::crypto::MasterKey;
-use keyhole::exec::{ExecutionEnv, Limits, TaskSpec, run_task};
-use keyhole::mask::MaskSet;
-use keyhole::names::{ExecutionId, Namespace, SecretName, TaskId};
+use keyhole::names::{Namespace, SecretName, TaskId};
 use keyhole::policy::Grants;
 use keyhole::runtime::{Runtime, RuntimeOptions};
 use keyhole::secret::SecretValue;
@@ -162,45 +156,6 @@ fn load(c: &mut Criterion) {
     g.finish();
 }
 
-/// One task through keyhole's real path (`run_task`), with fresh masks and
-/// pins, as a flow would run it.
-#[allow(clippy::too_many_arguments)]
-fn keyhole_task(
-    rt: &tokio::runtime::Runtime,
-    runtime: &Runtime,
-    plugin: &keyhole::runtime::Plugin,
-    secrets: &Arc<Router>,
-    sink: &keyhole::output::Sink,
-    audit: &AuditLog,
-    task: &TaskId,
-    grants: Grants,
-    input: &serde_json::Value,
-    network: keyhole::network::NetworkPolicy,
-) -> serde_json::Value {
-    let env = ExecutionEnv {
-        secrets: secrets.clone(),
-        sink: sink.clone(),
-        masks: Arc::new(MaskSet::new()),
-        audit: audit.clone(),
-        pins: Default::default(),
-    };
-    let spec = TaskSpec {
-        plugin,
-        identity: Arc::new(TaskIdentity {
-            namespace: Namespace::root(),
-            flow: task.clone(),
-            task: task.clone(),
-            execution: ExecutionId::generate(),
-            plugin_sha256: plugin.sha256.clone(),
-        }),
-        grants,
-        input,
-        limits: Limits::default(),
-        network,
-    };
-    rt.block_on(run_task(runtime, &env, spec)).result.expect("the task succeeds")
-}
-
 fn run(c: &mut Criterion) {
     let path = plugins::component(plugins::Plugin::Hello);
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
@@ -316,87 +271,5 @@ fn http_request(c: &mut Criterion) {
     g.finish();
 }
 
-/// `host plugin new NAME --lang LANG` + `host plugin build`, or `None`
-/// (said loudly) when the language's toolchain is missing.
-fn template_plugin(root: &std::path::Path, lang: &str) -> Option<Vec<u8>> {
-    use std::process::Command;
-    let host = env!("CARGO_BIN_EXE_host");
-    let dir = root.join(lang);
-    let new =
-        Command::new(host).args(["plugin", "new", "greeter", "--lang", lang, "--dir"]).arg(&dir).output().unwrap();
-    assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
-    let tools = plugins::workspace().join("target/js-tools/node_modules/.bin");
-    let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
-    let built = Command::new(host)
-        .args(["plugin", "build"])
-        .current_dir(&dir)
-        .env("PATH", path)
-        .env("CARGO_TARGET_DIR", plugins::workspace().join("target/plugins"))
-        .output()
-        .unwrap();
-    if !built.status.success() {
-        eprintln!("\n*** SKIPPED languages/*/{lang}: {} ***\n", String::from_utf8_lossy(&built.stderr).trim());
-        return None;
-    }
-    let wasm = String::from_utf8_lossy(&built.stdout).lines().last().unwrap().to_owned();
-    Some(std::fs::read(wasm).unwrap())
-}
-
-fn languages(c: &mut Criterion) {
-    use keyhole::runtime::Compiler;
-    let root = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SecretStore::open_with_key(&dir.path().join("bench.db"), MasterKey::generate()).unwrap();
-    let token = SecretName::new("GREETING_TOKEN").unwrap();
-    let record = keyhole::audit::NewRecord::ok(
-        &Actor::current_user(),
-        keyhole::audit::Action::SecretSet,
-        &Namespace::root(),
-        None,
-    );
-    store
-        .set(&Namespace::root(), &token, &SecretValue::new("bench-token".into()), &Default::default(), &record)
-        .unwrap();
-    let secrets = Arc::new(Router::new(LocalBackend::new(store), Default::default(), None).unwrap());
-    let sink: keyhole::output::Sink = Arc::new(Mutex::new(std::io::sink()));
-    let audit = AuditLog::open_in_memory().unwrap();
-    let task = TaskId::new("greeter").unwrap();
-    let input = serde_json::json!({ "name": "bench" });
-
-    let mut g = c.benchmark_group("languages");
-    g.sample_size(10).measurement_time(Duration::from_secs(5));
-    for lang in ["rust", "python", "js"] {
-        let Some(bytes) = template_plugin(root.path(), lang) else { continue };
-        for compiler in [Compiler::Cranelift, Compiler::Winch] {
-            let name = format!("{lang}/{compiler:?}").to_lowercase();
-            let runtime = Runtime::new(RuntimeOptions { compiler, ..Default::default() }).unwrap();
-            g.bench_function(format!("cold/{name}"), |b| {
-                b.iter(|| runtime.load_bytes(&bytes, "greeter.wasm").unwrap())
-            });
-            let plugin = runtime.load_bytes(&bytes, "greeter.wasm").unwrap();
-            g.bench_function(format!("warm/{name}"), |b| {
-                b.iter(|| {
-                    let grants = Grants::new([token.clone()]);
-                    let out = keyhole_task(
-                        &rt,
-                        &runtime,
-                        &plugin,
-                        &secrets,
-                        &sink,
-                        &audit,
-                        &task,
-                        grants,
-                        &input,
-                        Default::default(),
-                    );
-                    assert_eq!(out["greeting"], "hello, bench");
-                })
-            });
-        }
-    }
-    g.finish();
-}
-
-criterion_group!(benches, load, run, http_request, languages);
+criterion_group!(benches, load, run, http_request);
 criterion_main!(benches);
