@@ -155,10 +155,11 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     };
     let deadline = started + spec.limits.timeout;
     let input = spec.input.to_string();
-    let captured = Captured::new(spec.limits.output);
-    let stdio = match &spec.plugin.entry {
-        Entry::Task(_) => Stdio::Task,
-        Entry::Command(_) => Stdio::Command { stdin: input.clone().into_bytes(), stdout: captured.clone() },
+    // A command's stdout becomes its output; a task's is shown.
+    let captured = matches!(spec.plugin.entry, Entry::Command(_)).then(|| Captured::new(spec.limits.output));
+    let stdio = match &captured {
+        None => Stdio::Task,
+        Some(stdout) => Stdio::Command { stdin: input.clone().into_bytes(), stdout: stdout.clone() },
     };
     let state = TaskState::new(access, output.clone(), stdio, spec.network, deadline, memory);
     let mut store = Store::new(runtime.engine(), state);
@@ -201,10 +202,14 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let result = match raw {
         // A program that wrote past the limit usually dies of it (a panic on
         // a closed stdout): the limit is the cause to report.
-        _ if captured.overflowed() => Err(TaskFailure::OutputTooLarge(spec.limits.output)),
+        _ if captured.as_ref().is_some_and(Captured::overflowed) => {
+            Err(TaskFailure::OutputTooLarge(spec.limits.output))
+        }
         Err(_elapsed) => Err(TaskFailure::Timeout(spec.limits.timeout)),
         Ok(Ok(Ok(Returned::Json(text)))) => serde_json::from_str(&text).map_err(|e| bad_output(masks, &text, &e)),
-        Ok(Ok(Ok(Returned::Stdout(status)))) => command_output(status, &captured, masks),
+        Ok(Ok(Ok(Returned::Stdout(status)))) => {
+            command_output(status, captured.as_ref().expect("a command's stdout is captured"), masks)
+        }
         Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
         Ok(Err((error, instantiating))) => {
             Err(classify(&error, instantiating, store.data().limiter.denied, memory, spec.limits.timeout, masks))

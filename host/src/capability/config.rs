@@ -15,6 +15,7 @@
 //! Invariant: this module decides nothing; it translates.
 
 use super::TaskState;
+use super::secrets::Secrets;
 use crate::access::{self, AccessError, SecretAccess};
 use wasmtime::component::{HasData, Linker};
 
@@ -48,20 +49,19 @@ mod draft {
     });
 }
 
-/// The task's `wasi:config/store` state: the same access as its `secrets`.
-#[derive(Debug)]
-pub struct Config(pub SecretAccess);
-
+/// No state of its own: a task's `wasi:config/store` is answered from the
+/// state of its `secrets` capability (the same grants, request count,
+/// pins and masks).
 struct Data;
 
 impl HasData for Data {
-    type Data<'a> = &'a mut Config;
+    type Data<'a> = &'a mut Secrets;
 }
 
 /// Adds both versions of `wasi:config/store`.
 pub fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
-    rc1::wasi::config::store::add_to_linker::<TaskState, Data>(linker, |s| &mut s.caps.config)?;
-    draft::wasi::config::store::add_to_linker::<TaskState, Data>(linker, |s| &mut s.caps.config)
+    rc1::wasi::config::store::add_to_linker::<TaskState, Data>(linker, |s| &mut s.caps.secrets)?;
+    draft::wasi::config::store::add_to_linker::<TaskState, Data>(linker, |s| &mut s.caps.secrets)
 }
 
 /// `get(key)`: the value if granted and present, `none` if not granted or
@@ -101,7 +101,7 @@ fn refusal(key: &str, e: &AccessError, access: &SecretAccess) -> String {
     }
 }
 
-impl rc1::wasi::config::store::Host for Config {
+impl rc1::wasi::config::store::Host for Secrets {
     fn get(&mut self, key: String) -> Result<Option<String>, rc1::wasi::config::store::Error> {
         get(&self.0, &key).map_err(rc1::wasi::config::store::Error::Upstream)
     }
@@ -111,7 +111,7 @@ impl rc1::wasi::config::store::Host for Config {
     }
 }
 
-impl draft::wasi::config::store::Host for Config {
+impl draft::wasi::config::store::Host for Secrets {
     fn get(&mut self, key: String) -> Result<Option<String>, draft::wasi::config::store::Error> {
         get(&self.0, &key).map_err(draft::wasi::config::store::Error::Upstream)
     }

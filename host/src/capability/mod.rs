@@ -36,14 +36,12 @@ use wasmtime::component::Linker;
 /// One task's capabilities: the per-task state of each module.
 #[derive(Debug)]
 pub struct Capabilities {
-    /// `secrets.get`.
+    /// `secrets.get`, and `wasi:config/store` (`config`) through the same state.
     pub secrets: secrets::Secrets,
     /// `log.log`.
     pub log: log::Log,
     /// `context.current`.
     pub context: context::Context,
-    /// `wasi:config/store`.
-    pub config: config::Config,
     /// WASI: stdout and stderr only.
     pub wasi: wasi::Wasi,
     /// Outbound HTTP.
@@ -79,7 +77,6 @@ impl TaskState {
             http,
             wasi: wasi::Wasi::new(&output, stdio),
             context: context::Context(access.identity.clone()),
-            config: config::Config(access.clone()),
             secrets: secrets::Secrets(access),
             log: log::Log(output),
         };
