@@ -251,10 +251,21 @@ fn a_wasi_program_with_main_reads_wasi_config_under_grants_audit_and_masking() {
             assert!(!r.all_output().contains("db-secret-91c2") && !r.all_output().contains("other-secret"));
         }
     }
+    // A hostile program puts a value it read into a key: the request is
+    // denied, and neither the answer nor the audit record shows the value.
+    let smuggle = json!({"get": ["DB_URL", "postgres://db-secret-91c2"]});
+    let r = config_command(&env, &component(Plugin::ConfigCommand), &["DB_URL"], smuggle);
+    r.expect_code(0);
+    assert_eq!(r.json(), json!({"values": {"DB_URL": "***", "***": null}}), "{r:#?}");
     let reads = audit(&env, "secret.read");
+    assert!(
+        reads.iter().any(|r| r["outcome"] == "denied" && r["reason"].as_str().unwrap_or("").contains("contains a secret value")),
+        "{reads:#?}"
+    );
     let granted = reads.iter().filter(|r| r["outcome"] == "granted" && r["secret"] == "DB_URL").count();
-    // Per run: `stderr`, `get` and `get-all` each read it once; 4 runs.
-    assert_eq!(granted, 12, "{reads:#?}");
+    // Per run: `stderr`, `get` and `get-all` each read it once; 4 runs,
+    // then one `get` in the smuggling run.
+    assert_eq!(granted, 13, "{reads:#?}");
     let denied = reads.iter().filter(|r| r["outcome"] == "denied" && r["secret"] == "OTHER").count();
     assert_eq!(denied, 4, "a key not granted is none, audited as denied: {reads:#?}");
     assert!(!serde_json::to_string(&reads).unwrap().contains("db-secret-91c2"));
