@@ -157,7 +157,7 @@ pub fn describe(shape: Shape, imports: &[String]) -> String {
 
 /// Reads a plugin file's bytes.
 pub fn inspect(bytes: &[u8]) -> Result<Report, String> {
-    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    let sha256 = sha256_hex(bytes);
     if Parser::is_component(bytes) {
         let (imports, exports) = component_surface(bytes)?;
         let version = imports.iter().find_map(|i| task_version(i));
@@ -239,6 +239,12 @@ pub fn inspect(bytes: &[u8]) -> Result<Report, String> {
     } else {
         Err("the file does not start with the WebAssembly magic bytes".into())
     }
+}
+
+/// SHA-256 of `bytes`, lowercase hex: how a plugin is named in pins, the
+/// compiled cache and the audit trail.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
 
 /// `0.1.0` from `keyhole:task/secrets@0.1.0`.

@@ -16,7 +16,6 @@
 
 use crate::capability::{self, TaskState};
 use crate::sandbox::bindings::TaskPre;
-use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,10 +151,7 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-/// SHA-256 of `bytes`, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::inspect::sha256_hex;
 
 impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
