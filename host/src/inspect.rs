@@ -157,88 +157,93 @@ pub fn describe(shape: Shape, imports: &[String]) -> String {
 
 /// Reads a plugin file's bytes.
 pub fn inspect(bytes: &[u8]) -> Result<Report, String> {
-    let sha256 = sha256_hex(bytes);
-    if Parser::is_component(bytes) {
-        let (imports, exports) = component_surface(bytes)?;
-        let version = imports.iter().find_map(|i| task_version(i));
-        let shape = if exports.iter().any(|e| e == "run") {
-            Some(Shape::Task)
-        } else if exports.iter().any(|e| e.split('@').next() == Some("wasi:cli/run")) {
-            Some(Shape::Command)
-        } else {
-            None
-        };
-        let imports = imports
-            .into_iter()
-            .map(|name| {
-                let (capability, keyhole) = classify(&name);
-                Import { name, capability, keyhole }
-            })
-            .collect();
-        Ok(Report {
-            kind: Kind::Component,
-            shape,
-            size: bytes.len(),
-            sha256,
-            keyhole_task_version: version,
-            exports,
-            imports,
-        })
+    let (kind, surface) = if Parser::is_component(bytes) {
+        (Kind::Component, component_surface(bytes)?)
     } else if Parser::is_core_wasm(bytes) {
-        let exports = core_exports(bytes).map_err(|e| e.to_string())?;
-        let mut imports = Vec::new();
-        let mut version = None;
-        for payload in Parser::new(0).parse_all(bytes) {
-            match payload.map_err(|e| e.to_string())? {
-                Payload::ImportSection(section) => {
-                    for import in section.into_imports() {
-                        let import = import.map_err(|e| e.to_string())?;
-                        let (capability, keyhole) = if import.module == "wasi_snapshot_preview1" {
-                            (Capability::Preview1, "served through the preview1 adapter, same sandbox")
-                        } else {
-                            if version.is_none() {
-                                version = task_version(import.module);
-                            }
-                            classify(import.module)
-                        };
-                        imports.push(Import {
-                            name: format!("{}::{}", import.module, import.name),
-                            capability,
-                            keyhole,
-                        });
-                    }
-                }
-                Payload::CustomSection(c) if version.is_none() && c.name().starts_with("component-type") => {
-                    // wit-bindgen's world description names the package.
-                    let data = c.data();
-                    if let Some(at) = memchr::memmem::find(data, b"keyhole:task@") {
-                        let rest = &data[at + "keyhole:task@".len()..];
-                        let end = rest.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-'));
-                        version = std::str::from_utf8(&rest[..end.unwrap_or(rest.len())]).ok().map(str::to_owned);
-                    }
-                }
-                _ => {}
-            }
-        }
-        let shape = if exports.iter().any(|e| e == "_start") {
-            Some(Shape::Command)
-        } else if exports.iter().any(|e| e == "run") {
-            Some(Shape::Task)
-        } else {
-            None
-        };
-        Ok(Report {
-            kind: Kind::CoreModule,
-            shape,
-            size: bytes.len(),
-            sha256,
-            keyhole_task_version: version,
-            exports,
-            imports,
-        })
+        (Kind::CoreModule, core_surface(bytes)?)
     } else {
-        Err("the file does not start with the WebAssembly magic bytes".into())
+        return Err("the file does not start with the WebAssembly magic bytes".into());
+    };
+    let Surface { shape, version, exports, imports } = surface;
+    Ok(Report {
+        kind,
+        shape,
+        size: bytes.len(),
+        sha256: sha256_hex(bytes),
+        keyhole_task_version: version,
+        exports,
+        imports,
+    })
+}
+
+/// What a file exports and imports, and what that makes it.
+struct Surface {
+    shape: Option<Shape>,
+    version: Option<String>,
+    exports: Vec<String>,
+    imports: Vec<Import>,
+}
+
+fn component_surface(bytes: &[u8]) -> Result<Surface, String> {
+    let (imports, exports) = component_names(bytes)?;
+    let version = imports.iter().find_map(|i| task_version(i));
+    let shape = if exports.iter().any(|e| e == "run") {
+        Some(Shape::Task)
+    } else if exports.iter().any(|e| e.split('@').next() == Some("wasi:cli/run")) {
+        Some(Shape::Command)
+    } else {
+        None
+    };
+    let imports = imports
+        .into_iter()
+        .map(|name| {
+            let (capability, keyhole) = classify(&name);
+            Import { name, capability, keyhole }
+        })
+        .collect();
+    Ok(Surface { shape, version, exports, imports })
+}
+
+fn core_surface(bytes: &[u8]) -> Result<Surface, String> {
+    let exports = core_exports(bytes).map_err(|e| e.to_string())?;
+    let mut imports = Vec::new();
+    let mut version = None;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::ImportSection(section) => {
+                for import in section.into_imports() {
+                    let import = import.map_err(|e| e.to_string())?;
+                    let (capability, keyhole) = if import.module == "wasi_snapshot_preview1" {
+                        (Capability::Preview1, "served through the preview1 adapter, same sandbox")
+                    } else {
+                        if version.is_none() {
+                            version = task_version(import.module);
+                        }
+                        classify(import.module)
+                    };
+                    imports.push(Import { name: format!("{}::{}", import.module, import.name), capability, keyhole });
+                }
+            }
+            Payload::CustomSection(c) if version.is_none() && c.name().starts_with("component-type") => {
+                // wit-bindgen's world description names the package.
+                let data = c.data();
+                if let Some(at) = memchr::memmem::find(data, b"keyhole:task@") {
+                    let rest = &data[at + "keyhole:task@".len()..];
+                    let end = rest.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-'));
+                    version = std::str::from_utf8(&rest[..end.unwrap_or(rest.len())]).ok().map(str::to_owned);
+                }
+            }
+            _ => {}
+        }
     }
+    let shape = if exports.iter().any(|e| e == "_start") {
+        Some(Shape::Command)
+    } else if exports.iter().any(|e| e == "run") {
+        Some(Shape::Task)
+    } else {
+        None
+    };
+    Ok(Surface { shape, version, exports, imports })
 }
 
 /// SHA-256 of `bytes`, lowercase hex: how a plugin is named in pins, the
@@ -267,7 +272,7 @@ pub fn core_exports(module: &[u8]) -> anyhow::Result<Vec<String>> {
 
 /// The top-level import and export names of a component (nested modules
 /// and components have their own, which are not the plugin's).
-fn component_surface(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
+fn component_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
     let mut depth = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
