@@ -1,12 +1,14 @@
 //! The plugin's world and its bounds: the generated bindings for `wit/`
-//! (the one place `bindgen!` runs) and the per-task memory limiter.
+//! (the one `bindgen!` over `wit/`; a standard interface a capability
+//! serves, such as `wasi:config`, is bound in that capability) and the
+//! per-task memory limiter.
 //!
 //! Invariant: memory, tables and instances are capped per task; what a
 //! task may call is `capability`'s business.
 
 use wasmtime::{ResourceLimiter, Result};
 
-/// Bindings generated from `wit/task.wit`: the one place `bindgen!` runs.
+/// Bindings generated from `wit/task.wit`: the one `bindgen!` over `wit/`.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
