@@ -9,7 +9,6 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -147,7 +146,7 @@ impl MasterKey {
 
     /// The key's public fingerprint.
     pub fn id(&self) -> KeyId {
-        let digest = Sha256::new().chain_update(b"keyhole key id v1\0").chain_update(*self.0).finalize();
+        let digest = sha256_parts(&[b"keyhole key id v1\0", &*self.0]);
         KeyId(hex::encode(&digest[..8]))
     }
 
@@ -266,11 +265,12 @@ pub fn open(master: &MasterKey, aad: &[u8], sealed: &Sealed) -> Result<Zeroizing
 #[derive(Clone)]
 pub struct IntegrityKey {
     key: Zeroizing<[u8; 32]>,
-    /// An HMAC keyed with the subkey of each [`MacDomain`], derived and
-    /// keyed once: each MAC clones it instead of hashing the key again (two
-    /// SHA-256 blocks saved per MAC). The keyed state is as secret as the
-    /// subkey; like the key itself it lives as long as the process.
-    subkeys: std::sync::Arc<[HmacSha256; MacDomain::ALL.len()]>,
+    /// An HMAC key for the subkey of each [`MacDomain`], derived and keyed
+    /// once: each MAC starts from its precomputed state instead of hashing
+    /// the key again (two SHA-256 blocks saved per MAC). The keyed state is
+    /// as secret as the subkey; like the key itself it lives as long as the
+    /// process.
+    subkeys: std::sync::Arc<[ring::hmac::Key; MacDomain::ALL.len()]>,
 }
 
 impl fmt::Debug for IntegrityKey {
@@ -306,8 +306,6 @@ impl MacDomain {
     }
 }
 
-type HmacSha256 = hmac::Hmac<Sha256>;
-
 impl IntegrityKey {
     /// A fresh random key.
     pub fn generate() -> Self {
@@ -317,12 +315,9 @@ impl IntegrityKey {
     }
 
     fn with_subkeys(key: Zeroizing<[u8; 32]>) -> Self {
-        use hmac::Mac;
         let subkeys = MacDomain::ALL.map(|d| {
-            let mut sub = <HmacSha256 as Mac>::new_from_slice(&*key).expect("HMAC takes any key length");
-            sub.update(d.label());
-            let subkey: Zeroizing<[u8; 32]> = Zeroizing::new(sub.finalize().into_bytes().into());
-            <HmacSha256 as Mac>::new_from_slice(&*subkey).expect("HMAC takes any key length")
+            let subkey = Zeroizing::new(hmac_sha256(&*key, d.label()));
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &*subkey)
         });
         IntegrityKey { key, subkeys: std::sync::Arc::new(subkeys) }
     }
@@ -332,27 +327,32 @@ impl IntegrityKey {
         Some(Self::with_subkeys(Zeroizing::new(arr)))
     }
 
-    fn hmac(&self, domain: MacDomain, fields: &[&[u8]]) -> HmacSha256 {
-        use hmac::Mac;
-        let mut mac = self.subkeys[domain as usize].clone();
+    /// `fields`, each prefixed with its length, so that no two field lists
+    /// encode alike.
+    fn framed(fields: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(fields.iter().map(|f| f.len() + 8).sum());
         for f in fields {
-            mac.update(&(f.len() as u64).to_be_bytes());
-            mac.update(f);
+            bytes.extend_from_slice(&(f.len() as u64).to_be_bytes());
+            bytes.extend_from_slice(f);
         }
-        mac
+        bytes
     }
 
     /// HMAC-SHA256 under the subkey of `domain` over `fields`, each
     /// length-prefixed so that no two field lists encode alike.
     pub fn mac(&self, domain: MacDomain, fields: &[&[u8]]) -> [u8; 32] {
-        use hmac::Mac;
-        self.hmac(domain, fields).finalize().into_bytes().into()
+        // The same bytes as `framed`, fed without copying them.
+        let mut ctx = ring::hmac::Context::with_key(&self.subkeys[domain as usize]);
+        for f in fields {
+            ctx.update(&(f.len() as u64).to_be_bytes());
+            ctx.update(f);
+        }
+        ctx.sign().as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
     }
 
     /// Checks a MAC from [`IntegrityKey::mac`] in constant time.
     pub fn verify(&self, domain: MacDomain, fields: &[&[u8]], tag: &[u8]) -> bool {
-        use hmac::Mac;
-        self.hmac(domain, fields).verify_slice(tag).is_ok()
+        ring::hmac::verify(&self.subkeys[domain as usize], &Self::framed(fields), tag).is_ok()
     }
 
     /// A short public id of the key (of one domain's subkey), safe to print.
@@ -405,6 +405,28 @@ impl Sealed {
 pub fn rewrap(old: &MasterKey, new: &MasterKey, aad: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, DecryptError> {
     let dek = unwrap_key(old, aad, wrapped)?;
     Ok(wrap(new, aad, &dek))
+}
+
+/// SHA-256 of `bytes`. Every hash in keyhole goes through here or
+/// [`hmac_sha256`]: ring's implementation, which picks the CPU's fastest
+/// code (about 1.7× the portable one on a CPU without SHA extensions).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    sha256_parts(&[bytes])
+}
+
+/// SHA-256 of `parts` concatenated.
+pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().try_into().expect("SHA-256 digests are 32 bytes")
+}
+
+/// HMAC-SHA256 of `data` under `key`.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    ring::hmac::sign(&key, data).as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
 }
 
 #[cfg(test)]

@@ -249,7 +249,7 @@ fn core_surface(bytes: &[u8]) -> Result<Surface, String> {
 /// SHA-256 of `bytes`, lowercase hex: how a plugin is named in pins, the
 /// compiled cache and the audit trail.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+    hex::encode(crate::crypto::sha256(bytes))
 }
 
 /// `0.1.0` from `keyhole:task/secrets@0.1.0`.

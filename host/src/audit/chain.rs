@@ -91,7 +91,7 @@ impl CanonicalParts {
         bytes.push(b'}');
         match key {
             Some(k) => hex::encode(k.mac(MacDomain::AuditChain, &[b"record", &bytes])),
-            None => hex::encode(Sha256::digest(&bytes)),
+            None => hex::encode(crate::crypto::sha256(&bytes)),
         }
     }
 }

@@ -53,9 +53,7 @@ impl AuditKey {
 
     /// HMAC-SHA256 of `value`, lowercase hex: the value's fingerprint.
     pub fn fingerprint(&self, value: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(value.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        hex::encode(crate::crypto::hmac_sha256(&self.0, value.as_bytes()))
     }
 }
 

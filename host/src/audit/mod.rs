@@ -30,9 +30,7 @@
 use crate::crypto::{IntegrityKey, MacDomain};
 use crate::db::{DbError, connect, sql_err};
 use crate::names::{ExecutionId, Namespace, SecretName};
-use hmac::{Hmac, Mac};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -641,7 +639,7 @@ mod tests {
             let expected = if keyed {
                 hex::encode(key.mac(MacDomain::AuditChain, &[b"record", &whole]))
             } else {
-                hex::encode(Sha256::digest(&whole))
+                hex::encode(crate::crypto::sha256(&whole))
             };
             proptest::prop_assert_eq!(r.canonical_hash(keyed.then_some(&key)), expected);
         }

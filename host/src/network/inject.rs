@@ -24,7 +24,6 @@ use super::{AllowEntry, Destination};
 use crate::mask::MaskSet;
 use crate::names::SecretName;
 use crate::secret::SecretValue;
-use hmac::Mac;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -216,9 +215,7 @@ fn replace(text: &[u8], tokens: &[(Token, Arc<Bound>)], body: &[u8], encode: imp
                 base64::engine::general_purpose::STANDARD.encode(creds.as_bytes()).into_bytes()
             }
             Form::HmacHex | Form::HmacBase64 => {
-                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-                mac.update(body);
-                let tag = mac.finalize().into_bytes();
+                let tag = crate::crypto::hmac_sha256(secret.as_bytes(), body);
                 match t.form {
                     Form::HmacHex => hex::encode(tag).into_bytes(),
                     _ => base64::engine::general_purpose::STANDARD.encode(tag).into_bytes(),
@@ -340,9 +337,7 @@ mod tests {
         let mut req =
             parts("/hook", &[("x-hub-signature-256", &format!("sha256={p}.hmac-sha256-hex(body)"))], "{\"a\":1}");
         b.inject(&dest("https://hooks.example.com:443"), &mut req).unwrap();
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"whsec").unwrap();
-        mac.update(b"{\"a\":1}");
-        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let expected = format!("sha256={}", hex::encode(crate::crypto::hmac_sha256(b"whsec", b"{\"a\":1}")));
         assert_eq!(String::from_utf8(req.headers[0].1.clone()).unwrap(), expected);
         let mut in_body = parts("/hook", &[], &format!("{p}.hmac-sha256-hex(body)"));
         assert!(matches!(b.inject(&dest("https://hooks.example.com:443"), &mut in_body), Err(InjectError::HmacInBody)));
