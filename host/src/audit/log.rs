@@ -130,17 +130,6 @@ impl AuditLog {
         Self::open(Path::new(":memory:"), IntegrityKey::generate(), None)
     }
 
-    /// Opens a log at `path` (a new file) committed without fsync: the same
-    /// database, journal and group commit as [`AuditLog::open`], with the
-    /// records left in the operating system's page cache. For benchmarks
-    /// that measure what the fsync costs; never used by `host`.
-    #[doc(hidden)]
-    pub fn open_without_fsync(path: &Path) -> Result<Self, AuditError> {
-        let log = Self::open(path, IntegrityKey::generate(), None)?;
-        lock(&log.shared.conn).pragma_update(None, "synchronous", "OFF").map_err(sql(path, "turn off fsync"))?;
-        Ok(log)
-    }
-
     /// The fingerprint of `value`, when fingerprints are enabled.
     pub fn fingerprint(&self, value: &str) -> Option<String> {
         self.key.as_ref().map(|k| k.fingerprint(value))

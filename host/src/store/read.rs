@@ -173,14 +173,26 @@ impl SecretStore {
 }
 
 impl Reader {
-    /// [`SecretStore::resolve_at`] on this reader's connection.
+    /// [`SecretStore::resolve_at`] on this reader's connection, in one read
+    /// transaction: the secret row and the version row come from the same
+    /// snapshot, and the WAL read lock is taken once instead of per query.
     pub fn resolve_at(
         &self,
         ns: &Namespace,
         grant: &Grant,
         version: Option<u64>,
     ) -> Result<Option<Lookup>, StoreError> {
-        resolve_in(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
+        let run = |sql: &str, op| {
+            self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(sql_err(&self.path, op))
+        };
+        run("BEGIN", "begin a read")?;
+        let found = resolve_in(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version);
+        // A read changes nothing, so how it ends loses nothing; it must
+        // end, or this pooled connection would hold its snapshot forever.
+        if run("COMMIT", "end a read").is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        found
     }
 }
 
