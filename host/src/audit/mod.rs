@@ -396,7 +396,11 @@ const BOUNDARY: &str = "audit_keyed_from";
 
 fn set_head(conn: &Connection, key: &IntegrityKey, seq: u64, hash: &str) -> rusqlite::Result<()> {
     let mac = hex::encode(key.mac(MacDomain::AuditChain, &[b"head", &seq.to_be_bytes(), hash.as_bytes()]));
-    conn.prepare_cached("INSERT OR REPLACE INTO audit_head (id, value) VALUES (1, ?1)")?
+    // An upsert rewrites the one row in place; `INSERT OR REPLACE` would
+    // delete it (zeroing it: secure_delete) and insert it again.
+    conn.prepare_cached(
+        "INSERT INTO audit_head (id, value) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+    )?
         .execute(params![format!("{seq} {hash} {mac}").into_bytes()])?;
     Ok(())
 }
