@@ -401,7 +401,7 @@ fn set_head(conn: &Connection, key: &IntegrityKey, seq: u64, hash: &str) -> rusq
     conn.prepare_cached(
         "INSERT INTO audit_head (id, value) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET value = excluded.value",
     )?
-        .execute(params![format!("{seq} {hash} {mac}").into_bytes()])?;
+    .execute(params![format!("{seq} {hash} {mac}").into_bytes()])?;
     Ok(())
 }
 
