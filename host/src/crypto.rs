@@ -341,13 +341,8 @@ impl IntegrityKey {
     /// HMAC-SHA256 under the subkey of `domain` over `fields`, each
     /// length-prefixed so that no two field lists encode alike.
     pub fn mac(&self, domain: MacDomain, fields: &[&[u8]]) -> [u8; 32] {
-        // The same bytes as `framed`, fed without copying them.
-        let mut ctx = ring::hmac::Context::with_key(&self.subkeys[domain as usize]);
-        for f in fields {
-            ctx.update(&(f.len() as u64).to_be_bytes());
-            ctx.update(f);
-        }
-        ctx.sign().as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
+        let tag = ring::hmac::sign(&self.subkeys[domain as usize], &Self::framed(fields));
+        tag.as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
     }
 
     /// Checks a MAC from [`IntegrityKey::mac`] in constant time.
@@ -432,6 +427,53 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_match_the_published_vectors() {
+        // FIPS 180-2, "abc"; RFC 4231, test case 2.
+        assert_eq!(hex::encode(sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    /// The MAC of `fields` under `domain`, computed with the `hmac`/`sha2`
+    /// crates (keyhole's MACs before ring): what a stored MAC holds.
+    fn reference_mac(key: &IntegrityKey, domain: MacDomain, fields: &[&[u8]]) -> [u8; 32] {
+        use hmac::Mac;
+        type H = hmac::Hmac<sha2::Sha256>;
+        let mut sub = <H as Mac>::new_from_slice(&*key.key).unwrap();
+        sub.update(domain.label());
+        let mut mac = <H as Mac>::new_from_slice(&sub.finalize().into_bytes()).unwrap();
+        for f in fields {
+            mac.update(&(f.len() as u64).to_be_bytes());
+            mac.update(f);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn macs_stored_before_ring_still_verify(
+            fields in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 0..5),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            use sha2::Digest;
+            let key = IntegrityKey::generate();
+            let fields: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+            for domain in MacDomain::ALL {
+                let stored = reference_mac(&key, domain, &fields);
+                proptest::prop_assert_eq!(key.mac(domain, &fields), stored);
+                proptest::prop_assert!(key.verify(domain, &fields, &stored));
+                let mut forged = stored;
+                forged[31] ^= 1;
+                proptest::prop_assert!(!key.verify(domain, &fields, &forged));
+                proptest::prop_assert!(!key.verify(domain, &fields, &stored[..31]));
+            }
+            proptest::prop_assert_eq!(sha256(&data), <[u8; 32]>::from(sha2::Sha256::digest(&data)));
+        }
+    }
 
     #[test]
     fn round_trips_and_binds_associated_data() {
