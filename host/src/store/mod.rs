@@ -572,6 +572,36 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_never_sees_a_rotation_half_done() {
+        // A rotation that keeps one version deletes the version a reader
+        // just saw as current. Reading the secret row and then the version
+        // row in two snapshots would find it gone and report the store as
+        // corrupt; one read transaction sees before or after, never between.
+        let (_d, mut s) = store();
+        set(&mut s, "", "K", "v1");
+        let reader = s.reader().unwrap();
+        let done = &std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reads = scope.spawn(move || {
+                let mut n = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (_, version, value) = found(reader.resolve_at(&ns(""), &grant("K"), None).unwrap().unwrap());
+                    assert_eq!(value, format!("v{version}"));
+                    n += 1;
+                }
+                n
+            });
+            let keep_one = SetOptions { keep: Some(1), rotate: true, ..Default::default() };
+            for i in 2..=300 {
+                s.set(&ns(""), &name("K"), &val(&format!("v{i}")), &keep_one, &rec(Action::SecretRotate, "", "K"))
+                    .unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(reads.join().unwrap() > 0);
+        });
+    }
+
+    #[test]
     fn set_makes_versions_and_keeps_a_configurable_number() {
         let (_d, mut s) = store();
         for i in 1..=7 {
