@@ -158,7 +158,7 @@ impl SecretStore {
         grant: &Grant,
         version: Option<u64>,
     ) -> Result<Option<Lookup>, StoreError> {
-        resolve_in(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
+        resolve_snapshot(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
     }
 
     /// A new [`Reader`] of this store.
@@ -173,27 +173,39 @@ impl SecretStore {
 }
 
 impl Reader {
-    /// [`SecretStore::resolve_at`] on this reader's connection, in one read
-    /// transaction: the secret row and the version row come from the same
-    /// snapshot, and the WAL read lock is taken once instead of per query.
+    /// [`SecretStore::resolve_at`] on this reader's connection.
     pub fn resolve_at(
         &self,
         ns: &Namespace,
         grant: &Grant,
         version: Option<u64>,
     ) -> Result<Option<Lookup>, StoreError> {
-        let run = |sql: &str, op| {
-            self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(sql_err(&self.path, op))
-        };
-        run("BEGIN", "begin a read")?;
-        let found = resolve_in(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version);
-        // A read changes nothing, so how it ends loses nothing; it must
-        // end, or this pooled connection would hold its snapshot forever.
-        if run("COMMIT", "end a read").is_err() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
-        found
+        resolve_snapshot(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
     }
+}
+
+/// [`resolve_in`] in one read transaction: the secret row and the version
+/// row come from the same snapshot (a rotation that prunes the version the
+/// first query saw cannot land between them), and the WAL read lock is
+/// taken once instead of per query.
+fn resolve_snapshot(
+    conn: &Connection,
+    path: &Path,
+    key: &MasterKey,
+    ik: &IntegrityKey,
+    ns: &Namespace,
+    grant: &Grant,
+    version: Option<u64>,
+) -> Result<Option<Lookup>, StoreError> {
+    let run = |sql: &str, op| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(sql_err(path, op));
+    run("BEGIN", "begin a read")?;
+    let found = resolve_in(conn, path, key, ik, ns, grant, version);
+    // A read changes nothing, so how it ends loses nothing; it must end, or
+    // the connection would hold its snapshot forever.
+    if run("COMMIT", "end a read").is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    found
 }
 
 /// Looks in exactly `ns`: `None` if the secret is not there; else its
