@@ -158,7 +158,9 @@ impl SecretStore {
         grant: &Grant,
         version: Option<u64>,
     ) -> Result<Option<Lookup>, StoreError> {
-        resolve_snapshot(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
+        in_snapshot(&self.conn, &self.path, || {
+            resolve_in(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
+        })
     }
 
     /// A new [`Reader`] of this store.
@@ -180,26 +182,24 @@ impl Reader {
         grant: &Grant,
         version: Option<u64>,
     ) -> Result<Option<Lookup>, StoreError> {
-        resolve_snapshot(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
+        in_snapshot(&self.conn, &self.path, || {
+            resolve_in(&self.conn, &self.path, &self.key, &self.integrity, ns, grant, version)
+        })
     }
 }
 
-/// [`resolve_in`] in one read transaction: the secret row and the version
-/// row come from the same snapshot (a rotation that prunes the version the
-/// first query saw cannot land between them), and the WAL read lock is
-/// taken once instead of per query.
-fn resolve_snapshot(
+/// `read` in one read transaction on `conn`: a lookup's secret row and
+/// version row come from the same snapshot (a rotation that prunes the
+/// version the first query saw cannot land between them), and the WAL read
+/// lock is taken once instead of per query.
+fn in_snapshot<T>(
     conn: &Connection,
     path: &Path,
-    key: &MasterKey,
-    ik: &IntegrityKey,
-    ns: &Namespace,
-    grant: &Grant,
-    version: Option<u64>,
-) -> Result<Option<Lookup>, StoreError> {
+    read: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let run = |sql: &str, op| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map_err(sql_err(path, op));
     run("BEGIN", "begin a read")?;
-    let found = resolve_in(conn, path, key, ik, ns, grant, version);
+    let found = read();
     // A read changes nothing, so how it ends loses nothing; it must end, or
     // the connection would hold its snapshot forever.
     if run("COMMIT", "end a read").is_err() {
