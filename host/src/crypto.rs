@@ -410,7 +410,7 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// SHA-256 of `parts` concatenated.
-pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {
         ctx.update(p);
