@@ -209,7 +209,19 @@ impl AuditLog {
             if let Err(why) = &result {
                 tracing::error!("{n} audit record(s) could not be written: {why}");
             }
-            let mut wake = Vec::new();
+            // The next batch is led by the oldest caller still waiting: a
+            // record's writer, or else a flusher whose records were queued
+            // after this batch was taken (not one this batch settled: that
+            // one returns, and the other would sleep forever). It is woken
+            // first, so the next commit starts before the callers settled
+            // here wake up to compete with it for the CPU.
+            let mut wake: Vec<Thread> = q
+                .pending
+                .iter()
+                .find_map(|e| e.waiter.clone())
+                .or_else(|| q.flushers.iter().find(|(t, _)| *t >= settles).map(|f| f.1.clone()))
+                .into_iter()
+                .collect();
             for (i, (ticket, waiter)) in waiters.into_iter().enumerate() {
                 if let Some(thread) = waiter {
                     q.done.insert(ticket, result.as_ref().map(|seqs| seqs[i]).map_err(Clone::clone));
@@ -219,10 +231,6 @@ impl AuditLog {
             q.settled_below = settles;
             q.leader = false;
             wake.extend(q.flushers.iter().filter(|(t, _)| *t < settles).map(|(_, th)| th.clone()));
-            // The oldest caller still waiting leads the next batch.
-            wake.extend(
-                q.pending.iter().find_map(|e| e.waiter.clone()).or_else(|| q.flushers.first().map(|f| f.1.clone())),
-            );
             drop(q);
             for thread in wake {
                 if thread.id() != me {

@@ -669,6 +669,35 @@ mod tests {
         assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 320, .. }));
     }
 
+    /// Tasks of a flow running side by side: each queues its start record
+    /// without waiting and flushes when it ends, while others read. Every
+    /// flush must return (a flush whose records were queued behind a
+    /// running commit must be led by someone), and nothing may be lost.
+    #[test]
+    fn concurrent_flushes_all_return() {
+        let (_d, path, log, key) = setup();
+        let (done, finished) = std::sync::mpsc::channel();
+        for t in 0..6 {
+            let (log, done) = (log.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    if t % 2 == 0 {
+                        log.record_later(rec(&format!("T{t}_{i}"), Outcome::Ok)).unwrap();
+                        log.flush().unwrap();
+                    } else {
+                        log.record(rec(&format!("T{t}_{i}"), Outcome::Granted)).unwrap();
+                    }
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..6 {
+            finished.recv_timeout(std::time::Duration::from_secs(30)).expect("a flush never returned");
+        }
+        let conn = Connection::open(&path).unwrap();
+        assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 1800, .. }));
+    }
+
     #[test]
     fn prune_keeps_the_rest_verifiable() {
         let (_d, path, log, key) = setup();
