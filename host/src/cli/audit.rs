@@ -1,6 +1,10 @@
 //! `host audit ...`: list, export, verify (against a signed checkpoint),
 //! checkpoint, prune, usage, fingerprints.
 
+use super::table::{
+    Align::{Left, Right},
+    Table,
+};
 use super::*;
 use keyhole::audit::{self, Actor, AuditKey, Verdict};
 
@@ -138,29 +142,32 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             if json {
                 print_json(&mut out, &records)?;
             } else {
-                writeln!(
-                    out,
-                    "{:>6}  {:<24}  {:<12} {:<11} {:<24} {:<20} {:<24} {:>3}  REASON",
-                    "SEQ", "TIME", "ACTION", "OUTCOME", "ACTOR", "NAMESPACE", "SECRET", "VER"
-                )
-                .map_err(stdout_err)?;
+                let mut table = Table::new(&[
+                    ("SEQ", Right),
+                    ("TIME", Left),
+                    ("ACTION", Left),
+                    ("OUTCOME", Left),
+                    ("ACTOR", Left),
+                    ("NAMESPACE", Left),
+                    ("SECRET", Left),
+                    ("VER", Right),
+                    ("REASON", Left),
+                ]);
                 for r in records {
-                    let ns = if r.namespace.is_empty() { "(root)" } else { &r.namespace };
-                    writeln!(
-                        out,
-                        "{:>6}  {:<24}  {:<12} {:<11} {:<24} {:<20} {:<24} {:>3}  {}",
-                        r.seq,
+                    let ns = if r.namespace.is_empty() { "(root)".to_owned() } else { r.namespace };
+                    table.row([
+                        r.seq.to_string(),
                         r.time,
                         r.action,
                         r.outcome,
                         r.actor,
                         ns,
-                        r.secret.as_deref().unwrap_or("-"),
+                        r.secret.unwrap_or_else(|| "-".into()),
                         r.version.map_or("-".to_owned(), |v| v.to_string()),
-                        r.reason.as_deref().unwrap_or(""),
-                    )
-                    .map_err(stdout_err)?;
+                        r.reason.unwrap_or_default(),
+                    ]);
                 }
+                table.write(&mut out).map_err(stdout_err)?;
             }
             Ok(())
         }
@@ -250,13 +257,18 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
             if json {
                 print_json(&mut out, &usage)?;
             } else {
-                writeln!(out, "{:<28} {:<24} {:<20} {:>6}  {:<24}", "SECRET", "FLOW", "TASK", "READS", "LAST READ")
-                    .map_err(stdout_err)?;
+                let mut table = Table::new(&[
+                    ("SECRET", Left),
+                    ("FLOW", Left),
+                    ("TASK", Left),
+                    ("READS", Right),
+                    ("LAST READ", Left),
+                ]);
                 for u in usage {
-                    let last = u.last_read.as_deref().unwrap_or("never (grant unused)");
-                    writeln!(out, "{:<28} {:<24} {:<20} {:>6}  {:<24}", u.secret, u.flow, u.task, u.reads, last)
-                        .map_err(stdout_err)?;
+                    let last = u.last_read.unwrap_or_else(|| "never (grant unused)".into());
+                    table.row([u.secret, u.flow, u.task, u.reads.to_string(), last]);
                 }
+                table.write(&mut out).map_err(stdout_err)?;
             }
             Ok(())
         }

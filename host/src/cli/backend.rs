@@ -1,6 +1,7 @@
 //! `host backend ...`: namespaces served by Vault/OpenBao or AWS Secrets
 //! Manager instead of the local store.
 
+use super::table::{Align::Left, Table};
 use super::*;
 use keyhole::audit::{Action, Actor, NewRecord};
 use keyhole::backend::aws::AwsConfig;
@@ -109,14 +110,13 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
             if json {
                 return print_json(&mut out, &b.list());
             }
-            writeln!(out, "{:<24} {:<6} {:<48} PREFIX", "NAMESPACE", "KIND", "WHERE").map_err(stdout_err)?;
+            let mut table = Table::new(&[("NAMESPACE", Left), ("KIND", Left), ("WHERE", Left), ("PREFIX", Left)]);
             for c in b.list() {
                 let ro = matches!(c, BackendConfig::Aws(a) if a.read_only);
                 let place = format!("{}{}", c.location(), if ro { " (read-only)" } else { "" });
-                writeln!(out, "{:<24} {:<6} {:<48} {}", c.namespace(), c.kind(), place, c.prefix())
-                    .map_err(stdout_err)?;
+                table.row([c.namespace().to_string(), c.kind().to_string(), place, c.prefix().to_string()]);
             }
-            return Ok(());
+            return table.write(&mut out).map_err(stdout_err);
         }
         BackendCommand::Rm { namespace } => (namespace, None),
     };

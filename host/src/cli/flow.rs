@@ -1,6 +1,7 @@
 //! `host run`, `host validate`, `host flow schema` and `host executions`.
 
 use super::exec::{failure_exit, log_import_notes, print_warnings, session};
+use super::table::{Align::Left, Table};
 use super::*;
 use keyhole::executions::{ExecutionRecord, Executions};
 use keyhole::flow::{self, Diagnostic, Diagnostics, Severity};
@@ -182,8 +183,13 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
             if json {
                 print_json(&mut out, &list)?;
             } else {
-                writeln!(out, "{:<36}  {:<24} {:<10} {:<24}  TASKS", "EXECUTION", "FLOW", "STATUS", "STARTED")
-                    .map_err(stdout_err)?;
+                let mut table = Table::new(&[
+                    ("EXECUTION", Left),
+                    ("FLOW", Left),
+                    ("STATUS", Left),
+                    ("STARTED", Left),
+                    ("TASKS", Left),
+                ]);
                 for r in list {
                     let tasks: Vec<String> = r
                         .tasks
@@ -199,17 +205,9 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
                             )
                         })
                         .collect();
-                    writeln!(
-                        out,
-                        "{:<36}  {:<24} {:<10} {:<24}  {}",
-                        r.id,
-                        r.flow,
-                        r.status,
-                        r.started,
-                        tasks.join(" ")
-                    )
-                    .map_err(stdout_err)?;
+                    table.row([r.id.to_string(), r.flow, r.status.to_string(), r.started, tasks.join(" ")]);
                 }
+                table.write(&mut out).map_err(stdout_err)?;
             }
         }
         ExecutionsCommand::Show { id, json } => {

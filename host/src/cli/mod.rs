@@ -9,6 +9,7 @@ mod flow;
 mod key;
 mod plugin;
 mod secret;
+mod table;
 
 use audit::AuditCommand;
 use backend::BackendCommand;

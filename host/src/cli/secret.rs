@@ -1,5 +1,9 @@
 //! `host secret ...`: the secret lifecycle at the command line.
 
+use super::table::{
+    Align::{Left, Right},
+    Table,
+};
 use super::*;
 use keyhole::audit::{self, Actor};
 use keyhole::backend::{BackendError, BackendKind, Router};
@@ -294,28 +298,28 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 print_json(&mut out, &list)?;
                 return tampered;
             }
-            writeln!(
-                out,
-                "{:<24} {:<32} {:>7}  {:<20}  {:<20}  STATE",
-                "NAMESPACE", "NAME", "VERSION", "CREATED", "UPDATED"
-            )
-            .map_err(stdout_err)?;
+            let mut table = Table::new(&[
+                ("NAMESPACE", Left),
+                ("NAME", Left),
+                ("VERSION", Right),
+                ("CREATED", Left),
+                ("UPDATED", Left),
+                ("STATE", Left),
+            ]);
             let t = now();
             for s in &list {
                 let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
                 let version = s.version_id.as_deref().map_or(s.version.to_string(), short_id);
-                writeln!(
-                    out,
-                    "{:<24} {:<32} {:>7}  {:<20}  {:<20}  {}",
-                    ns,
-                    s.name,
+                table.row([
+                    ns.to_owned(),
+                    s.name.to_string(),
                     version,
                     fmt_time(s.created_at),
                     fmt_time(s.updated_at),
-                    state(s, t)
-                )
-                .map_err(stdout_err)?;
+                    state(s, t).to_string(),
+                ]);
             }
+            table.write(&mut out).map_err(stdout_err)?;
             tampered
         }
         SecretCommand::Versions { name, at, json } => {
@@ -325,14 +329,14 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             if json {
                 print_json(&mut out, &versions)?;
             } else {
-                writeln!(out, "{:>7}  {:<20}  {:<20}", "VERSION", "CREATED", "EXPIRES").map_err(stdout_err)?;
+                let mut table = Table::new(&[("VERSION", Right), ("CREATED", Left), ("EXPIRES", Left), ("", Left)]);
                 for v in versions {
-                    let cur = if v.current { "  (current)" } else { "" };
+                    let cur = if v.current { "(current)" } else { "" };
                     let exp = v.expires_at.map_or("-".to_owned(), fmt_time);
                     let version = v.version_id.unwrap_or_else(|| v.version.to_string());
-                    writeln!(out, "{version:>7}  {:<20}  {:<20}{cur}", fmt_time(v.created_at), exp)
-                        .map_err(stdout_err)?;
+                    table.row([version, fmt_time(v.created_at), exp, cur.to_owned()]);
                 }
+                table.write(&mut out).map_err(stdout_err)?;
             }
             Ok(())
         }
