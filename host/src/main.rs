@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Err(exit) => {
             let line = masks.mask(&format!("error: {:#}", exit.error)).into_owned();
             let mut err = std::io::stderr().lock();
-            let _ = err.write_all(&keyhole::output::escape_controls(line.as_bytes()));
+            let _ = err.write_all(keyhole::output::one_line(&line).as_bytes());
             let _ = err.write_all(b"\n");
             ExitCode::from(exit.code)
         }

@@ -55,10 +55,11 @@ impl Drop for MaskedEvent {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.buf);
         let masked = self.masks.mask(&text);
-        // A host diagnostic may quote plugin text: escape it too (the final
+        // A host diagnostic may quote plugin text: escape it too, newlines
+        // included, so that text cannot add a line of its own (the final
         // newline of the event stays).
         let body = masked.strip_suffix('\n').unwrap_or(&masked);
-        let mut line = escape_controls(body.as_bytes()).into_owned();
+        let mut line = one_line(body).into_owned().into_bytes();
         line.push(b'\n');
         let _ = std::io::stderr().lock().write_all(&line);
     }
@@ -90,6 +91,20 @@ pub fn escape_controls(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         i += 1;
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// [`escape_controls`] for text shown within one line (a listing's cell, a
+/// task's error in a summary): newlines and tabs are escaped too (`^J`,
+/// `^I`), so plugin text can neither move the cursor nor start a line that
+/// looks like the host's own.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = escape_controls(text.as_bytes());
+    if matches!(escaped, std::borrow::Cow::Borrowed(_)) && !text.contains(['\n', '\t']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    // Controls were replaced by ASCII text: still UTF-8.
+    let shown = String::from_utf8_lossy(&escaped);
+    std::borrow::Cow::Owned(shown.replace('\n', "^J").replace('\t', "^I"))
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
@@ -500,6 +515,20 @@ mod tests {
         assert!(!text.contains("0123456789"), "a secret cut at the budget must not leak its start: {text:?}");
         assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
         assert_eq!(escape_controls("a\u{9b}b\tc\n".as_bytes()).as_ref(), b"a<U+009B>b\tc\n");
+    }
+
+    proptest::proptest! {
+        /// Whatever a plugin puts in text shown on one line, what is shown
+        /// has no control character (so no cursor move, no new line, no
+        /// terminal command), and text without one is shown as it is.
+        #[test]
+        fn one_line_shows_no_control_character(text in "(\\PC|\\p{Cc}|\u{9b}|\n|\t){0,40}") {
+            let shown = one_line(&text);
+            proptest::prop_assert!(!shown.chars().any(char::is_control), "{:?} -> {:?}", text, shown);
+            if !text.chars().any(char::is_control) {
+                proptest::prop_assert_eq!(shown.as_ref(), text.as_str());
+            }
+        }
     }
 
     #[test]

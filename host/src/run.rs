@@ -214,7 +214,8 @@ pub fn mask_value(masks: &MaskSet, v: &Value) -> Value {
 fn progress(env: &ExecutionEnv, flow: &Flow, line: &str) {
     let text = format!("[{}] {}", flow.id, env.masks.mask(line));
     let mut sink = env.sink.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = sink.write_all(&crate::output::escape_controls(text.as_bytes()));
+    // A task's failure quotes plugin text: it stays on this line.
+    let _ = sink.write_all(crate::output::one_line(&text).as_bytes());
     let _ = sink.write_all(b"\n");
 }
 

@@ -105,6 +105,32 @@ fn a_failing_task_stops_the_flow_and_the_record_says_so() {
     run(&env, &trap, &[]).expect_code(3);
 }
 
+/// A hostile plugin's error text reaches the operator's terminal in `host
+/// run`'s progress lines, its summary, the final error line and `executions
+/// show`. Everywhere it is shown escaped: it can neither rewrite what is on
+/// the screen (ESC, CR) nor add a line that looks like the host's own.
+#[test]
+fn a_plugins_error_text_cannot_drive_the_terminal_or_forge_a_line() {
+    let env = Env::new();
+    let flow = flow_file(
+        &env,
+        "esc.yaml",
+        "id: esc\ntasks:\n  - id: t\n    plugin: {probe}\n    \
+         input: {action: fail, message: \"bad\\e[2K\\rall good\\n[esc] task t succeeded\\n  succeeded  t\"}\n",
+    );
+    let r = env.run(&["run", flow.to_str().unwrap()]);
+    r.expect_code(1);
+    let id = r.stdout.split_whitespace().nth(1).expect("the summary names the execution").to_owned();
+    let shown = env.run(&["executions", "show", &id]);
+    shown.expect_code(0);
+    for (what, out) in [("run stdout", &r.stdout), ("run stderr", &r.stderr), ("executions show", &shown.stdout)] {
+        assert!(!out.contains('\x1b') && !out.contains('\r'), "{what}: {out:?}");
+        assert!(out.contains("bad^[[2K^Mall good^J[esc] task t succeeded^J  succeeded  t"), "{what}: {out}");
+        let forged = out.lines().filter(|l| l.starts_with("[esc] task t succeeded") || l.starts_with("  succeeded"));
+        assert_eq!(forged.count(), 0, "{what}: {out}");
+    }
+}
+
 #[test]
 fn validation_names_file_line_and_column_or_the_task() {
     let env = Env::new();

@@ -99,7 +99,9 @@ pub(crate) fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std:
     for t in &r.tasks {
         let status =
             serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        writeln!(out, "  {:<10} {:<24} {:>7} ms  {}", status, t.id, t.duration_ms, t.error.as_deref().unwrap_or(""))?;
+        // The error is plugin text (masked when stored): shown on its line only.
+        let error = keyhole::output::one_line(t.error.as_deref().unwrap_or(""));
+        writeln!(out, "  {:<10} {:<24} {:>7} ms  {error}", status, t.id, t.duration_ms)?;
     }
     let outputs: Map<String, Value> =
         r.tasks.iter().filter_map(|t| t.output.clone().map(|o| (t.id.clone(), o))).collect();

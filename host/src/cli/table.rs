@@ -1,7 +1,9 @@
 //! The listings' text tables: each column as wide as its widest cell (a
 //! long flow/task actor or namespace no longer pushes the columns after it
-//! out of line), two spaces between columns, no trailing blanks.
+//! out of line), two spaces between columns, no trailing blanks, control
+//! characters escaped.
 
+use keyhole::output::one_line;
 use std::io::Write;
 
 /// How a column's cells sit in its width.
@@ -23,9 +25,10 @@ impl Table {
         Table { columns: columns.to_vec(), rows: Vec::new() }
     }
 
-    /// Adds a row: one cell per column, in order.
-    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
-        let row: Vec<String> = cells.into_iter().map(Into::into).collect();
+    /// Adds a row: one cell per column, in order. Control characters in a
+    /// cell (plugin-chosen text can reach a listing) are shown escaped.
+    pub fn row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        let row: Vec<String> = cells.into_iter().map(|c| one_line(c.as_ref()).into_owned()).collect();
         debug_assert_eq!(row.len(), self.columns.len(), "a row has one cell per column");
         self.rows.push(row);
     }
@@ -76,5 +79,16 @@ mod tests {
              \x20 7  nightly-sales-report/deliver  found in namespace finance\n\
              \x2012  a/b\n"
         );
+    }
+
+    #[test]
+    fn a_cell_cannot_move_the_cursor_or_start_a_line() {
+        let mut t = Table::new(&[("A", Align::Left), ("B", Align::Left)]);
+        t.row(["x\u{1b}[2K\rok", "y\n  7  forged\tline\u{9b}"]);
+        let mut out = Vec::new();
+        t.write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("x^[[2K^Mok  y^J  7  forged^Iline<U+009B>"), "{text}");
     }
 }
