@@ -209,11 +209,23 @@ impl RequestBuilder {
         request.set_path_with_query(Some(&url.path_and_query)).map_err(|()| invalid("path"))?;
         let body = request.body().map_err(|()| Error::Failed("no request body".into()))?;
         let pending = outgoing_handler::handle(request, None).map_err(from_code)?;
-        {
+        let written = (|| {
             let out = body.write().map_err(|()| Error::Failed("no body stream".into()))?;
             for chunk in self.body.chunks(4096) {
                 out.blocking_write_and_flush(chunk).map_err(|e| stream_error(&e))?;
             }
+            Ok(())
+        })();
+        if let Err(write_error) = written {
+            // The host stops reading a body it refuses (over the task's
+            // limit, say): its reason is the response's error, not the
+            // closed stream.
+            drop(body);
+            pending.subscribe().block();
+            return Err(match pending.get() {
+                Some(Ok(Err(code))) => from_code(code),
+                _ => write_error,
+            });
         }
         OutgoingBody::finish(body, None).map_err(from_code)?;
         pending.subscribe().block();

@@ -245,6 +245,15 @@ fn limits_fail_the_request_not_the_task() {
         &[&allow[..], &["--max-request-body", "1KiB"]].concat(),
     );
     assert!(r.json()[0]["error"].as_str().unwrap().contains("1024"), "{}", r.stdout);
+    // Far over the limit, the host stops reading the body while the plugin
+    // still writes it: the plugin still learns why, not only that the
+    // stream closed.
+    let r = http(
+        &env,
+        json!([{"method": "POST", "url": server.url("/echo"), "body": "x".repeat(100 * 1024)}]),
+        &[&allow[..], &["--max-request-body", "1KiB"]].concat(),
+    );
+    assert!(r.json()[0]["error"].as_str().unwrap().contains("1024"), "{}", r.stdout);
     let r = http(
         &env,
         json!([{"url": server.url("/slow")}, {"url": server.url("/a")}]),
