@@ -669,10 +669,11 @@ mod tests {
         assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 320, .. }));
     }
 
-    /// Tasks of a flow running side by side: each queues its start record
-    /// without waiting and flushes when it ends, while others read. Every
-    /// flush must return (a flush whose records were queued behind a
-    /// running commit must be led by someone), and nothing may be lost.
+    /// Tasks running side by side on an embedder's threads: each queues its
+    /// start record without waiting and flushes when it ends, while others
+    /// read. Every flush must return (a flush whose records were queued
+    /// behind a running commit must be led by someone), and nothing may be
+    /// lost.
     #[test]
     fn concurrent_flushes_all_return() {
         let (_d, path, log, key) = setup();
