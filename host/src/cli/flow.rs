@@ -96,12 +96,14 @@ pub(crate) fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std:
     let ns = if r.namespace.is_empty() { "(root)" } else { &r.namespace };
     writeln!(out, "execution {}  flow {}  namespace {ns}  {}", r.id, r.flow, r.status)?;
     writeln!(out, "started {}  ended {}", r.started, r.ended.as_deref().unwrap_or("-"))?;
+    let id_width = r.tasks.iter().map(|t| t.id.chars().count()).max().unwrap_or(0);
     for t in &r.tasks {
         let status =
             serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         // The error is plugin text (masked when stored): shown on its line only.
         let error = keyhole::output::one_line(t.error.as_deref().unwrap_or(""));
-        writeln!(out, "  {:<10} {:<24} {:>7} ms  {error}", status, t.id, t.duration_ms)?;
+        let line = format!("  {:<10} {:<id_width$} {:>7} ms  {error}", status, t.id, t.duration_ms);
+        writeln!(out, "{}", line.trim_end())?;
     }
     let outputs: Map<String, Value> =
         r.tasks.iter().filter_map(|t| t.output.clone().map(|o| (t.id.clone(), o))).collect();
