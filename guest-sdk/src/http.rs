@@ -209,14 +209,7 @@ impl RequestBuilder {
         request.set_path_with_query(Some(&url.path_and_query)).map_err(|()| invalid("path"))?;
         let body = request.body().map_err(|()| Error::Failed("no request body".into()))?;
         let pending = outgoing_handler::handle(request, None).map_err(from_code)?;
-        let written = (|| {
-            let out = body.write().map_err(|()| Error::Failed("no body stream".into()))?;
-            for chunk in self.body.chunks(4096) {
-                out.blocking_write_and_flush(chunk).map_err(|e| stream_error(&e))?;
-            }
-            Ok(())
-        })();
-        if let Err(write_error) = written {
+        if let Err(write_error) = write_body(&body, &self.body) {
             // The host stops reading a body it refuses (over the task's
             // limit, say): its reason is the response's error, not the
             // closed stream.
@@ -255,6 +248,16 @@ impl RequestBuilder {
         }
         Ok(Response { status, headers, body })
     }
+}
+
+/// Writes `bytes` into the request's body stream (the stream is closed
+/// before the body is finished or dropped).
+fn write_body(body: &OutgoingBody, bytes: &[u8]) -> Result<(), Error> {
+    let out = body.write().map_err(|()| Error::Failed("no body stream".into()))?;
+    for chunk in bytes.chunks(4096) {
+        out.blocking_write_and_flush(chunk).map_err(|e| stream_error(&e))?;
+    }
+    Ok(())
 }
 
 fn stream_error(e: &StreamError) -> Error {

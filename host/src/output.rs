@@ -98,12 +98,11 @@ pub fn escape_controls(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 /// `^I`), so plugin text can neither move the cursor nor start a line that
 /// looks like the host's own.
 pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    let escaped = escape_controls(text.as_bytes());
-    if matches!(escaped, std::borrow::Cow::Borrowed(_)) && !text.contains(['\n', '\t']) {
+    if !text.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
     }
     // Controls were replaced by ASCII text: still UTF-8.
-    let shown = String::from_utf8_lossy(&escaped);
+    let shown = String::from_utf8_lossy(&escape_controls(text.as_bytes())).into_owned();
     std::borrow::Cow::Owned(shown.replace('\n', "^J").replace('\t', "^I"))
 }
 
