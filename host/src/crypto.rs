@@ -10,7 +10,6 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -165,13 +164,18 @@ pub fn read_key_file(path: &Path) -> Result<MasterKey, KeyError> {
     MasterKey::from_base64(&text, KeySource::File(path.to_owned()))
 }
 
-/// Writes `key` to a new file with mode 0600 and syncs it; never overwrites.
+/// Writes `key` to a new file with mode 0600, durably; never overwrites.
 pub fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
-    let io = |err| KeyError::Io { action: "create", path: path.to_owned(), err };
-    let mut f = crate::data_dir::private_file_options().create_new(true).open(path).map_err(io)?;
-    f.write_all(key.to_base64().as_bytes()).map_err(io)?;
-    f.write_all(b"\n").map_err(io)?;
-    f.sync_all().map_err(io)
+    // Sized up front: a reallocation would free a copy of the key unzeroized.
+    let encoded = key.to_base64();
+    let mut text = Zeroizing::new(String::with_capacity(encoded.len() + 1));
+    text.push_str(&encoded);
+    text.push('\n');
+    crate::data_dir::create_private(path, text.as_bytes()).map_err(|err| KeyError::Io {
+        action: "create",
+        path: path.to_owned(),
+        err,
+    })
 }
 
 impl fmt::Debug for MasterKey {

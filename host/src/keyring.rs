@@ -16,7 +16,7 @@
 //! them.
 
 use crate::crypto::{self, KeyError, KeyId, KeySource, MasterKey};
-use crate::data_dir::DataDir;
+use crate::data_dir::{DataDir, sync_dir};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -97,7 +97,6 @@ impl KeyFiles {
             None => {
                 let key = MasterKey::generate();
                 crypto::write_new_key_file(&path, &key)?;
-                sync_dir(&self.root);
                 Ok((key, KeySource::File(path)))
             }
         }
@@ -233,11 +232,4 @@ fn read_if_exists(path: &Path) -> Result<Option<MasterKey>, KeyError> {
 
 fn rename(from: &Path, to: &Path) -> Result<(), KeyError> {
     std::fs::rename(from, to).map_err(|err| KeyError::Io { action: "rename", path: from.to_owned(), err })
-}
-
-/// Makes renames and creations in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }

@@ -36,18 +36,17 @@ impl AuditKey {
         Ok(Some(AuditKey(Zeroizing::new(bytes))))
     }
 
-    /// Creates a new random key file (mode 0600); fails if it exists.
+    /// Creates a new random key file (mode 0600), durably; fails if it exists.
     pub fn create(path: &Path) -> Result<Self, AuditError> {
         use base64::Engine as _;
-        use std::io::Write;
         let mut bytes = Zeroizing::new(vec![0u8; 32]);
         getrandom::fill(&mut bytes).map_err(|e| AuditError::Key(e.to_string()))?;
-        let io = |e: std::io::Error| AuditError::Key(format!("cannot create {}: {e}", path.display()));
-        let mut f = crate::data_dir::private_file_options().create_new(true).open(path).map_err(io)?;
-        let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*bytes));
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.write_all(b"\n").map_err(io)?;
-        f.sync_all().map_err(io)?;
+        // Sized up front: a reallocation would free a copy of the key unzeroized.
+        let mut text = Zeroizing::new(String::with_capacity(48));
+        base64::engine::general_purpose::STANDARD.encode_string(&*bytes, &mut text);
+        text.push('\n');
+        crate::data_dir::create_private(path, text.as_bytes())
+            .map_err(|e| AuditError::Key(format!("cannot create {}: {e}", path.display())))?;
         Ok(AuditKey(bytes))
     }
 
