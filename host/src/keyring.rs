@@ -195,9 +195,7 @@ impl KeyFiles {
 
     /// Writes a rotation's new key to `master.key.next` (0600, synced).
     pub fn write_next(&self, _lock: &KeyLock, key: &MasterKey) -> Result<(), KeyError> {
-        crypto::write_new_key_file(&self.next(), key)?;
-        sync_dir(&self.root);
-        Ok(())
+        crypto::write_new_key_file(&self.next(), key)
     }
 
     /// After a rotation committed, for a key from a file: retires the old
