@@ -203,7 +203,13 @@ impl AuditLog {
             let (records, waiters): (Vec<Prepared>, Vec<(u64, Option<Thread>)>) =
                 batch.into_iter().map(|e| (e.record, (e.ticket, e.waiter))).unzip();
             let n = records.len();
-            let result = commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), records);
+            // A panic here (a bug) must not leave `leader` set with everyone
+            // asleep behind it: it fails the batch like any other error (the
+            // transaction rolls back as it unwinds).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), records)
+            }))
+            .unwrap_or_else(|_| Err("the audit writer panicked; the batch was rolled back".to_owned()));
             let mut q = lock(&sh.state);
             if let Err(why) = &result {
                 tracing::error!("{n} audit record(s) could not be written: {why}");
@@ -259,6 +265,17 @@ fn commit(conn: &mut Connection, path: &Path, key: &IntegrityKey, batch: Vec<Pre
     let tx =
         conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| why("start a transaction", e))?;
     let seqs = append_all(&tx, key, batch).map_err(|e| why("append records", e))?;
+    #[cfg(test)]
+    if PANIC_IN_COMMIT.with(|p| p.replace(false)) {
+        panic!("a failpoint: the commit panics with its records appended");
+    }
     tx.commit().map_err(|e| why("commit", e))?;
     Ok(seqs)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes this thread's next commit panic (a bug in the commit path,
+    /// simulated).
+    pub(super) static PANIC_IN_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

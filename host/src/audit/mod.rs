@@ -699,6 +699,34 @@ mod tests {
         assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 1800, .. }));
     }
 
+    /// A bug that panics in the middle of a commit (here, a failpoint after
+    /// the records are appended) fails that batch: its callers get an
+    /// error, nothing of it is kept, and later callers are not left asleep
+    /// behind a leader that is gone.
+    #[test]
+    fn a_panicking_commit_fails_its_batch_and_the_log_goes_on() {
+        let (_d, path, log, key) = setup();
+        log.record(rec("BEFORE", Outcome::Granted)).unwrap();
+        log::PANIC_IN_COMMIT.with(|p| p.set(true));
+        let err = log.record(rec("LOST", Outcome::Granted)).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        let (done, result) = std::sync::mpsc::channel();
+        let other = log.clone();
+        std::thread::spawn(move || done.send(other.record(rec("AFTER", Outcome::Granted)).map(|_| ())));
+        let after = result.recv_timeout(std::time::Duration::from_secs(10));
+        after.expect("a caller after the panic was left asleep").unwrap();
+        let conn = Connection::open(&path).unwrap();
+        assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 2, .. }));
+        let names: Vec<String> = conn
+            .prepare("SELECT secret FROM audit ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(names, ["BEFORE", "AFTER"]);
+    }
+
     #[test]
     fn prune_keeps_the_rest_verifiable() {
         let (_d, path, log, key) = setup();
