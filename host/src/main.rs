@@ -18,16 +18,18 @@ use std::sync::Arc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // Every value this process reveals; host diagnostics and the final error
-    // line are masked with it too.
+    // lines are masked with it too.
     let masks = Arc::new(MaskSet::new());
     init_tracing(cli.verbose, &masks);
     match cli::run(cli, &masks) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
-            let line = masks.mask(&format!("error: {:#}", exit.error)).into_owned();
             let mut err = std::io::stderr().lock();
-            let _ = err.write_all(keyhole::output::one_line(&line).as_bytes());
-            let _ = err.write_all(b"\n");
+            for line in exit.lines() {
+                let line = masks.mask(&line);
+                let _ = err.write_all(keyhole::output::one_line(&line).as_bytes());
+                let _ = err.write_all(b"\n");
+            }
             ExitCode::from(exit.code)
         }
     }

@@ -105,7 +105,12 @@ fn exit_codes_distinguish_task_error_usage_and_plugin_failure() {
 
     let r = env.run(&["exec", "/nonexistent/plugin.wasm"]);
     r.expect_code(2);
-    assert!(r.stderr.contains("cannot read plugin /nonexistent/plugin.wasm"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("error: /nonexistent/plugin.wasm: task plugin: cannot read plugin /nonexistent/plugin.wasm"),
+        "{}",
+        r.stderr
+    );
 
     let junk = env.home().join("junk.wasm");
     std::fs::write(&junk, b"definitely not wasm").unwrap();

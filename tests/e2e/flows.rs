@@ -141,10 +141,16 @@ fn validation_names_file_line_and_column_or_the_task() {
         for e in expect {
             assert!(r.stdout.contains(e), "{name}: expected {e:?} in {}", r.stdout);
         }
-        // `run` refuses the same file with the same finding.
+        // `run` refuses the same file with the same findings, each on a
+        // line of its own as `validate` shows it.
+        let shown: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("error: ")).collect();
         let r = run(&env, &f, &[]);
         r.expect_code(2);
         assert!(r.stderr.contains(expect[0]), "{name}: {}", r.stderr);
+        for line in shown {
+            assert!(r.stderr.lines().any(|l| l == line), "{name}: {line:?} not a line of {}", r.stderr);
+        }
+        assert!(!r.stderr.contains("error: error:") && !r.stderr.contains("^J"), "{name}: {}", r.stderr);
     };
     check(
         "unknown.yaml",
@@ -168,8 +174,8 @@ fn validation_names_file_line_and_column_or_the_task() {
     );
     check(
         "missing.yaml",
-        "id: x\ntasks:\n  - {id: a, plugin: nope.wasm}\n",
-        &["missing.yaml: task a: cannot read plugin"],
+        "id: x\ntasks:\n  - {id: a, plugin: nope.wasm}\n  - {id: b, plugin: gone.wasm}\n",
+        &["missing.yaml: task a: cannot read plugin", "missing.yaml: task b: cannot read plugin"],
     );
     check(
         "secret.yaml",

@@ -132,6 +132,19 @@ pub(crate) fn fail(code: u8, error: impl Into<anyhow::Error>) -> Exit {
     Exit { code, error: error.into() }
 }
 
+impl Exit {
+    /// What the operator is shown on stderr, a line each: the errors and
+    /// warnings that stopped a flow as `validate` shows them (each names
+    /// its severity and where), anything else as one `error: ...` line.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        use keyhole::flow::{Diagnostics, Severity};
+        match self.error.downcast_ref::<Diagnostics>() {
+            Some(found) => found.0.iter().filter(|d| d.severity != Severity::Note).map(ToString::to_string).collect(),
+            None => vec![format!("error: {:#}", self.error)],
+        }
+    }
+}
+
 pub(crate) const TASK_ERROR: u8 = 1;
 pub(crate) const USAGE: u8 = 2;
 pub(crate) const PLUGIN_FAILED: u8 = 3;
