@@ -149,6 +149,32 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Reads a file an operator named (a plugin, a flow), refusing one larger
+/// than `limit` bytes before holding more than that: a device such as
+/// `/dev/zero` is an error, not a process that eats memory.
+pub fn read_bounded(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("it is larger than keyhole reads: the limit is {limit} bytes"),
+        )
+    };
+    let file = std::fs::File::open(path)?;
+    // A regular file says its size (and is read without reallocating); a
+    // device or a pipe is read up to the limit.
+    let size = file.metadata()?.len();
+    if size > limit as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 /// The mode of `path` if group or others have any access to it.
 fn loose_mode(path: &Path) -> Option<u32> {
     #[cfg(unix)]
@@ -184,6 +210,18 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"first\n");
         #[cfg(unix)]
         assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn read_bounded_refuses_what_is_too_large_even_without_an_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_bounded(&path, 5).unwrap(), b"12345");
+        let e = read_bounded(&path, 4).unwrap_err();
+        assert_eq!(e.to_string(), "it is larger than keyhole reads: the limit is 4 bytes");
+        #[cfg(target_os = "linux")]
+        assert_eq!(read_bounded(Path::new("/dev/zero"), 1 << 20).unwrap_err().kind(), std::io::ErrorKind::FileTooLarge);
     }
 
     #[test]

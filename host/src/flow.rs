@@ -232,11 +232,8 @@ pub fn load(path: &Path) -> Result<(Flow, Diagnostics), Diagnostics> {
     let err = |location: String, message: String| {
         Diagnostics(vec![Diagnostic { severity: Severity::Error, location, message }])
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(file.clone(), format!("cannot read the flow file: {e}")))?;
-    if meta.len() > MAX_FLOW_BYTES as u64 {
-        return Err(err(file, format!("the flow file is {} bytes; the limit is {MAX_FLOW_BYTES}", meta.len())));
-    }
-    let bytes = std::fs::read(path).map_err(|e| err(file.clone(), format!("cannot read the flow file: {e}")))?;
+    let bytes = crate::data_dir::read_bounded(path, MAX_FLOW_BYTES)
+        .map_err(|e| err(file.clone(), format!("cannot read the flow file: {e}")))?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let upto = &bytes[..e.valid_up_to()];
         let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;

@@ -66,6 +66,9 @@ pub struct RuntimeOptions {
 /// Largest linear memory an instance may have under the pooling allocator.
 pub const POOLING_MAX_MEMORY: usize = 1 << 30;
 
+/// Largest plugin file keyhole reads (a Python component is about 18 MB).
+pub const MAX_PLUGIN_BYTES: usize = 256 << 20;
+
 /// Plugin loading failures: each names the plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -203,7 +206,8 @@ impl Runtime {
 
     /// Loads the plugin at `path`.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|err| LoadError::Read { path: path.to_owned(), err })?;
+        let bytes = crate::data_dir::read_bounded(path, MAX_PLUGIN_BYTES)
+            .map_err(|err| LoadError::Read { path: path.to_owned(), err })?;
         self.load_bytes(&bytes, &path.display().to_string())
     }
 

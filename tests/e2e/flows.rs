@@ -253,6 +253,16 @@ fn hostile_flow_files_get_errors_not_crashes_or_hangs() {
         assert!(r.all_output().contains(expect), "{name}: {}", r.all_output());
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "{name} took {:?}", started.elapsed());
     }
+    // A device has no end: it is refused at the limit, not read until the
+    // host runs out of memory.
+    #[cfg(target_os = "linux")]
+    for command in ["validate", "run"] {
+        let r = env.run_with(env.host().args([command, "/dev/zero"]), b"");
+        r.expect_code(2);
+        let expect =
+            "/dev/zero: cannot read the flow file: it is larger than keyhole reads: the limit is 1048576 bytes";
+        assert!(r.all_output().contains(expect), "{command}: {}", r.all_output());
+    }
 }
 
 #[test]

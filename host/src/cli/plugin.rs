@@ -355,7 +355,7 @@ fn build_componentize(dir: &Path, lang: Lang) -> Result<PathBuf, Exit> {
 // ---- inspect ----
 
 fn inspect_cmd(args: InspectArgs) -> Result<(), Exit> {
-    let bytes = std::fs::read(&args.file)
+    let bytes = keyhole::data_dir::read_bounded(&args.file, keyhole::runtime::MAX_PLUGIN_BYTES)
         .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read {}: {e}", args.file.display())))?;
     let report = inspect::inspect(&bytes).map_err(|e| {
         fail(USAGE, anyhow::anyhow!("{} is not a WebAssembly component or module: {e}", args.file.display()))
