@@ -8,6 +8,10 @@
 use std::fmt;
 use zeroize::Zeroizing;
 
+/// The largest secret value keyhole stores from the command line (1 MiB,
+/// a Kubernetes Secret's limit).
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+
 /// A plaintext secret value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretValue(Zeroizing<String>);
@@ -27,6 +31,39 @@ impl SecretValue {
         let owned = std::mem::take(&mut *bytes);
         // Checked above; this moves the buffer, it does not copy it.
         Ok(SecretValue::new(String::from_utf8(owned).expect("validated UTF-8")))
+    }
+
+    /// Reads plaintext from `source` (stdin, a file) without leaving a copy
+    /// behind: the buffer grows by moving into a bigger zeroizing one, never
+    /// by a reallocation that would free the old bytes as they are. More
+    /// than `limit` bytes is an error (`FileTooLarge`), so an endless source
+    /// such as `/dev/zero` stops there.
+    pub fn read_plaintext(mut source: impl std::io::Read, limit: usize) -> std::io::Result<Zeroizing<Vec<u8>>> {
+        let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+        loop {
+            if buf.len() == buf.capacity() {
+                let mut bigger = Zeroizing::new(Vec::with_capacity(buf.capacity() * 2));
+                bigger.extend_from_slice(&buf);
+                buf = bigger;
+            }
+            let start = buf.len();
+            let room = buf.capacity();
+            buf.resize(room, 0);
+            let read = source.read(&mut buf[start..]);
+            buf.truncate(start + read.as_ref().map_or(0, |n| *n));
+            match read {
+                Ok(0) => return Ok(buf),
+                Ok(_) if buf.len() > limit => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::FileTooLarge,
+                        format!("the secret value is larger than {limit} bytes, the most keyhole stores"),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The plaintext. Every call site is a place where a secret leaves this
@@ -69,6 +106,17 @@ mod tests {
         assert_eq!(format!("{v:?}"), "***");
         assert_eq!(format!("{:?}", Some(&v)), "Some(***)");
         assert_eq!(v.expose(), "hunter2");
+    }
+
+    #[test]
+    fn reads_plaintext_up_to_a_limit() {
+        let big = vec![b'x'; 10_000];
+        assert_eq!(*SecretValue::read_plaintext(&big[..], 10_000).unwrap(), big);
+        let e = SecretValue::read_plaintext(&big[..], 9_999).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(!e.to_string().contains('x'), "{e}");
+        let endless = std::io::repeat(b'z');
+        assert_eq!(SecretValue::read_plaintext(endless, 1 << 20).unwrap_err().kind(), std::io::ErrorKind::FileTooLarge);
     }
 
     #[test]

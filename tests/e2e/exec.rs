@@ -165,6 +165,29 @@ fn secret_set_refuses_empty_values_and_reads_files() {
     let out =
         env.probe("", &["FROM_FILE"], json!({"action": "get", "names": ["FROM_FILE"]}), &[]).expect_code(0).json();
     assert_eq!(out["FROM_FILE"]["sha256"], sha256("from-a-file"));
+
+    // Large values pass (100 KiB on stdin, read in many pieces); one past
+    // the limit, or a source with no end, is refused without storing.
+    let large = "v".repeat(100 << 10);
+    env.run_with(env.host().args(["secret", "set", "LARGE"]), large.as_bytes()).expect_code(0);
+    let out = env.probe("", &["LARGE"], json!({"action": "get", "names": ["LARGE"]}), &[]).expect_code(0).json();
+    assert_eq!(out["LARGE"]["sha256"], sha256(&large));
+    let too_large = vec![b'v'; (1 << 20) + 1];
+    let r = env.run_with(env.host().args(["secret", "set", "HUGE"]), &too_large);
+    r.expect_code(2);
+    assert!(r.stderr.contains("the secret value is larger than 1048576 bytes"), "{}", r.stderr);
+    #[cfg(target_os = "linux")]
+    {
+        let r = env.run_with(env.host().args(["secret", "set", "ZEROS", "--from-file", "/dev/zero"]), b"");
+        r.expect_code(2);
+        assert!(
+            r.stderr.contains("cannot read secret value from /dev/zero: the secret value is larger"),
+            "{}",
+            r.stderr
+        );
+    }
+    let listed = env.run(&["secret", "list"]);
+    assert!(!listed.stdout.contains("HUGE") && !listed.stdout.contains("ZEROS"), "{}", listed.stdout);
 }
 
 #[test]

@@ -258,15 +258,14 @@ impl From<keyhole::backup::BundleError> for Exit {
 }
 
 pub(crate) fn read_value(from_file: Option<&Path>) -> Result<SecretValue> {
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    match from_file {
-        Some(p) => {
-            *bytes = std::fs::read(p).with_context(|| format!("cannot read secret value from {}", p.display()))?;
-        }
-        None => {
-            std::io::stdin().lock().read_to_end(&mut bytes).context("cannot read the secret value from stdin")?;
-        }
-    }
+    use keyhole::secret::MAX_VALUE_BYTES;
+    let mut bytes = match from_file {
+        Some(p) => std::fs::File::open(p)
+            .and_then(|f| SecretValue::read_plaintext(f, MAX_VALUE_BYTES))
+            .with_context(|| format!("cannot read secret value from {}", p.display()))?,
+        None => SecretValue::read_plaintext(std::io::stdin().lock(), MAX_VALUE_BYTES)
+            .context("cannot read the secret value from stdin")?,
+    };
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
