@@ -149,6 +149,10 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Largest certificate (CA) file keyhole reads; a full public CA bundle is
+/// about 220 KB.
+pub const MAX_CA_FILE_BYTES: usize = 4 << 20;
+
 /// Reads a file an operator named (a plugin, a flow), refusing one larger
 /// than `limit` bytes before holding more than that: a device such as
 /// `/dev/zero` is an error, not a process that eats memory.

@@ -103,6 +103,21 @@ fn exit_codes_distinguish_task_error_usage_and_plugin_failure() {
     r.expect_code(2);
     assert!(r.stderr.contains("the input from --input is not a JSON document"), "{}", r.stderr);
 
+    // An input with no end (a device, a producer that never stops) is
+    // refused at the limit instead of filling memory.
+    #[cfg(target_os = "linux")]
+    {
+        let r =
+            env.run_with(env.host().arg("exec").arg(component(Plugin::Probe)).args(["--input-file", "/dev/zero"]), b"");
+        r.expect_code(2);
+        let expect = "cannot read input file /dev/zero: it is larger than keyhole reads: the limit is 16777216 bytes";
+        assert!(r.stderr.contains(expect), "{}", r.stderr);
+    }
+    let endless = vec![b' '; (16 << 20) + 1];
+    let r = env.run_with(env.host().arg("exec").arg(component(Plugin::Probe)).args(["--input-file", "-"]), &endless);
+    r.expect_code(2);
+    assert!(r.stderr.contains("cannot read the input from stdin: it is larger than keyhole reads"), "{}", r.stderr);
+
     let r = env.run(&["exec", "/nonexistent/plugin.wasm"]);
     r.expect_code(2);
     assert!(

@@ -43,7 +43,8 @@ pub fn agent(backend: &str, ca_file: Option<&Path>) -> Result<ureq::Agent, Backe
     let mut tls = TlsConfig::builder();
     if let Some(ca) = ca_file {
         let bad = |why: String| BackendError::Config { backend: format!("{backend}: CA file {}", ca.display()), why };
-        let pem = std::fs::read(ca).map_err(|e| bad(format!("cannot read the CA file: {e}")))?;
+        let pem = crate::data_dir::read_bounded(ca, crate::data_dir::MAX_CA_FILE_BYTES)
+            .map_err(|e| bad(format!("cannot read the CA file: {e}")))?;
         let mut certs = Vec::new();
         for item in ureq::tls::parse_pem(&pem) {
             if let PemItem::Certificate(c) = item.map_err(|e| bad(format!("not PEM: {e}")))? {

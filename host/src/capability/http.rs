@@ -459,7 +459,8 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+        let pem = crate::data_dir::read_bounded(path, crate::data_dir::MAX_CA_FILE_BYTES)
+            .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| format!("the CA file {} is not PEM: {e}", path.display()))?;

@@ -80,21 +80,32 @@ impl ExecArgs {
     }
 }
 
+/// Largest input document `host exec` reads.
+const MAX_INPUT_BYTES: usize = 16 << 20;
+
 pub(crate) fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
-    let (text, origin) = match (&args.input, &args.input_file) {
-        (Some(s), _) => (s.clone(), "--input".to_owned()),
+    let too_large = || anyhow::anyhow!("it is larger than keyhole reads: the limit is {MAX_INPUT_BYTES} bytes");
+    let (bytes, origin) = match (&args.input, &args.input_file) {
+        (Some(s), _) => (s.clone().into_bytes(), "--input".to_owned()),
         (None, Some(p)) if p == Path::new("-") => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("cannot read the input from stdin")?;
-            (s, "stdin".to_owned())
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .take(MAX_INPUT_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+                .context("cannot read the input from stdin")?;
+            if bytes.len() > MAX_INPUT_BYTES {
+                return Err(too_large().context("cannot read the input from stdin"));
+            }
+            (bytes, "stdin".to_owned())
         }
         (None, Some(p)) => (
-            std::fs::read_to_string(p).with_context(|| format!("cannot read input file {}", p.display()))?,
+            keyhole::data_dir::read_bounded(p, MAX_INPUT_BYTES)
+                .with_context(|| format!("cannot read input file {}", p.display()))?,
             p.display().to_string(),
         ),
-        (None, None) => ("{}".to_owned(), "the default input".to_owned()),
+        (None, None) => (b"{}".to_vec(), "the default input".to_owned()),
     };
-    serde_json::from_str(&text).with_context(|| format!("the input from {origin} is not a JSON document"))
+    serde_json::from_slice(&bytes).with_context(|| format!("the input from {origin} is not a JSON document"))
 }
 
 /// An opened host and the async runtime that drives its tasks.
