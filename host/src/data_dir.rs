@@ -157,26 +157,33 @@ pub const MAX_CA_FILE_BYTES: usize = 4 << 20;
 /// than `limit` bytes before holding more than that: a device such as
 /// `/dev/zero` is an error, not a process that eats memory.
 pub fn read_bounded(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let too_large = || {
-        std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!("it is larger than keyhole reads: the limit is {limit} bytes"),
-        )
-    };
     let file = std::fs::File::open(path)?;
     // A regular file says its size (and is read without reallocating); a
     // device or a pipe is read up to the limit.
     let size = file.metadata()?.len();
     if size > limit as u64 {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
-    let mut bytes = Vec::with_capacity(size as usize);
-    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    read_limited(file, limit, size as usize)
+}
+
+/// Reads `source` to its end (stdin, a pipe), or fails once it has given
+/// more than `limit` bytes; `size_hint` bytes are reserved up front.
+pub fn read_limited(source: impl std::io::Read, limit: usize, size_hint: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(size_hint.min(limit));
+    source.take(limit as u64 + 1).read_to_end(&mut bytes)?;
     if bytes.len() > limit {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     Ok(bytes)
+}
+
+fn too_large(limit: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::FileTooLarge,
+        format!("it is larger than keyhole reads: the limit is {limit} bytes"),
+    )
 }
 
 /// The mode of `path` if group or others have any access to it.

@@ -84,20 +84,13 @@ impl ExecArgs {
 const MAX_INPUT_BYTES: usize = 16 << 20;
 
 pub(crate) fn read_input(args: &ExecArgs) -> Result<serde_json::Value> {
-    let too_large = || anyhow::anyhow!("it is larger than keyhole reads: the limit is {MAX_INPUT_BYTES} bytes");
     let (bytes, origin) = match (&args.input, &args.input_file) {
         (Some(s), _) => (s.clone().into_bytes(), "--input".to_owned()),
-        (None, Some(p)) if p == Path::new("-") => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .take(MAX_INPUT_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)
-                .context("cannot read the input from stdin")?;
-            if bytes.len() > MAX_INPUT_BYTES {
-                return Err(too_large().context("cannot read the input from stdin"));
-            }
-            (bytes, "stdin".to_owned())
-        }
+        (None, Some(p)) if p == Path::new("-") => (
+            keyhole::data_dir::read_limited(std::io::stdin().lock(), MAX_INPUT_BYTES, 0)
+                .context("cannot read the input from stdin")?,
+            "stdin".to_owned(),
+        ),
         (None, Some(p)) => (
             keyhole::data_dir::read_bounded(p, MAX_INPUT_BYTES)
                 .with_context(|| format!("cannot read input file {}", p.display()))?,

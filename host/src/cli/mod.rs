@@ -27,7 +27,7 @@ pub(crate) use keyhole::mask::MaskSet;
 pub(crate) use keyhole::names::{Namespace, SecretName};
 pub(crate) use keyhole::secret::SecretValue;
 pub(crate) use keyhole::store::{SecretStore, StoreError};
-pub(crate) use std::io::{Read, Write};
+pub(crate) use std::io::Write;
 pub(crate) use std::path::{Path, PathBuf};
 pub(crate) use std::sync::Arc;
 pub(crate) use std::time::Duration;
