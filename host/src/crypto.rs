@@ -166,12 +166,7 @@ pub fn read_key_file(path: &Path) -> Result<MasterKey, KeyError> {
 
 /// Writes `key` to a new file with mode 0600, durably; never overwrites.
 pub fn write_new_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyError> {
-    // Sized up front: a reallocation would free a copy of the key unzeroized.
-    let encoded = key.to_base64();
-    let mut text = Zeroizing::new(String::with_capacity(encoded.len() + 1));
-    text.push_str(&encoded);
-    text.push('\n');
-    crate::data_dir::create_private(path, text.as_bytes()).map_err(|err| KeyError::Io {
+    crate::data_dir::create_private(path, &[key.to_base64().as_bytes(), b"\n"]).map_err(|err| KeyError::Io {
         action: "create",
         path: path.to_owned(),
         err,

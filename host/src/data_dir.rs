@@ -1,5 +1,7 @@
 //! The data directory: where the store, the master key file and the compiled
-//! plugin cache live, and how its location is chosen.
+//! plugin cache live, and how its location is chosen; how keyhole writes a
+//! file of its own (private from the first byte, durable once written) and
+//! reads a file an operator names (up to a limit).
 
 use std::path::{Path, PathBuf};
 
@@ -124,13 +126,16 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result.map(|()| sync_dir(parent_of(path)))
 }
 
-/// Creates `path` (mode 0600) holding `bytes`, durably: the file and its
-/// directory entry are synced before this returns. Never overwrites: an
-/// existing file is an `AlreadyExists` error. For key files.
-pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` (mode 0600) holding `parts` one after the other, durably:
+/// the file and its directory entry are synced before this returns. Never
+/// overwrites: an existing file is an `AlreadyExists` error. For key files
+/// (written as parts, so a key is never copied into a joined buffer).
+pub fn create_private(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = private_file_options().create_new(true).open(path)?;
-    f.write_all(bytes)?;
+    for part in parts {
+        f.write_all(part)?;
+    }
     f.sync_all()?;
     sync_dir(parent_of(path));
     Ok(())
@@ -215,8 +220,8 @@ mod tests {
     fn create_private_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.key");
-        create_private(&path, b"first\n").unwrap();
-        let again = create_private(&path, b"second\n").unwrap_err();
+        create_private(&path, &[b"first", b"\n"]).unwrap();
+        let again = create_private(&path, &[b"second\n"]).unwrap_err();
         assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), b"first\n");
         #[cfg(unix)]

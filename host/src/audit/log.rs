@@ -41,11 +41,8 @@ impl AuditKey {
         use base64::Engine as _;
         let mut bytes = Zeroizing::new(vec![0u8; 32]);
         getrandom::fill(&mut bytes).map_err(|e| AuditError::Key(e.to_string()))?;
-        // Sized up front: a reallocation would free a copy of the key unzeroized.
-        let mut text = Zeroizing::new(String::with_capacity(48));
-        base64::engine::general_purpose::STANDARD.encode_string(&*bytes, &mut text);
-        text.push('\n');
-        crate::data_dir::create_private(path, text.as_bytes())
+        let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*bytes));
+        crate::data_dir::create_private(path, &[text.as_bytes(), b"\n"])
             .map_err(|e| AuditError::Key(format!("cannot create {}: {e}", path.display())))?;
         Ok(AuditKey(bytes))
     }
