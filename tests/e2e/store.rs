@@ -95,9 +95,9 @@ fn two_processes_writing_at_once_lose_nothing() {
                 c.env("KEYHOLE_HOME", &home).env_remove("KEYHOLE_MASTER_KEY");
                 c.args(["secret", "set", &format!("P{p}_{i}")]).stdin(std::process::Stdio::piped());
                 let mut child = c.spawn().unwrap();
-                use std::io::Write;
-                child.stdin.take().unwrap().write_all(b"v").unwrap();
+                let feeder = crate::support::feed(&mut child, b"v");
                 assert!(child.wait().unwrap().success());
+                feeder.join().unwrap();
             }
         }));
     }

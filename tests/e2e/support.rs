@@ -70,8 +70,9 @@ impl Env {
     pub fn run_with(&self, cmd: &mut Command, stdin: &[u8]) -> Run {
         let mut child =
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot start host");
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let feeder = feed(&mut child, stdin);
         let out = child.wait_with_output().unwrap();
+        feeder.join().expect("the stdin writer panicked");
         Run {
             code: out.status.code().unwrap_or_else(|| panic!("host died by a signal: {:?}", out.status)),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -100,6 +101,19 @@ impl Env {
         cmd.args(extra);
         self.run_with(&mut cmd, b"")
     }
+}
+
+/// Writes `input` to the child's stdin from a thread of its own, then closes
+/// it, so a child that fills its stdout before reading cannot deadlock against
+/// the writer. A child that exits (or closes stdin) without reading it all is
+/// not an error: its exit status and output decide the test, not the pipe.
+pub fn feed(child: &mut Child, input: &[u8]) -> std::thread::JoinHandle<()> {
+    let mut stdin = child.stdin.take().expect("the child's stdin must be piped");
+    let input = input.to_vec();
+    std::thread::spawn(move || match stdin.write_all(&input) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.expect("cannot write to the child's stdin"),
+    })
 }
 
 pub fn sha256(s: &str) -> String {
@@ -255,5 +269,23 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Regression (issue 26): `run_with` panicked with a broken pipe when `host`
+/// exited before reading its stdin. Many megabytes into commands that never
+/// read stdin, over and over: the pipe must never decide the outcome.
+#[test]
+fn a_command_that_never_reads_its_stdin_is_judged_by_its_exit_and_output() {
+    let env = Env::new();
+    env.set_secret("", "PRESENT", "v");
+    let input = vec![b'x'; 8 << 20];
+    for _ in 0..20 {
+        let r = env.run_with(env.host().args(["secret", "list"]), &input);
+        r.expect_code(0);
+        assert!(r.stdout.contains("PRESENT"), "{r:#?}");
+        let r = env.run_with(env.host().args(["validate", "/nonexistent/flow.yaml"]), &input);
+        r.expect_code(2);
+        assert!(r.stderr.contains("/nonexistent/flow.yaml"), "{r:#?}");
     }
 }
