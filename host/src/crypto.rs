@@ -289,11 +289,24 @@ pub enum MacDomain {
     AuditChain,
     /// `backends.json`.
     Backends,
+    /// A row of `tokens` (its hash, bindings, expiry, revocation).
+    TokenRow,
+    /// A row of `roles` (its permissions).
+    RoleRow,
+    /// A row of `flows` (a deployed revision: its text and plugin digests).
+    FlowRow,
 }
 
 impl MacDomain {
-    const ALL: [MacDomain; 4] =
-        [MacDomain::SecretRow, MacDomain::VersionRow, MacDomain::AuditChain, MacDomain::Backends];
+    const ALL: [MacDomain; 7] = [
+        MacDomain::SecretRow,
+        MacDomain::VersionRow,
+        MacDomain::AuditChain,
+        MacDomain::Backends,
+        MacDomain::TokenRow,
+        MacDomain::RoleRow,
+        MacDomain::FlowRow,
+    ];
 
     fn label(self) -> &'static [u8] {
         match self {
@@ -301,6 +314,9 @@ impl MacDomain {
             MacDomain::VersionRow => b"keyhole mac v1: version row",
             MacDomain::AuditChain => b"keyhole mac v1: audit chain",
             MacDomain::Backends => b"keyhole mac v1: backends",
+            MacDomain::TokenRow => b"keyhole mac v1: token row",
+            MacDomain::RoleRow => b"keyhole mac v1: role row",
+            MacDomain::FlowRow => b"keyhole mac v1: flow row",
         }
     }
 }

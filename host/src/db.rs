@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The schema version this host writes: 1 was keyhole 0.1; 2 added the
-/// integrity MAC columns, the audit `detail` and the authenticated head.
-pub const SCHEMA_VERSION: i64 = 3;
+/// integrity MAC columns, the audit `detail` and the authenticated head; 3
+/// secret destinations; 4 the server's tokens, roles, deployed flows and the
+/// execution queue.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// A failure of the database file; each names the file and what was being
 /// done.
@@ -92,9 +94,58 @@ const EXECUTIONS_SCHEMA: &str = "
         status TEXT NOT NULL,
         started TEXT NOT NULL,
         ended TEXT,
-        tasks TEXT NOT NULL
+        tasks TEXT NOT NULL,
+        inputs TEXT,
+        revision INTEGER,
+        trigger TEXT,
+        created_by TEXT,
+        idempotency_key TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        log TEXT
     );
     CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow, started);
+    CREATE INDEX IF NOT EXISTS executions_queue ON executions (status, started);
+    CREATE UNIQUE INDEX IF NOT EXISTS executions_idempotency ON executions (idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+";
+
+/// What `host serve` keeps: tokens (their SHA-256, never the token), roles,
+/// and every deployed revision of every flow (a removal is a revision too,
+/// so MAC'd rows are only ever added).
+const SERVER_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        bindings TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER,
+        last_used INTEGER,
+        created_by TEXT NOT NULL,
+        mac BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
+    CREATE TABLE IF NOT EXISTS roles (
+        name TEXT PRIMARY KEY,
+        allow TEXT NOT NULL,
+        deny TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        mac BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS flows (
+        namespace TEXT NOT NULL,
+        id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        source TEXT NOT NULL,
+        plugins TEXT NOT NULL,
+        deployed_at INTEGER NOT NULL,
+        deployed_by TEXT NOT NULL,
+        removed INTEGER NOT NULL DEFAULT 0,
+        mac BLOB NOT NULL,
+        PRIMARY KEY (namespace, id, revision)
+    );
 ";
 
 /// Environment variable overriding how long a write waits for another
@@ -161,7 +212,28 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     }
     if version == 1 || version == 2 {
         // keyhole 0.3: the destinations a secret is bound to (NULL: none).
-        return step(conn, path, 2, "ALTER TABLE secrets ADD COLUMN destinations TEXT;");
+        step(conn, path, 2, "ALTER TABLE secrets ADD COLUMN destinations TEXT;")?;
+    }
+    if (1..=3).contains(&version) {
+        // keyhole 0.4: `host serve`'s tables and the execution queue.
+        return step(
+            conn,
+            path,
+            3,
+            &format!(
+                "ALTER TABLE executions ADD COLUMN inputs TEXT;
+                 ALTER TABLE executions ADD COLUMN revision INTEGER;
+                 ALTER TABLE executions ADD COLUMN trigger TEXT;
+                 ALTER TABLE executions ADD COLUMN created_by TEXT;
+                 ALTER TABLE executions ADD COLUMN idempotency_key TEXT;
+                 ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE executions ADD COLUMN log TEXT;
+                 CREATE INDEX IF NOT EXISTS executions_queue ON executions (status, started);
+                 CREATE UNIQUE INDEX IF NOT EXISTS executions_idempotency ON executions (idempotency_key)
+                     WHERE idempotency_key IS NOT NULL;
+                 {SERVER_SCHEMA}"
+            ),
+        );
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
     conn.execute_batch(&format!(
@@ -194,10 +266,12 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
          );
          {audit}
          {executions}
-         PRAGMA user_version = 3;
+         {server}
+         PRAGMA user_version = 4;
          COMMIT;",
         audit = AUDIT_SCHEMA,
         executions = EXECUTIONS_SCHEMA,
+        server = SERVER_SCHEMA,
     ))
     .map_err(e("create the schema"))
 }

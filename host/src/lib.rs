@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod authz;
 pub mod backend;
 pub mod backup;
 pub mod capability;
@@ -33,3 +34,4 @@ pub mod sandbox;
 pub mod secret;
 pub mod session;
 pub mod store;
+pub mod tokens;

@@ -83,6 +83,14 @@ impl SecretValue {
     }
 }
 
+/// A value arriving in a request body (`PUT /api/v1/secrets/...`): the
+/// decoded text moves into the zeroizing wrapper without a copy.
+impl<'de> serde::Deserialize<'de> for SecretValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(SecretValue::new)
+    }
+}
+
 impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")

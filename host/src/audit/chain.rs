@@ -233,6 +233,8 @@ impl Record {
                 Some(plugin_sha256.clone()),
             ),
             Actor::Cli { user } => ("cli", user.clone(), None, None, None, None),
+            Actor::Token { id, name } => ("token", format!("{name} ({id})"), None, None, None, None),
+            Actor::Server => ("server", "host serve".to_owned(), None, None, None, None),
         };
         Record {
             seq: 0,

@@ -73,6 +73,16 @@ pub enum Actor {
         /// The OS user.
         user: String,
     },
+    /// A principal of `host serve`, by its token's name and id (never the
+    /// token).
+    Token {
+        /// The token's id.
+        id: String,
+        /// The token's name.
+        name: String,
+    },
+    /// `host serve` itself: what it does on its own (recovery, schedules).
+    Server,
 }
 
 impl Actor {
@@ -166,6 +176,36 @@ pub enum Action {
     /// `sent` or `failed`; `denied` when refused (`detail.refused` says why).
     #[serde(rename = "http.request")]
     HttpRequest,
+    /// `host token create`: a token was issued (never the token itself).
+    #[serde(rename = "token.create")]
+    TokenCreate,
+    /// `host token revoke`.
+    #[serde(rename = "token.revoke")]
+    TokenRevoke,
+    /// `host role create` / `host role rm`.
+    #[serde(rename = "role.change")]
+    RoleChange,
+    /// `host flow deploy`: a revision of a flow and its plugins' digests.
+    #[serde(rename = "flow.deploy")]
+    FlowDeploy,
+    /// `host flow rm`.
+    #[serde(rename = "flow.rm")]
+    FlowRemove,
+    /// An execution was queued (by the API, a webhook or a schedule).
+    #[serde(rename = "execution.create")]
+    ExecutionCreate,
+    /// An execution was cancelled.
+    #[serde(rename = "execution.cancel")]
+    ExecutionCancel,
+    /// An execution was cut off by a server stop or crash (`detail.requeued` says what followed).
+    #[serde(rename = "execution.interrupt")]
+    ExecutionInterrupt,
+    /// An API request refused for want of a permission.
+    #[serde(rename = "api.denied")]
+    ApiDenied,
+    /// An API request with a token that is unknown, revoked, expired or edited.
+    #[serde(rename = "auth.failed")]
+    AuthFailed,
 }
 
 impl Action {
@@ -190,6 +230,16 @@ impl Action {
             Action::TaskReadCap => "task.read-cap",
             Action::HttpRequest => "http.request",
             Action::SecretBind => "secret.bind",
+            Action::TokenCreate => "token.create",
+            Action::TokenRevoke => "token.revoke",
+            Action::RoleChange => "role.change",
+            Action::FlowDeploy => "flow.deploy",
+            Action::FlowRemove => "flow.rm",
+            Action::ExecutionCreate => "execution.create",
+            Action::ExecutionCancel => "execution.cancel",
+            Action::ExecutionInterrupt => "execution.interrupt",
+            Action::ApiDenied => "api.denied",
+            Action::AuthFailed => "auth.failed",
         }
     }
 }

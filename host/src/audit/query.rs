@@ -3,8 +3,9 @@
 
 use super::*;
 
-/// Filters for `host audit list`.
-#[derive(Debug, Clone, Default)]
+/// Filters for `host audit list` (and `GET /api/v1/audit`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Filter {
     /// Secret name.
     pub secret: Option<String>,
@@ -18,6 +19,8 @@ pub struct Filter {
     pub outcome: Option<String>,
     /// Action.
     pub action: Option<String>,
+    /// Who acted: a token's name or id, or an OS user's name.
+    pub actor: Option<String>,
     /// Records at or after this RFC 3339 time.
     pub since: Option<String>,
     /// Records before this RFC 3339 time.
@@ -34,13 +37,28 @@ pub fn list(conn: &Connection, path: &Path, f: &Filter) -> Result<Vec<Record>, A
                (?1 IS NULL OR secret = ?1) AND (?2 IS NULL OR namespace = ?2) AND (?3 IS NULL OR flow = ?3) \
                AND (?4 IS NULL OR execution = ?4) AND (?5 IS NULL OR outcome = ?5) AND (?6 IS NULL OR action = ?6) \
                AND (?7 IS NULL OR time >= ?7) AND (?8 IS NULL OR time < ?8) \
+               AND (?10 IS NULL OR actor = ?10 OR actor LIKE ?11 || ' (%' ESCAPE '\\' OR actor LIKE '% (' || ?11 || ')' ESCAPE '\\') \
              ORDER BY seq DESC LIMIT ?9) ORDER BY seq",
         )
         .map_err(sql(path, "query the audit log"))?;
     let limit = f.limit.map_or(-1, |l| l as i64);
+    // LIKE wildcards in a name are matched literally.
+    let like = f.actor.as_deref().map(|a| a.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
     let rows = stmt
         .query_map(
-            params![f.secret, f.namespace, f.flow, f.execution, f.outcome, f.action, f.since, f.until, limit],
+            params![
+                f.secret,
+                f.namespace,
+                f.flow,
+                f.execution,
+                f.outcome,
+                f.action,
+                f.since,
+                f.until,
+                limit,
+                f.actor,
+                like
+            ],
             Record::from_row,
         )
         .map_err(sql(path, "query the audit log"))?;

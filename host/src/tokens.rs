@@ -1,0 +1,567 @@
+//! Principals of `host serve`: bearer tokens (stored as their SHA-256, shown
+//! once), the role bindings each carries, and operators' custom roles, in
+//! the `tokens` and `roles` tables of the store file.
+//!
+//! Invariant: a token is never stored, logged or audited, only its hash and
+//! its id and name; every row is authenticated with the integrity key, so a
+//! row edited outside keyhole (a binding widened to `admin`, a revocation
+//! cleared) authenticates no one; a token is refused once revoked or
+//! expired. What a principal may do is decided in [`crate::authz`], not here.
+
+use crate::authz::{self, Binding, Permission, Principal, Role};
+use crate::crypto::{IntegrityKey, MacDomain};
+use crate::db::{DbError, connect, sql_err};
+use crate::store::{fmt_time, now};
+use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// What every token starts with, so that scanners and people recognise one.
+pub const TOKEN_PREFIX: &str = "kh_";
+
+/// A bearer token as presented or just issued. Its `Debug` shows only the
+/// prefix.
+pub struct TokenSecret(Zeroizing<String>);
+
+impl TokenSecret {
+    /// A fresh token: the prefix and 256 random bits (base64url).
+    fn generate() -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *bytes).expect("the operating system's random source failed");
+        let body = Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(*bytes));
+        TokenSecret(Zeroizing::new(format!("{TOKEN_PREFIX}{}", body.as_str())))
+    }
+
+    /// Wraps a presented token.
+    pub fn presented(text: &str) -> Self {
+        TokenSecret(Zeroizing::new(text.to_owned()))
+    }
+
+    /// The token text: for the one place that prints a new token, and for
+    /// clients that send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it has the shape of a token (prefix and 43 base64url
+    /// characters): anything else is refused before a lookup.
+    fn well_formed(&self) -> bool {
+        self.0
+            .strip_prefix(TOKEN_PREFIX)
+            .is_some_and(|b| b.len() == 43 && b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
+    }
+
+    fn hash(&self) -> String {
+        hex::encode(crate::crypto::sha256(self.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{TOKEN_PREFIX}***")
+    }
+}
+
+/// A token's public description: never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its id, `tok-` and 16 hex digits.
+    pub id: String,
+    /// Its name, unique among tokens not revoked.
+    pub name: String,
+    /// Roles and where.
+    pub bindings: Vec<Binding>,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Expiry, if any.
+    pub expires: Option<String>,
+    /// Revocation time, if revoked.
+    pub revoked: Option<String>,
+    /// When it last authenticated (to the minute), if ever.
+    pub last_used: Option<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// `active`, `expired`, `revoked` or `tampered`.
+    pub state: String,
+}
+
+/// Why a request was not authenticated. The client is told only "401"; the
+/// reason goes to the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` header, or not a token's shape.
+    Malformed,
+    /// No such token.
+    Unknown,
+    /// Revoked.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Its row fails its integrity check.
+    Tampered,
+}
+
+impl AuthFailure {
+    /// For the audit record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Malformed => "no bearer token, or not a keyhole token",
+            AuthFailure::Unknown => "unknown token",
+            AuthFailure::Revoked => "revoked token",
+            AuthFailure::Expired => "expired token",
+            AuthFailure::Tampered => "the token's row fails its integrity check (edited outside keyhole)",
+        }
+    }
+}
+
+/// Failures of token and role management.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// SQLite refused.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A name, role or TTL that is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such token or role.
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// A stored row was edited outside keyhole.
+    #[error("{0}: it was edited outside keyhole; revoke it and issue a new one")]
+    Tampered(String),
+}
+
+/// Access to tokens and roles.
+#[derive(Debug)]
+pub struct Tokens {
+    conn: Connection,
+    path: PathBuf,
+    integrity: IntegrityKey,
+}
+
+/// Checks a token name: 1 to 64 of letters, digits, `-`, `_`, `.`.
+pub fn check_token_name(name: &str) -> Result<(), TokenError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with("tok-")
+    {
+        let shown: String = name.chars().take(64).collect();
+        return Err(TokenError::Invalid(format!(
+            "invalid token name {shown:?}: 1 to 64 of letters, digits, '-', '_' and '.', not starting with \"tok-\""
+        )));
+    }
+    Ok(())
+}
+
+struct Row {
+    id: String,
+    name: String,
+    hash: String,
+    bindings: String,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used: Option<i64>,
+    created_by: String,
+    mac: Vec<u8>,
+}
+
+const COLUMNS: &str = "id, name, hash, bindings, created_at, expires_at, revoked_at, last_used, created_by, mac";
+
+impl Row {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Ok(Row {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            hash: r.get(2)?,
+            bindings: r.get(3)?,
+            created_at: r.get(4)?,
+            expires_at: r.get(5)?,
+            revoked_at: r.get(6)?,
+            last_used: r.get(7)?,
+            created_by: r.get(8)?,
+            mac: r.get(9)?,
+        })
+    }
+
+    fn fields(&self) -> [Vec<u8>; 7] {
+        [
+            self.id.as_bytes().to_vec(),
+            self.name.as_bytes().to_vec(),
+            self.hash.as_bytes().to_vec(),
+            self.bindings.as_bytes().to_vec(),
+            self.created_at.to_be_bytes().to_vec(),
+            self.expires_at.map_or(b"-".to_vec(), |x| x.to_be_bytes().to_vec()),
+            self.revoked_at.map_or(b"-".to_vec(), |x| x.to_be_bytes().to_vec()),
+        ]
+    }
+
+    fn mac(&self, key: &IntegrityKey) -> [u8; 32] {
+        let f = self.fields();
+        key.mac(MacDomain::TokenRow, &f.each_ref().map(Vec::as_slice))
+    }
+
+    fn authentic(&self, key: &IntegrityKey) -> bool {
+        let f = self.fields();
+        key.verify(MacDomain::TokenRow, &f.each_ref().map(Vec::as_slice), &self.mac)
+    }
+
+    fn info(&self, key: &IntegrityKey, now: i64) -> TokenInfo {
+        let authentic = self.authentic(key);
+        let bindings: Vec<Binding> = serde_json::from_str(&self.bindings).unwrap_or_default();
+        let state = if !authentic {
+            "tampered"
+        } else if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|x| x <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        TokenInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            bindings,
+            created: fmt_time(self.created_at),
+            expires: self.expires_at.map(fmt_time),
+            revoked: self.revoked_at.map(fmt_time),
+            last_used: self.last_used.map(fmt_time),
+            created_by: self.created_by.clone(),
+            state: state.into(),
+        }
+    }
+}
+
+impl Tokens {
+    /// Opens the tables in the store file at `path`; rows are checked with
+    /// `integrity`.
+    pub fn open(path: &Path, integrity: IntegrityKey) -> Result<Self, TokenError> {
+        Ok(Tokens { conn: connect(path)?, path: path.to_owned(), integrity })
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> TokenError + use<> {
+        let e = sql_err(&self.path, op);
+        move |err| TokenError::Db(e(err))
+    }
+
+    /// Issues a token named `name` with `bindings`, valid for `ttl` (or
+    /// until revoked). Every role must exist. Returns the token: the only
+    /// time it is ever available.
+    pub fn create(
+        &self,
+        name: &str,
+        bindings: Vec<Binding>,
+        ttl: Option<Duration>,
+        created_by: &str,
+    ) -> Result<(TokenInfo, TokenSecret), TokenError> {
+        check_token_name(name)?;
+        if bindings.is_empty() {
+            return Err(TokenError::Invalid("a token needs at least one role: --role NAME".into()));
+        }
+        for b in &bindings {
+            self.role(&b.role)?;
+        }
+        let secret = TokenSecret::generate();
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).expect("the operating system's random source failed");
+        let created_at = now();
+        let mut row = Row {
+            id: format!("tok-{}", hex::encode(id)),
+            name: name.to_owned(),
+            hash: secret.hash(),
+            bindings: serde_json::to_string(&bindings).expect("bindings encode"),
+            created_at,
+            expires_at: ttl.map(|d| created_at.saturating_add(d.as_secs().min(i64::MAX as u64) as i64)),
+            revoked_at: None,
+            last_used: None,
+            created_by: created_by.to_owned(),
+            mac: Vec::new(),
+        };
+        row.mac = row.mac(&self.integrity).to_vec();
+        let done = self.conn.execute(
+            &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            params![
+                row.id,
+                row.name,
+                row.hash,
+                row.bindings,
+                row.created_at,
+                row.expires_at,
+                row.revoked_at,
+                row.last_used,
+                row.created_by,
+                row.mac
+            ],
+        );
+        match done {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(TokenError::Conflict(format!(
+                    "a token named {name:?} exists: revoke it first (`host token revoke {name}`) or pick another name"
+                )));
+            }
+            other => other.map_err(self.err("store a token"))?,
+        };
+        Ok((row.info(&self.integrity, created_at), secret))
+    }
+
+    fn rows(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Row>, TokenError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM tokens WHERE {filter} ORDER BY created_at, name, id"))
+            .map_err(self.err("list tokens"))?;
+        let rows = stmt.query_map(args, Row::read).map_err(self.err("list tokens"))?;
+        rows.collect::<Result<_, _>>().map_err(self.err("read tokens"))
+    }
+
+    /// Every token, oldest first (revoked ones included, marked).
+    pub fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
+        let t = now();
+        Ok(self.rows("1", [])?.iter().map(|r| r.info(&self.integrity, t)).collect())
+    }
+
+    fn find(&self, name_or_id: &str) -> Result<Row, TokenError> {
+        let mut rows = self.rows("(id = ?1 OR name = ?1) AND revoked_at IS NULL", [name_or_id])?;
+        if rows.is_empty() {
+            rows = self.rows("id = ?1", [name_or_id])?;
+        }
+        rows.pop().ok_or_else(|| {
+            let shown: String = name_or_id.chars().take(64).collect();
+            TokenError::NotFound(format!("no token {shown:?}: see `host token list`"))
+        })
+    }
+
+    /// One token by name (among those not revoked) or id.
+    pub fn get(&self, name_or_id: &str) -> Result<TokenInfo, TokenError> {
+        Ok(self.find(name_or_id)?.info(&self.integrity, now()))
+    }
+
+    /// Revokes a token by name or id: it authenticates no one from now on.
+    /// Revoking a revoked token changes nothing.
+    pub fn revoke(&self, name_or_id: &str) -> Result<TokenInfo, TokenError> {
+        let mut row = self.find(name_or_id)?;
+        if !row.authentic(&self.integrity) {
+            // Revoking is always allowed; the new MAC covers the revocation.
+            tracing::warn!("token {} fails its integrity check; revoking it anyway", row.id);
+        }
+        if row.revoked_at.is_none() {
+            row.revoked_at = Some(now());
+            row.mac = row.mac(&self.integrity).to_vec();
+            self.conn
+                .execute(
+                    "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1",
+                    params![row.id, row.revoked_at, row.mac],
+                )
+                .map_err(self.err("revoke a token"))?;
+        }
+        Ok(row.info(&self.integrity, now()))
+    }
+
+    /// Who presents `token`, with every role resolved; or why no one.
+    pub fn authenticate(&self, token: &TokenSecret) -> Result<(Principal, TokenInfo), AuthFailure> {
+        if !token.well_formed() {
+            return Err(AuthFailure::Malformed);
+        }
+        let found = self.rows("hash = ?1", [token.hash()]).map_err(|e| {
+            tracing::error!("cannot look up a token: {e}");
+            AuthFailure::Unknown
+        })?;
+        let row = found.into_iter().next().ok_or(AuthFailure::Unknown)?;
+        if !row.authentic(&self.integrity) {
+            return Err(AuthFailure::Tampered);
+        }
+        let t = now();
+        if row.revoked_at.is_some() {
+            return Err(AuthFailure::Revoked);
+        }
+        if row.expires_at.is_some_and(|x| x <= t) {
+            return Err(AuthFailure::Expired);
+        }
+        if row.last_used.is_none_or(|u| t - u >= 60) {
+            // Best effort, at most once a minute: never a reason to refuse.
+            let _ = self.conn.execute("UPDATE tokens SET last_used = ?2 WHERE id = ?1", params![row.id, t]);
+        }
+        let info = row.info(&self.integrity, t);
+        let mut bindings = Vec::new();
+        for b in &info.bindings {
+            match self.role(&b.role) {
+                Ok(role) => bindings.push((role, b.namespace.clone())),
+                // Deny by default: a binding to a role that is gone grants nothing.
+                Err(e) => tracing::warn!("token {}: binding {b} ignored: {e}", info.id),
+            }
+        }
+        Ok((Principal { id: info.id.clone(), name: info.name.clone(), bindings }, info))
+    }
+
+    /// A role by name: built-in, or defined with [`Tokens::define_role`].
+    pub fn role(&self, name: &str) -> Result<Role, TokenError> {
+        if let Some(r) = authz::builtin(name) {
+            return Ok(r);
+        }
+        let row: Option<(String, String, i64, Vec<u8>)> = self
+            .conn
+            .query_row("SELECT allow, deny, created_at, mac FROM roles WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(self.err("read a role"))?;
+        let shown: String = name.chars().take(64).collect();
+        let Some((allow, deny, created_at, mac)) = row else {
+            return Err(TokenError::NotFound(format!(
+                "no role {shown:?}: built-in roles are {}; see `host role list`",
+                authz::BUILTIN_ROLES.join(", ")
+            )));
+        };
+        let fields = [name.as_bytes(), allow.as_bytes(), deny.as_bytes(), &created_at.to_be_bytes()];
+        if !self.integrity.verify(MacDomain::RoleRow, &fields, &mac) {
+            return Err(TokenError::Tampered(format!("role {shown:?} fails its integrity check")));
+        }
+        let parse = |text: &str| serde_json::from_str::<Vec<Permission>>(text).unwrap_or_default();
+        Ok(Role { name: name.to_owned(), allow: parse(&allow), deny: parse(&deny) })
+    }
+
+    /// Defines (or redefines) a custom role.
+    pub fn define_role(&self, role: &Role) -> Result<(), TokenError> {
+        authz::check_role_name(&role.name).map_err(TokenError::Invalid)?;
+        if role.allow.is_empty() && role.deny.is_empty() {
+            return Err(TokenError::Invalid("a role needs at least one --allow or --deny permission".into()));
+        }
+        let allow = serde_json::to_string(&role.allow).expect("permissions encode");
+        let deny = serde_json::to_string(&role.deny).expect("permissions encode");
+        let created_at = now();
+        let fields = [role.name.as_bytes(), allow.as_bytes(), deny.as_bytes(), &created_at.to_be_bytes()];
+        let mac = self.integrity.mac(MacDomain::RoleRow, &fields).to_vec();
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO roles (name, allow, deny, created_at, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![role.name, allow, deny, created_at, mac],
+            )
+            .map_err(self.err("store a role"))?;
+        Ok(())
+    }
+
+    /// Every role: the built-in ones, then the custom ones by name.
+    pub fn roles(&self) -> Result<Vec<Role>, TokenError> {
+        let mut out: Vec<Role> = authz::BUILTIN_ROLES.iter().filter_map(|n| authz::builtin(n)).collect();
+        let names: Vec<String> = {
+            let mut stmt = self.conn.prepare("SELECT name FROM roles ORDER BY name").map_err(self.err("list roles"))?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err("list roles"))?;
+            rows.collect::<Result<_, _>>().map_err(self.err("list roles"))?
+        };
+        for n in names {
+            out.push(self.role(&n)?);
+        }
+        Ok(out)
+    }
+
+    /// Removes a custom role no live token is bound to.
+    pub fn remove_role(&self, name: &str) -> Result<(), TokenError> {
+        if authz::builtin(name).is_some() {
+            return Err(TokenError::Invalid(format!("{name:?} is a built-in role and cannot be removed")));
+        }
+        self.role(name)?;
+        let users: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|t| t.state == "active" && t.bindings.iter().any(|b| b.role == name))
+            .map(|t| t.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(TokenError::Conflict(format!(
+                "role {name:?} is bound to token(s) {}: revoke them first",
+                users.join(", ")
+            )));
+        }
+        self.conn.execute("DELETE FROM roles WHERE name = ?1", [name]).map_err(self.err("remove a role"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::Namespace;
+
+    fn open() -> (tempfile::TempDir, Tokens) {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::open(&dir.path().join("store.db"), IntegrityKey::generate()).unwrap();
+        (dir, t)
+    }
+
+    fn runner_in(ns: &str) -> Vec<Binding> {
+        vec![Binding { role: "runner".into(), namespace: Namespace::new(ns).unwrap() }]
+    }
+
+    #[test]
+    fn a_token_is_shown_once_stored_as_a_hash_and_authenticates_its_principal() {
+        let (dir, t) = open();
+        let (info, secret) = t.create("ci-bot", runner_in("finance"), None, "root").unwrap();
+        assert!(secret.expose().starts_with("kh_") && secret.expose().len() == 46, "{secret:?}");
+        assert_eq!(format!("{secret:?}"), "kh_***");
+        let db = std::fs::read(dir.path().join("store.db")).unwrap();
+        let body = &secret.expose().as_bytes()[3..];
+        assert!(!db.windows(body.len()).any(|w| w == body), "the token is in the database");
+        let (who, _) = t.authenticate(&TokenSecret::presented(secret.expose())).unwrap();
+        assert_eq!((who.id.as_str(), who.name.as_str()), (info.id.as_str(), "ci-bot"));
+        assert_eq!(who.bindings[0].0.name, "runner");
+        let other = TokenSecret::generate();
+        assert_eq!(t.authenticate(&other).unwrap_err(), AuthFailure::Unknown);
+        assert_eq!(t.authenticate(&TokenSecret::presented("Bearer x")).unwrap_err(), AuthFailure::Malformed);
+    }
+
+    #[test]
+    fn revoked_expired_and_edited_tokens_authenticate_no_one() {
+        let (dir, t) = open();
+        let (_, a) = t.create("a", runner_in(""), None, "root").unwrap();
+        let (_, b) = t.create("b", runner_in(""), Some(Duration::from_secs(0)), "root").unwrap();
+        let (c_info, c) = t.create("c", runner_in("marketing"), None, "root").unwrap();
+        t.revoke("a").unwrap();
+        assert_eq!(t.authenticate(&a).unwrap_err(), AuthFailure::Revoked);
+        assert_eq!(t.authenticate(&b).unwrap_err(), AuthFailure::Expired);
+        // An attacker with the database widens c's binding to admin everywhere.
+        let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+        let admin =
+            serde_json::to_string(&vec![Binding { role: "admin".into(), namespace: Namespace::root() }]).unwrap();
+        conn.execute("UPDATE tokens SET bindings = ?1 WHERE id = ?2", params![admin, c_info.id]).unwrap();
+        assert_eq!(t.authenticate(&c).unwrap_err(), AuthFailure::Tampered);
+        // ... or clears a's revocation.
+        conn.execute("UPDATE tokens SET revoked_at = NULL WHERE name = 'a'", []).unwrap();
+        assert_eq!(t.authenticate(&a).unwrap_err(), AuthFailure::Tampered);
+        let states: Vec<String> = t.list().unwrap().into_iter().map(|i| i.state).collect();
+        assert_eq!(states, ["tampered", "expired", "tampered"]);
+    }
+
+    #[test]
+    fn names_are_unique_among_live_tokens_and_roles_must_exist() {
+        let (_dir, t) = open();
+        t.create("bot", runner_in(""), None, "root").unwrap();
+        assert!(matches!(t.create("bot", runner_in(""), None, "root"), Err(TokenError::Conflict(_))));
+        t.revoke("bot").unwrap();
+        t.create("bot", runner_in(""), None, "root").unwrap();
+        let bad = vec![Binding { role: "nope".into(), namespace: Namespace::root() }];
+        let e = t.create("x", bad, None, "root").unwrap_err();
+        assert!(e.to_string().contains("no role \"nope\""), "{e}");
+        assert!(t.create("tok-1", runner_in(""), None, "root").is_err());
+    }
+
+    #[test]
+    fn custom_roles_are_authenticated_and_cannot_be_removed_while_bound() {
+        let (dir, t) = open();
+        let role = Role { name: "rotator".into(), allow: vec![Permission::SecretWrite], deny: vec![] };
+        t.define_role(&role).unwrap();
+        let b = vec![Binding { role: "rotator".into(), namespace: Namespace::root() }];
+        let (_, tok) = t.create("r", b, None, "root").unwrap();
+        assert!(t.remove_role("rotator").unwrap_err().to_string().contains("bound to token(s) r"));
+        let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+        conn.execute("UPDATE roles SET allow = '[\"secret:write\",\"key:rotate\"]'", []).unwrap();
+        let (who, _) = t.authenticate(&tok).unwrap();
+        assert!(who.bindings.is_empty(), "an edited role grants nothing");
+        assert!(matches!(t.role("rotator"), Err(TokenError::Tampered(_))));
+    }
+}
