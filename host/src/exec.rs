@@ -51,6 +51,46 @@ pub struct ExecutionEnv {
     pub audit: AuditLog,
     /// Versions pinned by this execution's first reads.
     pub pins: Pins,
+    /// Set to stop the execution: the running task is interrupted.
+    pub cancel: Cancel,
+}
+
+/// A request to stop an execution, shared by whoever may ask (the server's
+/// cancel route, a shutdown) and the task running: the epoch callback
+/// interrupts a busy plugin, and a plugin blocked in a host call is dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cancel {
+    /// Asks the execution to stop.
+    pub fn cancel(&self) {
+        self.0.set.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether it was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.set.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Completes once it is asked to stop.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl std::fmt::Debug for ExecutionEnv {
@@ -92,6 +132,9 @@ pub enum TaskFailure {
         "the program wrote more than {0} bytes to stdout, its output limit (raise it with --max-output or `limits.output`)"
     )]
     OutputTooLarge(usize),
+    /// The execution was cancelled while the task ran.
+    #[error("cancelled while running")]
+    Cancelled,
     /// The task's start could not be audited, so it did not run.
     #[error("task not started: the audit log cannot be written: {0}")]
     Audit(String),
@@ -165,8 +208,10 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
+    let cancel = env.cancel.clone();
     store.epoch_deadline_callback(move |_| {
-        Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        let stop = Instant::now() >= deadline || cancel.is_cancelled();
+        Ok(if stop { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
     });
 
     let call = async {
@@ -192,7 +237,11 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     };
     // The epoch callback stops busy plugins; this timer stops plugins blocked
     // in a host call (a long sleep). The grace lets the trap win when both fire.
-    let raw = tokio::time::timeout(spec.limits.timeout + Duration::from_millis(50), call).await;
+    // `None`: timed out or cancelled.
+    let raw = tokio::select! {
+        r = tokio::time::timeout(spec.limits.timeout + Duration::from_millis(50), call) => r.ok(),
+        () = env.cancel.cancelled() => None,
+    };
     output.finish();
     if let Err(e) = env.audit.flush() {
         tracing::error!("the audit log could not be flushed after task {}: {e}", spec.identity.task);
@@ -205,13 +254,14 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         _ if captured.as_ref().is_some_and(Captured::overflowed) => {
             Err(TaskFailure::OutputTooLarge(spec.limits.output))
         }
-        Err(_elapsed) => Err(TaskFailure::Timeout(spec.limits.timeout)),
-        Ok(Ok(Ok(Returned::Json(text)))) => serde_json::from_str(&text).map_err(|e| bad_output(masks, &text, &e)),
-        Ok(Ok(Ok(Returned::Stdout(status)))) => {
+        None | Some(Err(_)) if env.cancel.is_cancelled() => Err(TaskFailure::Cancelled),
+        None => Err(TaskFailure::Timeout(spec.limits.timeout)),
+        Some(Ok(Ok(Returned::Json(text)))) => serde_json::from_str(&text).map_err(|e| bad_output(masks, &text, &e)),
+        Some(Ok(Ok(Returned::Stdout(status)))) => {
             command_output(status, captured.as_ref().expect("a command's stdout is captured"), masks)
         }
-        Ok(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
-        Ok(Err((error, instantiating))) => {
+        Some(Ok(Err(message))) => Err(TaskFailure::Returned(masks.mask(&message).into_owned())),
+        Some(Err((error, instantiating))) => {
             Err(classify(&error, instantiating, store.data().limiter.denied, memory, spec.limits.timeout, masks))
         }
     };

@@ -17,11 +17,13 @@ use std::path::{Path, PathBuf};
 pub enum TaskStatus {
     /// Not started yet.
     Pending,
+    /// Started and not yet ended (the record is saved as each task starts).
+    Running,
     /// Returned output.
     Succeeded,
     /// Returned an error, trapped or hit a limit.
     Failed,
-    /// Not run because an earlier task failed.
+    /// Not run: an earlier task failed, or the execution was cancelled.
     Skipped,
 }
 
@@ -40,6 +42,10 @@ pub struct TaskRecord {
     pub error: Option<String>,
 }
 
+/// The states of an execution: `queued`, then `running`, then one of the
+/// ended ones.
+pub const ENDED: [&str; 4] = ["succeeded", "failed", "cancelled", "interrupted"];
+
 /// One execution of a flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
@@ -51,7 +57,7 @@ pub struct ExecutionRecord {
     pub namespace: String,
     /// The flow file, or the plugin for `host exec`.
     pub source: String,
-    /// `running`, `succeeded` or `failed`.
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled` or `interrupted`.
     pub status: String,
     /// Start time (RFC 3339).
     pub started: String,
@@ -59,6 +65,15 @@ pub struct ExecutionRecord {
     pub ended: Option<String>,
     /// Per-task outcome, in flow order.
     pub tasks: Vec<TaskRecord>,
+    /// What started it on a server: `api`, `webhook`, `schedule`, `cli`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The deployed revision it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Who queued it: a token's `name (id)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 /// Execution record failures.
@@ -70,6 +85,28 @@ pub enum RecordError {
     /// No such execution.
     #[error("no execution {0}: see `host executions list`")]
     NotFound(String),
+}
+
+const COLUMNS: &str = "id, flow, namespace, source, status, started, ended, tasks, trigger, revision, created_by";
+
+/// An execution queued on a server, as a worker takes it.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The record, now `running`.
+    pub record: ExecutionRecord,
+    /// The inputs it was queued with.
+    pub inputs: serde_json::Map<String, Value>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was queued: it will never run.
+    Dequeued,
+    /// It is running: its worker stops it.
+    Stopping,
+    /// It had already ended; nothing changed.
+    AlreadyEnded,
 }
 
 /// Access to the execution records.
@@ -94,8 +131,9 @@ impl Executions {
         let tasks = serde_json::to_string(&rec.tasks).expect("records encode");
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO executions (id, flow, namespace, source, status, started, ended, tasks) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO executions (id, flow, namespace, source, status, started, ended, tasks) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET \
+                 flow = ?2, namespace = ?3, source = ?4, status = ?5, started = ?6, ended = ?7, tasks = ?8",
                 params![rec.id, rec.flow, rec.namespace, rec.source, rec.status, rec.started, rec.ended, tasks],
             )
             .map_err(self.err("save an execution"))?;
@@ -104,6 +142,7 @@ impl Executions {
 
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRecord> {
         let tasks: String = r.get(7)?;
+        let revision: Option<i64> = r.get(9)?;
         Ok(ExecutionRecord {
             id: r.get(0)?,
             flow: r.get(1)?,
@@ -113,6 +152,9 @@ impl Executions {
             started: r.get(5)?,
             ended: r.get(6)?,
             tasks: serde_json::from_str(&tasks).unwrap_or_default(),
+            trigger: r.get(8)?,
+            revision: revision.map(|r| r as u64),
+            created_by: r.get(10)?,
         })
     }
 
@@ -120,10 +162,10 @@ impl Executions {
     pub fn list(&self, flow: Option<&str>, limit: u64) -> Result<Vec<ExecutionRecord>, RecordError> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT id, flow, namespace, source, status, started, ended, tasks FROM executions \
-                 WHERE ?1 IS NULL OR flow = ?1 ORDER BY started DESC, id DESC LIMIT ?2",
-            )
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM executions \
+                 WHERE ?1 IS NULL OR flow = ?1 ORDER BY started DESC, id DESC LIMIT ?2"
+            ))
             .map_err(self.err("list executions"))?;
         let rows = stmt.query_map(params![flow, limit as i64], Self::from_row).map_err(self.err("list executions"))?;
         rows.collect::<Result<_, _>>().map_err(self.err("read executions"))
@@ -132,13 +174,185 @@ impl Executions {
     /// One execution.
     pub fn get(&self, id: &str) -> Result<ExecutionRecord, RecordError> {
         self.conn
-            .query_row(
-                "SELECT id, flow, namespace, source, status, started, ended, tasks FROM executions WHERE id = ?1",
-                [id],
-                Self::from_row,
-            )
+            .query_row(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"), [id], Self::from_row)
             .optional()
             .map_err(self.err("read an execution"))?
             .ok_or_else(|| RecordError::NotFound(id.to_owned()))
+    }
+
+    /// Queues a new execution (`rec` with status `queued`) with `inputs`.
+    /// With an idempotency key already used, returns that execution instead
+    /// (and `false`): a retried request never starts a second one.
+    pub fn enqueue(
+        &self,
+        rec: &ExecutionRecord,
+        inputs: &serde_json::Map<String, Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(ExecutionRecord, bool), RecordError> {
+        let tasks = serde_json::to_string(&rec.tasks).expect("records encode");
+        let inputs = serde_json::to_string(inputs).expect("inputs encode");
+        let done = self.conn.execute(
+            "INSERT INTO executions (id, flow, namespace, source, status, started, ended, tasks, inputs, revision, \
+             trigger, created_by, idempotency_key) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, NULL, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                rec.id,
+                rec.flow,
+                rec.namespace,
+                rec.source,
+                rec.started,
+                tasks,
+                inputs,
+                rec.revision.map(|r| r as i64),
+                rec.trigger,
+                rec.created_by,
+                idempotency_key
+            ],
+        );
+        match done {
+            Ok(_) => Ok((self.get(&rec.id)?, true)),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation && idempotency_key.is_some() =>
+            {
+                let id: String = self
+                    .conn
+                    .query_row("SELECT id FROM executions WHERE idempotency_key = ?1", [idempotency_key], |r| r.get(0))
+                    .map_err(self.err("find an execution by its idempotency key"))?;
+                Ok((self.get(&id)?, false))
+            }
+            Err(e) => Err(self.err("queue an execution")(e)),
+        }
+    }
+
+    /// Takes the oldest queued execution and marks it running (one SQL
+    /// statement: two workers never take the same one).
+    pub fn claim(&self, now: &str) -> Result<Option<Queued>, RecordError> {
+        let id: Option<(String, Option<String>)> = self
+            .conn
+            .query_row(
+                "UPDATE executions SET status = 'running', started = ?1 WHERE id = \
+                 (SELECT id FROM executions WHERE status = 'queued' ORDER BY started, id LIMIT 1) RETURNING id, inputs",
+                [now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err("take a queued execution"))?;
+        let Some((id, inputs)) = id else { return Ok(None) };
+        let inputs = inputs.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        Ok(Some(Queued { record: self.get(&id)?, inputs }))
+    }
+
+    /// Asks an execution to stop: a queued one is cancelled here, a running
+    /// one is flagged for its worker.
+    pub fn request_cancel(&self, id: &str, now: &str) -> Result<CancelOutcome, RecordError> {
+        let rec = self.get(id)?;
+        let changed = match rec.status.as_str() {
+            "queued" => self
+                .conn
+                .execute(
+                    "UPDATE executions SET status = 'cancelled', ended = ?2, cancel_requested = 1 \
+                     WHERE id = ?1 AND status = 'queued'",
+                    params![id, now],
+                )
+                .map_err(self.err("cancel an execution"))?,
+            "running" => {
+                self.conn
+                    .execute("UPDATE executions SET cancel_requested = 1 WHERE id = ?1", [id])
+                    .map_err(self.err("cancel an execution"))?;
+                return Ok(CancelOutcome::Stopping);
+            }
+            _ => return Ok(CancelOutcome::AlreadyEnded),
+        };
+        if changed == 1 {
+            Ok(CancelOutcome::Dequeued)
+        } else {
+            // A worker took it in between.
+            self.request_cancel(id, now)
+        }
+    }
+
+    /// Whether a cancel was asked for `id`.
+    pub fn cancel_requested(&self, id: &str) -> Result<bool, RecordError> {
+        self.conn
+            .query_row("SELECT cancel_requested FROM executions WHERE id = ?1", [id], |r| r.get(0))
+            .map_err(self.err("read an execution"))
+    }
+
+    /// After a crash: every execution still `running` is cut off. Marks
+    /// each `interrupted` and returns them (the caller audits and decides
+    /// whether to queue a new attempt).
+    pub fn interrupt_running(&self, now: &str) -> Result<Vec<ExecutionRecord>, RecordError> {
+        let ids: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "UPDATE executions SET status = 'interrupted', ended = ?1 WHERE status = 'running' RETURNING id",
+                )
+                .map_err(self.err("recover executions"))?;
+            let rows = stmt.query_map([now], |r| r.get(0)).map_err(self.err("recover executions"))?;
+            rows.collect::<Result<_, _>>().map_err(self.err("recover executions"))?
+        };
+        let mut cut = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let mut rec = self.get(id)?;
+            rec.status = "interrupted".into();
+            rec.ended = Some(now.to_owned());
+            for t in rec.tasks.iter_mut().filter(|t| t.status == TaskStatus::Running) {
+                t.status = TaskStatus::Failed;
+                t.error = Some("interrupted: the host stopped while the task ran".into());
+            }
+            self.save(&rec)?;
+            cut.push(rec);
+        }
+        Ok(cut)
+    }
+
+    /// The inputs an execution was queued with.
+    pub fn inputs(&self, id: &str) -> Result<serde_json::Map<String, Value>, RecordError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT inputs FROM executions WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(self.err("read an execution"))?
+            .ok_or_else(|| RecordError::NotFound(id.to_owned()))?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default())
+    }
+
+    /// Stores the (masked) log of an execution.
+    pub fn set_log(&self, id: &str, log: &str) -> Result<(), RecordError> {
+        self.conn
+            .execute("UPDATE executions SET log = ?2 WHERE id = ?1", params![id, log])
+            .map_err(self.err("save an execution's log"))?;
+        Ok(())
+    }
+
+    /// The (masked) log of an execution, once it has ended; empty before.
+    pub fn log(&self, id: &str) -> Result<String, RecordError> {
+        let log: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT log FROM executions WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(self.err("read an execution's log"))?;
+        Ok(log.ok_or_else(|| RecordError::NotFound(id.to_owned()))?.unwrap_or_default())
+    }
+
+    /// Executions matching each filter given, newest first.
+    pub fn search(
+        &self,
+        namespace: Option<&str>,
+        flow: Option<&str>,
+        status: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<ExecutionRecord>, RecordError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM executions WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR flow = ?2) \
+                 AND (?3 IS NULL OR status = ?3) ORDER BY started DESC, id DESC LIMIT ?4"
+            ))
+            .map_err(self.err("list executions"))?;
+        let rows = stmt
+            .query_map(params![namespace, flow, status, limit as i64], Self::from_row)
+            .map_err(self.err("list executions"))?;
+        rows.collect::<Result<_, _>>().map_err(self.err("read executions"))
     }
 }

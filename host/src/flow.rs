@@ -604,14 +604,7 @@ pub fn render(template: &Value, scope: &Scope) -> Result<Value, String> {
 pub fn bind_inputs(flow: &Flow, given: &[(String, String)]) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     for (k, text) in given {
-        let decl = flow.inputs.iter().find(|d| &d.id == k).ok_or_else(|| {
-            let known: Vec<_> = flow.inputs.iter().map(|d| d.id.as_str()).collect();
-            format!(
-                "flow {} has no input `{k}` (declared: {})",
-                flow.id,
-                if known.is_empty() { "none".into() } else { known.join(", ") }
-            )
-        })?;
+        let decl = declared(flow, k)?;
         let v = match decl.kind {
             InputKind::String => Value::String(text.clone()),
             InputKind::Number => serde_json::from_str::<serde_json::Number>(text)
@@ -626,15 +619,46 @@ pub fn bind_inputs(flow: &Flow, given: &[(String, String)]) -> Result<Map<String
         };
         out.insert(k.clone(), v);
     }
+    with_defaults(flow, out, |id| format!("pass --input {id}=VALUE"))
+}
+
+/// Checks a JSON object of inputs (an API request's body) against the
+/// flow's declarations, applying defaults and checking required inputs.
+pub fn bind_json_inputs(flow: &Flow, given: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    for (k, v) in given {
+        let decl = declared(flow, k)?;
+        if !kind_matches(decl.kind, v) {
+            let kind = serde_json::to_value(decl.kind).ok().and_then(|k| k.as_str().map(str::to_owned));
+            return Err(format!("input `{k}` must be of type {}", kind.unwrap_or_default()));
+        }
+    }
+    with_defaults(flow, given.clone(), |id| format!("give it in the request body: {{\"{id}\": ...}}"))
+}
+
+fn declared<'a>(flow: &'a Flow, k: &str) -> Result<&'a InputDecl, String> {
+    flow.inputs.iter().find(|d| d.id == k).ok_or_else(|| {
+        let known: Vec<_> = flow.inputs.iter().map(|d| d.id.as_str()).collect();
+        let shown: String = k.chars().take(64).collect();
+        format!(
+            "flow {} has no input `{shown}` (declared: {})",
+            flow.id,
+            if known.is_empty() { "none".into() } else { known.join(", ") }
+        )
+    })
+}
+
+fn with_defaults(
+    flow: &Flow,
+    mut out: Map<String, Value>,
+    how: impl Fn(&str) -> String,
+) -> Result<Map<String, Value>, String> {
     for d in &flow.inputs {
         if !out.contains_key(&d.id) {
             match &d.default {
                 Some(v) => {
                     out.insert(d.id.clone(), v.clone());
                 }
-                None if d.required => {
-                    return Err(format!("flow {} needs input `{}`: pass --input {}=VALUE", flow.id, d.id, d.id));
-                }
+                None if d.required => return Err(format!("flow {} needs input `{}`: {}", flow.id, d.id, how(&d.id))),
                 None => {}
             }
         }

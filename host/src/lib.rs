@@ -28,6 +28,7 @@ pub mod names;
 pub mod network;
 pub mod output;
 pub mod policy;
+pub mod registry;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;

@@ -126,6 +126,9 @@ pub async fn run_flow(
                 error: None,
             })
             .collect(),
+        trigger: None,
+        revision: None,
+        created_by: None,
     };
     save(records, &record);
     let mut scope = Scope {
@@ -141,10 +144,17 @@ pub async fn run_flow(
             record.tasks[i].status = TaskStatus::Skipped;
             continue;
         }
+        if env.cancel.is_cancelled() {
+            record.tasks[i].status = TaskStatus::Skipped;
+            failure = Some((task.id.to_string(), TaskFailure::Cancelled));
+            continue;
+        }
         let rendered = if task.literal_input { Ok(task.input.clone()) } else { render(&task.input, &scope) };
         let outcome = match rendered {
             Err(e) => Err(TaskFailure::Instantiate(format!("cannot build the task's input: {e}"))),
             Ok(input) => {
+                record.tasks[i].status = TaskStatus::Running;
+                save(records, &record);
                 let spec = TaskSpec {
                     plugin,
                     identity: Arc::new(TaskIdentity {
@@ -184,7 +194,12 @@ pub async fn run_flow(
             }
         }
     }
-    record.status = if failure.is_some() { "failed" } else { "succeeded" }.into();
+    record.status = match &failure {
+        None => "succeeded",
+        Some((_, TaskFailure::Cancelled)) => "cancelled",
+        Some(_) => "failed",
+    }
+    .into();
     record.ended = Some(now_rfc3339());
     save(records, &record);
     FlowReport { record, failure }

@@ -72,7 +72,7 @@ impl Session {
         let integrity = secrets.local().store().integrity().clone();
         let audit = AuditLog::open(&dir.store_path(), integrity, key)?;
         let records = Executions::open(&dir.store_path())?;
-        let env = ExecutionEnv { secrets, sink, masks, audit, pins: Default::default() };
+        let env = ExecutionEnv { secrets, sink, masks, audit, pins: Default::default(), cancel: Default::default() };
         Ok(Session { runtime, env, records })
     }
 }

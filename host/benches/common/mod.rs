@@ -31,6 +31,7 @@ pub fn keyhole_task(
         masks: Arc::new(MaskSet::new()),
         audit: audit.clone(),
         pins: Default::default(),
+        cancel: Default::default(),
     };
     let spec = TaskSpec {
         plugin,
