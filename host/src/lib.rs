@@ -33,6 +33,7 @@ pub mod run;
 pub mod runtime;
 pub mod sandbox;
 pub mod secret;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod tokens;

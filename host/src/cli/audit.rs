@@ -28,6 +28,9 @@ pub(crate) struct AuditFilter {
     /// Only this action: secret.read, task.start, secret.set, secret.rm, audit.prune, ...
     #[arg(long)]
     action: Option<String>,
+    /// Only records by this actor: a token's name or id, or an OS user's name.
+    #[arg(long)]
+    actor: Option<String>,
     /// Records at or after this time: RFC 3339, a date (2026-11-27) or an age (24h, 7d).
     #[arg(long, value_parser = parse_time)]
     since: Option<String>,
@@ -114,6 +117,7 @@ pub(crate) fn audit_filter(f: AuditFilter) -> audit::Filter {
         execution: f.execution,
         outcome: f.outcome,
         action: f.action,
+        actor: f.actor,
         since: f.since,
         until: f.until,
         limit: f.limit,

@@ -12,8 +12,12 @@ use serde_json::{Map, Value};
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
-    /// The flow file (YAML or JSON).
+    /// The flow file (YAML or JSON); with $KEYHOLE_ADDR set, the id of a
+    /// deployed flow, run on the server.
     flow: PathBuf,
+    /// The deployed flow's namespace (with $KEYHOLE_ADDR).
+    #[arg(long, short, default_value = "")]
+    namespace: Namespace,
     /// A flow input, as ID=VALUE (repeat for more).
     #[arg(long = "input", short, value_parser = parse_input_pair, value_name = "ID=VALUE")]
     inputs: Vec<(String, String)>,
@@ -35,6 +39,51 @@ pub(crate) struct ValidateArgs {
 pub(crate) enum FlowCommand {
     /// Print the JSON Schema of the flow format (for editor validation and completion).
     Schema,
+    /// Store a flow in the server, revisioned, with its plugins by SHA-256
+    /// (to $KEYHOLE_ADDR when set, else into the local data directory).
+    Deploy {
+        /// The flow file (YAML or JSON); its plugins are read from disk now.
+        flow: PathBuf,
+        /// Print the deployed revision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deployed flows (the current revision of each).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A deployed flow's current revision, with its text.
+    Show {
+        /// Flow id.
+        id: String,
+        /// Its namespace (default: the root).
+        #[arg(long, short, default_value = "")]
+        namespace: Namespace,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every revision of a deployed flow.
+    Revisions {
+        /// Flow id.
+        id: String,
+        /// Its namespace (default: the root).
+        #[arg(long, short, default_value = "")]
+        namespace: Namespace,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a deployed flow (a tombstone revision; its executions stay).
+    Rm {
+        /// Flow id.
+        id: String,
+        /// Its namespace (default: the root).
+        #[arg(long, short, default_value = "")]
+        namespace: Namespace,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,6 +108,12 @@ pub(crate) enum ExecutionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel an execution on the server ($KEYHOLE_ADDR): a queued one never
+    /// runs, a running one is interrupted.
+    Cancel {
+        /// Execution id.
+        id: String,
+    },
 }
 
 pub(crate) fn parse_input_pair(s: &str) -> Result<(String, String), String> {
@@ -67,6 +122,9 @@ pub(crate) fn parse_input_pair(s: &str) -> Result<(String, String), String> {
 
 /// `host run`: a flow file.
 pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>, compiler: Compiler) -> Result<(), Exit> {
+    if let Some(r) = super::remote::Remote::from_env()? {
+        return remote_run(&r, args);
+    }
     let (flow, warnings) = flow::load(&args.flow).map_err(|d| fail(USAGE, d))?;
     print_warnings(&warnings);
     let inputs = flow::bind_inputs(&flow, &args.inputs).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
@@ -176,6 +234,12 @@ pub(crate) fn validate_cmd(dir: &DataDir, args: ValidateArgs, compiler: Compiler
 }
 
 pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<(), Exit> {
+    if let Some(r) = super::remote::Remote::from_env()? {
+        return remote_executions(&r, cmd);
+    }
+    if let ExecutionsCommand::Cancel { .. } = cmd {
+        return Err(fail(USAGE, anyhow::anyhow!("cancel asks a server: set KEYHOLE_ADDR and KEYHOLE_TOKEN")));
+    }
     if !dir.store_path().exists() {
         return Err(fail(USAGE, anyhow::anyhow!("no executions yet: {} does not exist", dir.store_path().display())));
     }
@@ -223,6 +287,257 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
                 write_execution(&mut out, &r).map_err(stdout_err)?;
             }
         }
+        ExecutionsCommand::Cancel { .. } => unreachable!("refused above"),
     }
     Ok(())
+}
+
+/// `host run ID` against a server: queue, wait, print as the local run does.
+fn remote_run(r: &super::remote::Remote, args: RunArgs) -> Result<(), Exit> {
+    use super::remote::ns_path;
+    let id = args.flow.to_string_lossy().into_owned();
+    let base = format!("/api/v1/flows/{}/{id}", ns_path(&args.namespace));
+    let deployed: keyhole::registry::Deployed = serde_json::from_value(r.get("find the flow", &base)?)
+        .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a flow: {e}")))?;
+    // The flow's declarations type the --input values, as for a local run.
+    let (flow, _) = flow::parse(&deployed.source, &deployed.file, Path::new("/")).map_err(|d| fail(HOST, d))?;
+    let inputs = flow::bind_inputs(&flow, &args.inputs).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
+    let path = format!("/api/v1/executions/{}/{id}", ns_path(&args.namespace));
+    let queued = r.send(&format!("run flow {id}"), "POST", &path, &Value::Object(inputs), &[])?;
+    let exec_id = queued.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    eprintln!("[{id}] execution {exec_id} queued on the server");
+    let record: ExecutionRecord = loop {
+        let v = r.get("follow the execution", &format!("/api/v1/executions/{exec_id}"))?;
+        let rec: ExecutionRecord = serde_json::from_value(v)
+            .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not an execution: {e}")))?;
+        if keyhole::executions::ENDED.contains(&rec.status.as_str()) {
+            break rec;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if let Ok(Value::String(log)) = r.get("read the log", &format!("/api/v1/executions/{exec_id}/log")) {
+        eprint!("{log}");
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        print_json(&mut out, &record)?;
+    } else {
+        write_execution(&mut out, &record).map_err(stdout_err)?;
+    }
+    match record.status.as_str() {
+        "succeeded" => Ok(()),
+        "failed" => {
+            let failed = record.tasks.iter().find(|t| t.error.is_some());
+            let returned = failed.and_then(|t| t.error.as_deref()).is_some_and(|e| e.starts_with("task failed:"));
+            let task = failed.map_or("-", |t| t.id.as_str());
+            let code = if returned { TASK_ERROR } else { PLUGIN_FAILED };
+            Err(fail(code, anyhow::anyhow!("flow {id} failed at task {task}")))
+        }
+        other => Err(fail(HOST, anyhow::anyhow!("execution {exec_id} of flow {id} ended {other}"))),
+    }
+}
+
+fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    let decode = |v: Value| -> Result<ExecutionRecord, Exit> {
+        serde_json::from_value(v)
+            .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not an execution: {e}")))
+    };
+    match cmd {
+        ExecutionsCommand::List { flow, limit, json } => {
+            let mut path = format!("/api/v1/executions?limit={limit}");
+            if let Some(f) = &flow {
+                path.push_str(&format!(
+                    "&flow={}",
+                    percent_encoding::utf8_percent_encode(f, percent_encoding::NON_ALPHANUMERIC)
+                ));
+            }
+            let list: Vec<ExecutionRecord> = serde_json::from_value(r.get("list executions", &path)?)
+                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not an execution list: {e}")))?;
+            if json {
+                return print_json(&mut out, &list);
+            }
+            let mut table = Table::new(&[
+                ("EXECUTION", Left),
+                ("FLOW", Left),
+                ("STATUS", Left),
+                ("STARTED", Left),
+                ("TRIGGER", Left),
+            ]);
+            for e in list {
+                table.row([e.id, e.flow, e.status, e.started, e.trigger.unwrap_or_default()]);
+            }
+            table.write(&mut out).map_err(stdout_err)
+        }
+        ExecutionsCommand::Show { id, json } => {
+            let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
+            let rec = decode(r.get("show the execution", &format!("/api/v1/executions/{id}"))?)?;
+            if json { print_json(&mut out, &rec) } else { write_execution(&mut out, &rec).map_err(stdout_err) }
+        }
+        ExecutionsCommand::Cancel { id } => {
+            let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
+            let v = r.send(
+                "cancel the execution",
+                "POST",
+                &format!("/api/v1/executions/{id}/cancel"),
+                &serde_json::json!({}),
+                &[],
+            )?;
+            eprintln!("execution {id}: {}", v.get("status").and_then(Value::as_str).unwrap_or("?"));
+            Ok(())
+        }
+    }
+}
+
+/// `host flow deploy|list|show|revisions|rm`.
+pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
+    use super::remote::{Remote, ns_path};
+    use keyhole::registry::{Deployed, Registry};
+    let remote = Remote::from_env()?;
+    let mut out = std::io::stdout().lock();
+    let local = |dir: &DataDir| -> Result<(SecretStore, Registry), Exit> {
+        let store = open_store(dir)?;
+        let registry = Registry::open(dir, store.integrity().clone()).map_err(registry_exit)?;
+        Ok((store, registry))
+    };
+    let parse = |v: Value| -> Result<Vec<Deployed>, Exit> {
+        let list = if v.is_array() { v } else { Value::Array(vec![v]) };
+        serde_json::from_value(list)
+            .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a flow list: {e}")))
+    };
+    let (list, json) = match cmd {
+        FlowCommand::Schema => unreachable!("handled by the caller"),
+        FlowCommand::Deploy { flow: path, json } => {
+            let (flow, warnings) = flow::load(&path).map_err(|d| fail(USAGE, d))?;
+            print_warnings(&warnings);
+            let source = String::from_utf8(
+                keyhole::data_dir::read_bounded(&path, flow::MAX_FLOW_BYTES)
+                    .map_err(|e| fail(USAGE, anyhow::anyhow!("cannot read {}: {e}", path.display())))?,
+            )
+            .map_err(|e| fail(USAGE, anyhow::anyhow!("{} is not UTF-8: {e}", path.display())))?;
+            let file =
+                path.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+            let plugins = keyhole::registry::read_plugins(&flow).map_err(registry_exit)?;
+            let deployed = match &remote {
+                Some(r) => {
+                    let mut digests = serde_json::Map::new();
+                    for (task, bytes) in &plugins {
+                        let sha = hex::encode(keyhole::crypto::sha256(bytes));
+                        r.put_bytes(
+                            &format!("upload the plugin of task {task}"),
+                            &format!("/api/v1/plugins/{sha}"),
+                            bytes,
+                        )?;
+                        digests.insert(task.to_string(), Value::String(sha));
+                    }
+                    let body = serde_json::json!({ "file": file, "source": source, "plugins": digests });
+                    parse(r.send(&format!("deploy {}", path.display()), "POST", "/api/v1/flows", &body, &[])?)?
+                }
+                None => {
+                    let (mut store, registry) = local(dir)?;
+                    let mut digests = std::collections::BTreeMap::new();
+                    for (task, bytes) in &plugins {
+                        digests.insert(task.to_string(), registry.put_plugin(bytes).map_err(registry_exit)?);
+                    }
+                    let by = match keyhole::audit::Actor::current_user() {
+                        keyhole::audit::Actor::Cli { user } => user,
+                        _ => "operator".into(),
+                    };
+                    let (d, _) = registry.deploy(&file, &source, &digests, &by).map_err(registry_exit)?;
+                    let rec = keyhole::audit::NewRecord::ok(
+                        &keyhole::audit::Actor::current_user(),
+                        keyhole::audit::Action::FlowDeploy,
+                        &d.namespace,
+                        None,
+                    )
+                    .reason(format!("flow {} revision {}", d.id, d.revision))
+                    .detail_field("flow", d.id.clone())
+                    .detail_field("revision", d.revision);
+                    store.record(&rec)?;
+                    vec![d]
+                }
+            };
+            if let Some(d) = deployed.first() {
+                eprintln!("deployed flow {} revision {} in namespace {}", d.id, d.revision, d.namespace);
+            }
+            (deployed, json)
+        }
+        FlowCommand::List { json } => {
+            let list = match &remote {
+                Some(r) => parse(r.get("list flows", "/api/v1/flows")?)?,
+                None => local(dir)?.1.list().map_err(registry_exit)?,
+            };
+            (list, json)
+        }
+        FlowCommand::Show { id, namespace, json } => {
+            let d = match &remote {
+                Some(r) => parse(r.get("show the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?)?,
+                None => vec![local(dir)?.1.current(&namespace, &id).map_err(registry_exit)?.0],
+            };
+            if json {
+                return print_json(&mut out, &d[0]);
+            }
+            let d = &d[0];
+            writeln!(out, "flow {}  namespace {}  revision {}", d.id, d.namespace, d.revision).map_err(stdout_err)?;
+            writeln!(out, "deployed {} by {} from {}", d.deployed_at, d.deployed_by, d.file).map_err(stdout_err)?;
+            for (task, sha) in &d.plugins {
+                writeln!(out, "  task {task}: plugin sha256 {sha}").map_err(stdout_err)?;
+            }
+            writeln!(out, "---\n{}", d.source.trim_end()).map_err(stdout_err)?;
+            return Ok(());
+        }
+        FlowCommand::Revisions { id, namespace, json } => {
+            let list = match &remote {
+                Some(r) => {
+                    parse(r.get("list revisions", &format!("/api/v1/flows/{}/{id}/revisions", ns_path(&namespace)))?)?
+                }
+                None => local(dir)?.1.revisions(&namespace, &id).map_err(registry_exit)?,
+            };
+            (list, json)
+        }
+        FlowCommand::Rm { id, namespace } => {
+            match &remote {
+                Some(r) => {
+                    r.delete("remove the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?;
+                }
+                None => {
+                    let (mut store, registry) = local(dir)?;
+                    registry.current(&namespace, &id).map_err(registry_exit)?;
+                    let me = keyhole::audit::Actor::current_user();
+                    let rec = keyhole::audit::NewRecord::ok(&me, keyhole::audit::Action::FlowRemove, &namespace, None)
+                        .reason(format!("flow {id}"))
+                        .detail_field("flow", id.clone());
+                    store.record(&rec)?;
+                    let by = match me {
+                        keyhole::audit::Actor::Cli { user } => user,
+                        _ => "operator".into(),
+                    };
+                    registry.remove(&namespace, &id, &by).map_err(registry_exit)?;
+                }
+            }
+            eprintln!("removed flow {id} from namespace {namespace}");
+            return Ok(());
+        }
+    };
+    if json {
+        return print_json(&mut out, &list);
+    }
+    let mut table =
+        Table::new(&[("NAMESPACE", Left), ("FLOW", Left), ("REVISION", Left), ("DEPLOYED", Left), ("BY", Left)]);
+    for d in list {
+        let rev = if d.removed { format!("{} (removed)", d.revision) } else { d.revision.to_string() };
+        table.row([d.namespace.to_string(), d.id, rev, d.deployed_at, d.deployed_by]);
+    }
+    table.write(&mut out).map_err(stdout_err)
+}
+
+pub(crate) fn registry_exit(e: keyhole::registry::RegistryError) -> Exit {
+    use keyhole::registry::RegistryError as R;
+    match e {
+        R::Invalid(d) => fail(USAGE, d),
+        e @ (R::Plugin(_) | R::NotFound { .. }) => fail(USAGE, e),
+        e @ R::Tampered { .. } => fail(TAMPERED, e),
+        R::Db(e) => Exit::from(StoreError::Db(e)),
+        e @ R::Io { .. } => fail(HOST, e),
+    }
 }

@@ -8,7 +8,9 @@ mod exec;
 mod flow;
 mod key;
 mod plugin;
+mod remote;
 mod secret;
+mod server;
 mod table;
 
 use audit::AuditCommand;
@@ -18,6 +20,7 @@ use flow::{ExecutionsCommand, FlowCommand, RunArgs, ValidateArgs};
 use key::KeyCommand;
 use plugin::PluginCommand;
 use secret::SecretCommand;
+use server::{RoleCommand, ServeArgs, TokenCommand};
 
 pub(crate) use anyhow::{Context, Result, bail};
 pub(crate) use clap::{Args, Parser, Subcommand};
@@ -93,6 +96,15 @@ pub(crate) enum Command {
     /// Write plugins: start a project, build it, inspect a component, pre-compile.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Serve the API: hold the data directory and master key, run deployed
+    /// flows for principals with tokens.
+    Serve(ServeArgs),
+    /// Bearer tokens of `host serve`: create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Roles: the built-in ones and custom permission sets.
+    #[command(subcommand)]
+    Role(RoleCommand),
 }
 
 /// Parses `--since`-style times into the RFC 3339 form records use.
@@ -163,10 +175,14 @@ pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
             let schema = serde_json::to_string_pretty(&keyhole::flow::schema()).expect("schemas encode");
             writeln!(std::io::stdout().lock(), "{schema}").map_err(stdout_err)
         }
+        Command::Flow(cmd) => flow::flow_cmd(&dir, cmd),
         Command::Executions(cmd) => flow::executions_cmd(&dir, cmd),
         Command::Key(KeyCommand::Rotate) => key::key_rotate(&dir),
         Command::Backend(cmd) => backend::backend(&dir, cmd),
         Command::Plugin(cmd) => plugin::plugin(&dir, cmd, cli.compiler),
+        Command::Serve(args) => server::serve(&dir, args, cli.compiler),
+        Command::Token(cmd) => server::token(&dir, cmd),
+        Command::Role(cmd) => server::role(&dir, cmd),
     }
 }
 

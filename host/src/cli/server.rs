@@ -1,0 +1,232 @@
+//! `host serve`, `host token ...` and `host role ...`: the server and its
+//! principals, managed on the machine that holds the data directory.
+
+use super::table::{Align::Left, Table};
+use super::*;
+use keyhole::audit::{Action, Actor, NewRecord};
+use keyhole::authz::{Binding, Permission, Role};
+use keyhole::server::{ServeError, ServeOptions};
+use keyhole::tokens::{TokenError, Tokens};
+use std::net::SocketAddr;
+
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on; anything but loopback needs TLS.
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    listen: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Threads running executions.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// How long running executions may go on after SIGTERM/SIGINT before
+    /// they are recorded as interrupted.
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
+    shutdown_timeout: Duration,
+    /// Failed authentications allowed per client address per minute; past
+    /// it the address gets 429 for the rest of the minute.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    max_auth_failures: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCommand {
+    /// Issue a token (printed once, on stdout) for a role in a namespace.
+    Create {
+        /// A name for it, unique among live tokens (ci-bot, alice).
+        #[arg(long)]
+        name: String,
+        /// Role: admin, secret-manager, developer, runner, auditor, or a custom one.
+        #[arg(long)]
+        role: String,
+        /// Where the role applies: this namespace and its children. Default: every namespace.
+        #[arg(long, short, default_value = "")]
+        namespace: Namespace,
+        /// Lifetime (30d, 12h); default: until revoked.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Every token: name, roles, scopes, created, expires, last used (never the token).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by name or id: it authenticates no one from now on.
+    Revoke {
+        /// Name or id.
+        token: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RoleCommand {
+    /// Define (or redefine) a custom role.
+    Create {
+        /// Its name.
+        name: String,
+        /// A permission it allows (repeat), e.g. secret:write.
+        #[arg(long)]
+        allow: Vec<Permission>,
+        /// A permission it denies (repeat): wins over an allow at the same depth.
+        #[arg(long)]
+        deny: Vec<Permission>,
+    },
+    /// Built-in and custom roles with their permissions.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a custom role no live token is bound to.
+    Rm {
+        /// Its name.
+        name: String,
+    },
+}
+
+impl From<TokenError> for Exit {
+    fn from(e: TokenError) -> Self {
+        let code = match e {
+            TokenError::Db(_) => HOST,
+            TokenError::Tampered(_) => TAMPERED,
+            _ => USAGE,
+        };
+        fail(code, e)
+    }
+}
+
+pub(crate) fn serve(dir: &DataDir, args: ServeArgs, compiler: keyhole::runtime::Compiler) -> Result<(), Exit> {
+    let opts = ServeOptions {
+        listen: args.listen,
+        tls: args.tls_cert.zip(args.tls_key),
+        workers: args.workers,
+        shutdown_timeout: args.shutdown_timeout,
+        compiler,
+        max_auth_failures: args.max_auth_failures,
+    };
+    keyhole::server::serve(dir, opts).map_err(|e| match e {
+        ServeError::Open(e) => Exit::from(*e),
+        e @ ServeError::Refused(_) => fail(USAGE, e),
+        e @ ServeError::Io(_) => fail(HOST, e),
+    })
+}
+
+/// The tokens table, opened with the store's integrity key (so the master
+/// key is needed: the root operator's power).
+fn open_tokens(dir: &DataDir) -> Result<(SecretStore, Tokens), Exit> {
+    let store = open_store(dir)?;
+    let tokens = Tokens::open(store.path(), store.integrity().clone())?;
+    Ok((store, tokens))
+}
+
+pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
+    let me = Actor::current_user();
+    let (mut store, tokens) = open_tokens(dir)?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        TokenCommand::Create { name, role, namespace, ttl } => {
+            let binding = Binding { role, namespace: namespace.clone() };
+            let by = match &me {
+                Actor::Cli { user } => user.clone(),
+                _ => "operator".into(),
+            };
+            let (info, secret) = tokens.create(&name, vec![binding.clone()], ttl, &by)?;
+            let rec = NewRecord::ok(&me, Action::TokenCreate, &namespace, None)
+                .reason(format!("token {} ({}) with {binding}", info.name, info.id))
+                .detail_field("token", info.id.clone());
+            if let Err(e) = store.record(&rec) {
+                let _ = tokens.revoke(&info.id);
+                return Err(Exit::from(e));
+            }
+            writeln!(out, "{}", secret.expose()).map_err(stdout_err)?;
+            let exp = info.expires.as_deref().map(|x| format!(", expires {x}")).unwrap_or_default();
+            eprintln!(
+                "token {} ({}) created with {binding}{exp}. It is shown this once: keyhole keeps only its hash.",
+                info.name, info.id
+            );
+        }
+        TokenCommand::List { json } => {
+            let list = tokens.list()?;
+            if json {
+                return print_json(&mut out, &list);
+            }
+            let mut table = Table::new(&[
+                ("ID", Left),
+                ("NAME", Left),
+                ("ROLES", Left),
+                ("CREATED", Left),
+                ("EXPIRES", Left),
+                ("LAST USED", Left),
+                ("STATE", Left),
+            ]);
+            for t in list {
+                let roles: Vec<String> = t.bindings.iter().map(ToString::to_string).collect();
+                table.row([
+                    t.id,
+                    t.name,
+                    roles.join(", "),
+                    t.created,
+                    t.expires.unwrap_or_else(|| "-".into()),
+                    t.last_used.unwrap_or_else(|| "-".into()),
+                    t.state,
+                ]);
+            }
+            table.write(&mut out).map_err(stdout_err)?;
+        }
+        TokenCommand::Revoke { token } => {
+            let info = tokens.get(&token)?;
+            let rec = NewRecord::ok(&me, Action::TokenRevoke, &Namespace::root(), None)
+                .reason(format!("token {} ({})", info.name, info.id))
+                .detail_field("token", info.id.clone());
+            store.record(&rec)?;
+            let info = tokens.revoke(&info.id)?;
+            eprintln!("revoked token {} ({})", info.name, info.id);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn role(dir: &DataDir, cmd: RoleCommand) -> Result<(), Exit> {
+    let me = Actor::current_user();
+    let (mut store, tokens) = open_tokens(dir)?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        RoleCommand::Create { name, allow, deny } => {
+            let role = Role { name: name.clone(), allow, deny };
+            keyhole::authz::check_role_name(&name).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
+            let rec = NewRecord::ok(&me, Action::RoleChange, &Namespace::root(), None)
+                .reason(format!("role {name} defined"))
+                .detail_field("role", serde_json::to_value(&role).unwrap_or_default());
+            store.record(&rec)?;
+            tokens.define_role(&role)?;
+            eprintln!("role {name} defined");
+        }
+        RoleCommand::List { json } => {
+            let roles = tokens.roles()?;
+            if json {
+                return print_json(&mut out, &roles);
+            }
+            let mut table = Table::new(&[("ROLE", Left), ("ALLOWS", Left), ("DENIES", Left)]);
+            for r in roles {
+                let names = |ps: &[Permission]| ps.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(" ");
+                let deny = if r.deny.is_empty() { "-".into() } else { names(&r.deny) };
+                table.row([r.name.clone(), names(&r.allow), deny]);
+            }
+            table.write(&mut out).map_err(stdout_err)?;
+        }
+        RoleCommand::Rm { name } => {
+            tokens.role(&name)?;
+            let rec =
+                NewRecord::ok(&me, Action::RoleChange, &Namespace::root(), None).reason(format!("role {name} removed"));
+            store.record(&rec)?;
+            tokens.remove_role(&name)?;
+            eprintln!("role {name} removed");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1124 @@
+//! The HTTP API under `/api/v1`: one table of routes ([`ROUTES`]) from which
+//! the router, the authorization of every request, the OpenAPI document
+//! and the tests' authorization matrix are all built; the [`Caller`]
+//! extractor; thin handlers over the library.
+//!
+//! Invariant: a handler runs only after [`Caller`] authenticated the token
+//! and [`crate::authz::decide`] allowed the route's permission in its
+//! namespace (or, for routes that list across namespaces, the handler keeps
+//! only the items the caller may see); no handler returns a secret value.
+
+use super::App;
+use super::listen::Peer;
+use crate::audit::{Action, Actor, NewRecord, Outcome, now_rfc3339};
+use crate::authz::{self, Binding, Permission, Principal};
+use crate::executions::{CancelOutcome, ENDED, ExecutionRecord, TaskRecord, TaskStatus};
+use crate::names::{ExecutionId, Namespace, SecretName};
+use crate::registry::{Deployed, RegistryError, is_sha256};
+use crate::secret::SecretValue;
+use crate::store::{SetOptions, StoreError, now};
+use crate::tokens::{AuthFailure, TokenError, TokenInfo, TokenSecret};
+use axum::Json;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, RawPathParams, State};
+use axum::http::{HeaderMap, StatusCode, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+type AppState = Arc<App>;
+
+/// Where a route's permission is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// No token needed.
+    Public,
+    /// Any valid token.
+    Authenticated,
+    /// In the namespace of the path's `{ns}` (`-` is the root).
+    PathNamespace,
+    /// In the namespace of the execution the path's `{id}` names.
+    Execution,
+    /// In some namespace: the handler keeps only the items the caller may
+    /// see, or checks the item it acts on.
+    Anywhere,
+    /// In the namespace the request body names (a flow's own namespace, a
+    /// new token's binding): held somewhere to get past the extractor, then
+    /// checked there by the handler before anything is stored.
+    Body,
+}
+
+/// One route of the API.
+#[derive(Debug)]
+pub struct Route {
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub method: &'static str,
+    /// The path, with `{param}`s.
+    pub path: &'static str,
+    /// The permission it needs, if any.
+    pub permission: Option<Permission>,
+    /// Where the permission is checked.
+    pub scope: Scope,
+    /// What it does.
+    pub summary: &'static str,
+    handler: fn() -> MethodRouter<AppState>,
+}
+
+macro_rules! route {
+    ($method:literal, $path:literal, $perm:expr, $scope:ident, $summary:literal, $h:expr) => {
+        Route {
+            method: $method,
+            path: $path,
+            permission: $perm,
+            scope: Scope::$scope,
+            summary: $summary,
+            handler: || $h,
+        }
+    };
+}
+
+use Permission as P;
+
+/// Every route of the API.
+pub static ROUTES: &[Route] = &[
+    route!("GET", "/api/v1/health", None, Public, "Liveness: ok, or stopping.", get(health)),
+    route!("GET", "/api/v1/openapi.json", None, Public, "This API, as OpenAPI 3.1.", get(openapi)),
+    route!(
+        "GET",
+        "/api/v1/tokens/self",
+        None,
+        Authenticated,
+        "The caller's own token (never the token).",
+        get(token_self)
+    ),
+    route!(
+        "GET",
+        "/api/v1/tokens",
+        Some(P::TokenManage),
+        Anywhere,
+        "Tokens bound within the caller's scope.",
+        get(list_tokens)
+    ),
+    route!(
+        "POST",
+        "/api/v1/tokens",
+        Some(P::TokenManage),
+        Body,
+        "Issue a token: {name, role, namespace, ttl}. The response holds the token, once.",
+        post(create_token)
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/tokens/{token}",
+        Some(P::TokenManage),
+        Anywhere,
+        "Revoke a token by name or id.",
+        delete(revoke_token)
+    ),
+    route!("GET", "/api/v1/roles", Some(P::TokenManage), Anywhere, "Built-in and custom roles.", get(list_roles)),
+    route!(
+        "GET",
+        "/api/v1/secrets",
+        Some(P::SecretList),
+        Anywhere,
+        "Secret metadata the caller may list (never a value).",
+        get(list_secrets)
+    ),
+    route!(
+        "GET",
+        "/api/v1/secrets/{ns}/{name}",
+        Some(P::SecretList),
+        PathNamespace,
+        "One secret's metadata and versions.",
+        get(describe_secret)
+    ),
+    route!(
+        "PUT",
+        "/api/v1/secrets/{ns}/{name}",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Set or rotate a secret: {value, rotate, expires_in, keep}.",
+        put(put_secret)
+    ),
+    route!(
+        "POST",
+        "/api/v1/secrets/{ns}/{name}/revoke",
+        Some(P::SecretRevoke),
+        PathNamespace,
+        "Revoke a secret: reads are refused.",
+        post(revoke_secret)
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/secrets/{ns}/{name}",
+        Some(P::SecretDestroy),
+        PathNamespace,
+        "Destroy a secret (crypto-erase every version).",
+        delete(destroy_secret)
+    ),
+    route!(
+        "PUT",
+        "/api/v1/plugins/{sha256}",
+        Some(P::FlowDeploy),
+        Anywhere,
+        "Upload a plugin (the body), stored by its SHA-256.",
+        put(put_plugin).layer(DefaultBodyLimit::max(crate::runtime::MAX_PLUGIN_BYTES))
+    ),
+    route!("GET", "/api/v1/flows", Some(P::FlowRead), Anywhere, "Deployed flows the caller may read.", get(list_flows)),
+    route!(
+        "POST",
+        "/api/v1/flows",
+        Some(P::FlowDeploy),
+        Body,
+        "Deploy a flow: {file, source, plugins: {task: sha256}}.",
+        post(deploy_flow)
+    ),
+    route!(
+        "GET",
+        "/api/v1/flows/{ns}/{flow}",
+        Some(P::FlowRead),
+        PathNamespace,
+        "A deployed flow's current revision.",
+        get(show_flow)
+    ),
+    route!(
+        "GET",
+        "/api/v1/flows/{ns}/{flow}/revisions",
+        Some(P::FlowRead),
+        PathNamespace,
+        "Every revision of a flow.",
+        get(flow_revisions)
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/flows/{ns}/{flow}",
+        Some(P::FlowDeploy),
+        PathNamespace,
+        "Remove a deployed flow (its executions stay).",
+        delete(remove_flow)
+    ),
+    route!(
+        "POST",
+        "/api/v1/executions/{ns}/{flow}",
+        Some(P::ExecutionCreate),
+        PathNamespace,
+        "Queue an execution; the body is its inputs. Idempotency-Key header; ?wait=SECONDS.",
+        post(create_execution)
+    ),
+    route!(
+        "GET",
+        "/api/v1/executions",
+        Some(P::ExecutionRead),
+        Anywhere,
+        "Executions the caller may read: ?namespace, flow, status, limit.",
+        get(list_executions)
+    ),
+    route!(
+        "GET",
+        "/api/v1/executions/{id}",
+        Some(P::ExecutionRead),
+        Execution,
+        "One execution: status and per-task outcome (masked).",
+        get(get_execution)
+    ),
+    route!(
+        "GET",
+        "/api/v1/executions/{id}/log",
+        Some(P::ExecutionRead),
+        Execution,
+        "An ended execution's log (masked), as text.",
+        get(execution_log)
+    ),
+    route!(
+        "POST",
+        "/api/v1/executions/{id}/cancel",
+        Some(P::ExecutionCancel),
+        Execution,
+        "Cancel: a queued execution never runs, a running one is interrupted.",
+        post(cancel_execution)
+    ),
+    route!(
+        "GET",
+        "/api/v1/audit",
+        Some(P::AuditRead),
+        Anywhere,
+        "Audit records in the caller's scope: ?secret, namespace, flow, execution, outcome, action, actor, since, until, limit.",
+        get(list_audit)
+    ),
+];
+
+/// Request bodies other than plugins: 1 MiB.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The router: every route of [`ROUTES`], with the shared state.
+pub fn router(app: AppState) -> axum::Router {
+    let mut r = axum::Router::new();
+    for route in ROUTES {
+        r = r.route(route.path, (route.handler)());
+    }
+    r.fallback(|| async { ApiError::NotFound("no such route: see GET /api/v1/openapi.json".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// What a request gets instead of its answer; the body is
+/// `{"error": "..."}` naming what failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: a malformed request, naming the field.
+    BadRequest(String),
+    /// 401: nothing more is said.
+    Unauthorized,
+    /// 403: the missing permission and namespace.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 409.
+    Conflict(String),
+    /// 429: too many failed authentications from this address.
+    TooMany,
+    /// 503: the audit log cannot be written, so nothing was done.
+    Unavailable(String),
+    /// 500.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized".into()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::TooMany => {
+                (StatusCode::TOO_MANY_REQUESTS, "too many failed authentications; wait a minute".into())
+            }
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+        };
+        let mut resp = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::backend::BackendError> for ApiError {
+    fn from(e: crate::backend::BackendError) -> Self {
+        use crate::backend::BackendError as B;
+        match e {
+            B::Store(e) => e.into(),
+            e @ B::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            e @ (B::Unsupported { .. } | B::Config { .. }) => ApiError::BadRequest(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Invalid(m) => ApiError::BadRequest(m),
+            TokenError::NotFound(m) => ApiError::NotFound(m),
+            TokenError::Conflict(m) => ApiError::Conflict(m),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            e @ (RegistryError::Invalid(_) | RegistryError::Plugin(_)) => ApiError::BadRequest(e.to_string()),
+            e @ RegistryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::executions::RecordError> for ApiError {
+    fn from(e: crate::executions::RecordError) -> Self {
+        match e {
+            e @ crate::executions::RecordError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<authz::Forbidden> for ApiError {
+    fn from(e: authz::Forbidden) -> Self {
+        ApiError::Forbidden(e.to_string())
+    }
+}
+
+/// A refusal decided in a handler (the namespace was in the body, or the
+/// item acted on is outside the caller's scope): audited like the
+/// extractor's, then a 403.
+fn refuse(app: &App, caller: &Caller, what: &str, ns: &Namespace, permission: Permission, message: String) -> ApiError {
+    let rec = caller
+        .record(Action::ApiDenied, ns, None)
+        .outcome(Outcome::Denied)
+        .reason(format!("{what}: {message}"))
+        .detail_field("permission", permission.as_str());
+    match app.record(rec) {
+        Ok(()) => ApiError::Forbidden(message),
+        Err(e) => audit_failed(e),
+    }
+}
+
+fn audit_failed(e: crate::audit::AuditError) -> ApiError {
+    ApiError::Unavailable(format!("the audit log cannot be written, so nothing was done: {e}"))
+}
+
+/// Runs blocking work (SQLite, the audit log) off the async threads.
+async fn blocking<T: Send + 'static>(
+    app: &AppState,
+    f: impl FnOnce(&App) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| ApiError::Internal(format!("a handler failed: {e}")))?
+}
+
+/// `-` in a path is the root namespace.
+pub fn path_namespace(s: &str) -> Result<Namespace, ApiError> {
+    if s == "-" {
+        return Ok(Namespace::root());
+    }
+    Namespace::new(s).map_err(|e| ApiError::BadRequest(format!("path: {e} (use - for the root namespace)")))
+}
+
+/// An authenticated, authorized principal, as handlers receive it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who, with roles resolved.
+    pub principal: Principal,
+    /// Their token's description.
+    pub info: TokenInfo,
+    /// As audit records name them.
+    pub actor: Actor,
+}
+
+impl Caller {
+    /// Whether the caller holds `p` in `ns`.
+    pub fn may(&self, p: Permission, ns: &Namespace) -> bool {
+        authz::decide(&self.principal, p, ns).is_ok()
+    }
+
+    fn record(&self, action: Action, ns: &Namespace, secret: Option<&SecretName>) -> NewRecord {
+        NewRecord::ok(&self.actor, action, ns, secret)
+    }
+}
+
+fn route_of(parts: &Parts) -> Option<&'static Route> {
+    let matched = parts.extensions.get::<MatchedPath>()?.as_str().to_owned();
+    ROUTES.iter().find(|r| r.path == matched && r.method == parts.method.as_str())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let route = route_of(parts).ok_or_else(|| ApiError::Internal("a route is missing from ROUTES".into()))?;
+        let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.0);
+        let ip = peer.map(|p| p.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        if app.rate_limited(ip) {
+            return Err(ApiError::TooMany);
+        }
+        let presented = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| TokenSecret::presented(t.trim()));
+        let what = format!("{} {}", route.method, route.path);
+        let authenticated = blocking(app, move |app| {
+            let Some(token) = presented else { return Ok(Err(AuthFailure::Malformed)) };
+            Ok(app.tokens().authenticate(&token))
+        })
+        .await?;
+        let (principal, info) = match authenticated {
+            Ok(x) => x,
+            Err(why) => {
+                app.auth_failed(ip);
+                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                blocking(app, move |app| {
+                    let rec = NewRecord::ok(&Actor::Server, Action::AuthFailed, &Namespace::root(), None)
+                        .outcome(Outcome::Denied)
+                        .reason(format!("{what}: {}", why.as_str()))
+                        .detail_field("peer", peer);
+                    app.record(rec).map_err(audit_failed)
+                })
+                .await?;
+                return Err(ApiError::Unauthorized);
+            }
+        };
+        let caller = Caller { actor: Actor::Token { id: info.id.clone(), name: info.name.clone() }, principal, info };
+        let Some(permission) = route.permission else { return Ok(caller) };
+        let params = RawPathParams::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+        let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_owned());
+        let decision = match route.scope {
+            Scope::Public | Scope::Authenticated => Ok(()),
+            Scope::Anywhere | Scope::Body => {
+                if authz::holds_anywhere(&caller.principal, permission) {
+                    Ok(())
+                } else {
+                    Err((Namespace::root(), format!("permission {permission} is required in some namespace")))
+                }
+            }
+            Scope::PathNamespace => {
+                let ns = path_namespace(&param("ns").unwrap_or_default())?;
+                authz::decide(&caller.principal, permission, &ns).map_err(|e| (ns, e.to_string()))
+            }
+            Scope::Execution => {
+                if !authz::holds_anywhere(&caller.principal, permission) {
+                    Err((Namespace::root(), format!("permission {permission} is required in some namespace")))
+                } else {
+                    let id = param("id").unwrap_or_default();
+                    let id: ExecutionId = id.parse().map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+                    let rec = blocking(app, move |app| Ok(app.records().get(id.as_str())?)).await?;
+                    let ns = path_namespace(if rec.namespace.is_empty() { "-" } else { &rec.namespace })?;
+                    authz::decide(&caller.principal, permission, &ns).map_err(|e| (ns, e.to_string()))
+                }
+            }
+        };
+        match decision {
+            Ok(()) => Ok(caller),
+            Err((ns, message)) => {
+                let rec = caller
+                    .record(Action::ApiDenied, &ns, None)
+                    .outcome(Outcome::Denied)
+                    .reason(format!("{what}: {message}"))
+                    .detail_field("permission", permission.as_str());
+                blocking(app, move |app| app.record(rec).map_err(audit_failed)).await?;
+                Err(ApiError::Forbidden(message))
+            }
+        }
+    }
+}
+
+/// A JSON body, with a 400 that names what is wrong in it.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let at = if path == "." { String::new() } else { format!(" at field `{path}`") };
+            ApiError::BadRequest(format!("request body{at}: {inner}"))
+        })
+    }
+}
+
+// ---- handlers -------------------------------------------------------------
+
+async fn health(State(app): State<AppState>) -> Json<Value> {
+    let stopping = app.stopping.load(std::sync::atomic::Ordering::SeqCst);
+    Json(json!({ "status": if stopping { "stopping" } else { "ok" } }))
+}
+
+/// The OpenAPI document, generated from [`ROUTES`].
+pub fn openapi_document() -> Value {
+    let mut paths = Map::new();
+    for r in ROUTES {
+        let params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut responses = Map::new();
+        responses
+            .insert("200".into(), json!({"description": "success (201/202 where something was created or queued)"}));
+        responses.insert("400".into(), json!({"description": "malformed request: the error names the field"}));
+        if r.scope != Scope::Public {
+            responses.insert("401".into(), json!({"description": "no valid token"}));
+        }
+        if r.permission.is_some() {
+            responses
+                .insert("403".into(), json!({"description": "the error names the missing permission and namespace"}));
+        }
+        let mut op = json!({
+            "summary": r.summary,
+            "operationId": format!("{} {}", r.method, r.path),
+            "parameters": params,
+            "responses": responses,
+        });
+        if r.scope == Scope::Public {
+            op["security"] = json!([]);
+        }
+        if let Some(p) = r.permission {
+            op["x-keyhole-permission"] = json!(p.as_str());
+            let scope = match r.scope {
+                Scope::PathNamespace => "the namespace in the path ({ns}; - is the root)",
+                Scope::Execution => "the execution's namespace",
+                Scope::Anywhere => "each item's namespace",
+                Scope::Body => "the namespace the request body names",
+                Scope::Public | Scope::Authenticated => "",
+            };
+            op["x-keyhole-scope"] = json!(scope);
+        }
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
+        entry[r.method.to_ascii_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "keyhole", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Every route but health and this document needs `Authorization: Bearer TOKEN`. No route returns a secret value."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}
+
+async fn token_self(caller: Caller) -> Json<TokenInfo> {
+    Json(caller.info)
+}
+
+fn may_manage(caller: &Caller, t: &TokenInfo) -> bool {
+    t.bindings.iter().all(|b| caller.may(P::TokenManage, &b.namespace))
+}
+
+async fn list_tokens(State(app): State<AppState>, caller: Caller) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    let all = blocking(&app, |app| Ok(app.tokens().list()?)).await?;
+    Ok(Json(all.into_iter().filter(|t| may_manage(&caller, t)).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: String,
+    #[serde(default)]
+    namespace: Namespace,
+    ttl: Option<String>,
+}
+
+async fn create_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    Body(req): Body<NewToken>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ttl = req
+        .ttl
+        .as_deref()
+        .map(|t| {
+            humantime::parse_duration(t)
+                .map_err(|e| ApiError::BadRequest(format!("ttl: {t:?} is not a duration like 30d: {e}")))
+        })
+        .transpose()?;
+    blocking(&app, move |app| {
+        let role = app.tokens().role(&req.role)?;
+        if let Err(e) = authz::may_delegate(&caller.principal, &role, &req.namespace) {
+            return Err(refuse(app, &caller, "POST /api/v1/tokens", &e.namespace, e.permission, e.to_string()));
+        }
+        let binding = Binding { role: req.role.clone(), namespace: req.namespace.clone() };
+        let by = format!("{} ({})", caller.info.name, caller.info.id);
+        let (info, token) = app.tokens().create(&req.name, vec![binding.clone()], ttl, &by)?;
+        let rec = caller
+            .record(Action::TokenCreate, &req.namespace, None)
+            .reason(format!("token {} ({}) with {binding}", info.name, info.id))
+            .detail_field("token", info.id.clone());
+        if let Err(e) = app.record(rec) {
+            // Fail closed: a token whose issue is not on the record does not exist.
+            let _ = app.tokens().revoke(&info.id);
+            return Err(audit_failed(e));
+        }
+        Ok((StatusCode::CREATED, Json(json!({ "token": token.expose(), "info": info }))))
+    })
+    .await
+}
+
+async fn revoke_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    blocking(&app, move |app| {
+        let info = app.tokens().get(&token)?;
+        if !may_manage(&caller, &info) {
+            let ns = info.bindings.iter().map(|b| b.namespace.clone()).find(|n| !caller.may(P::TokenManage, n));
+            let ns = ns.unwrap_or_default();
+            let message =
+                format!("permission token:manage is required in namespace {ns} to revoke token {}", info.name);
+            return Err(refuse(app, &caller, "DELETE /api/v1/tokens/{token}", &ns, P::TokenManage, message));
+        }
+        let rec = caller
+            .record(Action::TokenRevoke, &Namespace::root(), None)
+            .reason(format!("token {} ({})", info.name, info.id))
+            .detail_field("token", info.id.clone());
+        app.record(rec).map_err(audit_failed)?;
+        Ok(Json(app.tokens().revoke(&info.id)?))
+    })
+    .await
+}
+
+async fn list_roles(State(app): State<AppState>, _caller: Caller) -> Result<Json<Vec<authz::Role>>, ApiError> {
+    Ok(Json(blocking(&app, |app| Ok(app.tokens().roles()?)).await?))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct SecretQuery {
+    namespace: Option<Namespace>,
+}
+
+async fn list_secrets(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(q): Query<SecretQuery>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |app| {
+        let mut list = app.secrets.local().store().list(q.namespace.as_ref(), None)?;
+        let mut unavailable = Vec::new();
+        for (ns, b) in app.secrets.remote() {
+            if q.namespace.as_ref().is_some_and(|n| n != ns) || !caller.may(P::SecretList, ns) {
+                continue;
+            }
+            match b.list(ns) {
+                Ok(remote) => list.extend(remote),
+                Err(e) => unavailable.push(json!({"namespace": ns, "error": e.to_string()})),
+            }
+        }
+        list.retain(|s| Namespace::new(&s.namespace).is_ok_and(|ns| caller.may(P::SecretList, &ns)));
+        list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(Json(json!({ "secrets": list, "unavailable": unavailable })))
+    })
+    .await
+}
+
+fn secret_name(s: &str) -> Result<SecretName, ApiError> {
+    SecretName::new(s).map_err(|e| ApiError::BadRequest(format!("path: {e}")))
+}
+
+async fn describe_secret(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let backend = app.secrets.backend_for(&ns);
+        let info = backend
+            .info(&ns, &name)?
+            .ok_or_else(|| ApiError::NotFound(format!("no secret {name} in namespace {ns}")))?;
+        let versions = backend.versions(&ns, &name)?;
+        Ok(Json(json!({ "backend": backend.describe(), "secret": info, "versions": versions })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutSecret {
+    value: SecretValue,
+    #[serde(default)]
+    rotate: bool,
+    expires_in: Option<String>,
+    keep: Option<u32>,
+}
+
+async fn put_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+    Body(req): Body<PutSecret>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    if req.value.is_empty() {
+        return Err(ApiError::BadRequest("request body at field `value`: the secret value is empty".into()));
+    }
+    let expires_at = match req.expires_in.as_deref() {
+        Some(t) => {
+            let d = humantime::parse_duration(t)
+                .map_err(|e| ApiError::BadRequest(format!("request body at field `expires_in`: {e}")))?;
+            Some(now() + d.as_secs() as i64)
+        }
+        None => None,
+    };
+    blocking(&app, move |app| {
+        let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations: None };
+        // The router audits the change (fail closed) with the caller as actor.
+        let version = app.secrets.set(&caller.actor, &ns, &name, &req.value, &opts)?;
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string() })))
+    })
+    .await
+}
+
+async fn revoke_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let done = app.secrets.revoke(&caller.actor, &ns, &name)?;
+        Ok(Json(json!({ "revoked": name.as_str(), "namespace": ns, "done": done })))
+    })
+    .await
+}
+
+async fn destroy_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let done = app.secrets.destroy(&caller.actor, &ns, &name)?;
+        Ok(Json(json!({ "destroyed": name.as_str(), "namespace": ns, "done": done })))
+    })
+    .await
+}
+
+async fn put_plugin(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(sha): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !is_sha256(&sha) {
+        return Err(ApiError::BadRequest(format!("path: {sha:?} is not a SHA-256 (64 lowercase hex digits)")));
+    }
+    blocking(&app, move |app| {
+        let actual = hex::encode(crate::crypto::sha256(&body));
+        if actual != sha {
+            return Err(ApiError::BadRequest(format!(
+                "the body's SHA-256 is {actual}, not {sha}: the upload is corrupt"
+            )));
+        }
+        if app.registry().has_plugin(&sha) {
+            return Ok((StatusCode::OK, Json(json!({ "sha256": sha, "stored": false }))));
+        }
+        let rec = caller
+            .record(Action::FlowDeploy, &Namespace::root(), None)
+            .reason(format!("plugin {sha} uploaded ({} bytes)", body.len()))
+            .detail_field("plugin_sha256", sha.clone());
+        app.record(rec).map_err(audit_failed)?;
+        app.registry().put_plugin(&body)?;
+        Ok((StatusCode::CREATED, Json(json!({ "sha256": sha, "stored": true }))))
+    })
+    .await
+}
+
+fn flow_namespace_ok(caller: &Caller, ns: &Namespace) -> bool {
+    caller.may(P::FlowRead, ns)
+}
+
+async fn list_flows(State(app): State<AppState>, caller: Caller) -> Result<Json<Vec<Deployed>>, ApiError> {
+    let all = blocking(&app, |app| Ok(app.registry().list()?)).await?;
+    Ok(Json(all.into_iter().filter(|d| flow_namespace_ok(&caller, &d.namespace)).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    file: String,
+    source: String,
+    plugins: BTreeMap<String, String>,
+}
+
+async fn deploy_flow(
+    State(app): State<AppState>,
+    caller: Caller,
+    Body(req): Body<DeployRequest>,
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
+    blocking(&app, move |app| {
+        // The namespace is the flow's own: checked before anything is stored.
+        let file = req.file.chars().take(256).collect::<String>();
+        let (flow, _) = crate::flow::parse(&req.source, &file, std::path::Path::new("/"))
+            .map_err(|d| ApiError::BadRequest(d.to_string()))?;
+        if let Err(e) = authz::decide(&caller.principal, P::FlowDeploy, &flow.namespace) {
+            return Err(refuse(app, &caller, "POST /api/v1/flows", &e.namespace, e.permission, e.to_string()));
+        }
+        let by = format!("{} ({})", caller.info.name, caller.info.id);
+        let (d, _) = app.registry().deploy(&file, &req.source, &req.plugins, &by)?;
+        let rec = caller
+            .record(Action::FlowDeploy, &d.namespace, None)
+            .reason(format!("flow {} revision {}", d.id, d.revision))
+            .detail_field("flow", d.id.clone())
+            .detail_field("revision", d.revision)
+            .detail_field("plugins", serde_json::to_value(&d.plugins).unwrap_or_default());
+        if let Err(e) = app.record(rec) {
+            let _ = app.registry().remove(&d.namespace, &d.id, "host serve (the deploy could not be audited)");
+            return Err(audit_failed(e));
+        }
+        Ok((StatusCode::CREATED, Json(d)))
+    })
+    .await
+}
+
+async fn show_flow(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path((ns, flow)): Path<(String, String)>,
+) -> Result<Json<Deployed>, ApiError> {
+    let ns = path_namespace(&ns)?;
+    blocking(&app, move |app| Ok(Json(app.registry().current(&ns, &flow)?.0))).await
+}
+
+async fn flow_revisions(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path((ns, flow)): Path<(String, String)>,
+) -> Result<Json<Vec<Deployed>>, ApiError> {
+    let ns = path_namespace(&ns)?;
+    blocking(&app, move |app| Ok(Json(app.registry().revisions(&ns, &flow)?))).await
+}
+
+async fn remove_flow(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, flow)): Path<(String, String)>,
+) -> Result<Json<Deployed>, ApiError> {
+    let ns = path_namespace(&ns)?;
+    blocking(&app, move |app| {
+        app.registry().current(&ns, &flow)?;
+        let rec = caller
+            .record(Action::FlowRemove, &ns, None)
+            .reason(format!("flow {flow}"))
+            .detail_field("flow", flow.clone());
+        app.record(rec).map_err(audit_failed)?;
+        let by = format!("{} ({})", caller.info.name, caller.info.id);
+        Ok(Json(app.registry().remove(&ns, &flow, &by)?))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct CreateQuery {
+    /// Wait up to this many seconds for the execution to end.
+    wait: Option<f64>,
+}
+
+/// Queues an execution of `ns/flow` for `caller` (the API, and later the
+/// webhook and schedule triggers); returns the record and whether it is new.
+pub fn queue_execution(
+    app: &App,
+    caller: &Caller,
+    ns: &Namespace,
+    flow_id: &str,
+    inputs: &Map<String, Value>,
+    trigger: &str,
+    idempotency_key: Option<&str>,
+) -> Result<(ExecutionRecord, bool), ApiError> {
+    let (deployed, flow) = app.registry().current(ns, flow_id)?;
+    let inputs =
+        crate::flow::bind_json_inputs(&flow, inputs).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+    let id = ExecutionId::generate();
+    let by = format!("{} ({})", caller.info.name, caller.info.id);
+    let record = ExecutionRecord {
+        id: id.to_string(),
+        flow: flow.id.to_string(),
+        namespace: ns.as_str().to_owned(),
+        source: flow.source.clone(),
+        status: "queued".into(),
+        started: now_rfc3339(),
+        ended: None,
+        tasks: flow
+            .tasks
+            .iter()
+            .map(|t| TaskRecord {
+                id: t.id.to_string(),
+                status: TaskStatus::Pending,
+                duration_ms: 0,
+                output: None,
+                error: None,
+            })
+            .collect(),
+        trigger: Some(trigger.into()),
+        revision: Some(deployed.revision),
+        created_by: Some(by),
+    };
+    // Keys are the caller's own: another principal's key finds nothing.
+    let key = idempotency_key.map(|k| format!("{}:{k}", caller.info.id));
+    let rec = caller
+        .record(Action::ExecutionCreate, ns, None)
+        .reason(format!("execution {id} of flow {flow_id} revision {} ({trigger})", deployed.revision))
+        .detail_field("execution", id.to_string())
+        .detail_field("trigger", trigger);
+    app.record(rec).map_err(audit_failed)?;
+    let (rec, created) = app.records().enqueue(&record, &inputs, key.as_deref())?;
+    if created {
+        app.wake();
+    }
+    Ok((rec, created))
+}
+
+async fn create_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, flow)): Path<(String, String)>,
+    Query(q): Query<CreateQuery>,
+    headers: HeaderMap,
+    Body(inputs): Body<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ns = path_namespace(&ns)?;
+    if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::Unavailable("the server is stopping: try again once it is back".into()));
+    }
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 128);
+            Some(
+                k.ok_or_else(|| {
+                    ApiError::BadRequest("header Idempotency-Key: 1 to 128 visible ASCII characters".into())
+                })?
+                .to_owned(),
+            )
+        }
+        None => None,
+    };
+    let mut ended = app.ended.subscribe();
+    let (rec, created) =
+        blocking(&app, move |app| queue_execution(app, &caller, &ns, &flow, &inputs, "api", key.as_deref())).await?;
+    let wait = q.wait.filter(|w| w.is_finite() && *w > 0.0).map(|w| Duration::from_secs_f64(w.min(300.0)));
+    let mut rec = rec;
+    if let Some(wait) = wait {
+        let id = rec.id.clone();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let id = id.clone();
+            rec = blocking(&app, move |app| Ok(app.records().get(&id)?)).await?;
+            if ENDED.contains(&rec.status.as_str()) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, ended.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
+    let status = if ENDED.contains(&rec.status.as_str()) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(json!({ "id": rec.id, "status": rec.status, "created": created, "execution": rec }))))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct ExecutionQuery {
+    namespace: Option<Namespace>,
+    flow: Option<String>,
+    status: Option<String>,
+    limit: Option<u64>,
+}
+
+async fn list_executions(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ExecutionQuery>,
+) -> Result<Json<Vec<ExecutionRecord>>, ApiError> {
+    let limit = q.limit.unwrap_or(50).min(1000);
+    let list = blocking(&app, move |app| {
+        Ok(app.records().search(
+            q.namespace.as_ref().map(Namespace::as_str),
+            q.flow.as_deref(),
+            q.status.as_deref(),
+            limit,
+        )?)
+    })
+    .await?;
+    Ok(Json(
+        list.into_iter()
+            .filter(|r| Namespace::new(&r.namespace).is_ok_and(|ns| caller.may(P::ExecutionRead, &ns)))
+            .collect(),
+    ))
+}
+
+async fn get_execution(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionRecord>, ApiError> {
+    blocking(&app, move |app| Ok(Json(app.records().get(&id)?))).await
+}
+
+async fn execution_log(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<String, ApiError> {
+    blocking(&app, move |app| Ok(app.records().log(&id)?)).await
+}
+
+async fn cancel_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |app| {
+        let rec = app.records().get(&id)?;
+        let ns = Namespace::new(&rec.namespace).unwrap_or_default();
+        if ENDED.contains(&rec.status.as_str()) {
+            return Ok(Json(json!({ "id": id, "status": rec.status, "cancelled": false })));
+        }
+        let audit = caller
+            .record(Action::ExecutionCancel, &ns, None)
+            .reason(format!("execution {id} of flow {}", rec.flow))
+            .detail_field("execution", id.clone());
+        app.record(audit).map_err(audit_failed)?;
+        let outcome = app.records().request_cancel(&id, &now_rfc3339())?;
+        if outcome == CancelOutcome::Stopping
+            && let Some(c) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+        {
+            c.cancel();
+        }
+        let status = match outcome {
+            CancelOutcome::Dequeued => "cancelled",
+            CancelOutcome::Stopping => "cancelling",
+            CancelOutcome::AlreadyEnded => "ended",
+        };
+        if outcome == CancelOutcome::Dequeued {
+            app.ended.send_modify(|n| *n += 1);
+        }
+        Ok(Json(json!({ "id": id, "status": status, "cancelled": outcome != CancelOutcome::AlreadyEnded })))
+    })
+    .await
+}
+
+async fn list_audit(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(f): Query<crate::audit::Filter>,
+) -> Result<Json<Vec<crate::audit::Record>>, ApiError> {
+    let list = blocking(&app, move |app| {
+        let path = app.dir.store_path();
+        let conn = crate::audit::open(&path, false).map_err(|e| ApiError::Internal(e.to_string()))?;
+        crate::audit::list(&conn, &path, &f).map_err(|e| ApiError::Internal(e.to_string()))
+    })
+    .await?;
+    Ok(Json(
+        list.into_iter()
+            .filter(|r| Namespace::new(&r.namespace).is_ok_and(|ns| caller.may(P::AuditRead, &ns)))
+            .collect(),
+    ))
+}

@@ -1,0 +1,319 @@
+//! `host serve`: one process holds the data directory and the master key;
+//! principals reach it over HTTP with bearer tokens. Above [`crate::session`]
+//! (it opens the same store, audit log and engine) and below nothing.
+//!
+//! - [`api`]: the route table (the one list the router, the authorization
+//!   extractor, the OpenAPI document and the tests are built from), the
+//!   [`api::Caller`] extractor that authenticates and asks [`crate::authz`],
+//!   and thin handlers over the same library calls the CLI makes.
+//! - [`worker`]: the threads that take queued executions and run them.
+//! - [`listen`]: plain TCP on loopback, or rustls.
+//!
+//! Invariant: no response carries a secret value or a token other than the
+//! one `POST /api/v1/tokens` creates; every change and every refusal is
+//! audited with the principal as actor before the response; an execution
+//! is answered `202` only once it is durably queued; one server per data
+//! directory (`server.lock`).
+
+pub mod api;
+pub mod listen;
+pub mod worker;
+
+use crate::audit::{Action, Actor, AuditLog, NewRecord, now_rfc3339};
+use crate::backend::Router as Secrets;
+use crate::data_dir::DataDir;
+use crate::executions::Executions;
+use crate::names::Namespace;
+use crate::registry::Registry;
+use crate::runtime::{Compiler, Runtime, RuntimeOptions};
+use crate::session::{SessionError, open_secrets};
+use crate::tokens::Tokens;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How `host serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key, for TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Threads running executions.
+    pub workers: usize,
+    /// How long running executions may go on after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+    /// Compiler for plugins not in the cache.
+    pub compiler: Compiler,
+    /// Failed authentications allowed per client address per minute.
+    pub max_auth_failures: u32,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Opening the host failed (boxed: it is large, and rare).
+    #[error(transparent)]
+    Open(Box<SessionError>),
+    /// Bad options or a busy data directory; the text says which.
+    #[error("{0}")]
+    Refused(String),
+    /// The network.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<SessionError> for ServeError {
+    fn from(e: SessionError) -> Self {
+        ServeError::Open(Box::new(e))
+    }
+}
+
+/// What every handler and worker shares.
+#[derive(Debug)]
+pub struct App {
+    /// The data directory.
+    pub dir: DataDir,
+    /// Store and backends.
+    pub secrets: Arc<Secrets>,
+    /// The audit trail.
+    pub audit: AuditLog,
+    /// The engine.
+    pub runtime: Arc<Runtime>,
+    tokens: Mutex<Tokens>,
+    registry: Mutex<Registry>,
+    records: Mutex<Executions>,
+    /// Cancel handles of running executions, by id.
+    pub running: Mutex<HashMap<String, crate::exec::Cancel>>,
+    /// Woken when an execution is queued.
+    queue: (Mutex<u64>, Condvar),
+    /// Bumped when an execution ends (waiters re-read its record).
+    pub ended: tokio::sync::watch::Sender<u64>,
+    /// Set once a shutdown began: workers take nothing new.
+    pub stopping: AtomicBool,
+    /// Set once the drain deadline passed: what is cut off is `interrupted`.
+    pub interrupting: AtomicBool,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    max_auth_failures: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The rate-limit window of failed authentications.
+pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
+
+impl App {
+    /// Opens everything `host serve` needs in `dir`.
+    pub fn open(dir: &DataDir, compiler: Compiler, max_auth_failures: u32) -> Result<Arc<App>, ServeError> {
+        let secrets = Arc::new(open_secrets(dir)?);
+        let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: true, compiler })
+            .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
+        let integrity = secrets.local().store().integrity().clone();
+        let key = crate::audit::AuditKey::load(&dir.audit_key_path()).map_err(SessionError::from)?;
+        let audit = AuditLog::open(&dir.store_path(), integrity.clone(), key).map_err(SessionError::from)?;
+        let records = Executions::open(&dir.store_path()).map_err(SessionError::from)?;
+        let db = |e: crate::tokens::TokenError| ServeError::Refused(e.to_string());
+        let tokens = Tokens::open(&dir.store_path(), integrity.clone()).map_err(db)?;
+        let registry =
+            Registry::open(dir, integrity).map_err(|e| ServeError::Refused(format!("cannot open the flows: {e}")))?;
+        Ok(Arc::new(App {
+            dir: dir.clone(),
+            secrets,
+            audit,
+            runtime,
+            tokens: Mutex::new(tokens),
+            registry: Mutex::new(registry),
+            records: Mutex::new(records),
+            running: Mutex::new(HashMap::new()),
+            queue: (Mutex::new(0), Condvar::new()),
+            ended: tokio::sync::watch::channel(0).0,
+            stopping: AtomicBool::new(false),
+            interrupting: AtomicBool::new(false),
+            failures: Mutex::new(HashMap::new()),
+            max_auth_failures,
+        }))
+    }
+
+    /// The tokens and roles.
+    pub fn tokens(&self) -> MutexGuard<'_, Tokens> {
+        lock(&self.tokens)
+    }
+
+    /// The deployed flows.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
+    }
+
+    /// The execution records.
+    pub fn records(&self) -> MutexGuard<'_, Executions> {
+        lock(&self.records)
+    }
+
+    /// Wakes a worker: something was queued.
+    pub fn wake(&self) {
+        *lock(&self.queue.0) += 1;
+        self.queue.1.notify_all();
+    }
+
+    /// Waits up to `timeout` for [`App::wake`].
+    pub fn wait_for_work(&self, seen: u64, timeout: Duration) -> u64 {
+        let guard = lock(&self.queue.0);
+        let (guard, _) =
+            self.queue.1.wait_timeout_while(guard, timeout, |n| *n == seen).unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    /// Whether `peer` has failed to authenticate too often lately.
+    pub fn rate_limited(&self, peer: IpAddr) -> bool {
+        let mut f = lock(&self.failures);
+        match f.get(&peer) {
+            Some((_, since)) if since.elapsed() > AUTH_WINDOW => {
+                f.remove(&peer);
+                false
+            }
+            Some((n, _)) => *n >= self.max_auth_failures,
+            None => false,
+        }
+    }
+
+    /// Counts a failed authentication from `peer`.
+    pub fn auth_failed(&self, peer: IpAddr) {
+        let mut f = lock(&self.failures);
+        if f.len() > 10_000 {
+            f.retain(|_, (_, since)| since.elapsed() <= AUTH_WINDOW);
+        }
+        let e = f.entry(peer).or_insert((0, Instant::now()));
+        e.0 += 1;
+    }
+
+    /// Audits `rec` durably; the caller refuses to go on if this fails.
+    pub fn record(&self, rec: NewRecord) -> Result<(), crate::audit::AuditError> {
+        self.audit.record(rec).map(|_| ())
+    }
+
+    /// After a crash or kill: executions left `running` are recorded as
+    /// interrupted (and audited). Queued ones stay queued and run.
+    pub fn recover(&self) -> Result<usize, ServeError> {
+        let cut = self.records().interrupt_running(&now_rfc3339()).map_err(|e| ServeError::Refused(e.to_string()))?;
+        for r in &cut {
+            let ns = Namespace::new(&r.namespace).unwrap_or_default();
+            let rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
+                .reason(format!("execution {} of flow {} was running when the server stopped", r.id, r.flow))
+                .detail_field("execution", r.id.clone())
+                .detail_field("requeued", false);
+            self.record(rec).map_err(|e| ServeError::Refused(format!("cannot audit the recovery: {e}")))?;
+        }
+        Ok(cut.len())
+    }
+}
+
+/// Refuses a plain-HTTP listener anywhere but loopback: tokens would cross
+/// the network in the clear.
+pub fn check_listen(addr: &SocketAddr, tls: bool) -> Result<(), ServeError> {
+    if !tls && !addr.ip().is_loopback() {
+        return Err(ServeError::Refused(format!(
+            "refusing to listen on {addr} without TLS: tokens would cross the network in the clear; \
+             give --tls-cert and --tls-key, or listen on 127.0.0.1"
+        )));
+    }
+    Ok(())
+}
+
+/// Takes `DATA_DIR/server.lock` for the life of the server.
+fn lock_data_dir(dir: &DataDir) -> Result<std::fs::File, ServeError> {
+    let path = dir.root().join("server.lock");
+    let file = crate::data_dir::private_file_options()
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| ServeError::Refused(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Refused(format!(
+            "another `host serve` holds {}: one server per data directory (stop it, or use another --data-dir)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(ServeError::Refused(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains.
+pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
+    check_listen(&opts.listen, opts.tls.is_some())?;
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(listen::tls_config(cert, key).map_err(ServeError::Refused)?),
+        None => None,
+    };
+    dir.ensure().map_err(|e| ServeError::Refused(format!("cannot create {}: {e}", dir.root().display())))?;
+    let _lock = lock_data_dir(dir)?;
+    let app = App::open(dir, opts.compiler, opts.max_auth_failures)?;
+    let interrupted = app.recover()?;
+    if interrupted > 0 {
+        eprintln!("recovered: {interrupted} execution(s) cut off by the last stop are recorded as interrupted");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keyhole-http")
+        .build()
+        .map_err(|e| ServeError::Io(format!("cannot start the async runtime: {e}")))?;
+    let workers: Vec<_> = (0..opts.workers.max(1)).map(|i| worker::spawn(app.clone(), i)).collect();
+    let result = rt.block_on(async {
+        let tcp = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", opts.listen)))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listener = listen::ServerListener::new(tcp, tls).map_err(|e| ServeError::Io(e.to_string()))?;
+        let local = axum::serve::Listener::local_addr(&listener).map_err(|e| ServeError::Io(e.to_string()))?;
+        // Tests and scripts wait for this line.
+        eprintln!("keyhole server listening on {scheme}://{local} ({} worker(s))", workers.len());
+        let router = api::router(app.clone());
+        let make = router.into_make_service_with_connect_info::<listen::Peer>();
+        axum::serve(listener, make)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| ServeError::Io(format!("the server failed: {e}")))
+    });
+    drain(&app, opts.shutdown_timeout);
+    for w in workers {
+        let _ = w.join();
+    }
+    eprintln!("keyhole server stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    eprintln!("stopping: no new requests; running executions may finish");
+}
+
+/// Stops the workers taking work, lets running executions finish until
+/// `timeout`, then cuts the rest off (recorded as interrupted).
+fn drain(app: &Arc<App>, timeout: Duration) {
+    app.stopping.store(true, Ordering::SeqCst);
+    app.wake();
+    let deadline = Instant::now() + timeout;
+    while !lock(&app.running).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<_> = lock(&app.running).values().cloned().collect();
+    if !left.is_empty() {
+        eprintln!("shutdown timeout: interrupting {} running execution(s)", left.len());
+        app.interrupting.store(true, Ordering::SeqCst);
+        for c in left {
+            c.cancel();
+        }
+    }
+}

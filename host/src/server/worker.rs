@@ -1,0 +1,134 @@
+//! The threads that run queued executions: each takes the oldest queued one
+//! (one SQL statement, so no two take the same), loads the deployed revision
+//! it was queued for, and runs it with an environment of its own (masks,
+//! pins, log, cancel handle) over the shared store, audit log and engine.
+//!
+//! Invariant: an execution's log is masked with that execution's values
+//! before it is stored; a worker takes nothing new once the server stops.
+
+use super::App;
+use crate::audit::{Action, Actor, NewRecord, now_rfc3339};
+use crate::exec::{Cancel, ExecutionEnv};
+use crate::executions::{ExecutionRecord, Queued, TaskStatus};
+use crate::mask::MaskSet;
+use crate::names::{ExecutionId, Namespace};
+use crate::run::{prepare, run_flow};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Starts worker `i`.
+pub fn spawn(app: Arc<App>, i: usize) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("keyhole-worker-{i}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a worker runtime");
+            let mut seen = 0;
+            while !app.stopping.load(Ordering::SeqCst) {
+                let next = app.records().claim(&now_rfc3339());
+                match next {
+                    Ok(Some(q)) => rt.block_on(run(&app, q)),
+                    Ok(None) => seen = app.wait_for_work(seen, Duration::from_millis(500)),
+                    Err(e) => {
+                        tracing::error!("cannot take a queued execution: {e}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        })
+        .expect("cannot start a worker thread")
+}
+
+/// A `Write` that collects an execution's log in memory.
+#[derive(Debug, Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A runaway plugin cannot fill the server's memory through its log.
+        if b.len() < 4 << 20 {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn run(app: &Arc<App>, q: Queued) {
+    let mut rec = q.record;
+    let id = rec.id.clone();
+    let cancel = Cancel::default();
+    app.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cancel.clone());
+    // A cancel that came between the claim and now.
+    if app.records().cancel_requested(&id).unwrap_or(false) {
+        cancel.cancel();
+    }
+    let log = LogBuffer::default();
+    let masks = Arc::new(MaskSet::new());
+    let outcome = start(app, &rec, q.inputs, &log, masks.clone(), cancel.clone()).await;
+    if let Err(message) = outcome {
+        // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
+        for t in &mut rec.tasks {
+            t.status = TaskStatus::Skipped;
+        }
+        rec.status = "failed".into();
+        rec.ended = Some(now_rfc3339());
+        let _ = std::io::Write::write_all(&mut log.clone(), format!("[{}] {message}\n", rec.flow).as_bytes());
+        if let Err(e) = app.records().save(&rec) {
+            tracing::error!("cannot save execution {id}: {e}");
+        }
+    } else if let Ok(r) = app.records().get(&id) {
+        rec = r;
+    }
+    if app.interrupting.load(Ordering::SeqCst) && rec.status == "cancelled" {
+        rec.status = "interrupted".into();
+        let _ = app.records().save(&rec);
+        let ns = Namespace::new(&rec.namespace).unwrap_or_default();
+        let audit = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
+            .reason(format!("execution {id} of flow {} was cut off by the server's shutdown timeout", rec.flow))
+            .detail_field("execution", id.clone())
+            .detail_field("requeued", false);
+        if let Err(e) = app.record(audit) {
+            tracing::error!("cannot audit the interruption of {id}: {e}");
+        }
+    }
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    if let Err(e) = app.records().set_log(&id, &masks.mask(&text)) {
+        tracing::error!("cannot save the log of execution {id}: {e}");
+    }
+    app.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    app.ended.send_modify(|n| *n += 1);
+}
+
+/// Loads the revision `rec` was queued for and runs it; `Err` names why it
+/// could not start.
+async fn start(
+    app: &Arc<App>,
+    rec: &ExecutionRecord,
+    inputs: serde_json::Map<String, serde_json::Value>,
+    log: &LogBuffer,
+    masks: Arc<MaskSet>,
+    cancel: Cancel,
+) -> Result<(), String> {
+    let ns = Namespace::new(&rec.namespace).map_err(|e| e.to_string())?;
+    let revision = rec.revision.ok_or("the execution names no deployed revision")?;
+    let flow = app.registry().revision(&ns, &rec.flow, revision).map_err(|e| e.to_string())?;
+    let (plugins, _notes) = prepare(&app.runtime, &flow).map_err(|d| d.to_string())?;
+    let env = ExecutionEnv {
+        secrets: app.secrets.clone(),
+        sink: Arc::new(Mutex::new(log.clone())),
+        masks,
+        audit: app.audit.clone(),
+        pins: Default::default(),
+        cancel,
+    };
+    let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
+    let records = crate::executions::Executions::open(&app.dir.store_path()).map_err(|e| e.to_string())?;
+    let report = run_flow(&app.runtime, &env, &flow, &plugins, inputs, execution, &records).await;
+    tracing::info!("execution {} of {} ended {}", report.record.id, rec.flow, report.record.status);
+    Ok(())
+}
