@@ -14,6 +14,7 @@ mod masking;
 mod network;
 mod safety;
 mod sandbox;
+mod server;
 mod store;
 mod tidy;
 mod vault;

@@ -100,12 +100,13 @@ fn the_layers_point_downwards() {
     let graph = module_edges();
     let layer = |m: &str| match m {
         "names" | "secret" | "data_dir" | "db" | "limits" => 0,
-        "crypto" | "keyring" | "mask" | "policy" | "audit" | "executions" | "output" | "network" | "inspect" => 1,
+        "crypto" | "keyring" | "mask" | "policy" | "authz" | "audit" | "executions" | "output" | "network" | "inspect" => 1,
         "store" => 2,
-        "backend" | "backup" => 3,
+        "backend" | "backup" | "tokens" => 3,
         "access" | "flow" => 4,
         "sandbox" | "capability" | "runtime" | "exec" | "run" => 5,
-        "session" => 6,
+        "session" | "registry" => 6,
+        "server" => 7,
         other => panic!("module {other} has no layer in tests/e2e/tidy.rs: give it one"),
     };
     let upward: Vec<String> = graph

@@ -1,0 +1,535 @@
+//! `host serve` end to end: a real server on 127.0.0.1, real tokens, flows
+//! deployed with plugins built from `plugins/`, executions run by workers;
+//! the authorization matrix generated from the server's own route table.
+
+use crate::support::*;
+use keyhole::authz::{self, BUILTIN_ROLES};
+use keyhole::server::api::{ROUTES, Route, Scope};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `host serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(env: &Env, workers: usize, extra: &[&str]) -> Server {
+        let mut cmd = env.host();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", &workers.to_string()]).args(extra);
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start host serve");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        let base = loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                let status = child.wait();
+                panic!("host serve ended ({status:?}) before listening:\n{seen}");
+            }
+            seen.push_str(&line);
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        let log = Arc::new(Mutex::new(seen));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Server { child, base, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: the crash case.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (waiting up to `within`).
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let end = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < end, "host serve did not stop within {within:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that keeps every answer, so a test can scan them all.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    pub seen: Mutex<Vec<String>>,
+}
+
+impl Client {
+    pub fn new(server: &Server) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client { agent, base: server.base.clone(), seen: Mutex::new(Vec::new()) }
+    }
+
+    /// `method path` with `token` and a JSON `body`; the status and body.
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let resp = match method {
+            "GET" | "DELETE" => {
+                let mut r = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = match method {
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                let bytes = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+                r.header("Content-Type", "application/json").send(&bytes[..])
+            }
+        };
+        let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        self.seen.lock().unwrap().push(format!("{method} {path} -> {status}: {text}"));
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Asserts that no answer so far contains `value`.
+    pub fn assert_never_returned(&self, value: &str) {
+        for answer in self.seen.lock().unwrap().iter() {
+            assert!(!answer.contains(value), "an API answer carries a secret value: {answer}");
+        }
+    }
+}
+
+/// `host token create`: the token.
+pub fn token(env: &Env, name: &str, role: &str, namespace: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--name", name, "--role", role, "--namespace", namespace];
+    args.extend_from_slice(extra);
+    let r = env.run(&args);
+    r.expect_code(0);
+    r.stdout.trim().to_owned()
+}
+
+/// Writes a one-task flow of the probe plugin into the data directory and
+/// deploys it; `input` is the probe's action.
+pub fn deploy_probe(env: &Env, namespace: &str, id: &str, grants: &[&str], input: Value, extra: &str) {
+    let plugin = component(Plugin::Probe);
+    let file = env.home().join(format!("{id}-{namespace}.yaml"));
+    let text = format!(
+        "id: {id}\nnamespace: {namespace}\ntasks:\n  - id: t\n    plugin: {}\n    secrets: {}\n    input: {}\n{extra}",
+        plugin.display(),
+        serde_json::to_string(grants).unwrap(),
+        input
+    );
+    std::fs::write(&file, text).unwrap();
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+}
+
+/// Polls an execution until it ends.
+pub fn wait_ended(c: &Client, token: &str, id: &str, within: Duration) -> Value {
+    let end = Instant::now() + within;
+    loop {
+        let (s, rec) = c.call("GET", &format!("/api/v1/executions/{id}"), Some(token), None);
+        assert_eq!(s, 200, "{rec}");
+        if ["succeeded", "failed", "cancelled", "interrupted"].contains(&rec["status"].as_str().unwrap()) {
+            return rec;
+        }
+        assert!(Instant::now() < end, "execution {id} did not end: {rec}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ns_seg(ns: &str) -> &str {
+    if ns.is_empty() { "-" } else { ns }
+}
+
+/// The request the matrix sends for `route` against namespace `ns`.
+fn request(route: &Route, ns: &str, execution: &str, n: usize, wasm: &[u8]) -> (String, Option<Value>) {
+    let path = route
+        .path
+        .replace("{ns}", ns_seg(ns))
+        .replace("{name}", "S")
+        .replace("{flow}", "f")
+        .replace("{id}", execution)
+        .replace("{token}", "no-such-token")
+        .replace("{sha256}", &hex::encode(keyhole::crypto::sha256(wasm)));
+    let body = match (route.method, route.path) {
+        ("POST", "/api/v1/tokens") => Some(json!({"name": format!("made-{n}"), "role": "runner", "namespace": ns})),
+        ("POST", "/api/v1/flows") => Some(json!({
+            "file": "f.yaml",
+            "source": format!("id: g{n}\nnamespace: {ns}\ntasks:\n  - id: t\n    plugin: x.wasm\n    input: {{}}\n"),
+            "plugins": {"t": hex::encode(keyhole::crypto::sha256(wasm))},
+        })),
+        ("PUT", "/api/v1/secrets/{ns}/{name}") => Some(json!({"value": format!("matrix-value-{n}"), "rotate": true})),
+        (_, _) => Some(json!({})),
+    };
+    (path, body)
+}
+
+/// Every route x every built-in role bound at `finance` x a namespace
+/// inside (`finance.x`) and outside (`marketing`) the binding: generated
+/// from the route table; plus no token, a revoked and an expired one.
+#[test]
+fn the_authorization_matrix_of_every_route_role_and_scope() {
+    let env = Env::new();
+    env.set_secret("finance.x", "S", "finance-secret-value-1");
+    env.set_secret("marketing", "S", "marketing-secret-value-2");
+    for ns in ["finance.x", "marketing"] {
+        deploy_probe(&env, ns, "f", &["S"], json!({"action": "leak", "name": "S"}), "");
+    }
+    let admin = token(&env, "root-admin", "admin", "", &[]);
+    let mut tokens = Vec::new();
+    for role in BUILTIN_ROLES {
+        tokens.push((role, token(&env, role, role, "finance", &[])));
+    }
+    let revoked = token(&env, "gone", "admin", "", &[]);
+    env.run(&["token", "revoke", "gone"]).expect_code(0);
+    let expired = token(&env, "old", "admin", "", &["--ttl", "1s"]);
+    // Every bad-token probe below comes from 127.0.0.1: lift the guessing limit.
+    let server = Server::start(&env, 2, &["--max-auth-failures", "100000"]);
+    let c = Client::new(&server);
+    let mut executions = std::collections::HashMap::new();
+    for ns in ["finance.x", "marketing"] {
+        let (s, v) = c.call("POST", &format!("/api/v1/executions/{ns}/f?wait=30"), Some(&admin), Some(&json!({})));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["execution"]["tasks"][0]["output"], json!({"value": "***"}), "the value is masked: {v}");
+        executions.insert(ns, v["id"].as_str().unwrap().to_owned());
+    }
+    std::thread::sleep(Duration::from_millis(1100)); // `old` expires
+    let wasm = std::fs::read(component(Plugin::Probe)).unwrap();
+    let mut n = 0;
+    let mut checked = 0;
+    for route in ROUTES {
+        for ns in ["finance.x", "marketing"] {
+            n += 1;
+            let (path, body) = request(route, ns, &executions[ns], n, &wasm);
+            if route.scope == Scope::Public {
+                let (s, v) = c.call(route.method, &path, None, body.as_ref());
+                assert_eq!(s, 200, "{} {path}: {v}", route.method);
+                continue;
+            }
+            for bad in [None, Some(revoked.as_str()), Some(expired.as_str()), Some("kh_forged")] {
+                let (s, v) = c.call(route.method, &path, bad, body.as_ref());
+                assert_eq!(s, 401, "{} {path} with {:?}: {v}", route.method, bad.map(|_| "a bad token"));
+                assert_eq!(v, json!({"error": "unauthorized"}), "a 401 says nothing more");
+            }
+            for (role, tok) in &tokens {
+                n += 1;
+                let (path, body) = request(route, ns, &executions[ns], n, &wasm);
+                let (s, v) = c.call(route.method, &path, Some(tok), body.as_ref());
+                let holds = route.permission.is_none_or(|p| authz::builtin(role).unwrap().allow.contains(&p));
+                let inside = ns == "finance.x";
+                let allowed = match route.scope {
+                    Scope::Public | Scope::Authenticated => true,
+                    Scope::Anywhere => holds,
+                    Scope::PathNamespace | Scope::Execution | Scope::Body => holds && inside,
+                };
+                let what = format!("{role} {} {path}", route.method);
+                if allowed {
+                    assert!(s != 401 && s != 403, "{what}: expected to be allowed, got {s} {v}");
+                } else {
+                    assert_eq!(s, 403, "{what}: expected 403, got {v}");
+                    let p = route.permission.unwrap().as_str();
+                    assert!(
+                        v["error"].as_str().unwrap().contains(&format!("permission {p} is required")),
+                        "{what}: {v}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, (ROUTES.len() - 2) * 2 * BUILTIN_ROLES.len(), "every authenticated route was checked");
+    // Lists keep only what the caller may see.
+    let runner = &tokens.iter().find(|(r, _)| *r == "runner").unwrap().1;
+    let (_, flows) = c.call("GET", "/api/v1/flows", Some(runner), None);
+    let seen: Vec<&str> = flows.as_array().unwrap().iter().map(|f| f["namespace"].as_str().unwrap()).collect();
+    assert!(seen.iter().all(|ns| ns.starts_with("finance")), "{flows}");
+    let auditor = &tokens.iter().find(|(r, _)| *r == "auditor").unwrap().1;
+    let (_, audit) = c.call("GET", "/api/v1/audit", Some(auditor), None);
+    assert!(audit.as_array().unwrap().iter().all(|r| r["namespace"].as_str().unwrap().starts_with("finance")));
+    // No answer, to anyone, carried a value.
+    for v in ["finance-secret-value-1", "marketing-secret-value-2"] {
+        c.assert_never_returned(v);
+    }
+    for i in 0..=n {
+        c.assert_never_returned(&format!("matrix-value-{i}\""));
+    }
+    // Refusals are on the record, with the principal as actor.
+    let r = env.run(&["audit", "list", "--actor", "runner", "--action", "api.denied"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("permission flow:deploy is required"), "{}", r.stdout);
+    let r = env.run(&["audit", "list", "--action", "auth.failed", "--json"]);
+    assert!(r.stdout.contains("revoked token") && r.stdout.contains("expired token"), "{}", r.stdout);
+    assert!(!r.stdout.contains(&revoked) && !r.stdout.contains(&expired), "a token reached the audit trail");
+}
+
+#[test]
+fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
+    let env = Env::new();
+    env.set_secret("finance", "API_TOKEN", "hello-secret-7");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let dev = token(&env, "dev", "developer", "marketing", &[]);
+    let server = Server::start(&env, 2, &[]);
+    let remote = |tok: &str, args: &[&str]| {
+        let mut cmd = env.host();
+        cmd.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", tok).args(args);
+        // The client needs no data directory: point it at an empty one.
+        cmd.env("KEYHOLE_HOME", env.home().join("client-side"));
+        env.run_with(&mut cmd, b"")
+    };
+    let flow = env.home().join("greet.yaml");
+    let text = format!(
+        "id: greet\nnamespace: finance.reporting\ninputs:\n  - id: who\n    type: string\n    required: true\ntasks:\n  - id: hello\n    plugin: {}\n    secrets: [API_TOKEN]\n    input: {{ name: \"{{{{ inputs.who }}}}\" }}\n",
+        component(Plugin::Hello).display()
+    );
+    std::fs::write(&flow, &text).unwrap();
+    // A developer of marketing cannot deploy into finance.
+    let r = remote(&dev, &["flow", "deploy", flow.to_str().unwrap()]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("permission flow:deploy is required in namespace finance.reporting"), "{r:#?}");
+    remote(&admin, &["flow", "deploy", flow.to_str().unwrap()]).expect_code(0);
+    // What runs is what was deployed: the file on disk changing changes nothing.
+    std::fs::write(&flow, text.replace("hello.wasm", "probe.wasm")).unwrap();
+    let r = remote(&admin, &["run", "greet", "-n", "finance.reporting", "-i", "who=ada", "--json"]);
+    r.expect_code(0);
+    let rec = r.json();
+    assert_eq!(rec["tasks"][0]["output"]["message"], "hello, ada", "{r:#?}");
+    assert_eq!(rec["trigger"], "api");
+    assert_eq!(rec["revision"], 1);
+    let r = remote(&admin, &["run", "greet", "-n", "finance.reporting"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("needs input `who`"), "{r:#?}");
+    let r = remote(&admin, &["executions", "list"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("greet") && r.stdout.contains("succeeded"), "{r:#?}");
+    let r = remote(&admin, &["flow", "list"]);
+    assert!(r.stdout.contains("finance.reporting") && r.stdout.contains("admin (tok-"), "{r:#?}");
+    // The same deploy again is a new revision.
+    std::fs::write(&flow, &text).unwrap();
+    remote(&admin, &["flow", "deploy", flow.to_str().unwrap()]).expect_code(0);
+    let r = remote(&admin, &["flow", "revisions", "greet", "-n", "finance.reporting", "--json"]);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    // A bad token is a usage error that says which variable to fix.
+    let r = remote("kh_nope", &["flow", "list"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("KEYHOLE_TOKEN"), "{r:#?}");
+    // Idempotency: a retried request gets the same execution.
+    let c = Client::new(&server);
+    let send = |key: &str| {
+        let url = format!("{}/api/v1/executions/finance.reporting/greet", server.base);
+        let mut resp = ureq::post(&url)
+            .header("Authorization", &format!("Bearer {admin}"))
+            .header("Idempotency-Key", key)
+            .send_json(json!({"who": "x"}))
+            .unwrap();
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let (a, b, other) = (send("k1"), send("k1"), send("k2"));
+    assert_eq!(a, b);
+    assert_ne!(a, other);
+    wait_ended(&c, &admin, &a, Duration::from_secs(30));
+    // A malformed body is a 400 naming the field.
+    let (s, v) = c.call("POST", "/api/v1/executions/finance.reporting/greet", Some(&admin), Some(&json!({"who": 3})));
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("input `who` must be of type string"), "{v}");
+    let (s, v) =
+        c.call("POST", "/api/v1/tokens", Some(&admin), Some(&json!({"name": "x", "role": "runner", "namespace": 5})));
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("field `namespace`"), "{v}");
+    c.assert_never_returned("hello-secret-7");
+    // The OpenAPI document lists every route with its permission.
+    let (_, doc) = c.call("GET", "/api/v1/openapi.json", None, None);
+    for r in ROUTES {
+        let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
+        assert_eq!(op["x-keyhole-permission"], r.permission.map_or(Value::Null, |p| json!(p.as_str())), "{}", r.path);
+    }
+}
+
+#[test]
+fn cancel_stops_a_running_task_and_dequeues_a_queued_one() {
+    let env = Env::new();
+    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), "    limits: { timeout: 60s }\n");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    let (_, first) = c.call("POST", "/api/v1/executions/ops/spin", Some(&admin), Some(&json!({})));
+    let (_, second) = c.call("POST", "/api/v1/executions/ops/spin", Some(&admin), Some(&json!({})));
+    let (first, second) = (first["id"].as_str().unwrap(), second["id"].as_str().unwrap());
+    let end = Instant::now() + Duration::from_secs(30);
+    // The record is saved as each task starts: wait until the task spins.
+    while c.call("GET", &format!("/api/v1/executions/{first}"), Some(&admin), None).1["tasks"][0]["status"] != "running"
+    {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (s, v) = c.call("POST", &format!("/api/v1/executions/{second}/cancel"), Some(&admin), None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("cancelled")), "{v}");
+    let started = Instant::now();
+    let (_, v) = c.call("POST", &format!("/api/v1/executions/{first}/cancel"), Some(&admin), None);
+    assert_eq!(v["status"], "cancelling");
+    let rec = wait_ended(&c, &admin, first, Duration::from_secs(20));
+    assert_eq!(rec["status"], "cancelled", "{rec}");
+    assert_eq!(rec["tasks"][0]["error"], "cancelled while running", "{rec}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the spinning task was not interrupted");
+    let rec = wait_ended(&c, &admin, second, Duration::from_secs(5));
+    assert_eq!(rec["tasks"][0]["status"], "pending", "a cancelled queued execution never ran: {rec}");
+    let r = env.run(&["audit", "list", "--action", "execution.cancel", "--actor", "admin"]);
+    assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
+}
+
+#[test]
+fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
+    let env = Env::new();
+    deploy_probe(&env, "ops", "nap", &[], json!({"action": "sleep", "secs": 2}), "");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let mut server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let (s, v) = c.call("POST", "/api/v1/executions/ops/nap", Some(&admin), Some(&json!({})));
+            assert_eq!(s, 202, "{v}");
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let end = Instant::now() + Duration::from_secs(30);
+    while c.call("GET", &format!("/api/v1/executions/{}", ids[0]), Some(&admin), None).1["tasks"][0]["status"]
+        != "running"
+    {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+    let mut server = Server::start(&env, 2, &[]);
+    assert!(server.log().contains("1 execution(s) cut off"), "{}", server.log());
+    let c = Client::new(&server);
+    let first = wait_ended(&c, &admin, &ids[0], Duration::from_secs(5));
+    assert_eq!(first["status"], "interrupted", "{first}");
+    assert_eq!(first["tasks"][0]["status"], "failed", "the task that was cut off says so: {first}");
+    assert!(first["tasks"][0]["error"].as_str().unwrap().contains("interrupted"), "{first}");
+    for id in &ids[1..] {
+        assert_eq!(wait_ended(&c, &admin, id, Duration::from_secs(30))["status"], "succeeded");
+    }
+    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
+    assert!(r.stdout.contains(&ids[0]) && r.stdout.contains(r#"\"requeued\":false"#), "{}", r.stdout);
+    // SIGTERM: the running execution finishes, then the server exits 0.
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/nap", Some(&admin), Some(&json!({})));
+    let id = v["id"].as_str().unwrap().to_owned();
+    while c.call("GET", &format!("/api/v1/executions/{id}"), Some(&admin), None).1["status"] != "running" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.terminate(Duration::from_secs(20)).success(), "{}", server.log());
+    let r = env.run(&["executions", "show", &id, "--json"]);
+    assert_eq!(r.json()["status"], "succeeded", "{r:#?}");
+    // ...unless it outlasts --shutdown-timeout: then it is interrupted.
+    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), "    limits: { timeout: 60s }\n");
+    let mut server = Server::start(&env, 1, &["--shutdown-timeout", "300ms"]);
+    let c = Client::new(&server);
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/spin", Some(&admin), Some(&json!({})));
+    let id = v["id"].as_str().unwrap().to_owned();
+    while c.call("GET", &format!("/api/v1/executions/{id}"), Some(&admin), None).1["status"] != "running" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.terminate(Duration::from_secs(20)).success());
+    assert_eq!(env.run(&["executions", "show", &id, "--json"]).json()["status"], "interrupted");
+}
+
+#[test]
+fn the_server_refuses_a_second_instance_plain_http_off_loopback_and_guessing() {
+    let env = Env::new();
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 1, &[]);
+    let r = env.run(&["serve", "--listen", "127.0.0.1:0"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("another `host serve` holds"), "{r:#?}");
+    // Refused on the address itself, before anything is bound or sent.
+    let e = keyhole::server::check_listen(&"0.0.0.0:8420".parse().unwrap(), false).unwrap_err();
+    assert!(e.to_string().contains("without TLS"), "{e}");
+    assert!(keyhole::server::check_listen(&"10.1.2.3:8420".parse().unwrap(), true).is_ok());
+    assert!(keyhole::server::check_listen(&"[::1]:8420".parse().unwrap(), false).is_ok());
+    // Guessing tokens: after a few failures the address is turned away, even with a good token.
+    let c = Client::new(&server);
+    for i in 0..10 {
+        let (s, _) = c.call("GET", "/api/v1/tokens/self", Some(&format!("kh_guess{i}")), None);
+        assert_eq!(s, 401);
+    }
+    let (s, _) = c.call("GET", "/api/v1/tokens/self", Some(&admin), None);
+    assert_eq!(s, 429);
+    // An edited token row authenticates no one (checked on a fresh token).
+    drop(server);
+    let other = token(&env, "widened", "runner", "marketing", &[]);
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    db.execute("UPDATE tokens SET bindings = '[{\"role\":\"admin\",\"namespace\":\"\"}]' WHERE name = 'widened'", [])
+        .unwrap();
+    let server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    let (s, _) = c.call("GET", "/api/v1/tokens/self", Some(&other), None);
+    assert_eq!(s, 401);
+    let r = env.run(&["token", "list"]);
+    assert!(r.stdout.lines().any(|l| l.contains("widened") && l.contains("tampered")), "{}", r.stdout);
+}
+
+#[test]
+fn tls_serves_the_api_and_the_remote_cli_trusts_a_private_ca() {
+    let env = Env::new();
+    if !private_ca(env.home()) {
+        return;
+    }
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let cert = env.home().join("srv.pem");
+    let key = env.home().join("srv.key");
+    let server = Server::start(&env, 1, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert!(server.base.starts_with("https://127.0.0.1:"), "{}", server.base);
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_ADDR", &server.base)
+        .env("KEYHOLE_TOKEN", &admin)
+        .env("KEYHOLE_CA_FILE", env.home().join("ca.pem"))
+        .args(["executions", "list"]);
+    env.run_with(&mut cmd, b"").expect_code(0);
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", &admin).args(["executions", "list"]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(4);
+    assert!(r.stderr.contains("cannot reach the server"), "an unknown CA is refused: {r:#?}");
+}
