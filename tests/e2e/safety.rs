@@ -586,6 +586,18 @@ fn downgrade_to_0_1(db: &Path) {
          ALTER TABLE secret_versions DROP COLUMN mac;
          ALTER TABLE audit DROP COLUMN detail;
          DROP TABLE audit_head;
+         DROP INDEX IF EXISTS executions_queue;
+         DROP INDEX IF EXISTS executions_idempotency;
+         ALTER TABLE executions DROP COLUMN inputs;
+         ALTER TABLE executions DROP COLUMN revision;
+         ALTER TABLE executions DROP COLUMN trigger;
+         ALTER TABLE executions DROP COLUMN created_by;
+         ALTER TABLE executions DROP COLUMN idempotency_key;
+         ALTER TABLE executions DROP COLUMN cancel_requested;
+         ALTER TABLE executions DROP COLUMN log;
+         DROP TABLE IF EXISTS tokens;
+         DROP TABLE IF EXISTS roles;
+         DROP TABLE IF EXISTS flows;
          DELETE FROM meta WHERE key IN ('integrity_key', 'store_id', 'audit_keyed_from');",
     )
     .unwrap();

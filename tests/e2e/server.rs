@@ -2,6 +2,7 @@
 //! deployed with plugins built from `plugins/`, executions run by workers;
 //! the authorization matrix generated from the server's own route table.
 
+use crate::plugins::workspace;
 use crate::support::*;
 use keyhole::authz::{self, BUILTIN_ROLES};
 use keyhole::server::api::{ROUTES, Route, Scope};
@@ -350,6 +351,53 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     remote(&admin, &["flow", "deploy", flow.to_str().unwrap()]).expect_code(0);
     let r = remote(&admin, &["flow", "revisions", "greet", "-n", "finance.reporting", "--json"]);
     assert_eq!(r.json().as_array().unwrap().len(), 2);
+    // Tokens through the API: a developer may not issue one; the admin
+    // issues one for a bot, which looks itself up and is then revoked.
+    let r = remote(&dev, &["token", "create", "--name", "bot", "--role", "runner", "-n", "finance"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("permission token:manage is required"), "{r:#?}");
+    let r = remote(&admin, &["token", "create", "--name", "bot", "--role", "runner", "-n", "finance", "--ttl", "1h"]);
+    r.expect_code(0);
+    let bot = r.stdout.trim().to_owned();
+    assert!(bot.starts_with("kh_") && r.stderr.contains("shown this once"), "{r:#?}");
+    let r = remote(&bot, &["token", "lookup-self", "--json"]);
+    r.expect_code(0);
+    let me = r.json();
+    assert_eq!((me[0]["name"].as_str(), me[0]["state"].as_str()), (Some("bot"), Some("active")), "{me}");
+    assert!(me[0]["expires"].is_string() && !r.stdout.contains(&bot), "{me}");
+    let r = remote(&admin, &["token", "list"]);
+    assert!(r.stdout.contains("runner in finance") && !r.stdout.contains("kh_"), "{r:#?}");
+    remote(&admin, &["token", "revoke", "bot"]).expect_code(0);
+    remote(&bot, &["token", "lookup-self"]).expect_code(2);
+    let r = env.run(&["token", "lookup-self"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("set KEYHOLE_ADDR"), "{r:#?}");
+    // A secret manager rotates through the API without reading anything
+    // back; an auditor reads who did it.
+    let sm = token(&env, "rotator", "secret-manager", "finance", &[]);
+    let auditor = token(&env, "eve", "auditor", "finance", &[]);
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", &sm).env("KEYHOLE_HOME", env.home().join("client-side"));
+    cmd.args(["secret", "rotate", "API_TOKEN", "-n", "finance", "--expires-in", "30d"]);
+    let r = env.run_with(&mut cmd, b"rotated-secret-8\n");
+    r.expect_code(0);
+    assert!(r.stderr.contains("rotated API_TOKEN: version 2 in namespace finance"), "{r:#?}");
+    let r = remote(&sm, &["secret", "list", "--json"]);
+    r.expect_code(0);
+    let list = r.json();
+    assert_eq!((list[0]["name"].as_str(), list[0]["version"].as_u64()), (Some("API_TOKEN"), Some(2)), "{list}");
+    let r = remote(&sm, &["secret", "describe", "API_TOKEN", "-n", "finance"]);
+    r.expect_code(0);
+    assert!(!r.stdout.contains("rotated-secret-8") && !r.stdout.contains("hello-secret-7"), "{r:#?}");
+    let r = remote(&sm, &["secret", "destroy", "API_TOKEN", "-n", "finance"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("permission secret:destroy is required in namespace finance"), "{r:#?}");
+    let r = remote(&auditor, &["audit", "list", "--actor", "rotator", "--json"]);
+    r.expect_code(0);
+    let actions: Vec<String> =
+        r.json().as_array().unwrap().iter().map(|x| x["action"].as_str().unwrap().to_owned()).collect();
+    assert!(actions.contains(&"secret.rotate".to_owned()) && actions.contains(&"api.denied".to_owned()), "{actions:?}");
+    remote(&auditor, &["audit", "verify"]).expect_code(2);
     // A bad token is a usage error that says which variable to fix.
     let r = remote("kh_nope", &["flow", "list"]);
     r.expect_code(2);
@@ -532,4 +580,20 @@ fn tls_serves_the_api_and_the_remote_cli_trusts_a_private_ca() {
     let r = env.run_with(&mut cmd, b"");
     r.expect_code(4);
     assert!(r.stderr.contains("cannot reach the server"), "an unknown CA is refused: {r:#?}");
+}
+
+#[test]
+fn the_readme_documents_every_route_with_its_permission() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    for r in ROUTES {
+        let row = format!("| `{} {}` | ", r.method, r.path);
+        let line = readme.lines().find(|l| l.starts_with(&row));
+        let line = line.unwrap_or_else(|| panic!("README.md has no row for {} {}", r.method, r.path));
+        match r.permission {
+            Some(p) => {
+                assert!(line.contains(&format!("`{}`", p.as_str())), "README row names the wrong permission: {line}")
+            }
+            None => assert!(r.scope == Scope::Public || r.scope == Scope::Authenticated, "{line}"),
+        }
+    }
 }

@@ -4,28 +4,38 @@
 use super::*;
 
 /// Filters for `host audit list` (and `GET /api/v1/audit`).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Filter {
     /// Secret name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Flow id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub flow: Option<String>,
     /// Execution id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub execution: Option<String>,
     /// Outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// Action.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// Who acted: a token's name or id, or an OS user's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
     /// Records at or after this RFC 3339 time.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     /// Records before this RFC 3339 time.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// At most this many (the newest).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
 }
 

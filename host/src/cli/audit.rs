@@ -124,7 +124,60 @@ pub(crate) fn audit_filter(f: AuditFilter) -> audit::Filter {
     }
 }
 
+fn print_records(out: &mut impl Write, records: Vec<audit::Record>, json: bool) -> Result<(), Exit> {
+    if json {
+        return print_json(out, &records);
+    }
+    let mut table = Table::new(&[
+        ("SEQ", Right),
+        ("TIME", Left),
+        ("ACTION", Left),
+        ("OUTCOME", Left),
+        ("ACTOR", Left),
+        ("NAMESPACE", Left),
+        ("SECRET", Left),
+        ("VER", Right),
+        ("REASON", Left),
+    ]);
+    for r in records {
+        let ns = if r.namespace.is_empty() { "(root)".to_owned() } else { r.namespace };
+        table.row([
+            r.seq.to_string(),
+            r.time,
+            r.action,
+            r.outcome,
+            r.actor,
+            ns,
+            r.secret.unwrap_or_else(|| "-".into()),
+            r.version.map_or("-".to_owned(), |v| v.to_string()),
+            r.reason.unwrap_or_default(),
+        ]);
+    }
+    table.write(out).map_err(stdout_err)
+}
+
+/// `host audit list` through the API: the records the token may read.
+fn remote_audit(remote: &super::remote::Remote, cmd: AuditCommand) -> Result<(), Exit> {
+    let AuditCommand::List { filter, json } = cmd else {
+        return Err(fail(
+            USAGE,
+            anyhow::anyhow!(
+                "with KEYHOLE_ADDR set only `audit list` goes to the server; run the rest where the data directory is"
+            ),
+        ));
+    };
+    let query = serde_urlencoded::to_string(audit_filter(filter)).expect("a filter encodes");
+    let path = if query.is_empty() { "/api/v1/audit".to_owned() } else { format!("/api/v1/audit?{query}") };
+    let v = remote.get("list audit records", &path)?;
+    let records = serde_json::from_value(v)
+        .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a list of audit records: {e}")))?;
+    print_records(&mut std::io::stdout().lock(), records, json)
+}
+
 pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
+    if let Some(r) = super::remote::Remote::from_env()? {
+        return remote_audit(&r, cmd);
+    }
     let path = dir.store_path();
     // Writing a record or checking the chain needs the integrity key, which
     // only the master key opens; listing needs no key.
@@ -142,38 +195,7 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
     match cmd {
         AuditCommand::List { filter, json } => {
-            let records = audit::list(&conn, &path, &audit_filter(filter))?;
-            if json {
-                print_json(&mut out, &records)?;
-            } else {
-                let mut table = Table::new(&[
-                    ("SEQ", Right),
-                    ("TIME", Left),
-                    ("ACTION", Left),
-                    ("OUTCOME", Left),
-                    ("ACTOR", Left),
-                    ("NAMESPACE", Left),
-                    ("SECRET", Left),
-                    ("VER", Right),
-                    ("REASON", Left),
-                ]);
-                for r in records {
-                    let ns = if r.namespace.is_empty() { "(root)".to_owned() } else { r.namespace };
-                    table.row([
-                        r.seq.to_string(),
-                        r.time,
-                        r.action,
-                        r.outcome,
-                        r.actor,
-                        ns,
-                        r.secret.unwrap_or_else(|| "-".into()),
-                        r.version.map_or("-".to_owned(), |v| v.to_string()),
-                        r.reason.unwrap_or_default(),
-                    ]);
-                }
-                table.write(&mut out).map_err(stdout_err)?;
-            }
-            Ok(())
+            print_records(&mut out, audit::list(&conn, &path, &audit_filter(filter))?, json)
         }
         AuditCommand::Export { format: _, filter } => {
             for r in audit::list(&conn, &path, &audit_filter(filter))? {

@@ -426,6 +426,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                         r.put_bytes(
                             &format!("upload the plugin of task {task}"),
                             &format!("/api/v1/plugins/{sha}"),
+                            "application/wasm",
                             bytes,
                         )?;
                         digests.insert(task.to_string(), Value::String(sha));

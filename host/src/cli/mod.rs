@@ -99,7 +99,8 @@ pub(crate) enum Command {
     /// Serve the API: hold the data directory and master key, run deployed
     /// flows for principals with tokens.
     Serve(ServeArgs),
-    /// Bearer tokens of `host serve`: create, list, revoke.
+    /// Bearer tokens of `host serve`: create, list, revoke, lookup-self
+    /// (locally, or through the API with $KEYHOLE_ADDR).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Roles: the built-in ones and custom permission sets.

@@ -34,6 +34,14 @@ pub(crate) fn ns_path(ns: &Namespace) -> String {
     if ns.is_root() { "-".into() } else { ns.as_str().to_owned() }
 }
 
+/// `text` as one path segment: anything but letters, digits, `-`, `_` and
+/// `.` percent-encoded.
+pub(crate) fn path_segment(text: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+    percent_encoding::utf8_percent_encode(text, KEEP).to_string()
+}
+
 impl Remote {
     /// The server `KEYHOLE_ADDR` names, if it is set.
     pub(crate) fn from_env() -> Result<Option<Remote>, Exit> {
@@ -120,13 +128,13 @@ impl Remote {
         self.answer(what, r)
     }
 
-    /// `PUT path` with raw bytes.
-    pub(crate) fn put_bytes(&self, what: &str, path: &str, bytes: &[u8]) -> Result<Value, Exit> {
+    /// `PUT path` with raw bytes of `content_type`.
+    pub(crate) fn put_bytes(&self, what: &str, path: &str, content_type: &str, bytes: &[u8]) -> Result<Value, Exit> {
         let r = self
             .agent
             .put(self.url(path))
             .header("Authorization", self.auth())
-            .header("Content-Type", "application/wasm")
+            .header("Content-Type", content_type)
             .send(bytes);
         self.answer(what, r)
     }

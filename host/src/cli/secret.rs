@@ -1,5 +1,6 @@
 //! `host secret ...`: the secret lifecycle at the command line.
 
+use super::remote::{self, Remote};
 use super::table::{
     Align::{Left, Right},
     Table,
@@ -260,7 +261,139 @@ pub(crate) fn state(s: &SecretInfo, now: i64) -> String {
     }
 }
 
+/// The body of `PUT /api/v1/secrets/...`, encoded straight into a
+/// zeroizing buffer: the value is never in a `String` of its own.
+#[derive(serde::Serialize)]
+struct PutBody<'a> {
+    value: &'a str,
+    rotate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep: Option<u32>,
+}
+
+fn put_remote(
+    remote: &Remote,
+    name: &SecretName,
+    ns: &Namespace,
+    value: &SecretValue,
+    v: VersionOpts,
+    rotate: bool,
+) -> Result<(), Exit> {
+    if !v.destinations.is_empty() {
+        return Err(fail(
+            USAGE,
+            anyhow::anyhow!("--destination is set where the data directory is, not through the API"),
+        ));
+    }
+    let text = value.expose();
+    let body =
+        PutBody { value: text, rotate, expires_in: v.expires_in.map(|d| format!("{}s", d.as_secs())), keep: v.keep };
+    // Room for the worst escaping (\u00XX per byte), so the buffer never moves.
+    let mut buf = Zeroizing::new(Vec::with_capacity(text.len() * 6 + 128));
+    serde_json::to_writer(&mut *buf, &body).expect("JSON encodes");
+    let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(ns), name);
+    let what = format!("store {name} in namespace {ns}");
+    let answer = remote.put_bytes(&what, &path, "application/json", &buf)?;
+    let verb = if rotate { "rotated" } else { "stored" };
+    eprintln!("{verb} {name}: version {} in namespace {ns}", answer["version"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+/// The commands that go to the server when `KEYHOLE_ADDR` is set: the ones
+/// a secret manager uses day to day. Values still come from stdin, a file
+/// or `--generate`, and are never printed.
+fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        SecretCommand::Set { name, at, from_file, version: v } => {
+            let value = read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?;
+            put_remote(remote, &name, &at.namespace, &value, v, false)
+        }
+        SecretCommand::Rotate { name, at, generate: g, charset, from_file, version: v } => {
+            let value = match g {
+                Some(n) => generate(n, charset)?,
+                None => read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?,
+            };
+            put_remote(remote, &name, &at.namespace, &value, v, true)
+        }
+        SecretCommand::List { namespace, expiring: None, json } => {
+            let path = match &namespace {
+                Some(ns) => format!("/api/v1/secrets?namespace={}", remote::path_segment(ns.as_str())),
+                None => "/api/v1/secrets".to_owned(),
+            };
+            let v = remote.get("list secrets", &path)?;
+            for u in v["unavailable"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "(namespace {} is unavailable: {})",
+                    u["namespace"].as_str().unwrap_or(""),
+                    u["error"].as_str().unwrap_or("")
+                );
+            }
+            let list: Vec<SecretInfo> = serde_json::from_value(v["secrets"].clone())
+                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a secret list: {e}")))?;
+            print_secret_list(&mut out, &list, json)
+        }
+        SecretCommand::Describe { name, at, .. } => {
+            let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(&at.namespace), name);
+            let v = remote.get(&format!("describe {name} in namespace {}", at.namespace), &path)?;
+            print_json(&mut out, &v)
+        }
+        SecretCommand::Revoke { name, at } => {
+            let path = format!("/api/v1/secrets/{}/{}/revoke", remote::ns_path(&at.namespace), name);
+            remote.send(&format!("revoke {name}"), "POST", &path, &serde_json::json!({}), &[])?;
+            eprintln!("revoked {name} in namespace {}", at.namespace);
+            Ok(())
+        }
+        SecretCommand::Destroy { name, at } => {
+            let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(&at.namespace), name);
+            remote.delete(&format!("destroy {name}"), &path)?;
+            eprintln!("destroyed {name} in namespace {}", at.namespace);
+            Ok(())
+        }
+        _ => Err(fail(
+            USAGE,
+            anyhow::anyhow!(
+                "with KEYHOLE_ADDR set, `secret` takes set, rotate, list (without --expiring), describe, revoke \
+                 and destroy; run the rest where the data directory is"
+            ),
+        )),
+    }
+}
+
+fn print_secret_list(out: &mut impl Write, list: &[SecretInfo], json: bool) -> Result<(), Exit> {
+    if json {
+        return print_json(out, &list);
+    }
+    let mut table = Table::new(&[
+        ("NAMESPACE", Left),
+        ("NAME", Left),
+        ("VERSION", Right),
+        ("CREATED", Left),
+        ("UPDATED", Left),
+        ("STATE", Left),
+    ]);
+    let t = now();
+    for s in list {
+        let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
+        let version = s.version_id.as_deref().map_or(s.version.to_string(), short_id);
+        table.row([
+            ns.to_owned(),
+            s.name.to_string(),
+            version,
+            fmt_time(s.created_at),
+            fmt_time(s.updated_at),
+            state(s, t).to_string(),
+        ]);
+    }
+    table.write(out).map_err(stdout_err)
+}
+
 pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
+    if let Some(r) = Remote::from_env()? {
+        return remote_secret(&r, cmd);
+    }
     let me = Actor::current_user();
     let mut out = std::io::stdout().lock();
     match cmd {
@@ -294,32 +427,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             for n in &notes {
                 eprintln!("{n}");
             }
-            if json {
-                print_json(&mut out, &list)?;
-                return tampered;
-            }
-            let mut table = Table::new(&[
-                ("NAMESPACE", Left),
-                ("NAME", Left),
-                ("VERSION", Right),
-                ("CREATED", Left),
-                ("UPDATED", Left),
-                ("STATE", Left),
-            ]);
-            let t = now();
-            for s in &list {
-                let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
-                let version = s.version_id.as_deref().map_or(s.version.to_string(), short_id);
-                table.row([
-                    ns.to_owned(),
-                    s.name.to_string(),
-                    version,
-                    fmt_time(s.created_at),
-                    fmt_time(s.updated_at),
-                    state(s, t).to_string(),
-                ]);
-            }
-            table.write(&mut out).map_err(stdout_err)?;
+            print_secret_list(&mut out, &list, json)?;
             tampered
         }
         SecretCommand::Versions { name, at, json } => {

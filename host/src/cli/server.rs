@@ -1,13 +1,17 @@
 //! `host serve`, `host token ...` and `host role ...`: the server and its
-//! principals, managed on the machine that holds the data directory.
+//! principals, managed on the machine that holds the data directory (or,
+//! for tokens, through the API when `KEYHOLE_ADDR` is set).
 
+use super::remote::{self, Remote};
 use super::table::{Align::Left, Table};
 use super::*;
 use keyhole::audit::{Action, Actor, NewRecord};
 use keyhole::authz::{Binding, Permission, Role};
 use keyhole::server::{ServeError, ServeOptions};
-use keyhole::tokens::{TokenError, Tokens};
+use keyhole::tokens::{TokenError, TokenInfo, Tokens};
+use serde_json::{Value, json};
 use std::net::SocketAddr;
+use zeroize::Zeroizing;
 
 #[derive(Args, Debug)]
 pub(crate) struct ServeArgs {
@@ -60,6 +64,12 @@ pub(crate) enum TokenCommand {
     Revoke {
         /// Name or id.
         token: String,
+    },
+    /// Ask the server ($KEYHOLE_ADDR) which token you hold: name, roles, expiry.
+    LookupSelf {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -124,7 +134,94 @@ fn open_tokens(dir: &DataDir) -> Result<(SecretStore, Tokens), Exit> {
     Ok((store, tokens))
 }
 
+/// What `token create` prints once, on stdout, and says on stderr.
+fn announce_token(out: &mut impl Write, secret: &str, info: &TokenInfo) -> Result<(), Exit> {
+    writeln!(out, "{secret}").map_err(stdout_err)?;
+    let roles: Vec<String> = info.bindings.iter().map(ToString::to_string).collect();
+    let exp = info.expires.as_deref().map(|x| format!(", expires {x}")).unwrap_or_default();
+    eprintln!(
+        "token {} ({}) created with {}{exp}. It is shown this once: keyhole keeps only its hash.",
+        info.name,
+        info.id,
+        roles.join(", ")
+    );
+    Ok(())
+}
+
+fn print_tokens(out: &mut impl Write, list: Vec<TokenInfo>, json: bool) -> Result<(), Exit> {
+    if json {
+        return print_json(out, &list);
+    }
+    let mut table = Table::new(&[
+        ("ID", Left),
+        ("NAME", Left),
+        ("ROLES", Left),
+        ("CREATED", Left),
+        ("EXPIRES", Left),
+        ("LAST USED", Left),
+        ("STATE", Left),
+    ]);
+    for t in list {
+        let roles: Vec<String> = t.bindings.iter().map(ToString::to_string).collect();
+        table.row([
+            t.id,
+            t.name,
+            roles.join(", "),
+            t.created,
+            t.expires.unwrap_or_else(|| "-".into()),
+            t.last_used.unwrap_or_else(|| "-".into()),
+            t.state,
+        ]);
+    }
+    table.write(out).map_err(stdout_err)
+}
+
+fn token_info(v: Value) -> Result<TokenInfo, Exit> {
+    serde_json::from_value(v).map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a token: {e}")))
+}
+
+/// `host token ...` through the API, as the principal `remote` holds.
+fn remote_token(remote: &Remote, cmd: TokenCommand) -> Result<(), Exit> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        TokenCommand::Create { name, role, namespace, ttl } => {
+            let mut body = json!({ "name": name, "role": role, "namespace": namespace.as_str() });
+            if let Some(ttl) = ttl {
+                body["ttl"] = json!(format!("{}s", ttl.as_secs()));
+            }
+            let v = remote.send("create a token", "POST", "/api/v1/tokens", &body, &[])?;
+            let secret = Zeroizing::new(v["token"].as_str().unwrap_or_default().to_owned());
+            announce_token(&mut out, &secret, &token_info(v["info"].clone())?)
+        }
+        TokenCommand::List { json } => {
+            let v = remote.get("list tokens", "/api/v1/tokens")?;
+            let list = serde_json::from_value(v)
+                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a token list: {e}")))?;
+            print_tokens(&mut out, list, json)
+        }
+        TokenCommand::Revoke { token } => {
+            let path = format!("/api/v1/tokens/{}", remote::path_segment(&token));
+            let info = token_info(remote.delete("revoke a token", &path)?)?;
+            eprintln!("revoked token {} ({})", info.name, info.id);
+            Ok(())
+        }
+        TokenCommand::LookupSelf { json } => {
+            let info = token_info(remote.get("look up your token", "/api/v1/tokens/self")?)?;
+            print_tokens(&mut out, vec![info], json)
+        }
+    }
+}
+
 pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
+    if let Some(r) = Remote::from_env()? {
+        return remote_token(&r, cmd);
+    }
+    if let TokenCommand::LookupSelf { .. } = cmd {
+        return Err(fail(
+            USAGE,
+            anyhow::anyhow!("lookup-self asks a server which token you hold: set KEYHOLE_ADDR and KEYHOLE_TOKEN"),
+        ));
+    }
     let me = Actor::current_user();
     let (mut store, tokens) = open_tokens(dir)?;
     let mut out = std::io::stdout().lock();
@@ -143,41 +240,9 @@ pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
                 let _ = tokens.revoke(&info.id);
                 return Err(Exit::from(e));
             }
-            writeln!(out, "{}", secret.expose()).map_err(stdout_err)?;
-            let exp = info.expires.as_deref().map(|x| format!(", expires {x}")).unwrap_or_default();
-            eprintln!(
-                "token {} ({}) created with {binding}{exp}. It is shown this once: keyhole keeps only its hash.",
-                info.name, info.id
-            );
+            announce_token(&mut out, secret.expose(), &info)?;
         }
-        TokenCommand::List { json } => {
-            let list = tokens.list()?;
-            if json {
-                return print_json(&mut out, &list);
-            }
-            let mut table = Table::new(&[
-                ("ID", Left),
-                ("NAME", Left),
-                ("ROLES", Left),
-                ("CREATED", Left),
-                ("EXPIRES", Left),
-                ("LAST USED", Left),
-                ("STATE", Left),
-            ]);
-            for t in list {
-                let roles: Vec<String> = t.bindings.iter().map(ToString::to_string).collect();
-                table.row([
-                    t.id,
-                    t.name,
-                    roles.join(", "),
-                    t.created,
-                    t.expires.unwrap_or_else(|| "-".into()),
-                    t.last_used.unwrap_or_else(|| "-".into()),
-                    t.state,
-                ]);
-            }
-            table.write(&mut out).map_err(stdout_err)?;
-        }
+        TokenCommand::List { json } => print_tokens(&mut out, tokens.list()?, json)?,
         TokenCommand::Revoke { token } => {
             let info = tokens.get(&token)?;
             let rec = NewRecord::ok(&me, Action::TokenRevoke, &Namespace::root(), None)
@@ -187,6 +252,7 @@ pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
             let info = tokens.revoke(&info.id)?;
             eprintln!("revoked token {} ({})", info.name, info.id);
         }
+        TokenCommand::LookupSelf { .. } => unreachable!("answered above"),
     }
     Ok(())
 }

@@ -136,7 +136,7 @@ pub struct Resolved {
 }
 
 /// What `host secret list` and `describe` show: metadata, never a value.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecretInfo {
     /// Namespace (`""` for the root).
     pub namespace: String,
@@ -145,7 +145,7 @@ pub struct SecretInfo {
     /// Current version.
     pub version: u64,
     /// The current version's id, for a backend that names versions by id.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
     /// Versions still stored.
     pub versions_stored: u64,
@@ -162,7 +162,7 @@ pub struct SecretInfo {
     /// When it was destroyed (crypto-erased), if it was.
     pub destroyed_at: Option<i64>,
     /// The destinations its value may be sent to; empty when unbound.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub destinations: Vec<String>,
     /// Its stored state fails its integrity check: it was edited outside
     /// keyhole, and reads are refused.
