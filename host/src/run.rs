@@ -115,17 +115,7 @@ pub async fn run_flow(
         status: "running".into(),
         started: now_rfc3339(),
         ended: None,
-        tasks: flow
-            .tasks
-            .iter()
-            .map(|t| TaskRecord {
-                id: t.id.to_string(),
-                status: TaskStatus::Pending,
-                duration_ms: 0,
-                output: None,
-                error: None,
-            })
-            .collect(),
+        tasks: pending_tasks(flow),
         trigger: None,
         revision: None,
         created_by: None,
@@ -203,6 +193,21 @@ pub async fn run_flow(
     record.ended = Some(now_rfc3339());
     save(records, &record);
     FlowReport { record, failure }
+}
+
+/// One pending record per task of `flow`: what an execution looks like
+/// before anything ran.
+pub fn pending_tasks(flow: &Flow) -> Vec<TaskRecord> {
+    flow.tasks
+        .iter()
+        .map(|t| TaskRecord {
+            id: t.id.to_string(),
+            status: TaskStatus::Pending,
+            duration_ms: 0,
+            output: None,
+            error: None,
+        })
+        .collect()
 }
 
 /// Masks every string in a JSON value (keys included), and every number or

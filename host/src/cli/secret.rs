@@ -179,6 +179,15 @@ pub(crate) enum Charset {
     Ascii,
 }
 
+/// A new value: generated when `--generate N` was given, else read from
+/// `--from-file` or stdin.
+fn new_value(generated: Option<(usize, Charset)>, from_file: Option<PathBuf>) -> Result<SecretValue, Exit> {
+    match generated {
+        Some((n, charset)) => generate(n, charset),
+        None => read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e)),
+    }
+}
+
 pub(crate) fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
     use base64::Engine as _;
     if n == 0 || n > 4096 {
@@ -308,15 +317,10 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
     match cmd {
         SecretCommand::Set { name, at, from_file, version: v } => {
-            let value = read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?;
-            put_remote(remote, &name, &at.namespace, &value, v, false)
+            put_remote(remote, &name, &at.namespace, &new_value(None, from_file)?, v, false)
         }
         SecretCommand::Rotate { name, at, generate: g, charset, from_file, version: v } => {
-            let value = match g {
-                Some(n) => generate(n, charset)?,
-                None => read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?,
-            };
-            put_remote(remote, &name, &at.namespace, &value, v, true)
+            put_remote(remote, &name, &at.namespace, &new_value(g.map(|n| (n, charset)), from_file)?, v, true)
         }
         SecretCommand::List { namespace, expiring: None, json } => {
             let path = match &namespace {
@@ -398,15 +402,10 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
     match cmd {
         SecretCommand::Set { name, at, from_file, version: v } => {
-            let value = read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?;
-            store_value(dir, &name, &at.namespace, &value, v, false)
+            store_value(dir, &name, &at.namespace, &new_value(None, from_file)?, v, false)
         }
         SecretCommand::Rotate { name, at, generate: g, charset, from_file, version: v } => {
-            let value = match g {
-                Some(n) => generate(n, charset)?,
-                None => read_value(from_file.as_deref()).map_err(|e| fail(USAGE, e))?,
-            };
-            store_value(dir, &name, &at.namespace, &value, v, true)
+            store_value(dir, &name, &at.namespace, &new_value(g.map(|n| (n, charset)), from_file)?, v, true)
         }
         SecretCommand::List { namespace, expiring, json } => {
             let secrets = open_secrets(dir)?;

@@ -12,7 +12,7 @@ use super::App;
 use super::listen::Peer;
 use crate::audit::{Action, Actor, NewRecord, Outcome, now_rfc3339};
 use crate::authz::{self, Binding, Permission, Principal};
-use crate::executions::{CancelOutcome, ENDED, ExecutionRecord, TaskRecord, TaskStatus};
+use crate::executions::{CancelOutcome, ENDED, ExecutionRecord};
 use crate::names::{ExecutionId, Namespace, SecretName};
 use crate::registry::{Deployed, RegistryError, is_sha256};
 use crate::secret::SecretValue;
@@ -946,17 +946,7 @@ pub fn queue_execution(
         status: "queued".into(),
         started: now_rfc3339(),
         ended: None,
-        tasks: flow
-            .tasks
-            .iter()
-            .map(|t| TaskRecord {
-                id: t.id.to_string(),
-                status: TaskStatus::Pending,
-                duration_ms: 0,
-                output: None,
-                error: None,
-            })
-            .collect(),
+        tasks: crate::run::pending_tasks(&flow),
         trigger: Some(trigger.into()),
         revision: Some(deployed.revision),
         created_by: Some(by),
