@@ -439,6 +439,21 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     ring::hmac::sign(&key, data).as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
 }
 
+/// Whether `tag` is the HMAC-SHA256 of `data` under `key`, compared in
+/// constant time.
+pub fn verify_hmac_sha256(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data, tag).is_ok()
+}
+
+/// Whether `a` equals `b`, in time that depends on neither's contents:
+/// both are MAC'd under a one-off random key and the tags compared in
+/// constant time (so their lengths leak nothing either).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).expect("the OS random source works");
+    verify_hmac_sha256(&key, a, &hmac_sha256(&key, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

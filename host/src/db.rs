@@ -15,7 +15,7 @@ use std::time::Duration;
 /// integrity MAC columns, the audit `detail` and the authenticated head; 3
 /// secret destinations; 4 the server's tokens, roles, deployed flows and the
 /// execution queue.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// A failure of the database file; each names the file and what was being
 /// done.
@@ -101,7 +101,8 @@ const EXECUTIONS_SCHEMA: &str = "
         created_by TEXT,
         idempotency_key TEXT,
         cancel_requested INTEGER NOT NULL DEFAULT 0,
-        log TEXT
+        log TEXT,
+        trigger_data TEXT
     );
     CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow, started);
     CREATE INDEX IF NOT EXISTS executions_queue ON executions (status, started);
@@ -145,6 +146,18 @@ const SERVER_SCHEMA: &str = "
         removed INTEGER NOT NULL DEFAULT 0,
         mac BLOB NOT NULL,
         PRIMARY KEY (namespace, id, revision)
+    );
+";
+
+/// When each schedule trigger last fired (Unix seconds), so that a restart
+/// knows which firings it missed.
+const SCHEDULE_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS schedule_state (
+        namespace TEXT NOT NULL,
+        flow TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        last_fired INTEGER NOT NULL,
+        PRIMARY KEY (namespace, flow, trigger)
     );
 ";
 
@@ -216,7 +229,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     }
     if (1..=3).contains(&version) {
         // keyhole 0.4: `host serve`'s tables and the execution queue.
-        return step(
+        step(
             conn,
             path,
             3,
@@ -233,6 +246,15 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
                      WHERE idempotency_key IS NOT NULL;
                  {SERVER_SCHEMA}"
             ),
+        )?;
+    }
+    if (1..=4).contains(&version) {
+        // keyhole 0.5: what started an execution, and when each schedule last fired.
+        return step(
+            conn,
+            path,
+            4,
+            &format!("ALTER TABLE executions ADD COLUMN trigger_data TEXT;\n{SCHEDULE_SCHEMA}"),
         );
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
@@ -267,11 +289,13 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
          {audit}
          {executions}
          {server}
-         PRAGMA user_version = 4;
+         {schedule}
+         PRAGMA user_version = 5;
          COMMIT;",
         audit = AUDIT_SCHEMA,
         executions = EXECUTIONS_SCHEMA,
         server = SERVER_SCHEMA,
+        schedule = SCHEDULE_SCHEMA,
     ))
     .map_err(e("create the schema"))
 }

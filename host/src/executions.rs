@@ -96,6 +96,8 @@ pub struct Queued {
     pub record: ExecutionRecord,
     /// The inputs it was queued with.
     pub inputs: serde_json::Map<String, Value>,
+    /// What started it (`{{ trigger }}`).
+    pub trigger: Value,
 }
 
 /// What a cancel request did.
@@ -180,20 +182,24 @@ impl Executions {
             .ok_or_else(|| RecordError::NotFound(id.to_owned()))
     }
 
-    /// Queues a new execution (`rec` with status `queued`) with `inputs`.
+    /// Queues a new execution (`rec` with status `queued`) with `inputs`
+    /// and what started it (`trigger`, from [`crate::trigger::context`]).
     /// With an idempotency key already used, returns that execution instead
     /// (and `false`): a retried request never starts a second one.
     pub fn enqueue(
         &self,
         rec: &ExecutionRecord,
         inputs: &serde_json::Map<String, Value>,
+        trigger: &Value,
         idempotency_key: Option<&str>,
     ) -> Result<(ExecutionRecord, bool), RecordError> {
         let tasks = serde_json::to_string(&rec.tasks).expect("records encode");
         let inputs = serde_json::to_string(inputs).expect("inputs encode");
+        let trigger = serde_json::to_string(trigger).expect("trigger data encodes");
         let done = self.conn.execute(
             "INSERT INTO executions (id, flow, namespace, source, status, started, ended, tasks, inputs, revision, \
-             trigger, created_by, idempotency_key) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, NULL, ?6, ?7, ?8, ?9, ?10, ?11)",
+             trigger, created_by, idempotency_key, trigger_data) \
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, NULL, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 rec.id,
                 rec.flow,
@@ -205,7 +211,8 @@ impl Executions {
                 rec.revision.map(|r| r as i64),
                 rec.trigger,
                 rec.created_by,
-                idempotency_key
+                idempotency_key,
+                trigger
             ],
         );
         match done {
@@ -226,19 +233,21 @@ impl Executions {
     /// Takes the oldest queued execution and marks it running (one SQL
     /// statement: two workers never take the same one).
     pub fn claim(&self, now: &str) -> Result<Option<Queued>, RecordError> {
-        let id: Option<(String, Option<String>)> = self
+        let id: Option<(String, Option<String>, Option<String>)> = self
             .conn
             .query_row(
                 "UPDATE executions SET status = 'running', started = ?1 WHERE id = \
-                 (SELECT id FROM executions WHERE status = 'queued' ORDER BY started, id LIMIT 1) RETURNING id, inputs",
+                 (SELECT id FROM executions WHERE status = 'queued' ORDER BY started, id LIMIT 1) \
+                 RETURNING id, inputs, trigger_data",
                 [now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(self.err("take a queued execution"))?;
-        let Some((id, inputs)) = id else { return Ok(None) };
+        let Some((id, inputs, trigger)) = id else { return Ok(None) };
         let inputs = inputs.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Ok(Some(Queued { record: self.get(&id)?, inputs }))
+        let trigger = trigger.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+        Ok(Some(Queued { record: self.get(&id)?, inputs, trigger }))
     }
 
     /// Asks an execution to stop: a queued one is cancelled here, a running
@@ -275,6 +284,32 @@ impl Executions {
         self.conn
             .query_row("SELECT cancel_requested FROM executions WHERE id = ?1", [id], |r| r.get(0))
             .map_err(self.err("read an execution"))
+    }
+
+    /// When the schedule `trigger` of `namespace/flow` last fired (Unix
+    /// seconds), if it ever did on this store.
+    pub fn schedule_last(&self, namespace: &str, flow: &str, trigger: &str) -> Result<Option<i64>, RecordError> {
+        self.conn
+            .query_row(
+                "SELECT last_fired FROM schedule_state WHERE namespace = ?1 AND flow = ?2 AND trigger = ?3",
+                params![namespace, flow, trigger],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("read a schedule's last firing"))
+    }
+
+    /// Records that the schedule `trigger` of `namespace/flow` fired (or
+    /// was passed over) at `at` (Unix seconds).
+    pub fn set_schedule_last(&self, namespace: &str, flow: &str, trigger: &str, at: i64) -> Result<(), RecordError> {
+        self.conn
+            .execute(
+                "INSERT INTO schedule_state (namespace, flow, trigger, last_fired) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (namespace, flow, trigger) DO UPDATE SET last_fired = ?4",
+                params![namespace, flow, trigger, at],
+            )
+            .map_err(self.err("save a schedule's last firing"))?;
+        Ok(())
     }
 
     /// After a crash: every execution still `running` is cut off. Marks

@@ -14,6 +14,7 @@ pub use crate::limits::{parse_duration, parse_size};
 use crate::names::{FlowId, Namespace, SecretName, TaskId};
 use crate::network::{NetworkDoc, NetworkPolicy};
 use crate::policy::Grants;
+use crate::trigger::{Trigger, TriggerDoc, TriggerKind};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -45,6 +46,9 @@ pub struct FlowDoc {
     pub inputs: Vec<InputDecl>,
     /// Tasks, run in order; a failed task stops the flow.
     pub tasks: Vec<TaskDoc>,
+    /// What starts the flow on a server by itself: schedules and webhooks.
+    #[serde(default)]
+    pub triggers: Vec<TriggerDoc>,
 }
 
 /// One declared input.
@@ -136,6 +140,8 @@ pub struct Flow {
     pub inputs: Vec<InputDecl>,
     /// Tasks in order.
     pub tasks: Vec<FlowTask>,
+    /// Schedules and webhooks.
+    pub triggers: Vec<Trigger>,
     /// Where it came from.
     pub source: String,
 }
@@ -334,6 +340,19 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
     if doc.tasks.is_empty() {
         c.error("tasks", "a flow needs at least one task");
     }
+    let (triggers, trigger_errors) = crate::trigger::check(&doc.triggers);
+    for (at, message) in trigger_errors {
+        c.error(at, message);
+    }
+    if !doc.triggers.is_empty() {
+        for i in doc.inputs.iter().filter(|i| i.required && i.default.is_none()) {
+            c.error(
+                format!("input {}", i.id),
+                "the flow has triggers, which start it without inputs: give this input a default",
+            );
+        }
+    }
+    let ctx = Context { inputs: &input_ids, triggers: !doc.triggers.is_empty() };
     let mut seen: Vec<String> = Vec::new();
     let mut tasks = Vec::new();
     for t in &doc.tasks {
@@ -357,7 +376,21 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         {
             c.error(&where_, format!("sha256 {s:?} is not 64 hex digits"));
         }
-        check_expressions(&mut c, &where_, "input", &t.input, &input_ids, &seen);
+        for tr in &triggers {
+            if let TriggerKind::Webhook(w) = &tr.kind
+                && grants.contains(w.secret())
+            {
+                c.error(
+                    &where_,
+                    format!(
+                        "secrets: {} authenticates webhook trigger {}; a task may not read it (use another secret)",
+                        w.secret(),
+                        tr.id
+                    ),
+                );
+            }
+        }
+        check_expressions(&mut c, &where_, "input", &t.input, &ctx, &seen);
         seen.push(t.id.clone());
         if let (Some(id), Some(limits), Some(network)) = (tid, limits, network) {
             tasks.push(FlowTask {
@@ -377,7 +410,7 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         return Err(diags);
     }
     let (Some(id), Some(namespace)) = (id, namespace) else { unreachable!("errors were reported above") };
-    Ok((Flow { id, namespace, inputs: doc.inputs, tasks, source: file.to_owned() }, diags))
+    Ok((Flow { id, namespace, inputs: doc.inputs, tasks, triggers, source: file.to_owned() }, diags))
 }
 
 fn kind_matches(kind: InputKind, v: &Value) -> bool {
@@ -403,6 +436,7 @@ fn limits(l: &LimitsDoc) -> Result<Limits, String> {
 enum Expr {
     Input(String, Vec<Step>),
     Output(String, Vec<Step>),
+    Trigger(Vec<Step>),
     ExecutionId,
     FlowId,
     FlowNamespace,
@@ -458,12 +492,13 @@ fn parse_expr(src: &str) -> Result<Expr, String> {
             let name = take_name(&mut steps, "task")?;
             Ok(Expr::Output(name, steps[1..].to_vec()))
         }
+        "trigger" => Ok(Expr::Trigger(steps)),
         "execution" if steps == [Step::Field("id".into())] => Ok(Expr::ExecutionId),
         "flow" if steps == [Step::Field("id".into())] => Ok(Expr::FlowId),
         "flow" if steps == [Step::Field("namespace".into())] => Ok(Expr::FlowNamespace),
         "secret" | "secrets" => Err(format!("`{{{{ {s} }}}}` is not supported: {SECRET_HINT}")),
         _ => Err(format!(
-            "unknown expression `{s}`: use inputs.X, outputs.TASK.FIELD, execution.id, flow.id or flow.namespace"
+            "unknown expression `{s}`: use inputs.X, outputs.TASK.FIELD, trigger.body, execution.id, flow.id or flow.namespace"
         )),
     }
 }
@@ -487,14 +522,13 @@ fn pieces(s: &str) -> Result<Vec<Result<&str, &str>>, String> {
     Ok(out)
 }
 
-fn check_expressions(
-    c: &mut Checker<'_>,
-    task: &str,
-    at: &str,
-    v: &Value,
-    inputs: &HashSet<String>,
-    before: &[String],
-) {
+/// What a task's expressions may name.
+struct Context<'a> {
+    inputs: &'a HashSet<String>,
+    triggers: bool,
+}
+
+fn check_expressions(c: &mut Checker<'_>, task: &str, at: &str, v: &Value, ctx: &Context<'_>, before: &[String]) {
     match v {
         Value::String(s) => match pieces(s) {
             Err(e) => c.error(format!("{task}: {at}"), e),
@@ -502,9 +536,13 @@ fn check_expressions(
                 for p in ps.into_iter().filter_map(Result::err) {
                     match parse_expr(p) {
                         Err(e) => c.error(format!("{task}: {at}"), e),
-                        Ok(Expr::Input(name, _)) if !inputs.contains(&name) => {
+                        Ok(Expr::Input(name, _)) if !ctx.inputs.contains(&name) => {
                             c.error(format!("{task}: {at}"), format!("`inputs.{name}` is not a declared input"))
                         }
+                        Ok(Expr::Trigger(_)) if !ctx.triggers => c.error(
+                            format!("{task}: {at}"),
+                            "`trigger` is what started the flow, and this flow declares no `triggers:`",
+                        ),
                         Ok(Expr::Output(name, _)) if !before.contains(&name) => c.error(
                             format!("{task}: {at}"),
                             format!("`outputs.{name}` refers to a task that has not run before this one"),
@@ -516,12 +554,12 @@ fn check_expressions(
         },
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                check_expressions(c, task, &format!("{at}[{i}]"), item, inputs, before);
+                check_expressions(c, task, &format!("{at}[{i}]"), item, ctx, before);
             }
         }
         Value::Object(map) => {
             for (k, item) in map {
-                check_expressions(c, task, &format!("{at}.{k}"), item, inputs, before);
+                check_expressions(c, task, &format!("{at}.{k}"), item, ctx, before);
             }
         }
         _ => {}
@@ -541,6 +579,9 @@ pub struct Scope {
     pub flow_id: String,
     /// Flow namespace.
     pub namespace: String,
+    /// What started the execution: `{"type": "webhook", "id": ..., "body": ..., "headers": {...}}`,
+    /// `{"type": "schedule", "id": ..., "date": ...}`, `{"type": "api"}`, `{"type": "cli"}`.
+    pub trigger: Value,
 }
 
 fn walk<'v>(mut v: &'v Value, steps: &[Step], what: &str) -> Result<&'v Value, String> {
@@ -563,6 +604,7 @@ fn resolve(src: &str, scope: &Scope) -> Result<Value, String> {
             let v = scope.outputs.get(&task).ok_or_else(|| format!("task `{task}` has no output"))?;
             walk(v, &steps, &format!("the output of task `{task}`"))?.clone()
         }
+        Expr::Trigger(steps) => walk(&scope.trigger, &steps, "the trigger")?.clone(),
         Expr::ExecutionId => Value::String(scope.execution_id.clone()),
         Expr::FlowId => Value::String(scope.flow_id.clone()),
         Expr::FlowNamespace => Value::String(scope.namespace.clone()),
@@ -751,20 +793,40 @@ tasks:
             execution_id: "e1".into(),
             flow_id: "f".into(),
             namespace: "ns".into(),
+            trigger: json!({"type": "webhook", "id": "gh", "body": {"ref": "main"}, "headers": {"X-GitHub-Event": "push"}}),
         };
         let t = json!({
             "a": "{{ inputs.n }}",
             "b": "n={{ inputs.n }} day={{inputs.day}}",
             "c": "{{ outputs.sign.list[1].x }}",
             "d": ["{{ execution.id }}", "{{ flow.id }}/{{ flow.namespace }}"],
-            "e": 5
+            "e": 5,
+            "t": "{{ trigger.headers.X-GitHub-Event }} on {{ trigger.body.ref }}"
         });
         assert_eq!(
             render(&t, &scope).unwrap(),
-            json!({"a": 3, "b": "n=3 day=2026-11-27", "c": true, "d": ["e1", "f/ns"], "e": 5})
+            json!({"a": 3, "b": "n=3 day=2026-11-27", "c": true, "d": ["e1", "f/ns"], "e": 5, "t": "push on main"})
         );
         let e = render(&json!("{{ outputs.sign.nope }}"), &scope).unwrap_err();
         assert_eq!(e, "the output of task `sign` has no field `nope`");
+    }
+
+    #[test]
+    fn triggers_are_checked_with_the_flow() {
+        let base = "id: x\ntriggers:\n  - {id: hook, webhook: {key_secret: HOOK_KEY, headers: [X-Event]}}\n  - {id: nightly, schedule: {cron: '0 2 * * *', timezone: Europe/Paris, recover: last}}\n";
+        let (f, _) = flow(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, input: {{b: '{{{{ trigger.body }}}}'}}}}\n")).unwrap();
+        assert_eq!(f.triggers.len(), 2);
+        // The webhook's key never reaches a task of the flow.
+        let e = errors(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, secrets: [HOOK_KEY]}}\n"));
+        assert!(e.contains("task a: secrets: HOOK_KEY authenticates webhook trigger hook"), "{e}");
+        // A trigger gives no inputs: a required one needs a default.
+        let e = errors(&format!("{base}inputs:\n  - {{id: day, required: true}}\ntasks:\n  - {{id: a, plugin: a.wasm}}\n"));
+        assert!(e.contains("input day: the flow has triggers"), "{e}");
+        // `trigger` means nothing in a flow without triggers.
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {b: '{{ trigger.body }}'}}\n");
+        assert!(e.contains("declares no `triggers:`"), "{e}");
+        let e = errors("id: x\ntriggers:\n  - {id: t, schedule: {cron: '0 2 * * *', recover: sometimes}}\ntasks:\n  - {id: a, plugin: a.wasm}\n");
+        assert!(e.starts_with("error: f.yaml:3:") && e.contains("unknown variant `sometimes`"), "{e}");
     }
 
     #[test]

@@ -37,3 +37,4 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tokens;
+pub mod trigger;

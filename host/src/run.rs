@@ -96,6 +96,24 @@ pub struct FlowReport {
     pub failure: Option<(String, TaskFailure)>,
 }
 
+/// What an execution starts with.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Its id.
+    pub execution: ExecutionId,
+    /// Bound input values.
+    pub inputs: Map<String, Value>,
+    /// What started it (`{{ trigger }}`), from [`crate::trigger::context`].
+    pub trigger: Value,
+}
+
+impl Start {
+    /// A new execution started at the command line.
+    pub fn cli(inputs: Map<String, Value>) -> Self {
+        Start { execution: ExecutionId::generate(), inputs, trigger: crate::trigger::context("cli", None, Map::new()) }
+    }
+}
+
 /// Runs `flow` with `plugins` from [`prepare`]. Progress lines go to the
 /// execution's sink; the record is saved at the start and at the end.
 pub async fn run_flow(
@@ -103,10 +121,10 @@ pub async fn run_flow(
     env: &ExecutionEnv,
     flow: &Flow,
     plugins: &[Plugin],
-    inputs: Map<String, Value>,
-    execution: ExecutionId,
+    start: Start,
     records: &Executions,
 ) -> FlowReport {
+    let Start { execution, inputs, trigger } = start;
     let mut record = ExecutionRecord {
         id: execution.to_string(),
         flow: flow.id.to_string(),
@@ -127,6 +145,7 @@ pub async fn run_flow(
         execution_id: execution.to_string(),
         flow_id: flow.id.to_string(),
         namespace: flow.namespace.as_str().to_owned(),
+        trigger,
     };
     let mut failure = None;
     for (i, (task, plugin)) in flow.tasks.iter().zip(plugins).enumerate() {

@@ -235,6 +235,9 @@ impl Record {
             Actor::Cli { user } => ("cli", user.clone(), None, None, None, None),
             Actor::Token { id, name } => ("token", format!("{name} ({id})"), None, None, None, None),
             Actor::Server => ("server", "host serve".to_owned(), None, None, None, None),
+            Actor::Trigger { flow, trigger } => {
+                ("trigger", format!("{flow} {trigger}"), Some(flow.clone()), None, None, None)
+            }
         };
         Record {
             seq: 0,

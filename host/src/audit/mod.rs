@@ -81,8 +81,15 @@ pub enum Actor {
         /// The token's name.
         name: String,
     },
-    /// `host serve` itself: what it does on its own (recovery, schedules).
+    /// `host serve` itself: what it does on its own (recovery).
     Server,
+    /// A flow's own trigger on `host serve`: a schedule or a webhook.
+    Trigger {
+        /// The flow's id (the record's namespace is the flow's).
+        flow: String,
+        /// `schedule:ID` or `webhook:ID`.
+        trigger: String,
+    },
 }
 
 impl Actor {
@@ -206,6 +213,13 @@ pub enum Action {
     /// An API request with a token that is unknown, revoked, expired or edited.
     #[serde(rename = "auth.failed")]
     AuthFailed,
+    /// A webhook request: its key or signature checked against a secret
+    /// (named, never shown), and what followed.
+    #[serde(rename = "trigger.webhook")]
+    TriggerWebhook,
+    /// A schedule passed over firings missed while the server was down.
+    #[serde(rename = "trigger.schedule")]
+    TriggerSchedule,
 }
 
 impl Action {
@@ -240,6 +254,8 @@ impl Action {
             Action::ExecutionInterrupt => "execution.interrupt",
             Action::ApiDenied => "api.denied",
             Action::AuthFailed => "auth.failed",
+            Action::TriggerWebhook => "trigger.webhook",
+            Action::TriggerSchedule => "trigger.schedule",
         }
     }
 }

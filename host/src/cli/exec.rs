@@ -4,11 +4,11 @@
 use super::*;
 use keyhole::exec::{Limits, TaskFailure};
 use keyhole::flow::{Diagnostics, Flow, FlowTask};
-use keyhole::names::{ExecutionId, TaskId};
+use keyhole::names::TaskId;
 use keyhole::network::{AllowEntry, NetLimitsDoc, NetworkDoc, NetworkPolicy};
 use keyhole::output::stderr_sink;
 use keyhole::policy::Grants;
-use keyhole::run::{prepare, run_flow};
+use keyhole::run::{Start, prepare, run_flow};
 use keyhole::runtime::Compiler;
 use serde_json::{Map, Value};
 
@@ -163,14 +163,14 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler:
             input,
             literal_input: true,
         }],
+        triggers: Vec::new(),
         source: args.plugin.display().to_string(),
     };
     let (plugins, notes) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
     log_import_notes(&notes);
-    let execution = ExecutionId::generate();
-    tracing::info!("execution {execution} started");
-    let report =
-        s.rt.block_on(run_flow(&s.host.runtime, &s.host.env, &flow, &plugins, Map::new(), execution, &s.host.records));
+    let start = Start::cli(Map::new());
+    tracing::info!("execution {} started", start.execution);
+    let report = s.rt.block_on(run_flow(&s.host.runtime, &s.host.env, &flow, &plugins, start, &s.host.records));
     if let Some((_, failure)) = report.failure {
         return Err(failure_exit(format!("plugin {}", args.plugin.display()), failure));
     }

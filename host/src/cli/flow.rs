@@ -6,7 +6,7 @@ use super::*;
 use keyhole::executions::{ExecutionRecord, Executions};
 use keyhole::flow::{self, Diagnostic, Diagnostics, Severity};
 use keyhole::names::ExecutionId;
-use keyhole::run::{prepare, run_flow};
+use keyhole::run::{Start, prepare, run_flow};
 use keyhole::runtime::{Compiler, POOLING_MAX_MEMORY, Runtime, RuntimeOptions};
 use serde_json::{Map, Value};
 
@@ -134,10 +134,9 @@ pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>, co
     let s = session(dir, masks, pooling, compiler)?;
     let (plugins, notes) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
     log_import_notes(&notes);
-    let execution = ExecutionId::generate();
-    eprintln!("[{}] execution {execution} started", flow.id);
-    let report =
-        s.rt.block_on(run_flow(&s.host.runtime, &s.host.env, &flow, &plugins, inputs, execution, &s.host.records));
+    let start = Start::cli(inputs);
+    eprintln!("[{}] execution {} started", flow.id, start.execution);
+    let report = s.rt.block_on(run_flow(&s.host.runtime, &s.host.env, &flow, &plugins, start, &s.host.records));
     let mut out = std::io::stdout().lock();
     if args.json {
         print_json(&mut out, &report.record)?;

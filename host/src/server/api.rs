@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-type AppState = Arc<App>;
+pub(super) type AppState = Arc<App>;
 
 /// Where a route's permission is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,14 @@ use Permission as P;
 pub static ROUTES: &[Route] = &[
     route!("GET", "/api/v1/health", None, Public, "Liveness: ok, or stopping.", get(health)),
     route!("GET", "/api/v1/openapi.json", None, Public, "This API, as OpenAPI 3.1.", get(openapi)),
+    route!(
+        "POST",
+        "/api/v1/webhooks/{ns}/{flow}/{key}",
+        None,
+        Public,
+        "Start a flow from its webhook trigger: {key} is the key, or the trigger id of a signed webhook.",
+        post(super::webhook::receive).layer(DefaultBodyLimit::max(crate::trigger::MAX_WEBHOOK_BODY))
+    ),
     route!(
         "GET",
         "/api/v1/tokens/self",
@@ -278,6 +286,8 @@ pub enum ApiError {
     NotFound(String),
     /// 409.
     Conflict(String),
+    /// 413: a body larger than the route accepts.
+    TooLarge(String),
     /// 429: too many failed authentications from this address.
     TooMany,
     /// 503: the audit log cannot be written, so nothing was done.
@@ -294,6 +304,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::TooMany => {
                 (StatusCode::TOO_MANY_REQUESTS, "too many failed authentications; wait a minute".into())
             }
@@ -380,12 +391,12 @@ fn refuse(app: &App, caller: &Caller, what: &str, ns: &Namespace, permission: Pe
     }
 }
 
-fn audit_failed(e: crate::audit::AuditError) -> ApiError {
+pub(super) fn audit_failed(e: crate::audit::AuditError) -> ApiError {
     ApiError::Unavailable(format!("the audit log cannot be written, so nothing was done: {e}"))
 }
 
 /// Runs blocking work (SQLite, the audit log) off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     app: &AppState,
     f: impl FnOnce(&App) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -425,6 +436,23 @@ impl Caller {
     }
 }
 
+/// The address a request came from (what guessing limits count).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+fn client_ip(parts: &Parts) -> ClientIp {
+    let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.0);
+    ClientIp(peer.map(|p| p.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])))
+}
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(client_ip(parts))
+    }
+}
+
 fn route_of(parts: &Parts) -> Option<&'static Route> {
     let matched = parts.extensions.get::<MatchedPath>()?.as_str().to_owned();
     ROUTES.iter().find(|r| r.path == matched && r.method == parts.method.as_str())
@@ -436,7 +464,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let route = route_of(parts).ok_or_else(|| ApiError::Internal("a route is missing from ROUTES".into()))?;
         let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.0);
-        let ip = peer.map(|p| p.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let ClientIp(ip) = client_ip(parts);
         if app.rate_limited(ip) {
             return Err(ApiError::TooMany);
         }
@@ -922,22 +950,50 @@ struct CreateQuery {
     wait: Option<f64>,
 }
 
-/// Queues an execution of `ns/flow` for `caller` (the API, and later the
-/// webhook and schedule triggers); returns the record and whether it is new.
+/// Who queues an execution: a principal through the API, or one of the
+/// flow's own triggers.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// As the audit trail names it.
+    pub actor: Actor,
+    /// As the execution record names it (`created_by`).
+    pub by: String,
+    /// `api`, or `webhook:ID` / `schedule:ID`.
+    pub trigger: String,
+    /// What `{{ trigger }}` holds.
+    pub context: Value,
+    /// Scoped so that one origin's key never finds another's execution.
+    pub idempotency_key: Option<String>,
+}
+
+impl Origin {
+    /// A principal calling the API, with its own idempotency key.
+    pub fn api(caller: &Caller, idempotency_key: Option<&str>) -> Self {
+        Origin {
+            actor: caller.actor.clone(),
+            by: format!("{} ({})", caller.info.name, caller.info.id),
+            trigger: "api".into(),
+            context: crate::trigger::context("api", None, Map::new()),
+            // Keys are the caller's own: another principal's key finds nothing.
+            idempotency_key: idempotency_key.map(|k| format!("{}:{k}", caller.info.id)),
+        }
+    }
+}
+
+/// Queues an execution of `ns/flow` (the API, webhooks and schedules);
+/// returns the record and whether it is new. Audited before it is queued.
 pub fn queue_execution(
     app: &App,
-    caller: &Caller,
+    origin: &Origin,
     ns: &Namespace,
     flow_id: &str,
     inputs: &Map<String, Value>,
-    trigger: &str,
-    idempotency_key: Option<&str>,
 ) -> Result<(ExecutionRecord, bool), ApiError> {
     let (deployed, flow) = app.registry().current(ns, flow_id)?;
     let inputs =
         crate::flow::bind_json_inputs(&flow, inputs).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
     let id = ExecutionId::generate();
-    let by = format!("{} ({})", caller.info.name, caller.info.id);
+    let trigger = &origin.trigger;
     let record = ExecutionRecord {
         id: id.to_string(),
         flow: flow.id.to_string(),
@@ -947,19 +1003,16 @@ pub fn queue_execution(
         started: now_rfc3339(),
         ended: None,
         tasks: crate::run::pending_tasks(&flow),
-        trigger: Some(trigger.into()),
+        trigger: Some(trigger.clone()),
         revision: Some(deployed.revision),
-        created_by: Some(by),
+        created_by: Some(origin.by.clone()),
     };
-    // Keys are the caller's own: another principal's key finds nothing.
-    let key = idempotency_key.map(|k| format!("{}:{k}", caller.info.id));
-    let rec = caller
-        .record(Action::ExecutionCreate, ns, None)
+    let rec = NewRecord::ok(&origin.actor, Action::ExecutionCreate, ns, None)
         .reason(format!("execution {id} of flow {flow_id} revision {} ({trigger})", deployed.revision))
         .detail_field("execution", id.to_string())
-        .detail_field("trigger", trigger);
+        .detail_field("trigger", trigger.as_str());
     app.record(rec).map_err(audit_failed)?;
-    let (rec, created) = app.records().enqueue(&record, &inputs, key.as_deref())?;
+    let (rec, created) = app.records().enqueue(&record, &inputs, &origin.context, origin.idempotency_key.as_deref())?;
     if created {
         app.wake();
     }
@@ -991,8 +1044,8 @@ async fn create_execution(
         None => None,
     };
     let mut ended = app.ended.subscribe();
-    let (rec, created) =
-        blocking(&app, move |app| queue_execution(app, &caller, &ns, &flow, &inputs, "api", key.as_deref())).await?;
+    let origin = Origin::api(&caller, key.as_deref());
+    let (rec, created) = blocking(&app, move |app| queue_execution(app, &origin, &ns, &flow, &inputs)).await?;
     let wait = q.wait.filter(|w| w.is_finite() && *w > 0.0).map(|w| Duration::from_secs_f64(w.min(300.0)));
     let mut rec = rec;
     if let Some(wait) = wait {

@@ -17,6 +17,8 @@
 
 pub mod api;
 pub mod listen;
+pub mod schedule;
+pub mod webhook;
 pub mod worker;
 
 use crate::audit::{Action, Actor, AuditLog, NewRecord, now_rfc3339};
@@ -265,6 +267,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
         .build()
         .map_err(|e| ServeError::Io(format!("cannot start the async runtime: {e}")))?;
     let workers: Vec<_> = (0..opts.workers.max(1)).map(|i| worker::spawn(app.clone(), i)).collect();
+    let scheduler = schedule::spawn(app.clone(), jiff::Timestamp::now());
     let result = rt.block_on(async {
         let tcp = tokio::net::TcpListener::bind(opts.listen)
             .await
@@ -285,6 +288,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     for w in workers {
         let _ = w.join();
     }
+    let _ = scheduler.join();
     eprintln!("keyhole server stopped");
     result
 }

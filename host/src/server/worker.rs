@@ -12,7 +12,7 @@ use crate::exec::{Cancel, ExecutionEnv};
 use crate::executions::{ExecutionRecord, Queued, TaskStatus};
 use crate::mask::MaskSet;
 use crate::names::{ExecutionId, Namespace};
-use crate::run::{prepare, run_flow};
+use crate::run::{Start, prepare, run_flow};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,7 +69,8 @@ async fn run(app: &Arc<App>, q: Queued) {
     }
     let log = LogBuffer::default();
     let masks = Arc::new(MaskSet::new());
-    let outcome = start(app, &rec, q.inputs, &log, masks.clone(), cancel.clone()).await;
+    let begin = Start { execution: ExecutionId::generate(), inputs: q.inputs, trigger: q.trigger };
+    let outcome = start(app, &rec, begin, &log, masks.clone(), cancel.clone()).await;
     if let Err(message) = outcome {
         // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
         for t in &mut rec.tasks {
@@ -109,7 +110,7 @@ async fn run(app: &Arc<App>, q: Queued) {
 async fn start(
     app: &Arc<App>,
     rec: &ExecutionRecord,
-    inputs: serde_json::Map<String, serde_json::Value>,
+    mut begin: Start,
     log: &LogBuffer,
     masks: Arc<MaskSet>,
     cancel: Cancel,
@@ -126,9 +127,9 @@ async fn start(
         pins: Default::default(),
         cancel,
     };
-    let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
+    begin.execution = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
     let records = crate::executions::Executions::open(&app.dir.store_path()).map_err(|e| e.to_string())?;
-    let report = run_flow(&app.runtime, &env, &flow, &plugins, inputs, execution, &records).await;
+    let report = run_flow(&app.runtime, &env, &flow, &plugins, begin, &records).await;
     tracing::info!("execution {} of {} ended {}", report.record.id, rec.flow, report.record.status);
     Ok(())
 }

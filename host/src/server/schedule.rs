@@ -1,0 +1,129 @@
+//! The scheduler: one thread that, about once a second, queues the
+//! firings of every deployed flow's schedule triggers that came due.
+//!
+//! Invariants: each firing is queued at most once (its idempotency key is
+//! the schedule and the firing time, and the last firing is saved only
+//! after it is queued, so a crash in between re-queues nothing); firings
+//! missed while the server was down are queued or skipped as the trigger's
+//! `recover` says, and a skip is audited; a schedule first seen starts from
+//! now, never from the past.
+
+use super::App;
+use super::api::{Origin, queue_execution};
+use crate::audit::{Action, Actor, NewRecord};
+use crate::flow::Flow;
+use crate::names::Namespace;
+use crate::trigger::{Schedule, TriggerKind, context};
+use jiff::Timestamp;
+use serde_json::{Map, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Starts the scheduler; `up_since` is when this server started (firings
+/// before it were missed).
+pub fn spawn(app: Arc<App>, up_since: Timestamp) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("keyhole-scheduler".into())
+        .spawn(move || {
+            let mut flows = FlowCache::default();
+            while !app.stopping.load(Ordering::SeqCst) {
+                if let Err(e) = pass(&app, &mut flows, Timestamp::now(), up_since) {
+                    tracing::error!("scheduler: {e}");
+                }
+                // Wake at the next second boundary (checking for a stop
+                // every 100 ms).
+                let into_second = Timestamp::now().subsec_nanosecond() as u64;
+                let mut left = Duration::from_nanos(1_000_000_000 - into_second.min(999_999_999));
+                while !left.is_zero() && !app.stopping.load(Ordering::SeqCst) {
+                    let step = left.min(Duration::from_millis(100));
+                    std::thread::sleep(step);
+                    left -= step;
+                }
+            }
+        })
+        .expect("cannot start the scheduler thread")
+}
+
+/// Parsed flows by namespace and id, kept while their revision is current.
+#[derive(Default)]
+struct FlowCache(HashMap<(Namespace, String), (u64, Arc<Flow>, Timestamp)>);
+
+/// One pass: every schedule of every deployed flow, up to `now`.
+fn pass(app: &App, cache: &mut FlowCache, now: Timestamp, up_since: Timestamp) -> Result<(), String> {
+    let deployed = app.registry().list().map_err(|e| e.to_string())?;
+    cache.0.retain(|(ns, id), _| deployed.iter().any(|d| &d.namespace == ns && &d.id == id));
+    for d in deployed {
+        let key = (d.namespace.clone(), d.id.clone());
+        let (flow, deployed_at) = match cache.0.get(&key) {
+            Some((rev, f, at)) if *rev == d.revision => (f.clone(), *at),
+            _ => {
+                let Ok((_, f)) = app.registry().current(&d.namespace, &d.id) else { continue };
+                let f = Arc::new(f);
+                let at = d.deployed_at.parse().unwrap_or(now);
+                cache.0.insert(key, (d.revision, f.clone(), at));
+                (f, at)
+            }
+        };
+        for t in &flow.triggers {
+            if let TriggerKind::Schedule(s) = &t.kind {
+                // Firings from before this revision was deployed are not its own.
+                let since = Since { up: up_since, deployed: deployed_at };
+                fire(app, &flow, t.id.as_str(), s, now, since)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When the server started, and when the flow's current revision was deployed.
+#[derive(Debug, Clone, Copy)]
+struct Since {
+    up: Timestamp,
+    deployed: Timestamp,
+}
+
+fn fire(app: &App, flow: &Flow, id: &str, s: &Schedule, now: Timestamp, since: Since) -> Result<(), String> {
+    let ns = &flow.namespace;
+    let err = |e: &dyn std::fmt::Display| format!("flow {} schedule {id}: {e}", flow.id);
+    let last = app.records().schedule_last(ns.as_str(), flow.id.as_str(), id).map_err(|e| err(&e))?;
+    let Some(last) = last.and_then(|l| Timestamp::from_second(l).ok()) else {
+        // First seen: start from now.
+        return app.records().set_schedule_last(ns.as_str(), flow.id.as_str(), id, now.as_second()).map_err(|e| err(&e));
+    };
+    let due = s.due(last.max(since.deployed), now, since.up);
+    let name = format!("schedule:{id}");
+    let actor = Actor::Trigger { flow: flow.id.to_string(), trigger: name.clone() };
+    if due.skipped > 0 {
+        let rec = NewRecord::ok(&actor, Action::TriggerSchedule, ns, None)
+            .reason(format!(
+                "skipped {} firing(s) of {:?} ({}) missed while the server was down (recover: {})",
+                due.skipped,
+                s.pattern,
+                s.timezone,
+                json!(s.recover).as_str().unwrap_or_default()
+            ))
+            .detail_field("skipped", due.skipped);
+        app.record(rec).map_err(|e| err(&e))?;
+    }
+    for at in &due.fire {
+        let date = at.to_zoned(s.time_zone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
+        let mut extra = Map::new();
+        extra.insert("date".into(), json!(date));
+        extra.insert("missed".into(), json!(*at < since.up));
+        let origin = Origin {
+            actor: actor.clone(),
+            by: format!("schedule {id}"),
+            trigger: name.clone(),
+            context: context("schedule", Some(id), extra),
+            idempotency_key: Some(format!("{name}@{}/{}:{}", ns.as_str(), flow.id, at.as_second())),
+        };
+        queue_execution(app, &origin, ns, flow.id.as_str(), &Map::new()).map_err(|e| err(&format!("{e:?}")))?;
+    }
+    if let Some(l) = due.last {
+        app.records().set_schedule_last(ns.as_str(), flow.id.as_str(), id, l.as_second()).map_err(|e| err(&e))?;
+    }
+    Ok(())
+}

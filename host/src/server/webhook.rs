@@ -1,0 +1,156 @@
+//! `POST /api/v1/webhooks/{ns}/{flow}/{key}`: a flow's webhook trigger.
+//! No token: the request proves itself with the key (the URL's last
+//! segment, compared in constant time with a secret's value) or with an
+//! HMAC-SHA256 signature of its raw body under a secret (GitHub's style,
+//! the URL ending with the trigger's id).
+//!
+//! Invariants: the key and the signing secret never leave the host (not in
+//! a response, a log line, an audit record or the execution); a refused
+//! request is audited and counts against its address's guessing limit, and
+//! every refusal of a key looks the same (404), whether the flow, the
+//! trigger or the key was wrong.
+
+use super::App;
+use super::api::{ApiError, AppState, ClientIp, Origin, blocking, path_namespace, queue_execution};
+use crate::audit::{Action, Actor, NewRecord, Outcome};
+use crate::backend::Lookup;
+use crate::names::{Namespace, SecretName};
+use crate::policy::Grants;
+use crate::secret::SecretValue;
+use crate::trigger::{TriggerKind, Webhook, WebhookAuth, body_value, context, key_matches, signature_matches};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value, json};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+
+/// The handler.
+pub async fn receive(
+    State(app): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path((ns, flow, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if app.rate_limited(ip) {
+        return Err(ApiError::TooMany);
+    }
+    if app.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::Unavailable("the server is stopping: try again once it is back".into()));
+    }
+    let ns = path_namespace(&ns)?;
+    let rec = blocking(&app, move |app| fire(app, ip, &ns, &flow, &key, &headers, &body)).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": rec.0.id, "status": rec.0.status, "created": rec.1 }))))
+}
+
+/// The one answer to a wrong flow, trigger or key.
+const NO_SUCH_WEBHOOK: &str = "no such webhook";
+
+fn fire(
+    app: &App,
+    ip: IpAddr,
+    ns: &Namespace,
+    flow_id: &str,
+    key: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(crate::executions::ExecutionRecord, bool), ApiError> {
+    let shown = crate::audit::bounded(flow_id);
+    // What a refusal leaves behind: an audit record (never the key) and a
+    // strike against the address.
+    let refuse = |secret: Option<&SecretName>, reason: String, err: ApiError| {
+        app.auth_failed(ip);
+        let rec = NewRecord::ok(&Actor::Server, Action::TriggerWebhook, ns, secret)
+            .outcome(Outcome::Denied)
+            .reason(format!("webhook of flow {shown}: {reason}"))
+            .detail_field("peer", ip.to_string());
+        app.record(rec).map_err(super::api::audit_failed)?;
+        Err(err)
+    };
+    let not_found = || ApiError::NotFound(NO_SUCH_WEBHOOK.into());
+    let Ok((_, flow)) = app.registry().current(ns, flow_id) else {
+        return refuse(None, "no such deployed flow".into(), not_found());
+    };
+    let mut found = None;
+    for t in &flow.triggers {
+        let TriggerKind::Webhook(w) = &t.kind else { continue };
+        match &w.auth {
+            WebhookAuth::Signature { header, secret } if t.id.as_str() == key => {
+                let Some(value) = secret_value(app, ns, secret)? else {
+                    return refuse(Some(secret), format!("trigger {}: its signing secret is not set", t.id), not_found());
+                };
+                let sent = headers.get(header.as_str()).and_then(|v| v.to_str().ok());
+                if let Err(why) = signature_matches(sent, body, value.expose().as_bytes()) {
+                    return refuse(Some(secret), format!("trigger {}: {why}", t.id), ApiError::Unauthorized);
+                }
+                found = Some((t, w));
+                break;
+            }
+            WebhookAuth::Key(secret) => {
+                if let Some(value) = secret_value(app, ns, secret)?
+                    && key_matches(key, value.expose().as_bytes())
+                {
+                    found = Some((t, w));
+                    break;
+                }
+            }
+            WebhookAuth::Signature { .. } => {}
+        }
+    }
+    let Some((trigger, hook)) = found else {
+        return refuse(None, "no webhook trigger has this key".into(), not_found());
+    };
+    if body.len() > hook.max_body {
+        return Err(ApiError::TooLarge(format!(
+            "the body is {} bytes; trigger {} accepts at most {}",
+            body.len(),
+            trigger.id,
+            hook.max_body
+        )));
+    }
+    let body = body_value(body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    let mut extra = Map::new();
+    extra.insert("body".into(), body);
+    extra.insert("headers".into(), chosen_headers(hook, headers));
+    let name = format!("webhook:{}", trigger.id);
+    let actor = Actor::Trigger { flow: flow.id.to_string(), trigger: name.clone() };
+    let rec = NewRecord::ok(&actor, Action::TriggerWebhook, ns, Some(hook.secret()))
+        .reason(format!("webhook {} of flow {}: verified by the host", trigger.id, flow.id));
+    app.record(rec).map_err(super::api::audit_failed)?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 128)
+        .map(|k| format!("{name}@{}/{}:{k}", ns.as_str(), flow.id));
+    let origin = Origin {
+        actor,
+        by: format!("webhook {}", trigger.id),
+        trigger: name,
+        context: context("webhook", Some(trigger.id.as_str()), extra),
+        idempotency_key: key,
+    };
+    queue_execution(app, &origin, ns, flow.id.as_str(), &Map::new())
+}
+
+/// The value of `name` as `ns`'s tasks would find it, for the host's own
+/// check; `None` when it is missing, revoked or expired.
+fn secret_value(app: &App, ns: &Namespace, name: &SecretName) -> Result<Option<SecretValue>, ApiError> {
+    let grant = Grants::new([name.clone()]).check(name.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    match app.secrets.lookup(ns, &grant, None)? {
+        Lookup::Found(found) => Ok(Some(found.value)),
+        _ => Ok(None),
+    }
+}
+
+/// The headers the trigger hands to the flow, under the names it wrote.
+fn chosen_headers(hook: &Webhook, headers: &HeaderMap) -> Value {
+    let mut out = Map::new();
+    for name in &hook.headers {
+        if let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+            out.insert(name.clone(), Value::String(v.to_owned()));
+        }
+    }
+    Value::Object(out)
+}
