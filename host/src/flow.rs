@@ -814,18 +814,23 @@ tasks:
     #[test]
     fn triggers_are_checked_with_the_flow() {
         let base = "id: x\ntriggers:\n  - {id: hook, webhook: {key_secret: HOOK_KEY, headers: [X-Event]}}\n  - {id: nightly, schedule: {cron: '0 2 * * *', timezone: Europe/Paris, recover: last}}\n";
-        let (f, _) = flow(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, input: {{b: '{{{{ trigger.body }}}}'}}}}\n")).unwrap();
+        let (f, _) =
+            flow(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, input: {{b: '{{{{ trigger.body }}}}'}}}}\n"))
+                .unwrap();
         assert_eq!(f.triggers.len(), 2);
         // The webhook's key never reaches a task of the flow.
         let e = errors(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, secrets: [HOOK_KEY]}}\n"));
         assert!(e.contains("task a: secrets: HOOK_KEY authenticates webhook trigger hook"), "{e}");
         // A trigger gives no inputs: a required one needs a default.
-        let e = errors(&format!("{base}inputs:\n  - {{id: day, required: true}}\ntasks:\n  - {{id: a, plugin: a.wasm}}\n"));
+        let e =
+            errors(&format!("{base}inputs:\n  - {{id: day, required: true}}\ntasks:\n  - {{id: a, plugin: a.wasm}}\n"));
         assert!(e.contains("input day: the flow has triggers"), "{e}");
         // `trigger` means nothing in a flow without triggers.
         let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {b: '{{ trigger.body }}'}}\n");
         assert!(e.contains("declares no `triggers:`"), "{e}");
-        let e = errors("id: x\ntriggers:\n  - {id: t, schedule: {cron: '0 2 * * *', recover: sometimes}}\ntasks:\n  - {id: a, plugin: a.wasm}\n");
+        let e = errors(
+            "id: x\ntriggers:\n  - {id: t, schedule: {cron: '0 2 * * *', recover: sometimes}}\ntasks:\n  - {id: a, plugin: a.wasm}\n",
+        );
         assert!(e.starts_with("error: f.yaml:3:") && e.contains("unknown variant `sometimes`"), "{e}");
     }
 

@@ -122,8 +122,8 @@ pub struct Trigger {
 /// What fires a trigger.
 #[derive(Debug, Clone)]
 pub enum TriggerKind {
-    /// A cron schedule.
-    Schedule(Schedule),
+    /// A cron schedule (boxed: a parsed pattern is a few hundred bytes).
+    Schedule(Box<Schedule>),
     /// An HTTP POST.
     Webhook(Webhook),
 }
@@ -193,7 +193,7 @@ pub fn check(docs: &[TriggerDoc]) -> (Vec<Trigger>, Vec<(String, String)>) {
             error("duplicate trigger id: trigger ids must be unique in a flow".into());
         }
         let kind = match (&d.schedule, &d.webhook) {
-            (Some(s), None) => schedule(s).map(TriggerKind::Schedule),
+            (Some(s), None) => schedule(s).map(|s| TriggerKind::Schedule(Box::new(s))),
             (None, Some(w)) => webhook(w).map(TriggerKind::Webhook),
             _ => Err("a trigger is either `schedule: {cron: ...}` or `webhook: {...}`, exactly one".into()),
         };
@@ -209,24 +209,26 @@ pub fn check(docs: &[TriggerDoc]) -> (Vec<Trigger>, Vec<(String, String)>) {
 fn schedule(s: &ScheduleDoc) -> Result<Schedule, String> {
     let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
     let cron = parser.parse(&s.cron).map_err(|e| {
-        format!("schedule.cron {:?}: {e}; write `minute hour day-of-month month day-of-week`, e.g. \"0 2 * * *\"", s.cron)
+        format!(
+            "schedule.cron {:?}: {e}; write `minute hour day-of-month month day-of-week`, e.g. \"0 2 * * *\"",
+            s.cron
+        )
     })?;
     let timezone = s.timezone.clone().unwrap_or_else(|| "UTC".into());
     let tz = TimeZone::get(&timezone).map_err(|_| {
-        format!("schedule.timezone {timezone:?} is not a time zone this machine knows: use an IANA name like Europe/Paris")
+        format!(
+            "schedule.timezone {timezone:?} is not a time zone this machine knows: use an IANA name like Europe/Paris"
+        )
     })?;
     // A pattern that never fires (30 February) is a mistake, not a schedule.
     let now = Timestamp::now().to_zoned(tz.clone());
-    cron.find_next_occurrence(&now, false)
-        .map_err(|e| format!("schedule.cron {:?} never fires: {e}", s.cron))?;
+    cron.find_next_occurrence(&now, false).map_err(|e| format!("schedule.cron {:?} never fires: {e}", s.cron))?;
     Ok(Schedule { cron, pattern: s.cron.clone(), tz, timezone, recover: s.recover })
 }
 
 fn webhook(w: &WebhookDoc) -> Result<Webhook, String> {
     let auth = match (&w.key_secret, &w.signature) {
-        (Some(k), None) => {
-            WebhookAuth::Key(SecretName::new(k).map_err(|e| format!("webhook.key_secret: {e}"))?)
-        }
+        (Some(k), None) => WebhookAuth::Key(SecretName::new(k).map_err(|e| format!("webhook.key_secret: {e}"))?),
         (None, Some(s)) => {
             axum::http::HeaderName::from_bytes(s.header.as_bytes())
                 .map_err(|_| format!("webhook.signature.header {:?} is not a header name", s.header))?;
@@ -285,7 +287,8 @@ impl Schedule {
     pub fn due(&self, last: Timestamp, now: Timestamp, up_since: Timestamp) -> Due {
         let mut due = Due { fire: Vec::new(), skipped: 0, last: None };
         let mut t = last;
-        if let Some(prev) = self.previous_before(up_since.min(now)).filter(|p| *p > last) {
+        // Firings fall on whole seconds; the server came up within one.
+        if let Some(prev) = self.previous_before(ceil_second(up_since.min(now))).filter(|p| *p > last) {
             // Missed: (last, prev].
             let missed = self.between(last, prev, MAX_SCAN);
             match self.recover {
@@ -305,7 +308,7 @@ impl Schedule {
         due.fire.extend(self.between(t, now, MAX_RECOVERED));
         // The next pass starts after the latest firing up to now, even
         // when more were due than one pass queues.
-        let z = now.to_zoned(self.tz.clone());
+        let z = floor_second(now).to_zoned(self.tz.clone());
         let latest = self.cron.find_previous_occurrence(&z, true).ok().map(|z| z.timestamp());
         due.last = latest.filter(|l| *l > last);
         due
@@ -326,6 +329,14 @@ impl Schedule {
         }
         out
     }
+}
+
+fn floor_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+fn ceil_second(t: Timestamp) -> Timestamp {
+    if t.subsec_nanosecond() == 0 { t } else { Timestamp::from_second(t.as_second() + 1).unwrap_or(t) }
 }
 
 /// Most firings one pass looks at: a per-second schedule down for a day
@@ -412,6 +423,11 @@ mod tests {
         assert_eq!(d.fire.len(), 6);
         assert_eq!(d.skipped, 0);
         assert_eq!(d.last, Some(now));
+        // A server that came up half a second after a firing missed it.
+        let d = hourly(Recover::None).due(last, ts("2026-12-04T06:00:00.5Z"), ts("2026-12-04T06:00:00.5Z"));
+        assert_eq!((d.fire.len(), d.skipped), (0, 6));
+        let d = hourly(Recover::None).due(last, ts("2026-12-04T06:00:00.5Z"), ts("2026-12-04T05:59:59.5Z"));
+        assert_eq!((d.fire, d.skipped), (vec![ts("2026-12-04T06:00:00Z")], 5));
         // Nothing due: the pass changes nothing.
         let d = hourly(Recover::All).due(now, ts("2026-12-04T06:30:00Z"), up);
         assert_eq!(d, Due { fire: vec![], skipped: 0, last: None });

@@ -134,6 +134,22 @@ impl Client {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// `POST path` with raw `body` bytes and `headers`, no token (a
+    /// webhook's sender); the status and body.
+    pub fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+        let mut r = self.agent.post(&format!("{}{path}", self.base));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut resp = r.send(body).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        // Only the answer: the path may hold a webhook's key, which the
+        // sender knows.
+        self.seen.lock().unwrap().push(format!("POST (raw) -> {status}: {text}"));
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
     /// Asserts that no answer so far contains `value`.
     pub fn assert_never_returned(&self, value: &str) {
         for answer in self.seen.lock().unwrap().iter() {
@@ -246,7 +262,12 @@ fn the_authorization_matrix_of_every_route_role_and_scope() {
             let (path, body) = request(route, ns, &executions[ns], n, &wasm);
             if route.scope == Scope::Public {
                 let (s, v) = c.call(route.method, &path, None, body.as_ref());
-                assert_eq!(s, 200, "{} {path}: {v}", route.method);
+                if route.path.starts_with("/api/v1/webhooks/") {
+                    // No token needed, and a wrong key finds nothing.
+                    assert_eq!((s, &v), (404, &json!({"error": "no such webhook"})), "{path}");
+                } else {
+                    assert_eq!(s, 200, "{} {path}: {v}", route.method);
+                }
                 continue;
             }
             for bad in [None, Some(revoked.as_str()), Some(expired.as_str()), Some("kh_forged")] {
@@ -280,7 +301,8 @@ fn the_authorization_matrix_of_every_route_role_and_scope() {
             }
         }
     }
-    assert_eq!(checked, (ROUTES.len() - 2) * 2 * BUILTIN_ROLES.len(), "every authenticated route was checked");
+    let authenticated = ROUTES.iter().filter(|r| r.scope != Scope::Public).count();
+    assert_eq!(checked, authenticated * 2 * BUILTIN_ROLES.len(), "every authenticated route was checked");
     // Lists keep only what the caller may see.
     let runner = &tokens.iter().find(|(r, _)| *r == "runner").unwrap().1;
     let (_, flows) = c.call("GET", "/api/v1/flows", Some(runner), None);
@@ -521,6 +543,152 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     }
     assert!(server.terminate(Duration::from_secs(20)).success());
     assert_eq!(env.run(&["executions", "show", &id, "--json"]).json()["status"], "interrupted");
+}
+
+/// Webhooks: a key in the URL, or a GitHub-style signature of the body; the
+/// body and chosen headers reach the task as `{{ trigger.* }}`; a wrong
+/// key, flow or signature is refused, audited and counted as a guess; no
+/// answer, audit record or log line carries the key or the signing secret.
+#[test]
+fn webhooks_start_a_flow_with_a_key_or_a_signature_and_refuse_the_rest() {
+    let env = Env::new();
+    let key = "hook-key-value-7f3a91c2";
+    let signing = "gh-signing-secret-55e0d1";
+    env.set_secret("ops", "HOOK_KEY", key);
+    env.set_secret("ops", "GH_SECRET", signing);
+    env.set_secret("ops", "S", "task-secret-value-31");
+    deploy_probe(
+        &env,
+        "ops",
+        "hooked",
+        &["S"],
+        json!({"action": "get", "names": ["{{ trigger.body.secret }}", "{{ trigger.headers.X-Event }}"]}),
+        "triggers:\n  - {id: hook, webhook: {key_secret: HOOK_KEY, headers: [X-Event], max_body: 1KiB}}\n  \
+         - {id: gh, webhook: {signature: {header: X-Hub-Signature-256, secret: GH_SECRET}, headers: [X-Event]}}\n",
+    );
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let mut server = Server::start(&env, 2, &["--max-auth-failures", "4"]);
+    let c = Client::new(&server);
+    let json_body = br#"{"secret": "S"}"#;
+    let ct = ("Content-Type", "application/json");
+    // The key: 202, and the task sees the body and the chosen header.
+    let (s, v) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &[ct, ("X-Event", "push")], json_body);
+    assert_eq!(s, 202, "{v}");
+    let rec = wait_ended(&c, &admin, v["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert_eq!((rec["trigger"].as_str(), rec["created_by"].as_str()), (Some("webhook:hook"), Some("webhook hook")));
+    let out = &rec["tasks"][0]["output"];
+    assert_eq!(out["S"]["sha256"], hex::encode(keyhole::crypto::sha256(b"task-secret-value-31")), "{out}");
+    assert_eq!(out["push"]["error"], "denied", "the header reached the task: {out}");
+    // A retried delivery with the same Idempotency-Key starts nothing new.
+    let retry = [ct, ("Idempotency-Key", "delivery-1")];
+    let (_, a) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &retry, json_body);
+    let (_, b) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &retry, json_body);
+    assert_eq!(
+        (a["id"].clone(), a["created"].clone(), b["created"].clone()),
+        (b["id"].clone(), json!(true), json!(false))
+    );
+    // Past the trigger's max_body: 413.
+    let (s, v) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &[ct], &[b'x'; 2048]);
+    assert_eq!(s, 413, "{v}");
+    // GitHub's style: the signature of the raw body under GH_SECRET.
+    let sig = format!("sha256={}", hex::encode(keyhole::crypto::hmac_sha256(signing.as_bytes(), json_body)));
+    let (s, v) = c.post_raw(
+        "/api/v1/webhooks/ops/hooked/gh",
+        &[ct, ("X-Hub-Signature-256", &sig), ("X-Event", "ping")],
+        json_body,
+    );
+    assert_eq!(s, 202, "{v}");
+    let rec = wait_ended(&c, &admin, v["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!((rec["status"].as_str(), rec["trigger"].as_str()), (Some("succeeded"), Some("webhook:gh")), "{rec}");
+    // Refusals: a body that is not the one signed (401), a wrong key and an
+    // unknown flow (the same 404), each audited.
+    let (s, _) = c.post_raw("/api/v1/webhooks/ops/hooked/gh", &[ct, ("X-Hub-Signature-256", &sig)], b"{}");
+    assert_eq!(s, 401);
+    let (s, wrong) = c.post_raw("/api/v1/webhooks/ops/hooked/hook-key-value-7f3a91c3", &[ct], json_body);
+    let (s2, unknown) = c.post_raw(&format!("/api/v1/webhooks/ops/nosuch/{key}"), &[ct], json_body);
+    assert_eq!((s, s2), (404, 404));
+    assert_eq!(wrong, unknown, "a wrong key and a missing flow look alike");
+    // Four refusals from this address: the next request is refused unread,
+    // even with the right key.
+    let _ = c.post_raw("/api/v1/webhooks/ops/hooked/guess", &[ct], json_body);
+    let (s, _) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &[ct], json_body);
+    assert_eq!(s, 429);
+    let r = env.run(&["audit", "list", "--action", "trigger.webhook", "--json"]);
+    r.expect_code(0);
+    let records: Vec<Value> = r.json().as_array().unwrap().clone();
+    let denied = records.iter().filter(|r| r["outcome"] == "denied").count();
+    assert_eq!(denied, 4, "{records:?}");
+    assert!(r.stdout.contains("the signature does not match the body"), "{}", r.stdout);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["outcome"] == "ok" && r["secret"] == "HOOK_KEY" && r["actor"] == "hooked webhook:hook"),
+        "the record names the trigger and the secret it checked: {records:?}"
+    );
+    server.terminate(Duration::from_secs(20));
+    let log = server.log();
+    let trail = env.run(&["audit", "list", "--json"]).stdout;
+    for value in [key, signing, "task-secret-value-31", "hook-key-value-7f3a91c3"] {
+        c.assert_never_returned(value);
+        assert!(!trail.contains(value), "the audit trail holds {value}");
+        assert!(!log.contains(value), "the server log holds {value}");
+    }
+}
+
+/// Schedules: a per-second cron fires while the server runs; after a
+/// kill -9 and a few seconds down, `recover: all` queues the missed
+/// firings (the task sees `{{ trigger.missed }}`) and `recover: none`
+/// skips them, saying so in the audit trail.
+#[test]
+fn schedules_fire_on_time_and_recover_missed_firings_as_the_flow_says() {
+    let env = Env::new();
+    deploy_probe(
+        &env,
+        "ops",
+        "ticker",
+        &[],
+        json!({"action": "get", "names": ["{{ trigger.id }}-{{ trigger.missed }}"]}),
+        "triggers:\n  - {id: catchup, schedule: {cron: '* * * * * *', recover: all}}\n  \
+         - {id: skip, schedule: {cron: '* * * * * *', timezone: Europe/Paris}}\n",
+    );
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let outputs = |c: &Client| -> Vec<String> {
+        let (_, list) = c.call("GET", "/api/v1/executions?flow=ticker&limit=1000", Some(&admin), None);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["tasks"][0]["output"].as_object().and_then(|o| o.keys().next().cloned()))
+            .collect()
+    };
+    let mut server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !(outputs(&c).contains(&"catchup-false".to_owned()) && outputs(&c).contains(&"skip-false".to_owned())) {
+        assert!(Instant::now() < end, "no on-time firing of both schedules: {:?}\n{}", outputs(&c), server.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    let server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = outputs(&c);
+        let missed = seen.iter().filter(|o| *o == "catchup-true").count();
+        if missed >= 2 {
+            assert!(!seen.contains(&"skip-true".to_owned()), "recover: none queued a missed firing: {seen:?}");
+            break;
+        }
+        assert!(Instant::now() < end, "the missed firings were not recovered: {seen:?}\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = env.run(&["audit", "list", "--action", "trigger.schedule", "--json"]);
+    let skips = r.json();
+    let skip = skips.as_array().unwrap().iter().find(|r| r["actor"] == "ticker schedule:skip").expect("a skip record");
+    assert!(skip["reason"].as_str().unwrap().contains("missed while the server was down (recover: none)"), "{skip}");
+    let detail: Value = serde_json::from_str(skip["detail"].as_str().unwrap()).unwrap();
+    assert!(detail["skipped"].as_u64().unwrap() >= 2, "{skip}");
 }
 
 #[test]

@@ -101,7 +101,7 @@ fn the_layers_point_downwards() {
     let layer = |m: &str| match m {
         "names" | "secret" | "data_dir" | "db" | "limits" => 0,
         "crypto" | "keyring" | "mask" | "policy" | "authz" | "audit" | "executions" | "output" | "network"
-        | "inspect" => 1,
+        | "inspect" | "trigger" => 1,
         "store" => 2,
         "backend" | "backup" | "tokens" => 3,
         "access" | "flow" => 4,

@@ -400,9 +400,10 @@ pub struct Record {
     pub action: String,
     /// `granted`, `denied`, ...
     pub outcome: String,
-    /// `task` or `cli`.
+    /// `task`, `cli`, `token`, `server` or `trigger`.
     pub actor_kind: String,
-    /// The OS user (cli) or `flow/task` (task).
+    /// The OS user (cli), `flow/task` (task), `name (id)` (token), or
+    /// `flow schedule:ID` / `flow webhook:ID` (trigger).
     pub actor: String,
     /// Flow id, for task actors.
     pub flow: Option<String>,

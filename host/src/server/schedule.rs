@@ -91,7 +91,10 @@ fn fire(app: &App, flow: &Flow, id: &str, s: &Schedule, now: Timestamp, since: S
     let last = app.records().schedule_last(ns.as_str(), flow.id.as_str(), id).map_err(|e| err(&e))?;
     let Some(last) = last.and_then(|l| Timestamp::from_second(l).ok()) else {
         // First seen: start from now.
-        return app.records().set_schedule_last(ns.as_str(), flow.id.as_str(), id, now.as_second()).map_err(|e| err(&e));
+        return app
+            .records()
+            .set_schedule_last(ns.as_str(), flow.id.as_str(), id, now.as_second())
+            .map_err(|e| err(&e));
     };
     let due = s.due(last.max(since.deployed), now, since.up);
     let name = format!("schedule:{id}");

@@ -79,7 +79,11 @@ fn fire(
         match &w.auth {
             WebhookAuth::Signature { header, secret } if t.id.as_str() == key => {
                 let Some(value) = secret_value(app, ns, secret)? else {
-                    return refuse(Some(secret), format!("trigger {}: its signing secret is not set", t.id), not_found());
+                    return refuse(
+                        Some(secret),
+                        format!("trigger {}: its signing secret is not set", t.id),
+                        not_found(),
+                    );
                 };
                 let sent = headers.get(header.as_str()).and_then(|v| v.to_str().ok());
                 if let Err(why) = signature_matches(sent, body, value.expose().as_bytes()) {
