@@ -311,6 +311,16 @@ fn the_authorization_matrix_of_every_route_role_and_scope() {
     let auditor = &tokens.iter().find(|(r, _)| *r == "auditor").unwrap().1;
     let (_, audit) = c.call("GET", "/api/v1/audit", Some(auditor), None);
     assert!(audit.as_array().unwrap().iter().all(|r| r["namespace"].as_str().unwrap().starts_with("finance")));
+    // A limit counts what the caller may see, not what it was refused.
+    let (_, newest) = c.call("GET", "/api/v1/audit?limit=20", Some(&admin), None);
+    let foreign =
+        newest.as_array().unwrap().iter().filter(|r| !r["namespace"].as_str().unwrap().starts_with("finance"));
+    assert!(foreign.count() > 0, "the newest 20 records are not all finance's, so the next check means something");
+    let (_, page) = c.call("GET", "/api/v1/audit?limit=20", Some(auditor), None);
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 20, "an auditor scoped to finance gets 20 of its own records");
+    assert!(page.iter().all(|r| r["namespace"].as_str().unwrap().starts_with("finance")));
+    assert!(page.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()), "oldest first, no repeats");
     // No answer, to anyone, carried a value.
     for v in ["finance-secret-value-1", "marketing-secret-value-2"] {
         c.assert_never_returned(v);

@@ -37,6 +37,9 @@ pub struct Filter {
     /// At most this many (the newest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// Only records before this sequence number (to page backwards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
 }
 
 /// Lists records matching `f`, oldest first.
@@ -48,6 +51,7 @@ pub fn list(conn: &Connection, path: &Path, f: &Filter) -> Result<Vec<Record>, A
                AND (?4 IS NULL OR execution = ?4) AND (?5 IS NULL OR outcome = ?5) AND (?6 IS NULL OR action = ?6) \
                AND (?7 IS NULL OR time >= ?7) AND (?8 IS NULL OR time < ?8) \
                AND (?10 IS NULL OR actor = ?10 OR actor LIKE ?11 || ' (%' ESCAPE '\\' OR actor LIKE '% (' || ?11 || ')' ESCAPE '\\') \
+               AND (?12 IS NULL OR seq < ?12) \
              ORDER BY seq DESC LIMIT ?9) ORDER BY seq",
         )
         .map_err(sql(path, "query the audit log"))?;
@@ -67,7 +71,8 @@ pub fn list(conn: &Connection, path: &Path, f: &Filter) -> Result<Vec<Record>, A
                 f.until,
                 limit,
                 f.actor,
-                like
+                like,
+                f.before.map(|b| b as i64)
             ],
             Record::from_row,
         )

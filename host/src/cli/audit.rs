@@ -121,6 +121,7 @@ pub(crate) fn audit_filter(f: AuditFilter) -> audit::Filter {
         since: f.since,
         until: f.until,
         limit: f.limit,
+        before: None,
     }
 }
 

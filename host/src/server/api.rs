@@ -1153,15 +1153,30 @@ async fn list_audit(
     caller: Caller,
     Query(f): Query<crate::audit::Filter>,
 ) -> Result<Json<Vec<crate::audit::Record>>, ApiError> {
-    let list = blocking(&app, move |app| {
+    blocking(&app, move |app| {
         let path = app.dir.store_path();
         let conn = crate::audit::open(&path, false).map_err(|e| ApiError::Internal(e.to_string()))?;
-        crate::audit::list(&conn, &path, &f).map_err(|e| ApiError::Internal(e.to_string()))
+        let visible =
+            |r: &crate::audit::Record| Namespace::new(&r.namespace).is_ok_and(|ns| caller.may(P::AuditRead, &ns));
+        let Some(limit) = f.limit else {
+            let all = crate::audit::list(&conn, &path, &f).map_err(|e| ApiError::Internal(e.to_string()))?;
+            return Ok(Json(all.into_iter().filter(visible).collect()));
+        };
+        // The limit counts what the caller may see: page backwards until
+        // that many are found or the trail is exhausted.
+        let mut page = f.clone();
+        let mut out: Vec<crate::audit::Record> = Vec::new();
+        while (out.len() as u64) < limit {
+            page.limit = Some(limit.max(256));
+            let got = crate::audit::list(&conn, &path, &page).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let Some(first) = got.first() else { break };
+            page.before = Some(first.seq);
+            let mut seen: Vec<_> = got.into_iter().filter(visible).collect();
+            seen.append(&mut out);
+            out = seen;
+        }
+        let extra = out.len().saturating_sub(limit as usize);
+        Ok(Json(out.split_off(extra)))
     })
-    .await?;
-    Ok(Json(
-        list.into_iter()
-            .filter(|r| Namespace::new(&r.namespace).is_ok_and(|ns| caller.may(P::AuditRead, &ns)))
-            .collect(),
-    ))
+    .await
 }
