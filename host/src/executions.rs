@@ -341,15 +341,18 @@ impl Executions {
         Ok(cut)
     }
 
-    /// The inputs an execution was queued with.
-    pub fn inputs(&self, id: &str) -> Result<serde_json::Map<String, Value>, RecordError> {
-        let text: Option<String> = self
+    /// The inputs an execution was queued with, and what started it.
+    pub fn queued_with(&self, id: &str) -> Result<(serde_json::Map<String, Value>, Value), RecordError> {
+        let (inputs, trigger): (Option<String>, Option<String>) = self
             .conn
-            .query_row("SELECT inputs FROM executions WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT inputs, trigger_data FROM executions WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(self.err("read an execution"))?
             .ok_or_else(|| RecordError::NotFound(id.to_owned()))?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default())
+        let inputs = inputs.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        Ok((inputs, trigger.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)))
     }
 
     /// Stores the (masked) log of an execution.

@@ -49,6 +49,21 @@ pub struct FlowDoc {
     /// What starts the flow on a server by itself: schedules and webhooks.
     #[serde(default)]
     pub triggers: Vec<TriggerDoc>,
+    /// What a server does with an execution cut off by its crash or stop.
+    #[serde(default)]
+    pub on_interrupt: OnInterrupt,
+}
+
+/// What a server does with an execution of the flow that its crash or
+/// shutdown cut off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInterrupt {
+    /// It stays `interrupted` (the default: a task may not be safe to run twice).
+    #[default]
+    Fail,
+    /// A new execution of the same revision, inputs and trigger is queued.
+    Requeue,
 }
 
 /// One declared input.
@@ -142,6 +157,8 @@ pub struct Flow {
     pub tasks: Vec<FlowTask>,
     /// Schedules and webhooks.
     pub triggers: Vec<Trigger>,
+    /// What a server does with an execution its crash or stop cut off.
+    pub on_interrupt: OnInterrupt,
     /// Where it came from.
     pub source: String,
 }
@@ -410,7 +427,8 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         return Err(diags);
     }
     let (Some(id), Some(namespace)) = (id, namespace) else { unreachable!("errors were reported above") };
-    Ok((Flow { id, namespace, inputs: doc.inputs, tasks, triggers, source: file.to_owned() }, diags))
+    let on_interrupt = doc.on_interrupt;
+    Ok((Flow { id, namespace, inputs: doc.inputs, tasks, triggers, on_interrupt, source: file.to_owned() }, diags))
 }
 
 fn kind_matches(kind: InputKind, v: &Value) -> bool {

@@ -533,6 +533,29 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     }
     let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
     assert!(r.stdout.contains(&ids[0]) && r.stdout.contains(r#"\"requeued\":false"#), "{}", r.stdout);
+    // A flow that says `on_interrupt: requeue` gets a new execution of the
+    // same revision and inputs; the trail says which.
+    deploy_probe(&env, "ops", "again", &[], json!({"action": "sleep", "secs": 2}), "on_interrupt: requeue\n");
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/again", Some(&admin), Some(&json!({})));
+    let cut = v["id"].as_str().unwrap().to_owned();
+    while c.call("GET", &format!("/api/v1/executions/{cut}"), Some(&admin), None).1["tasks"][0]["status"] != "running" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+    let mut server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    assert_eq!(wait_ended(&c, &admin, &cut, Duration::from_secs(5))["status"], "interrupted");
+    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
+    let rec =
+        r.json().as_array().unwrap().iter().find(|x| x["detail"].as_str().unwrap().contains(&cut)).cloned().unwrap();
+    let detail: Value = serde_json::from_str(rec["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["requeued"], true, "{rec}");
+    let again = detail["requeued_as"].as_str().unwrap();
+    let rec = wait_ended(&c, &admin, again, Duration::from_secs(30));
+    assert_eq!(
+        (rec["status"].as_str(), rec["trigger"].as_str()),
+        (Some("succeeded"), Some(&*format!("requeue:{cut}")))
+    );
     // SIGTERM: the running execution finishes, then the server exits 0.
     let (_, v) = c.call("POST", "/api/v1/executions/ops/nap", Some(&admin), Some(&json!({})));
     let id = v["id"].as_str().unwrap().to_owned();

@@ -164,6 +164,7 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler:
             literal_input: true,
         }],
         triggers: Vec::new(),
+        on_interrupt: Default::default(),
         source: args.plugin.display().to_string(),
     };
     let (plugins, notes) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;

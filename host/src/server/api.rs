@@ -980,6 +980,23 @@ impl Origin {
     }
 }
 
+/// A new `queued` record of `flow` at `revision`, for `origin`.
+pub fn queued_record(flow: &crate::flow::Flow, revision: u64, origin: &Origin) -> ExecutionRecord {
+    ExecutionRecord {
+        id: ExecutionId::generate().to_string(),
+        flow: flow.id.to_string(),
+        namespace: flow.namespace.as_str().to_owned(),
+        source: flow.source.clone(),
+        status: "queued".into(),
+        started: now_rfc3339(),
+        ended: None,
+        tasks: crate::run::pending_tasks(flow),
+        trigger: Some(origin.trigger.clone()),
+        revision: Some(revision),
+        created_by: Some(origin.by.clone()),
+    }
+}
+
 /// Queues an execution of `ns/flow` (the API, webhooks and schedules);
 /// returns the record and whether it is new. Audited before it is queued.
 pub fn queue_execution(
@@ -992,21 +1009,8 @@ pub fn queue_execution(
     let (deployed, flow) = app.registry().current(ns, flow_id)?;
     let inputs =
         crate::flow::bind_json_inputs(&flow, inputs).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
-    let id = ExecutionId::generate();
-    let trigger = &origin.trigger;
-    let record = ExecutionRecord {
-        id: id.to_string(),
-        flow: flow.id.to_string(),
-        namespace: ns.as_str().to_owned(),
-        source: flow.source.clone(),
-        status: "queued".into(),
-        started: now_rfc3339(),
-        ended: None,
-        tasks: crate::run::pending_tasks(&flow),
-        trigger: Some(trigger.clone()),
-        revision: Some(deployed.revision),
-        created_by: Some(origin.by.clone()),
-    };
+    let record = queued_record(&flow, deployed.revision, origin);
+    let (id, trigger) = (&record.id, &origin.trigger);
     let rec = NewRecord::ok(&origin.actor, Action::ExecutionCreate, ns, None)
         .reason(format!("execution {id} of flow {flow_id} revision {} ({trigger})", deployed.revision))
         .detail_field("execution", id.to_string())

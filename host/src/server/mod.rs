@@ -24,7 +24,9 @@ pub mod worker;
 use crate::audit::{Action, Actor, AuditLog, NewRecord, now_rfc3339};
 use crate::backend::Router as Secrets;
 use crate::data_dir::DataDir;
+use crate::executions::ExecutionRecord;
 use crate::executions::Executions;
+use crate::flow::OnInterrupt;
 use crate::names::Namespace;
 use crate::registry::Registry;
 use crate::runtime::{Compiler, Runtime, RuntimeOptions};
@@ -199,18 +201,51 @@ impl App {
     }
 
     /// After a crash or kill: executions left `running` are recorded as
-    /// interrupted (and audited). Queued ones stay queued and run.
+    /// interrupted (and audited), and re-queued where their flow says
+    /// `on_interrupt: requeue`. Queued ones stay queued and run.
     pub fn recover(&self) -> Result<usize, ServeError> {
         let cut = self.records().interrupt_running(&now_rfc3339()).map_err(|e| ServeError::Refused(e.to_string()))?;
         for r in &cut {
-            let ns = Namespace::new(&r.namespace).unwrap_or_default();
-            let rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
-                .reason(format!("execution {} of flow {} was running when the server stopped", r.id, r.flow))
-                .detail_field("execution", r.id.clone())
-                .detail_field("requeued", false);
-            self.record(rec).map_err(|e| ServeError::Refused(format!("cannot audit the recovery: {e}")))?;
+            self.interrupted(r, "was running when the server stopped")
+                .map_err(|e| ServeError::Refused(format!("cannot audit the recovery: {e}")))?;
         }
         Ok(cut.len())
+    }
+
+    /// Audits that `r` was cut off (`why`) and, if its flow's revision says
+    /// `on_interrupt: requeue`, queues a new execution of that revision with
+    /// the same inputs and trigger (once: keyed by the interrupted id).
+    pub fn interrupted(&self, r: &ExecutionRecord, why: &str) -> Result<(), crate::audit::AuditError> {
+        let ns = Namespace::new(&r.namespace).unwrap_or_default();
+        let flow = r.revision.and_then(|rev| self.registry().revision(&ns, &r.flow, rev).ok().map(|f| (rev, f)));
+        let requeue = flow.filter(|(_, f)| f.on_interrupt == OnInterrupt::Requeue);
+        let again = requeue.as_ref().map(|(rev, f)| {
+            let origin = api::Origin {
+                actor: Actor::Server,
+                by: "host serve (requeue)".into(),
+                trigger: format!("requeue:{}", r.id),
+                context: serde_json::Value::Null,
+                idempotency_key: Some(format!("requeue:{}", r.id)),
+            };
+            (api::queued_record(f, *rev, &origin), origin)
+        });
+        let mut rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
+            .reason(format!("execution {} of flow {} {why}", r.id, r.flow))
+            .detail_field("execution", r.id.clone())
+            .detail_field("requeued", again.is_some());
+        if let Some((new, _)) = &again {
+            rec = rec.detail_field("requeued_as", new.id.clone());
+        }
+        self.record(rec)?;
+        if let Some((new, origin)) = again {
+            let (inputs, trigger) = self.records().queued_with(&r.id).unwrap_or_default();
+            let origin = api::Origin { context: trigger, ..origin };
+            match self.records().enqueue(&new, &inputs, &origin.context, origin.idempotency_key.as_deref()) {
+                Ok(_) => self.wake(),
+                Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),
+            }
+        }
+        Ok(())
     }
 }
 

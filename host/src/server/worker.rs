@@ -7,7 +7,7 @@
 //! before it is stored; a worker takes nothing new once the server stops.
 
 use super::App;
-use crate::audit::{Action, Actor, NewRecord, now_rfc3339};
+use crate::audit::now_rfc3339;
 use crate::exec::{Cancel, ExecutionEnv};
 use crate::executions::{ExecutionRecord, Queued, TaskStatus};
 use crate::mask::MaskSet;
@@ -88,12 +88,7 @@ async fn run(app: &Arc<App>, q: Queued) {
     if app.interrupting.load(Ordering::SeqCst) && rec.status == "cancelled" {
         rec.status = "interrupted".into();
         let _ = app.records().save(&rec);
-        let ns = Namespace::new(&rec.namespace).unwrap_or_default();
-        let audit = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
-            .reason(format!("execution {id} of flow {} was cut off by the server's shutdown timeout", rec.flow))
-            .detail_field("execution", id.clone())
-            .detail_field("requeued", false);
-        if let Err(e) = app.record(audit) {
+        if let Err(e) = app.interrupted(&rec, "was cut off by the server's shutdown timeout") {
             tracing::error!("cannot audit the interruption of {id}: {e}");
         }
     }
