@@ -343,7 +343,8 @@ fn ceil_second(t: Timestamp) -> Timestamp {
 /// is not walked second by second.
 const MAX_SCAN: usize = 10_000;
 
-/// What `{{ trigger }}` holds for an execution started by `by`.
+/// What `{{ trigger }}` holds: `{"type": kind, "id": id}` plus `extra`
+/// (a webhook's body and headers, a schedule's date).
 pub fn context(kind: &str, id: Option<&str>, extra: Map<String, Value>) -> Value {
     let mut v = json!({ "type": kind });
     if let Some(id) = id {

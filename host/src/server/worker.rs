@@ -69,8 +69,7 @@ async fn run(app: &Arc<App>, q: Queued) {
     }
     let log = LogBuffer::default();
     let masks = Arc::new(MaskSet::new());
-    let begin = Start { execution: ExecutionId::generate(), inputs: q.inputs, trigger: q.trigger };
-    let outcome = start(app, &rec, begin, &log, masks.clone(), cancel.clone()).await;
+    let outcome = start(app, &rec, (q.inputs, q.trigger), &log, masks.clone(), cancel.clone()).await;
     if let Err(message) = outcome {
         // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
         for t in &mut rec.tasks {
@@ -105,7 +104,7 @@ async fn run(app: &Arc<App>, q: Queued) {
 async fn start(
     app: &Arc<App>,
     rec: &ExecutionRecord,
-    mut begin: Start,
+    (inputs, trigger): (serde_json::Map<String, serde_json::Value>, serde_json::Value),
     log: &LogBuffer,
     masks: Arc<MaskSet>,
     cancel: Cancel,
@@ -122,7 +121,8 @@ async fn start(
         pins: Default::default(),
         cancel,
     };
-    begin.execution = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
+    let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
+    let begin = Start { execution, inputs, trigger };
     let records = crate::executions::Executions::open(&app.dir.store_path()).map_err(|e| e.to_string())?;
     let report = run_flow(&app.runtime, &env, &flow, &plugins, begin, &records).await;
     tracing::info!("execution {} of {} ended {}", report.record.id, rec.flow, report.record.status);
