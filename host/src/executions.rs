@@ -89,6 +89,11 @@ pub enum RecordError {
 
 const COLUMNS: &str = "id, flow, namespace, source, status, started, ended, tasks, trigger, revision, created_by";
 
+/// A JSON text column (inputs, trigger data): empty when NULL or unreadable.
+fn json_column<T: serde::de::DeserializeOwned + Default>(text: Option<String>) -> T {
+    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+}
+
 /// An execution queued on a server, as a worker takes it.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -245,9 +250,7 @@ impl Executions {
             .optional()
             .map_err(self.err("take a queued execution"))?;
         let Some((id, inputs, trigger)) = id else { return Ok(None) };
-        let inputs = inputs.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        let trigger = trigger.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-        Ok(Some(Queued { record: self.get(&id)?, inputs, trigger }))
+        Ok(Some(Queued { record: self.get(&id)?, inputs: json_column(inputs), trigger: json_column(trigger) }))
     }
 
     /// Asks an execution to stop: a queued one is cancelled here, a running
@@ -351,8 +354,7 @@ impl Executions {
             .optional()
             .map_err(self.err("read an execution"))?
             .ok_or_else(|| RecordError::NotFound(id.to_owned()))?;
-        let inputs = inputs.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Ok((inputs, trigger.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)))
+        Ok((json_column(inputs), json_column(trigger)))
     }
 
     /// Stores the (masked) log of an execution.

@@ -427,8 +427,16 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         return Err(diags);
     }
     let (Some(id), Some(namespace)) = (id, namespace) else { unreachable!("errors were reported above") };
-    let on_interrupt = doc.on_interrupt;
-    Ok((Flow { id, namespace, inputs: doc.inputs, tasks, triggers, on_interrupt, source: file.to_owned() }, diags))
+    let flow = Flow {
+        id,
+        namespace,
+        inputs: doc.inputs,
+        tasks,
+        triggers,
+        on_interrupt: doc.on_interrupt,
+        source: file.to_owned(),
+    };
+    Ok((flow, diags))
 }
 
 fn kind_matches(kind: InputKind, v: &Value) -> bool {

@@ -980,8 +980,9 @@ impl Origin {
     }
 }
 
-/// A new `queued` record of `flow` at `revision`, for `origin`.
-pub fn queued_record(flow: &crate::flow::Flow, revision: u64, origin: &Origin) -> ExecutionRecord {
+/// A new `queued` record of `flow` at `revision`, started by `trigger`
+/// (`api`, `webhook:ID`, ...) on behalf of `by`.
+pub fn queued_record(flow: &crate::flow::Flow, revision: u64, trigger: &str, by: &str) -> ExecutionRecord {
     ExecutionRecord {
         id: ExecutionId::generate().to_string(),
         flow: flow.id.to_string(),
@@ -991,9 +992,9 @@ pub fn queued_record(flow: &crate::flow::Flow, revision: u64, origin: &Origin) -
         started: now_rfc3339(),
         ended: None,
         tasks: crate::run::pending_tasks(flow),
-        trigger: Some(origin.trigger.clone()),
+        trigger: Some(trigger.to_owned()),
         revision: Some(revision),
-        created_by: Some(origin.by.clone()),
+        created_by: Some(by.to_owned()),
     }
 }
 
@@ -1009,7 +1010,7 @@ pub fn queue_execution(
     let (deployed, flow) = app.registry().current(ns, flow_id)?;
     let inputs =
         crate::flow::bind_json_inputs(&flow, inputs).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
-    let record = queued_record(&flow, deployed.revision, origin);
+    let record = queued_record(&flow, deployed.revision, &origin.trigger, &origin.by);
     let (id, trigger) = (&record.id, &origin.trigger);
     let rec = NewRecord::ok(&origin.actor, Action::ExecutionCreate, ns, None)
         .reason(format!("execution {id} of flow {flow_id} revision {} ({trigger})", deployed.revision))

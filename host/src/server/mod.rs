@@ -217,30 +217,23 @@ impl App {
     /// the same inputs and trigger (once: keyed by the interrupted id).
     pub fn interrupted(&self, r: &ExecutionRecord, why: &str) -> Result<(), crate::audit::AuditError> {
         let ns = Namespace::new(&r.namespace).unwrap_or_default();
-        let flow = r.revision.and_then(|rev| self.registry().revision(&ns, &r.flow, rev).ok().map(|f| (rev, f)));
+        let flow = r.revision.and_then(|rev| Some((rev, self.registry().revision(&ns, &r.flow, rev).ok()?)));
         let requeue = flow.filter(|(_, f)| f.on_interrupt == OnInterrupt::Requeue);
-        let again = requeue.as_ref().map(|(rev, f)| {
-            let origin = api::Origin {
-                actor: Actor::Server,
-                by: "host serve (requeue)".into(),
-                trigger: format!("requeue:{}", r.id),
-                context: serde_json::Value::Null,
-                idempotency_key: Some(format!("requeue:{}", r.id)),
-            };
-            (api::queued_record(f, *rev, &origin), origin)
-        });
+        let again =
+            requeue.map(|(rev, f)| api::queued_record(&f, rev, &format!("requeue:{}", r.id), "host serve (requeue)"));
         let mut rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
             .reason(format!("execution {} of flow {} {why}", r.id, r.flow))
             .detail_field("execution", r.id.clone())
             .detail_field("requeued", again.is_some());
-        if let Some((new, _)) = &again {
+        if let Some(new) = &again {
             rec = rec.detail_field("requeued_as", new.id.clone());
         }
         self.record(rec)?;
-        if let Some((new, origin)) = again {
+        if let Some(new) = again {
+            // Same inputs and trigger data; keyed by the old id, so at most once.
             let (inputs, trigger) = self.records().queued_with(&r.id).unwrap_or_default();
-            let origin = api::Origin { context: trigger, ..origin };
-            match self.records().enqueue(&new, &inputs, &origin.context, origin.idempotency_key.as_deref()) {
+            let key = format!("requeue:{}", r.id);
+            match self.records().enqueue(&new, &inputs, &trigger, Some(&key)) {
                 Ok(_) => self.wake(),
                 Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),
             }
