@@ -578,6 +578,108 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     assert_eq!(env.run(&["executions", "show", &id, "--json"]).json()["status"], "interrupted");
 }
 
+/// Opens `GET /api/v1/executions/{id}/follow` and hands each server-sent
+/// event (name, JSON data, the raw bytes of the event) to the channel as it
+/// arrives; the channel closes with the stream.
+fn follow(server: &Server, token: &str, id: &str) -> std::sync::mpsc::Receiver<(String, Value, String)> {
+    let url = format!("{}/api/v1/executions/{id}/follow", server.base);
+    let resp = ureq::get(&url).header("Authorization", &format!("Bearer {token}")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(resp.into_body().into_reader());
+        let (mut name, mut data, mut raw) = (String::new(), String::new(), String::new());
+        for line in reader.lines().map_while(Result::ok) {
+            raw.push_str(&line);
+            raw.push('\n');
+            if line.is_empty() {
+                if !name.is_empty()
+                    && tx.send((name.clone(), serde_json::from_str(&data).unwrap(), raw.clone())).is_err()
+                {
+                    return;
+                }
+                (name, data, raw) = (String::new(), String::new(), String::new());
+            } else if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push_str(d);
+            }
+        }
+    });
+    rx
+}
+
+/// Following an execution: its status as it changes and its log lines as
+/// tasks write them, masked, while it runs; the stored log for one that
+/// ended; the remote CLI prints the same and exits as `run` would; a
+/// revoked token's stream closes; SIGTERM closes every stream.
+#[test]
+fn follow_streams_status_and_masked_log_lines_while_the_execution_runs() {
+    let env = Env::new();
+    env.set_secret("ops", "PW", "follow-secret-91");
+    let sleep = format!(
+        "  - id: nap\n    plugin: {}\n    input: {{\"action\": \"sleep\", \"secs\": 3}}\n",
+        component(Plugin::Probe).display()
+    );
+    let print = json!({"action": "print", "get": "PW", "text": "before follow-secret-91 after"});
+    deploy_probe(&env, "ops", "talk", &["PW"], print, &sleep);
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let bot = token(&env, "bot", "runner", "ops", &[]);
+    let outsider = token(&env, "other", "runner", "finance", &[]);
+    let mut server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/talk", Some(&admin), Some(&json!({})));
+    let id = v["id"].as_str().unwrap().to_owned();
+    let events: Vec<(String, Value, String)> = follow(&server, &bot, &id).iter().collect();
+    let names: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    let raw: String = events.iter().map(|e| e.2.as_str()).collect();
+    assert!(!raw.contains("follow-secret-91"), "a value crossed the stream:\n{raw}");
+    assert_eq!(names.last(), Some(&"end"), "{raw}");
+    assert_eq!(events.last().unwrap().1["status"], "succeeded", "{raw}");
+    // The printed line came while the second task was still running.
+    let line = events.iter().position(|e| e.0 == "log" && e.1["text"].as_str().unwrap().contains("before *** after"));
+    let line = line.unwrap_or_else(|| panic!("no masked log line:\n{raw}"));
+    let running_after = events[line..].iter().any(|e| e.0 == "status" && e.1["tasks"][1]["status"] == "running");
+    assert!(running_after, "the log line was not sent while the execution ran:\n{raw}");
+    assert!(names.iter().filter(|n| **n == "status").count() >= 2, "{names:?}");
+    // Following an ended execution: its stored log, then the end.
+    let again: Vec<_> = follow(&server, &bot, &id).iter().collect();
+    let text: String = again.iter().filter(|e| e.0 == "log").map(|e| e.1["text"].as_str().unwrap()).collect();
+    assert!(text.contains("before *** after") && !text.contains("follow-secret-91"), "{again:?}");
+    assert_eq!(again.last().unwrap().0, "end");
+    // Outside the token's namespace: refused before any event.
+    let (s, _) = c.call("GET", &format!("/api/v1/executions/{id}/follow"), Some(&outsider), None);
+    assert_eq!(s, 403);
+    // The remote CLI: the log on stderr, the outcome on stdout, run's exit code.
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", &bot).env("KEYHOLE_HOME", env.home().join("client"));
+    cmd.args(["executions", "follow", &id]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(0);
+    assert!(r.stderr.contains("before *** after") && r.stdout.contains("succeeded"), "{r:#?}");
+    assert!(!r.stderr.contains("follow-secret-91") && !r.stdout.contains("follow-secret-91"), "{r:#?}");
+    // A revoked token's stream closes; so does every stream at SIGTERM.
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/talk", Some(&admin), Some(&json!({})));
+    let second = v["id"].as_str().unwrap().to_owned();
+    let by_bot = follow(&server, &bot, &second);
+    let by_admin = follow(&server, &admin, &second);
+    assert_eq!(by_bot.recv().unwrap().0, "status");
+    let (s, _) = c.call("DELETE", "/api/v1/tokens/bot", Some(&admin), None);
+    assert_eq!(s, 200);
+    let closed = by_bot.iter().last().unwrap();
+    assert_eq!(closed.0, "closed", "{closed:?}");
+    assert!(closed.1["error"].as_str().unwrap().contains("revoked"), "{closed:?}");
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/talk", Some(&admin), Some(&json!({})));
+    let queued = v["id"].as_str().unwrap().to_owned();
+    let waiting = follow(&server, &admin, &queued);
+    assert_eq!(waiting.recv().unwrap().1["status"], "queued");
+    assert!(server.terminate(Duration::from_secs(20)).success(), "{}", server.log());
+    let last = waiting.iter().last().unwrap();
+    assert!(last.0 == "closed" && last.1["error"].as_str().unwrap().contains("stopping"), "{last:?}");
+    assert!(matches!(by_admin.iter().last().unwrap().0.as_str(), "closed" | "end"));
+}
+
 /// Webhooks: a key in the URL, or a GitHub-style signature of the body; the
 /// body and chosen headers reach the task as `{{ trigger.* }}`; a wrong
 /// key, flow or signature is refused, audited and counted as a guess; no

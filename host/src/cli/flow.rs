@@ -108,6 +108,16 @@ pub(crate) enum ExecutionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Follow an execution to its end: its log (masked) on stderr as it is
+    /// written, then the outcome as `show` prints it; the exit code is the
+    /// one `run` would give.
+    Follow {
+        /// Execution id.
+        id: String,
+        /// Print the final record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel an execution on the server ($KEYHOLE_ADDR): a queued one never
     /// runs, a running one is interrupted.
     Cancel {
@@ -286,6 +296,21 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
                 write_execution(&mut out, &r).map_err(stdout_err)?;
             }
         }
+        ExecutionsCommand::Follow { id, json } => {
+            // A server on this data directory may be running it: wait for
+            // the record to end, then print the stored log.
+            let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
+            let record = loop {
+                let r = records.get(id.as_str())?;
+                if keyhole::executions::ENDED.contains(&r.status.as_str()) {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            drop(out);
+            eprint!("{}", records.log(id.as_str())?);
+            return finish(&record, json);
+        }
         ExecutionsCommand::Cancel { .. } => unreachable!("refused above"),
     }
     Ok(())
@@ -305,24 +330,44 @@ fn remote_run(r: &super::remote::Remote, args: RunArgs) -> Result<(), Exit> {
     let queued = r.send(&format!("run flow {id}"), "POST", &path, &Value::Object(inputs), &[])?;
     let exec_id = queued.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
     eprintln!("[{id}] execution {exec_id} queued on the server");
-    let record: ExecutionRecord = loop {
-        let v = r.get("follow the execution", &format!("/api/v1/executions/{exec_id}"))?;
-        let rec: ExecutionRecord = serde_json::from_value(v)
-            .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not an execution: {e}")))?;
-        if keyhole::executions::ENDED.contains(&rec.status.as_str()) {
-            break rec;
+    remote_follow(r, &exec_id, args.json)
+}
+
+/// Follows execution `id` on the server to its end: its log on stderr as it
+/// is written, then [`finish`].
+fn remote_follow(r: &super::remote::Remote, id: &str, json: bool) -> Result<(), Exit> {
+    let mut end: Option<Value> = None;
+    let mut closed: Option<String> = None;
+    r.events("follow the execution", &format!("/api/v1/executions/{id}/follow"), |event, data| {
+        match event {
+            "log" => eprint!("{}", data.get("text").and_then(Value::as_str).unwrap_or_default()),
+            "end" => end = Some(data),
+            "closed" => closed = Some(data.get("error").and_then(Value::as_str).unwrap_or("closed").to_owned()),
+            _ => return Ok(true),
         }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    if let Ok(Value::String(log)) = r.get("read the log", &format!("/api/v1/executions/{exec_id}/log")) {
-        eprint!("{log}");
+        Ok(end.is_none() && closed.is_none())
+    })?;
+    if let Some(why) = closed {
+        return Err(fail(
+            HOST,
+            anyhow::anyhow!("stopped following execution {id}: {why} (`host executions follow {id}` goes on)"),
+        ));
     }
+    let record: ExecutionRecord = serde_json::from_value(end.unwrap_or_default())
+        .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not an execution: {e}")))?;
+    finish(&record, json)
+}
+
+/// Prints an ended execution as `show` does and turns its outcome into
+/// `run`'s exit code.
+fn finish(record: &ExecutionRecord, json: bool) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
-    if args.json {
-        print_json(&mut out, &record)?;
+    if json {
+        print_json(&mut out, record)?;
     } else {
-        write_execution(&mut out, &record).map_err(stdout_err)?;
+        write_execution(&mut out, record).map_err(stdout_err)?;
     }
+    let (id, flow) = (&record.id, &record.flow);
     match record.status.as_str() {
         "succeeded" => Ok(()),
         "failed" => {
@@ -330,9 +375,9 @@ fn remote_run(r: &super::remote::Remote, args: RunArgs) -> Result<(), Exit> {
             let returned = failed.and_then(|t| t.error.as_deref()).is_some_and(|e| e.starts_with("task failed:"));
             let task = failed.map_or("-", |t| t.id.as_str());
             let code = if returned { TASK_ERROR } else { PLUGIN_FAILED };
-            Err(fail(code, anyhow::anyhow!("flow {id} failed at task {task}")))
+            Err(fail(code, anyhow::anyhow!("flow {flow} failed at task {task}")))
         }
-        other => Err(fail(HOST, anyhow::anyhow!("execution {exec_id} of flow {id} ended {other}"))),
+        other => Err(fail(HOST, anyhow::anyhow!("execution {id} of flow {flow} ended {other}"))),
     }
 }
 
@@ -372,6 +417,10 @@ fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Resul
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
             let rec = decode(r.get("show the execution", &format!("/api/v1/executions/{id}"))?)?;
             if json { print_json(&mut out, &rec) } else { write_execution(&mut out, &rec).map_err(stdout_err) }
+        }
+        ExecutionsCommand::Follow { id, json } => {
+            let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
+            remote_follow(r, id.as_str(), json)
         }
         ExecutionsCommand::Cancel { id } => {
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;

@@ -128,6 +128,68 @@ impl Remote {
         self.answer(what, r)
     }
 
+    /// `GET path` as server-sent events: calls `on` with each event's name
+    /// and JSON data until `on` answers `false`. The stream has no time
+    /// limit; a line longer than 4 MiB is an error.
+    pub(crate) fn events(
+        &self,
+        what: &str,
+        path: &str,
+        mut on: impl FnMut(&str, Value) -> Result<bool, Exit>,
+    ) -> Result<(), Exit> {
+        use std::io::{BufRead, Read};
+        const MAX_LINE: u64 = 4 << 20;
+        let r = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", self.auth())
+            .header("Accept", "text/event-stream")
+            .config()
+            .timeout_global(None)
+            .build()
+            .call();
+        let resp =
+            r.map_err(|e| fail(HOST, anyhow::anyhow!("{what}: cannot reach the server at {}: {e}", self.base)))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let err = self.answer(what, Ok(resp)).err();
+            return Err(err.unwrap_or_else(|| fail(HOST, anyhow::anyhow!("{what}: the server answered {status}"))));
+        }
+        let lost = |e: std::io::Error| fail(HOST, anyhow::anyhow!("{what}: the stream from the server broke: {e}"));
+        let mut reader = std::io::BufReader::new(resp.into_body().into_reader());
+        let (mut event, mut data, mut line) = (String::new(), String::new(), Vec::new());
+        loop {
+            line.clear();
+            let n = Read::by_ref(&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line).map_err(lost)?;
+            if n == 0 {
+                return Err(fail(HOST, anyhow::anyhow!("{what}: the server closed the stream before the end")));
+            }
+            if n as u64 > MAX_LINE {
+                return Err(fail(HOST, anyhow::anyhow!("{what}: the server sent a line over {MAX_LINE} bytes")));
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.is_empty() {
+                if !event.is_empty() || !data.is_empty() {
+                    let value = serde_json::from_str(&data).unwrap_or_else(|_| Value::String(data.clone()));
+                    if !on(&event, value)? {
+                        return Ok(());
+                    }
+                }
+                event.clear();
+                data.clear();
+            } else if let Some(name) = text.strip_prefix("event:") {
+                event = name.trim_start().to_owned();
+            } else if let Some(more) = text.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(more.strip_prefix(' ').unwrap_or(more));
+            }
+            // Comments (`:` keep-alives) and other fields are ignored.
+        }
+    }
+
     /// `PUT path` with raw bytes of `content_type`.
     pub(crate) fn put_bytes(&self, what: &str, path: &str, content_type: &str, bytes: &[u8]) -> Result<Value, Exit> {
         let r = self

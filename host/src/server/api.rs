@@ -241,6 +241,14 @@ pub static ROUTES: &[Route] = &[
         get(execution_log)
     ),
     route!(
+        "GET",
+        "/api/v1/executions/{id}/follow",
+        Some(P::ExecutionRead),
+        Execution,
+        "Server-sent events until the execution ends: `status` (the record, when it changes), `log` (masked lines as they are written), `end` (the final record), or `closed`.",
+        get(super::follow::follow)
+    ),
+    route!(
         "POST",
         "/api/v1/executions/{id}/cancel",
         Some(P::ExecutionCancel),
@@ -1136,9 +1144,9 @@ async fn cancel_execution(
         app.record(audit).map_err(audit_failed)?;
         let outcome = app.records().request_cancel(&id, &now_rfc3339())?;
         if outcome == CancelOutcome::Stopping
-            && let Some(c) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+            && let Some(r) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
         {
-            c.cancel();
+            r.cancel.cancel();
         }
         let status = match outcome {
             CancelOutcome::Dequeued => "cancelled",

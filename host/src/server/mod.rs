@@ -16,6 +16,7 @@
 //! directory (`server.lock`).
 
 pub mod api;
+pub mod follow;
 pub mod listen;
 pub mod schedule;
 pub mod webhook;
@@ -90,8 +91,9 @@ pub struct App {
     tokens: Mutex<Tokens>,
     registry: Mutex<Registry>,
     records: Mutex<Executions>,
-    /// Cancel handles of running executions, by id.
-    pub running: Mutex<HashMap<String, crate::exec::Cancel>>,
+    /// Running executions (cancel handle, live log), by id; an execution
+    /// leaves it only after its record and masked log are stored.
+    pub running: Mutex<HashMap<String, worker::Running>>,
     /// Woken when an execution is queued.
     queue: (Mutex<u64>, Condvar),
     /// Bumped when an execution ends (waiters re-read its record).
@@ -308,7 +310,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
         let router = api::router(app.clone());
         let make = router.into_make_service_with_connect_info::<listen::Peer>();
         axum::serve(listener, make)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown_signal(app.clone()))
             .await
             .map_err(|e| ServeError::Io(format!("the server failed: {e}")))
     });
@@ -321,13 +323,17 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     result
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT, then stops the workers taking work, so that
+/// the open follow streams close and the HTTP side can finish.
+async fn shutdown_signal(app: Arc<App>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    app.stopping.store(true, Ordering::SeqCst);
+    app.wake();
     eprintln!("stopping: no new requests; running executions may finish");
 }
 
@@ -340,7 +346,7 @@ fn drain(app: &Arc<App>, timeout: Duration) {
     while !lock(&app.running).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left: Vec<_> = lock(&app.running).values().cloned().collect();
+    let left: Vec<_> = lock(&app.running).values().map(|r| r.cancel.clone()).collect();
     if !left.is_empty() {
         eprintln!("shutdown timeout: interrupting {} running execution(s)", left.len());
         app.interrupting.store(true, Ordering::SeqCst);

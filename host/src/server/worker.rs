@@ -40,9 +40,29 @@ pub fn spawn(app: Arc<App>, i: usize) -> JoinHandle<()> {
         .expect("cannot start a worker thread")
 }
 
+/// What a running execution shares with the rest of the server: the handle
+/// that cancels it, and its log and masks for those following it.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Cancels the execution.
+    pub cancel: Cancel,
+    /// Its log so far (each task's bytes already masked when written).
+    pub log: LogBuffer,
+    /// The values it has read, to mask again whatever is sent.
+    pub masks: Arc<MaskSet>,
+}
+
 /// A `Write` that collects an execution's log in memory.
 #[derive(Debug, Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    /// The bytes written after the first `offset`.
+    pub fn since(&self, offset: usize) -> Vec<u8> {
+        let b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        b.get(offset..).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+}
 
 impl std::io::Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -62,13 +82,14 @@ async fn run(app: &Arc<App>, q: Queued) {
     let mut rec = q.record;
     let id = rec.id.clone();
     let cancel = Cancel::default();
-    app.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cancel.clone());
+    let log = LogBuffer::default();
+    let masks = Arc::new(MaskSet::new());
+    let running = Running { cancel: cancel.clone(), log: log.clone(), masks: masks.clone() };
+    app.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), running);
     // A cancel that came between the claim and now.
     if app.records().cancel_requested(&id).unwrap_or(false) {
         cancel.cancel();
     }
-    let log = LogBuffer::default();
-    let masks = Arc::new(MaskSet::new());
     let outcome = start(app, &rec, (q.inputs, q.trigger), &log, masks.clone(), cancel.clone()).await;
     if let Err(message) = outcome {
         // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
