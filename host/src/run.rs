@@ -31,7 +31,11 @@ pub fn prepare(runtime: &Runtime, flow: &Flow) -> Result<(Vec<Plugin>, Diagnosti
         let mut error = |message: String| {
             found.push(Diagnostic { severity: Severity::Error, location: location.clone(), message });
         };
-        let plugin = match runtime.load(&t.plugin) {
+        let loaded = match &t.sha256 {
+            Some(pin) => runtime.load_pinned(&t.plugin, pin),
+            None => runtime.load(&t.plugin),
+        };
+        let plugin = match loaded {
             Ok(p) => p,
             Err(e) => {
                 error(e.to_string());
@@ -41,6 +45,7 @@ pub fn prepare(runtime: &Runtime, flow: &Flow) -> Result<(Vec<Plugin>, Diagnosti
         let how = match plugin.loaded_from {
             LoadedFrom::Cache => "loaded from the compiled cache",
             LoadedFrom::Compiled => "compiled",
+            LoadedFrom::Memory => "already loaded",
         };
         tracing::info!("plugin {} {how} (sha256 {})", plugin.origin, plugin.sha256);
         if let Some(pin) = &t.sha256

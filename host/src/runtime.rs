@@ -16,6 +16,7 @@
 
 use crate::capability::{self, TaskState};
 use crate::sandbox::bindings::TaskPre;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,6 +107,8 @@ pub enum LoadedFrom {
     Compiled,
     /// Loaded from the compiled-plugin cache.
     Cache,
+    /// Already loaded by this process, under the same SHA-256 pin.
+    Memory,
 }
 
 pub use crate::inspect::Shape;
@@ -146,7 +149,13 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     engine_key: String,
     pub(crate) pooling: bool,
+    /// Plugins this process loaded, by SHA-256: a pinned plugin is read,
+    /// hashed and deserialized once, not once per execution.
+    loaded: std::sync::Mutex<HashMap<String, Plugin>>,
 }
+
+/// At most this many plugins stay loaded in memory.
+const MAX_LOADED: usize = 64;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,7 +205,14 @@ impl Runtime {
             })
             .map_err(|e| wasmtime::format_err!("cannot start the epoch thread: {e}"))?;
 
-        Ok(Arc::new(Runtime { engine, linker, cache_dir: options.cache_dir, engine_key, pooling: options.pooling }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache_dir: options.cache_dir,
+            engine_key,
+            pooling: options.pooling,
+            loaded: Default::default(),
+        }))
     }
 
     /// The engine.
@@ -209,6 +225,30 @@ impl Runtime {
         let bytes = crate::data_dir::read_bounded(path, MAX_PLUGIN_BYTES)
             .map_err(|err| LoadError::Read { path: path.to_owned(), err })?;
         self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// The plugin at `path`, which must hash to `sha256`: the copy this
+    /// process already loaded under that hash if there is one (what runs is
+    /// what was verified, whatever the file holds now), else read from
+    /// `path`. A file that does not match is returned for the caller to
+    /// refuse, and is not kept.
+    pub fn load_pinned(&self, path: &Path, sha256: &str) -> Result<Plugin, LoadError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = loaded.get(sha256) {
+            return Ok(Plugin { loaded_from: LoadedFrom::Memory, origin: path.display().to_string(), ..p.clone() });
+        }
+        drop(loaded);
+        let plugin = self.load(path)?;
+        if plugin.sha256 == sha256 {
+            loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            if loaded.len() >= MAX_LOADED
+                && let Some(k) = loaded.keys().next().cloned()
+            {
+                loaded.remove(&k);
+            }
+            loaded.insert(plugin.sha256.clone(), plugin.clone());
+        }
+        Ok(plugin)
     }
 
     /// Loads a plugin from its bytes; `origin` names it in messages.

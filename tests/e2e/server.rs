@@ -578,6 +578,39 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     assert_eq!(env.run(&["executions", "show", &id, "--json"]).json()["status"], "interrupted");
 }
 
+/// A deployed plugin is loaded once per server and kept under its pin: an
+/// edit to the stored file afterwards runs nothing new, and a server that
+/// starts after the edit refuses the flow.
+#[test]
+fn a_stored_plugin_edited_after_deploy_never_runs() {
+    let env = Env::new();
+    deploy_probe(&env, "ops", "ping", &[], json!({"action": "print", "text": "pong"}), "");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let mut server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    let run = |c: &Client| {
+        let (s, v) = c.call("POST", "/api/v1/executions/ops/ping?wait=30", Some(&admin), Some(&json!({})));
+        assert_eq!(s, 200, "{v}");
+        v["execution"].clone()
+    };
+    assert_eq!(run(&c)["status"], "succeeded");
+    let stored = std::fs::read_dir(env.home().join("plugins")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&stored, &bytes).unwrap();
+    let rec = run(&c);
+    assert_eq!(rec["status"], "succeeded", "the verified copy ran: {rec}");
+    server.terminate(Duration::from_secs(20));
+    let server = Server::start(&env, 1, &[]);
+    let rec = run(&Client::new(&server));
+    assert_eq!(rec["status"], "failed", "{rec}");
+    let log = Client::new(&server)
+        .call("GET", &format!("/api/v1/executions/{}/log", rec["id"].as_str().unwrap()), Some(&admin), None)
+        .1;
+    assert!(log.as_str().unwrap().contains("refusing to run a different binary"), "{log}");
+}
+
 /// Opens `GET /api/v1/executions/{id}/follow` and hands each server-sent
 /// event (name, JSON data, the raw bytes of the event) to the channel as it
 /// arrives; the channel closes with the stream.

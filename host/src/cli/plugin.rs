@@ -432,7 +432,7 @@ fn compile_one(runtime: &Runtime, file: &Path, out: &mut impl Write) -> Result<(
     let plugin = runtime.load(file).map_err(|e| fail(USAGE, e))?;
     let how = match plugin.loaded_from {
         LoadedFrom::Compiled => "compiled into the cache",
-        LoadedFrom::Cache => "already in the cache",
+        LoadedFrom::Cache | LoadedFrom::Memory => "already in the cache",
     };
     writeln!(out, "{}: {how} in {:.2?} (sha256 {})", file.display(), started.elapsed(), plugin.sha256)
         .map_err(stdout_err)
