@@ -129,6 +129,18 @@ impl Executions {
         Ok(Executions { conn: connect(path)?, path: path.to_owned() })
     }
 
+    /// Opens the records for a worker, whose commits (the claim, progress,
+    /// the final record and log) are not each synced to disk: a killed
+    /// process loses none of them (they are already the kernel's), and a
+    /// power loss none older than the last audit record, because the store
+    /// is one write-ahead log and the audit's synced commit carries every
+    /// write before it. Accepting an execution stays a synced commit.
+    pub fn open_for_worker(path: &Path) -> Result<Self, RecordError> {
+        let records = Self::open(path)?;
+        records.conn.pragma_update(None, "synchronous", "NORMAL").map_err(records.err("relax a worker's commits"))?;
+        Ok(records)
+    }
+
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> RecordError + '_ {
         move |err| RecordError::Db(sql_err(&self.path, op)(err))
     }
@@ -137,12 +149,23 @@ impl Executions {
     pub fn save(&self, rec: &ExecutionRecord) -> Result<(), RecordError> {
         let tasks = serde_json::to_string(&rec.tasks).expect("records encode");
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO executions (id, flow, namespace, source, status, started, ended, tasks) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET \
                  flow = ?2, namespace = ?3, source = ?4, status = ?5, started = ?6, ended = ?7, tasks = ?8",
-                params![rec.id, rec.flow, rec.namespace, rec.source, rec.status, rec.started, rec.ended, tasks],
             )
+            .and_then(|mut s| {
+                s.execute(params![
+                    rec.id,
+                    rec.flow,
+                    rec.namespace,
+                    rec.source,
+                    rec.status,
+                    rec.started,
+                    rec.ended,
+                    tasks
+                ])
+            })
             .map_err(self.err("save an execution"))?;
         Ok(())
     }
@@ -181,7 +204,8 @@ impl Executions {
     /// One execution.
     pub fn get(&self, id: &str) -> Result<ExecutionRecord, RecordError> {
         self.conn
-            .query_row(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"), [id], Self::from_row)
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"))
+            .and_then(|mut s| s.query_row([id], Self::from_row))
             .optional()
             .map_err(self.err("read an execution"))?
             .ok_or_else(|| RecordError::NotFound(id.to_owned()))
@@ -360,7 +384,8 @@ impl Executions {
     /// Stores the (masked) log of an execution.
     pub fn set_log(&self, id: &str, log: &str) -> Result<(), RecordError> {
         self.conn
-            .execute("UPDATE executions SET log = ?2 WHERE id = ?1", params![id, log])
+            .prepare_cached("UPDATE executions SET log = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, log]))
             .map_err(self.err("save an execution's log"))?;
         Ok(())
     }

@@ -1056,24 +1056,25 @@ async fn create_execution(
         }
         None => None,
     };
-    let mut ended = app.ended.subscribe();
     let origin = Origin::api(&caller, key.as_deref());
-    let (rec, created) = blocking(&app, move |app| queue_execution(app, &origin, &ns, &flow, &inputs)).await?;
+    let (mut rec, created) = blocking(&app, move |app| queue_execution(app, &origin, &ns, &flow, &inputs)).await?;
     let wait = q.wait.filter(|w| w.is_finite() && *w > 0.0).map(|w| Duration::from_secs_f64(w.min(300.0)));
-    let mut rec = rec;
     if let Some(wait) = wait {
         let id = rec.id.clone();
         let deadline = tokio::time::Instant::now() + wait;
+        let waker = app.waiter(&id);
         loop {
+            // Listening before reading: an end between the two still wakes us.
+            let woken = waker.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let id = id.clone();
             rec = blocking(&app, move |app| Ok(app.records().get(&id)?)).await?;
-            if ENDED.contains(&rec.status.as_str()) {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, ended.changed()).await.is_err() {
+            if ENDED.contains(&rec.status.as_str()) || tokio::time::timeout_at(deadline, woken).await.is_err() {
                 break;
             }
         }
+        app.stop_waiting(&id, waker);
     }
     let status = if ENDED.contains(&rec.status.as_str()) { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(json!({ "id": rec.id, "status": rec.status, "created": created, "execution": rec }))))
@@ -1154,7 +1155,7 @@ async fn cancel_execution(
             CancelOutcome::AlreadyEnded => "ended",
         };
         if outcome == CancelOutcome::Dequeued {
-            app.ended.send_modify(|n| *n += 1);
+            app.ended(&id);
         }
         Ok(Json(json!({ "id": id, "status": status, "cancelled": outcome != CancelOutcome::AlreadyEnded })))
     })

@@ -96,8 +96,9 @@ pub struct App {
     pub running: Mutex<HashMap<String, worker::Running>>,
     /// Woken when an execution is queued.
     queue: (Mutex<u64>, Condvar),
-    /// Bumped when an execution ends (waiters re-read its record).
-    pub ended: tokio::sync::watch::Sender<u64>,
+    /// Those waiting for an execution to end (`?wait=`), by id: only they
+    /// are woken when it does.
+    waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Set once a shutdown began: workers take nothing new.
     pub stopping: AtomicBool,
     /// Set once the drain deadline passed: what is cut off is `interrupted`.
@@ -137,7 +138,7 @@ impl App {
             records: Mutex::new(records),
             running: Mutex::new(HashMap::new()),
             queue: (Mutex::new(0), Condvar::new()),
-            ended: tokio::sync::watch::channel(0).0,
+            waiters: Default::default(),
             stopping: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
             failures: Mutex::new(HashMap::new()),
@@ -158,6 +159,29 @@ impl App {
     /// The execution records.
     pub fn records(&self) -> MutexGuard<'_, Executions> {
         lock(&self.records)
+    }
+
+    /// What wakes a waiter on execution `id` ([`App::ended`]); give it back
+    /// with [`App::stop_waiting`].
+    pub fn waiter(&self, id: &str) -> Arc<tokio::sync::Notify> {
+        lock(&self.waiters).entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Done waiting on `id`: forgets the waker when no one else holds it.
+    pub fn stop_waiting(&self, id: &str, waker: Arc<tokio::sync::Notify>) {
+        let mut waiters = lock(&self.waiters);
+        drop(waker);
+        if waiters.get(id).is_some_and(|w| Arc::strong_count(w) == 1) {
+            waiters.remove(id);
+        }
+    }
+
+    /// Execution `id` ended (its record and log are stored): wakes those
+    /// waiting on it.
+    pub fn ended(&self, id: &str) {
+        if let Some(w) = lock(&self.waiters).remove(id) {
+            w.notify_waiters();
+        }
     }
 
     /// Wakes a worker: something was queued.

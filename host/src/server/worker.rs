@@ -9,7 +9,7 @@
 use super::App;
 use crate::audit::now_rfc3339;
 use crate::exec::{Cancel, ExecutionEnv};
-use crate::executions::{ExecutionRecord, Queued, TaskStatus};
+use crate::executions::{ExecutionRecord, Executions, Queued, TaskStatus};
 use crate::mask::MaskSet;
 use crate::names::{ExecutionId, Namespace};
 use crate::run::{Start, prepare, run_flow};
@@ -24,11 +24,21 @@ pub fn spawn(app: Arc<App>, i: usize) -> JoinHandle<()> {
         .name(format!("keyhole-worker-{i}"))
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a worker runtime");
+            let records = loop {
+                match Executions::open_for_worker(&app.dir.store_path()) {
+                    Ok(r) => break r,
+                    Err(_) if app.stopping.load(Ordering::SeqCst) => return,
+                    Err(e) => {
+                        tracing::error!("worker {i} cannot open the execution records: {e}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            };
             let mut seen = 0;
             while !app.stopping.load(Ordering::SeqCst) {
-                let next = app.records().claim(&now_rfc3339());
+                let next = records.claim(&now_rfc3339());
                 match next {
-                    Ok(Some(q)) => rt.block_on(run(&app, q)),
+                    Ok(Some(q)) => rt.block_on(run(&app, &records, q)),
                     Ok(None) => seen = app.wait_for_work(seen, Duration::from_millis(500)),
                     Err(e) => {
                         tracing::error!("cannot take a queued execution: {e}");
@@ -78,7 +88,7 @@ impl std::io::Write for LogBuffer {
     }
 }
 
-async fn run(app: &Arc<App>, q: Queued) {
+async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
     let mut rec = q.record;
     let id = rec.id.clone();
     let cancel = Cancel::default();
@@ -87,10 +97,10 @@ async fn run(app: &Arc<App>, q: Queued) {
     let running = Running { cancel: cancel.clone(), log: log.clone(), masks: masks.clone() };
     app.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), running);
     // A cancel that came between the claim and now.
-    if app.records().cancel_requested(&id).unwrap_or(false) {
+    if records.cancel_requested(&id).unwrap_or(false) {
         cancel.cancel();
     }
-    let outcome = start(app, &rec, (q.inputs, q.trigger), &log, masks.clone(), cancel.clone()).await;
+    let outcome = start(app, records, &rec, (q.inputs, q.trigger), &log, masks.clone(), cancel.clone()).await;
     if let Err(message) = outcome {
         // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
         for t in &mut rec.tasks {
@@ -99,31 +109,32 @@ async fn run(app: &Arc<App>, q: Queued) {
         rec.status = "failed".into();
         rec.ended = Some(now_rfc3339());
         let _ = std::io::Write::write_all(&mut log.clone(), format!("[{}] {message}\n", rec.flow).as_bytes());
-        if let Err(e) = app.records().save(&rec) {
+        if let Err(e) = records.save(&rec) {
             tracing::error!("cannot save execution {id}: {e}");
         }
-    } else if let Ok(r) = app.records().get(&id) {
+    } else if let Ok(r) = records.get(&id) {
         rec = r;
     }
     if app.interrupting.load(Ordering::SeqCst) && rec.status == "cancelled" {
         rec.status = "interrupted".into();
-        let _ = app.records().save(&rec);
+        let _ = records.save(&rec);
         if let Err(e) = app.interrupted(&rec, "was cut off by the server's shutdown timeout") {
             tracing::error!("cannot audit the interruption of {id}: {e}");
         }
     }
     let text = String::from_utf8_lossy(&log.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    if let Err(e) = app.records().set_log(&id, &masks.mask(&text)) {
+    if let Err(e) = records.set_log(&id, &masks.mask(&text)) {
         tracing::error!("cannot save the log of execution {id}: {e}");
     }
     app.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    app.ended.send_modify(|n| *n += 1);
+    app.ended(&id);
 }
 
 /// Loads the revision `rec` was queued for and runs it; `Err` names why it
 /// could not start.
 async fn start(
     app: &Arc<App>,
+    records: &Executions,
     rec: &ExecutionRecord,
     (inputs, trigger): (serde_json::Map<String, serde_json::Value>, serde_json::Value),
     log: &LogBuffer,
@@ -144,8 +155,7 @@ async fn start(
     };
     let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
     let begin = Start { execution, inputs, trigger };
-    let records = crate::executions::Executions::open(&app.dir.store_path()).map_err(|e| e.to_string())?;
-    let report = run_flow(&app.runtime, &env, &flow, &plugins, begin, &records).await;
+    let report = run_flow(&app.runtime, &env, &flow, &plugins, begin, records).await;
     tracing::info!("execution {} of {} ended {}", report.record.id, rec.flow, report.record.status);
     Ok(())
 }
