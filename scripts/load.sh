@@ -88,7 +88,7 @@ measure() {
 }
 measure "keyhole: one-task execution, one audited get" "$tmp/post.lua" "$BASE/api/v1/executions/bench/one?wait=30"
 measure "keyhole: secret metadata read (audited)" "$tmp/get.lua" "$BASE/api/v1/secrets/bench/PW"
-executions=$("$HOST" executions list --limit 1000000 --json 2>/dev/null | grep -o '"status":"succeeded"' | wc -l || true)
+executions=$("$HOST" executions list --limit 1000000 2>/dev/null | grep -c ' succeeded ' || true)
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 
 # --- OpenBao -----------------------------------------------------------------

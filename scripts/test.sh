@@ -63,3 +63,6 @@ cargo bench --no-run --quiet -p keyhole-host
 # The guest SDK must stay packageable on its own (it carries its WIT); the
 # dependencies it needs are in the local registry cache after the build.
 cargo package --quiet --offline --allow-dirty -p keyhole-guest
+# Load figures, keyhole beside OpenBao (printed, not asserted): README
+# "host serve under load".
+bash scripts/load.sh 5s
