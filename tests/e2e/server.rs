@@ -218,6 +218,9 @@ fn request(route: &Route, ns: &str, execution: &str, n: usize, wasm: &[u8]) -> (
             "plugins": {"t": hex::encode(keyhole::crypto::sha256(wasm))},
         })),
         ("PUT", "/api/v1/secrets/{ns}/{name}") => Some(json!({"value": format!("matrix-value-{n}"), "rotate": true})),
+        ("PUT", "/api/v1/secrets/{ns}/{name}/destinations") => {
+            Some(json!({"destinations": ["https://api.example.com"]}))
+        }
         (_, _) => Some(json!({})),
     };
     (path, body)
@@ -285,6 +288,8 @@ fn the_authorization_matrix_of_every_route_role_and_scope() {
                     Scope::Public | Scope::Authenticated => true,
                     Scope::Anywhere => holds,
                     Scope::PathNamespace | Scope::Execution | Scope::Body => holds && inside,
+                    // Every token here is bound at `finance`, not the root.
+                    Scope::Root => false,
                 };
                 let what = format!("{role} {} {path}", route.method);
                 if allowed {
@@ -429,7 +434,31 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     let actions: Vec<String> =
         r.json().as_array().unwrap().iter().map(|x| x["action"].as_str().unwrap().to_owned()).collect();
     assert!(actions.contains(&"secret.rotate".to_owned()) && actions.contains(&"api.denied".to_owned()), "{actions:?}");
-    remote(&auditor, &["audit", "verify"]).expect_code(2);
+    // Versions and destination bindings through the API, as locally.
+    let r = remote(&sm, &["secret", "versions", "API_TOKEN", "-n", "finance"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("(current)") && r.stdout.lines().count() == 3, "{r:#?}");
+    let r = remote(&sm, &["secret", "bind", "API_TOKEN", "-n", "finance", "--destination", "https://api.example.com"]);
+    r.expect_code(0);
+    assert!(r.stderr.contains("is bound to https://api.example.com"), "{r:#?}");
+    let r = remote(&sm, &["secret", "describe", "API_TOKEN", "-n", "finance"]);
+    assert!(r.stdout.contains("https://api.example.com"), "{r:#?}");
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", &sm).env("KEYHOLE_HOME", env.home().join("client-side"));
+    cmd.args(["secret", "set", "HOOK_KEY", "-n", "finance", "--destination", "https://hooks.example.com"]);
+    env.run_with(&mut cmd, b"bound-from-birth-9\n").expect_code(0);
+    let r = env.run(&["secret", "describe", "HOOK_KEY", "-n", "finance", "--json"]);
+    assert_eq!(r.json()["destinations"], json!(["https://hooks.example.com:443"]), "{r:#?}");
+    let r = remote(&sm, &["secret", "bind", "API_TOKEN", "-n", "finance", "--destination", "ftp://x"]);
+    r.expect_code(2);
+    // The whole chain is verified by a principal with audit:read at the
+    // root; one scoped to a namespace may not (the answer covers them all).
+    let r = remote(&auditor, &["audit", "verify"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("permission audit:read is required in namespace"), "{r:#?}");
+    let r = remote(&admin, &["audit", "verify"]);
+    r.expect_code(0);
+    assert!(r.stdout.starts_with("audit log intact: "), "{r:#?}");
     // A bad token is a usage error that says which variable to fix.
     let r = remote("kh_nope", &["flow", "list"]);
     r.expect_code(2);
@@ -872,8 +901,18 @@ fn the_server_refuses_a_second_instance_plain_http_off_loopback_and_guessing() {
     assert!(e.to_string().contains("without TLS"), "{e}");
     assert!(keyhole::server::check_listen(&"10.1.2.3:8420".parse().unwrap(), true).is_ok());
     assert!(keyhole::server::check_listen(&"[::1]:8420".parse().unwrap(), false).is_ok());
-    // Guessing tokens: after a few failures the address is turned away, even with a good token.
+    // Oversized headers are refused before authentication; a normal request
+    // with the same token still works.
     let c = Client::new(&server);
+    let url = format!("{}/api/v1/tokens/self", server.base);
+    let big = "x".repeat(40 << 10);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp =
+        agent.get(&url).header("Authorization", &format!("Bearer {admin}")).header("X-Pad", &big).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 431);
+    assert!(resp.body_mut().read_to_string().unwrap().contains("over the limit of 32768"));
+    assert_eq!(c.call("GET", "/api/v1/tokens/self", Some(&admin), None).0, 200);
+    // Guessing tokens: after a few failures the address is turned away, even with a good token.
     for i in 0..10 {
         let (s, _) = c.call("GET", "/api/v1/tokens/self", Some(&format!("kh_guess{i}")), None);
         assert_eq!(s, 401);

@@ -5,7 +5,7 @@
 use super::*;
 
 /// What `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Verdict {
     /// Every record links to the one before, carries its MAC, and the
     /// newest is the authenticated head.

@@ -157,13 +157,49 @@ fn print_records(out: &mut impl Write, records: Vec<audit::Record>, json: bool) 
     table.write(out).map_err(stdout_err)
 }
 
-/// `host audit list` through the API: the records the token may read.
+/// Prints what `verify` found about the log at `place`; a broken log is
+/// exit code 1, naming the record.
+fn report_verdict(out: &mut impl Write, verdict: &Verdict, json: bool, place: &str) -> Result<(), Exit> {
+    if json {
+        print_json(out, verdict)?;
+    }
+    match verdict {
+        Verdict::Intact { records, head_seq, head_hash, from_seq, key_id, keyed_from } => {
+            if !json {
+                let legacy = if *keyed_from > 1 {
+                    format!(" (records before {keyed_from} predate the keyed chain: plain SHA-256)")
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    out,
+                    "audit log intact: {records} records (seq {from_seq}..{head_seq}), head hash {head_hash}, \
+                     verified with audit key {key_id}{legacy}"
+                )
+                .map_err(stdout_err)?;
+            }
+            Ok(())
+        }
+        Verdict::Broken { seq, problem } => {
+            Err(fail(TASK_ERROR, anyhow::anyhow!("audit log {place} is broken at record {seq}: {problem}")))
+        }
+    }
+}
+
+/// `host audit list` and `audit verify` through the API.
 fn remote_audit(remote: &super::remote::Remote, cmd: AuditCommand) -> Result<(), Exit> {
+    if let AuditCommand::Verify { json, against: None } = cmd {
+        let v = remote.get("verify the audit log", "/api/v1/audit/verify")?;
+        let verdict: Verdict = serde_json::from_value(v)
+            .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a verdict: {e}")))?;
+        return report_verdict(&mut std::io::stdout().lock(), &verdict, json, "on the server");
+    }
     let AuditCommand::List { filter, json } = cmd else {
         return Err(fail(
             USAGE,
             anyhow::anyhow!(
-                "with KEYHOLE_ADDR set only `audit list` goes to the server; run the rest where the data directory is"
+                "with KEYHOLE_ADDR set only `audit list` and `audit verify` (without --against) go to the \
+                 server; run the rest where the data directory is"
             ),
         ));
     };
@@ -216,35 +252,14 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
                     fail(TASK_ERROR, anyhow::Error::from(e).context(format!("audit log {}", path.display())))
                 })?;
             }
-            if json {
-                print_json(&mut out, &verdict)?;
+            report_verdict(&mut out, &verdict, json, &path.display().to_string())?;
+            if let (Some(c), Some(f)) = (&checkpoint, &against)
+                && !json
+            {
+                writeln!(out, "contains checkpoint {} (record {}, {})", f.display(), c.seq, c.time)
+                    .map_err(stdout_err)?;
             }
-            match verdict {
-                Verdict::Intact { records, head_seq, head_hash, from_seq, key_id, keyed_from } => {
-                    if !json {
-                        writeln!(
-                            out,
-                            "audit log intact: {records} records (seq {from_seq}..{head_seq}), head hash {head_hash}, \
-                             verified with audit key {key_id}{}",
-                            if keyed_from > 1 {
-                                format!(" (records before {keyed_from} predate the keyed chain: plain SHA-256)")
-                            } else {
-                                String::new()
-                            }
-                        )
-                        .map_err(stdout_err)?;
-                        if let (Some(c), Some(f)) = (&checkpoint, &against) {
-                            writeln!(out, "contains checkpoint {} (record {}, {})", f.display(), c.seq, c.time)
-                                .map_err(stdout_err)?;
-                        }
-                    }
-                    Ok(())
-                }
-                Verdict::Broken { seq, problem } => Err(fail(
-                    TASK_ERROR,
-                    anyhow::anyhow!("audit log {} is broken at record {seq}: {problem}", path.display()),
-                )),
-            }
+            Ok(())
         }
         AuditCommand::Checkpoint { output } => {
             let note = audit::checkpoint_note(&conn, &path, &key())?;

@@ -10,7 +10,7 @@ use keyhole::audit::{self, Actor};
 use keyhole::backend::{BackendError, BackendKind, Router};
 use keyhole::backup::{self, BundleKey};
 use keyhole::network::AllowEntry;
-use keyhole::store::{SecretInfo, SetOptions, fmt_time, now};
+use keyhole::store::{SecretInfo, SetOptions, VersionInfo, fmt_time, now};
 use zeroize::Zeroizing;
 
 #[derive(Subcommand, Debug)]
@@ -280,6 +280,8 @@ struct PutBody<'a> {
     expires_in: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     keep: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destinations: Option<Vec<String>>,
 }
 
 fn put_remote(
@@ -290,15 +292,15 @@ fn put_remote(
     v: VersionOpts,
     rotate: bool,
 ) -> Result<(), Exit> {
-    if !v.destinations.is_empty() {
-        return Err(fail(
-            USAGE,
-            anyhow::anyhow!("--destination is set where the data directory is, not through the API"),
-        ));
-    }
     let text = value.expose();
-    let body =
-        PutBody { value: text, rotate, expires_in: v.expires_in.map(|d| format!("{}s", d.as_secs())), keep: v.keep };
+    let destinations = (!v.destinations.is_empty()).then(|| v.destinations.iter().map(ToString::to_string).collect());
+    let body = PutBody {
+        value: text,
+        rotate,
+        expires_in: v.expires_in.map(|d| format!("{}s", d.as_secs())),
+        keep: v.keep,
+        destinations,
+    };
     // Room for the worst escaping (\u00XX per byte), so the buffer never moves.
     let mut buf = Zeroizing::new(Vec::with_capacity(text.len() * 6 + 128));
     serde_json::to_writer(&mut *buf, &body).expect("JSON encodes");
@@ -344,6 +346,21 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
             let v = remote.get(&format!("describe {name} in namespace {}", at.namespace), &path)?;
             print_json(&mut out, &v)
         }
+        SecretCommand::Versions { name, at, json } => {
+            let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(&at.namespace), name);
+            let v = remote.get(&format!("list the versions of {name} in namespace {}", at.namespace), &path)?;
+            let versions: Vec<VersionInfo> = serde_json::from_value(v["versions"].clone())
+                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a version list: {e}")))?;
+            print_versions(&mut out, versions, json)
+        }
+        SecretCommand::Bind { name, at, destinations, clear: _ } => {
+            let path = format!("/api/v1/secrets/{}/{}/destinations", remote::ns_path(&at.namespace), name);
+            let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+            let body = serde_json::json!({ "destinations": list });
+            remote.send(&format!("bind {name} in namespace {}", at.namespace), "PUT", &path, &body, &[])?;
+            bound_note(&name, &at.namespace, &list);
+            Ok(())
+        }
         SecretCommand::Revoke { name, at } => {
             let path = format!("/api/v1/secrets/{}/{}/revoke", remote::ns_path(&at.namespace), name);
             remote.send(&format!("revoke {name}"), "POST", &path, &serde_json::json!({}), &[])?;
@@ -359,10 +376,36 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         _ => Err(fail(
             USAGE,
             anyhow::anyhow!(
-                "with KEYHOLE_ADDR set, `secret` takes set, rotate, list (without --expiring), describe, revoke \
-                 and destroy; run the rest where the data directory is"
+                "with KEYHOLE_ADDR set, `secret` takes set, rotate, list (without --expiring), describe, versions, \
+                 bind, revoke and destroy; run the rest where the data directory is"
             ),
         )),
+    }
+}
+
+fn print_versions(out: &mut impl Write, versions: Vec<VersionInfo>, json: bool) -> Result<(), Exit> {
+    if json {
+        return print_json(out, &versions);
+    }
+    let mut table = Table::new(&[("VERSION", Right), ("CREATED", Left), ("EXPIRES", Left), ("", Left)]);
+    for v in versions {
+        let cur = if v.current { "(current)" } else { "" };
+        let exp = v.expires_at.map_or("-".to_owned(), fmt_time);
+        let version = v.version_id.unwrap_or_else(|| v.version.to_string());
+        table.row([version, fmt_time(v.created_at), exp, cur.to_owned()]);
+    }
+    table.write(out).map_err(stdout_err)
+}
+
+/// What `secret bind` says it did.
+fn bound_note(name: &SecretName, ns: &Namespace, destinations: &[String]) {
+    if destinations.is_empty() {
+        eprintln!("{name} in namespace {ns} is no longer bound: tasks granted it get its value");
+    } else {
+        eprintln!(
+            "{name} in namespace {ns} is bound to {}: tasks get a placeholder, the value goes only there",
+            destinations.join(", ")
+        );
     }
 }
 
@@ -433,18 +476,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let secrets = open_secrets(dir)?;
             let versions =
                 secrets.backend_for(&at.namespace).versions(&at.namespace, &name).map_err(checked(&secrets))?;
-            if json {
-                print_json(&mut out, &versions)?;
-            } else {
-                let mut table = Table::new(&[("VERSION", Right), ("CREATED", Left), ("EXPIRES", Left), ("", Left)]);
-                for v in versions {
-                    let cur = if v.current { "(current)" } else { "" };
-                    let exp = v.expires_at.map_or("-".to_owned(), fmt_time);
-                    let version = v.version_id.unwrap_or_else(|| v.version.to_string());
-                    table.row([version, fmt_time(v.created_at), exp, cur.to_owned()]);
-                }
-                table.write(&mut out).map_err(stdout_err)?;
-            }
+            print_versions(&mut out, versions, json)?;
             Ok(())
         }
         SecretCommand::Describe { name, at, json } => {
@@ -503,16 +535,8 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::Bind { name, at, destinations, clear: _ } => {
             let secrets = open_secrets(dir)?;
             secrets.bind(&me, &at.namespace, &name, &destinations).map_err(checked(&secrets))?;
-            if destinations.is_empty() {
-                eprintln!("{name} in namespace {} is no longer bound: tasks granted it get its value", at.namespace);
-            } else {
-                let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
-                eprintln!(
-                    "{name} in namespace {} is bound to {}: tasks get a placeholder, the value goes only there",
-                    at.namespace,
-                    list.join(", ")
-                );
-            }
+            let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+            bound_note(&name, &at.namespace, &list);
             Ok(())
         }
         SecretCommand::Revoke { name, at } => {

@@ -49,6 +49,8 @@ pub enum Scope {
     /// new token's binding): held somewhere to get past the extractor, then
     /// checked there by the handler before anything is stored.
     Body,
+    /// In the root namespace: the answer covers every namespace.
+    Root,
 }
 
 /// One route of the API.
@@ -150,6 +152,14 @@ pub static ROUTES: &[Route] = &[
         PathNamespace,
         "Set or rotate a secret: {value, rotate, expires_in, keep}.",
         put(put_secret)
+    ),
+    route!(
+        "PUT",
+        "/api/v1/secrets/{ns}/{name}/destinations",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Bind a secret to destinations (`{destinations: [\"https://host[:port]\"]}`; empty unbinds): tasks get a placeholder, the value goes only there.",
+        put(bind_secret)
     ),
     route!(
         "POST",
@@ -264,6 +274,14 @@ pub static ROUTES: &[Route] = &[
         "Audit records in the caller's scope: ?secret, namespace, flow, execution, outcome, action, actor, since, until, limit.",
         get(list_audit)
     ),
+    route!(
+        "GET",
+        "/api/v1/audit/verify",
+        Some(P::AuditRead),
+        Root,
+        "Verify the whole audit chain (links, MACs, authenticated head): `{Intact: {...}}` or `{Broken: {seq, problem}}`.",
+        get(verify_audit)
+    ),
 ];
 
 /// Request bodies other than plugins: 1 MiB.
@@ -277,7 +295,22 @@ pub fn router(app: AppState) -> axum::Router {
     }
     r.fallback(|| async { ApiError::NotFound("no such route: see GET /api/v1/openapi.json".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(limit_headers))
         .with_state(app)
+}
+
+/// Largest total of a request's header names and values the API accepts.
+pub const MAX_HEADER_BYTES: usize = 32 << 10;
+
+/// Refuses a request whose headers together exceed [`MAX_HEADER_BYTES`]
+/// (431) before any handler, authentication or audit sees it.
+async fn limit_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let total: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if total > MAX_HEADER_BYTES {
+        let error = format!("the request's headers total {total} bytes, over the limit of {MAX_HEADER_BYTES}");
+        return (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Json(json!({ "error": error }))).into_response();
+    }
+    next.run(req).await
 }
 
 /// What a request gets instead of its answer; the body is
@@ -519,6 +552,8 @@ impl FromRequestParts<AppState> for Caller {
                     Err((Namespace::root(), format!("permission {permission} is required in some namespace")))
                 }
             }
+            Scope::Root => authz::decide(&caller.principal, permission, &Namespace::root())
+                .map_err(|e| (Namespace::root(), e.to_string())),
             Scope::PathNamespace => {
                 let ns = path_namespace(&param("ns").unwrap_or_default())?;
                 authz::decide(&caller.principal, permission, &ns).map_err(|e| (ns, e.to_string()))
@@ -616,6 +651,7 @@ pub fn openapi_document() -> Value {
                 Scope::Execution => "the execution's namespace",
                 Scope::Anywhere => "each item's namespace",
                 Scope::Body => "the namespace the request body names",
+                Scope::Root => "the root namespace",
                 Scope::Public | Scope::Authenticated => "",
             };
             op["x-keyhole-scope"] = json!(scope);
@@ -782,6 +818,20 @@ struct PutSecret {
     rotate: bool,
     expires_in: Option<String>,
     keep: Option<u32>,
+    /// Bind it to these destinations in the same change (never a moment
+    /// where the new value is unbound).
+    destinations: Option<Vec<String>>,
+}
+
+/// `scheme://host[:port]` entries of a request body, each error naming its index.
+fn parse_destinations(list: &[String]) -> Result<Vec<crate::network::AllowEntry>, ApiError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.parse::<crate::network::AllowEntry>()
+                .map_err(|e| ApiError::BadRequest(format!("request body at field `destinations[{i}]`: {e}")))
+        })
+        .collect()
 }
 
 async fn put_secret(
@@ -802,11 +852,35 @@ async fn put_secret(
         }
         None => None,
     };
+    let destinations = req.destinations.as_deref().map(parse_destinations).transpose()?;
     blocking(&app, move |app| {
-        let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations: None };
+        let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations };
         // The router audits the change (fail closed) with the caller as actor.
         let version = app.secrets.set(&caller.actor, &ns, &name, &req.value, &opts)?;
         Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string() })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindSecret {
+    destinations: Vec<String>,
+}
+
+async fn bind_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+    Body(req): Body<BindSecret>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    let destinations = parse_destinations(&req.destinations)?;
+    blocking(&app, move |app| {
+        // The router audits the change (fail closed) with the caller as actor.
+        app.secrets.bind(&caller.actor, &ns, &name, &destinations)?;
+        let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "destinations": list })))
     })
     .await
 }
@@ -1191,6 +1265,17 @@ async fn list_audit(
         }
         let extra = out.len().saturating_sub(limit as usize);
         Ok(Json(out.split_off(extra)))
+    })
+    .await
+}
+
+async fn verify_audit(State(app): State<AppState>, _caller: Caller) -> Result<Json<crate::audit::Verdict>, ApiError> {
+    blocking(&app, move |app| {
+        let path = app.dir.store_path();
+        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
+        let conn = crate::audit::open(&path, false).map_err(internal)?;
+        let key = app.secrets.local().store().integrity().clone();
+        Ok(Json(crate::audit::verify(&conn, &path, &key).map_err(internal)?))
     })
     .await
 }

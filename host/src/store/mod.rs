@@ -170,7 +170,7 @@ pub struct SecretInfo {
 }
 
 /// One stored version.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VersionInfo {
     /// Version number.
     pub version: u64,
