@@ -607,6 +607,66 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     assert_eq!(env.run(&["executions", "show", &id, "--json"]).json()["status"], "interrupted");
 }
 
+/// Sixteen clients at once, each running executions that read a secret:
+/// every one ends succeeded under its own id, each read is audited and the
+/// chain verifies. Then a burst queued without waiting and a kill -9 in
+/// the middle of it: every execution the server accepted is still there
+/// after the restart, and each ends.
+#[test]
+fn concurrent_clients_and_a_killed_burst_lose_nothing() {
+    let env = Env::new();
+    env.set_secret("ops", "PW", "burst-secret-77");
+    deploy_probe(&env, "ops", "read", &["PW"], json!({"action": "get", "names": ["PW"]}), "");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let mut server = Server::start(&env, 2, &[]);
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let c = Client::new(&server);
+                    (0..5)
+                        .map(|_| {
+                            let (st, v) =
+                                c.call("POST", "/api/v1/executions/ops/read?wait=60", Some(&admin), Some(&json!({})));
+                            assert_eq!((st, v["status"].as_str()), (200, Some("succeeded")), "{v}");
+                            c.assert_never_returned("burst-secret-77");
+                            v["id"].as_str().unwrap().to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 80);
+    // A burst queued without waiting, cut by kill -9 while it runs.
+    let c = Client::new(&server);
+    let accepted: Vec<String> = (0..40)
+        .map(|_| {
+            let (st, v) = c.call("POST", "/api/v1/executions/ops/read", Some(&admin), Some(&json!({})));
+            assert_eq!(st, 202, "{v}");
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    server.kill9();
+    let server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    let mut ran = 0;
+    for id in &accepted {
+        let rec = wait_ended(&c, &admin, id, Duration::from_secs(60));
+        assert!(["succeeded", "interrupted"].contains(&rec["status"].as_str().unwrap()), "{rec}");
+        ran += usize::from(rec["status"] == "succeeded");
+    }
+    assert!(ran >= accepted.len() - 2, "at most the two running when killed are cut off: {ran}");
+    drop(server);
+    let r = env.run(&["audit", "list", "--action", "secret.read", "--json"]);
+    let reads = r.json().as_array().unwrap().len();
+    assert!(reads >= 80 + ran, "every read is on the record: {reads}");
+    assert!(!r.stdout.contains("burst-secret-77"));
+    env.run(&["audit", "verify"]).expect_code(0);
+}
+
 /// A deployed plugin is loaded once per server and kept under its pin: an
 /// edit to the stored file afterwards runs nothing new, and a server that
 /// starts after the edit refuses the flow.
