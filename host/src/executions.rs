@@ -339,18 +339,17 @@ impl Executions {
         Ok(())
     }
 
-    /// After a crash: every execution still `running` is cut off. Marks
-    /// each `interrupted` and returns them (the caller audits and decides
-    /// whether to queue a new attempt).
-    pub fn interrupt_running(&self, now: &str) -> Result<Vec<ExecutionRecord>, RecordError> {
+    /// After a crash: the executions still `running`, each as it will be
+    /// recorded once cut off (`interrupted`, its running task failed). The
+    /// caller audits each, then saves it: a crash before the save finds it
+    /// again next time, so none is left running without a record.
+    pub fn cut_off_running(&self, now: &str) -> Result<Vec<ExecutionRecord>, RecordError> {
         let ids: Vec<String> = {
             let mut stmt = self
                 .conn
-                .prepare(
-                    "UPDATE executions SET status = 'interrupted', ended = ?1 WHERE status = 'running' RETURNING id",
-                )
+                .prepare("SELECT id FROM executions WHERE status = 'running' ORDER BY started, id")
                 .map_err(self.err("recover executions"))?;
-            let rows = stmt.query_map([now], |r| r.get(0)).map_err(self.err("recover executions"))?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err("recover executions"))?;
             rows.collect::<Result<_, _>>().map_err(self.err("recover executions"))?
         };
         let mut cut = Vec::with_capacity(ids.len());
@@ -362,10 +361,17 @@ impl Executions {
                 t.status = TaskStatus::Failed;
                 t.error = Some("interrupted: the host stopped while the task ran".into());
             }
-            self.save(&rec)?;
             cut.push(rec);
         }
         Ok(cut)
+    }
+
+    /// The execution queued under `idempotency_key`, if any.
+    pub fn by_idempotency_key(&self, idempotency_key: &str) -> Result<Option<String>, RecordError> {
+        self.conn
+            .query_row("SELECT id FROM executions WHERE idempotency_key = ?1", [idempotency_key], |r| r.get(0))
+            .optional()
+            .map_err(self.err("find an execution by its idempotency key"))
     }
 
     /// The inputs an execution was queued with, and what started it.

@@ -585,6 +585,29 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
         (rec["status"].as_str(), rec["trigger"].as_str()),
         (Some("succeeded"), Some(&*format!("requeue:{cut}")))
     );
+    // A crash after the interruption was audited and re-queued but before
+    // it was marked: the next start audits it again, names the same
+    // re-run, and queues no second one.
+    server.kill9();
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    db.execute("UPDATE executions SET status = 'running' WHERE id = ?1", [&cut]).unwrap();
+    drop(db);
+    let mut server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    assert_eq!(wait_ended(&c, &admin, &cut, Duration::from_secs(5))["status"], "interrupted");
+    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
+    let named: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["detail"].as_str().unwrap().contains(&cut))
+        .map(|x| serde_json::from_str::<Value>(x["detail"].as_str().unwrap()).unwrap()["requeued_as"].to_string())
+        .collect();
+    assert_eq!(named, vec![format!("\"{again}\""); 2], "{r:#?}");
+    let r = env.run(&["executions", "list", "--json", "--limit", "100"]);
+    let reruns = r.json().as_array().unwrap().iter().filter(|x| x["trigger"] == format!("requeue:{cut}")).count();
+    assert_eq!(reruns, 1, "{r:#?}");
     // SIGTERM: the running execution finishes, then the server exits 0.
     let (_, v) = c.call("POST", "/api/v1/executions/ops/nap", Some(&admin), Some(&json!({})));
     let id = v["id"].as_str().unwrap().to_owned();

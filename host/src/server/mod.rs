@@ -230,10 +230,14 @@ impl App {
     /// interrupted (and audited), and re-queued where their flow says
     /// `on_interrupt: requeue`. Queued ones stay queued and run.
     pub fn recover(&self) -> Result<usize, ServeError> {
-        let cut = self.records().interrupt_running(&now_rfc3339()).map_err(|e| ServeError::Refused(e.to_string()))?;
+        let refused = |e: crate::executions::RecordError| ServeError::Refused(e.to_string());
+        let cut = self.records().cut_off_running(&now_rfc3339()).map_err(refused)?;
         for r in &cut {
+            // Audited (and re-queued) first, marked after: a crash between
+            // the two repeats both next time, the re-queue at most once.
             self.interrupted(r, "was running when the server stopped")
                 .map_err(|e| ServeError::Refused(format!("cannot audit the recovery: {e}")))?;
+            self.records().save(r).map_err(refused)?;
         }
         Ok(cut.len())
     }
@@ -245,8 +249,13 @@ impl App {
         let ns = Namespace::new(&r.namespace).unwrap_or_default();
         let flow = r.revision.and_then(|rev| Some((rev, self.registry().revision(&ns, &r.flow, rev).ok()?)));
         let requeue = flow.filter(|(_, f)| f.on_interrupt == OnInterrupt::Requeue);
-        let again =
+        let key = format!("requeue:{}", r.id);
+        let mut again =
             requeue.map(|(rev, f)| api::queued_record(&f, rev, &format!("requeue:{}", r.id), "host serve (requeue)"));
+        // Already re-queued before a crash: the record names that one.
+        if let (Some(new), Ok(Some(id))) = (&mut again, self.records().by_idempotency_key(&key)) {
+            new.id = id;
+        }
         let mut rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
             .reason(format!("execution {} of flow {} {why}", r.id, r.flow))
             .detail_field("execution", r.id.clone())
@@ -258,7 +267,6 @@ impl App {
         if let Some(new) = again {
             // Same inputs and trigger data; keyed by the old id, so at most once.
             let (inputs, trigger) = self.records().queued_with(&r.id).unwrap_or_default();
-            let key = format!("requeue:{}", r.id);
             match self.records().enqueue(&new, &inputs, &trigger, Some(&key)) {
                 Ok(_) => self.wake(),
                 Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),

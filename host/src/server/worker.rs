@@ -117,10 +117,10 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
     }
     if app.interrupting.load(Ordering::SeqCst) && rec.status == "cancelled" {
         rec.status = "interrupted".into();
-        let _ = records.save(&rec);
         if let Err(e) = app.interrupted(&rec, "was cut off by the server's shutdown timeout") {
             tracing::error!("cannot audit the interruption of {id}: {e}");
         }
+        let _ = records.save(&rec);
     }
     let text = String::from_utf8_lossy(&log.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
     if let Err(e) = records.set_log(&id, &masks.mask(&text)) {
