@@ -868,6 +868,10 @@ fn webhooks_start_a_flow_with_a_key_or_a_signature_and_refuse_the_rest() {
         (a["id"].clone(), a["created"].clone(), b["created"].clone()),
         (b["id"].clone(), json!(true), json!(false))
     );
+    // That delivery had no X-Event: the listed header renders empty.
+    let rec = wait_ended(&c, &admin, a["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert!(rec["tasks"][0]["output"].get("").is_some(), "{rec}");
     // Past the trigger's max_body: 413.
     let (s, v) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &[ct], &[b'x'; 2048]);
     assert_eq!(s, 413, "{v}");

@@ -148,13 +148,14 @@ fn secret_value(app: &App, ns: &Namespace, name: &SecretName) -> Result<Option<S
     }
 }
 
-/// The headers the trigger hands to the flow, under the names it wrote.
+/// The headers the trigger hands to the flow, under the names it wrote;
+/// one the delivery lacks is an empty string, so that a flow renders the
+/// same whichever headers a sender includes.
 fn chosen_headers(hook: &Webhook, headers: &HeaderMap) -> Value {
     let mut out = Map::new();
     for name in &hook.headers {
-        if let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
-            out.insert(name.clone(), Value::String(v.to_owned()));
-        }
+        let v = headers.get(name.as_str()).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        out.insert(name.clone(), Value::String(v.unwrap_or_default()));
     }
     Value::Object(out)
 }
