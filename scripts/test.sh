@@ -22,6 +22,19 @@ if ! command -v bao >/dev/null 2>&1; then
   export KEYHOLE_ALLOW_NO_BAO=1
 fi
 
+# Dynamic (just-in-time) credentials are tested against OpenBao's database
+# engine over a throwaway PostgreSQL cluster (Debian's `postgresql`).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "==> installing PostgreSQL (apt-get install postgresql) for the dynamic-credential tests"
+  (apt-get install -y -qq postgresql >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1; }) \
+    || echo "apt-get install postgresql failed" >&2
+fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! id postgres >/dev/null 2>&1; then
+  echo "*** WARNING: PostgreSQL is not available and apt-get could not install it:" >&2
+  echo "*** the dynamic-credential tests will be SKIPPED (they say so in their output)." >&2
+  export KEYHOLE_ALLOW_NO_POSTGRES=1
+fi
+
 # The AWS Secrets Manager backend is tested against moto_server (PyPI), which
 # also brings boto3 for the tests' fixtures.
 if ! command -v moto_server >/dev/null 2>&1; then

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 fn access(secrets: &Arc<Router>, audit: AuditLog) -> SecretAccess {
     let task = TaskId::new("bench").unwrap();
+    let leases = Arc::new(keyhole::lease::ExecutionLeases::new(secrets.clone(), audit.clone(), Actor::Server));
     SecretAccess {
         identity: Arc::new(TaskIdentity {
             namespace: Namespace::root(),
@@ -38,6 +39,8 @@ fn access(secrets: &Arc<Router>, audit: AuditLog) -> SecretAccess {
         audit,
         pins: Default::default(),
         bound: Default::default(),
+        leases,
+        deadline: keyhole::store::now() + 30,
     }
 }
 

@@ -60,7 +60,15 @@ pub struct SecretAccess {
     /// The destination-bound secrets this task asked for, behind their
     /// placeholders (shared with its outbound HTTP).
     pub bound: Arc<BoundSecrets>,
+    /// The credentials this execution minted from dynamic secrets.
+    pub leases: Arc<crate::lease::ExecutionLeases>,
+    /// When this task must have ended (seconds since the Unix epoch): a
+    /// minted credential lives no longer than this plus a margin.
+    pub deadline: i64,
 }
+
+/// How long a minted credential outlives its task's deadline.
+pub const LEASE_MARGIN_SECS: i64 = 60;
 
 impl TaskIdentity {
     /// This task as an audit actor.
@@ -183,6 +191,45 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             tracing::debug!(task = %id.task, secret = %grant.name(), version = %found.version, "secret released");
             Ok(found.value)
         }
+        Ok(Lookup::Dynamic { namespace, def }) => {
+            let until = access.deadline + LEASE_MARGIN_SECS;
+            let minted = access.leases.get(&id.actor(), id.execution.as_str(), &namespace, grant.name(), &def, until);
+            let (value, lease, new) = match minted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(task = %id.task, secret = %grant.name(), "dynamic secret {} could not be minted: {e}", grant.name());
+                    record.outcome = Outcome::Unavailable;
+                    record.reason = Some(access.masks.mask(&e.to_string()).into_owned());
+                    let why = match &e {
+                        crate::lease::MintError::Backend(b) => b.for_plugin(grant.name()),
+                        crate::lease::MintError::Unrecorded(_) => {
+                            format!("secret {} could not be minted (the operator's log has the details)", grant.name())
+                        }
+                    };
+                    return audited(access, record, Err(AccessError::Unavailable(why)));
+                }
+            };
+            record.outcome = Outcome::Granted;
+            record.reason = Some(format!(
+                "{} credential of dynamic secret in namespace {namespace}",
+                if new { "a new" } else { "this execution's" }
+            ));
+            record = record
+                .detail_field("found_in", namespace.as_str())
+                .detail_field("lease_id", lease.lease_id.clone())
+                .detail_field("dynamic", true);
+            record.value_hmac = access.audit.fingerprint(value.expose());
+            audited(access, record, Ok(()))?;
+            MaskSet::add_to(&[&access.masks, &access.task_masks], &value);
+            // The credential's fields too: a task that parses the JSON and
+            // prints only the password is masked as well.
+            if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(value.expose()) {
+                for v in fields.values().filter_map(serde_json::Value::as_str).filter(|v| v.len() >= 4) {
+                    MaskSet::add_to(&[&access.masks, &access.task_masks], &SecretValue::new(v.to_owned()));
+                }
+            }
+            Ok(value)
+        }
         Ok(Lookup::NotFound) => {
             record.outcome = Outcome::NotFound;
             audited(access, record, Err(AccessError::NotFound))
@@ -249,6 +296,8 @@ mod tests {
         let team = Namespace::new("team").unwrap();
         let router = Router::new(LocalBackend::new(store), Backends::none(), None).unwrap().serve(team, fake.clone());
         let task = TaskId::new("t").unwrap();
+        let router = Arc::new(router);
+        let leases = Arc::new(crate::lease::ExecutionLeases::new(router.clone(), audit.clone(), Actor::Server));
         let access = SecretAccess {
             identity: Arc::new(TaskIdentity {
                 namespace: Namespace::new("team.a").unwrap(),
@@ -258,13 +307,15 @@ mod tests {
                 plugin_sha256: "0".repeat(64),
             }),
             grants: Grants::new(["K", "GONE"].map(|n| SecretName::new(n).unwrap())),
-            secrets: Arc::new(router),
+            secrets: router,
             masks: Arc::new(MaskSet::new()),
             task_masks: Arc::new(MaskSet::new()),
             requests: Default::default(),
             audit,
             pins: Default::default(),
             bound: Default::default(),
+            leases,
+            deadline: crate::store::now() + 30,
         };
         Fixture { _dir: dir, path, fake, access }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// integrity MAC columns, the audit `detail` and the authenticated head; 3
 /// secret destinations; 4 the server's tokens, roles, deployed flows and the
 /// execution queue.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// A failure of the database file; each names the file and what was being
 /// done.
@@ -161,6 +161,24 @@ const SCHEDULE_SCHEMA: &str = "
     );
 ";
 
+/// Credentials minted for executions (dynamic secrets): what revokes each
+/// (the child token's accessor), never the credential. A row without
+/// `revoked` is outstanding: `lease sweep` and every start revoke it.
+const LEASE_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS leases (
+        accessor TEXT PRIMARY KEY,
+        lease_id TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        execution TEXT NOT NULL,
+        minted TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        owner TEXT NOT NULL,
+        revoked TEXT
+    );
+    CREATE INDEX IF NOT EXISTS leases_outstanding ON leases (revoked, expires_at);
+";
+
 /// Environment variable overriding how long a write waits for another
 /// process's write to finish, in milliseconds (default 10000).
 pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
@@ -250,12 +268,11 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     }
     if (1..=4).contains(&version) {
         // keyhole 0.5: what started an execution, and when each schedule last fired.
-        return step(
-            conn,
-            path,
-            4,
-            &format!("ALTER TABLE executions ADD COLUMN trigger_data TEXT;\n{SCHEDULE_SCHEMA}"),
-        );
+        step(conn, path, 4, &format!("ALTER TABLE executions ADD COLUMN trigger_data TEXT;\n{SCHEDULE_SCHEMA}"))?;
+    }
+    if (1..=5).contains(&version) {
+        // keyhole 0.6: credentials minted for executions.
+        return step(conn, path, 5, LEASE_SCHEMA);
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
     conn.execute_batch(&format!(
@@ -290,12 +307,14 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
          {executions}
          {server}
          {schedule}
-         PRAGMA user_version = 5;
+         {leases}
+         PRAGMA user_version = 6;
          COMMIT;",
         audit = AUDIT_SCHEMA,
         executions = EXECUTIONS_SCHEMA,
         server = SERVER_SCHEMA,
         schedule = SCHEDULE_SCHEMA,
+        leases = LEASE_SCHEMA,
     ))
     .map_err(e("create the schema"))
 }

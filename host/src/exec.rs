@@ -53,6 +53,8 @@ pub struct ExecutionEnv {
     pub pins: Pins,
     /// Set to stop the execution: the running task is interrupted.
     pub cancel: Cancel,
+    /// Credentials minted for it from dynamic secrets, revoked at its end.
+    pub leases: Arc<crate::lease::ExecutionLeases>,
 }
 
 /// A request to stop an execution, shared by whoever may ask (the server's
@@ -195,6 +197,8 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         audit: env.audit.clone(),
         pins: env.pins.clone(),
         bound: Default::default(),
+        leases: env.leases.clone(),
+        deadline: crate::store::now() + spec.limits.timeout.as_secs().min(i64::MAX as u64 / 2) as i64,
     };
     let deadline = started + spec.limits.timeout;
     let input = spec.input.to_string();

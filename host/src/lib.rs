@@ -22,6 +22,7 @@ pub mod executions;
 pub mod flow;
 pub mod inspect;
 pub mod keyring;
+pub mod lease;
 pub mod limits;
 pub mod mask;
 pub mod names;

@@ -208,6 +208,8 @@ pub async fn run_flow(
             }
         }
     }
+    // However it ended: the credentials minted for it die with it.
+    env.leases.revoke_all();
     record.status = match &failure {
         None => "succeeded",
         Some((_, TaskFailure::Cancelled)) => "cancelled",

@@ -7,7 +7,7 @@
 //! Invariant: knows the order things are opened in, nothing else; every
 //! decision stays in the module it opens.
 
-use crate::audit::{AuditError, AuditKey, AuditLog};
+use crate::audit::{Actor, AuditError, AuditKey, AuditLog};
 use crate::backend::config::{self, Backends, ConfigError};
 use crate::backend::local::LocalBackend;
 use crate::backend::{BackendError, Router};
@@ -72,7 +72,12 @@ impl Session {
         let integrity = secrets.local().store().integrity().clone();
         let audit = AuditLog::open(&dir.store_path(), integrity, key)?;
         let records = Executions::open(&dir.store_path())?;
-        let env = ExecutionEnv { secrets, sink, masks, audit, pins: Default::default(), cancel: Default::default() };
+        // Credentials a crashed run left behind are revoked before this one starts.
+        sweep_leases(&secrets, &audit, &Actor::current_user());
+        let leases =
+            Arc::new(crate::lease::ExecutionLeases::new(secrets.clone(), audit.clone(), Actor::current_user()));
+        let env =
+            ExecutionEnv { secrets, sink, masks, audit, pins: Default::default(), cancel: Default::default(), leases };
         Ok(Session { runtime, env, records })
     }
 }
@@ -89,4 +94,17 @@ pub fn open_secrets(dir: &DataDir) -> Result<Router, SessionError> {
     }
     let backends = Backends::load(&path, store.integrity())?;
     Ok(Router::new(LocalBackend::new(store), backends, Some(path))?)
+}
+
+/// Revokes the leases processes that died left outstanding; says what it
+/// did on stderr, and what it could not (the next start tries again).
+pub fn sweep_leases(secrets: &Router, audit: &AuditLog, actor: &Actor) {
+    let store = secrets.local().store().path().to_owned();
+    match crate::lease::sweep(secrets, audit, &store, actor, false) {
+        Ok((0, 0, _)) => {}
+        Ok((revoked, failed, _)) => {
+            eprintln!("revoked {revoked} credential(s) a stopped run left behind ({failed} could not be revoked yet)")
+        }
+        Err(e) => tracing::warn!("cannot sweep leases: {e}"),
+    }
 }

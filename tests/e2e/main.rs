@@ -7,6 +7,7 @@ mod support;
 mod audit;
 mod authors;
 mod aws;
+mod dynamic;
 mod exec;
 mod flows;
 mod lifecycle;

@@ -104,7 +104,7 @@ fn the_layers_point_downwards() {
         | "inspect" | "trigger" => 1,
         "store" => 2,
         "backend" | "backup" | "tokens" => 3,
-        "access" | "flow" => 4,
+        "access" | "flow" | "lease" => 4,
         "sandbox" | "capability" | "runtime" | "exec" | "run" => 5,
         "session" | "registry" => 6,
         "server" => 7,

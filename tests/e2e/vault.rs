@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "keyhole-test-root-token";
+pub(crate) const TOKEN: &str = "keyhole-test-root-token";
 
-struct Bao {
+pub(crate) struct Bao {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for Bao {
@@ -25,7 +25,7 @@ impl Drop for Bao {
     }
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(5)))
@@ -40,7 +40,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Starts a dev server on a free port; retries if it exits early (e.g. a
 /// port taken in between).
-fn bao() -> Option<(std::sync::MutexGuard<'static, ()>, Bao)> {
+pub(crate) fn bao() -> Option<(std::sync::MutexGuard<'static, ()>, Bao)> {
     if Command::new("bao").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
         if std::env::var_os("KEYHOLE_ALLOW_NO_BAO").is_some() {
             eprintln!("\n*** SKIPPED: OpenBao (`bao`) is not installed; Vault backend tests did not run ***\n");

@@ -32,6 +32,11 @@ pub fn keyhole_task(
         audit: audit.clone(),
         pins: Default::default(),
         cancel: Default::default(),
+        leases: Arc::new(keyhole::lease::ExecutionLeases::new(
+            secrets.clone(),
+            audit.clone(),
+            keyhole::audit::Actor::Server,
+        )),
     };
     let spec = TaskSpec {
         plugin,

@@ -220,6 +220,10 @@ pub enum Action {
     /// A schedule passed over firings missed while the server was down.
     #[serde(rename = "trigger.schedule")]
     TriggerSchedule,
+    /// A credential minted for an execution, revoked, or swept
+    /// (`detail.op`; the lease id and accessor, never the credential).
+    #[serde(rename = "secret.lease")]
+    SecretLease,
 }
 
 impl Action {
@@ -256,6 +260,7 @@ impl Action {
             Action::AuthFailed => "auth.failed",
             Action::TriggerWebhook => "trigger.webhook",
             Action::TriggerSchedule => "trigger.schedule",
+            Action::SecretLease => "secret.lease",
         }
     }
 }

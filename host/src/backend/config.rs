@@ -238,6 +238,7 @@ mod tests {
             token_file: None,
             ca_file: None,
             insecure_http: false,
+            dynamic: Default::default(),
         })
     }
 

@@ -38,6 +38,7 @@ use crate::policy::Grant;
 use crate::secret::SecretValue;
 use crate::store::{SecretInfo, SetOptions, StoreError, VersionInfo};
 use std::fmt;
+use std::time::Duration;
 
 /// Which kind of backend serves a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -123,6 +124,36 @@ pub enum Read {
     Revoked(Version),
     /// Past its expiry: the chain stops here.
     Expired(Version),
+    /// A dynamic secret: its value is minted per execution (see
+    /// [`SecretBackend::mint`]).
+    Dynamic(DynamicDef),
+}
+
+/// A dynamic secret: a credential a secrets engine mints per execution.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicDef {
+    /// The path read to mint one, e.g. `database/creds/readonly`.
+    pub path: String,
+    /// The longest a minted credential lives, in seconds.
+    pub ttl_secs: u64,
+    /// The server-side policy that allows reading `path` and nothing else;
+    /// each credential is read with a child token holding only it.
+    pub policy: String,
+}
+
+/// A credential minted for one execution.
+#[derive(Debug)]
+pub struct Minted {
+    /// The credential's data as JSON text (`{"username": ..., "password": ...}`).
+    pub value: SecretValue,
+    /// The server's lease id (not secret).
+    pub lease_id: String,
+    /// The accessor of the child token that holds the lease: revoking it
+    /// revokes the lease (not secret: an accessor cannot be used to read).
+    pub accessor: String,
+    /// When the child token expires (seconds since the Unix epoch).
+    pub expires_at: i64,
 }
 
 /// What a backend can do, so callers refuse an option up front with a
@@ -309,5 +340,24 @@ pub trait SecretBackend: Send + Sync + fmt::Debug {
     /// Whether it keeps state in its configuration (see `config`).
     fn keeps_config_state(&self) -> bool {
         false
+    }
+
+    /// Mints a credential of dynamic secret `def` that lives at most `ttl`.
+    fn mint(&self, namespace: &Namespace, _def: &DynamicDef, _ttl: Duration) -> Result<Minted, BackendError> {
+        Err(BackendError::Unsupported {
+            namespace: namespace.clone(),
+            backend: self.describe(),
+            what: "mints no credentials: dynamic secrets need a Vault/OpenBao backend".into(),
+        })
+    }
+
+    /// Revokes a minted credential: its lease, then the token that holds
+    /// it (by accessor). Revoking one already gone succeeds.
+    fn revoke_minted(&self, namespace: &Namespace, _lease_id: &str, _accessor: &str) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported {
+            namespace: namespace.clone(),
+            backend: self.describe(),
+            what: "mints no credentials, so it has none to revoke".into(),
+        })
     }
 }

@@ -60,6 +60,13 @@ pub enum Lookup {
         /// Which version.
         version: Version,
     },
+    /// A dynamic secret defined there: mint a credential with [`Router::mint`].
+    Dynamic {
+        /// Where.
+        namespace: Namespace,
+        /// How.
+        def: super::DynamicDef,
+    },
 }
 
 /// Namespaces to backends: the local store for every namespace no remote
@@ -186,10 +193,27 @@ impl Router {
                 }
                 Read::Revoked(version) => Lookup::Revoked { namespace: ns, version },
                 Read::Expired(version) => Lookup::Expired { namespace: ns, version },
+                Read::Dynamic(def) => Lookup::Dynamic { namespace: ns, def },
             };
             return Ok(found);
         }
         Ok(Lookup::NotFound)
+    }
+
+    /// Mints a credential of the dynamic secret `def` of `namespace`.
+    pub fn mint(
+        &self,
+        namespace: &Namespace,
+        def: &super::DynamicDef,
+        ttl: std::time::Duration,
+    ) -> Result<super::Minted, BackendError> {
+        self.backend_for(namespace).mint(namespace, def, ttl)
+    }
+
+    /// Revokes a credential minted in `namespace` (its lease, then the
+    /// token that holds it).
+    pub fn revoke_minted(&self, namespace: &Namespace, lease_id: &str, accessor: &str) -> Result<(), BackendError> {
+        self.backend_for(namespace).revoke_minted(namespace, lease_id, accessor)
     }
 
     /// Appends one audit record on its own (a check, a configuration

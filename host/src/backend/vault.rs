@@ -8,7 +8,8 @@
 //! `revoke` soft-deletes every version in Vault, so the revocation holds
 //! whatever happens to keyhole's own files.
 
-use super::{BackendError, BackendKind, Read, SecretBackend, Supports, Version, http};
+use super::config::BackendConfig;
+use super::{BackendError, BackendKind, DynamicDef, Minted, Read, SecretBackend, Supports, Version, http};
 use crate::audit::NewRecord;
 use crate::names::{Namespace, SecretName};
 use crate::policy::Grant;
@@ -16,8 +17,11 @@ use crate::secret::SecretValue;
 use crate::store::{SecretInfo, SetOptions, VersionInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::RwLock;
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// One configured Vault/OpenBao backend.
@@ -42,12 +46,18 @@ pub struct VaultConfig {
     /// Plain `http://` to a non-loopback address was allowed explicitly.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_http: bool,
+    /// Dynamic secrets of the namespace, by name: minted per execution.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dynamic: BTreeMap<String, DynamicDef>,
 }
 
 /// A namespace served by a Vault/OpenBao server.
 #[derive(Debug)]
 pub struct VaultBackend {
     config: VaultConfig,
+    /// The dynamic secrets, as the configuration file now says (another
+    /// process may add one while this one runs).
+    dynamic: RwLock<BTreeMap<String, DynamicDef>>,
     /// Built on first use, then reused (its connections too).
     agent: OnceLock<ureq::Agent>,
     name: String,
@@ -57,7 +67,8 @@ impl VaultBackend {
     /// The backend `config` describes; nothing is contacted yet.
     pub fn new(config: VaultConfig) -> Self {
         let name = format!("vault server {}", config.address);
-        VaultBackend { config, agent: OnceLock::new(), name }
+        let dynamic = RwLock::new(config.dynamic.clone());
+        VaultBackend { config, dynamic, agent: OnceLock::new(), name }
     }
 
     fn agent(&self) -> Result<ureq::Agent, BackendError> {
@@ -117,24 +128,33 @@ impl VaultBackend {
         BackendError::Server { backend: self.name.clone(), op: op.to_owned(), path: path.to_owned(), status, message }
     }
 
-    /// One request; the status and the JSON body (`null` if none).
+    /// One request with the backend's token; the status and the JSON body
+    /// (`null` if none).
     fn call(
         &self,
         path: &str,
         query: Option<(&str, String)>,
         body: Option<&[u8]>,
     ) -> Result<(u16, Value), BackendError> {
-        let token = self.token()?;
+        self.call_as(&self.token()?, path, query, body)
+    }
+
+    /// One request with `token`.
+    fn call_as(
+        &self,
+        token: &str,
+        path: &str,
+        query: Option<(&str, String)>,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Value), BackendError> {
         let agent = self.agent()?;
         let url = self.url(path);
         let sent = match body {
-            Some(b) => agent
-                .post(&url)
-                .header("X-Vault-Token", token.as_str())
-                .header("Content-Type", "application/json")
-                .send(b),
+            Some(b) => {
+                agent.post(&url).header("X-Vault-Token", token).header("Content-Type", "application/json").send(b)
+            }
             None => {
-                let mut req = agent.get(&url).header("X-Vault-Token", token.as_str());
+                let mut req = agent.get(&url).header("X-Vault-Token", token);
                 if let Some((k, v)) = query {
                     req = req.query(k, v);
                 }
@@ -163,6 +183,9 @@ impl SecretBackend for VaultBackend {
     }
 
     fn read(&self, _namespace: &Namespace, grant: &Grant, version: Option<&Version>) -> Result<Read, BackendError> {
+        if let Some(def) = self.dynamic.read().unwrap_or_else(|p| p.into_inner()).get(grant.name().as_str()) {
+            return Ok(Read::Dynamic(def.clone()));
+        }
         let path = self.api_path("data", grant.name());
         let asked = version.and_then(Version::number);
         let (status, body) = self.call(&path, asked.map(|v| ("version", v.to_string())), None)?;
@@ -245,6 +268,126 @@ impl SecretBackend for VaultBackend {
 
     fn versions(&self, namespace: &Namespace, _name: &SecretName) -> Result<Vec<VersionInfo>, BackendError> {
         Err(self.unsupported(namespace, "keeps its own metadata: use `bao kv metadata get`"))
+    }
+
+    fn config(&self) -> Option<BackendConfig> {
+        let mut c = self.config.clone();
+        c.dynamic = self.dynamic.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(BackendConfig::Vault(c))
+    }
+
+    fn reconfigure(&self, config: &BackendConfig) {
+        if let BackendConfig::Vault(c) = config {
+            *self.dynamic.write().unwrap_or_else(|p| p.into_inner()) = c.dynamic.clone();
+        }
+    }
+
+    fn keeps_config_state(&self) -> bool {
+        true
+    }
+
+    /// A child token of ours holding only the secret's policy, living at
+    /// most `ttl`, reads the path; its accessor revokes it and the leases
+    /// it took.
+    fn mint(&self, namespace: &Namespace, def: &DynamicDef, ttl: Duration) -> Result<Minted, BackendError> {
+        let ttl = ttl.as_secs().max(1);
+        let create = serde_json::json!({
+            "policies": [def.policy],
+            "no_default_policy": true,
+            "ttl": format!("{ttl}s"),
+            "explicit_max_ttl": format!("{ttl}s"),
+            "renewable": false,
+            "display_name": "keyhole-execution",
+        })
+        .to_string();
+        let (status, reply) = self.call("/v1/auth/token/create", None, Some(create.as_bytes()))?;
+        if status != 200 {
+            return Err(self.server_error("POST", "/v1/auth/token/create", status, &reply));
+        }
+        let shape = |what: &str| BackendError::Shape { backend: self.name.clone(), what: what.to_owned() };
+        let child = Zeroizing::new(
+            reply["auth"]["client_token"]
+                .as_str()
+                .ok_or_else(|| shape("token/create answered no client_token"))?
+                .to_owned(),
+        );
+        let accessor =
+            reply["auth"]["accessor"].as_str().ok_or_else(|| shape("token/create answered no accessor"))?.to_owned();
+        let path = format!("/v1/{}", def.path.trim_matches('/'));
+        let read = self.call_as(&child, &path, None, None);
+        let (status, body) = match read {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self.revoke_minted(namespace, "", &accessor);
+                return Err(e);
+            }
+        };
+        if status != 200 || !body["data"].is_object() {
+            let _ = self.revoke_minted(namespace, body["lease_id"].as_str().unwrap_or_default(), &accessor);
+            return Err(self.server_error("GET", &path, status, &body));
+        }
+        let value = SecretValue::new(body["data"].to_string());
+        Ok(Minted {
+            value,
+            lease_id: body["lease_id"].as_str().unwrap_or_default().to_owned(),
+            accessor,
+            expires_at: crate::store::now() + ttl as i64,
+        })
+    }
+
+    fn revoke_minted(&self, _namespace: &Namespace, lease_id: &str, accessor: &str) -> Result<(), BackendError> {
+        // The lease first, synchronously (the engine drops the credential
+        // before answering; an unknown lease also answers 204), then the
+        // token, whose own revocation of its leases may lag.
+        if !lease_id.is_empty() {
+            let body = serde_json::json!({ "lease_id": lease_id }).to_string();
+            let (status, reply) = self.call("/v1/sys/leases/revoke", None, Some(body.as_bytes()))?;
+            if status != 204 && status != 200 {
+                return Err(self.server_error("POST", "/v1/sys/leases/revoke", status, &reply));
+            }
+        }
+        let body = serde_json::json!({ "accessor": accessor }).to_string();
+        let (status, reply) = self.call("/v1/auth/token/revoke-accessor", None, Some(body.as_bytes()))?;
+        // A token already expired or revoked is gone: nothing left to revoke.
+        let gone = status == 400
+            && reply["errors"].as_array().is_some_and(|e| {
+                e.iter().filter_map(Value::as_str).any(|m| m.contains("invalid accessor") || m.contains("not found"))
+            });
+        if status == 204 || status == 200 || gone {
+            return Ok(());
+        }
+        Err(self.server_error("POST", "/v1/auth/token/revoke-accessor", status, &reply))
+    }
+}
+
+impl VaultBackend {
+    /// Defines dynamic secret `name` minted from `path`: writes the policy
+    /// that lets a child token read that path and nothing else. Returns the
+    /// definition to save in the configuration.
+    pub fn define_dynamic(
+        &self,
+        namespace: &Namespace,
+        name: &SecretName,
+        path: &str,
+        ttl: Duration,
+    ) -> Result<DynamicDef, BackendError> {
+        let path = path.trim_matches('/');
+        if path.is_empty() || path.contains("..") || path.chars().any(|c| c.is_control() || c == '"' || c == '*') {
+            return Err(BackendError::Config {
+                backend: self.name.clone(),
+                why: format!("{path:?} is not a plain path like database/creds/readonly"),
+            });
+        }
+        let ns = if namespace.is_root() { "root".to_owned() } else { namespace.as_str().replace('.', "-") };
+        let policy = format!("keyhole-dynamic-{ns}-{}", name.as_str().to_ascii_lowercase());
+        let rules = format!("path \"{path}\" {{ capabilities = [\"read\"] }}\n");
+        let body = serde_json::json!({ "policy": rules }).to_string();
+        let api = format!("/v1/sys/policies/acl/{policy}");
+        let (status, reply) = self.call(&api, None, Some(body.as_bytes()))?;
+        if status != 204 && status != 200 {
+            return Err(self.server_error("POST", &api, status, &reply));
+        }
+        Ok(DynamicDef { path: path.to_owned(), ttl_secs: ttl.as_secs().max(1), policy })
     }
 }
 

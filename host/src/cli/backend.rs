@@ -77,6 +77,11 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
     let (namespace, cfg) = match cmd {
         BackendCommand::AddVault { namespace, address, mount, prefix, token_file, ca_file, insecure_http } => {
             check_address(&address, insecure_http).map_err(|e| fail(USAGE, anyhow::anyhow!("--address {e}")))?;
+            // Re-pointing a namespace keeps the dynamic secrets defined on it.
+            let dynamic = match b.for_namespace(&namespace) {
+                Some(BackendConfig::Vault(old)) => old.dynamic.clone(),
+                _ => Default::default(),
+            };
             let cfg = VaultConfig {
                 namespace: namespace.as_str().to_owned(),
                 address,
@@ -85,6 +90,7 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
                 token_file,
                 ca_file,
                 insecure_http,
+                dynamic,
             };
             (namespace, Some(BackendConfig::Vault(cfg)))
         }

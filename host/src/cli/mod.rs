@@ -7,6 +7,7 @@ mod backend;
 mod exec;
 mod flow;
 mod key;
+mod lease;
 mod plugin;
 mod remote;
 mod secret;
@@ -18,6 +19,7 @@ use backend::BackendCommand;
 use exec::ExecArgs;
 use flow::{ExecutionsCommand, FlowCommand, RunArgs, ValidateArgs};
 use key::KeyCommand;
+use lease::LeaseCommand;
 use plugin::PluginCommand;
 use secret::SecretCommand;
 use server::{RoleCommand, ServeArgs, TokenCommand};
@@ -106,6 +108,10 @@ pub(crate) enum Command {
     /// Roles: the built-in ones and custom permission sets.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// Credentials minted for executions from dynamic secrets: list them,
+    /// revoke those a stopped run left behind.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
 }
 
 /// Parses `--since`-style times into the RFC 3339 form records use.
@@ -184,6 +190,7 @@ pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
         Command::Serve(args) => server::serve(&dir, args, cli.compiler),
         Command::Token(cmd) => server::token(&dir, cmd),
         Command::Role(cmd) => server::role(&dir, cmd),
+        Command::Lease(cmd) => lease::lease(&dir, cmd),
     }
 }
 

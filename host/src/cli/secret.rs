@@ -99,6 +99,10 @@ pub(crate) enum SecretCommand {
         #[command(flatten)]
         at: At,
     },
+    /// Dynamic secrets: credentials minted per execution by Vault/OpenBao
+    /// (add, rm, list).
+    #[command(subcommand)]
+    Dynamic(super::lease::DynamicCommand),
     /// Crypto-erase a secret: every version's ciphertext and data key; a tombstone stays.
     Destroy {
         /// Secret name.
@@ -444,6 +448,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
     let me = Actor::current_user();
     let mut out = std::io::stdout().lock();
     match cmd {
+        SecretCommand::Dynamic(cmd) => super::lease::dynamic(dir, cmd),
         SecretCommand::Set { name, at, from_file, version: v } => {
             store_value(dir, &name, &at.namespace, &new_value(None, from_file)?, v, false)
         }

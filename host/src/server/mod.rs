@@ -319,6 +319,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     dir.ensure().map_err(|e| ServeError::Refused(format!("cannot create {}: {e}", dir.root().display())))?;
     let _lock = lock_data_dir(dir)?;
     let app = App::open(dir, opts.compiler, opts.max_auth_failures)?;
+    crate::session::sweep_leases(&app.secrets, &app.audit, &Actor::Server);
     let interrupted = app.recover()?;
     if interrupted > 0 {
         eprintln!("recovered: {interrupted} execution(s) cut off by the last stop are recorded as interrupted");

@@ -152,6 +152,11 @@ async fn start(
         audit: app.audit.clone(),
         pins: Default::default(),
         cancel,
+        leases: Arc::new(crate::lease::ExecutionLeases::new(
+            app.secrets.clone(),
+            app.audit.clone(),
+            crate::audit::Actor::Server,
+        )),
     };
     let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
     let begin = Start { execution, inputs, trigger };

@@ -1,0 +1,199 @@
+//! `host secret dynamic ...` (define credentials minted per execution) and
+//! `host lease list|sweep` (the credentials minted, and revoking those a
+//! stopped run left behind).
+
+use super::table::{Align::*, Table};
+use super::*;
+use keyhole::audit::{Action, Actor, AuditLog, NewRecord};
+use keyhole::backend::config::{self, BackendConfig, Backends};
+use keyhole::backend::vault::VaultBackend;
+use keyhole::session::open_secrets;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DynamicCommand {
+    /// Define a dynamic secret on a namespace served by Vault/OpenBao: each
+    /// execution that reads it gets a credential minted for it (a child
+    /// token of keyhole's own reads PATH), revoked when the execution ends.
+    Add {
+        /// Secret name, granted in flows like any other.
+        name: SecretName,
+        /// Namespace (served by a Vault/OpenBao backend).
+        #[arg(long, short, default_value = "", value_name = "NS")]
+        namespace: Namespace,
+        /// The path that mints a credential, e.g. database/creds/readonly.
+        #[arg(long, value_name = "PATH")]
+        vault_path: String,
+        /// The longest a credential lives (also bounded by the task's timeout plus a minute).
+        #[arg(long, default_value = "15m", value_parser = parse_duration, value_name = "DURATION")]
+        ttl: Duration,
+    },
+    /// Remove a dynamic secret's definition (credentials already minted stay leased until revoked).
+    Rm {
+        /// Secret name.
+        name: SecretName,
+        /// Namespace.
+        #[arg(long, short, default_value = "", value_name = "NS")]
+        namespace: Namespace,
+    },
+    /// The dynamic secrets, by namespace.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LeaseCommand {
+    /// Credentials minted for executions: lease id, secret, execution,
+    /// expiry, revoked (never the credential). Outstanding ones only, unless --all.
+    List {
+        /// Also the revoked ones.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every outstanding credential whose run has stopped (with
+    /// --all, also those of runs still going).
+    Sweep {
+        /// Also revoke credentials of runs still going.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn audit_log(dir: &DataDir, secrets: &Router) -> Result<AuditLog, Exit> {
+    let key = keyhole::audit::AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
+    AuditLog::open(&dir.store_path(), secrets.local().store().integrity().clone(), key)
+        .map_err(|e| fail(HOST, anyhow::Error::from(e)))
+}
+
+pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
+    let secrets = open_secrets(dir)?;
+    let path = config::config_path(dir.root());
+    let key = secrets.local().store().integrity().clone();
+    let mut backends = Backends::load(&path, &key).map_err(|e| fail(TAMPERED, anyhow::Error::from(e)))?;
+    let mut out = std::io::stdout().lock();
+    let (namespace, name, said, cfg) = match cmd {
+        DynamicCommand::List { json } => {
+            let mut rows = Vec::new();
+            for c in backends.list() {
+                if let BackendConfig::Vault(v) = c {
+                    for (name, def) in &v.dynamic {
+                        rows.push(serde_json::json!({
+                            "namespace": v.namespace, "name": name, "path": def.path,
+                            "ttl_secs": def.ttl_secs, "policy": def.policy, "server": v.address,
+                        }));
+                    }
+                }
+            }
+            if json {
+                return print_json(&mut out, &rows);
+            }
+            let mut table = Table::new(&[("NAMESPACE", Left), ("NAME", Left), ("MINTED FROM", Left), ("TTL", Right)]);
+            for r in rows {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                table.row([
+                    s("namespace"),
+                    s("name"),
+                    format!("{} at {}", s("path"), s("server")),
+                    format!("{}s", r["ttl_secs"]),
+                ]);
+            }
+            return table.write(&mut out).map_err(stdout_err);
+        }
+        DynamicCommand::Add { name, namespace, vault_path, ttl } => {
+            let Some(BackendConfig::Vault(v)) = backends.for_namespace(&namespace).cloned() else {
+                return Err(fail(
+                    USAGE,
+                    anyhow::anyhow!(
+                        "namespace {namespace} is not served by a Vault/OpenBao backend: \
+                         `host backend add-vault {namespace} --address ...` first"
+                    ),
+                ));
+            };
+            let def = VaultBackend::new(v.clone()).define_dynamic(&namespace, &name, &vault_path, ttl)?;
+            let said = format!(
+                "{name} in namespace {namespace} is dynamic: each execution gets a credential minted from {} \
+                 (at most {} s), revoked when it ends",
+                def.path, def.ttl_secs
+            );
+            let mut v = v;
+            v.dynamic.insert(name.as_str().to_owned(), def);
+            (namespace, name, said, BackendConfig::Vault(v))
+        }
+        DynamicCommand::Rm { name, namespace } => {
+            let Some(BackendConfig::Vault(mut v)) = backends.for_namespace(&namespace).cloned() else {
+                return Err(fail(USAGE, anyhow::anyhow!("no dynamic secret {name} in namespace {namespace}")));
+            };
+            if v.dynamic.remove(name.as_str()).is_none() {
+                return Err(fail(USAGE, anyhow::anyhow!("no dynamic secret {name} in namespace {namespace}")));
+            }
+            let said = format!("{name} in namespace {namespace} is no longer dynamic");
+            (namespace, name, said, BackendConfig::Vault(v))
+        }
+    };
+    // Audited before it takes effect (fail closed).
+    let rec =
+        NewRecord::ok(&Actor::current_user(), Action::BackendChange, &namespace, Some(&name)).reason(said.clone());
+    secrets.record(&rec)?;
+    backends.upsert(cfg);
+    backends.save(&path, &key).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
+    eprintln!("{said}");
+    Ok(())
+}
+
+pub(crate) fn lease(dir: &DataDir, cmd: LeaseCommand) -> Result<(), Exit> {
+    if !dir.store_path().exists() {
+        return Err(fail(USAGE, anyhow::anyhow!("no leases: {} does not exist", dir.store_path().display())));
+    }
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        LeaseCommand::List { all, json } => {
+            let leases =
+                keyhole::lease::Leases::open(&dir.store_path()).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
+            let list = leases.list(!all).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
+            if json {
+                return print_json(&mut out, &list);
+            }
+            let mut table = Table::new(&[
+                ("SECRET", Left),
+                ("EXECUTION", Left),
+                ("MINTED", Left),
+                ("EXPIRES", Left),
+                ("REVOKED", Left),
+                ("LEASE", Left),
+            ]);
+            for l in list {
+                table.row([
+                    format!("{}/{}", if l.namespace.is_empty() { "-" } else { &l.namespace }, l.name),
+                    l.execution,
+                    l.minted,
+                    keyhole::store::fmt_time(l.expires_at),
+                    l.revoked.unwrap_or_else(|| "outstanding".into()),
+                    l.lease_id,
+                ]);
+            }
+            table.write(&mut out).map_err(stdout_err)
+        }
+        LeaseCommand::Sweep { all } => {
+            let secrets = open_secrets(dir)?;
+            let audit = audit_log(dir, &secrets)?;
+            let (revoked, failed, live) =
+                keyhole::lease::sweep(&secrets, &audit, &dir.store_path(), &Actor::current_user(), all)
+                    .map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
+            eprintln!("revoked {revoked} credential(s); {live} belong to runs still going");
+            if failed > 0 {
+                return Err(fail(
+                    HOST,
+                    anyhow::anyhow!(
+                        "{failed} credential(s) could not be revoked: the audit trail says why; sweep again"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
