@@ -219,6 +219,17 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
                 .detail_field("lease_id", lease.lease_id.clone())
                 .detail_field("dynamic", true);
             record.value_hmac = access.audit.fingerprint(value.expose());
+            let bound: Result<Vec<crate::network::AllowEntry>, _> =
+                def.destinations.iter().map(|d| d.parse::<crate::network::AllowEntry>()).collect();
+            let Ok(bound) = bound else {
+                record.outcome = Outcome::Unavailable;
+                record.reason = Some("its destinations in the backend configuration do not parse".into());
+                let why = format!("secret {} could not be read (the operator's log has the details)", grant.name());
+                return audited(access, record, Err(AccessError::Unavailable(why)));
+            };
+            if !bound.is_empty() {
+                record = record.detail_field("bound_to", def.destinations.clone());
+            }
             audited(access, record, Ok(()))?;
             MaskSet::add_to(&[&access.masks, &access.task_masks], &value);
             // The credential's fields too: a task that parses the JSON and
@@ -227,6 +238,11 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
                 for v in fields.values().filter_map(serde_json::Value::as_str).filter(|v| v.len() >= 4) {
                     MaskSet::add_to(&[&access.masks, &access.task_masks], &SecretValue::new(v.to_owned()));
                 }
+            }
+            if !bound.is_empty() {
+                // Bound: the task gets a placeholder; the credential goes only
+                // into requests to its destinations.
+                return Ok(SecretValue::new(access.bound.placeholder(grant.name(), value, bound)));
             }
             Ok(value)
         }

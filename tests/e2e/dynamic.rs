@@ -135,18 +135,23 @@ fn leaked(echo: &Echo) -> Vec<(String, String)> {
         .collect()
 }
 
-fn flow(env: &Env, echo: &Echo, nap_secs: u64, extra_task: &str) -> PathBuf {
+fn flow(env: &Env, echo: &Echo, secret: &str, nap: &str, extra_task: &str) -> PathBuf {
     let probe = component(Plugin::Probe);
-    let send = json!({"action": "http", "secret": "WAREHOUSE_RO",
+    let send = json!({"action": "http", "secret": secret,
                       "requests": [{"method": "POST", "url": echo.url("/echo"), "body": "{secret}"}]});
     let text = format!(
-        "id: jit\nnamespace: ops\ntasks:\n  - id: send\n    plugin: {p}\n    secrets: [WAREHOUSE_RO]\n    network:\n      allow: [\"{o}\"]\n    input: {send}\n  - id: again\n    plugin: {p}\n    secrets: [WAREHOUSE_RO]\n    network:\n      allow: [\"{o}\"]\n    input: {send}\n  - id: nap\n    plugin: {p}\n    input: {{\"action\": \"sleep\", \"secs\": {nap_secs}}}\n{extra_task}",
+        "id: jit\nnamespace: ops\ntasks:\n  - id: send\n    plugin: {p}\n    secrets: [{secret}]\n    network:\n      allow: [\"{o}\"]\n    input: {send}\n  - id: again\n    plugin: {p}\n    secrets: [{secret}]\n    network:\n      allow: [\"{o}\"]\n    input: {send}\n  - id: nap\n    plugin: {p}\n{nap}{extra_task}",
         p = probe.display(),
         o = echo.origin(),
     );
     let file = env.home().join("jit.yaml");
     std::fs::write(&file, text).unwrap();
     file
+}
+
+/// The `nap` task's input (and limits): sleeps `secs`.
+fn nap(secs: u64, limits: &str) -> String {
+    format!("    input: {{\"action\": \"sleep\", \"secs\": {secs}}}\n{limits}")
 }
 
 /// Waits until the echo server has `n` credentials.
@@ -198,7 +203,7 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     // One run: both tasks get the same credential; it logs in while the
     // execution runs and not after it ended.
     let echo = Echo::start();
-    let file = flow(&env, &echo, 3, "");
+    let file = flow(&env, &echo, "WAREHOUSE_RO", &nap(3, ""), "");
     let mut run = with_token(&["run", file.to_str().unwrap()]);
     let child = run.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let creds = wait_leaked(&echo, 2);
@@ -241,16 +246,54 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
         "  - id: boom\n    plugin: {}\n    input: {{\"action\": \"panic\", \"message\": \"boom\"}}\n",
         component(Plugin::Probe).display()
     );
-    let file = flow(&env, &echo, 0, &trap);
+    let file = flow(&env, &echo, "WAREHOUSE_RO", &nap(0, ""), &trap);
     let r = env.run_with(&mut with_token(&["run", file.to_str().unwrap()]), b"");
     assert_ne!(r.code, 0);
     let (user, password) = leaked(&echo)[0].clone();
     assert!(!pg.login(&user, &password), "a trapped execution's credential still logs in");
 
+    // A task that outlives its timeout: revoked all the same.
+    let echo = Echo::start();
+    let file = flow(&env, &echo, "WAREHOUSE_RO", &nap(30, "    limits: { timeout: 1s }\n"), "");
+    let r = env.run_with(&mut with_token(&["run", file.to_str().unwrap()]), b"");
+    assert_ne!(r.code, 0);
+    let (user, password) = leaked(&echo)[0].clone();
+    assert!(!pg.login(&user, &password), "a timed-out execution's credential still logs in");
+
+    // Bound to a destination: the plugin holds only a placeholder; the
+    // host puts the credential into the request to the echo server.
+    let echo = Echo::start();
+    let r = env.run_with(
+        &mut with_token(&[
+            "secret",
+            "dynamic",
+            "add",
+            "WAREHOUSE_BOUND",
+            "-n",
+            "ops",
+            "--vault-path",
+            "database/creds/readonly",
+            "--destination",
+            &echo.origin(),
+        ]),
+        b"",
+    );
+    r.expect_code(0);
+    let file = flow(&env, &echo, "WAREHOUSE_BOUND", &nap(0, ""), "");
+    let r = env.run_with(&mut with_token(&["run", file.to_str().unwrap(), "--json"]), b"");
+    r.expect_code(0);
+    let (user, password) = leaked(&echo)[0].clone();
+    assert!(!r.stdout.contains(&password) && !r.stdout.contains(&user), "{r:#?}");
+    let r = env.run(&["secret", "describe", "WAREHOUSE_BOUND", "-n", "ops"]);
+    r.expect_code(0);
+    let doc = r.json();
+    assert_eq!((doc["dynamic"].as_bool(), doc["outstanding"].as_u64()), (Some(true), Some(0)), "{doc}");
+    assert_eq!(doc["destinations"][0].as_str().map(|d| d.starts_with("http://127.0.0.1:")), Some(true), "{doc}");
+
     // kill -9 of the host mid-execution: the lease stays outstanding until
     // `lease sweep` (or the next start) revokes it.
     let echo = Echo::start();
-    let file = flow(&env, &echo, 30, "");
+    let file = flow(&env, &echo, "WAREHOUSE_RO", &nap(30, ""), "");
     let mut child =
         with_token(&["run", file.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let (user, password) = wait_leaked(&echo, 2)[0].clone();

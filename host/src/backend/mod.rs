@@ -140,6 +140,10 @@ pub struct DynamicDef {
     /// The server-side policy that allows reading `path` and nothing else;
     /// each credential is read with a child token holding only it.
     pub policy: String,
+    /// Bound to these destinations (`scheme://host[:port]`): the task gets
+    /// a placeholder, the credential goes only into requests to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
 }
 
 /// A credential minted for one execution.

@@ -387,7 +387,7 @@ impl VaultBackend {
         if status != 204 && status != 200 {
             return Err(self.server_error("POST", &api, status, &reply));
         }
-        Ok(DynamicDef { path: path.to_owned(), ttl_secs: ttl.as_secs().max(1), policy })
+        Ok(DynamicDef { path: path.to_owned(), ttl_secs: ttl.as_secs().max(1), policy, destinations: Vec::new() })
     }
 }
 

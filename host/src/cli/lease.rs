@@ -26,6 +26,10 @@ pub(crate) enum DynamicCommand {
         /// The longest a credential lives (also bounded by the task's timeout plus a minute).
         #[arg(long, default_value = "15m", value_parser = parse_duration, value_name = "DURATION")]
         ttl: Duration,
+        /// Bind it to a destination, `scheme://host[:port]` (repeat for more): the task gets a
+        /// placeholder, and the host puts the credential only into requests to these.
+        #[arg(long = "destination", value_name = "URL")]
+        destinations: Vec<keyhole::network::AllowEntry>,
     },
     /// Remove a dynamic secret's definition (credentials already minted stay leased until revoked).
     Rm {
@@ -85,6 +89,7 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
                         rows.push(serde_json::json!({
                             "namespace": v.namespace, "name": name, "path": def.path,
                             "ttl_secs": def.ttl_secs, "policy": def.policy, "server": v.address,
+                            "destinations": def.destinations,
                         }));
                     }
                 }
@@ -104,7 +109,7 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
             }
             return table.write(&mut out).map_err(stdout_err);
         }
-        DynamicCommand::Add { name, namespace, vault_path, ttl } => {
+        DynamicCommand::Add { name, namespace, vault_path, ttl, destinations } => {
             let Some(BackendConfig::Vault(v)) = backends.for_namespace(&namespace).cloned() else {
                 return Err(fail(
                     USAGE,
@@ -114,7 +119,8 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
                     ),
                 ));
             };
-            let def = VaultBackend::new(v.clone()).define_dynamic(&namespace, &name, &vault_path, ttl)?;
+            let mut def = VaultBackend::new(v.clone()).define_dynamic(&namespace, &name, &vault_path, ttl)?;
+            def.destinations = destinations.iter().map(ToString::to_string).collect();
             let said = format!(
                 "{name} in namespace {namespace} is dynamic: each execution gets a credential minted from {} \
                  (at most {} s), revoked when it ends",
@@ -143,6 +149,42 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
     backends.save(&path, &key).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
     eprintln!("{said}");
     Ok(())
+}
+
+/// `secret describe` of a dynamic secret: its definition and its leases
+/// (never a credential); `None` if `name` is not dynamic in `namespace`.
+pub(crate) fn describe_dynamic(
+    dir: &DataDir,
+    secrets: &Router,
+    namespace: &Namespace,
+    name: &SecretName,
+) -> Result<Option<serde_json::Value>, Exit> {
+    let path = config::config_path(dir.root());
+    let backends = Backends::load(&path, secrets.local().store().integrity())
+        .map_err(|e| fail(TAMPERED, anyhow::Error::from(e)))?;
+    let Some(BackendConfig::Vault(v)) = backends.for_namespace(namespace) else { return Ok(None) };
+    let Some(def) = v.dynamic.get(name.as_str()) else { return Ok(None) };
+    let leases = keyhole::lease::Leases::open(&dir.store_path()).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
+    let mine: Vec<_> = leases
+        .list(false)
+        .map_err(|e| fail(HOST, anyhow::Error::from(e)))?
+        .into_iter()
+        .filter(|l| l.namespace == namespace.as_str() && l.name == name.as_str())
+        .collect();
+    let outstanding = mine.iter().filter(|l| l.revoked.is_none()).count();
+    Ok(Some(serde_json::json!({
+        "namespace": namespace,
+        "name": name.as_str(),
+        "dynamic": true,
+        "backend": format!("vault server {}", v.address),
+        "minted_from": def.path,
+        "ttl_secs": def.ttl_secs,
+        "policy": def.policy,
+        "destinations": def.destinations,
+        "leases": mine.len(),
+        "outstanding": outstanding,
+        "last_minted": mine.first().map(|l| l.minted.clone()),
+    })))
 }
 
 pub(crate) fn lease(dir: &DataDir, cmd: LeaseCommand) -> Result<(), Exit> {

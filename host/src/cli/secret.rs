@@ -486,6 +486,9 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Describe { name, at, json } => {
             let secrets = open_secrets(dir)?;
+            if let Some(doc) = super::lease::describe_dynamic(dir, &secrets, &at.namespace, &name)? {
+                return print_json(&mut out, &doc);
+            }
             let backend = secrets.backend_for(&at.namespace);
             let info = backend.info(&at.namespace, &name)?.ok_or_else(|| {
                 Exit::from(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
