@@ -16,6 +16,14 @@
 //! multi-line value. Every match becomes the fixed string `***`, whatever
 //! the secret's length.
 //!
+//! Beyond the listed forms, a decoding pass catches any percent-encoding:
+//! text is percent-decoded (`%XX` in either case; `+` read both as itself
+//! and as a space) and searched for the values, so whichever bytes an
+//! encoder escapes (Python, JavaScript, Java, Go, PHP all differ) the span
+//! is masked. A stream holds back a trailing run of the bytes an encoded
+//! value is made of (at most three times the longest value) until a byte
+//! that ends it, so no encoding is split between two passes.
+//!
 //! Values (and lines) shorter than [`MIN_MASK_LEN`] bytes are masked only as
 //! whole tokens (not touching another letter or digit), and their encodings
 //! are not masked: masking every `a1` inside other words would garble output
@@ -58,6 +66,12 @@ pub struct Matcher {
     /// For large sets: which positions could start a pattern, checked
     /// before the (anchored) automaton runs there.
     starts: Option<Box<StartFilter>>,
+    /// The values themselves (those long enough to mask inside words), for
+    /// the decoding pass: text is percent-decoded and searched for them,
+    /// so any encoder's choice of escaped bytes and hex case is caught.
+    plain: Option<AhoCorasick>,
+    /// Longest such value: an encoded one is at most three times longer.
+    max_value_len: usize,
 }
 
 /// Large sets have no byte rare enough for a prefilter, and an unanchored
@@ -176,6 +190,8 @@ impl Default for Matcher {
             first_bytes: [false; 256],
             max_len: 0,
             starts: None,
+            plain: None,
+            max_value_len: 0,
         }
     }
 }
@@ -323,7 +339,7 @@ impl MaskSet {
         }
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *guard;
-        inner.compiled.get_or_insert_with(|| Arc::new(Matcher::build(&inner.patterns))).clone()
+        inner.compiled.get_or_insert_with(|| Arc::new(Matcher::build(&inner.patterns, &inner.values))).clone()
     }
 
     /// Masks a complete text.
@@ -342,8 +358,24 @@ fn is_word(b: u8) -> bool {
 }
 
 impl Matcher {
-    fn build(patterns: &[(Zeroizing<Vec<u8>>, bool)]) -> Self {
-        Self::build_sized(patterns, patterns.len() > LARGE_SET)
+    fn build(patterns: &[(Zeroizing<Vec<u8>>, bool)], values: &[Zeroizing<Vec<u8>>]) -> Self {
+        Self::build_with(patterns, values, patterns.len() > LARGE_SET)
+    }
+
+    /// [`Matcher::build_sized`], plus the decoding pass over `values`.
+    fn build_with(patterns: &[(Zeroizing<Vec<u8>>, bool)], values: &[Zeroizing<Vec<u8>>], large: bool) -> Self {
+        let mut m = Self::build_sized(patterns, large);
+        let long: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).filter(|v| v.len() >= MIN_MASK_LEN).collect();
+        if !long.is_empty() {
+            m.max_value_len = long.iter().map(|v| v.len()).max().unwrap_or(0);
+            m.plain = Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(long)
+                    .expect("masking patterns are plain byte strings"),
+            );
+        }
+        m
     }
 
     /// `large`: use the start filter and an anchored DFA (see [`StartFilter`]).
@@ -379,6 +411,8 @@ impl Matcher {
             sorted,
             first_bytes,
             starts,
+            plain: None,
+            max_value_len: 0,
         }
     }
 
@@ -398,15 +432,86 @@ impl Matcher {
         None
     }
 
+    /// Masks a complete buffer into `out`: every form a value is listed
+    /// in, then any percent-encoding of it ([`Matcher::decoded_spans`]).
+    pub fn mask_all(&self, buf: &[u8], out: &mut Vec<u8>) {
+        let mut first = Vec::with_capacity(buf.len());
+        self.mask_into(buf, &mut None, true, &mut first);
+        self.mask_decoded(&first, out);
+    }
+
+    /// Copies `buf` to `out` with every span that percent-decodes to a
+    /// value replaced by the mask.
+    fn mask_decoded(&self, buf: &[u8], out: &mut Vec<u8>) {
+        let mut at = 0;
+        for (s, e) in self.decoded_spans(buf) {
+            out.extend_from_slice(&buf[at..s]);
+            out.extend_from_slice(MASK.as_bytes());
+            at = e;
+        }
+        out.extend_from_slice(&buf[at..]);
+    }
+
+    /// The spans of `buf` (sorted, disjoint) that are a value written with
+    /// at least one percent-escape (either hex case) or `+` for a space,
+    /// whichever bytes the encoder chose to escape: the text is decoded
+    /// (once reading `+` as itself, once as a space) and searched for the
+    /// values themselves.
+    fn decoded_spans(&self, buf: &[u8]) -> Vec<(usize, usize)> {
+        let Some(plain) = &self.plain else { return Vec::new() };
+        if !buf.iter().any(|&b| b == b'%' || b == b'+') {
+            return Vec::new();
+        }
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let mut spans = Vec::new();
+        for plus_is_space in [false, true] {
+            let (mut dec, mut from) = (Vec::with_capacity(buf.len()), Vec::with_capacity(buf.len()));
+            let mut i = 0;
+            while i < buf.len() {
+                from.push(i);
+                match buf[i] {
+                    b'%' if i + 2 < buf.len() => match (hex(buf[i + 1]), hex(buf[i + 2])) {
+                        (Some(h), Some(l)) => {
+                            dec.push(h << 4 | l);
+                            i += 3;
+                            continue;
+                        }
+                        _ => dec.push(b'%'),
+                    },
+                    b'+' if plus_is_space => dec.push(b' '),
+                    b => dec.push(b),
+                }
+                i += 1;
+            }
+            for m in plain.find_iter(&dec) {
+                let (s, e) = (from[m.start()], from.get(m.end()).copied().unwrap_or(buf.len()));
+                let encoded = e - s != m.end() - m.start() || (plus_is_space && buf[s..e].contains(&b'+'));
+                // What no encoder writes (a literal space or quote among
+                // escapes) is left to the listed forms, so that a stream
+                // cut at such a byte masks exactly what the whole text does.
+                if encoded && buf[s..e].iter().all(|&b| url_ish(b)) {
+                    spans.push((s, e));
+                }
+            }
+        }
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (s, e) in spans {
+            match merged.last_mut() {
+                Some(last) if s < last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        merged
+    }
+
     /// Masks a complete text.
     pub fn mask_str<'a>(&self, text: &'a str) -> Cow<'a, str> {
         if self.ac.is_none() {
             return Cow::Borrowed(text);
         }
         let mut out = Vec::with_capacity(text.len());
-        let mut prev = None;
-        let consumed = self.mask_into(text.as_bytes(), &mut prev, true, &mut out);
-        debug_assert_eq!(consumed, text.len());
+        self.mask_all(text.as_bytes(), &mut out);
         // Replacing whole UTF-8 sequences with ASCII keeps the text valid,
         // except where a pattern ends inside a character; fall back to lossy.
         match String::from_utf8(out) {
@@ -491,35 +596,80 @@ impl Matcher {
 
 /// Streaming masker for one output channel: feed it writes as they come; it
 /// releases at once every byte that cannot be part of a secret.
+///
+/// Two stages: the listed forms (held back only while they could begin
+/// one), then the decoding pass, which holds back a trailing run of the
+/// bytes an encoded value is made of ([`url_ish`]) until a byte that ends
+/// it arrives, so no encoded value is split between two passes.
 #[derive(Debug, Default)]
 pub struct StreamMasker {
     pending: Vec<u8>,
     prev: Option<u8>,
+    /// Released by the first stage, waiting for the decoding pass.
+    encoded: Vec<u8>,
+}
+
+/// Bytes a percent-encoded value can consist of (what some encoder leaves
+/// unescaped, `%` and `+`); any other byte ends one.
+fn url_ish(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' | b'[' | b']')
 }
 
 impl StreamMasker {
     /// Masks `input` (appended to any held-back bytes) into `out`.
     pub fn push(&mut self, m: &Matcher, input: &[u8], out: &mut Vec<u8>) {
         self.pending.extend_from_slice(input);
-        let used = m.mask_into(&self.pending, &mut self.prev, false, out);
+        let used = m.mask_into(&self.pending, &mut self.prev, false, &mut self.encoded);
         self.pending.drain(..used);
+        self.release(m, false, out);
+    }
+
+    /// Runs the decoding pass over what can be released: up to the last
+    /// byte that ends an encoded run, or everything at `eof` or when the
+    /// run is longer than any encoded value.
+    fn release(&mut self, m: &Matcher, eof: bool, out: &mut Vec<u8>) {
+        if m.plain.is_none() {
+            out.append(&mut self.encoded);
+            return;
+        }
+        let run = self.encoded.iter().rev().take_while(|&&b| url_ish(b)).count();
+        let longest = 3 * m.max_value_len;
+        let mut cut = if eof { self.encoded.len() } else { self.encoded.len() - run.min(longest) };
+        if cut == 0 {
+            return;
+        }
+        let spans = m.decoded_spans(&self.encoded);
+        // A span that starts before the cut is released whole.
+        if let Some(&(_, e)) = spans.iter().rev().find(|(s, _)| *s < cut) {
+            cut = cut.max(e);
+        }
+        let mut at = 0;
+        for &(s, e) in spans.iter().take_while(|(s, _)| *s < cut) {
+            out.extend_from_slice(&self.encoded[at..s]);
+            out.extend_from_slice(MASK.as_bytes());
+            at = e;
+        }
+        out.extend_from_slice(&self.encoded[at..cut]);
+        self.encoded.drain(..cut);
     }
 
     /// Whether bytes are held back waiting for more input.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.encoded.is_empty()
     }
 
     /// Flushes held-back bytes at end of stream.
     pub fn finish(&mut self, m: &Matcher, out: &mut Vec<u8>) {
         let pending = std::mem::take(&mut self.pending);
-        m.mask_into(&pending, &mut self.prev, true, out);
+        m.mask_into(&pending, &mut self.prev, true, &mut self.encoded);
+        self.release(m, true, out);
     }
 
     /// Drops held-back bytes without emitting them (used when output is cut
     /// off at its size limit: they may be the start of a secret).
     pub fn discard(&mut self) {
         self.pending.clear();
+        self.encoded.clear();
     }
 }
 
@@ -566,7 +716,7 @@ mod tests {
     }
 
     #[test]
-    fn stream_masks_across_writes_and_releases_non_prefixes_at_once() {
+    fn stream_masks_across_writes_and_releases_at_a_delimiter() {
         let s = set(&["supersecret"]);
         let m = s.matcher();
         let mut sm = StreamMasker::default();
@@ -575,9 +725,13 @@ mod tests {
         assert_eq!(out, b"hello ");
         sm.push(&m, b"secret and sup", &mut out);
         assert_eq!(out, b"hello *** and ");
+        // Not a prefix of the value, but it could begin an encoding of it
+        // (`supper%20...`): held until a byte that ends such a run.
         sm.push(&m, b"per", &mut out);
-        assert_eq!(out, b"hello *** and supper");
-        sm.push(&m, b" tail sup", &mut out);
+        assert_eq!(out, b"hello *** and ");
+        sm.push(&m, b" ", &mut out);
+        assert_eq!(out, b"hello *** and supper ");
+        sm.push(&m, b"tail sup", &mut out);
         sm.finish(&m, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "hello *** and supper tail sup");
     }
@@ -661,7 +815,10 @@ mod tests {
             cuts.sort_unstable();
             proptest::prop_assert_eq!(stream(&s.matcher(), &text, &cuts), whole.clone());
             // The large-set engine (start filter, anchored DFA) agrees.
-            let large = Matcher::build_sized(&s.inner.read().unwrap().patterns, true);
+            let large = {
+                let inner = s.inner.read().unwrap();
+                Matcher::build_with(&inner.patterns, &inner.values, true)
+            };
             proptest::prop_assert_eq!(large.mask_str(&text).into_owned(), whole.clone());
             proptest::prop_assert_eq!(stream(&large, &text, &cuts), whole.clone());
             for v in secrets.iter().filter(|v| v.len() >= MIN_MASK_LEN && v.trim() == v.as_str()) {
@@ -671,6 +828,89 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// How one encoder writes a byte it may leave alone: `safe` lists the
+    /// punctuation it keeps (letters and digits always stay).
+    struct Encoder {
+        safe: &'static str,
+        space_plus: bool,
+        lower_hex: bool,
+    }
+
+    /// Python quote / quote_plus / urlencode, JavaScript encodeURIComponent
+    /// and URLSearchParams, Java URLEncoder, Go QueryEscape / PathEscape,
+    /// PHP urlencode / rawurlencode, each in both hex cases.
+    const ENCODERS: &[Encoder] = &[
+        Encoder { safe: "_.-~/", space_plus: false, lower_hex: false }, // Python quote
+        Encoder { safe: "_.-~", space_plus: true, lower_hex: false },   // Python quote_plus / urlencode
+        Encoder { safe: "-_.!~*'()", space_plus: false, lower_hex: false }, // encodeURIComponent
+        Encoder { safe: "*-._", space_plus: true, lower_hex: false },   // URLSearchParams, Java URLEncoder
+        Encoder { safe: "-_.~", space_plus: true, lower_hex: false },   // Go QueryEscape
+        Encoder { safe: "-_.~$&+,/:;=@", space_plus: false, lower_hex: false }, // Go PathEscape
+        Encoder { safe: "-_.", space_plus: true, lower_hex: false },    // PHP urlencode
+        Encoder { safe: "-_.~", space_plus: false, lower_hex: true },   // rawurlencode, lower-case hex
+    ];
+
+    fn encode(value: &str, e: &Encoder, flips: &[bool]) -> String {
+        let mut out = String::new();
+        for (i, b) in value.bytes().enumerate() {
+            let lower = e.lower_hex ^ flips.get(i).copied().unwrap_or(false);
+            if b.is_ascii_alphanumeric() || e.safe.as_bytes().contains(&b) {
+                out.push(b as char);
+            } else if b == b' ' && e.space_plus {
+                out.push('+');
+            } else if lower {
+                out.push_str(&format!("%{b:02x}"));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any value, percent-encoded by any common library (with its hex
+        /// case flipped at random bytes), inside form bodies, query strings
+        /// and JSON, whole or written in random pieces: never survives.
+        #[test]
+        fn every_common_percent_encoding_is_masked(
+            value in "[ -~]{4,24}",
+            encoder in 0usize..8,
+            flips in proptest::collection::vec(proptest::bool::ANY, 24),
+            before in "[a-z=&?]{0,8}",
+            after in "[a-z=&]{0,8}",
+            cuts in proptest::collection::vec(0usize..4096, 0..6),
+        ) {
+            let s = set(&[value.as_str()]);
+            let encoded = encode(&value, &ENCODERS[encoder], &flips);
+            for text in [
+                format!("{before}{encoded}{after}"),
+                format!("POST body: password={encoded}&user=svc\n"),
+                format!("{{\"url\": \"https://h/x?{before}={encoded}\"}}"),
+            ] {
+                let whole = s.mask(&text).into_owned();
+                proptest::prop_assert!(!whole.contains(&encoded), "{:?} survives in {:?}", encoded, whole);
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+                cuts.sort_unstable();
+                proptest::prop_assert_eq!(stream(&s.matcher(), &text, &cuts), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn a_mixed_encoding_no_single_encoder_writes_is_masked() {
+        // Python's quote_plus of "p a*ss~w" keeps `~` and escapes `*`;
+        // Java's URLEncoder keeps `*` and escapes `~`. Neither is a listed form.
+        let s = set(&["p a*ss~w"]);
+        for t in ["p+a%2Ass~w", "p+a*ss%7Ew", "p%20a%2ass%7ew", "p+a%2Ass%7Ew"] {
+            assert_eq!(s.mask(&format!("x={t}&y=1")), "x=***&y=1", "{t}");
+        }
+        // A stream cut inside the encoded value.
+        let m = s.matcher();
+        assert_eq!(stream(&m, "x=p+a%2Ass~w&y=1\n", &[4, 7, 9]), "x=***&y=1\n");
     }
 
     #[test]

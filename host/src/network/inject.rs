@@ -270,7 +270,7 @@ pub fn scrub(injected: &Injected, bytes: &[u8]) -> Vec<u8> {
         return bytes.to_vec();
     }
     let mut out = Vec::with_capacity(bytes.len());
-    injected.scrub.matcher().mask_into(bytes, &mut None, true, &mut out);
+    injected.scrub.matcher().mask_all(bytes, &mut out);
     out
 }
 
