@@ -199,6 +199,9 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     assert!(r.stderr.contains("WAREHOUSE_RO in namespace ops is dynamic"), "{r:#?}");
     let r = env.run(&["secret", "dynamic", "list"]);
     assert!(r.stdout.contains("WAREHOUSE_RO") && r.stdout.contains("database/creds/readonly"), "{r:#?}");
+    let r = env.run(&["secret", "list"]);
+    let line = r.stdout.lines().find(|l| l.contains("WAREHOUSE_RO")).unwrap_or_default();
+    assert!(line.contains("dynamic: minted per execution from database/creds/readonly"), "{r:#?}");
 
     // One run: both tasks get the same credential; it logs in while the
     // execution runs and not after it ended.

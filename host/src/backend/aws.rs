@@ -252,6 +252,7 @@ impl AwsBackend {
             revoked_at: revoked.then(crate::store::now),
             destroyed_at: time("DeletedDate"),
             tampered: false,
+            dynamic: None,
         }
     }
 }

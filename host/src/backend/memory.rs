@@ -141,6 +141,7 @@ impl SecretBackend for MemoryBackend {
                 revoked_at: e.revoked.then_some(0),
                 destroyed_at: None,
                 tampered: false,
+                dynamic: None,
             })
             .collect())
     }

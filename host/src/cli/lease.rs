@@ -151,6 +151,36 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
     Ok(())
 }
 
+/// The dynamic secrets as `secret list` shows them.
+pub(crate) fn dynamic_infos(dir: &DataDir, secrets: &Router) -> Result<Vec<keyhole::store::SecretInfo>, Exit> {
+    let path = config::config_path(dir.root());
+    let backends = Backends::load(&path, secrets.local().store().integrity())
+        .map_err(|e| fail(TAMPERED, anyhow::Error::from(e)))?;
+    let mut out = Vec::new();
+    for c in backends.list() {
+        let BackendConfig::Vault(v) = c else { continue };
+        for (name, def) in &v.dynamic {
+            out.push(keyhole::store::SecretInfo {
+                namespace: v.namespace.clone(),
+                name: name.clone(),
+                version: 0,
+                version_id: None,
+                versions_stored: 0,
+                keep_versions: 0,
+                created_at: 0,
+                updated_at: 0,
+                expires_at: None,
+                revoked_at: None,
+                destroyed_at: None,
+                destinations: def.destinations.clone(),
+                tampered: false,
+                dynamic: Some(def.path.clone()),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// `secret describe` of a dynamic secret: its definition and its leases
 /// (never a credential); `None` if `name` is not dynamic in `namespace`.
 pub(crate) fn describe_dynamic(

@@ -259,7 +259,9 @@ pub(crate) fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
 }
 
 pub(crate) fn state(s: &SecretInfo, now: i64) -> String {
-    if s.tampered {
+    if let Some(path) = &s.dynamic {
+        format!("dynamic: minted per execution from {path}")
+    } else if s.tampered {
         "TAMPERED (edited outside keyhole; reads refused)".into()
     } else if s.destroyed_at.is_some() {
         "destroyed".into()
@@ -429,14 +431,11 @@ fn print_secret_list(out: &mut impl Write, list: &[SecretInfo], json: bool) -> R
     for s in list {
         let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
         let version = s.version_id.as_deref().map_or(s.version.to_string(), short_id);
-        table.row([
-            ns.to_owned(),
-            s.name.to_string(),
-            version,
-            fmt_time(s.created_at),
-            fmt_time(s.updated_at),
-            state(s, t).to_string(),
-        ]);
+        let (version, created, updated) = match s.dynamic {
+            Some(_) => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            None => (version, fmt_time(s.created_at), fmt_time(s.updated_at)),
+        };
+        table.row([ns.to_owned(), s.name.to_string(), version, created, updated, state(s, t).to_string()]);
     }
     table.write(out).map_err(stdout_err)
 }
@@ -469,6 +468,13 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                     Ok(remote) => list.extend(remote.into_iter().filter(|_| before.is_none())),
                     Err(e) => notes.push(format!("(namespace {ns} is served by {}: {e})", b.describe())),
                 }
+            }
+            if before.is_none() {
+                list.extend(
+                    super::lease::dynamic_infos(dir, &secrets)?
+                        .into_iter()
+                        .filter(|i| namespace.as_ref().is_none_or(|n| n.as_str() == i.namespace)),
+                );
             }
             list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             for n in &notes {

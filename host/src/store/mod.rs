@@ -167,6 +167,10 @@ pub struct SecretInfo {
     /// Its stored state fails its integrity check: it was edited outside
     /// keyhole, and reads are refused.
     pub tampered: bool,
+    /// A dynamic secret: the path each execution's credential is minted
+    /// from (nothing is stored; `version` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<String>,
 }
 
 /// One stored version.

@@ -104,6 +104,7 @@ impl SecretStore {
                     versions_stored: r.get::<_, i64>(9)? as u64,
                     destinations: Vec::new(),
                     tampered: false,
+                    dynamic: None,
                 };
                 let destinations: Option<String> = r.get(13)?;
                 let parsed = super::rows::parse_destinations(destinations.as_deref());
