@@ -74,11 +74,18 @@ fn audit_log(dir: &DataDir, secrets: &Router) -> Result<AuditLog, Exit> {
         .map_err(|e| fail(HOST, anyhow::Error::from(e)))
 }
 
+/// The backend configuration (checked against its MAC) and where it lives.
+fn backends(dir: &DataDir, secrets: &Router) -> Result<(PathBuf, Backends), Exit> {
+    let path = config::config_path(dir.root());
+    let loaded = Backends::load(&path, secrets.local().store().integrity())
+        .map_err(|e| fail(TAMPERED, anyhow::Error::from(e)))?;
+    Ok((path, loaded))
+}
+
 pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
     let secrets = open_secrets(dir)?;
-    let path = config::config_path(dir.root());
+    let (path, mut backends) = backends(dir, &secrets)?;
     let key = secrets.local().store().integrity().clone();
-    let mut backends = Backends::load(&path, &key).map_err(|e| fail(TAMPERED, anyhow::Error::from(e)))?;
     let mut out = std::io::stdout().lock();
     let (namespace, name, said, cfg) = match cmd {
         DynamicCommand::List { json } => {
@@ -153,9 +160,7 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
 
 /// The dynamic secrets as `secret list` shows them.
 pub(crate) fn dynamic_infos(dir: &DataDir, secrets: &Router) -> Result<Vec<keyhole::store::SecretInfo>, Exit> {
-    let path = config::config_path(dir.root());
-    let backends = Backends::load(&path, secrets.local().store().integrity())
-        .map_err(|e| fail(TAMPERED, anyhow::Error::from(e)))?;
+    let (_, backends) = backends(dir, secrets)?;
     let mut out = Vec::new();
     for c in backends.list() {
         let BackendConfig::Vault(v) = c else { continue };
@@ -189,9 +194,7 @@ pub(crate) fn describe_dynamic(
     namespace: &Namespace,
     name: &SecretName,
 ) -> Result<Option<serde_json::Value>, Exit> {
-    let path = config::config_path(dir.root());
-    let backends = Backends::load(&path, secrets.local().store().integrity())
-        .map_err(|e| fail(TAMPERED, anyhow::Error::from(e)))?;
+    let (_, backends) = backends(dir, secrets)?;
     let Some(BackendConfig::Vault(v)) = backends.for_namespace(namespace) else { return Ok(None) };
     let Some(def) = v.dynamic.get(name.as_str()) else { return Ok(None) };
     let leases = keyhole::lease::Leases::open(&dir.store_path()).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
