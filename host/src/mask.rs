@@ -21,8 +21,9 @@
 //! and as a space) and searched for the values, so whichever bytes an
 //! encoder escapes (Python, JavaScript, Java, Go, PHP all differ) the span
 //! is masked. A stream holds back a trailing run of the bytes an encoded
-//! value is made of (at most three times the longest value) until a byte
-//! that ends it, so no encoding is split between two passes.
+//! value is made of, when it holds an escape (at most three times the
+//! longest value), until a byte that ends it, so no encoding is split
+//! between two passes.
 //!
 //! Values (and lines) shorter than [`MIN_MASK_LEN`] bytes are masked only as
 //! whole tokens (not touching another letter or digit), and their encodings
@@ -599,8 +600,9 @@ impl Matcher {
 ///
 /// Two stages: the listed forms (held back only while they could begin
 /// one), then the decoding pass, which holds back a trailing run of the
-/// bytes an encoded value is made of ([`url_ish`]) until a byte that ends
-/// it arrives, so no encoded value is split between two passes.
+/// bytes an encoded value is made of ([`url_ish`]) that holds an escape,
+/// until a byte that ends it arrives, so no encoded value is split between
+/// two passes.
 #[derive(Debug, Default)]
 pub struct StreamMasker {
     pending: Vec<u8>,
@@ -633,6 +635,14 @@ impl StreamMasker {
             return;
         }
         let run = self.encoded.iter().rev().take_while(|&&b| url_ish(b)).count();
+        // A run that, with the bytes the first stage still holds after it,
+        // has no `%` or `+` is literal text: had it begun an encoding of a
+        // value, it would begin the value itself, which the first stage
+        // would still be holding. Only a run with an escape waits.
+        let escape = |b: &u8| *b == b'%' || *b == b'+';
+        let tail = &self.encoded[self.encoded.len() - run..];
+        let mut next = self.pending.iter().take_while(|&&b| url_ish(b));
+        let run = if tail.iter().any(escape) || next.any(escape) { run } else { 0 };
         let longest = 3 * m.max_value_len;
         let mut cut = if eof { self.encoded.len() } else { self.encoded.len() - run.min(longest) };
         if cut == 0 {
@@ -716,7 +726,7 @@ mod tests {
     }
 
     #[test]
-    fn stream_masks_across_writes_and_releases_at_a_delimiter() {
+    fn stream_masks_across_writes_and_releases_non_prefixes_at_once() {
         let s = set(&["supersecret"]);
         let m = s.matcher();
         let mut sm = StreamMasker::default();
@@ -725,15 +735,17 @@ mod tests {
         assert_eq!(out, b"hello ");
         sm.push(&m, b"secret and sup", &mut out);
         assert_eq!(out, b"hello *** and ");
-        // Not a prefix of the value, but it could begin an encoding of it
-        // (`supper%20...`): held until a byte that ends such a run.
         sm.push(&m, b"per", &mut out);
-        assert_eq!(out, b"hello *** and ");
-        sm.push(&m, b" ", &mut out);
+        assert_eq!(out, b"hello *** and supper");
+        // A run with an escape could be an encoding that diverged from
+        // every listed form: it waits for a byte that ends it.
+        sm.push(&m, b" x=super%73", &mut out);
         assert_eq!(out, b"hello *** and supper ");
+        sm.push(&m, b"ecret ", &mut out);
+        assert_eq!(out, b"hello *** and supper x=*** ");
         sm.push(&m, b"tail sup", &mut out);
         sm.finish(&m, &mut out);
-        assert_eq!(String::from_utf8(out).unwrap(), "hello *** and supper tail sup");
+        assert_eq!(String::from_utf8(out).unwrap(), "hello *** and supper x=*** tail sup");
     }
 
     #[test]
