@@ -387,12 +387,15 @@ impl Executions {
         Ok((json_column(inputs), json_column(trigger)))
     }
 
-    /// Stores the (masked) log of an execution.
-    pub fn set_log(&self, id: &str, log: &str) -> Result<(), RecordError> {
+    /// Saves an ended execution's record and its (masked) log in one commit.
+    pub fn finish(&self, rec: &ExecutionRecord, log: &str) -> Result<(), RecordError> {
+        let tasks = serde_json::to_string(&rec.tasks).expect("records encode");
         self.conn
-            .prepare_cached("UPDATE executions SET log = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![id, log]))
-            .map_err(self.err("save an execution's log"))?;
+            .prepare_cached(
+                "UPDATE executions SET status = ?2, started = ?3, ended = ?4, tasks = ?5, log = ?6 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![rec.id, rec.status, rec.started, rec.ended, tasks, log]))
+            .map_err(self.err("save an ended execution"))?;
         Ok(())
     }
 

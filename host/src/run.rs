@@ -110,12 +110,21 @@ pub struct Start {
     pub inputs: Map<String, Value>,
     /// What started it (`{{ trigger }}`), from [`crate::trigger::context`].
     pub trigger: Value,
+    /// Its record already exists as `running` (a server worker claimed
+    /// it), and the caller saves the final one (with the log): only the
+    /// progress in between is saved here.
+    pub claimed: bool,
 }
 
 impl Start {
     /// A new execution started at the command line.
     pub fn cli(inputs: Map<String, Value>) -> Self {
-        Start { execution: ExecutionId::generate(), inputs, trigger: crate::trigger::context("cli", None, Map::new()) }
+        Start {
+            execution: ExecutionId::generate(),
+            inputs,
+            trigger: crate::trigger::context("cli", None, Map::new()),
+            claimed: false,
+        }
     }
 }
 
@@ -129,7 +138,7 @@ pub async fn run_flow(
     start: Start,
     records: &Executions,
 ) -> FlowReport {
-    let Start { execution, inputs, trigger } = start;
+    let Start { execution, inputs, trigger, claimed } = start;
     let mut record = ExecutionRecord {
         id: execution.to_string(),
         flow: flow.id.to_string(),
@@ -143,7 +152,9 @@ pub async fn run_flow(
         revision: None,
         created_by: None,
     };
-    save(records, &record);
+    if !claimed {
+        save(records, &record);
+    }
     let mut scope = Scope {
         inputs,
         outputs: Map::new(),
@@ -217,7 +228,9 @@ pub async fn run_flow(
     }
     .into();
     record.ended = Some(now_rfc3339());
-    save(records, &record);
+    if !claimed {
+        save(records, &record);
+    }
     FlowReport { record, failure }
 }
 

@@ -101,37 +101,43 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
         cancel.cancel();
     }
     let outcome = start(app, records, &rec, (q.inputs, q.trigger), &log, masks.clone(), cancel.clone()).await;
-    if let Err(message) = outcome {
-        // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
-        for t in &mut rec.tasks {
-            t.status = TaskStatus::Skipped;
+    match outcome {
+        // What run_flow does not know stays as queued: revision, trigger, creator.
+        Ok(ended) => {
+            rec = ExecutionRecord {
+                revision: rec.revision,
+                trigger: rec.trigger.take(),
+                created_by: rec.created_by.take(),
+                ..ended
+            }
         }
-        rec.status = "failed".into();
-        rec.ended = Some(now_rfc3339());
-        let _ = std::io::Write::write_all(&mut log.clone(), format!("[{}] {message}\n", rec.flow).as_bytes());
-        if let Err(e) = records.save(&rec) {
-            tracing::error!("cannot save execution {id}: {e}");
+        Err(message) => {
+            // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
+            for t in &mut rec.tasks {
+                t.status = TaskStatus::Skipped;
+            }
+            rec.status = "failed".into();
+            rec.ended = Some(now_rfc3339());
+            let _ = std::io::Write::write_all(&mut log.clone(), format!("[{}] {message}\n", rec.flow).as_bytes());
         }
-    } else if let Ok(r) = records.get(&id) {
-        rec = r;
     }
     if app.interrupting.load(Ordering::SeqCst) && rec.status == "cancelled" {
         rec.status = "interrupted".into();
         if let Err(e) = app.interrupted(&rec, "was cut off by the server's shutdown timeout") {
             tracing::error!("cannot audit the interruption of {id}: {e}");
         }
-        let _ = records.save(&rec);
     }
+    // The final record and the masked log in one commit.
     let text = String::from_utf8_lossy(&log.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-    if let Err(e) = records.set_log(&id, &masks.mask(&text)) {
-        tracing::error!("cannot save the log of execution {id}: {e}");
+    if let Err(e) = records.finish(&rec, &masks.mask(&text)) {
+        tracing::error!("cannot save execution {id}: {e}");
     }
     app.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     app.ended(&id);
 }
 
-/// Loads the revision `rec` was queued for and runs it; `Err` names why it
-/// could not start.
+/// Loads the revision `rec` was queued for and runs it: its final record,
+/// or why it could not start.
 async fn start(
     app: &Arc<App>,
     records: &Executions,
@@ -140,7 +146,7 @@ async fn start(
     log: &LogBuffer,
     masks: Arc<MaskSet>,
     cancel: Cancel,
-) -> Result<(), String> {
+) -> Result<ExecutionRecord, String> {
     let ns = Namespace::new(&rec.namespace).map_err(|e| e.to_string())?;
     let revision = rec.revision.ok_or("the execution names no deployed revision")?;
     let flow = app.registry().revision(&ns, &rec.flow, revision).map_err(|e| e.to_string())?;
@@ -159,8 +165,8 @@ async fn start(
         )),
     };
     let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
-    let begin = Start { execution, inputs, trigger };
+    let begin = Start { execution, inputs, trigger, claimed: true };
     let report = run_flow(&app.runtime, &env, &flow, &plugins, begin, records).await;
     tracing::info!("execution {} of {} ended {}", report.record.id, rec.flow, report.record.status);
-    Ok(())
+    Ok(report.record)
 }
