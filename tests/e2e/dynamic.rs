@@ -311,3 +311,56 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     assert!(!pg.login(&user, &password), "the swept credential still logs in");
     assert!(env.run(&["lease", "list"]).stdout.lines().count() <= 1, "nothing outstanding");
 }
+
+/// The same through `host serve`: a worker's execution gets its own
+/// credential and revokes it when it ends; a server killed mid-run leaves
+/// the lease, and the next start of the server revokes it.
+#[test]
+fn a_server_execution_revokes_its_credential_and_a_restart_sweeps_a_killed_ones() {
+    use crate::server::{Client, Server, token, wait_ended};
+    let Some(pg) = postgres() else { return };
+    let Some((_one, bao)) = bao() else { return };
+    database_engine(&bao, &pg);
+    let env = Env::new();
+    env.run(&["backend", "add-vault", "ops", "--address", &bao.addr, "--mount", "secret", "--prefix", "keyhole/"])
+        .expect_code(0);
+    let mut add = env.host();
+    add.env("VAULT_TOKEN", TOKEN).args([
+        "secret",
+        "dynamic",
+        "add",
+        "WAREHOUSE_RO",
+        "-n",
+        "ops",
+        "--vault-path",
+        "database/creds/readonly",
+    ]);
+    env.run_with(&mut add, b"").expect_code(0);
+    let echo = Echo::start();
+    let file = flow(&env, &echo, "WAREHOUSE_RO", &nap(20, ""), "");
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let vars = [("VAULT_TOKEN", TOKEN)];
+    let mut server = Server::start_with(&env, 1, &[], &vars);
+    let c = Client::new(&server);
+    let (s, v) = c.call("POST", "/api/v1/executions/ops/jit", Some(&admin), Some(&json!({})));
+    assert_eq!(s, 202, "{v}");
+    let first = v["id"].as_str().unwrap().to_owned();
+    let (user, password) = wait_leaked(&echo, 2)[0].clone();
+    assert!(pg.login(&user, &password), "the worker's credential does not log in during the execution");
+    // Cancelled mid-run: revoked at its end.
+    c.call("POST", &format!("/api/v1/executions/{first}/cancel"), Some(&admin), None);
+    assert_eq!(wait_ended(&c, &admin, &first, Duration::from_secs(30))["status"], "cancelled");
+    assert!(!pg.login(&user, &password), "a cancelled execution's credential still logs in");
+    // Killed mid-run: the next start of the server sweeps it.
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/jit", Some(&admin), Some(&json!({})));
+    let second = v["id"].as_str().unwrap().to_owned();
+    let (user, password) = wait_leaked(&echo, 4)[2].clone();
+    server.kill9();
+    assert!(pg.login(&user, &password), "nothing revoked it yet: the server died");
+    let server = Server::start_with(&env, 1, &[], &vars);
+    assert!(server.log().contains("revoked 1 credential(s) a stopped run left behind"), "{}", server.log());
+    assert!(!pg.login(&user, &password), "the restart did not revoke the killed execution's credential");
+    let c = Client::new(&server);
+    assert_eq!(wait_ended(&c, &admin, &second, Duration::from_secs(10))["status"], "interrupted");
+}

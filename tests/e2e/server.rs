@@ -21,8 +21,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(env: &Env, workers: usize, extra: &[&str]) -> Server {
+        Self::start_with(env, workers, extra, &[])
+    }
+
+    /// [`Server::start`] with environment variables (a backend's token).
+    pub fn start_with(env: &Env, workers: usize, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         let mut cmd = env.host();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--workers", &workers.to_string()]).args(extra);
+        cmd.envs(vars.iter().copied());
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
