@@ -260,3 +260,82 @@ fn export_and_import_round_trip_and_refuse_wrong_or_tampered_bundles() {
     assert_eq!(out["A"]["sha256"], sha256("value-of-A"));
     assert_eq!(out["B"]["sha256"], sha256("value-of-B"));
 }
+
+/// A staged version (a rotation in progress) is stored but never read until
+/// it is committed, and gone for good once discarded; one at a time; a
+/// `set` waits for it; an edited staged row is never made current.
+#[test]
+fn a_staged_version_is_read_only_after_commit_and_erased_by_discard() {
+    let env = Env::new();
+    env.set_secret("", "SVC_PW", "old-password-1");
+    let read = || get(&env, "SVC_PW")["sha256"].clone();
+    let with_stdin = |args: &[&str], input: &[u8]| env.run_with(env.host().args(args), input);
+    let r = with_stdin(&["secret", "rotate", "SVC_PW", "--staged"], b"staged-password-2\n");
+    r.expect_code(0);
+    assert!(r.stderr.contains("staged SVC_PW: version 2 in namespace (root)"), "{r:#?}");
+    assert_eq!(read(), sha256("old-password-1"), "a staged version is not read");
+    // A backup leaves a staged version out: restored, it would be current.
+    let bundle = env.home().join("b.khb");
+    let mut export = env.host();
+    export.env("KEYHOLE_EXPORT_PASSPHRASE", "bundle-pass-9").args(["secret", "export", "--output"]).arg(&bundle);
+    env.run_with(&mut export, b"").expect_code(0);
+    let restored = Env::new();
+    let mut import = restored.host();
+    import.env("KEYHOLE_EXPORT_PASSPHRASE", "bundle-pass-9").args(["secret", "import"]).arg(&bundle);
+    restored.run_with(&mut import, b"").expect_code(0);
+    assert_eq!(
+        get(&restored, "SVC_PW")["sha256"],
+        sha256("old-password-1"),
+        "the restore made a staged version current"
+    );
+    let r = env.run(&["secret", "describe", "SVC_PW", "--json"]);
+    assert_eq!(r.json()["staged"]["version"], 2, "{r:#?}");
+    assert_eq!(r.json()["current_version"], 1, "{r:#?}");
+    let r = env.run(&["secret", "versions", "SVC_PW"]);
+    assert!(r.stdout.contains("(staged") && !r.stdout.contains("staged-password-2"), "{r:#?}");
+    // One at a time, and a set waits for it.
+    let r = with_stdin(&["secret", "rotate", "SVC_PW", "--staged"], b"another\n");
+    r.expect_code(2);
+    assert!(r.stderr.contains("version 2 is already staged"), "{r:#?}");
+    let r = with_stdin(&["secret", "set", "SVC_PW"], b"direct\n");
+    r.expect_code(2);
+    assert!(r.stderr.contains("version 2 is staged by a rotation"), "{r:#?}");
+    // Commit: now it is read.
+    let r = env.run(&["secret", "commit", "SVC_PW", "--staged"]);
+    r.expect_code(0);
+    assert!(r.stderr.contains("version 2 is current"), "{r:#?}");
+    assert_eq!(read(), sha256("staged-password-2"));
+    env.run(&["secret", "commit", "SVC_PW", "--staged"]).expect_code(2);
+    // Discard: erased, the current one stays.
+    with_stdin(&["secret", "rotate", "SVC_PW", "--staged"], b"never-used-3\n").expect_code(0);
+    let r = env.run(&["secret", "discard", "SVC_PW", "--staged"]);
+    r.expect_code(0);
+    assert!(r.stderr.contains("staged version 3 in namespace (root) is erased"), "{r:#?}");
+    assert_eq!(read(), sha256("staged-password-2"));
+    assert!(env.run(&["secret", "describe", "SVC_PW", "--json"]).json()["staged"].is_null());
+    // An edited staged row is never made current.
+    with_stdin(&["secret", "rotate", "SVC_PW", "--staged"], b"fourth-4\n").expect_code(0);
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    let edited = db
+        .execute(
+            "UPDATE secret_versions SET expires_at = 1 WHERE version > (SELECT current_version FROM secrets WHERE name = 'SVC_PW')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(edited, 1, "the staged row was edited");
+    drop(db);
+    let r = env.run(&["secret", "commit", "SVC_PW", "--staged"]);
+    r.expect_code(5);
+    assert!(r.stderr.contains("staged version"), "{r:#?}");
+    assert_eq!(read(), sha256("staged-password-2"), "the edited version did not become current");
+    env.run(&["secret", "discard", "SVC_PW", "--staged"]).expect_code(0);
+    let r = env.run(&["audit", "list", "--secret", "SVC_PW", "--json"]);
+    let actions: Vec<String> =
+        r.json().as_array().unwrap().iter().map(|x| x["action"].as_str().unwrap().to_owned()).collect();
+    for a in ["secret.stage", "secret.commit", "secret.discard"] {
+        assert!(actions.contains(&a.to_owned()), "{a} missing from {actions:?}");
+    }
+    for v in ["staged-password-2", "never-used-3", "fourth-4"] {
+        assert!(!r.stdout.contains(v));
+    }
+}

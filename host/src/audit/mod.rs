@@ -224,6 +224,15 @@ pub enum Action {
     /// (`detail.op`; the lease id and accessor, never the credential).
     #[serde(rename = "secret.lease")]
     SecretLease,
+    /// A new version was staged, not yet current (a rotation in progress).
+    #[serde(rename = "secret.stage")]
+    SecretStage,
+    /// The staged version was made current.
+    #[serde(rename = "secret.commit")]
+    SecretCommit,
+    /// The staged version was erased.
+    #[serde(rename = "secret.discard")]
+    SecretDiscard,
 }
 
 impl Action {
@@ -261,6 +270,9 @@ impl Action {
             Action::TriggerWebhook => "trigger.webhook",
             Action::TriggerSchedule => "trigger.schedule",
             Action::SecretLease => "secret.lease",
+            Action::SecretStage => "secret.stage",
+            Action::SecretCommit => "secret.commit",
+            Action::SecretDiscard => "secret.discard",
         }
     }
 }

@@ -302,6 +302,66 @@ impl Router {
         )
     }
 
+    /// Stages `value` as the next version of `name` (not current: tasks
+    /// keep reading the current one until [`Router::commit_staged`]).
+    /// Local store only.
+    pub fn stage(
+        &self,
+        actor: &Actor,
+        namespace: &Namespace,
+        name: &SecretName,
+        value: &SecretValue,
+        expires_at: Option<i64>,
+    ) -> Result<u64, BackendError> {
+        let backend = self.local_only(namespace, "stages no versions (local store only)")?;
+        let rec = NewRecord::ok(actor, Action::SecretStage, namespace, Some(name));
+        let what = format!("stage a version in {}", backend.describe());
+        self.change(
+            backend,
+            rec,
+            what,
+            |rec| Ok(self.local.store().stage(namespace, name, value, expires_at, rec)?),
+            |v, rec| rec.version(*v),
+        )
+    }
+
+    /// Makes the staged version of `name` current.
+    pub fn commit_staged(&self, actor: &Actor, namespace: &Namespace, name: &SecretName) -> Result<u64, BackendError> {
+        let backend = self.local_only(namespace, "stages no versions (local store only)")?;
+        let rec = NewRecord::ok(actor, Action::SecretCommit, namespace, Some(name));
+        let what = format!("commit the staged version in {}", backend.describe());
+        self.change(
+            backend,
+            rec,
+            what,
+            |rec| Ok(self.local.store().commit_staged(namespace, name, rec)?),
+            |v, rec| rec.version(*v),
+        )
+    }
+
+    /// Erases the staged version of `name`.
+    pub fn discard_staged(&self, actor: &Actor, namespace: &Namespace, name: &SecretName) -> Result<u64, BackendError> {
+        let backend = self.local_only(namespace, "stages no versions (local store only)")?;
+        let rec = NewRecord::ok(actor, Action::SecretDiscard, namespace, Some(name));
+        let what = format!("discard the staged version in {}", backend.describe());
+        self.change(
+            backend,
+            rec,
+            what,
+            |rec| Ok(self.local.store().discard_staged(namespace, name, rec)?),
+            |v, rec| rec.version(*v),
+        )
+    }
+
+    /// `namespace`'s backend if it is the local store, else why not.
+    fn local_only(&self, namespace: &Namespace, what: &str) -> Result<&dyn SecretBackend, BackendError> {
+        let backend = self.backend_for(namespace);
+        if backend.kind() != BackendKind::Local {
+            return Err(self.unsupported(namespace, backend, what));
+        }
+        Ok(backend)
+    }
+
     /// Erases `name` in `namespace`'s backend for good.
     pub fn destroy(&self, actor: &Actor, namespace: &Namespace, name: &SecretName) -> Result<String, BackendError> {
         let backend = self.backend_for(namespace);

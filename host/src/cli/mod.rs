@@ -206,7 +206,10 @@ impl From<StoreError> for Exit {
         use keyhole::crypto::KeyError;
         let code = match &e {
             StoreError::Key(KeyError::Locked { .. } | KeyError::Io { .. }) => HOST,
-            StoreError::NotFound { .. } | StoreError::Key(_) | StoreError::WrongKey { .. } => USAGE,
+            StoreError::NotFound { .. }
+            | StoreError::Staged { .. }
+            | StoreError::Key(_)
+            | StoreError::WrongKey { .. } => USAGE,
             StoreError::RowTampered { .. } | StoreError::Tampered { .. } => TAMPERED,
             _ => HOST,
         };

@@ -43,8 +43,32 @@ pub(crate) enum SecretCommand {
         /// Read the value from this file instead of stdin.
         #[arg(long, value_name = "FILE", conflicts_with = "generate")]
         from_file: Option<PathBuf>,
+        /// Stage the new version instead: tasks keep reading the current one until
+        /// `host secret commit NAME --staged` (or `discard`). Local store only.
+        #[arg(long)]
+        staged: bool,
         #[command(flatten)]
         version: VersionOpts,
+    },
+    /// Make a secret's staged version current (a rotation the service has accepted).
+    Commit {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// The staged version (required: says what is committed).
+        #[arg(long, required = true)]
+        staged: bool,
+    },
+    /// Erase a secret's staged version (a rotation the service did not accept).
+    Discard {
+        /// Secret name.
+        name: SecretName,
+        #[command(flatten)]
+        at: At,
+        /// The staged version (required: says what is erased).
+        #[arg(long, required = true)]
+        staged: bool,
     },
     /// List secrets: names, namespaces, versions, times and state, never values.
     List {
@@ -327,7 +351,10 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::Set { name, at, from_file, version: v } => {
             put_remote(remote, &name, &at.namespace, &new_value(None, from_file)?, v, false)
         }
-        SecretCommand::Rotate { name, at, generate: g, charset, from_file, version: v } => {
+        SecretCommand::Rotate { staged: true, .. } => {
+            Err(fail(USAGE, anyhow::anyhow!("--staged is done where the data directory is, not through the API (yet)")))
+        }
+        SecretCommand::Rotate { name, at, generate: g, charset, from_file, staged: false, version: v } => {
             put_remote(remote, &name, &at.namespace, &new_value(g.map(|n| (n, charset)), from_file)?, v, true)
         }
         SecretCommand::List { namespace, expiring: None, json } => {
@@ -394,8 +421,16 @@ fn print_versions(out: &mut impl Write, versions: Vec<VersionInfo>, json: bool) 
         return print_json(out, &versions);
     }
     let mut table = Table::new(&[("VERSION", Right), ("CREATED", Left), ("EXPIRES", Left), ("", Left)]);
+    let current = versions.iter().find(|v| v.current).map(|v| v.version);
     for v in versions {
-        let cur = if v.current { "(current)" } else { "" };
+        let staged = current.is_some_and(|c| v.version > c) && v.version_id.is_none();
+        let cur = if v.current {
+            "(current)"
+        } else if staged {
+            "(staged: not read until committed)"
+        } else {
+            ""
+        };
         let exp = v.expires_at.map_or("-".to_owned(), fmt_time);
         let version = v.version_id.unwrap_or_else(|| v.version.to_string());
         table.row([version, fmt_time(v.created_at), exp, cur.to_owned()]);
@@ -451,8 +486,37 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::Set { name, at, from_file, version: v } => {
             store_value(dir, &name, &at.namespace, &new_value(None, from_file)?, v, false)
         }
-        SecretCommand::Rotate { name, at, generate: g, charset, from_file, version: v } => {
+        SecretCommand::Rotate { name, at, generate: g, charset, from_file, staged: true, version: v } => {
+            if !v.destinations.is_empty() || v.keep.is_some() {
+                return Err(fail(
+                    USAGE,
+                    anyhow::anyhow!("--staged takes no --destination or --keep: commit applies the secret's own"),
+                ));
+            }
+            let value = new_value(g.map(|n| (n, charset)), from_file)?;
+            let expires_at = v.expires_in.map(|d| now() + d.as_secs() as i64);
+            let secrets = open_secrets(dir)?;
+            let version = secrets.stage(&me, &at.namespace, &name, &value, expires_at)?;
+            let ns = &at.namespace;
+            let flag = if ns.is_root() { String::new() } else { format!(" -n {ns}") };
+            eprintln!(
+                "staged {name}: version {version} in namespace {ns}; tasks keep reading the current version until \
+                 `host secret commit {name}{flag} --staged` (or `discard`)"
+            );
+            Ok(())
+        }
+        SecretCommand::Rotate { name, at, generate: g, charset, from_file, staged: false, version: v } => {
             store_value(dir, &name, &at.namespace, &new_value(g.map(|n| (n, charset)), from_file)?, v, true)
+        }
+        SecretCommand::Commit { name, at, .. } => {
+            let version = open_secrets(dir)?.commit_staged(&me, &at.namespace, &name)?;
+            eprintln!("committed {name}: version {version} is current in namespace {}", at.namespace);
+            Ok(())
+        }
+        SecretCommand::Discard { name, at, .. } => {
+            let version = open_secrets(dir)?.discard_staged(&me, &at.namespace, &name)?;
+            eprintln!("discarded {name}: staged version {version} in namespace {} is erased", at.namespace);
+            Ok(())
         }
         SecretCommand::List { namespace, expiring, json } => {
             let secrets = open_secrets(dir)?;
@@ -503,6 +567,11 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
             let versions = backend.versions(&at.namespace, &name).map_err(checked(&secrets))?;
             let conn = audit::open(&dir.store_path(), false)?;
             let last_read = audit::last_read(&conn, &dir.store_path(), &at.namespace, &name)?;
+            let staged = match backend.kind() {
+                BackendKind::Local => secrets.local().store().staged(&at.namespace, &name)?,
+                _ => None,
+            };
+            let staged = staged.map(|v| serde_json::json!({ "version": v.version, "created": fmt_time(v.created_at) }));
             let doc = serde_json::json!({
                 "namespace": info.namespace,
                 "name": info.name,
@@ -516,6 +585,7 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 "revoked": info.revoked_at.map(fmt_time),
                 "destroyed": info.destroyed_at.map(fmt_time),
                 "destinations": info.destinations,
+                "staged": staged,
                 "last_read": last_read,
                 "state": state(&info, now()),
             });

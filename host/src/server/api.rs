@@ -364,6 +364,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::Staged { .. } => ApiError::Conflict(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }
     }

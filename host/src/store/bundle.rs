@@ -7,7 +7,8 @@ use super::*;
 
 impl SecretStore {
     /// Decrypts every stored version of every secret (in `namespace` only,
-    /// when given) for a backup. Destroyed secrets are left out.
+    /// when given) for a backup. Destroyed secrets are left out, and so is a
+    /// staged version: restored, it would become current uncommitted.
     pub fn export(&self, namespace: Option<&Namespace>, actor: &Actor) -> Result<Vec<ExportedSecret>, StoreError> {
         let infos = self.list(namespace, None)?;
         if let Some(bad) = infos.iter().find(|i| i.tampered) {
@@ -25,7 +26,8 @@ impl SecretStore {
                 .conn
                 .prepare(
                     "SELECT v.version, v.created_at, v.expires_at, v.wrapped_key, v.nonce, v.ciphertext FROM secret_versions v \
-                     JOIN secrets s ON s.id = v.secret_id WHERE s.namespace = ?1 AND s.name = ?2 ORDER BY v.version",
+                     JOIN secrets s ON s.id = v.secret_id WHERE s.namespace = ?1 AND s.name = ?2 \
+                     AND v.version <= s.current_version ORDER BY v.version",
                 )
                 .map_err(self.err("read versions"))?;
             let rows = stmt

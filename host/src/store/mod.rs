@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 mod bundle;
 mod read;
 mod rows;
+mod stage;
 mod write;
 
 pub use read::Reader;
@@ -110,6 +111,16 @@ pub enum StoreError {
         namespace: Namespace,
         /// Name.
         name: SecretName,
+    },
+    /// A staged version is pending (or none is, for commit and discard).
+    #[error("secret {name} in namespace {namespace}: {what} (`host secret describe` shows it)")]
+    Staged {
+        /// Namespace.
+        namespace: Namespace,
+        /// Name.
+        name: SecretName,
+        /// What is pending or missing.
+        what: String,
     },
     /// A stored value is not valid text, or a stored name is invalid.
     #[error("secret store {path}: {what}")]

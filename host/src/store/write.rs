@@ -32,6 +32,24 @@ impl SecretStore {
             return Err(row_tampered(&path, namespace, name, "its current version, keep count or state"));
         }
         let current = row.map(|r| (r.id, r.current, r.keep));
+        if let Some((id, v, _)) = current
+            && let Some(staged) = tx
+                .query_row(
+                    "SELECT version FROM secret_versions WHERE secret_id = ?1 AND version > ?2",
+                    params![id, v],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(e("look for a staged version"))?
+        {
+            return Err(StoreError::Staged {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                what: format!(
+                    "version {staged} is staged by a rotation: `host secret commit` or `discard` it (with --staged) first"
+                ),
+            });
+        }
         if opts.rotate && current.is_none() {
             return Err(StoreError::NotFound { namespace: namespace.clone(), name: name.clone() });
         }
