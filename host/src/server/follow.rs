@@ -115,6 +115,12 @@ impl Follower {
             self.live = running.clone();
         }
         let ended = ENDED.contains(&rec.status.as_str()) && running.is_none();
+        let value = serde_json::to_value(&rec).unwrap_or_default();
+        // The record first (a stream opens with where the execution is), then
+        // what was written since; at the end, the last lines before `end`.
+        if !ended && self.last.as_ref() != Some(&value) {
+            self.out.push_back(record_event("status", &rec));
+        }
         self.take_log(ended);
         if ended && self.live.is_none() {
             // Ended before this stream saw it run: the stored log.
@@ -125,12 +131,9 @@ impl Follower {
                 self.out.push_back(log_event(&text));
             }
         }
-        let value = serde_json::to_value(&rec).unwrap_or_default();
         if ended {
             self.out.push_back(record_event("end", &rec));
             self.done = true;
-        } else if self.last.as_ref() != Some(&value) {
-            self.out.push_back(record_event("status", &rec));
         }
         self.last = Some(value);
     }
