@@ -457,6 +457,19 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     assert_eq!(r.json()["destinations"], json!(["https://hooks.example.com:443"]), "{r:#?}");
     let r = remote(&sm, &["secret", "bind", "API_TOKEN", "-n", "finance", "--destination", "ftp://x"]);
     r.expect_code(2);
+    // A staged rotation through the API: stored unread, then committed.
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", &sm).env("KEYHOLE_HOME", env.home().join("client-side"));
+    cmd.args(["secret", "rotate", "API_TOKEN", "-n", "finance", "--staged"]);
+    let r = env.run_with(&mut cmd, b"staged-secret-10\n");
+    r.expect_code(0);
+    assert!(r.stderr.contains("staged API_TOKEN: version 3 in namespace finance"), "{r:#?}");
+    let r = remote(&sm, &["secret", "describe", "API_TOKEN", "-n", "finance"]);
+    assert!(r.json()["staged"]["version"] == 3 && !r.stdout.contains("staged-secret-10"), "{r:#?}");
+    remote(&sm, &["secret", "commit", "API_TOKEN", "-n", "finance", "--staged"]).expect_code(0);
+    let r = remote(&sm, &["secret", "discard", "API_TOKEN", "-n", "finance", "--staged"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("no version is staged"), "{r:#?}");
     // The whole chain is verified by a principal with audit:read at the
     // root; one scoped to a namespace may not (the answer covers them all).
     let r = remote(&auditor, &["audit", "verify"]);

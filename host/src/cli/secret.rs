@@ -312,6 +312,8 @@ struct PutBody<'a> {
     keep: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     destinations: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    staged: bool,
 }
 
 fn put_remote(
@@ -321,6 +323,7 @@ fn put_remote(
     value: &SecretValue,
     v: VersionOpts,
     rotate: bool,
+    staged: bool,
 ) -> Result<(), Exit> {
     let text = value.expose();
     let destinations = (!v.destinations.is_empty()).then(|| v.destinations.iter().map(ToString::to_string).collect());
@@ -330,6 +333,7 @@ fn put_remote(
         expires_in: v.expires_in.map(|d| format!("{}s", d.as_secs())),
         keep: v.keep,
         destinations,
+        staged,
     };
     // Room for the worst escaping (\u00XX per byte), so the buffer never moves.
     let mut buf = Zeroizing::new(Vec::with_capacity(text.len() * 6 + 128));
@@ -337,7 +341,13 @@ fn put_remote(
     let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(ns), name);
     let what = format!("store {name} in namespace {ns}");
     let answer = remote.put_bytes(&what, &path, "application/json", &buf)?;
-    let verb = if rotate { "rotated" } else { "stored" };
+    let verb = if staged {
+        "staged"
+    } else if rotate {
+        "rotated"
+    } else {
+        "stored"
+    };
     eprintln!("{verb} {name}: version {} in namespace {ns}", answer["version"].as_str().unwrap_or("?"));
     Ok(())
 }
@@ -349,13 +359,36 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
     match cmd {
         SecretCommand::Set { name, at, from_file, version: v } => {
-            put_remote(remote, &name, &at.namespace, &new_value(None, from_file)?, v, false)
+            put_remote(remote, &name, &at.namespace, &new_value(None, from_file)?, v, false, false)
         }
-        SecretCommand::Rotate { staged: true, .. } => {
-            Err(fail(USAGE, anyhow::anyhow!("--staged is done where the data directory is, not through the API (yet)")))
+        SecretCommand::Rotate { name, at, generate: g, charset, from_file, staged, version: v } => {
+            put_remote(remote, &name, &at.namespace, &new_value(g.map(|n| (n, charset)), from_file)?, v, true, staged)
         }
-        SecretCommand::Rotate { name, at, generate: g, charset, from_file, staged: false, version: v } => {
-            put_remote(remote, &name, &at.namespace, &new_value(g.map(|n| (n, charset)), from_file)?, v, true)
+        SecretCommand::Commit { name, at, .. } => {
+            let path = format!("/api/v1/secrets/{}/{}/commit", remote::ns_path(&at.namespace), name);
+            let v = remote.send(
+                &format!("commit the staged version of {name}"),
+                "POST",
+                &path,
+                &serde_json::json!({}),
+                &[],
+            )?;
+            let version = v["version"].as_str().unwrap_or("?");
+            eprintln!("committed {name}: version {version} is current in namespace {}", at.namespace);
+            Ok(())
+        }
+        SecretCommand::Discard { name, at, .. } => {
+            let path = format!("/api/v1/secrets/{}/{}/discard", remote::ns_path(&at.namespace), name);
+            let v = remote.send(
+                &format!("discard the staged version of {name}"),
+                "POST",
+                &path,
+                &serde_json::json!({}),
+                &[],
+            )?;
+            let version = v["version"].as_str().unwrap_or("?");
+            eprintln!("discarded {name}: staged version {version} in namespace {} is erased", at.namespace);
+            Ok(())
         }
         SecretCommand::List { namespace, expiring: None, json } => {
             let path = match &namespace {

@@ -163,6 +163,22 @@ pub static ROUTES: &[Route] = &[
     ),
     route!(
         "POST",
+        "/api/v1/secrets/{ns}/{name}/commit",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Make the staged version current (a rotation the service accepted).",
+        post(commit_staged)
+    ),
+    route!(
+        "POST",
+        "/api/v1/secrets/{ns}/{name}/discard",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Erase the staged version (a rotation the service did not accept).",
+        post(discard_staged)
+    ),
+    route!(
+        "POST",
         "/api/v1/secrets/{ns}/{name}/revoke",
         Some(P::SecretRevoke),
         PathNamespace,
@@ -806,7 +822,11 @@ async fn describe_secret(
             .info(&ns, &name)?
             .ok_or_else(|| ApiError::NotFound(format!("no secret {name} in namespace {ns}")))?;
         let versions = backend.versions(&ns, &name)?;
-        Ok(Json(json!({ "backend": backend.describe(), "secret": info, "versions": versions })))
+        let staged = match backend.kind() {
+            crate::backend::BackendKind::Local => app.secrets.local().store().staged(&ns, &name)?,
+            _ => None,
+        };
+        Ok(Json(json!({ "backend": backend.describe(), "secret": info, "versions": versions, "staged": staged })))
     })
     .await
 }
@@ -822,6 +842,9 @@ struct PutSecret {
     /// Bind it to these destinations in the same change (never a moment
     /// where the new value is unbound).
     destinations: Option<Vec<String>>,
+    /// Stage it instead of making it current (`rotate` implied).
+    #[serde(default)]
+    staged: bool,
 }
 
 /// `scheme://host[:port]` entries of a request body, each error naming its index.
@@ -854,7 +877,18 @@ async fn put_secret(
         None => None,
     };
     let destinations = req.destinations.as_deref().map(parse_destinations).transpose()?;
+    if req.staged && (destinations.is_some() || req.keep.is_some()) {
+        return Err(ApiError::BadRequest(
+            "request body at field `staged`: a staged version takes no `destinations` or `keep`".into(),
+        ));
+    }
     blocking(&app, move |app| {
+        if req.staged {
+            let version = app.secrets.stage(&caller.actor, &ns, &name, &req.value, expires_at)?;
+            return Ok(Json(
+                json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "staged": true }),
+            ));
+        }
         let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations };
         // The router audits the change (fail closed) with the caller as actor.
         let version = app.secrets.set(&caller.actor, &ns, &name, &req.value, &opts)?;
@@ -882,6 +916,32 @@ async fn bind_secret(
         app.secrets.bind(&caller.actor, &ns, &name, &destinations)?;
         let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
         Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "destinations": list })))
+    })
+    .await
+}
+
+async fn commit_staged(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let version = app.secrets.commit_staged(&caller.actor, &ns, &name)?;
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "committed": true })))
+    })
+    .await
+}
+
+async fn discard_staged(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let version = app.secrets.discard_staged(&caller.actor, &ns, &name)?;
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "discarded": true })))
     })
     .await
 }
