@@ -352,6 +352,18 @@ fn put_remote(
     Ok(())
 }
 
+/// `secret commit|discard NAME --staged` through the API (`op` is the route).
+fn remote_staged(remote: &Remote, name: &SecretName, ns: &Namespace, op: &str) -> Result<(), Exit> {
+    let path = format!("/api/v1/secrets/{}/{name}/{op}", remote::ns_path(ns));
+    let v = remote.send(&format!("{op} the staged version of {name}"), "POST", &path, &serde_json::json!({}), &[])?;
+    let version = v["version"].as_str().unwrap_or("?");
+    match op {
+        "commit" => eprintln!("committed {name}: version {version} is current in namespace {ns}"),
+        _ => eprintln!("discarded {name}: staged version {version} in namespace {ns} is erased"),
+    }
+    Ok(())
+}
+
 /// The commands that go to the server when `KEYHOLE_ADDR` is set: the ones
 /// a secret manager uses day to day. Values still come from stdin, a file
 /// or `--generate`, and are never printed.
@@ -364,32 +376,8 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::Rotate { name, at, generate: g, charset, from_file, staged, version: v } => {
             put_remote(remote, &name, &at.namespace, &new_value(g.map(|n| (n, charset)), from_file)?, v, true, staged)
         }
-        SecretCommand::Commit { name, at, .. } => {
-            let path = format!("/api/v1/secrets/{}/{}/commit", remote::ns_path(&at.namespace), name);
-            let v = remote.send(
-                &format!("commit the staged version of {name}"),
-                "POST",
-                &path,
-                &serde_json::json!({}),
-                &[],
-            )?;
-            let version = v["version"].as_str().unwrap_or("?");
-            eprintln!("committed {name}: version {version} is current in namespace {}", at.namespace);
-            Ok(())
-        }
-        SecretCommand::Discard { name, at, .. } => {
-            let path = format!("/api/v1/secrets/{}/{}/discard", remote::ns_path(&at.namespace), name);
-            let v = remote.send(
-                &format!("discard the staged version of {name}"),
-                "POST",
-                &path,
-                &serde_json::json!({}),
-                &[],
-            )?;
-            let version = v["version"].as_str().unwrap_or("?");
-            eprintln!("discarded {name}: staged version {version} in namespace {} is erased", at.namespace);
-            Ok(())
-        }
+        SecretCommand::Commit { name, at, .. } => remote_staged(remote, &name, &at.namespace, "commit"),
+        SecretCommand::Discard { name, at, .. } => remote_staged(remote, &name, &at.namespace, "discard"),
         SecretCommand::List { namespace, expiring: None, json } => {
             let path = match &namespace {
                 Some(ns) => format!("/api/v1/secrets?namespace={}", remote::path_segment(ns.as_str())),

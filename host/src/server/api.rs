@@ -923,25 +923,34 @@ async fn bind_secret(
 async fn commit_staged(
     State(app): State<AppState>,
     caller: Caller,
-    Path((ns, name)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
-    blocking(&app, move |app| {
-        let version = app.secrets.commit_staged(&caller.actor, &ns, &name)?;
-        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "committed": true })))
-    })
-    .await
+    resolve_staged(app, caller, at, true).await
 }
 
 async fn discard_staged(
     State(app): State<AppState>,
     caller: Caller,
-    Path((ns, name)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    resolve_staged(app, caller, at, false).await
+}
+
+/// Commits (or discards) the staged version of `ns`/`name`.
+async fn resolve_staged(
+    app: AppState,
+    caller: Caller,
+    (ns, name): (String, String),
+    commit: bool,
 ) -> Result<Json<Value>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     blocking(&app, move |app| {
-        let version = app.secrets.discard_staged(&caller.actor, &ns, &name)?;
-        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "discarded": true })))
+        let (version, done) = if commit {
+            (app.secrets.commit_staged(&caller.actor, &ns, &name)?, "committed")
+        } else {
+            (app.secrets.discard_staged(&caller.actor, &ns, &name)?, "discarded")
+        };
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), done: true })))
     })
     .await
 }
