@@ -27,6 +27,27 @@ fn staged_row(conn: &Connection, path: &Path, id: i64, current: i64) -> Result<O
     .map_err(sql_err(path, "look for a staged version"))
 }
 
+/// The secret's row, which must exist and pass its check: staging and
+/// committing build on it.
+fn authentic_row(
+    conn: &Connection,
+    path: &Path,
+    ik: &IntegrityKey,
+    namespace: &Namespace,
+    name: &SecretName,
+) -> Result<super::rows::SecretRow, StoreError> {
+    let row = secret_row(conn, path, ik, namespace, name)?
+        .ok_or_else(|| StoreError::NotFound { namespace: namespace.clone(), name: name.clone() })?;
+    if !row.authentic {
+        return Err(row_tampered(path, namespace, name, "its current version, keep count or state"));
+    }
+    Ok(row)
+}
+
+fn nothing_staged(namespace: &Namespace, name: &SecretName) -> StoreError {
+    StoreError::Staged { namespace: namespace.clone(), name: name.clone(), what: "no version is staged".into() }
+}
+
 impl SecretStore {
     /// The staged version of `namespace`/`name`, if one is pending.
     pub fn staged(&self, namespace: &Namespace, name: &SecretName) -> Result<Option<VersionInfo>, StoreError> {
@@ -54,11 +75,7 @@ impl SecretStore {
         let e = |op| sql_err(&path, op);
         let kid = self.key.id();
         let tx = begin(&mut self.conn, &path, &kid)?;
-        let row = secret_row(&tx, &path, &self.integrity, namespace, name)?
-            .ok_or_else(|| StoreError::NotFound { namespace: namespace.clone(), name: name.clone() })?;
-        if !row.authentic {
-            return Err(row_tampered(&path, namespace, name, "its current version, keep count or state"));
-        }
+        let row = authentic_row(&tx, &path, &self.integrity, namespace, name)?;
         if let Some((v, ..)) = staged_row(&tx, &path, row.id, row.current)? {
             return Err(StoreError::Staged {
                 namespace: namespace.clone(),
@@ -93,17 +110,9 @@ impl SecretStore {
         let e = |op| sql_err(&path, op);
         let kid = self.key.id();
         let tx = begin(&mut self.conn, &path, &kid)?;
-        let row = secret_row(&tx, &path, &self.integrity, namespace, name)?
-            .ok_or_else(|| StoreError::NotFound { namespace: namespace.clone(), name: name.clone() })?;
-        if !row.authentic {
-            return Err(row_tampered(&path, namespace, name, "its current version, keep count or state"));
-        }
+        let row = authentic_row(&tx, &path, &self.integrity, namespace, name)?;
         let Some((version, created, expires, mac)) = staged_row(&tx, &path, row.id, row.current)? else {
-            return Err(StoreError::Staged {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                what: "no version is staged".into(),
-            });
+            return Err(nothing_staged(namespace, name));
         };
         let expected = version_mac(&self.integrity, namespace.as_str(), name.as_str(), version, created, expires);
         if mac.as_deref() != Some(expected.as_slice()) {
@@ -141,11 +150,7 @@ impl SecretStore {
         let row = secret_row(&tx, &path, &self.integrity, namespace, name)?
             .ok_or_else(|| StoreError::NotFound { namespace: namespace.clone(), name: name.clone() })?;
         let Some((version, ..)) = staged_row(&tx, &path, row.id, row.current)? else {
-            return Err(StoreError::Staged {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                what: "no version is staged".into(),
-            });
+            return Err(nothing_staged(namespace, name));
         };
         tx.execute("DELETE FROM secret_versions WHERE secret_id = ?1 AND version = ?2", params![row.id, version])
             .map_err(e("erase the staged version"))?;
