@@ -192,6 +192,15 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             Ok(found.value)
         }
         Ok(Lookup::Dynamic { namespace, def }) => {
+            // Checked before anything is minted: nothing to revoke if it fails.
+            let bound: Result<Vec<crate::network::AllowEntry>, _> =
+                def.destinations.iter().map(|d| d.parse::<crate::network::AllowEntry>()).collect();
+            let Ok(bound) = bound else {
+                record.outcome = Outcome::Unavailable;
+                record.reason = Some("its destinations in the backend configuration do not parse".into());
+                let why = format!("secret {} could not be read (the operator's log has the details)", grant.name());
+                return audited(access, record, Err(AccessError::Unavailable(why)));
+            };
             let until = access.deadline + LEASE_MARGIN_SECS;
             let minted = access.leases.get(&id.actor(), id.execution.as_str(), &namespace, grant.name(), &def, until);
             let (value, lease, new) = match minted {
@@ -219,14 +228,6 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
                 .detail_field("lease_id", lease.lease_id.clone())
                 .detail_field("dynamic", true);
             record.value_hmac = access.audit.fingerprint(value.expose());
-            let bound: Result<Vec<crate::network::AllowEntry>, _> =
-                def.destinations.iter().map(|d| d.parse::<crate::network::AllowEntry>()).collect();
-            let Ok(bound) = bound else {
-                record.outcome = Outcome::Unavailable;
-                record.reason = Some("its destinations in the backend configuration do not parse".into());
-                let why = format!("secret {} could not be read (the operator's log has the details)", grant.name());
-                return audited(access, record, Err(AccessError::Unavailable(why)));
-            };
             if !bound.is_empty() {
                 record = record.detail_field("bound_to", def.destinations.clone());
             }
