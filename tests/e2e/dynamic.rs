@@ -154,6 +154,20 @@ fn nap(secs: u64, limits: &str) -> String {
     format!("    input: {{\"action\": \"sleep\", \"secs\": {secs}}}\n{limits}")
 }
 
+/// PostgreSQL and OpenBao's database engine over it (None: skipped loudly).
+fn servers() -> Option<(Postgres, std::sync::MutexGuard<'static, ()>, Bao)> {
+    let pg = postgres()?;
+    let (one, bao) = bao()?;
+    database_engine(&bao, &pg);
+    Some((pg, one, bao))
+}
+
+/// Namespace `ops` of `env` served by `bao`.
+fn with_vault(env: &Env, bao: &Bao) {
+    env.run(&["backend", "add-vault", "ops", "--address", &bao.addr, "--mount", "secret", "--prefix", "keyhole/"])
+        .expect_code(0);
+}
+
 /// Waits until the echo server has `n` credentials.
 fn wait_leaked(echo: &Echo, n: usize) -> Vec<(String, String)> {
     let end = Instant::now() + Duration::from_secs(60);
@@ -169,12 +183,9 @@ fn wait_leaked(echo: &Echo, n: usize) -> Vec<(String, String)> {
 
 #[test]
 fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
-    let Some(pg) = postgres() else { return };
-    let Some((_one, bao)) = bao() else { return };
-    database_engine(&bao, &pg);
+    let Some((pg, _one, bao)) = servers() else { return };
     let env = Env::new();
-    env.run(&["backend", "add-vault", "ops", "--address", &bao.addr, "--mount", "secret", "--prefix", "keyhole/"])
-        .expect_code(0);
+    with_vault(&env, &bao);
     let with_token = |args: &[&str]| {
         let mut c = env.host();
         c.env("VAULT_TOKEN", TOKEN).args(args);
@@ -318,12 +329,9 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
 #[test]
 fn a_server_execution_revokes_its_credential_and_a_restart_sweeps_a_killed_ones() {
     use crate::server::{Client, Server, token, wait_ended};
-    let Some(pg) = postgres() else { return };
-    let Some((_one, bao)) = bao() else { return };
-    database_engine(&bao, &pg);
+    let Some((pg, _one, bao)) = servers() else { return };
     let env = Env::new();
-    env.run(&["backend", "add-vault", "ops", "--address", &bao.addr, "--mount", "secret", "--prefix", "keyhole/"])
-        .expect_code(0);
+    with_vault(&env, &bao);
     let mut add = env.host();
     add.env("VAULT_TOKEN", TOKEN).args([
         "secret",
