@@ -13,7 +13,7 @@
 
 use crate::audit::{Action, Actor, AuditLog, NewRecord, Outcome, now_rfc3339};
 use crate::backend::{BackendError, Router};
-use crate::db::{DbError, connect};
+use crate::db::{DbError, connect, sql_err};
 use crate::names::{Namespace, SecretName};
 use crate::secret::SecretValue;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -45,10 +45,6 @@ pub struct Lease {
     pub revoked: Option<String>,
 }
 
-fn db_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> DbError + 'a {
-    move |err| DbError::Sqlite { path: path.to_owned(), op, err }
-}
-
 /// The lease records in the store file.
 #[derive(Debug)]
 pub struct Leases {
@@ -70,7 +66,7 @@ impl Leases {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![l.accessor, l.lease_id, l.namespace, l.name, l.execution, l.minted, l.expires_at, l.owner],
             )
-            .map_err(db_err(&self.path, "record a lease"))?;
+            .map_err(sql_err(&self.path, "record a lease"))?;
         Ok(())
     }
 
@@ -78,7 +74,7 @@ impl Leases {
     pub fn mark_revoked(&self, accessor: &str, at: &str) -> Result<(), DbError> {
         self.conn
             .execute("UPDATE leases SET revoked = ?2 WHERE accessor = ?1 AND revoked IS NULL", params![accessor, at])
-            .map_err(db_err(&self.path, "mark a lease revoked"))?;
+            .map_err(sql_err(&self.path, "mark a lease revoked"))?;
         Ok(())
     }
 
@@ -89,7 +85,7 @@ impl Leases {
              ORDER BY minted DESC",
             if outstanding { "WHERE revoked IS NULL" } else { "" }
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(db_err(&self.path, "list leases"))?;
+        let mut stmt = self.conn.prepare(&sql).map_err(sql_err(&self.path, "list leases"))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(Lease {
@@ -104,8 +100,8 @@ impl Leases {
                     revoked: r.get(8)?,
                 })
             })
-            .map_err(db_err(&self.path, "list leases"))?;
-        rows.collect::<Result<_, _>>().map_err(db_err(&self.path, "list leases"))
+            .map_err(sql_err(&self.path, "list leases"))?;
+        rows.collect::<Result<_, _>>().map_err(sql_err(&self.path, "list leases"))
     }
 
     /// Whether any lease is outstanding (cheap: one indexed query).
@@ -114,7 +110,7 @@ impl Leases {
             .conn
             .query_row("SELECT 1 FROM leases WHERE revoked IS NULL LIMIT 1", [], |r| r.get(0))
             .optional()
-            .map_err(db_err(&self.path, "look for outstanding leases"))?;
+            .map_err(sql_err(&self.path, "look for outstanding leases"))?;
         Ok(one.is_some())
     }
 }

@@ -68,9 +68,7 @@ impl Session {
         let secrets = Arc::new(open_secrets(dir)?);
         let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling, compiler })
             .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
-        let key = AuditKey::load(&dir.audit_key_path())?;
-        let integrity = secrets.local().store().integrity().clone();
-        let audit = AuditLog::open(&dir.store_path(), integrity, key)?;
+        let audit = open_audit(dir, &secrets)?;
         let records = Executions::open(&dir.store_path())?;
         // Credentials a crashed run left behind are revoked before this one starts.
         sweep_leases(&secrets, &audit, &Actor::current_user());
@@ -94,6 +92,13 @@ pub fn open_secrets(dir: &DataDir) -> Result<Router, SessionError> {
     }
     let backends = Backends::load(&path, store.integrity())?;
     Ok(Router::new(LocalBackend::new(store), backends, Some(path))?)
+}
+
+/// The audit trail of `dir`, keyed as `secrets`' store is (and with the
+/// audit key, if there is one).
+pub fn open_audit(dir: &DataDir, secrets: &Router) -> Result<AuditLog, SessionError> {
+    let key = AuditKey::load(&dir.audit_key_path())?;
+    Ok(AuditLog::open(&dir.store_path(), secrets.local().store().integrity().clone(), key)?)
 }
 
 /// Revokes the leases processes that died left outstanding; says what it

@@ -162,6 +162,17 @@ fn servers() -> Option<(Postgres, std::sync::MutexGuard<'static, ()>, Bao)> {
     Some((pg, one, bao))
 }
 
+/// `host secret dynamic add NAME -n ops --vault-path database/creds/readonly EXTRA`, which must succeed.
+fn add_dynamic(env: &Env, name: &str, extra: &[&str]) -> Run {
+    let mut add = env.host();
+    add.env("VAULT_TOKEN", TOKEN)
+        .args(["secret", "dynamic", "add", name, "-n", "ops", "--vault-path", "database/creds/readonly"])
+        .args(extra);
+    let r = env.run_with(&mut add, b"");
+    r.expect_code(0);
+    r
+}
+
 /// Namespace `ops` of `env` served by `bao`.
 fn with_vault(env: &Env, bao: &Bao) {
     env.run(&["backend", "add-vault", "ops", "--address", &bao.addr, "--mount", "secret", "--prefix", "keyhole/"])
@@ -191,22 +202,7 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
         c.env("VAULT_TOKEN", TOKEN).args(args);
         c
     };
-    let r = env.run_with(
-        &mut with_token(&[
-            "secret",
-            "dynamic",
-            "add",
-            "WAREHOUSE_RO",
-            "-n",
-            "ops",
-            "--vault-path",
-            "database/creds/readonly",
-            "--ttl",
-            "10m",
-        ]),
-        b"",
-    );
-    r.expect_code(0);
+    let r = add_dynamic(&env, "WAREHOUSE_RO", &["--ttl", "10m"]);
     assert!(r.stderr.contains("WAREHOUSE_RO in namespace ops is dynamic"), "{r:#?}");
     let r = env.run(&["secret", "dynamic", "list"]);
     assert!(r.stdout.contains("WAREHOUSE_RO") && r.stdout.contains("database/creds/readonly"), "{r:#?}");
@@ -277,22 +273,7 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     // Bound to a destination: the plugin holds only a placeholder; the
     // host puts the credential into the request to the echo server.
     let echo = Echo::start();
-    let r = env.run_with(
-        &mut with_token(&[
-            "secret",
-            "dynamic",
-            "add",
-            "WAREHOUSE_BOUND",
-            "-n",
-            "ops",
-            "--vault-path",
-            "database/creds/readonly",
-            "--destination",
-            &echo.origin(),
-        ]),
-        b"",
-    );
-    r.expect_code(0);
+    add_dynamic(&env, "WAREHOUSE_BOUND", &["--destination", &echo.origin()]);
     let file = flow(&env, &echo, "WAREHOUSE_BOUND", &nap(0, ""), "");
     let r = env.run_with(&mut with_token(&["run", file.to_str().unwrap(), "--json"]), b"");
     r.expect_code(0);
@@ -332,18 +313,7 @@ fn a_server_execution_revokes_its_credential_and_a_restart_sweeps_a_killed_ones(
     let Some((pg, _one, bao)) = servers() else { return };
     let env = Env::new();
     with_vault(&env, &bao);
-    let mut add = env.host();
-    add.env("VAULT_TOKEN", TOKEN).args([
-        "secret",
-        "dynamic",
-        "add",
-        "WAREHOUSE_RO",
-        "-n",
-        "ops",
-        "--vault-path",
-        "database/creds/readonly",
-    ]);
-    env.run_with(&mut add, b"").expect_code(0);
+    add_dynamic(&env, "WAREHOUSE_RO", &[]);
     let echo = Echo::start();
     let file = flow(&env, &echo, "WAREHOUSE_RO", &nap(20, ""), "");
     env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);

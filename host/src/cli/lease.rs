@@ -4,7 +4,7 @@
 
 use super::table::{Align::*, Table};
 use super::*;
-use keyhole::audit::{Action, Actor, AuditLog, NewRecord};
+use keyhole::audit::{Action, Actor, NewRecord};
 use keyhole::backend::config::{self, BackendConfig, Backends};
 use keyhole::backend::vault::VaultBackend;
 use keyhole::session::open_secrets;
@@ -68,10 +68,18 @@ pub(crate) enum LeaseCommand {
     },
 }
 
-fn audit_log(dir: &DataDir, secrets: &Router) -> Result<AuditLog, Exit> {
-    let key = keyhole::audit::AuditKey::load(&dir.audit_key_path()).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
-    AuditLog::open(&dir.store_path(), secrets.local().store().integrity().clone(), key)
-        .map_err(|e| fail(HOST, anyhow::Error::from(e)))
+/// Every dynamic secret: the Vault backend defining it, its name, its definition.
+fn dynamic_defs(
+    backends: &Backends,
+) -> impl Iterator<Item = (&keyhole::backend::vault::VaultConfig, &String, &keyhole::backend::DynamicDef)> {
+    backends
+        .list()
+        .iter()
+        .filter_map(|c| match c {
+            BackendConfig::Vault(v) => Some(v),
+            _ => None,
+        })
+        .flat_map(|v| v.dynamic.iter().map(move |(name, def)| (v, name, def)))
 }
 
 /// The backend configuration (checked against its MAC) and where it lives.
@@ -89,18 +97,15 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
     let (namespace, name, said, cfg) = match cmd {
         DynamicCommand::List { json } => {
-            let mut rows = Vec::new();
-            for c in backends.list() {
-                if let BackendConfig::Vault(v) = c {
-                    for (name, def) in &v.dynamic {
-                        rows.push(serde_json::json!({
-                            "namespace": v.namespace, "name": name, "path": def.path,
-                            "ttl_secs": def.ttl_secs, "policy": def.policy, "server": v.address,
-                            "destinations": def.destinations,
-                        }));
-                    }
-                }
-            }
+            let rows: Vec<_> = dynamic_defs(&backends)
+                .map(|(v, name, def)| {
+                    serde_json::json!({
+                        "namespace": v.namespace, "name": name, "path": def.path,
+                        "ttl_secs": def.ttl_secs, "policy": def.policy, "server": v.address,
+                        "destinations": def.destinations,
+                    })
+                })
+                .collect();
             if json {
                 return print_json(&mut out, &rows);
             }
@@ -162,26 +167,23 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
 pub(crate) fn dynamic_infos(dir: &DataDir, secrets: &Router) -> Result<Vec<keyhole::store::SecretInfo>, Exit> {
     let (_, backends) = backends(dir, secrets)?;
     let mut out = Vec::new();
-    for c in backends.list() {
-        let BackendConfig::Vault(v) = c else { continue };
-        for (name, def) in &v.dynamic {
-            out.push(keyhole::store::SecretInfo {
-                namespace: v.namespace.clone(),
-                name: name.clone(),
-                version: 0,
-                version_id: None,
-                versions_stored: 0,
-                keep_versions: 0,
-                created_at: 0,
-                updated_at: 0,
-                expires_at: None,
-                revoked_at: None,
-                destroyed_at: None,
-                destinations: def.destinations.clone(),
-                tampered: false,
-                dynamic: Some(def.path.clone()),
-            });
-        }
+    for (v, name, def) in dynamic_defs(&backends) {
+        out.push(keyhole::store::SecretInfo {
+            namespace: v.namespace.clone(),
+            name: name.clone(),
+            version: 0,
+            version_id: None,
+            versions_stored: 0,
+            keep_versions: 0,
+            created_at: 0,
+            updated_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            destroyed_at: None,
+            destinations: def.destinations.clone(),
+            tampered: false,
+            dynamic: Some(def.path.clone()),
+        });
     }
     Ok(out)
 }
@@ -255,7 +257,7 @@ pub(crate) fn lease(dir: &DataDir, cmd: LeaseCommand) -> Result<(), Exit> {
         }
         LeaseCommand::Sweep { all } => {
             let secrets = open_secrets(dir)?;
-            let audit = audit_log(dir, &secrets)?;
+            let audit = keyhole::session::open_audit(dir, &secrets)?;
             let (revoked, failed, live) =
                 keyhole::lease::sweep(&secrets, &audit, &dir.store_path(), &Actor::current_user(), all)
                     .map_err(|e| fail(HOST, anyhow::Error::from(e)))?;

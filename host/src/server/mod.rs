@@ -121,8 +121,7 @@ impl App {
         let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: true, compiler })
             .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
         let integrity = secrets.local().store().integrity().clone();
-        let key = crate::audit::AuditKey::load(&dir.audit_key_path()).map_err(SessionError::from)?;
-        let audit = AuditLog::open(&dir.store_path(), integrity.clone(), key).map_err(SessionError::from)?;
+        let audit = crate::session::open_audit(dir, &secrets)?;
         let records = Executions::open(&dir.store_path()).map_err(SessionError::from)?;
         let db = |e: crate::tokens::TokenError| ServeError::Refused(e.to_string());
         let tokens = Tokens::open(&dir.store_path(), integrity.clone()).map_err(db)?;

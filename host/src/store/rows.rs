@@ -64,6 +64,12 @@ pub(super) fn version_mac(
     )
 }
 
+/// Deletes the versions of secret `id` beyond the newest `keep` up to
+/// `current` (a staged version above it is left alone).
+pub(super) fn prune_versions(conn: &Connection, id: i64, current: i64, keep: i64) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM secret_versions WHERE secret_id = ?1 AND version <= ?2", params![id, current - keep])
+}
+
 /// Recomputes the MAC of secret `id` from its stored columns: the one place
 /// that authenticates a `secrets` row after a change.
 pub(super) fn remac_secret(conn: &Connection, ik: &IntegrityKey, id: i64) -> rusqlite::Result<()> {

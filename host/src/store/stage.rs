@@ -9,14 +9,19 @@
 //! waits until it is resolved; a staged row that fails its MAC is never
 //! made current.
 
-use super::rows::{remac_secret, remac_version, row_tampered, secret_row, version_mac};
+use super::rows::{prune_versions, remac_secret, remac_version, row_tampered, secret_row, version_mac};
 use super::*;
 
 /// A staged row: version, created, expires, MAC.
-type StagedRow = (i64, i64, Option<i64>, Option<Vec<u8>>);
+pub(super) type StagedRow = (i64, i64, Option<i64>, Option<Vec<u8>>);
 
 /// The staged version of secret `id`, if any.
-fn staged_row(conn: &Connection, path: &Path, id: i64, current: i64) -> Result<Option<StagedRow>, StoreError> {
+pub(super) fn staged_row(
+    conn: &Connection,
+    path: &Path,
+    id: i64,
+    current: i64,
+) -> Result<Option<StagedRow>, StoreError> {
     conn.query_row(
         "SELECT version, created_at, expires_at, mac FROM secret_versions WHERE secret_id = ?1 AND version > ?2 \
          ORDER BY version DESC LIMIT 1",
@@ -118,16 +123,15 @@ impl SecretStore {
         if mac.as_deref() != Some(expected.as_slice()) {
             return Err(row_tampered(&path, namespace, name, "its staged version"));
         }
+        // A new current version is a new credential, as with `set`: it
+        // lifts a revocation or a destruction.
         tx.execute(
-            "UPDATE secrets SET current_version = ?1, updated_at = ?2, revoked_at = NULL WHERE id = ?3",
+            "UPDATE secrets SET current_version = ?1, updated_at = ?2, revoked_at = NULL, destroyed_at = NULL \
+             WHERE id = ?3",
             params![version, now(), row.id],
         )
         .map_err(e("make the staged version current"))?;
-        tx.execute(
-            "DELETE FROM secret_versions WHERE secret_id = ?1 AND version <= ?2",
-            params![row.id, version - row.keep],
-        )
-        .map_err(e("prune old versions"))?;
+        prune_versions(&tx, row.id, version, row.keep).map_err(e("prune old versions"))?;
         remac_secret(&tx, &self.integrity, row.id).map_err(e("authenticate the secret"))?;
         audit::append(&tx, &self.integrity, &audit.clone().version(version as u64))
             .map_err(e("write the audit record"))?;

@@ -4,7 +4,8 @@
 //! changed and appends its audit record, so a change and its record commit
 //! together or not at all.
 
-use super::rows::{encode_destinations, remac_secret, remac_version, row_tampered, secret_row};
+use super::rows::{encode_destinations, prune_versions, remac_secret, remac_version, row_tampered, secret_row};
+use super::stage::staged_row;
 use super::*;
 
 impl SecretStore {
@@ -33,14 +34,7 @@ impl SecretStore {
         }
         let current = row.map(|r| (r.id, r.current, r.keep));
         if let Some((id, v, _)) = current
-            && let Some(staged) = tx
-                .query_row(
-                    "SELECT version FROM secret_versions WHERE secret_id = ?1 AND version > ?2",
-                    params![id, v],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()
-                .map_err(e("look for a staged version"))?
+            && let Some((staged, ..)) = staged_row(&tx, &path, id, v)?
         {
             return Err(StoreError::Staged {
                 namespace: namespace.clone(),
@@ -82,11 +76,7 @@ impl SecretStore {
             params![id, version as i64, t, opts.expires_at, sealed.wrapped_key, sealed.nonce, sealed.ciphertext],
         )
         .map_err(e("store the new version"))?;
-        tx.execute(
-            "DELETE FROM secret_versions WHERE secret_id = ?1 AND version <= ?2",
-            params![id, version as i64 - keep],
-        )
-        .map_err(e("prune old versions"))?;
+        prune_versions(&tx, id, version as i64, keep).map_err(e("prune old versions"))?;
         if let Some(d) = &opts.destinations {
             tx.execute("UPDATE secrets SET destinations = ?1 WHERE id = ?2", params![encode_destinations(d), id])
                 .map_err(e("bind the secret"))?;
