@@ -59,12 +59,13 @@ pub mod bindings {
 }
 
 pub mod http;
+pub mod rotation;
 pub mod testing;
 
-/// The `keyhole:task` WIT package version this SDK targets. keyhole-guest
-/// `0.1.x` speaks `keyhole:task@0.1.0`; a host serves the versions it names
-/// in `host plugin inspect`.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The `keyhole:task` WIT package version this SDK targets: `0.2.0`
+/// (0.1.0 plus `rotation`). A host serves the versions it names in `host
+/// plugin inspect`; plugins built against 0.1.0 keep running.
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// serde, re-exported so a plugin needs one dependency. To derive with it,
 /// name it: `#[derive(keyhole_guest::serde::Deserialize)]` plus

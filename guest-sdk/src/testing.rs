@@ -38,6 +38,7 @@ use std::rc::Rc;
 #[derive(Debug, Clone)]
 pub struct FakeHost {
     secrets: HashMap<String, Result<String, Error>>,
+    rotatable: Vec<String>,
     context: Execution,
 }
 
@@ -45,6 +46,7 @@ impl Default for FakeHost {
     fn default() -> Self {
         FakeHost {
             secrets: HashMap::new(),
+            rotatable: Vec::new(),
             context: Execution {
                 namespace: String::new(),
                 flow: "test".into(),
@@ -59,6 +61,7 @@ impl Default for FakeHost {
 struct Recorded {
     reads: Vec<String>,
     logs: Vec<(Level, String)>,
+    rotations: Vec<String>,
 }
 
 // Read only outside wasm, where the fake answers.
@@ -81,6 +84,14 @@ impl FakeHost {
     /// Grants `name` with `value`.
     pub fn secret(mut self, name: &str, value: &str) -> Self {
         self.secrets.insert(name.to_owned(), Ok(value.to_owned()));
+        self
+    }
+
+    /// Lets the task rotate `name`: [`crate::rotation`] calls answer with
+    /// placeholders `khp_fake_next_NAME` / `khp_fake_current_NAME` and are
+    /// recorded ([`Installation::rotations`]); others are `Denied`.
+    pub fn rotatable(mut self, name: &str) -> Self {
+        self.rotatable.push(name.to_owned());
         self
     }
 
@@ -123,6 +134,12 @@ impl Installation {
     pub fn logs(&self) -> Vec<(Level, String)> {
         self.recorded.borrow().logs.clone()
     }
+
+    /// The rotation steps, in order: `"generate NAME 32 Alnum"`,
+    /// `"capture NAME /auth/client_token"`, `"commit NAME"`, `"discard NAME"`.
+    pub fn rotations(&self) -> Vec<String> {
+        self.recorded.borrow().rotations.clone()
+    }
 }
 
 impl Drop for Installation {
@@ -157,4 +174,19 @@ pub(crate) fn log(level: Level, message: &str) {
 #[cfg(not(target_family = "wasm"))]
 pub(crate) fn current() -> Execution {
     CURRENT.with(|c| c.borrow().as_ref().map(|i| i.host.context.clone())).unwrap_or_else(|| panic!("{NO_HOST}"))
+}
+
+#[cfg(not(target_family = "wasm"))]
+pub(crate) fn rotation(name: &str, step: &str) -> Result<crate::rotation::Staged, crate::rotation::Error> {
+    use crate::rotation::{Error, Staged};
+    CURRENT.with(|c| match &*c.borrow() {
+        Some(i) if i.host.rotatable.iter().any(|n| n == name) => {
+            let (verb, rest) = step.split_once(' ').unwrap_or((step, ""));
+            let line = if rest.is_empty() { format!("{verb} {name}") } else { format!("{verb} {name} {rest}") };
+            i.recorded.borrow_mut().rotations.push(line);
+            Ok(Staged { next: format!("khp_fake_next_{name}"), current: Some(format!("khp_fake_current_{name}")) })
+        }
+        Some(_) => Err(Error::Denied),
+        None => Err(Error::Unavailable(NO_HOST.into())),
+    })
 }

@@ -41,7 +41,7 @@ mod bare {
         exports: { default: async },
     });
 }
-use bare::keyhole::task::{context, log, secrets};
+use bare::keyhole::task::{context, log, rotation, secrets};
 
 struct BareState {
     wasi: WasiCtx,
@@ -126,6 +126,20 @@ impl WasiView for BareState {
 impl secrets::Host for BareState {
     fn get(&mut self, _name: String) -> Result<String, secrets::Error> {
         Ok("bench-token".to_owned())
+    }
+}
+impl rotation::Host for BareState {
+    fn generate(&mut self, _: String, _: rotation::Generator) -> Result<rotation::Staged, rotation::Error> {
+        Err(rotation::Error::Denied)
+    }
+    fn capture(&mut self, _: String, _: String) -> Result<rotation::Staged, rotation::Error> {
+        Err(rotation::Error::Denied)
+    }
+    fn commit(&mut self, _: String) -> Result<u64, rotation::Error> {
+        Err(rotation::Error::Denied)
+    }
+    fn discard(&mut self, _: String) -> Result<(), rotation::Error> {
+        Err(rotation::Error::Denied)
     }
 }
 impl log::Host for BareState {

@@ -16,6 +16,7 @@ use crate::mask::MaskSet;
 use crate::network::NetworkPolicy;
 use crate::output::{Captured, Sink, TaskOutput};
 use crate::policy::Grants;
+use crate::rotate::Rotations;
 use crate::runtime::{Entry, POOLING_MAX_MEMORY, Plugin, Runtime};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ pub struct TaskSpec<'a> {
     pub identity: Arc<TaskIdentity>,
     /// What it may read.
     pub grants: Grants,
+    /// What it may rotate (`keyhole:task/rotation`).
+    pub rotate: Grants,
     /// The JSON input document.
     pub input: &'a serde_json::Value,
     /// Limits.
@@ -169,6 +172,11 @@ pub struct TaskOutcome {
 pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>) -> TaskOutcome {
     let started = Instant::now();
     let grants: Vec<&str> = spec.grants.iter().map(|g| g.as_str()).collect();
+    let rotate: Vec<&str> = spec.rotate.iter().map(|g| g.as_str()).collect();
+    let mut detail = serde_json::json!({ "grants": grants });
+    if !rotate.is_empty() {
+        detail["rotate"] = serde_json::json!(rotate);
+    }
     let start = NewRecord {
         actor: spec.identity.actor(),
         action: Action::TaskStart,
@@ -178,7 +186,7 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         version: None,
         reason: Some(format!("grants: {}", serde_json::to_string(&grants).expect("names encode"))),
         value_hmac: None,
-        detail: Some(serde_json::json!({ "grants": grants })),
+        detail: Some(detail),
     };
     let task_masks = Arc::new(MaskSet::new());
     // Committed with the task's first read, or by the flush at the end.
@@ -208,7 +216,8 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         None => Stdio::Task,
         Some(stdout) => Stdio::Command { stdin: input.clone().into_bytes(), stdout: stdout.clone() },
     };
-    let state = TaskState::new(access, output.clone(), stdio, spec.network, deadline, memory);
+    let rotations = Arc::new(Rotations::new(access.clone(), spec.rotate));
+    let state = TaskState::new(access, rotations.clone(), output.clone(), stdio, spec.network, deadline, memory);
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
@@ -246,6 +255,9 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         r = tokio::time::timeout(spec.limits.timeout + Duration::from_millis(50), call) => r.ok(),
         () = env.cancel.cancelled() => None,
     };
+    // However the task ended: a staged value the service cannot hold is
+    // erased, one it may hold is left for an operator.
+    rotations.finish();
     output.finish();
     if let Err(e) = env.audit.flush() {
         tracing::error!("the audit log could not be flushed after task {}: {e}", spec.identity.task);

@@ -115,6 +115,9 @@ pub struct TaskDoc {
     /// Secrets this task may read with `secrets::get`, and no others.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Secrets this task may rotate with `keyhole:task/rotation` (never implied by `secrets`).
+    #[serde(default)]
+    pub rotate: Vec<String>,
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsDoc,
@@ -174,6 +177,8 @@ pub struct FlowTask {
     pub sha256: Option<String>,
     /// Grants.
     pub grants: Grants,
+    /// What it may rotate.
+    pub rotate: Grants,
     /// Limits.
     pub limits: Limits,
     /// Outbound HTTP.
@@ -385,6 +390,13 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
                 Err(e) => c.error(&where_, format!("secrets: {e}")),
             }
         }
+        let mut rotate = Vec::new();
+        for s in &t.rotate {
+            match SecretName::new(s) {
+                Ok(n) => rotate.push(n),
+                Err(e) => c.error(&where_, format!("rotate: {e}")),
+            }
+        }
         let limits = limits(&t.limits).map_err(|e| c.error(format!("{where_}: limits"), e)).ok();
         let network = t.network.policy(base).map_err(|e| c.error(format!("{where_}: network"), e)).ok();
         let sha256 = t.sha256.as_ref().map(|s| s.trim().to_ascii_lowercase());
@@ -395,7 +407,7 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         }
         for tr in &triggers {
             if let TriggerKind::Webhook(w) = &tr.kind
-                && grants.contains(w.secret())
+                && (grants.contains(w.secret()) || rotate.contains(w.secret()))
             {
                 c.error(
                     &where_,
@@ -415,6 +427,7 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
                 plugin: base.join(&t.plugin),
                 sha256,
                 grants: Grants::new(grants),
+                rotate: Grants::new(rotate),
                 limits,
                 network,
                 input: t.input.clone(),

@@ -9,8 +9,8 @@
 use serde::Serialize;
 use wasmparser::{Parser, Payload};
 
-/// The `keyhole:task` package version this host serves.
-pub const TASK_WIT_VERSION: &str = "0.1.0";
+/// The `keyhole:task` package versions this host serves, newest first.
+pub const TASK_WIT_VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
 
 /// What a plugin exports, and so how it is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -75,6 +75,8 @@ pub enum Capability {
     Log,
     /// `keyhole:task/context`.
     Context,
+    /// `keyhole:task/rotation`.
+    Rotation,
     /// `wasi:http`.
     Http,
     /// `wasi:sockets`.
@@ -99,6 +101,7 @@ impl Capability {
             Capability::Config => "config",
             Capability::Log => "log",
             Capability::Context => "context",
+            Capability::Rotation => "rotation",
             Capability::Http => "http",
             Capability::Sockets => "sockets",
             Capability::Filesystem => "filesystem",
@@ -117,6 +120,9 @@ pub fn classify(name: &str) -> (Capability, &'static str) {
         "keyhole:task/secrets" => (Capability::Secrets, "granted per secret: `secrets:` in the flow, --grant for exec"),
         "keyhole:task/log" => (Capability::Log, "always: to the operator's terminal, masked"),
         "keyhole:task/context" => (Capability::Context, "always: namespace, flow, task and execution ids"),
+        "keyhole:task/rotation" => {
+            (Capability::Rotation, "granted per secret: `rotate:` in the flow, --rotate for exec; placeholders only")
+        }
         "wasi:config/store" => (Capability::Config, "answered from the task's granted secrets, audited and masked"),
         "wasi:cli/stdin" => (Capability::Cli, "a command's input document; empty for a task"),
         "wasi:cli/stdout" => (Capability::Cli, "a command's output; shown masked for a task"),

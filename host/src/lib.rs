@@ -30,6 +30,7 @@ pub mod network;
 pub mod output;
 pub mod policy;
 pub mod registry;
+pub mod rotate;
 pub mod run;
 pub mod runtime;
 pub mod sandbox;

@@ -190,6 +190,7 @@ pub async fn run_flow(
                         plugin_sha256: plugin.sha256.clone(),
                     }),
                     grants: task.grants.clone(),
+                    rotate: task.rotate.clone(),
                     input: &input,
                     limits: task.limits,
                     network: task.network.clone(),

@@ -1,17 +1,29 @@
 //! The plugin's world and its bounds: the generated bindings for `wit/`
-//! (the one `bindgen!` over `wit/`; a standard interface a capability
-//! serves, such as `wasi:config`, is bound in that capability) and the
-//! per-task memory limiter.
+//! (the current `keyhole:task` and the frozen 0.1.0 text a plugin built
+//! against it imports; a standard interface a capability serves, such as
+//! `wasi:config`, is bound in that capability) and the per-task memory
+//! limiter.
 //!
 //! Invariant: memory, tables and instances are capped per task; what a
 //! task may call is `capability`'s business.
 
 use wasmtime::{ResourceLimiter, Result};
 
-/// Bindings generated from `wit/task.wit`: the one `bindgen!` over `wit/`.
+/// Bindings generated from `wit/task.wit`, the current `keyhole:task`
+/// (0.2.0): its imports, and the `run` export every task has.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
+        world: "keyhole:task/task",
+        exports: { default: async },
+    });
+}
+
+/// Bindings of `wit/0.1.0/task.wit`, frozen: the same interfaces under the
+/// names a 0.1.0 plugin imports. Capabilities serve both with one body.
+pub mod bindings_0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
         world: "keyhole:task/task",
         exports: { default: async },
     });

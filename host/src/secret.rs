@@ -85,6 +85,59 @@ impl SecretValue {
 
 /// A value arriving in a request body (`PUT /api/v1/secrets/...`): the
 /// decoded text moves into the zeroizing wrapper without a copy.
+/// The alphabet of a generated value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charset {
+    /// Letters and digits.
+    Alnum,
+    /// Lowercase hex of N random bytes.
+    Hex,
+    /// Base64 of N random bytes.
+    Base64,
+    /// Printable ASCII without space.
+    Ascii,
+}
+
+/// Most characters (or random bytes) of a generated value.
+pub const MAX_GENERATED: usize = 4096;
+
+impl SecretValue {
+    /// A new random value: `n` characters of `charset` (for hex and base64,
+    /// `n` random bytes), uniform over the alphabet. The one generator of
+    /// `secret rotate --generate` and of a task's rotation.
+    pub fn generate(n: usize, charset: Charset) -> Result<SecretValue, String> {
+        use base64::Engine as _;
+        if n == 0 || n > MAX_GENERATED {
+            return Err(format!("takes 1 to {MAX_GENERATED}, not {n}"));
+        }
+        let random = |len: usize| {
+            let mut b = Zeroizing::new(vec![0u8; len]);
+            getrandom::fill(&mut b).expect("the operating system's random source failed");
+            b
+        };
+        let pick = |alphabet: &[u8]| {
+            // Rejection sampling: uniform over the alphabet.
+            let limit = 256 - (256 % alphabet.len());
+            let mut out = Zeroizing::new(String::with_capacity(n));
+            while out.len() < n {
+                for &b in random(n * 2).iter() {
+                    if (b as usize) < limit && out.len() < n {
+                        out.push(alphabet[b as usize % alphabet.len()] as char);
+                    }
+                }
+            }
+            out
+        };
+        let text = match charset {
+            Charset::Alnum => pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
+            Charset::Ascii => pick(&(33u8..127).collect::<Vec<u8>>()),
+            Charset::Hex => Zeroizing::new(hex::encode(&*random(n))),
+            Charset::Base64 => Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*random(n))),
+        };
+        Ok(SecretValue::new(text.as_str().to_owned()))
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for SecretValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         <String as serde::Deserialize>::deserialize(d).map(SecretValue::new)

@@ -13,6 +13,7 @@ mod flows;
 mod lifecycle;
 mod masking;
 mod network;
+mod rotation;
 mod safety;
 mod sandbox;
 mod server;

@@ -102,6 +102,7 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) {
                 ("200 OK", String::new(), echo.to_string().into_bytes())
             }
             "/big" => ("200 OK", String::new(), vec![b'x'; 1 << 20]),
+            "/fail" => ("500 Internal Server Error", String::new(), b"{\"errors\":[\"down\"]}".to_vec()),
             "/slow" => {
                 std::thread::sleep(Duration::from_secs(3));
                 ("200 OK", String::new(), b"late".to_vec())

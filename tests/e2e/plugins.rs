@@ -25,6 +25,10 @@ pub enum Plugin {
     OpenIssue,
     /// `plugins/config-command`: a WASI program with `main` reading `wasi:config/store`.
     ConfigCommand,
+    /// `plugins/rotate-http`: rotates a credential at an HTTP service, or calls it.
+    RotateHttp,
+    /// `plugins/legacy-v010`: built against the frozen `keyhole:task@0.1.0`.
+    LegacyV010,
 }
 
 impl Plugin {
@@ -36,6 +40,8 @@ impl Plugin {
             Plugin::WebhookRequest => "webhook-request",
             Plugin::OpenIssue => "open-issue",
             Plugin::ConfigCommand => "config-command",
+            Plugin::RotateHttp => "rotate-http",
+            Plugin::LegacyV010 => "legacy-v010",
         }
     }
     fn artifact(self) -> String {
@@ -47,8 +53,16 @@ impl Plugin {
     }
 }
 
-const ALL: [Plugin; 6] =
-    [Plugin::Hello, Plugin::HmacSign, Plugin::Probe, Plugin::WebhookRequest, Plugin::OpenIssue, Plugin::ConfigCommand];
+const ALL: [Plugin; 8] = [
+    Plugin::Hello,
+    Plugin::HmacSign,
+    Plugin::Probe,
+    Plugin::WebhookRequest,
+    Plugin::OpenIssue,
+    Plugin::ConfigCommand,
+    Plugin::RotateHttp,
+    Plugin::LegacyV010,
+];
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

@@ -48,6 +48,7 @@ pub fn keyhole_task(
             plugin_sha256: plugin.sha256.clone(),
         }),
         grants,
+        rotate: Default::default(),
         input,
         limits: Limits::default(),
         network,

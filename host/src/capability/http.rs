@@ -22,6 +22,7 @@ use crate::audit::{Action, AuditLog, NewRecord, Outcome};
 use crate::mask::MaskSet;
 use crate::network::inject::{BoundSecrets, Injected, Parts, scrub};
 use crate::network::{Destination, Host, NetworkPolicy, Scheme, address};
+use crate::rotate::Rotations;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
@@ -49,8 +50,9 @@ impl Http {
     /// `deadline`: requests are audited in its audit log, text from the
     /// plugin (paths) is masked with its masks before it is recorded, and
     /// its bound secrets are injected where their placeholders are.
-    pub fn new(policy: NetworkPolicy, access: &SecretAccess, deadline: Instant) -> Self {
+    pub fn new(policy: NetworkPolicy, access: &SecretAccess, rotations: Arc<Rotations>, deadline: Instant) -> Self {
         let shared = Shared {
+            rotations,
             policy,
             identity: access.identity.clone(),
             audit: access.audit.clone(),
@@ -88,6 +90,9 @@ struct Shared {
     audit: AuditLog,
     masks: Arc<MaskSet>,
     bound: Arc<BoundSecrets>,
+    /// The task's rotations: told what the service answered to a staged
+    /// value, and given each answer to capture from.
+    rotations: Arc<Rotations>,
     deadline: Instant,
     made: AtomicU32,
     in_flight: Arc<AtomicU32>,
@@ -211,6 +216,9 @@ impl Shared {
             Ok(r) => r,
             Err(_) => Err(HttpError::HttpResponseTimeout),
         };
+        if !injected.staged.is_empty() {
+            self.rotations.delivered(&injected.staged, result.as_ref().ok().map(|(h, _)| h.status().as_u16()));
+        }
         let done = self
             .record(&summary, if result.is_ok() { Outcome::Sent } else { Outcome::Failed })
             .detail_field("injected", names)
@@ -227,10 +235,27 @@ impl Shared {
         }
         let (head, body) = result?;
         let (mut head, ()) = head.into_parts();
-        // An endpoint that echoes the request cannot hand an injected value back.
-        let body = Bytes::from(scrub(&injected, &body));
+        // A credential the service hands out for a rotation is stored and
+        // replaced by its placeholder before the task reads the answer.
+        let mut captured = None;
+        if self.rotations.capturing() {
+            match self.rotations.capture_from(dest, head.status.as_u16(), &body) {
+                Ok(c) => captured = c,
+                Err(why) => return Err(HttpError::InternalError(Some(why))),
+            }
+        }
+        let body = match &captured {
+            Some((replaced, _)) => Bytes::from(scrub(&injected, replaced)),
+            // An endpoint that echoes the request cannot hand an injected value back.
+            None => Bytes::from(scrub(&injected, &body)),
+        };
         for value in head.headers.values_mut() {
-            let clean = scrub(&injected, value.as_bytes());
+            let mut clean = scrub(&injected, value.as_bytes());
+            if let Some((_, values)) = &captured {
+                let mut out = Vec::with_capacity(clean.len());
+                values.matcher().mask_all(&clean, &mut out);
+                clean = out;
+            }
             if clean != value.as_bytes() {
                 *value = http::HeaderValue::from_bytes(&clean).unwrap_or(http::HeaderValue::from_static("***"));
             }

@@ -6,6 +6,7 @@
 //! - [`secrets`]: `keyhole:task/secrets`, answered by `access::get_secret`;
 //! - [`log`]: `keyhole:task/log`, into the task's masked output;
 //! - [`context`]: `keyhole:task/context`, the task's identity;
+//! - [`rotation`]: `keyhole:task/rotation` (0.2.0), answered by `rotate`;
 //! - [`config`]: `wasi:config/store` (both versions in use), answered from
 //!   the task's grants through the same `access::get_secret`;
 //! - [`http`]: `wasi:http/outgoing-handler`, under the task's
@@ -23,13 +24,16 @@ pub mod config;
 pub mod context;
 pub mod http;
 pub mod log;
+pub mod rotation;
 pub mod secrets;
 pub mod wasi;
 
 use crate::access::SecretAccess;
 use crate::network::NetworkPolicy;
 use crate::output::TaskOutput;
+use crate::rotate::Rotations;
 use crate::sandbox::MemoryLimiter;
+use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::Linker;
 
@@ -42,6 +46,8 @@ pub struct Capabilities {
     pub log: log::Log,
     /// `context.current`.
     pub context: context::Context,
+    /// `rotation.*`, sharing its state with `http`.
+    pub rotation: rotation::Rotation,
     /// WASI: stdout and stderr only.
     pub wasi: wasi::Wasi,
     /// Outbound HTTP.
@@ -61,20 +67,24 @@ impl std::fmt::Debug for TaskState {
 }
 
 impl TaskState {
-    /// State for one task: its secrets access, its output (stdout, stderr,
-    /// log) and stdio shape, its network policy (until `deadline`), memory
-    /// (all memories and tables together) capped at `memory_limit` bytes.
+    /// State for one task: its secrets access and rotations, its output
+    /// (stdout, stderr, log) and stdio shape, its network policy (until
+    /// `deadline`), memory (all memories and tables together) capped at
+    /// `memory_limit` bytes.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         access: SecretAccess,
+        rotations: Arc<Rotations>,
         output: TaskOutput,
         stdio: wasi::Stdio,
         network: NetworkPolicy,
         deadline: Instant,
         memory_limit: usize,
     ) -> Self {
-        let http = http::Http::new(network, &access, deadline);
+        let http = http::Http::new(network, &access, rotations.clone(), deadline);
         let caps = Capabilities {
             http,
+            rotation: rotation::Rotation(rotations),
             wasi: wasi::Wasi::new(&output, stdio),
             context: context::Context(access.identity.clone()),
             secrets: secrets::Secrets(access),
@@ -92,6 +102,7 @@ pub fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     secrets::add_to_linker(linker)?;
     log::add_to_linker(linker)?;
     context::add_to_linker(linker)?;
+    rotation::add_to_linker(linker)?;
     config::add_to_linker(linker)?;
     Ok(())
 }

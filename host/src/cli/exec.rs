@@ -22,6 +22,9 @@ pub(crate) struct ExecArgs {
     /// Grant the task this secret (repeat for more). Nothing is granted by default.
     #[arg(long = "grant", short, value_name = "NAME")]
     grants: Vec<SecretName>,
+    /// Let the task rotate this secret through `keyhole:task/rotation` (repeat for more).
+    #[arg(long = "rotate", value_name = "NAME")]
+    rotate: Vec<SecretName>,
     /// Input JSON document.
     #[arg(long, conflicts_with = "input_file", value_name = "JSON")]
     input: Option<String>,
@@ -158,6 +161,7 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler:
             plugin: args.plugin.clone(),
             sha256: None,
             grants: Grants::new(args.grants),
+            rotate: Grants::new(args.rotate),
             limits: Limits { memory, timeout: args.timeout, output: args.max_output },
             network,
             input,

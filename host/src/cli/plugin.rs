@@ -4,7 +4,7 @@
 //! without network access to this repository.
 
 use super::*;
-use keyhole::inspect::{self, Capability, Report, TASK_WIT_VERSION};
+use keyhole::inspect::{self, Capability, Report, TASK_WIT_VERSIONS};
 use keyhole::runtime::{Compiler, LoadedFrom, Runtime, RuntimeOptions};
 use std::process::Stdio;
 
@@ -385,10 +385,14 @@ fn print_report(out: &mut impl Write, file: &Path, r: &Report) -> std::io::Resul
     writeln!(out, "  size     {} bytes ({:.1} MiB)", r.size, r.size as f64 / (1 << 20) as f64)?;
     writeln!(out, "  sha256   {}  (pin it in a flow task: `sha256: ...`)", r.sha256)?;
     match &r.keyhole_task_version {
-        Some(v) if v == TASK_WIT_VERSION => writeln!(out, "  targets  keyhole:task@{v} (this host serves it)")?,
-        Some(v) => {
-            writeln!(out, "  targets  keyhole:task@{v}: this host serves only {TASK_WIT_VERSION}; it will not load")?
+        Some(v) if TASK_WIT_VERSIONS.contains(&v.as_str()) => {
+            writeln!(out, "  targets  keyhole:task@{v} (this host serves it)")?
         }
+        Some(v) => writeln!(
+            out,
+            "  targets  keyhole:task@{v}: this host serves only {}; it will not load",
+            TASK_WIT_VERSIONS.join(" and ")
+        )?,
         None => writeln!(out, "  targets  no keyhole:task import (standard WASI only)")?,
     }
     writeln!(out, "  exports  {}", if r.exports.is_empty() { "(none)".to_owned() } else { r.exports.join(", ") })?;

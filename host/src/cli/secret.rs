@@ -217,35 +217,13 @@ fn new_value(generated: Option<(usize, Charset)>, from_file: Option<PathBuf>) ->
 }
 
 pub(crate) fn generate(n: usize, charset: Charset) -> Result<SecretValue, Exit> {
-    use base64::Engine as _;
-    if n == 0 || n > 4096 {
-        return Err(fail(USAGE, anyhow::anyhow!("--generate takes 1 to 4096")));
-    }
-    let random = |len: usize| {
-        let mut b = Zeroizing::new(vec![0u8; len]);
-        getrandom::fill(&mut b).expect("the operating system's random source failed");
-        b
+    let charset = match charset {
+        Charset::Alnum => keyhole::secret::Charset::Alnum,
+        Charset::Hex => keyhole::secret::Charset::Hex,
+        Charset::Base64 => keyhole::secret::Charset::Base64,
+        Charset::Ascii => keyhole::secret::Charset::Ascii,
     };
-    let pick = |alphabet: &[u8]| {
-        // Rejection sampling: uniform over the alphabet.
-        let limit = 256 - (256 % alphabet.len());
-        let mut out = Zeroizing::new(String::with_capacity(n));
-        while out.len() < n {
-            for &b in random(n * 2).iter() {
-                if (b as usize) < limit && out.len() < n {
-                    out.push(alphabet[b as usize % alphabet.len()] as char);
-                }
-            }
-        }
-        out
-    };
-    let text = match charset {
-        Charset::Alnum => pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"),
-        Charset::Ascii => pick(&(33u8..127).collect::<Vec<u8>>()),
-        Charset::Hex => Zeroizing::new(hex::encode(&*random(n))),
-        Charset::Base64 => Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*random(n))),
-    };
-    Ok(SecretValue::new(text.as_str().to_owned()))
+    SecretValue::generate(n, charset).map_err(|e| fail(USAGE, anyhow::anyhow!("--generate {e}")))
 }
 
 pub(crate) fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {

@@ -36,6 +36,8 @@ struct Bound {
     name: SecretName,
     value: SecretValue,
     destinations: Vec<AllowEntry>,
+    /// The staged (next) value of a rotation, not the current one.
+    staged: bool,
 }
 
 /// The bound secrets one task has asked for, by placeholder id.
@@ -112,8 +114,18 @@ pub struct Parts {
 pub struct Injected {
     /// Names of the secrets injected, sorted, each once.
     pub names: Vec<SecretName>,
+    /// Names of those whose staged (next) value was injected: a rotation
+    /// learns from the answer whether the service took it.
+    pub staged: Vec<SecretName>,
     /// Their values and encodings.
     pub scrub: MaskSet,
+}
+
+/// A new random placeholder id.
+fn new_id() -> String {
+    let mut raw = [0u8; ID_LEN / 2];
+    getrandom::fill(&mut raw).expect("the operating system's random source failed");
+    hex::encode(raw)
 }
 
 impl BoundSecrets {
@@ -124,12 +136,24 @@ impl BoundSecrets {
         if let Some(id) = t.by_name.get(name) {
             return format!("{PREFIX}{id}");
         }
-        let mut raw = [0u8; ID_LEN / 2];
-        getrandom::fill(&mut raw).expect("the operating system's random source failed");
-        let id = hex::encode(raw);
+        let id = new_id();
         t.by_name.insert(name.clone(), id.clone());
-        t.by_id.insert(id.clone(), Arc::new(Bound { name: name.clone(), value, destinations }));
+        t.by_id.insert(id.clone(), Arc::new(Bound { name: name.clone(), value, destinations, staged: false }));
         format!("{PREFIX}{id}")
+    }
+
+    /// A new placeholder for a value not known yet (a credential a service
+    /// will hand out); [`BoundSecrets::bind_staged`] gives it its value.
+    pub fn reserve(&self) -> String {
+        format!("{PREFIX}{}", new_id())
+    }
+
+    /// Makes `placeholder` (from [`BoundSecrets::reserve`]) stand for the
+    /// staged value of secret `name`, bound to `destinations`.
+    pub fn bind_staged(&self, placeholder: &str, name: &SecretName, value: SecretValue, destinations: Vec<AllowEntry>) {
+        let id = placeholder.strip_prefix(PREFIX).expect("a placeholder from reserve").to_owned();
+        let bound = Bound { name: name.clone(), value, destinations, staged: true };
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).by_id.insert(id, Arc::new(bound));
     }
 
     /// Whether any secret is bound in this task (if not, requests are sent
@@ -149,8 +173,11 @@ impl BoundSecrets {
             }
             if !injected.names.contains(&b.name) {
                 injected.names.push(b.name.clone());
-                injected.scrub.add(&b.value);
             }
+            if b.staged && !injected.staged.contains(&b.name) {
+                injected.staged.push(b.name.clone());
+            }
+            injected.scrub.add(&b.value);
             Ok(())
         };
         let known = |tokens: Vec<Token>| -> Vec<(Token, Arc<Bound>)> {

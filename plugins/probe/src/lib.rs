@@ -81,6 +81,24 @@ enum Action {
     Digest { text: String },
     /// Returns the execution context.
     Context,
+    /// Rotates secret `name`: `generate` (with `length`) or `capture` (a
+    /// JSON pointer), then sends `requests` (`{next}`, `{current}` and, with
+    /// `secret`, `{secret}` filled in), then takes each step of `then` in
+    /// order: `commit`, `discard`, `trap`, `wait` (prints `waiting`, sleeps
+    /// a minute). Reports the placeholders, answers and step results.
+    Rotate {
+        name: String,
+        #[serde(default)]
+        length: Option<u32>,
+        #[serde(default)]
+        capture: Option<String>,
+        #[serde(default)]
+        secret: Option<String>,
+        #[serde(default)]
+        requests: Vec<HttpRequest>,
+        #[serde(default)]
+        then: Vec<String>,
+    },
     /// Fails with `message` (after reading secret `get`, if given).
     Fail {
         message: String,
@@ -254,6 +272,62 @@ fn probe(action: Action) -> Result<Value, TaskError> {
             read(get)?;
             return Err(TaskError::new(message));
         }
+        Action::Rotate { name, length, capture, secret, requests, then } => {
+            use keyhole_guest::rotation;
+            let staged = match (length, capture) {
+                (Some(n), None) => rotation::generate(&name, n, rotation::Charset::Alnum),
+                (None, Some(p)) => rotation::capture(&name, &p),
+                _ => return Err(TaskError::new("give length or capture")),
+            };
+            let staged = match staged {
+                Ok(s) => s,
+                Err(e) => return Ok(json!({ "error": rotation_case(&e) })),
+            };
+            let value = match &secret {
+                Some(n) => secrets::get(n)?,
+                None => String::new(),
+            };
+            let current = staged.current.clone().unwrap_or_default();
+            let fill =
+                |s: &str| s.replace("{next}", &staged.next).replace("{current}", &current).replace("{secret}", &value);
+            let responses: Vec<Value> = requests
+                .iter()
+                .map(|r| {
+                    let mut req = keyhole_guest::http::request(&r.method, &fill(&r.url)).body(fill(&r.body));
+                    for (k, v) in &r.headers {
+                        req = req.header(k, &fill(v));
+                    }
+                    match req.send() {
+                        Ok(resp) => json!({ "status": resp.status, "body": resp.text() }),
+                        Err(e) => json!({ "error": format!("{e:?}") }),
+                    }
+                })
+                .collect();
+            let mut steps = Vec::new();
+            for step in &then {
+                let result = match step.as_str() {
+                    "commit" => rotation::commit(&name).map(|v| json!(v)),
+                    "discard" => rotation::discard(&name).map(|()| json!(null)),
+                    "trap" => panic!("trapping after the requests, as asked"),
+                    "wait" => {
+                        eprintln!("waiting");
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                        Ok(json!(null))
+                    }
+                    other => return Err(TaskError::new(format!("unknown step {other}"))),
+                };
+                steps.push(match result {
+                    Ok(v) => json!({ step.as_str(): { "ok": v } }),
+                    Err(e) => json!({ step.as_str(): { "error": rotation_case(&e) } }),
+                });
+            }
+            json!({
+                "next": staged.next,
+                "current": staged.current,
+                "responses": responses,
+                "steps": steps,
+            })
+        }
     })
 }
 
@@ -277,6 +351,16 @@ struct HttpRequest {
 
 fn get() -> String {
     "GET".into()
+}
+
+fn rotation_case(e: &keyhole_guest::rotation::Error) -> String {
+    use keyhole_guest::rotation::Error;
+    match e {
+        Error::Denied => "denied".into(),
+        Error::NotFound => "not-found".into(),
+        Error::Refused(why) => format!("refused: {why}"),
+        Error::Unavailable(why) => format!("unavailable: {why}"),
+    }
 }
 
 fn error_case(e: &secrets::Error) -> String {
