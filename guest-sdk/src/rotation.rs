@@ -98,7 +98,17 @@ pub fn generate(name: &str, length: u32, charset: Charset) -> Result<Staged, Err
     #[cfg(target_family = "wasm")]
     return wit::generate(name, wit::Generator { length, charset }).map(staged).map_err(Error::from);
     #[cfg(not(target_family = "wasm"))]
-    return crate::testing::rotation(name, &format!("generate {length} {charset:?}"));
+    return crate::testing::rotation(name, &format!("generate {length} {}", charset_name(charset)));
+}
+
+#[cfg(not(target_family = "wasm"))]
+fn charset_name(charset: Charset) -> &'static str {
+    match charset {
+        Charset::Alnum => "alnum",
+        Charset::Hex => "hex",
+        Charset::Base64 => "base64",
+        Charset::Ascii => "ascii",
+    }
 }
 
 /// Captures the new value of `name` from the first 2xx JSON answer of one
@@ -126,4 +136,20 @@ pub fn discard(name: &str) -> Result<(), Error> {
     return wit::discard(name).map_err(Error::from);
     #[cfg(not(target_family = "wasm"))]
     return crate::testing::rotation(name, "discard").map(|_| ());
+}
+
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    use super::*;
+    use crate::testing::FakeHost;
+
+    #[test]
+    fn the_fake_host_answers_with_placeholders_and_records_each_step() {
+        let host = FakeHost::new().rotatable("SERVICE_PASSWORD").install();
+        let staged = generate("SERVICE_PASSWORD", 32, Charset::Alnum).unwrap();
+        assert_eq!(staged.next, "khp_fake_next_SERVICE_PASSWORD");
+        assert_eq!(commit("SERVICE_PASSWORD").unwrap(), 2);
+        assert_eq!(capture("OTHER", "/token"), Err(Error::Denied), "deny by default, as the real host");
+        assert_eq!(host.rotations(), ["generate SERVICE_PASSWORD 32 alnum", "commit SERVICE_PASSWORD"]);
+    }
 }

@@ -135,7 +135,7 @@ impl Installation {
         self.recorded.borrow().logs.clone()
     }
 
-    /// The rotation steps, in order: `"generate NAME 32 Alnum"`,
+    /// The rotation steps, in order: `"generate NAME 32 alnum"`,
     /// `"capture NAME /auth/client_token"`, `"commit NAME"`, `"discard NAME"`.
     pub fn rotations(&self) -> Vec<String> {
         self.recorded.borrow().rotations.clone()

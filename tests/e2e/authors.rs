@@ -94,6 +94,110 @@ fn on_path(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
+/// The Python SDK's `rotation` reaches the host: a generated value is
+/// staged behind a placeholder, a commit before the service took it is
+/// refused (a `RotationError` of kind `refused`), and the host erases the
+/// unsent value when the task ends.
+#[test]
+fn a_python_plugin_rotates_through_the_sdk() {
+    if !on_path("componentize-py") && tool_missing("componentize-py", "pip install componentize-py==0.25.1") {
+        return;
+    }
+    let env = Env::new();
+    let dir = new_project(&env, "pyrotate", "python");
+    std::fs::write(
+        dir.join("app.py"),
+        "from keyhole import task, rotation, RotationError\n\
+         \n\
+         @task\n\
+         def run(input):\n\
+         \x20   staged = rotation.generate('SVC_PASSWORD', 24, 'hex')\n\
+         \x20   try:\n\
+         \x20       rotation.commit('SVC_PASSWORD')\n\
+         \x20       refused = None\n\
+         \x20   except RotationError as e:\n\
+         \x20       refused = [e.kind, e.detail]\n\
+         \x20   try:\n\
+         \x20       rotation.generate('OTHER', 24)\n\
+         \x20   except RotationError as e:\n\
+         \x20       other = e.kind\n\
+         \x20   return {'next': staged.next[:4], 'current': staged.current[:4], 'refused': refused, 'other': other}\n",
+    )
+    .unwrap();
+    let wasm = build(&env, &dir, None);
+    env.run_with(
+        env.host().args(["secret", "set", "SVC_PASSWORD", "--destination", "https://svc.example.com"]),
+        b"old-pw-1",
+    )
+    .expect_code(0);
+    let r = env.run(&["exec", wasm.to_str().unwrap(), "--rotate", "SVC_PASSWORD"]);
+    r.expect_code(0);
+    let out = r.json();
+    assert_eq!(
+        (out["next"].as_str(), out["current"].as_str(), out["other"].as_str()),
+        (Some("khp_"), Some("khp_"), Some("denied")),
+        "{out}"
+    );
+    assert_eq!(out["refused"][0], "refused", "{out}");
+    assert!(out["refused"][1].as_str().unwrap().contains("no request has carried it yet"), "{out}");
+    let d = env.run(&["secret", "describe", "SVC_PASSWORD", "--json"]).expect_code(0).json();
+    assert_eq!((d["current_version"].as_u64(), d["staged"].is_null()), (Some(1), true), "erased at the end: {d}");
+    let stages = audit(&env, "secret.stage");
+    assert!(stages.iter().any(|s| s["outcome"] == "ok" && s["task"] == "pyrotate"), "{stages:#?}");
+    assert_eq!(audit(&env, "secret.discard").len(), 1);
+}
+
+/// The JavaScript SDK's `rotation` with `fetch()`: the new value goes to
+/// the service (a loopback server) only as the host substitutes it, and the
+/// commit makes that very value current.
+#[test]
+fn a_javascript_plugin_rotates_a_password_with_fetch() {
+    let Some(tools) = js_tools() else { return };
+    let env = Env::new();
+    let server = crate::network::Server::start();
+    let dir = new_project(&env, "jsrotate", "js");
+    std::fs::write(
+        dir.join("app.js"),
+        "import { rotation, task } from './keyhole/index.js';\n\
+         export const run = task(async (input) => {\n\
+           const staged = rotation.generate('SVC_PASSWORD', 20);\n\
+           const r = await fetch(input.url, { method: 'POST', body: JSON.stringify({ password: staged.next }) });\n\
+           const echoed = await r.text();\n\
+           const version = r.ok ? rotation.commit('SVC_PASSWORD') : rotation.discard('SVC_PASSWORD');\n\
+           return { status: r.status, version, held: staged.next.slice(0, 4), echoed };\n\
+         });\n",
+    )
+    .unwrap();
+    let wasm = build(&env, &dir, Some(&tools));
+    let origin = server.origin();
+    env.run_with(env.host().args(["secret", "set", "SVC_PASSWORD", "--destination", &origin]), b"old-pw-1")
+        .expect_code(0);
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_COMPILER", "winch").arg("exec").arg(&wasm).args(["--rotate", "SVC_PASSWORD"]);
+    cmd.args(["--allow-outbound", &origin, "--input", &json!({ "url": server.url("/echo") }).to_string()]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(0);
+    let out = r.json();
+    assert_eq!(
+        (out["status"].as_u64(), out["version"].as_u64(), out["held"].as_str()),
+        (Some(200), Some(2), Some("khp_")),
+        "{out}"
+    );
+    let got = server.received();
+    let sent: Value = serde_json::from_slice(&got[0].body).unwrap();
+    let password = sent["password"].as_str().unwrap().to_owned();
+    assert!(password.len() == 20 && password.chars().all(|c| c.is_ascii_alphanumeric()), "{password}");
+    assert!(!out["echoed"].as_str().unwrap().contains(&password), "the echo reached the task unscrubbed: {out}");
+    assert!(!r.all_output().contains(&password));
+    // What keyhole now holds is what the service got: a bound read sends it.
+    let mut cmd = env.host();
+    let input = json!({"action": "http", "secret": "SVC_PASSWORD", "requests": [{"url": server.url("/x"), "headers": {"x-pw": "{secret}"}}]});
+    cmd.arg("exec").arg(component(Plugin::Probe)).args(["--grant", "SVC_PASSWORD", "--allow-outbound", &origin]);
+    cmd.args(["--input", &input.to_string()]);
+    env.run_with(&mut cmd, b"").expect_code(0);
+    assert_eq!(server.received()[1].header("x-pw"), Some(password.as_str()));
+}
+
 #[test]
 fn rust_plugin_from_new_to_exec() {
     let env = Env::new();
@@ -305,7 +409,7 @@ fn inspect_tells_kind_shape_digest_version_and_imports() {
     for want in [
         "kind     component",
         "keyhole task (exports run",
-        "keyhole:task@0.1.0 (this host serves it)",
+        "keyhole:task@0.2.0 (this host serves it)",
         &digest,
         "secrets       granted per secret",
         "wasi:cli/environment@0.2.6: empty: no environment variables",
@@ -331,6 +435,31 @@ fn inspect_tells_kind_shape_digest_version_and_imports() {
     let r = env.run(&["plugin", "inspect", junk.to_str().unwrap()]);
     r.expect_code(2);
     assert!(r.stderr.contains("magic bytes"), "{}", r.stderr);
+}
+
+/// A plugin built against `keyhole:task@0.1.0` (before `rotation` came)
+/// runs unchanged: its secret read, log line and context are served, and
+/// masked, as ever.
+#[test]
+fn a_plugin_built_against_keyhole_task_0_1_0_runs_unchanged() {
+    let env = Env::new();
+    let legacy = component(Plugin::LegacyV010);
+    let r = env.run(&["plugin", "inspect", legacy.to_str().unwrap()]);
+    assert!(r.stdout.contains("keyhole:task@0.1.0 (this host serves it)"), "{}", r.stdout);
+    assert!(!r.stdout.contains("rotation"), "{}", r.stdout);
+    env.run_with(env.host().args(["secret", "set", "OLD_API_KEY"]), VALUE.as_bytes()).expect_code(0);
+    let mut cmd = env.host();
+    cmd.arg("exec").arg(&legacy).args(["--grant", "OLD_API_KEY", "--input", "\"OLD_API_KEY\""]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(0);
+    assert_eq!(r.json(), json!({"value": "***", "task": "legacy_v010", "wit": "0.1.0"}), "{r:#?}");
+    assert!(r.stderr.contains("0.1.0 read ***") && !r.all_output().contains(VALUE), "{r:#?}");
+    assert_eq!(audit(&env, "secret.read")[0]["outcome"], "granted");
+    // And denied without the grant, as ever.
+    let mut cmd = env.host();
+    cmd.arg("exec").arg(&legacy).args(["--input", "\"OLD_API_KEY\""]);
+    let r = env.run_with(&mut cmd, b"");
+    assert!(r.code != 0 && r.stderr.contains("Denied"), "{r:#?}");
 }
 
 #[test]

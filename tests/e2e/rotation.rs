@@ -256,6 +256,21 @@ fn a_failed_or_unfinished_rotation_never_makes_a_value_current_nor_loses_one_the
     assert_eq!(staged(&env), None);
     assert!(logs_in(&bao, OLD));
 
+    // The answer is lost (the request timed out): the service may hold the
+    // value, so neither the task's discard nor the task's end erases it.
+    let slow = json!({"method": "POST", "url": echo.url("/slow"), "body": "{\"password\":\"{next}\"}"});
+    let mut cmd =
+        probe_cmd(&env, generate(&["discard"], vec![slow]), &["VAULT_ADMIN_TOKEN"], &["SERVICE_PASSWORD"], &bao.addr);
+    cmd.args(["--allow-outbound", &echo.origin(), "--request-timeout", "1s"]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(0);
+    let e = r.json()["steps"][0]["discard"]["error"].as_str().unwrap().to_owned();
+    assert!(e.contains("got no answer") && e.contains("stays staged for an operator"), "{e}");
+    assert!(r.stderr.contains("stays staged"), "{r:#?}");
+    assert_eq!(staged(&env), Some(2));
+    env.run(&["secret", "discard", "SERVICE_PASSWORD", "-n", "ops", "--staged"]).expect_code(0);
+    assert_eq!(staged(&env), None);
+
     // The task traps after OpenBao took the new password: it stays staged
     // (the service holds it), the operator is told, and commits it.
     let r = rotate(

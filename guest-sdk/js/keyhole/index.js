@@ -16,13 +16,21 @@
 // task reads are masked by the host in everything it prints, logs or returns.
 // Under plain `node --test`, `keyhole/testing.js` provides a fake host.
 //
-// This module targets keyhole:task@0.1.0 (WIT_VERSION).
+// Hands-off rotation (a flow's `rotate: [NAME]`) is `rotation`: the task holds
+// placeholders only:
+//
+//     const staged = rotation.generate('SERVICE_PASSWORD', 32);
+//     const r = await fetch(url, { method: 'POST', body: JSON.stringify({ password: staged.next }) });
+//     r.ok ? rotation.commit('SERVICE_PASSWORD') : rotation.discard('SERVICE_PASSWORD');
+//
+// This module targets keyhole:task@0.2.0 (WIT_VERSION).
 
-import * as witSecrets from 'keyhole:task/secrets@0.1.0';
-import * as witLog from 'keyhole:task/log@0.1.0';
-import * as witContext from 'keyhole:task/context@0.1.0';
+import * as witSecrets from 'keyhole:task/secrets@0.2.0';
+import * as witLog from 'keyhole:task/log@0.2.0';
+import * as witContext from 'keyhole:task/context@0.2.0';
+import * as witRotation from 'keyhole:task/rotation@0.2.0';
 
-export const WIT_VERSION = '0.1.0';
+export const WIT_VERSION = '0.2.0';
 
 /** Why the host did not hand out a secret: `kind` is `denied`, `not-found`,
  * `revoked`, `expired` or `unavailable` (with `detail` saying why). */
@@ -55,6 +63,52 @@ export const secrets = {
       if (p && typeof p.tag === 'string') throw new SecretError(name, p.tag, p.val ?? '');
       throw e;
     }
+  },
+};
+
+/** Why a rotation step was refused: `kind` is `denied` (not in the task's
+ * `rotate:`), `not-found`, `refused` or `unavailable`, `detail` says why. */
+export class RotationError extends Error {
+  constructor(name, kind, detail = '') {
+    super(`rotation of ${name}: ${kind}${detail ? `: ${detail}` : ''}`);
+    this.name = 'RotationError';
+    this.secret = name;
+    this.kind = kind;
+    this.detail = detail;
+  }
+}
+
+const rotating = (name, call) => {
+  try {
+    return call();
+  } catch (e) {
+    const p = e && e.payload;
+    if (p && typeof p.tag === 'string') throw new RotationError(name, p.tag, p.val ?? '');
+    throw e;
+  }
+};
+
+/** Hands-off rotation of a secret the flow lets this task rotate, bound to
+ * the service's destinations. `generate` and `capture` return placeholders,
+ * `{ next, current }`: put them in requests to the service; the host puts
+ * the values in as the requests leave. */
+export const rotation = {
+  /** Stages a new random value (`alnum`, `hex`, `base64`, `ascii`; 8 to 4096). */
+  generate(name, length = 32, charset = 'alnum') {
+    return rotating(name, () => witRotation.generate(name, { length, charset }));
+  },
+  /** Captures the new value from the first 2xx JSON answer of one of the
+   * secret's destinations at JSON pointer `pointer`; the task reads `next` there. */
+  capture(name, pointer) {
+    return rotating(name, () => witRotation.capture(name, pointer));
+  },
+  /** Makes the staged value current (once the service accepted it); returns its version. */
+  commit(name) {
+    return Number(rotating(name, () => witRotation.commit(name)));
+  },
+  /** Erases the staged value (refused once the service may hold it). */
+  discard(name) {
+    rotating(name, () => witRotation.discard(name));
   },
 };
 

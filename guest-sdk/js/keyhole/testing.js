@@ -8,6 +8,9 @@
 //     assert.deepEqual(host.reads, ['GREETING_TOKEN']);
 //
 // Like the real host it refuses (`denied`) every secret it was not given.
+// `rotatable: ['NAME']` lets the task rotate NAME: `rotation` calls answer with
+// placeholders `khp_fake_next_NAME` / `khp_fake_current_NAME` and are recorded
+// in `host.rotations` (`'generate NAME 32 alnum'`, ...).
 // It answers the `keyhole:task/...` imports that only exist inside the
 // component, through a Node module hook.
 
@@ -17,6 +20,12 @@ const FAKES = {
   secrets: `export function get(name) { return globalThis.__keyholeFake.get(name); }`,
   log: `export function log(level, message) { globalThis.__keyholeFake.log(level, message); }`,
   context: `export function current() { return globalThis.__keyholeFake.context; }`,
+  rotation: [
+    `export function generate(name, spec) { return globalThis.__keyholeFake.rotate(name, 'generate ' + spec.length + ' ' + spec.charset); }`,
+    `export function capture(name, pointer) { return globalThis.__keyholeFake.rotate(name, 'capture ' + pointer); }`,
+    `export function commit(name) { globalThis.__keyholeFake.rotate(name, 'commit'); return 2n; }`,
+    `export function discard(name) { globalThis.__keyholeFake.rotate(name, 'discard'); }`,
+  ].join('\n'),
 };
 
 const hooks = `
@@ -35,9 +44,11 @@ export async function load(url, context, next) {
 register('data:text/javascript,' + encodeURIComponent(hooks));
 
 export class FakeHost {
-  constructor({ secrets = {}, errors = {}, namespace = '', flow = 'test', task = 'test' } = {}) {
+  constructor({ secrets = {}, errors = {}, rotatable = [], namespace = '', flow = 'test', task = 'test' } = {}) {
     this.secrets = { ...secrets };
     this.errors = { ...errors };
+    this.rotatable = [...rotatable];
+    this.rotations = [];
     this.context = { namespace, flow, task, executionId: '00000000-0000-0000-0000-000000000000' };
     this.reads = [];
     this.logs = [];
@@ -62,5 +73,16 @@ export class FakeHost {
 
   log(level, message) {
     this.logs.push([level, message]);
+  }
+
+  rotate(name, step) {
+    if (!this.rotatable.includes(name)) {
+      const e = new Error('denied');
+      e.payload = { tag: 'denied' };
+      throw e;
+    }
+    const [verb, ...rest] = step.split(' ');
+    this.rotations.push([verb, name, ...rest].join(' '));
+    return { next: `khp_fake_next_${name}`, current: `khp_fake_current_${name}` };
   }
 }

@@ -16,16 +16,24 @@ task reads is masked by the host in everything the task prints, logs or
 returns. Outside WebAssembly (plain ``python -m unittest``), install a fake
 host first: see ``keyhole.testing``.
 
-This package targets ``keyhole:task@0.1.0`` (``WIT_VERSION``).
+Hands-off rotation (a flow's ``rotate: [NAME]``) is ``rotation``: the task
+holds placeholders only::
+
+    staged = rotation.generate("SERVICE_PASSWORD", 32)
+    r = http_post(url, body={"password": staged.next})   # your HTTP client
+    rotation.commit("SERVICE_PASSWORD") if r.ok else rotation.discard("SERVICE_PASSWORD")
+
+This package targets ``keyhole:task@0.2.0`` (``WIT_VERSION``).
 """
 
 import json
 import sys
 
-WIT_VERSION = "0.1.0"
+WIT_VERSION = "0.2.0"
 
 try:  # Inside the component: the bindings componentize-py generates from wit/.
     from wit_world.imports import secrets as _wit_secrets, log as _wit_log, context as _wit_context
+    from wit_world.imports import rotation as _wit_rotation
     from componentize_py_types import Err as _Err
     import wit_world as _wit_world
 
@@ -120,6 +128,77 @@ class secrets:
             raise cls(name, getattr(e.value, "value", "") or "") from None
 
 
+class RotationError(Exception):
+    """Why a rotation step was refused. ``kind`` is one of ``denied`` (not in
+    the task's ``rotate:``), ``not-found``, ``refused`` or ``unavailable``;
+    ``detail`` says why and what to do."""
+
+    def __init__(self, name, kind, detail=""):
+        self.name = name
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"rotation of {name}: {kind}" + (f": {detail}" if detail else ""))
+
+
+_ROTATION_KINDS = {
+    "Error_Denied": "denied",
+    "Error_NotFound": "not-found",
+    "Error_Refused": "refused",
+    "Error_Unavailable": "unavailable",
+}
+
+
+def _rotation_call(name, call):
+    try:
+        return call()
+    except _Err as e:
+        kind = _ROTATION_KINDS.get(type(e.value).__name__, "unavailable")
+        raise RotationError(name, kind, getattr(e.value, "value", "") or "") from None
+
+
+class rotation:
+    """Hands-off rotation of a secret the flow lets this task rotate
+    (``rotate: [NAME]``), bound to the service's destinations. Each call
+    returns placeholders (``.next`` for the new value, ``.current`` for the
+    current one or ``None``): put them in requests to the service; the host
+    substitutes the values as the requests leave."""
+
+    @staticmethod
+    def generate(name: str, length: int = 32, charset: str = "alnum"):
+        """Stages a new random value (``alnum``, ``hex``, ``base64`` or
+        ``ascii``; 8 to 4096) and returns its placeholders."""
+        if not _IN_WASM:
+            return _host().rotate(name, f"generate {length} {charset}")
+        spec = _wit_rotation.Generator(length=length, charset=getattr(_wit_rotation.Charset, charset.upper()))
+        return _rotation_call(name, lambda: _wit_rotation.generate(name, spec))
+
+    @staticmethod
+    def capture(name: str, pointer: str):
+        """Captures the new value from the first 2xx JSON answer of one of the
+        secret's destinations, at JSON pointer ``pointer``; the task reads
+        ``.next`` there instead."""
+        if not _IN_WASM:
+            return _host().rotate(name, f"capture {pointer}")
+        return _rotation_call(name, lambda: _wit_rotation.capture(name, pointer))
+
+    @staticmethod
+    def commit(name: str) -> int:
+        """Makes the staged value current (once the service accepted it);
+        returns its version."""
+        if not _IN_WASM:
+            _host().rotate(name, "commit")
+            return 2
+        return _rotation_call(name, lambda: _wit_rotation.commit(name))
+
+    @staticmethod
+    def discard(name: str) -> None:
+        """Erases the staged value (refused once the service may hold it)."""
+        if not _IN_WASM:
+            _host().rotate(name, "discard")
+            return None
+        return _rotation_call(name, lambda: _wit_rotation.discard(name))
+
+
 class log:
     """Log lines to the operator's terminal, masked, prefixed with the task id."""
 
@@ -170,7 +249,7 @@ def task(fn):
                 return json.dumps(fn(json.loads(input)))
             except TaskError as e:
                 raise _Err(str(e)) from None
-            except SecretError as e:
+            except (SecretError, RotationError) as e:
                 raise _Err(str(e)) from None
             except Exception as e:  # the message, never a traceback of host internals
                 raise _Err(f"{type(e).__name__}: {e}") from None

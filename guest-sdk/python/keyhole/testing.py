@@ -10,6 +10,9 @@
 
 Like the real host it refuses (``keyhole.Denied``) every secret it was not
 given; ``errors={"NAME": keyhole.Revoked}`` makes a read fail another way.
+``rotatable=["NAME"]`` lets the task rotate NAME: ``keyhole.rotation`` calls
+answer with placeholders ``khp_fake_next_NAME`` / ``khp_fake_current_NAME``
+and are recorded in ``host.rotations`` (``"generate NAME 32 alnum"``, ...).
 """
 
 from types import SimpleNamespace
@@ -18,9 +21,11 @@ _installed = []
 
 
 class FakeHost:
-    def __init__(self, secrets=None, errors=None, namespace="", flow="test", task="test"):
+    def __init__(self, secrets=None, errors=None, rotatable=(), namespace="", flow="test", task="test"):
         self.secrets = dict(secrets or {})
         self.errors = dict(errors or {})
+        self.rotatable = list(rotatable)
+        self.rotations = []
         self.context = SimpleNamespace(
             namespace=namespace, flow=flow, task=task, execution_id="00000000-0000-0000-0000-000000000000"
         )
@@ -47,6 +52,15 @@ class FakeHost:
 
     def log(self, level, message):
         self.logs.append((level, message))
+
+    def rotate(self, name, step):
+        import keyhole
+
+        if name not in self.rotatable:
+            raise keyhole.RotationError(name, "denied")
+        verb, _, rest = step.partition(" ")
+        self.rotations.append(" ".join(p for p in (verb, name, rest) if p))
+        return SimpleNamespace(next=f"khp_fake_next_{name}", current=f"khp_fake_current_{name}")
 
 
 def _current():
