@@ -426,12 +426,15 @@ impl Rotations {
     /// capture of a secret bound to `dest`, stores the string at its pointer
     /// as the staged value and puts the placeholder in its place. Returns the
     /// body to hand on and the captured values (to scrub the rest of the
-    /// answer), or why the answer may not reach the task.
+    /// answer), or why the answer may not reach the task. A string that
+    /// repeats text the task `written` into the request is not captured:
+    /// the task would know the credential it chose.
     pub fn capture_from(
         &self,
         dest: &Destination,
         status: u16,
         body: &[u8],
+        written: &[Vec<u8>],
     ) -> Result<Option<(Vec<u8>, MaskSet)>, String> {
         if !(200..300).contains(&status) {
             return Ok(None);
@@ -448,6 +451,16 @@ impl Rotations {
             }
             let Some(slot) = doc.pointer_mut(&pointer) else { continue };
             let Some(text) = slot.as_str().filter(|t| !t.is_empty()) else { continue };
+            if written.iter().any(|w| memchr::memmem::find(w, text.as_bytes()).is_some()) {
+                tracing::warn!(
+                    task = %a.identity.task,
+                    "rotation of {name}: the answer's {pointer} repeats what the task sent; not captured"
+                );
+                return Err(format!(
+                    "the answer's {pointer} repeats text the task sent, so it is not a credential the service made: \
+                     not captured"
+                ));
+            }
             let value = SecretValue::new(text.to_owned());
             // Stored (and audited) before the answer goes on; if it cannot
             // be, the task gets no answer at all rather than the value.

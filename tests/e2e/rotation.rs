@@ -271,6 +271,20 @@ fn a_failed_or_unfinished_rotation_never_makes_a_value_current_nor_loses_one_the
     env.run(&["secret", "discard", "SERVICE_PASSWORD", "-n", "ops", "--staged"]).expect_code(0);
     assert_eq!(staged(&env), None);
 
+    // A hostile task makes the service echo a value it chose, hoping to
+    // have it captured as the new credential (which it would then know).
+    let chosen = json!({"method": "POST", "url": echo.url("/echo"), "body": "chosen-credential-123"});
+    let input = json!({"action": "rotate", "name": "SERVICE_PASSWORD", "capture": "/body", "requests": [chosen],
+                       "then": ["commit"]});
+    let mut cmd = probe_cmd(&env, input, &[], &["SERVICE_PASSWORD"], &bao.addr);
+    cmd.args(["--allow-outbound", &echo.origin()]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(0);
+    let out = r.json();
+    assert!(out["responses"][0]["error"].as_str().unwrap().contains("repeats text the task sent"), "{out}");
+    assert!(out["steps"][0]["commit"]["error"].as_str().unwrap().contains("nothing was captured"), "{out}");
+    assert_eq!(staged(&env), None);
+
     // The task traps after OpenBao took the new password: it stays staged
     // (the service holds it), the operator is told, and commits it.
     let r = rotate(

@@ -189,6 +189,13 @@ impl Shared {
             }
             Err(e) => return Err(e),
         };
+        // What the task itself wrote: a "credential" that repeats it is not
+        // captured (the task would know the value it chose).
+        let written = self.rotations.capturing().then(|| {
+            let mut w = vec![body.to_vec(), parts.uri.to_string().into_bytes()];
+            w.extend(parts.headers.values().map(|v| v.as_bytes().to_vec()));
+            w
+        });
         let (body, injected) = self.inject(&summary, &mut parts, body)?;
         let addr = self.resolve(&summary).await?;
 
@@ -238,8 +245,8 @@ impl Shared {
         // A credential the service hands out for a rotation is stored and
         // replaced by its placeholder before the task reads the answer.
         let mut captured = None;
-        if self.rotations.capturing() {
-            match self.rotations.capture_from(dest, head.status.as_u16(), &body) {
+        if let Some(written) = &written {
+            match self.rotations.capture_from(dest, head.status.as_u16(), &body, written) {
                 Ok(c) => captured = c,
                 Err(why) => return Err(HttpError::InternalError(Some(why))),
             }
