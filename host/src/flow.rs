@@ -851,6 +851,22 @@ tasks:
     }
 
     #[test]
+    fn rotate_grants_are_their_own_list() {
+        let (f, _) =
+            flow("id: x\ntasks:\n  - {id: a, plugin: a.wasm, secrets: [ADMIN], rotate: [SVC_PASSWORD]}\n").unwrap();
+        let names = |g: &Grants| g.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            (names(&f.tasks[0].grants), names(&f.tasks[0].rotate)),
+            (vec!["ADMIN".into()], vec!["SVC_PASSWORD".into()])
+        );
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, rotate: [\"../x\"]}\n");
+        assert!(e.contains("task a: rotate:"), "{e}");
+        let base = "id: x\ntriggers:\n  - {id: hook, webhook: {key_secret: HOOK_KEY}}\n";
+        let e = errors(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, rotate: [HOOK_KEY]}}\n"));
+        assert!(e.contains("HOOK_KEY authenticates webhook trigger hook"), "{e}");
+    }
+
+    #[test]
     fn triggers_are_checked_with_the_flow() {
         let base = "id: x\ntriggers:\n  - {id: hook, webhook: {key_secret: HOOK_KEY, headers: [X-Event]}}\n  - {id: nightly, schedule: {cron: '0 2 * * *', timezone: Europe/Paris, recover: last}}\n";
         let (f, _) =
