@@ -372,6 +372,20 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     let r = remote(&dev, &["flow", "deploy", flow.to_str().unwrap()]);
     r.expect_code(2);
     assert!(r.stderr.contains("permission flow:deploy is required in namespace finance.reporting"), "{r:#?}");
+    // Rotating changes a secret: a flow that may rotate needs secret:write too.
+    let rotating = env.home().join("rotating.yaml");
+    let hello = component(Plugin::Hello);
+    std::fs::write(
+        &rotating,
+        format!(
+            "id: rot\nnamespace: marketing\ntasks:\n  - {{id: r, plugin: {}, rotate: [API_TOKEN]}}\n",
+            hello.display()
+        ),
+    )
+    .unwrap();
+    let r = remote(&dev, &["flow", "deploy", rotating.to_str().unwrap()]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("permission secret:write is required in namespace marketing"), "{r:#?}");
     remote(&admin, &["flow", "deploy", flow.to_str().unwrap()]).expect_code(0);
     // What runs is what was deployed: the file on disk changing changes nothing.
     std::fs::write(&flow, text.replace("hello.wasm", "probe.wasm")).unwrap();

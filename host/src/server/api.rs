@@ -1038,8 +1038,14 @@ async fn deploy_flow(
         let file = req.file.chars().take(256).collect::<String>();
         let (flow, _) = crate::flow::parse(&req.source, &file, std::path::Path::new("/"))
             .map_err(|d| ApiError::BadRequest(d.to_string()))?;
-        if let Err(e) = authz::decide(&caller.principal, P::FlowDeploy, &flow.namespace) {
-            return Err(refuse(app, &caller, "POST /api/v1/flows", &e.namespace, e.permission, e.to_string()));
+        // Rotating a secret changes it: a flow whose tasks may rotate is
+        // deployed only by someone who may write the namespace's secrets.
+        let rotates = flow.tasks.iter().any(|t| !t.rotate.is_empty());
+        let needed: &[P] = if rotates { &[P::FlowDeploy, P::SecretWrite] } else { &[P::FlowDeploy] };
+        for &permission in needed {
+            if let Err(e) = authz::decide(&caller.principal, permission, &flow.namespace) {
+                return Err(refuse(app, &caller, "POST /api/v1/flows", &e.namespace, e.permission, e.to_string()));
+            }
         }
         let by = format!("{} ({})", caller.info.name, caller.info.id);
         let (d, _) = app.registry().deploy(&file, &req.source, &req.plugins, &by)?;
