@@ -70,6 +70,14 @@ impl Leases {
         Ok(())
     }
 
+    /// Records a lease's new expiry after a renewal.
+    pub fn set_expiry(&self, accessor: &str, expires_at: i64) -> Result<(), DbError> {
+        self.conn
+            .execute("UPDATE leases SET expires_at = ?2 WHERE accessor = ?1", params![accessor, expires_at])
+            .map_err(sql_err(&self.path, "record a lease's renewal"))?;
+        Ok(())
+    }
+
     /// Marks a lease revoked.
     pub fn mark_revoked(&self, accessor: &str, at: &str) -> Result<(), DbError> {
         self.conn
@@ -187,10 +195,12 @@ pub fn sweep(
     Ok((revoked, failed, live))
 }
 
-/// A credential held for the rest of an execution.
+/// A credential held for the rest of an execution, with the token that
+/// renews it (in memory only).
 #[derive(Debug)]
 struct Held {
     value: SecretValue,
+    token: SecretValue,
     lease: Lease,
 }
 
@@ -234,9 +244,10 @@ impl ExecutionLeases {
 
     /// The credential of dynamic secret `name` (defined in `namespace`
     /// with `def`) for this execution: the one already held while it lives
-    /// past `until`, else a new one living until `until` at most (and
-    /// `def.ttl_secs`). A new one is recorded and audited before it is
-    /// returned; the second value says whether it is new.
+    /// (renewed to last until `until` if it would end sooner, as far as
+    /// `def.ttl_secs` from its minting allows), else a new one living until
+    /// `until` at most (and `def.ttl_secs`). A new one is recorded and
+    /// audited before it is returned; the second value says whether it is new.
     #[allow(clippy::too_many_arguments)]
     pub fn get(
         &self,
@@ -249,9 +260,12 @@ impl ExecutionLeases {
     ) -> Result<(SecretValue, Lease, bool), MintError> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::store::now();
-        if let Some(h) = held.get(name)
+        if let Some(h) = held.get_mut(name)
             && h.lease.expires_at > now
         {
+            if h.lease.expires_at < until {
+                self.renew(actor, namespace, name, h, until - now);
+            }
             return Ok((h.value.clone(), h.lease.clone(), false));
         }
         let ttl = (until - now).clamp(1, def.ttl_secs.max(1) as i64) as u64;
@@ -282,12 +296,47 @@ impl ExecutionLeases {
             return Err(MintError::Unrecorded(why));
         }
         // A credential it replaces (expired) is revoked now.
-        if let Some(old) = held.insert(name.clone(), Held { value: minted.value.clone(), lease: lease.clone() })
+        let fresh = Held { value: minted.value.clone(), token: minted.token, lease: lease.clone() };
+        if let Some(old) = held.insert(name.clone(), fresh)
             && let Ok(leases) = Leases::open(&self.store)
         {
             revoke(&self.router, &self.audit, &leases, &old.lease, actor, "revoke");
         }
         Ok((minted.value, lease, true))
+    }
+
+    /// Renews `h` to live `ttl` more (audited as `op: renew`, the expiry
+    /// recorded); a failure is audited and leaves it as it was, still valid
+    /// until its expiry.
+    fn renew(&self, actor: &Actor, namespace: &Namespace, name: &SecretName, h: &mut Held, ttl: i64) {
+        let renewed = self.router.renew_minted(
+            namespace,
+            &h.token,
+            &h.lease.lease_id,
+            std::time::Duration::from_secs(ttl as u64),
+        );
+        let mut rec = NewRecord::ok(actor, Action::SecretLease, namespace, Some(name))
+            .detail_field("op", "renew")
+            .detail_field("lease_id", h.lease.lease_id.clone())
+            .detail_field("accessor", h.lease.accessor.clone());
+        match renewed {
+            Ok(expires_at) => {
+                if let Err(e) = Leases::open(&self.store).and_then(|l| l.set_expiry(&h.lease.accessor, expires_at)) {
+                    tracing::warn!("the renewal of lease {} could not be recorded: {e}", h.lease.lease_id);
+                }
+                rec = rec
+                    .reason(format!("renewed for a later task, expires in {} s", expires_at - crate::store::now()))
+                    .detail_field("expires_at", expires_at);
+                h.lease.expires_at = expires_at;
+            }
+            Err(e) => {
+                tracing::warn!("lease {} of {name} could not be renewed: {e}", h.lease.lease_id);
+                rec = rec.outcome(Outcome::Unavailable).reason(format!("not renewed: {e}"));
+            }
+        }
+        if let Err(e) = self.audit.record(rec) {
+            tracing::error!("cannot audit the renewal of lease {}: {e}", h.lease.lease_id);
+        }
     }
 
     /// Revokes every credential this execution minted (idempotent).

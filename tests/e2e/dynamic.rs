@@ -342,3 +342,49 @@ fn a_server_execution_revokes_its_credential_and_a_restart_sweeps_a_killed_ones(
     let c = Client::new(&server);
     assert_eq!(wait_ended(&c, &admin, &second, Duration::from_secs(10))["status"], "interrupted");
 }
+
+/// A later task of the same execution with a longer time limit than the
+/// first: the credential the first read minted is renewed to cover it (the
+/// same credential, not a second one), audited as `op: renew`.
+#[test]
+fn a_later_task_renews_the_executions_credential_instead_of_minting_another() {
+    let Some((pg, _one, bao)) = servers() else { return };
+    let env = Env::new();
+    with_vault(&env, &bao);
+    add_dynamic(&env, "WAREHOUSE_RO", &["--ttl", "1h"]);
+    let echo = Echo::start();
+    let probe = component(Plugin::Probe);
+    let send = json!({"action": "http", "secret": "WAREHOUSE_RO",
+                      "requests": [{"method": "POST", "url": echo.url("/echo"), "body": "{secret}"}]});
+    let task = |id: &str, timeout: &str| {
+        format!(
+            "  - id: {id}\n    plugin: {}\n    secrets: [WAREHOUSE_RO]\n    network:\n      allow: [\"{}\"]\n    limits: {{ timeout: {timeout} }}\n    input: {send}\n",
+            probe.display(),
+            echo.origin()
+        )
+    };
+    let file = env.home().join("renew.yaml");
+    std::fs::write(&file, format!("id: renew\nnamespace: ops\ntasks:\n{}{}", task("short", "5s"), task("long", "10m")))
+        .unwrap();
+    let mut run = env.host();
+    run.env("VAULT_TOKEN", TOKEN).arg("run").arg(&file);
+    env.run_with(&mut run, b"").expect_code(0);
+    let creds = leaked(&echo);
+    assert_eq!(creds.len(), 2);
+    assert_eq!(creds[0], creds[1], "the later task got the execution's credential, renewed");
+    let r = env.run(&["audit", "list", "--action", "secret.lease", "--json"]);
+    let details: Vec<Value> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| serde_json::from_str::<Value>(x["detail"].as_str().unwrap()).unwrap())
+        .collect();
+    let ops: Vec<&str> = details.iter().map(|d| d["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["mint", "renew", "revoke"], "{r:#?}");
+    // Minted for the short task (5 s + a minute), renewed for the long one (10 min + a minute).
+    let (minted, renewed) = (details[0]["expires_at"].as_i64().unwrap(), details[1]["expires_at"].as_i64().unwrap());
+    assert!(renewed - minted > 500, "renewed to cover the long task: {minted} -> {renewed}");
+    assert!(!r.stdout.contains(&creds[0].1));
+    assert!(!pg.login(&creds[0].0, &creds[0].1), "revoked at the end all the same");
+}

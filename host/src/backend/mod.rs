@@ -158,6 +158,9 @@ pub struct Minted {
     pub accessor: String,
     /// When the child token expires (seconds since the Unix epoch).
     pub expires_at: i64,
+    /// The child token itself, held in memory only (never recorded) so
+    /// the execution can renew it; it can read nothing but the one path.
+    pub token: SecretValue,
 }
 
 /// What a backend can do, so callers refuse an option up front with a
@@ -352,6 +355,23 @@ pub trait SecretBackend: Send + Sync + fmt::Debug {
             namespace: namespace.clone(),
             backend: self.describe(),
             what: "mints no credentials: dynamic secrets need a Vault/OpenBao backend".into(),
+        })
+    }
+
+    /// Extends a minted credential (its token, and its lease if any) to
+    /// live `ttl` from now, as far as the definition's TTL allows; returns
+    /// its new expiry (seconds since the Unix epoch).
+    fn renew_minted(
+        &self,
+        namespace: &Namespace,
+        _token: &SecretValue,
+        _lease_id: &str,
+        _ttl: Duration,
+    ) -> Result<i64, BackendError> {
+        Err(BackendError::Unsupported {
+            namespace: namespace.clone(),
+            backend: self.describe(),
+            what: "mints no credentials, so it has none to renew".into(),
         })
     }
 

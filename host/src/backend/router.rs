@@ -210,6 +210,18 @@ impl Router {
         self.backend_for(namespace).mint(namespace, def, ttl)
     }
 
+    /// Extends a credential minted in `namespace` to live `ttl` from now
+    /// (as far as its definition allows); returns its new expiry.
+    pub fn renew_minted(
+        &self,
+        namespace: &Namespace,
+        token: &crate::secret::SecretValue,
+        lease_id: &str,
+        ttl: std::time::Duration,
+    ) -> Result<i64, BackendError> {
+        self.backend_for(namespace).renew_minted(namespace, token, lease_id, ttl)
+    }
+
     /// Revokes a credential minted in `namespace` (its lease, then the
     /// token that holds it).
     pub fn revoke_minted(&self, namespace: &Namespace, lease_id: &str, accessor: &str) -> Result<(), BackendError> {

@@ -295,8 +295,10 @@ impl SecretBackend for VaultBackend {
             "policies": [def.policy],
             "no_default_policy": true,
             "ttl": format!("{ttl}s"),
-            "explicit_max_ttl": format!("{ttl}s"),
-            "renewable": false,
+            // Renewable (for a later task of the execution) up to the
+            // definition's TTL from now, never beyond.
+            "explicit_max_ttl": format!("{}s", def.ttl_secs.max(ttl)),
+            "renewable": true,
             "display_name": "keyhole-execution",
         })
         .to_string();
@@ -332,7 +334,37 @@ impl SecretBackend for VaultBackend {
             lease_id: body["lease_id"].as_str().unwrap_or_default().to_owned(),
             accessor,
             expires_at: crate::store::now() + ttl as i64,
+            token: SecretValue::new(child.to_string()),
         })
+    }
+
+    fn renew_minted(
+        &self,
+        _namespace: &Namespace,
+        token: &SecretValue,
+        lease_id: &str,
+        ttl: Duration,
+    ) -> Result<i64, BackendError> {
+        let increment = format!("{}s", ttl.as_secs().max(1));
+        let body = serde_json::json!({ "token": token.expose(), "increment": increment }).to_string();
+        let body = Zeroizing::new(body);
+        let (status, reply) = self.call("/v1/auth/token/renew", None, Some(body.as_bytes()))?;
+        if status != 200 {
+            return Err(self.server_error("POST", "/v1/auth/token/renew", status, &reply));
+        }
+        let now = crate::store::now();
+        let mut expires = now + reply["auth"]["lease_duration"].as_i64().unwrap_or(0);
+        if !lease_id.is_empty() {
+            let body = serde_json::json!({ "lease_id": lease_id, "increment": increment }).to_string();
+            let (status, reply) = self.call("/v1/sys/leases/renew", None, Some(body.as_bytes()))?;
+            if status != 200 {
+                return Err(self.server_error("POST", "/v1/sys/leases/renew", status, &reply));
+            }
+            if let Some(d) = reply["lease_duration"].as_i64() {
+                expires = expires.min(now + d);
+            }
+        }
+        Ok(expires)
     }
 
     fn revoke_minted(&self, _namespace: &Namespace, lease_id: &str, accessor: &str) -> Result<(), BackendError> {
