@@ -33,6 +33,8 @@ pub struct TaskSpec<'a> {
     pub grants: Grants,
     /// What it may rotate (`keyhole:task/rotation`).
     pub rotate: Grants,
+    /// 1 for the first attempt, then 2, 3, ... when retried.
+    pub attempt: u32,
     /// The JSON input document.
     pub input: &'a serde_json::Value,
     /// Limits.
@@ -140,6 +142,9 @@ pub enum TaskFailure {
     /// The execution was cancelled while the task ran.
     #[error("cancelled while running")]
     Cancelled,
+    /// The flow's own `timeout` passed while the task ran.
+    #[error("stopped: the flow's timeout of {0:?} passed (raise `timeout:` at the top of the flow)")]
+    FlowTimeout(Duration),
     /// The task's start could not be audited, so it did not run.
     #[error("task not started: the audit log cannot be written: {0}")]
     Audit(String),
@@ -173,7 +178,7 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
     let started = Instant::now();
     let grants: Vec<&str> = spec.grants.iter().map(|g| g.as_str()).collect();
     let rotate: Vec<&str> = spec.rotate.iter().map(|g| g.as_str()).collect();
-    let mut detail = serde_json::json!({ "grants": grants });
+    let mut detail = serde_json::json!({ "grants": grants, "attempt": spec.attempt });
     if !rotate.is_empty() {
         detail["rotate"] = serde_json::json!(rotate);
     }

@@ -40,11 +40,35 @@ pub struct TaskRecord {
     pub output: Option<Value>,
     /// Masked error.
     pub error: Option<String>,
+    /// When it (its first attempt) started (RFC 3339): which tasks ran at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Each attempt, when it was retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// Why it did not run (`skipped`): its condition, an earlier failure, a cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// One attempt of a retried task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1, 2, ...
+    pub attempt: u32,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// Masked error; none for the attempt that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The states of an execution: `queued`, then `running`, then one of the
-/// ended ones.
-pub const ENDED: [&str; 4] = ["succeeded", "failed", "cancelled", "interrupted"];
+/// ended ones. `warning`: every task either succeeded or failed with
+/// `allow_failure`, and at least one failed.
+pub const ENDED: [&str; 5] = ["succeeded", "warning", "failed", "cancelled", "interrupted"];
 
 /// One execution of a flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ pub mod mask;
 pub mod names;
 pub mod network;
 pub mod output;
+pub mod plan;
 pub mod policy;
 pub mod registry;
 pub mod rotate;

@@ -1,6 +1,9 @@
 //! Running a flow: load and check every plugin before anything runs, then
-//! run the tasks in order, each with its own grants, limits and sandbox,
-//! carrying masked outputs forward and recording the execution.
+//! run the tasks as `plan::Scheduler` hands them out (several at once on
+//! one thread: a task's sandbox yields at each host call and epoch tick),
+//! each with its own grants, limits, sandbox and retry policy; then
+//! `errors:` and `finally:`. Carries masked outputs forward and records the
+//! execution.
 //!
 //! Invariant: a pinned digest mismatch, a missing plugin or a plugin that
 //! does not fit the world stops the flow before its first task starts; a
@@ -11,11 +14,13 @@ use crate::access::TaskIdentity;
 use crate::audit::now_rfc3339;
 use crate::capability::wasi::ungrantable_imports;
 use crate::exec::{ExecutionEnv, TaskFailure, TaskSpec, run_task};
-use crate::executions::{ExecutionRecord, Executions, TaskRecord, TaskStatus};
-use crate::flow::{Diagnostic, Diagnostics, Flow, Scope, Severity, render};
+use crate::executions::{Attempt, ExecutionRecord, Executions, TaskRecord, TaskStatus};
+use crate::flow::{Diagnostic, Diagnostics, Flow, Phase, Scope, Severity, render, truthy};
 use crate::mask::MaskSet;
 use crate::names::ExecutionId;
+use crate::plan::{Ended, Scheduler};
 use crate::runtime::{LoadedFrom, Plugin, Runtime};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -128,8 +133,11 @@ impl Start {
     }
 }
 
-/// Runs `flow` with `plugins` from [`prepare`]. Progress lines go to the
-/// execution's sink; the record is saved at the start and at the end.
+/// Runs `flow` with `plugins` from [`prepare`]: `tasks:` as their plan
+/// allows (at most `max_parallel` at once, each retried by its policy),
+/// then `errors:` if one failed, then `finally:` whatever happened.
+/// Progress lines go to the execution's sink; the record is saved as each
+/// task starts and ends.
 pub async fn run_flow(
     runtime: &Runtime,
     env: &ExecutionEnv,
@@ -139,92 +147,62 @@ pub async fn run_flow(
     records: &Executions,
 ) -> FlowReport {
     let Start { execution, inputs, trigger, claimed } = start;
-    let mut record = ExecutionRecord {
-        id: execution.to_string(),
-        flow: flow.id.to_string(),
-        namespace: flow.namespace.as_str().to_owned(),
-        source: flow.source.clone(),
-        status: "running".into(),
-        started: now_rfc3339(),
-        ended: None,
-        tasks: pending_tasks(flow),
-        trigger: None,
-        revision: None,
-        created_by: None,
+    let mut run = Run {
+        runtime,
+        env,
+        flow,
+        plugins,
+        records,
+        claimed,
+        execution: execution.clone(),
+        record: ExecutionRecord {
+            id: execution.to_string(),
+            flow: flow.id.to_string(),
+            namespace: flow.namespace.as_str().to_owned(),
+            source: flow.source.clone(),
+            status: "running".into(),
+            started: now_rfc3339(),
+            ended: None,
+            tasks: pending_tasks(flow),
+            trigger: None,
+            revision: None,
+            created_by: None,
+        },
+        scope: Scope {
+            inputs,
+            outputs: Map::new(),
+            execution_id: execution.to_string(),
+            flow_id: flow.id.to_string(),
+            namespace: flow.namespace.as_str().to_owned(),
+            trigger,
+            error: Value::Null,
+        },
+        failure: None,
+        allowed_failures: 0,
     };
     if !claimed {
-        save(records, &record);
+        save(records, &run.record);
     }
-    let mut scope = Scope {
-        inputs,
-        outputs: Map::new(),
-        execution_id: execution.to_string(),
-        flow_id: flow.id.to_string(),
-        namespace: flow.namespace.as_str().to_owned(),
-        trigger,
-    };
-    let mut failure = None;
-    for (i, (task, plugin)) in flow.tasks.iter().zip(plugins).enumerate() {
-        if failure.is_some() {
-            record.tasks[i].status = TaskStatus::Skipped;
-            continue;
-        }
-        if env.cancel.is_cancelled() {
-            record.tasks[i].status = TaskStatus::Skipped;
-            failure = Some((task.id.to_string(), TaskFailure::Cancelled));
-            continue;
-        }
-        let rendered = if task.literal_input { Ok(task.input.clone()) } else { render(&task.input, &scope) };
-        let outcome = match rendered {
-            Err(e) => Err(TaskFailure::Instantiate(format!("cannot build the task's input: {e}"))),
-            Ok(input) => {
-                record.tasks[i].status = TaskStatus::Running;
-                save(records, &record);
-                let spec = TaskSpec {
-                    plugin,
-                    identity: Arc::new(TaskIdentity {
-                        namespace: flow.namespace.clone(),
-                        flow: flow.id.clone(),
-                        task: task.id.clone(),
-                        execution: execution.clone(),
-                        plugin_sha256: plugin.sha256.clone(),
-                    }),
-                    grants: task.grants.clone(),
-                    rotate: task.rotate.clone(),
-                    input: &input,
-                    limits: task.limits,
-                    network: task.network.clone(),
-                };
-                let out = run_task(runtime, env, spec).await;
-                record.tasks[i].duration_ms = out.duration.as_millis() as u64;
-                out.result.map(|o| (o, out.task_masks))
-            }
-        };
-        let t = &mut record.tasks[i];
-        match outcome {
-            Ok((output, task_masks)) => {
-                // What the operator and the record see is masked with every
-                // value revealed so far; what later tasks see only with the
-                // values this task read, so that masking cannot tell a task
-                // whether it guessed a secret it was not granted.
-                t.status = TaskStatus::Succeeded;
-                t.output = Some(mask_value(&env.masks, &output));
-                scope.outputs.insert(task.id.to_string(), mask_value(&task_masks, &output));
-                progress(env, flow, &format!("task {} succeeded in {} ms", task.id, t.duration_ms));
-            }
-            Err(f) => {
-                t.status = TaskStatus::Failed;
-                t.error = Some(f.to_string());
-                progress(env, flow, &format!("task {} failed: {f}", task.id));
-                failure = Some((task.id.to_string(), f));
-            }
-        }
+    let timed_out = run.main().await;
+    let cancelled = env.cancel.is_cancelled() && !timed_out;
+    // `errors:` when a task failed or the flow timed out (not on a cancel);
+    // `finally:` always. Neither is stopped by the cancel that stopped the
+    // rest: each runs under its own time limits.
+    let after = ExecutionEnv { cancel: crate::exec::Cancel::default(), ..env.clone() };
+    if let Some((task, f)) = &run.failure {
+        run.scope.error = serde_json::json!({ "task": task, "message": env.masks.mask(&f.to_string()) });
     }
+    if run.failure.is_some() && !cancelled {
+        run.sequence(&after, Phase::Errors).await;
+    }
+    run.sequence(&after, Phase::Finally).await;
     // However it ended: the credentials minted for it die with it.
     env.leases.revoke_all();
-    record.status = match &failure {
+    let mut record = run.record;
+    record.status = match &run.failure {
+        _ if cancelled => "cancelled",
+        None if run.allowed_failures > 0 => "warning",
         None => "succeeded",
-        Some((_, TaskFailure::Cancelled)) => "cancelled",
         Some(_) => "failed",
     }
     .into();
@@ -232,7 +210,306 @@ pub async fn run_flow(
     if !claimed {
         save(records, &record);
     }
+    let failure =
+        if cancelled && run.failure.is_none() { Some(("-".to_owned(), TaskFailure::Cancelled)) } else { run.failure };
     FlowReport { record, failure }
+}
+
+/// One execution in progress.
+struct Run<'a> {
+    runtime: &'a Runtime,
+    env: &'a ExecutionEnv,
+    flow: &'a Flow,
+    plugins: &'a [Plugin],
+    records: &'a Executions,
+    claimed: bool,
+    execution: ExecutionId,
+    record: ExecutionRecord,
+    scope: Scope,
+    /// The first failure that was not allowed.
+    failure: Option<(String, TaskFailure)>,
+    /// Failures `allow_failure` let pass.
+    allowed_failures: usize,
+}
+
+/// What a task's attempts came to.
+struct Ran {
+    result: Result<(Value, Arc<MaskSet>), TaskFailure>,
+    duration_ms: u64,
+    attempts: Vec<Attempt>,
+}
+
+/// Whether to start a task: its input, or why not.
+enum Go {
+    Run(Value),
+    Skip(String),
+    Fail(TaskFailure),
+}
+
+impl<'a> Run<'a> {
+    /// `tasks:` by the plan; returns whether the flow's timeout stopped them.
+    async fn main(&mut self) -> bool {
+        let (flow, runtime, env, plugins) = (self.flow, self.runtime, self.env, self.plugins);
+        let execution = self.execution.clone();
+        let mut sched = Scheduler::new(&flow.plan, flow.max_parallel);
+        let mut running = FuturesUnordered::new();
+        let deadline = flow.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut timed_out = false;
+        loop {
+            if self.env.cancel.is_cancelled() {
+                sched.stop();
+            }
+            while let Some(i) = sched.start_next() {
+                match self.go(i) {
+                    Go::Run(input) => {
+                        self.started(i);
+                        running.push(attempts(runtime, env, flow, &plugins[i], &execution, i, input));
+                    }
+                    Go::Skip(why) => {
+                        self.skip(i, why);
+                        sched.finish(i, Ended::Skipped);
+                    }
+                    Go::Fail(f) => {
+                        let ended = self.failed(i, f, 0, Vec::new());
+                        sched.finish(i, ended);
+                    }
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let done = tokio::select! {
+                d = running.next() => d,
+                () = sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    sched.stop();
+                    self.env.cancel.cancel();
+                    continue;
+                }
+            };
+            let Some((i, mut ran)) = done else { break };
+            if timed_out && matches!(ran.result, Err(TaskFailure::Cancelled)) {
+                ran.result = Err(TaskFailure::FlowTimeout(flow.timeout.unwrap_or_default()));
+            }
+            let ended = self.ended(i, ran);
+            sched.finish(i, ended);
+        }
+        let why = if timed_out {
+            "the flow's timeout passed before it could start"
+        } else if self.env.cancel.is_cancelled() {
+            "the execution was cancelled"
+        } else {
+            "an earlier task failed"
+        };
+        for i in sched.never_started() {
+            self.record.tasks[i].status = TaskStatus::Skipped;
+            self.record.tasks[i].skipped = Some(why.into());
+        }
+        if timed_out && self.failure.is_none() {
+            let f = TaskFailure::FlowTimeout(flow.timeout.unwrap_or_default());
+            self.failure = Some(("-".into(), f));
+        }
+        timed_out
+    }
+
+    /// The tasks of `errors:` or `finally:`, one after another, under `env`;
+    /// a failure stops the rest of the list.
+    async fn sequence(&mut self, env: &ExecutionEnv, phase: Phase) {
+        let flow = self.flow;
+        let mut stopped = false;
+        for i in (0..flow.tasks.len()).filter(|&i| flow.tasks[i].phase == phase) {
+            if stopped {
+                self.skip(i, "an earlier task of the same list failed".into());
+                continue;
+            }
+            match self.go(i) {
+                Go::Run(input) => {
+                    self.started(i);
+                    let (_, ran) = attempts(self.runtime, env, flow, &self.plugins[i], &self.execution, i, input).await;
+                    stopped = self.ended(i, ran) == Ended::Failed;
+                }
+                Go::Skip(why) => self.skip(i, why),
+                Go::Fail(f) => stopped = self.failed(i, f, 0, Vec::new()) == Ended::Failed,
+            }
+        }
+    }
+
+    /// Renders task `i`'s condition and input.
+    fn go(&self, i: usize) -> Go {
+        let task = &self.flow.tasks[i];
+        if let Some(cond) = &task.condition {
+            match render(&Value::String(cond.clone()), &self.scope) {
+                Ok(v) if !truthy(&v) => return Go::Skip(format!("its condition {cond} is false")),
+                Ok(_) => {}
+                Err(e) => return Go::Fail(TaskFailure::Instantiate(format!("cannot evaluate its condition: {e}"))),
+            }
+        }
+        if task.literal_input {
+            return Go::Run(task.input.clone());
+        }
+        match render(&task.input, &self.scope) {
+            Ok(input) => Go::Run(input),
+            Err(e) => Go::Fail(TaskFailure::Instantiate(format!("cannot build the task's input: {e}"))),
+        }
+    }
+
+    fn started(&mut self, i: usize) {
+        let t = &mut self.record.tasks[i];
+        t.status = TaskStatus::Running;
+        t.started = Some(now_rfc3339());
+        save(self.records, &self.record);
+    }
+
+    fn skip(&mut self, i: usize, why: String) {
+        let t = &mut self.record.tasks[i];
+        t.status = TaskStatus::Skipped;
+        progress(self.env, self.flow, &format!("task {} skipped: {why}", t.id));
+        t.skipped = Some(why);
+        self.save_progress();
+    }
+
+    /// Records what task `i`'s attempts came to; returns how it ended.
+    fn ended(&mut self, i: usize, ran: Ran) -> Ended {
+        let task = &self.flow.tasks[i];
+        match ran.result {
+            Ok((output, task_masks)) => {
+                // What the operator and the record see is masked with every
+                // value revealed so far; what later tasks see only with the
+                // values this task read, so that masking cannot tell a task
+                // whether it guessed a secret it was not granted.
+                let t = &mut self.record.tasks[i];
+                t.status = TaskStatus::Succeeded;
+                t.duration_ms = ran.duration_ms;
+                t.attempts = ran.attempts;
+                t.output = Some(mask_value(&self.env.masks, &output));
+                self.scope.outputs.insert(task.id.to_string(), mask_value(&task_masks, &output));
+                progress(self.env, self.flow, &format!("task {} succeeded in {} ms", task.id, ran.duration_ms));
+                self.save_progress();
+                Ended::Succeeded
+            }
+            Err(f) => self.failed(i, f, ran.duration_ms, ran.attempts),
+        }
+    }
+
+    fn failed(&mut self, i: usize, f: TaskFailure, duration_ms: u64, attempts: Vec<Attempt>) -> Ended {
+        let task = &self.flow.tasks[i];
+        let t = &mut self.record.tasks[i];
+        t.status = TaskStatus::Failed;
+        t.duration_ms = duration_ms;
+        t.attempts = attempts;
+        t.error = Some(f.to_string());
+        let allowed = task.allow_failure && !matches!(f, TaskFailure::Cancelled | TaskFailure::FlowTimeout(_));
+        let note = if allowed { " (allow_failure: the flow goes on)" } else { "" };
+        progress(self.env, self.flow, &format!("task {} failed: {f}{note}", task.id));
+        let ended = if allowed {
+            self.allowed_failures += 1;
+            Ended::FailedAllowed
+        } else {
+            if self.failure.is_none() {
+                self.failure = Some((task.id.to_string(), f));
+            }
+            Ended::Failed
+        };
+        self.save_progress();
+        ended
+    }
+
+    fn save_progress(&self) {
+        if !self.claimed || self.record.tasks.len() > 1 {
+            save(self.records, &self.record);
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs task `i` with `input` until an attempt succeeds or its retry policy
+/// gives up. Every attempt runs under the same grants and reads the same
+/// pinned secret versions (the execution's pins).
+async fn attempts(
+    runtime: &Runtime,
+    env: &ExecutionEnv,
+    flow: &Flow,
+    plugin: &Plugin,
+    execution: &ExecutionId,
+    i: usize,
+    input: Value,
+) -> (usize, Ran) {
+    let task = &flow.tasks[i];
+    let first = std::time::Instant::now();
+    let mut tried = Vec::new();
+    let mut attempt = 1;
+    loop {
+        let started = now_rfc3339();
+        let spec = TaskSpec {
+            plugin,
+            identity: Arc::new(TaskIdentity {
+                namespace: flow.namespace.clone(),
+                flow: flow.id.clone(),
+                task: task.id.clone(),
+                execution: execution.clone(),
+                plugin_sha256: plugin.sha256.clone(),
+            }),
+            grants: task.grants.clone(),
+            rotate: task.rotate.clone(),
+            attempt,
+            input: &input,
+            limits: task.limits,
+            network: task.network.clone(),
+        };
+        let out = run_task(runtime, env, spec).await;
+        let duration_ms = out.duration.as_millis() as u64;
+        let error = out.result.as_ref().err().map(ToString::to_string);
+        let retries = task.retry.filter(|r| r.max_attempts > 1);
+        if retries.is_some() {
+            tried.push(Attempt { attempt, started, duration_ms, error });
+        }
+        let failure = match out.result {
+            Ok(o) => return (i, Ran { result: Ok((o, out.task_masks)), duration_ms, attempts: tried }),
+            Err(f) => f,
+        };
+        let give_up =
+            |why: String| (i, Ran { result: Err(failure.clone()), duration_ms, attempts: tried.clone() }, why);
+        let Some(r) = retries else { return (i, Ran { result: Err(failure), duration_ms, attempts: tried }) };
+        let delay = r.delay(attempt);
+        let stop = if matches!(failure, TaskFailure::Cancelled | TaskFailure::Audit(_)) || env.cancel.is_cancelled() {
+            Some(String::new())
+        } else if attempt >= r.max_attempts {
+            Some(format!(" after {attempt} attempts"))
+        } else if r.max_duration.is_some_and(|m| first.elapsed() + delay > m) {
+            Some(format!(" after {attempt} attempts (retry.max_duration)"))
+        } else {
+            None
+        };
+        if let Some(why) = stop {
+            let (i, ran, _) = give_up(why.clone());
+            if !why.is_empty() {
+                progress(env, flow, &format!("task {} gives up{why}", task.id));
+            }
+            return (i, ran);
+        }
+        progress(
+            env,
+            flow,
+            &format!(
+                "task {} failed (attempt {attempt} of {}): {failure}; retrying in {delay:?}",
+                task.id, r.max_attempts
+            ),
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = env.cancel.cancelled() => {
+                return (i, Ran { result: Err(TaskFailure::Cancelled), duration_ms, attempts: tried });
+            }
+        }
+        attempt += 1;
+    }
 }
 
 /// One pending record per task of `flow`: what an execution looks like
@@ -246,6 +523,9 @@ pub fn pending_tasks(flow: &Flow) -> Vec<TaskRecord> {
             duration_ms: 0,
             output: None,
             error: None,
+            started: None,
+            attempts: Vec::new(),
+            skipped: None,
         })
         .collect()
 }

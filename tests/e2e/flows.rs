@@ -170,7 +170,7 @@ fn validation_names_file_line_and_column_or_the_task() {
     check(
         "ref.yaml",
         "id: x\ntasks:\n  - {id: a, plugin: {probe}, input: {x: '{{ outputs.b.y }}'}}\n  - {id: b, plugin: {probe}}\n",
-        &["ref.yaml: task a: input.x: `outputs.b` refers to a task that has not run before this one"],
+        &["ref.yaml: task a: input.x: `outputs.b` refers to a task that does not run before this one"],
     );
     check(
         "missing.yaml",

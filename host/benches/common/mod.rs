@@ -49,6 +49,7 @@ pub fn keyhole_task(
         }),
         grants,
         rotate: Default::default(),
+        attempt: 1,
         input,
         limits: Limits::default(),
         network,

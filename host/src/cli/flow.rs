@@ -369,7 +369,7 @@ fn finish(record: &ExecutionRecord, json: bool) -> Result<(), Exit> {
     }
     let (id, flow) = (&record.id, &record.flow);
     match record.status.as_str() {
-        "succeeded" => Ok(()),
+        "succeeded" | "warning" => Ok(()),
         "failed" => {
             let failed = record.tasks.iter().find(|t| t.error.is_some());
             let returned = failed.and_then(|t| t.error.as_deref()).is_some_and(|e| e.starts_with("task failed:"));

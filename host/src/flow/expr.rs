@@ -15,6 +15,7 @@ enum Expr {
     Input(String, Vec<Step>),
     Output(String, Vec<Step>),
     Trigger(Vec<Step>),
+    Error(Vec<Step>),
     ExecutionId,
     FlowId,
     FlowNamespace,
@@ -71,12 +72,13 @@ fn parse_expr(src: &str) -> Result<Expr, String> {
             Ok(Expr::Output(name, steps[1..].to_vec()))
         }
         "trigger" => Ok(Expr::Trigger(steps)),
+        "error" => Ok(Expr::Error(steps)),
         "execution" if steps == [Step::Field("id".into())] => Ok(Expr::ExecutionId),
         "flow" if steps == [Step::Field("id".into())] => Ok(Expr::FlowId),
         "flow" if steps == [Step::Field("namespace".into())] => Ok(Expr::FlowNamespace),
         "secret" | "secrets" => Err(format!("`{{{{ {s} }}}}` is not supported: {SECRET_HINT}")),
         _ => Err(format!(
-            "unknown expression `{s}`: use inputs.X, outputs.TASK.FIELD, trigger.body, execution.id, flow.id or flow.namespace"
+            "unknown expression `{s}`: use inputs.X, outputs.TASK.FIELD, trigger.body, error.task, execution.id, flow.id or flow.namespace"
         )),
     }
 }
@@ -104,6 +106,8 @@ fn pieces(s: &str) -> Result<Vec<Result<&str, &str>>, String> {
 pub(super) struct Context<'a> {
     pub(super) inputs: &'a HashSet<String>,
     pub(super) triggers: bool,
+    /// `{{ error }}` (an `errors:` or `finally:` task).
+    pub(super) error: bool,
 }
 
 pub(super) fn check_expressions(
@@ -128,9 +132,16 @@ pub(super) fn check_expressions(
                             format!("{task}: {at}"),
                             "`trigger` is what started the flow, and this flow declares no `triggers:`",
                         ),
+                        Ok(Expr::Error(_)) if !ctx.error => c.error(
+                            format!("{task}: {at}"),
+                            "`error` is the failure an `errors:` or `finally:` task handles; `tasks:` have none",
+                        ),
                         Ok(Expr::Output(name, _)) if !before.contains(&name) => c.error(
                             format!("{task}: {at}"),
-                            format!("`outputs.{name}` refers to a task that has not run before this one"),
+                            format!(
+                                "`outputs.{name}` refers to a task that does not run before this one (name it in \
+                                 `depends_on`, directly or through another task)"
+                            ),
                         ),
                         Ok(_) => {}
                     }
@@ -167,6 +178,8 @@ pub struct Scope {
     /// What started the execution: `{"type": "webhook", "id": ..., "body": ..., "headers": {...}}`,
     /// `{"type": "schedule", "id": ..., "date": ...}`, `{"type": "api"}`, `{"type": "cli"}`.
     pub trigger: Value,
+    /// The failure `errors:` and `finally:` tasks handle: `{"task": ID, "message": MASKED}`, or null.
+    pub error: Value,
 }
 
 fn walk<'v>(mut v: &'v Value, steps: &[Step], what: &str) -> Result<&'v Value, String> {
@@ -190,6 +203,7 @@ fn resolve(src: &str, scope: &Scope) -> Result<Value, String> {
             walk(v, &steps, &format!("the output of task `{task}`"))?.clone()
         }
         Expr::Trigger(steps) => walk(&scope.trigger, &steps, "the trigger")?.clone(),
+        Expr::Error(steps) => walk(&scope.error, &steps, "the error")?.clone(),
         Expr::ExecutionId => Value::String(scope.execution_id.clone()),
         Expr::FlowId => Value::String(scope.flow_id.clone()),
         Expr::FlowNamespace => Value::String(scope.namespace.clone()),
@@ -224,4 +238,18 @@ pub fn render(template: &Value, scope: &Scope) -> Result<Value, String> {
         }
         other => other.clone(),
     })
+}
+
+/// Whether a rendered `if:` value counts as true: `true`, a non-zero
+/// number, a non-empty array or object, or text other than empty,
+/// `false`, `0`, `no` and `null`.
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|x| x != 0.0),
+        Value::String(s) => !matches!(s.trim().to_ascii_lowercase().as_str(), "" | "false" | "0" | "no" | "null"),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
 }

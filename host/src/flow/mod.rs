@@ -1,6 +1,6 @@
-//! Flows: the declarative YAML (or JSON) format, its validation, and the
-//! `{{ ... }}` expressions that carry inputs and task outputs into task
-//! inputs.
+//! Flows: the declarative YAML (or JSON) format and its validation (the
+//! `{{ ... }}` expressions are `expr`; the order tasks run in is
+//! `crate::plan`, built here from `depends_on`).
 //!
 //! A flow names, per task, the exact secrets the task may read
 //! (`secrets: [NAME]`); reviewing the file tells what each plugin may touch.
@@ -18,7 +18,7 @@ use crate::network::{NetworkDoc, NetworkPolicy};
 use crate::policy::Grants;
 use crate::trigger::{Trigger, TriggerDoc, TriggerKind};
 use expr::{Context, check_expressions};
-pub use expr::{Scope, render};
+pub use expr::{Scope, render, truthy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -34,7 +34,7 @@ pub const MAX_FLOW_BYTES: usize = 1 << 20;
 #[serde(deny_unknown_fields)]
 #[schemars(
     title = "keyhole flow",
-    description = "A keyhole flow: tasks run in order, each with its own grants and limits"
+    description = "A keyhole flow: tasks (a DAG with depends_on, else in order), each with its own grants and limits"
 )]
 pub struct FlowDoc {
     /// Flow id: ASCII letters, digits, `_` and `-`.
@@ -48,8 +48,26 @@ pub struct FlowDoc {
     /// Inputs given with `host run FLOW --input ID=VALUE`.
     #[serde(default)]
     pub inputs: Vec<InputDecl>,
-    /// Tasks, run in order; a failed task stops the flow.
+    /// Tasks: in file order, or as a DAG when any says `depends_on`; a failed task stops the flow
+    /// (unless it has `allow_failure`).
     pub tasks: Vec<TaskDoc>,
+    /// Tasks run, in order, when a task of `tasks` failed (or the flow timed out); they see
+    /// `{{ error.task }}` and `{{ error.message }}`.
+    #[serde(default)]
+    pub errors: Vec<TaskDoc>,
+    /// Tasks run, in order, at the end whatever happened: success, failure, cancel, timeout.
+    #[serde(default)]
+    pub finally: Vec<TaskDoc>,
+    /// Most tasks of one execution running at once (default 4).
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
+    /// Retry policy of every task that has none of its own.
+    #[serde(default)]
+    pub retry: Option<RetryDoc>,
+    /// Wall time of the whole execution (`1h`); then running tasks are stopped, `errors` and
+    /// `finally` run, and the execution fails.
+    #[serde(default)]
+    pub timeout: Option<String>,
     /// What starts the flow on a server by itself: schedules and webhooks.
     #[serde(default)]
     pub triggers: Vec<TriggerDoc>,
@@ -122,6 +140,20 @@ pub struct TaskDoc {
     /// Secrets this task may rotate with `keyhole:task/rotation` (never implied by `secrets`).
     #[serde(default)]
     pub rotate: Vec<String>,
+    /// Ids of the tasks this one waits for (`tasks:` only). Without any `depends_on` in the flow,
+    /// each task waits for the one before it.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Run again on failure.
+    #[serde(default)]
+    pub retry: Option<RetryDoc>,
+    /// A failure of this task does not stop the flow: those after it go on, and the execution
+    /// ends `warning`.
+    #[serde(default)]
+    pub allow_failure: bool,
+    /// Run only when this expression is true (`"{{ inputs.full }}"`); else skipped.
+    #[serde(default, rename = "if")]
+    pub condition: Option<String>,
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsDoc,
@@ -135,6 +167,93 @@ pub struct TaskDoc {
     #[serde(default)]
     pub description: Option<String>,
 }
+
+/// A retry policy as written: `{type: exponential, max_attempts: 5, interval: 1s, max_interval: 30s}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDoc {
+    /// `constant` (every wait is `interval`) or `exponential` (doubling from `interval`).
+    #[serde(rename = "type", default)]
+    pub kind: Backoff,
+    /// Attempts in all, the first included (at least 1, at most 100).
+    pub max_attempts: u32,
+    /// Wait before the second attempt: `1s`, `500ms`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Longest wait between attempts (exponential).
+    #[serde(default)]
+    pub max_interval: Option<String>,
+    /// No new attempt starts later than this after the first one began.
+    #[serde(default)]
+    pub max_duration: Option<String>,
+}
+
+/// How the wait between attempts grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// The same wait each time.
+    #[default]
+    Constant,
+    /// Twice the previous wait, up to `max_interval`.
+    Exponential,
+}
+
+/// A checked retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// How the wait grows.
+    pub backoff: Backoff,
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// The first wait.
+    pub interval: std::time::Duration,
+    /// The longest wait.
+    pub max_interval: Option<std::time::Duration>,
+    /// No attempt starts later than this after the first.
+    pub max_duration: Option<std::time::Duration>,
+}
+
+impl Retry {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> std::time::Duration {
+        let d = match self.backoff {
+            Backoff::Constant => self.interval,
+            Backoff::Exponential => self.interval.saturating_mul(1u32 << (attempt - 1).min(20)),
+        };
+        self.max_interval.map_or(d, |m| d.min(m))
+    }
+
+    fn check(doc: &RetryDoc) -> Result<Retry, String> {
+        if !(1..=100).contains(&doc.max_attempts) {
+            return Err(format!("max_attempts is 1 to 100, not {}", doc.max_attempts));
+        }
+        let d = |v: &Option<String>, what: &str| {
+            v.as_deref().map(parse_duration).transpose().map_err(|e| format!("{what}: {e}"))
+        };
+        Ok(Retry {
+            backoff: doc.kind,
+            max_attempts: doc.max_attempts,
+            interval: d(&doc.interval, "interval")?.unwrap_or(std::time::Duration::from_secs(1)),
+            max_interval: d(&doc.max_interval, "max_interval")?,
+            max_duration: d(&doc.max_duration, "max_duration")?,
+        })
+    }
+}
+
+/// Which part of the flow a task belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `tasks:`
+    Main,
+    /// `errors:`
+    Errors,
+    /// `finally:`
+    Finally,
+}
+
+/// Default of `max_parallel`.
+pub const DEFAULT_MAX_PARALLEL: usize = 4;
 
 /// Limits as written: `memory: 64MiB`, `timeout: 30s`, `output: 1MiB`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -160,8 +279,15 @@ pub struct Flow {
     pub namespace: Namespace,
     /// Declared inputs.
     pub inputs: Vec<InputDecl>,
-    /// Tasks in order.
+    /// Every task: those of `tasks:` first (indices `0..plan.len()`), then
+    /// `errors:`, then `finally:` (see [`FlowTask::phase`]).
     pub tasks: Vec<FlowTask>,
+    /// Who waits for whom among `tasks:`.
+    pub plan: crate::plan::Plan,
+    /// Most tasks running at once.
+    pub max_parallel: usize,
+    /// Wall time of the whole execution.
+    pub timeout: Option<std::time::Duration>,
     /// Schedules and webhooks.
     pub triggers: Vec<Trigger>,
     /// What a server does with an execution its crash or stop cut off.
@@ -183,6 +309,14 @@ pub struct FlowTask {
     pub grants: Grants,
     /// What it may rotate.
     pub rotate: Grants,
+    /// `tasks:`, `errors:` or `finally:`.
+    pub phase: Phase,
+    /// Retry policy (its own, else the flow's).
+    pub retry: Option<Retry>,
+    /// A failure does not stop the flow.
+    pub allow_failure: bool,
+    /// Run only when this renders true.
+    pub condition: Option<String>,
     /// Limits.
     pub limits: Limits,
     /// Outbound HTTP.
@@ -378,65 +512,54 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
             );
         }
     }
-    let ctx = Context { inputs: &input_ids, triggers: !doc.triggers.is_empty() };
-    let mut seen: Vec<String> = Vec::new();
+    let flow_retry = doc.retry.as_ref().map(Retry::check).transpose().map_err(|e| c.error("retry", e)).ok().flatten();
+    let timeout =
+        doc.timeout.as_deref().map(parse_duration).transpose().map_err(|e| c.error("timeout", e)).ok().flatten();
+    let max_parallel = doc.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL);
+    if !(1..=64).contains(&max_parallel) {
+        c.error("max_parallel", format!("is 1 to 64, not {max_parallel}"));
+    }
+    let phases = [
+        (Phase::Main, "tasks", &doc.tasks),
+        (Phase::Errors, "errors", &doc.errors),
+        (Phase::Finally, "finally", &doc.finally),
+    ];
+    // Ids are unique across the three lists: outputs and records name them.
+    let mut ids: Vec<&str> = Vec::new();
+    for (_, _, list) in &phases {
+        for t in list.iter() {
+            if ids.contains(&t.id.as_str()) {
+                c.error(format!("task {}", t.id), "duplicate task id: task ids must be unique in a flow");
+            }
+            ids.push(&t.id);
+        }
+    }
+    let plan = main_plan(&mut c, &doc.tasks);
+    let main_ids: Vec<String> = doc.tasks.iter().map(|t| t.id.clone()).collect();
     let mut tasks = Vec::new();
-    for t in &doc.tasks {
-        let where_ = format!("task {}", t.id);
-        let tid = TaskId::new(&t.id).map_err(|e| c.error(&where_, e.to_string())).ok();
-        if seen.contains(&t.id) {
-            c.error(&where_, "duplicate task id: task ids must be unique in a flow");
-        }
-        let mut grants = Vec::new();
-        for s in &t.secrets {
-            match SecretName::new(s) {
-                Ok(n) => grants.push(n),
-                Err(e) => c.error(&where_, format!("secrets: {e}")),
+    for (phase, list_name, list) in phases {
+        for (i, t) in list.iter().enumerate() {
+            let where_ = format!("task {}", t.id);
+            if phase != Phase::Main && !t.depends_on.is_empty() {
+                c.error(&where_, format!("depends_on: `{list_name}:` tasks run in order; depends_on is for `tasks:`"));
             }
-        }
-        let mut rotate = Vec::new();
-        for s in &t.rotate {
-            match SecretName::new(s) {
-                Ok(n) => rotate.push(n),
-                Err(e) => c.error(&where_, format!("rotate: {e}")),
+            // Whose outputs it may read: its upstream tasks; an `errors:` or
+            // `finally:` task, any of `tasks:` that ran and those before it.
+            let before: Vec<String> = match (phase, &plan) {
+                (Phase::Main, Some(p)) => p.upstream(i).into_iter().map(|u| main_ids[u].clone()).collect(),
+                (Phase::Main, None) => Vec::new(),
+                (Phase::Errors, _) => main_ids.iter().chain(doc.errors[..i].iter().map(|t| &t.id)).cloned().collect(),
+                (Phase::Finally, _) => main_ids
+                    .iter()
+                    .chain(doc.errors.iter().map(|t| &t.id))
+                    .chain(doc.finally[..i].iter().map(|t| &t.id))
+                    .cloned()
+                    .collect(),
+            };
+            let ctx = Context { inputs: &input_ids, triggers: !doc.triggers.is_empty(), error: phase != Phase::Main };
+            if let Some(task) = check_task(&mut c, t, phase, base, &triggers, &ctx, &before, flow_retry) {
+                tasks.push(task);
             }
-        }
-        let limits = limits(&t.limits).map_err(|e| c.error(format!("{where_}: limits"), e)).ok();
-        let network = t.network.policy(base).map_err(|e| c.error(format!("{where_}: network"), e)).ok();
-        let sha256 = t.sha256.as_ref().map(|s| s.trim().to_ascii_lowercase());
-        if let Some(s) = &sha256
-            && (s.len() != 64 || !s.chars().all(|ch| ch.is_ascii_hexdigit()))
-        {
-            c.error(&where_, format!("sha256 {s:?} is not 64 hex digits"));
-        }
-        for tr in &triggers {
-            if let TriggerKind::Webhook(w) = &tr.kind
-                && (grants.contains(w.secret()) || rotate.contains(w.secret()))
-            {
-                c.error(
-                    &where_,
-                    format!(
-                        "secrets: {} authenticates webhook trigger {}; a task may not read it (use another secret)",
-                        w.secret(),
-                        tr.id
-                    ),
-                );
-            }
-        }
-        check_expressions(&mut c, &where_, "input", &t.input, &ctx, &seen);
-        seen.push(t.id.clone());
-        if let (Some(id), Some(limits), Some(network)) = (tid, limits, network) {
-            tasks.push(FlowTask {
-                id,
-                plugin: base.join(&t.plugin),
-                sha256,
-                grants: Grants::new(grants),
-                rotate: Grants::new(rotate),
-                limits,
-                network,
-                input: t.input.clone(),
-                literal_input: false,
-            });
         }
     }
     let diags = Diagnostics(c.found);
@@ -444,16 +567,135 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         return Err(diags);
     }
     let (Some(id), Some(namespace)) = (id, namespace) else { unreachable!("errors were reported above") };
+    let plan = plan.expect("errors were reported above");
     let flow = Flow {
         id,
         namespace,
         inputs: doc.inputs,
         tasks,
+        plan,
+        max_parallel,
+        timeout,
         triggers,
         on_interrupt: doc.on_interrupt,
         source: file.to_owned(),
     };
     Ok((flow, diags))
+}
+
+/// The order of `tasks:`: file order when no task says `depends_on`, else
+/// the graph it draws (unknown ids and cycles are errors).
+fn main_plan(c: &mut Checker<'_>, tasks: &[TaskDoc]) -> Option<crate::plan::Plan> {
+    if tasks.iter().all(|t| t.depends_on.is_empty()) {
+        return Some(crate::plan::Plan::sequential(tasks.len()));
+    }
+    let index = |id: &str| tasks.iter().position(|t| t.id == id);
+    let mut deps = Vec::new();
+    let mut ok = true;
+    for t in tasks {
+        let mut mine = Vec::new();
+        for d in &t.depends_on {
+            match index(d) {
+                Some(j) => mine.push(j),
+                None => {
+                    ok = false;
+                    c.error(format!("task {}", t.id), format!("depends_on: no task `{d}` in `tasks:`"));
+                }
+            }
+        }
+        deps.push(mine);
+    }
+    if !ok {
+        return None;
+    }
+    match crate::plan::Plan::new(deps) {
+        Ok(p) => Some(p),
+        Err(cycle) => {
+            let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].id.as_str()).collect();
+            c.error(
+                format!("task {}", names[0]),
+                format!("depends_on: these tasks wait for each other, so none can start: {}", names.join(" -> ")),
+            );
+            None
+        }
+    }
+}
+
+/// One task checked; `None` if it has errors (reported).
+#[allow(clippy::too_many_arguments)]
+fn check_task(
+    c: &mut Checker<'_>,
+    t: &TaskDoc,
+    phase: Phase,
+    base: &Path,
+    triggers: &[Trigger],
+    ctx: &Context<'_>,
+    before: &[String],
+    flow_retry: Option<Retry>,
+) -> Option<FlowTask> {
+    let where_ = format!("task {}", t.id);
+    let tid = TaskId::new(&t.id).map_err(|e| c.error(&where_, e.to_string())).ok();
+    let names = |list: &[String], what: &str, c: &mut Checker<'_>| {
+        let mut out = Vec::new();
+        for s in list {
+            match SecretName::new(s) {
+                Ok(n) => out.push(n),
+                Err(e) => c.error(&where_, format!("{what}: {e}")),
+            }
+        }
+        out
+    };
+    let grants = names(&t.secrets, "secrets", c);
+    let rotate = names(&t.rotate, "rotate", c);
+    let limits = limits(&t.limits).map_err(|e| c.error(format!("{where_}: limits"), e)).ok();
+    let network = t.network.policy(base).map_err(|e| c.error(format!("{where_}: network"), e)).ok();
+    let retry = match &t.retry {
+        Some(r) => Retry::check(r).map(Some).map_err(|e| c.error(format!("{where_}: retry"), e)).ok(),
+        None => Some(flow_retry),
+    };
+    let sha256 = t.sha256.as_ref().map(|s| s.trim().to_ascii_lowercase());
+    if let Some(s) = &sha256
+        && (s.len() != 64 || !s.chars().all(|ch| ch.is_ascii_hexdigit()))
+    {
+        c.error(&where_, format!("sha256 {s:?} is not 64 hex digits"));
+    }
+    for tr in triggers {
+        if let TriggerKind::Webhook(w) = &tr.kind
+            && (grants.contains(w.secret()) || rotate.contains(w.secret()))
+        {
+            c.error(
+                &where_,
+                format!(
+                    "secrets: {} authenticates webhook trigger {}; a task may not read it (use another secret)",
+                    w.secret(),
+                    tr.id
+                ),
+            );
+        }
+    }
+    check_expressions(c, &where_, "input", &t.input, ctx, before);
+    if let Some(cond) = &t.condition {
+        if !cond.contains("{{") {
+            c.error(&where_, format!("if: {cond:?} is not an expression: write it as \"{{{{ inputs.X }}}}\""));
+        }
+        check_expressions(c, &where_, "if", &Value::String(cond.clone()), ctx, before);
+    }
+    let (id, limits, network, retry) = (tid?, limits?, network?, retry?);
+    Some(FlowTask {
+        id,
+        plugin: base.join(&t.plugin),
+        sha256,
+        grants: Grants::new(grants),
+        rotate: Grants::new(rotate),
+        phase,
+        retry,
+        allow_failure: t.allow_failure,
+        condition: t.condition.clone(),
+        limits,
+        network,
+        input: t.input.clone(),
+        literal_input: false,
+    })
 }
 
 fn kind_matches(kind: InputKind, v: &Value) -> bool {
@@ -601,7 +843,7 @@ tasks:
         let e = errors(
             "id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {v: '{{ outputs.b.x }}'}}\n  - {id: b, plugin: b.wasm}\n",
         );
-        assert!(e.contains("f.yaml: task a: input.v: `outputs.b` refers to a task that has not run before"), "{e}");
+        assert!(e.contains("f.yaml: task a: input.v: `outputs.b` refers to a task that does not run before"), "{e}");
         let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {v: '{{ inputs.nope }}'}}\n");
         assert!(e.contains("`inputs.nope` is not a declared input"), "{e}");
         let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, limits: {memory: '64'}}\n");
@@ -627,6 +869,7 @@ tasks:
             flow_id: "f".into(),
             namespace: "ns".into(),
             trigger: json!({"type": "webhook", "id": "gh", "body": {"ref": "main"}, "headers": {"X-GitHub-Event": "push"}}),
+            error: json!({"task": "sign", "message": "boom"}),
         };
         let t = json!({
             "a": "{{ inputs.n }}",
@@ -634,14 +877,79 @@ tasks:
             "c": "{{ outputs.sign.list[1].x }}",
             "d": ["{{ execution.id }}", "{{ flow.id }}/{{ flow.namespace }}"],
             "e": 5,
-            "t": "{{ trigger.headers.X-GitHub-Event }} on {{ trigger.body.ref }}"
+            "t": "{{ trigger.headers.X-GitHub-Event }} on {{ trigger.body.ref }}",
+            "err": "{{ error.task }}: {{ error.message }}"
         });
         assert_eq!(
             render(&t, &scope).unwrap(),
-            json!({"a": 3, "b": "n=3 day=2026-11-27", "c": true, "d": ["e1", "f/ns"], "e": 5, "t": "push on main"})
+            json!({"a": 3, "b": "n=3 day=2026-11-27", "c": true, "d": ["e1", "f/ns"], "e": 5, "t": "push on main",
+                   "err": "sign: boom"})
         );
         let e = render(&json!("{{ outputs.sign.nope }}"), &scope).unwrap_err();
         assert_eq!(e, "the output of task `sign` has no field `nope`");
+    }
+
+    #[test]
+    fn a_dag_is_checked_for_unknown_ids_cycles_and_upstream_outputs() {
+        let t = |id: &str, extra: &str| format!("  - {{id: {id}, plugin: a.wasm{extra}}}\n");
+        let e = errors(&format!("id: x\ntasks:\n{}{}", t("a", ", depends_on: [nope]"), t("b", "")));
+        assert!(e.contains("task a: depends_on: no task `nope` in `tasks:`"), "{e}");
+        let e = errors(&format!(
+            "id: x\ntasks:\n{}{}{}",
+            t("a", ", depends_on: [c]"),
+            t("b", ", depends_on: [a]"),
+            t("c", ", depends_on: [b]")
+        ));
+        assert!(e.contains("these tasks wait for each other") && e.contains("->"), "{e}");
+        // b and c both follow a, but c may not read b's output: they may run at once.
+        let e = errors(&format!(
+            "id: x\ntasks:\n{}{}{}",
+            t("a", ""),
+            t("b", ", depends_on: [a]"),
+            t("c", ", depends_on: [a], input: {v: '{{ outputs.b.x }}'}")
+        ));
+        assert!(e.contains("task c: input.v: `outputs.b` refers to a task that does not run before this one"), "{e}");
+        let (f, _) = flow(&format!(
+            "id: x\nmax_parallel: 2\ntasks:\n{}{}{}",
+            t("a", ""),
+            t("b", ", depends_on: [a]"),
+            t("c", ", depends_on: [b], input: {v: '{{ outputs.a.x }}'}")
+        ))
+        .unwrap();
+        assert_eq!((f.max_parallel, f.plan.deps(2)), (2, &[1][..]));
+        // `error` only where there is one; errors/finally run in order.
+        let e = errors(&format!("id: x\ntasks:\n{}", t("a", ", input: {m: '{{ error.message }}'}")));
+        assert!(e.contains("`error` is the failure an `errors:` or `finally:` task handles"), "{e}");
+        let (f, _) = flow(&format!(
+            "id: x\ntasks:\n{}errors:\n{}finally:\n{}",
+            t("a", ""),
+            t("tell", ", input: {m: '{{ error.task }}: {{ error.message }}'}"),
+            t("clean", ", if: '{{ outputs.a.ok }}'")
+        ))
+        .unwrap();
+        let phases: Vec<Phase> = f.tasks.iter().map(|t| t.phase).collect();
+        assert_eq!(phases, [Phase::Main, Phase::Errors, Phase::Finally]);
+        let e = errors(&format!("id: x\ntasks:\n{}finally:\n{}", t("a", ""), t("a", "")));
+        assert!(e.contains("duplicate task id"), "{e}");
+        let e = errors(&format!("id: x\ntasks:\n{}finally:\n{}", t("a", ""), t("b", ", depends_on: [a]")));
+        assert!(e.contains("`finally:` tasks run in order"), "{e}");
+    }
+
+    #[test]
+    fn retry_policies_are_checked_and_back_off() {
+        let (f, _) = flow(
+            "id: x\nretry: {max_attempts: 2}\ntasks:\n  - {id: a, plugin: a.wasm}\n  - {id: b, plugin: a.wasm, retry: {type: exponential, max_attempts: 5, interval: 100ms, max_interval: 300ms}}\n",
+        )
+        .unwrap();
+        assert_eq!(f.tasks[0].retry.unwrap().max_attempts, 2, "the flow's default");
+        let r = f.tasks[1].retry.unwrap();
+        let waits: Vec<u128> = (1..=4).map(|a| r.delay(a).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 300, 300]);
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, retry: {max_attempts: 0}}\n");
+        assert!(e.contains("task a: retry: max_attempts is 1 to 100"), "{e}");
+        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, if: 'yes'}\n");
+        assert!(e.contains("is not an expression"), "{e}");
+        assert!(truthy(&json!("true")) && !truthy(&json!("false")) && !truthy(&json!(0)) && truthy(&json!([1])));
     }
 
     #[test]
