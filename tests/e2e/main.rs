@@ -8,6 +8,7 @@ mod audit;
 mod authors;
 mod aws;
 mod dynamic;
+mod engine;
 mod exec;
 mod flows;
 mod lifecycle;

@@ -102,6 +102,11 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) {
                 ("200 OK", String::new(), echo.to_string().into_bytes())
             }
             "/big" => ("200 OK", String::new(), vec![b'x'; 1 << 20]),
+            // How many times this very target was asked for: a flaky task's attempt counter.
+            p if p.starts_with("/count/") => {
+                let n = log.lock().unwrap().iter().filter(|r| r.target == req.target).count();
+                ("200 OK", String::new(), n.to_string().into_bytes())
+            }
             "/fail" => ("500 Internal Server Error", String::new(), b"{\"errors\":[\"down\"]}".to_vec()),
             "/slow" => {
                 std::thread::sleep(Duration::from_secs(3));

@@ -194,7 +194,7 @@ pub fn wait_ended(c: &Client, token: &str, id: &str, within: Duration) -> Value 
     loop {
         let (s, rec) = c.call("GET", &format!("/api/v1/executions/{id}"), Some(token), None);
         assert_eq!(s, 200, "{rec}");
-        if ["succeeded", "failed", "cancelled", "interrupted"].contains(&rec["status"].as_str().unwrap()) {
+        if ["succeeded", "warning", "failed", "cancelled", "interrupted"].contains(&rec["status"].as_str().unwrap()) {
             return rec;
         }
         assert!(Instant::now() < end, "execution {id} did not end: {rec}");
@@ -532,7 +532,12 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
 #[test]
 fn cancel_stops_a_running_task_and_dequeues_a_queued_one() {
     let env = Env::new();
-    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), "    limits: { timeout: 60s }\n");
+    // `finally:` runs after a cancel too.
+    let finally = format!(
+        "    limits: {{ timeout: 60s }}\nfinally:\n  - {{id: clean, plugin: '{}', input: {{action: context}}}}\n",
+        component(Plugin::Probe).display()
+    );
+    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), &finally);
     let admin = token(&env, "admin", "admin", "", &[]);
     let server = Server::start(&env, 1, &[]);
     let c = Client::new(&server);
@@ -554,6 +559,11 @@ fn cancel_stops_a_running_task_and_dequeues_a_queued_one() {
     let rec = wait_ended(&c, &admin, first, Duration::from_secs(20));
     assert_eq!(rec["status"], "cancelled", "{rec}");
     assert_eq!(rec["tasks"][0]["error"], "cancelled while running", "{rec}");
+    assert_eq!(
+        (rec["tasks"][1]["id"].as_str(), rec["tasks"][1]["status"].as_str()),
+        (Some("clean"), Some("succeeded")),
+        "{rec}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10), "the spinning task was not interrupted");
     let rec = wait_ended(&c, &admin, second, Duration::from_secs(5));
     assert_eq!(rec["tasks"][0]["status"], "pending", "a cancelled queued execution never ran: {rec}");
@@ -651,7 +661,12 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     let r = env.run(&["executions", "show", &id, "--json"]);
     assert_eq!(r.json()["status"], "succeeded", "{r:#?}");
     // ...unless it outlasts --shutdown-timeout: then it is interrupted.
-    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), "    limits: { timeout: 60s }\n");
+    // `finally:` runs after a cancel too.
+    let finally = format!(
+        "    limits: {{ timeout: 60s }}\nfinally:\n  - {{id: clean, plugin: '{}', input: {{action: context}}}}\n",
+        component(Plugin::Probe).display()
+    );
+    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), &finally);
     let mut server = Server::start(&env, 1, &["--shutdown-timeout", "300ms"]);
     let c = Client::new(&server);
     let (_, v) = c.call("POST", "/api/v1/executions/ops/spin", Some(&admin), Some(&json!({})));

@@ -164,12 +164,36 @@ pub(crate) fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std:
     writeln!(out, "execution {}  flow {}  namespace {ns}  {}", r.id, r.flow, r.status)?;
     writeln!(out, "started {}  ended {}", r.started, r.ended.as_deref().unwrap_or("-"))?;
     let id_width = r.tasks.iter().map(|t| t.id.chars().count()).max().unwrap_or(0);
+    // A timeline: where each task ran within the execution, so tasks that
+    // ran at once are seen side by side.
+    let at = |t: &str| humantime::parse_rfc3339(t).ok();
+    let zero = at(&r.started);
+    let offset = |t: &keyhole::executions::TaskRecord| {
+        let (Some(z), Some(s)) = (zero, t.started.as_deref().and_then(at)) else { return None };
+        Some(s.duration_since(z).map_or(0, |d| d.as_millis() as u64))
+    };
+    let span = r.tasks.iter().filter_map(|t| offset(t).map(|o| o + t.duration_ms)).max().unwrap_or(0).max(1);
+    const BAR: u64 = 24;
     for t in &r.tasks {
         let status =
             serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         // The error is plugin text (masked when stored): shown on its line only.
-        let error = keyhole::output::one_line(t.error.as_deref().unwrap_or(""));
-        let line = format!("  {:<10} {:<id_width$} {:>7} ms  {error}", status, t.id, t.duration_ms);
+        let error = keyhole::output::one_line(t.error.as_deref().or(t.skipped.as_deref()).unwrap_or(""));
+        let (when, bar) = match offset(t) {
+            Some(o) => {
+                let from = (o * BAR / span).min(BAR - 1);
+                let to = ((o + t.duration_ms) * BAR).div_ceil(span).max(from + 1).min(BAR);
+                let bar: String = (0..BAR).map(|i| if i >= from && i < to { '#' } else { '.' }).collect();
+                (format!("+{o} ms"), bar)
+            }
+            None => (String::new(), " ".repeat(BAR as usize)),
+        };
+        let tries = match t.attempts.len() {
+            0 | 1 => String::new(),
+            n => format!(" ({n} attempts)"),
+        };
+        let line =
+            format!("  {:<10} {:<id_width$} {:>7} ms {when:>10} {bar}{tries}  {error}", status, t.id, t.duration_ms);
         writeln!(out, "{}", line.trim_end())?;
     }
     let outputs: Map<String, Value> =

@@ -140,10 +140,10 @@ pub struct TaskDoc {
     /// Secrets this task may rotate with `keyhole:task/rotation` (never implied by `secrets`).
     #[serde(default)]
     pub rotate: Vec<String>,
-    /// Ids of the tasks this one waits for (`tasks:` only). Without any `depends_on` in the flow,
-    /// each task waits for the one before it.
+    /// Ids of the tasks this one waits for (`tasks:` only; `[]`: none). A flow where no task
+    /// says `depends_on` runs in file order.
     #[serde(default)]
-    pub depends_on: Vec<String>,
+    pub depends_on: Option<Vec<String>>,
     /// Run again on failure.
     #[serde(default)]
     pub retry: Option<RetryDoc>,
@@ -540,7 +540,7 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
     for (phase, list_name, list) in phases {
         for (i, t) in list.iter().enumerate() {
             let where_ = format!("task {}", t.id);
-            if phase != Phase::Main && !t.depends_on.is_empty() {
+            if phase != Phase::Main && t.depends_on.is_some() {
                 c.error(&where_, format!("depends_on: `{list_name}:` tasks run in order; depends_on is for `tasks:`"));
             }
             // Whose outputs it may read: its upstream tasks; an `errors:` or
@@ -586,7 +586,7 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
 /// The order of `tasks:`: file order when no task says `depends_on`, else
 /// the graph it draws (unknown ids and cycles are errors).
 fn main_plan(c: &mut Checker<'_>, tasks: &[TaskDoc]) -> Option<crate::plan::Plan> {
-    if tasks.iter().all(|t| t.depends_on.is_empty()) {
+    if tasks.iter().all(|t| t.depends_on.is_none()) {
         return Some(crate::plan::Plan::sequential(tasks.len()));
     }
     let index = |id: &str| tasks.iter().position(|t| t.id == id);
@@ -594,7 +594,7 @@ fn main_plan(c: &mut Checker<'_>, tasks: &[TaskDoc]) -> Option<crate::plan::Plan
     let mut ok = true;
     for t in tasks {
         let mut mine = Vec::new();
-        for d in &t.depends_on {
+        for d in t.depends_on.iter().flatten() {
             match index(d) {
                 Some(j) => mine.push(j),
                 None => {
@@ -1029,5 +1029,10 @@ tasks:
     fn the_schema_describes_tasks() {
         let s = schema().to_string();
         assert!(s.contains("\"tasks\"") && s.contains("\"secrets\"") && s.contains("additionalProperties"), "{s}");
+        for field in
+            ["depends_on", "retry", "allow_failure", "\"if\"", "errors", "finally", "max_parallel", "timeout", "rotate"]
+        {
+            assert!(s.contains(field), "the schema lacks {field}");
+        }
     }
 }

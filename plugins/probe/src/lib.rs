@@ -99,6 +99,10 @@ enum Action {
         #[serde(default)]
         then: Vec<String>,
     },
+    /// GETs `url` (a counter that answers how many times it was asked)
+    /// and fails while the answer is at most `fail_until`: a task that
+    /// fails that many times, then succeeds.
+    Flaky { url: String, fail_until: u64 },
     /// Fails with `message` (after reading secret `get`, if given).
     Fail {
         message: String,
@@ -271,6 +275,14 @@ fn probe(action: Action) -> Result<Value, TaskError> {
         Action::Fail { message, get } => {
             read(get)?;
             return Err(TaskError::new(message));
+        }
+        Action::Flaky { url, fail_until } => {
+            let r = keyhole_guest::http::get(&url).send().map_err(|e| TaskError::new(format!("{e:?}")))?;
+            let n: u64 = r.text().trim().parse().map_err(|_| TaskError::new("the counter answered no number"))?;
+            if n <= fail_until {
+                return Err(TaskError::new(format!("attempt {n} failed, as asked")));
+            }
+            json!({ "succeeded_at": n })
         }
         Action::Rotate { name, length, capture, secret, requests, then } => {
             use keyhole_guest::rotation;
