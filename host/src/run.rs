@@ -176,6 +176,7 @@ pub async fn run_flow(
             namespace: flow.namespace.as_str().to_owned(),
             trigger,
             error: Value::Null,
+            item: Value::Null,
         },
         failure: None,
         allowed_failures: 0,
@@ -239,11 +240,20 @@ struct Ran {
     attempts: Vec<Attempt>,
 }
 
-/// Whether to start a task: its input, or why not.
+/// Whether to start a task: its input (or one per `for_each` value), or
+/// why not.
 enum Go {
-    Run(Value),
+    Run(Work),
     Skip(String),
     Fail(TaskFailure),
+}
+
+/// What a started task does.
+enum Work {
+    /// One run with this input.
+    Once(Value),
+    /// One run per input, at most `concurrency` at once.
+    Each(Vec<Value>, usize),
 }
 
 impl<'a> Run<'a> {
@@ -263,7 +273,7 @@ impl<'a> Run<'a> {
                 match self.go(i) {
                     Go::Run(input) => {
                         self.started(i);
-                        running.push(attempts(runtime, env, flow, &plugins[i], &execution, i, input));
+                        running.push(work(runtime, env, flow, &plugins[i], &execution, i, input));
                     }
                     Go::Skip(why) => {
                         self.skip(i, why);
@@ -325,7 +335,7 @@ impl<'a> Run<'a> {
             match self.go(i) {
                 Go::Run(input) => {
                     self.started(i);
-                    let (_, ran) = attempts(self.runtime, env, flow, &self.plugins[i], &self.execution, i, input).await;
+                    let (_, ran) = work(self.runtime, env, flow, &self.plugins[i], &self.execution, i, input).await;
                     stopped = self.ended(i, ran) == Ended::Failed;
                 }
                 Go::Skip(why) => self.skip(i, why),
@@ -345,12 +355,39 @@ impl<'a> Run<'a> {
             }
         }
         if task.literal_input {
-            return Go::Run(task.input.clone());
+            return Go::Run(Work::Once(task.input.clone()));
         }
-        match render(&task.input, &self.scope) {
-            Ok(input) => Go::Run(input),
-            Err(e) => Go::Fail(TaskFailure::Instantiate(format!("cannot build the task's input: {e}"))),
+        let Some(each) = &task.for_each else {
+            return match render(&task.input, &self.scope) {
+                Ok(input) => Go::Run(Work::Once(input)),
+                Err(e) => Go::Fail(TaskFailure::Instantiate(format!("cannot build the task's input: {e}"))),
+            };
+        };
+        let items = match render(&each.values, &self.scope) {
+            Ok(Value::Array(items)) if items.len() <= crate::flow::MAX_ITEMS => items,
+            Ok(Value::Array(items)) => {
+                let why = format!("for_each.values has {} values, more than {}", items.len(), crate::flow::MAX_ITEMS);
+                return Go::Fail(TaskFailure::Instantiate(why));
+            }
+            Ok(other) => {
+                let what = mask_value(&self.env.masks, &other);
+                return Go::Fail(TaskFailure::Instantiate(format!("for_each.values is not a list: {what}")));
+            }
+            Err(e) => return Go::Fail(TaskFailure::Instantiate(format!("cannot evaluate for_each.values: {e}"))),
+        };
+        let mut scope = self.scope.clone();
+        let mut inputs = Vec::with_capacity(items.len());
+        for (n, item) in items.into_iter().enumerate() {
+            scope.item = item;
+            match render(&task.input, &scope) {
+                Ok(input) => inputs.push(input),
+                Err(e) => {
+                    let why = format!("cannot build the input of item {n}: {e}");
+                    return Go::Fail(TaskFailure::Instantiate(why));
+                }
+            }
         }
+        Go::Run(Work::Each(inputs, each.concurrency))
     }
 
     fn started(&mut self, i: usize) {
@@ -427,6 +464,57 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Runs task `i`: once, or once per `for_each` value (outputs in order,
+/// the first failure stopping those not started).
+async fn work(
+    runtime: &Runtime,
+    env: &ExecutionEnv,
+    flow: &Flow,
+    plugin: &Plugin,
+    execution: &ExecutionId,
+    i: usize,
+    work: Work,
+) -> (usize, Ran) {
+    let (inputs, concurrency) = match work {
+        Work::Once(input) => return attempts(runtime, env, flow, plugin, execution, i, input).await,
+        Work::Each(inputs, concurrency) => (inputs, concurrency),
+    };
+    let started = std::time::Instant::now();
+    let total = inputs.len();
+    let mut outputs: Vec<Option<Value>> = vec![None; total];
+    let mut pending = inputs.into_iter().enumerate();
+    let mut running = FuturesUnordered::new();
+    let mut failed: Option<(usize, TaskFailure)> = None;
+    loop {
+        while failed.is_none() && running.len() < concurrency {
+            let Some((n, input)) = pending.next() else { break };
+            running.push(async move { (n, attempts(runtime, env, flow, plugin, execution, i, input).await.1) });
+        }
+        let Some((n, ran)) = running.next().await else { break };
+        match ran.result {
+            // Masked with what that iteration read: the list is handed on
+            // as it is.
+            Ok((output, masks)) => outputs[n] = Some(mask_value(&masks, &output)),
+            Err(f) => {
+                if failed.as_ref().is_none_or(|(m, _)| n < *m) {
+                    failed = Some((n, f));
+                }
+            }
+        }
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let result = match failed {
+        Some((n, f)) => Err(match f {
+            TaskFailure::Returned(m) => TaskFailure::Returned(format!("item {n} of {total}: {m}")),
+            other => other,
+        }),
+        None => {
+            Ok((Value::Array(outputs.into_iter().map(Option::unwrap_or_default).collect()), Arc::new(MaskSet::new())))
+        }
+    };
+    (i, Ran { result, duration_ms, attempts: Vec::new() })
 }
 
 /// Runs task `i` with `input` until an attempt succeeds or its retry policy

@@ -234,3 +234,44 @@ fn parallel_tasks_output_is_masked_however_it_interleaves() {
     assert!(!out.contains("first-secret-4411") && !out.contains("second-secret-8822"), "{out}");
     assert!(out.contains("[one] x ***") || out.contains("x *** y"), "{out}");
 }
+
+#[test]
+fn for_each_runs_a_task_per_value_at_most_concurrency_at_once_with_outputs_in_order() {
+    let env = Env::new();
+    let flow = flow_file(
+        &env,
+        "each.yaml",
+        "id: each\ninputs:\n  - {id: regions, type: json, default: [eu, us, ap, sa]}\ntasks:\n  \
+         - id: extract\n    plugin: '{probe}'\n    for_each: {values: '{{ inputs.regions }}', concurrency: 2}\n    \
+           input: {action: digest, text: 'region {{ item }}'}\n  \
+         - id: report\n    plugin: '{probe}'\n    input: {action: digest, text: '{{ outputs.extract[3].sha256 }}'}\n",
+    );
+    let r = run(&env, &flow);
+    r.expect_code(0);
+    let rec = r.json();
+    let out = task(&rec, "extract")["output"].as_array().unwrap().clone();
+    let want: Vec<Value> =
+        ["eu", "us", "ap", "sa"].iter().map(|x| json!({"sha256": sha256(&format!("region {x}"))})).collect();
+    assert_eq!(out, want, "one output per value, in the order of the values");
+    assert_eq!(task(&rec, "report")["output"]["sha256"], sha256(&sha256(&format!("region sa"))));
+    // Four runs of the task, each audited.
+    let starts = env.run(&["audit", "list", "--action", "task.start", "--json"]).json();
+    assert_eq!(starts.as_array().unwrap().iter().filter(|s| s["task"] == "extract").count(), 4);
+    // `item` only where there is a loop; a value that is not a list fails the task.
+    let bad = flow_file(
+        &env,
+        "bad.yaml",
+        "id: bad\ntasks:\n  - {id: a, plugin: '{probe}', input: {action: digest, text: '{{ item }}'}}\n",
+    );
+    let r = env.run_with(env.host().arg("validate").arg(&bad), b"");
+    assert!(r.stdout.contains("`item` is the value of a `for_each` iteration"), "{r:#?}");
+    let scalar = flow_file(
+        &env,
+        "scalar.yaml",
+        "id: scalar\ninputs:\n  - {id: n, type: number, default: 3}\ntasks:\n  \
+         - {id: a, plugin: '{probe}', for_each: {values: '{{ inputs.n }}'}, input: {action: context}}\n",
+    );
+    let r = run(&env, &scalar);
+    assert_ne!(r.code, 0);
+    assert!(task(&r.json(), "a")["error"].as_str().unwrap().contains("for_each.values is not a list: 3"), "{r:#?}");
+}

@@ -166,6 +166,7 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler:
             retry: None,
             allow_failure: false,
             condition: None,
+            for_each: None,
             limits: Limits { memory, timeout: args.timeout, output: args.max_output },
             network,
             input,

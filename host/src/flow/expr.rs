@@ -16,6 +16,7 @@ enum Expr {
     Output(String, Vec<Step>),
     Trigger(Vec<Step>),
     Error(Vec<Step>),
+    Item(Vec<Step>),
     ExecutionId,
     FlowId,
     FlowNamespace,
@@ -73,12 +74,13 @@ fn parse_expr(src: &str) -> Result<Expr, String> {
         }
         "trigger" => Ok(Expr::Trigger(steps)),
         "error" => Ok(Expr::Error(steps)),
+        "item" => Ok(Expr::Item(steps)),
         "execution" if steps == [Step::Field("id".into())] => Ok(Expr::ExecutionId),
         "flow" if steps == [Step::Field("id".into())] => Ok(Expr::FlowId),
         "flow" if steps == [Step::Field("namespace".into())] => Ok(Expr::FlowNamespace),
         "secret" | "secrets" => Err(format!("`{{{{ {s} }}}}` is not supported: {SECRET_HINT}")),
         _ => Err(format!(
-            "unknown expression `{s}`: use inputs.X, outputs.TASK.FIELD, trigger.body, error.task, execution.id, flow.id or flow.namespace"
+            "unknown expression `{s}`: use inputs.X, outputs.TASK.FIELD, trigger.body, error.task, item, execution.id, flow.id or flow.namespace"
         )),
     }
 }
@@ -103,11 +105,14 @@ fn pieces(s: &str) -> Result<Vec<Result<&str, &str>>, String> {
 }
 
 /// What a task's expressions may name.
+#[derive(Clone, Copy)]
 pub(super) struct Context<'a> {
     pub(super) inputs: &'a HashSet<String>,
     pub(super) triggers: bool,
     /// `{{ error }}` (an `errors:` or `finally:` task).
     pub(super) error: bool,
+    /// `{{ item }}` (a task with `for_each`).
+    pub(super) item: bool,
 }
 
 pub(super) fn check_expressions(
@@ -131,6 +136,10 @@ pub(super) fn check_expressions(
                         Ok(Expr::Trigger(_)) if !ctx.triggers => c.error(
                             format!("{task}: {at}"),
                             "`trigger` is what started the flow, and this flow declares no `triggers:`",
+                        ),
+                        Ok(Expr::Item(_)) if !ctx.item => c.error(
+                            format!("{task}: {at}"),
+                            "`item` is the value of a `for_each` iteration; this task has no `for_each`",
                         ),
                         Ok(Expr::Error(_)) if !ctx.error => c.error(
                             format!("{task}: {at}"),
@@ -180,6 +189,8 @@ pub struct Scope {
     pub trigger: Value,
     /// The failure `errors:` and `finally:` tasks handle: `{"task": ID, "message": MASKED}`, or null.
     pub error: Value,
+    /// The value of the current `for_each` iteration, or null.
+    pub item: Value,
 }
 
 fn walk<'v>(mut v: &'v Value, steps: &[Step], what: &str) -> Result<&'v Value, String> {
@@ -204,6 +215,7 @@ fn resolve(src: &str, scope: &Scope) -> Result<Value, String> {
         }
         Expr::Trigger(steps) => walk(&scope.trigger, &steps, "the trigger")?.clone(),
         Expr::Error(steps) => walk(&scope.error, &steps, "the error")?.clone(),
+        Expr::Item(steps) => walk(&scope.item, &steps, "the item")?.clone(),
         Expr::ExecutionId => Value::String(scope.execution_id.clone()),
         Expr::FlowId => Value::String(scope.flow_id.clone()),
         Expr::FlowNamespace => Value::String(scope.namespace.clone()),

@@ -154,6 +154,9 @@ pub struct TaskDoc {
     /// Run only when this expression is true (`"{{ inputs.full }}"`); else skipped.
     #[serde(default, rename = "if")]
     pub condition: Option<String>,
+    /// Run once per value (`{{ item }}` in the input); the output is the list of outputs, in order.
+    #[serde(default)]
+    pub for_each: Option<ForEachDoc>,
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsDoc,
@@ -167,6 +170,29 @@ pub struct TaskDoc {
     #[serde(default)]
     pub description: Option<String>,
 }
+
+/// A loop as written: `{values: "{{ inputs.regions }}", concurrency: 4}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForEachDoc {
+    /// A list, or an expression that renders to one.
+    pub values: Value,
+    /// Most iterations running at once (default 1).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+/// A checked loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForEach {
+    /// The list, or the expression that renders to it.
+    pub values: Value,
+    /// Most iterations at once.
+    pub concurrency: usize,
+}
+
+/// Most iterations of one `for_each`.
+pub const MAX_ITEMS: usize = 1000;
 
 /// A retry policy as written: `{type: exponential, max_attempts: 5, interval: 1s, max_interval: 30s}`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -317,6 +343,8 @@ pub struct FlowTask {
     pub allow_failure: bool,
     /// Run only when this renders true.
     pub condition: Option<String>,
+    /// Run once per value.
+    pub for_each: Option<ForEach>,
     /// Limits.
     pub limits: Limits,
     /// Outbound HTTP.
@@ -556,7 +584,12 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
                     .cloned()
                     .collect(),
             };
-            let ctx = Context { inputs: &input_ids, triggers: !doc.triggers.is_empty(), error: phase != Phase::Main };
+            let ctx = Context {
+                inputs: &input_ids,
+                triggers: !doc.triggers.is_empty(),
+                error: phase != Phase::Main,
+                item: t.for_each.is_some(),
+            };
             if let Some(task) = check_task(&mut c, t, phase, base, &triggers, &ctx, &before, flow_retry) {
                 tasks.push(task);
             }
@@ -680,6 +713,23 @@ fn check_task(
         }
         check_expressions(c, &where_, "if", &Value::String(cond.clone()), ctx, before);
     }
+    let for_each = t.for_each.as_ref().and_then(|f| {
+        let loop_ctx = Context { item: false, ..*ctx };
+        check_expressions(c, &where_, "for_each.values", &f.values, &loop_ctx, before);
+        let concurrency = f.concurrency.unwrap_or(1);
+        if !(1..=64).contains(&concurrency) {
+            c.error(&where_, format!("for_each.concurrency is 1 to 64, not {concurrency}"));
+            return None;
+        }
+        if !(f.values.is_array() || f.values.as_str().is_some_and(|s| s.contains("{{"))) {
+            c.error(&where_, "for_each.values is a list, or an expression such as \"{{ inputs.regions }}\"");
+            return None;
+        }
+        Some(ForEach { values: f.values.clone(), concurrency })
+    });
+    if t.for_each.is_some() && for_each.is_none() {
+        return None;
+    }
     let (id, limits, network, retry) = (tid?, limits?, network?, retry?);
     Some(FlowTask {
         id,
@@ -691,6 +741,7 @@ fn check_task(
         retry,
         allow_failure: t.allow_failure,
         condition: t.condition.clone(),
+        for_each,
         limits,
         network,
         input: t.input.clone(),
