@@ -921,6 +921,7 @@ tasks:
             namespace: "ns".into(),
             trigger: json!({"type": "webhook", "id": "gh", "body": {"ref": "main"}, "headers": {"X-GitHub-Event": "push"}}),
             error: json!({"task": "sign", "message": "boom"}),
+            item: Value::Null,
         };
         let t = json!({
             "a": "{{ inputs.n }}",
