@@ -253,7 +253,7 @@ fn for_each_runs_a_task_per_value_at_most_concurrency_at_once_with_outputs_in_or
     let want: Vec<Value> =
         ["eu", "us", "ap", "sa"].iter().map(|x| json!({"sha256": sha256(&format!("region {x}"))})).collect();
     assert_eq!(out, want, "one output per value, in the order of the values");
-    assert_eq!(task(&rec, "report")["output"]["sha256"], sha256(&sha256(&format!("region sa"))));
+    assert_eq!(task(&rec, "report")["output"]["sha256"], sha256(&sha256("region sa")));
     // Four runs of the task, each audited.
     let starts = env.run(&["audit", "list", "--action", "task.start", "--json"]).json();
     assert_eq!(starts.as_array().unwrap().iter().filter(|s| s["task"] == "extract").count(), 4);
