@@ -15,7 +15,7 @@ use std::time::Duration;
 /// integrity MAC columns, the audit `detail` and the authenticated head; 3
 /// secret destinations; 4 the server's tokens, roles, deployed flows and the
 /// execution queue.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// A failure of the database file; each names the file and what was being
 /// done.
@@ -102,7 +102,8 @@ const EXECUTIONS_SCHEMA: &str = "
         idempotency_key TEXT,
         cancel_requested INTEGER NOT NULL DEFAULT 0,
         log TEXT,
-        trigger_data TEXT
+        trigger_data TEXT,
+        concurrency_limit INTEGER
     );
     CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow, started);
     CREATE INDEX IF NOT EXISTS executions_queue ON executions (status, started);
@@ -272,7 +273,11 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     }
     if (1..=5).contains(&version) {
         // keyhole 0.6: credentials minted for executions.
-        return step(conn, path, 5, LEASE_SCHEMA);
+        step(conn, path, 5, LEASE_SCHEMA)?;
+    }
+    if (1..=6).contains(&version) {
+        // keyhole 0.7: a flow's limit on executions running at once.
+        return step(conn, path, 6, "ALTER TABLE executions ADD COLUMN concurrency_limit INTEGER;");
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
     conn.execute_batch(&format!(
@@ -308,7 +313,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
          {server}
          {schedule}
          {leases}
-         PRAGMA user_version = 6;
+         PRAGMA user_version = 7;
          COMMIT;",
         audit = AUDIT_SCHEMA,
         executions = EXECUTIONS_SCHEMA,

@@ -7,6 +7,7 @@
 
 use crate::db::{DbError, connect, sql_err};
 use rusqlite::{Connection, OptionalExtension, params};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,30 @@ pub struct Attempt {
     /// Masked error; none for the attempt that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A flow's limit on executions at once: `{limit: 1, behavior: queue}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    /// Most executions running at once (1 to 1000).
+    pub limit: u32,
+    /// What a new execution does when `limit` are already running or waiting.
+    #[serde(default)]
+    pub behavior: OverLimit,
+}
+
+/// What a new execution does over the flow's concurrency limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OverLimit {
+    /// It waits, queued, until one ends (oldest first).
+    #[default]
+    Queue,
+    /// It ends at once, `cancelled`.
+    Cancel,
+    /// It ends at once, `failed`.
+    Fail,
 }
 
 /// The states of an execution: `queued`, then `running`, then one of the
@@ -239,20 +264,72 @@ impl Executions {
     /// and what started it (`trigger`, from [`crate::trigger::context`]).
     /// With an idempotency key already used, returns that execution instead
     /// (and `false`): a retried request never starts a second one.
+    ///
+    /// Under the flow's `concurrency`, in one write transaction (so exact
+    /// however many start at once): over the limit of executions running or
+    /// queued, a `cancel` or `fail` flow's new execution ends at once so; a
+    /// `queue` one waits, and [`Executions::claim`] takes it only when fewer
+    /// than the limit run.
     pub fn enqueue(
         &self,
         rec: &ExecutionRecord,
         inputs: &serde_json::Map<String, Value>,
         trigger: &Value,
         idempotency_key: Option<&str>,
+        concurrency: Option<Concurrency>,
+    ) -> Result<(ExecutionRecord, bool), RecordError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.err("begin queuing an execution"))?;
+        let mut rec = rec.clone();
+        let limit = concurrency.map(|c| c.limit as i64);
+        if let Some(c) = concurrency
+            && c.behavior != OverLimit::Queue
+        {
+            let busy: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM executions WHERE namespace = ?1 AND flow = ?2                      AND status IN ('queued', 'running')",
+                    params![rec.namespace, rec.flow],
+                    |r| r.get(0),
+                )
+                .map_err(self.err("count the flow's executions"))?;
+            if busy >= c.limit as i64 {
+                let (status, word) = match c.behavior {
+                    OverLimit::Fail => ("failed", "fail"),
+                    _ => ("cancelled", "cancel"),
+                };
+                rec.status = status.into();
+                rec.ended = Some(crate::audit::now_rfc3339());
+                let why = format!(
+                    "not run: {busy} execution(s) of the flow were running or queued, its concurrency limit is {}                      (behavior: {word})",
+                    c.limit
+                );
+                for t in &mut rec.tasks {
+                    t.status = TaskStatus::Skipped;
+                    t.skipped = Some(why.clone());
+                }
+            }
+        }
+        let done = self.insert(&tx, &rec, inputs, trigger, idempotency_key, limit);
+        tx.commit().map_err(self.err("queue an execution"))?;
+        done
+    }
+
+    fn insert(
+        &self,
+        conn: &Connection,
+        rec: &ExecutionRecord,
+        inputs: &serde_json::Map<String, Value>,
+        trigger: &Value,
+        idempotency_key: Option<&str>,
+        limit: Option<i64>,
     ) -> Result<(ExecutionRecord, bool), RecordError> {
         let tasks = serde_json::to_string(&rec.tasks).expect("records encode");
         let inputs = serde_json::to_string(inputs).expect("inputs encode");
         let trigger = serde_json::to_string(trigger).expect("trigger data encodes");
-        let done = self.conn.execute(
+        let done = conn.execute(
             "INSERT INTO executions (id, flow, namespace, source, status, started, ended, tasks, inputs, revision, \
-             trigger, created_by, idempotency_key, trigger_data) \
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, NULL, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             trigger, created_by, idempotency_key, trigger_data, concurrency_limit) \
+             VALUES (?1, ?2, ?3, ?4, ?13, ?5, ?14, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?15)",
             params![
                 rec.id,
                 rec.flow,
@@ -265,7 +342,10 @@ impl Executions {
                 rec.trigger,
                 rec.created_by,
                 idempotency_key,
-                trigger
+                trigger,
+                rec.status,
+                rec.ended,
+                limit
             ],
         );
         match done {
@@ -273,8 +353,7 @@ impl Executions {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation && idempotency_key.is_some() =>
             {
-                let id: String = self
-                    .conn
+                let id: String = conn
                     .query_row("SELECT id FROM executions WHERE idempotency_key = ?1", [idempotency_key], |r| r.get(0))
                     .map_err(self.err("find an execution by its idempotency key"))?;
                 Ok((self.get(&id)?, false))
@@ -283,14 +362,17 @@ impl Executions {
         }
     }
 
-    /// Takes the oldest queued execution and marks it running (one SQL
-    /// statement: two workers never take the same one).
+    /// Takes the oldest queued execution that its flow's concurrency limit
+    /// lets run, and marks it running (one SQL statement: two workers never
+    /// take the same one, nor together exceed a limit).
     pub fn claim(&self, now: &str) -> Result<Option<Queued>, RecordError> {
         let id: Option<(String, Option<String>, Option<String>)> = self
             .conn
             .query_row(
                 "UPDATE executions SET status = 'running', started = ?1 WHERE id = \
-                 (SELECT id FROM executions WHERE status = 'queued' ORDER BY started, id LIMIT 1) \
+                 (SELECT q.id FROM executions q WHERE q.status = 'queued' AND (q.concurrency_limit IS NULL OR \
+                  (SELECT COUNT(*) FROM executions r WHERE r.status = 'running' AND r.namespace = q.namespace \
+                   AND r.flow = q.flow) < q.concurrency_limit) ORDER BY q.started, q.id LIMIT 1) \
                  RETURNING id, inputs, trigger_data",
                 [now],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

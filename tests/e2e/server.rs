@@ -1112,3 +1112,65 @@ fn the_readme_documents_every_route_with_its_permission() {
         }
     }
 }
+
+/// A flow's `concurrency` under 20 simultaneous starts from 4 clients and 3
+/// workers: `queue` never runs two at once and runs every one, oldest
+/// first; `cancel` and `fail` run exactly `limit` and end the rest at once.
+#[test]
+fn a_flows_concurrency_limit_is_exact_under_simultaneous_starts() {
+    let env = Env::new();
+    let nap = |secs: u64| json!({"action": "sleep", "secs": secs});
+    deploy_probe(&env, "ops", "serial", &[], nap(0), "concurrency: {limit: 1, behavior: queue}\n");
+    deploy_probe(&env, "ops", "single", &[], nap(3), "concurrency: {limit: 1, behavior: cancel}\n");
+    deploy_probe(&env, "ops", "pair", &[], nap(3), "concurrency: {limit: 2, behavior: fail}\n");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 3, &[]);
+    let burst = |flow: &str| -> Vec<String> {
+        std::thread::scope(|s| {
+            let clients: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let c = Client::new(&server);
+                        (0..5)
+                            .map(|_| {
+                                let (st, v) = c.call(
+                                    "POST",
+                                    &format!("/api/v1/executions/ops/{flow}"),
+                                    Some(&admin),
+                                    Some(&json!({})),
+                                );
+                                assert!(st == 201 || st == 200 || st == 202, "{st} {v}");
+                                v["id"].as_str().unwrap().to_owned()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            clients.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let c = Client::new(&server);
+    let ended = |ids: &[String]| -> Vec<Value> {
+        ids.iter().map(|id| wait_ended(&c, &admin, id, Duration::from_secs(120))).collect()
+    };
+
+    let recs = ended(&burst("serial"));
+    assert!(recs.iter().all(|r| r["status"] == "succeeded"), "every queued one ran");
+    // Never two at once: the intervals [started, ended] do not overlap.
+    let mut spans: Vec<(String, String)> =
+        recs.iter().map(|r| (r["started"].as_str().unwrap().into(), r["ended"].as_str().unwrap().into())).collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "two executions ran at once: {w:?}");
+    }
+
+    for (flow, limit, over) in [("single", 1, "cancelled"), ("pair", 2, "failed")] {
+        let recs = ended(&burst(flow));
+        let ran = recs.iter().filter(|r| r["status"] == "succeeded").count();
+        let refused = recs.iter().filter(|r| r["status"] == over).count();
+        assert_eq!((ran, refused), (limit, 20 - limit), "{flow}: {recs:#?}");
+        let why =
+            recs.iter().find(|r| r["status"] == over).unwrap()["tasks"][0]["skipped"].as_str().unwrap().to_owned();
+        assert!(why.contains(&format!("its concurrency limit is {limit}")), "{why}");
+    }
+}

@@ -175,6 +175,7 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler:
         plan: keyhole::plan::Plan::sequential(1),
         max_parallel: 1,
         timeout: None,
+        concurrency: None,
         triggers: Vec::new(),
         on_interrupt: Default::default(),
         source: args.plugin.display().to_string(),

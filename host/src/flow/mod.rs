@@ -68,6 +68,10 @@ pub struct FlowDoc {
     /// `finally` run, and the execution fails.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Most executions of this flow running at once, on a server, and what a new one does when
+    /// that many are running or waiting.
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
     /// What starts the flow on a server by itself: schedules and webhooks.
     #[serde(default)]
     pub triggers: Vec<TriggerDoc>,
@@ -170,6 +174,8 @@ pub struct TaskDoc {
     #[serde(default)]
     pub description: Option<String>,
 }
+
+pub use crate::executions::{Concurrency, OverLimit};
 
 /// A loop as written: `{values: "{{ inputs.regions }}", concurrency: 4}`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -314,6 +320,8 @@ pub struct Flow {
     pub max_parallel: usize,
     /// Wall time of the whole execution.
     pub timeout: Option<std::time::Duration>,
+    /// Executions of it at once (on a server).
+    pub concurrency: Option<Concurrency>,
     /// Schedules and webhooks.
     pub triggers: Vec<Trigger>,
     /// What a server does with an execution its crash or stop cut off.
@@ -543,6 +551,11 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
     let flow_retry = doc.retry.as_ref().map(Retry::check).transpose().map_err(|e| c.error("retry", e)).ok().flatten();
     let timeout =
         doc.timeout.as_deref().map(parse_duration).transpose().map_err(|e| c.error("timeout", e)).ok().flatten();
+    if let Some(cc) = &doc.concurrency
+        && !(1..=1000).contains(&cc.limit)
+    {
+        c.error("concurrency", format!("limit is 1 to 1000, not {}", cc.limit));
+    }
     let max_parallel = doc.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL);
     if !(1..=64).contains(&max_parallel) {
         c.error("max_parallel", format!("is 1 to 64, not {max_parallel}"));
@@ -609,6 +622,7 @@ fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), D
         plan,
         max_parallel,
         timeout,
+        concurrency: doc.concurrency,
         triggers,
         on_interrupt: doc.on_interrupt,
         source: file.to_owned(),

@@ -1175,7 +1175,8 @@ pub fn queue_execution(
         .detail_field("execution", id.to_string())
         .detail_field("trigger", trigger.as_str());
     app.record(rec).map_err(audit_failed)?;
-    let (rec, created) = app.records().enqueue(&record, &inputs, &origin.context, origin.idempotency_key.as_deref())?;
+    let key = origin.idempotency_key.as_deref();
+    let (rec, created) = app.records().enqueue(&record, &inputs, &origin.context, key, flow.concurrency)?;
     if created {
         app.wake();
     }

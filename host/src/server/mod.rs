@@ -248,6 +248,7 @@ impl App {
         let ns = Namespace::new(&r.namespace).unwrap_or_default();
         let flow = r.revision.and_then(|rev| Some((rev, self.registry().revision(&ns, &r.flow, rev).ok()?)));
         let requeue = flow.filter(|(_, f)| f.on_interrupt == OnInterrupt::Requeue);
+        let concurrency = requeue.as_ref().and_then(|(_, f)| f.concurrency);
         let key = format!("requeue:{}", r.id);
         let mut again =
             requeue.map(|(rev, f)| api::queued_record(&f, rev, &format!("requeue:{}", r.id), "host serve (requeue)"));
@@ -266,7 +267,7 @@ impl App {
         if let Some(new) = again {
             // Same inputs and trigger data; keyed by the old id, so at most once.
             let (inputs, trigger) = self.records().queued_with(&r.id).unwrap_or_default();
-            match self.records().enqueue(&new, &inputs, &trigger, Some(&key)) {
+            match self.records().enqueue(&new, &inputs, &trigger, Some(&key), concurrency) {
                 Ok(_) => self.wake(),
                 Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),
             }
