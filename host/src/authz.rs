@@ -51,6 +51,9 @@ pub enum Permission {
     /// Cancel executions.
     #[serde(rename = "execution:cancel")]
     ExecutionCancel,
+    /// Approve or reject a task waiting at an approval gate.
+    #[serde(rename = "execution:approve")]
+    ExecutionApprove,
     /// Read and verify the audit trail.
     #[serde(rename = "audit:read")]
     AuditRead,
@@ -67,7 +70,7 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission, in a fixed order.
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::SecretList,
         Permission::SecretWrite,
         Permission::SecretRevoke,
@@ -77,6 +80,7 @@ impl Permission {
         Permission::ExecutionCreate,
         Permission::ExecutionRead,
         Permission::ExecutionCancel,
+        Permission::ExecutionApprove,
         Permission::AuditRead,
         Permission::BackendManage,
         Permission::TokenManage,
@@ -95,6 +99,7 @@ impl Permission {
             Permission::ExecutionCreate => "execution:create",
             Permission::ExecutionRead => "execution:read",
             Permission::ExecutionCancel => "execution:cancel",
+            Permission::ExecutionApprove => "execution:approve",
             Permission::AuditRead => "audit:read",
             Permission::BackendManage => "backend:manage",
             Permission::TokenManage => "token:manage",
@@ -152,13 +157,14 @@ pub fn builtin(name: &str) -> Option<Role> {
         "developer" => vec![FlowRead, FlowDeploy, ExecutionCreate, ExecutionRead, ExecutionCancel],
         "runner" => vec![FlowRead, ExecutionCreate, ExecutionRead],
         "auditor" => vec![AuditRead, ExecutionRead, SecretList],
+        "approver" => vec![ExecutionRead, ExecutionApprove],
         _ => return None,
     };
     Some(Role { name: name.to_owned(), allow, deny: Vec::new() })
 }
 
 /// The names of the built-in roles.
-pub const BUILTIN_ROLES: [&str; 5] = ["admin", "secret-manager", "developer", "runner", "auditor"];
+pub const BUILTIN_ROLES: [&str; 6] = ["admin", "secret-manager", "developer", "runner", "auditor", "approver"];
 
 /// Whether `name` may name a custom role: 1 to 64 of `a-z 0-9 - _`, not a
 /// built-in name.

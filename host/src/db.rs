@@ -105,6 +105,18 @@ const EXECUTIONS_SCHEMA: &str = "
         trigger_data TEXT,
         concurrency_limit INTEGER
     );
+    CREATE TABLE IF NOT EXISTS approvals (
+        execution TEXT NOT NULL,
+        task TEXT NOT NULL,
+        permission TEXT NOT NULL,
+        distinct_from_trigger INTEGER NOT NULL,
+        requested TEXT NOT NULL,
+        decision TEXT,
+        decided_by TEXT,
+        comment TEXT,
+        decided TEXT,
+        PRIMARY KEY (execution, task)
+    );
     CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow, started);
     CREATE INDEX IF NOT EXISTS executions_queue ON executions (status, started);
     CREATE UNIQUE INDEX IF NOT EXISTS executions_idempotency ON executions (idempotency_key)
@@ -276,8 +288,17 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
         step(conn, path, 5, LEASE_SCHEMA)?;
     }
     if (1..=6).contains(&version) {
-        // keyhole 0.7: a flow's limit on executions running at once.
-        return step(conn, path, 6, "ALTER TABLE executions ADD COLUMN concurrency_limit INTEGER;");
+        // keyhole 0.7: a flow's limit on executions running at once, and approval gates.
+        return step(
+            conn,
+            path,
+            6,
+            "ALTER TABLE executions ADD COLUMN concurrency_limit INTEGER;
+             CREATE TABLE IF NOT EXISTS approvals (
+                 execution TEXT NOT NULL, task TEXT NOT NULL, permission TEXT NOT NULL,
+                 distinct_from_trigger INTEGER NOT NULL, requested TEXT NOT NULL, decision TEXT,
+                 decided_by TEXT, comment TEXT, decided TEXT, PRIMARY KEY (execution, task));",
+        );
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
     conn.execute_batch(&format!(

@@ -142,6 +142,10 @@ pub enum TaskFailure {
     /// The execution was cancelled while the task ran.
     #[error("cancelled while running")]
     Cancelled,
+    /// Its approval gate was rejected, timed out, or the execution was
+    /// cancelled while it waited.
+    #[error("not approved: {0}")]
+    Rejected(String),
     /// The flow's own `timeout` passed while the task ran.
     #[error("stopped: the flow's timeout of {0:?} passed (raise `timeout:` at the top of the flow)")]
     FlowTimeout(Duration),

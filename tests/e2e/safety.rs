@@ -597,6 +597,7 @@ fn downgrade_to_0_1(db: &Path) {
          ALTER TABLE executions DROP COLUMN log;
          ALTER TABLE executions DROP COLUMN trigger_data;
          ALTER TABLE executions DROP COLUMN concurrency_limit;
+         DROP TABLE IF EXISTS approvals;
          DROP TABLE IF EXISTS schedule_state;
          DROP TABLE IF EXISTS leases;
          DROP TABLE IF EXISTS tokens;

@@ -1174,3 +1174,124 @@ fn a_flows_concurrency_limit_is_exact_under_simultaneous_starts() {
         assert!(why.contains(&format!("its concurrency limit is {limit}")), "{why}");
     }
 }
+
+/// An approval gate: the execution pauses before the gated task (none of
+/// its secrets read), a decider needs `execution:approve` and, with
+/// `distinct_from_trigger`, must not be who started it; a rejection skips
+/// the task and runs `finally:`; no decision in time is a rejection.
+#[test]
+fn an_approval_gate_pauses_the_execution_until_another_principal_decides() {
+    let env = Env::new();
+    env.set_secret("prod", "DEPLOY_KEY", "deploy-key-secret-31");
+    let probe = component(Plugin::Probe);
+    let file = env.home().join("release.yaml");
+    let flow = |timeout: &str| {
+        format!(
+            "id: release\nnamespace: prod\ntasks:\n  - id: build\n    plugin: '{p}'\n    input: {{action: context}}\n  \
+             - id: deploy\n    plugin: '{p}'\n    secrets: [DEPLOY_KEY]\n    \
+               approval: {{distinct_from_trigger: true, timeout: {timeout}}}\n    \
+               input: {{action: get, names: [DEPLOY_KEY]}}\nfinally:\n  \
+             - {{id: clean, plugin: '{p}', input: {{action: context}}}}\n",
+            p = probe.display()
+        )
+    };
+    std::fs::write(&file, flow("1h")).unwrap();
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+    env.run(&[
+        "role",
+        "create",
+        "releaser",
+        "--allow",
+        "execution:create",
+        "--allow",
+        "execution:read",
+        "--allow",
+        "execution:approve",
+    ])
+    .expect_code(0);
+    let releaser = token(&env, "rel", "releaser", "prod", &[]);
+    let runner = token(&env, "run", "runner", "prod", &[]);
+    let approver = token(&env, "ann", "approver", "prod", &[]);
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    let start = |tok: &str| {
+        let (s, v) = c.call("POST", "/api/v1/executions/prod/release", Some(tok), Some(&json!({})));
+        assert!(s == 201 || s == 202, "{s} {v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let paused = |id: &str| {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, rec) = c.call("GET", &format!("/api/v1/executions/{id}"), Some(&admin), None);
+            if rec["status"] == "paused" {
+                return rec;
+            }
+            assert!(Instant::now() < end, "never paused: {rec}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let decide = |tok: &str, id: &str, verb: &str| {
+        c.call(
+            "POST",
+            &format!("/api/v1/executions/{id}/{verb}"),
+            Some(tok),
+            Some(&json!({"task": "deploy", "comment": "ok by me"})),
+        )
+    };
+    let reads = || env.run(&["audit", "list", "--action", "secret.read", "--json"]).json().as_array().unwrap().len();
+
+    let id = start(&releaser);
+    let rec = paused(&id);
+    assert_eq!(
+        (rec["tasks"][0]["status"].as_str(), rec["tasks"][1]["status"].as_str()),
+        (Some("succeeded"), Some("waiting"))
+    );
+    assert_eq!(reads(), 0, "the gated task's secret was read before approval");
+    // Without the permission; then the one who started it.
+    assert_eq!(decide(&runner, &id, "approve").0, 403);
+    let (s, v) = decide(&releaser, &id, "approve");
+    assert_eq!(s, 403, "{v}");
+    assert!(v.to_string().contains("distinct_from_trigger"), "{v}");
+    let (s, v) = decide(&approver, &id, "approve");
+    assert_eq!(s, 200, "{v}");
+    let rec = wait_ended(&c, &admin, &id, Duration::from_secs(30));
+    assert_eq!(rec["status"], "succeeded", "{rec}");
+    assert!(rec["tasks"][1]["approval"].as_str().unwrap().starts_with("approved by ann (tok-"), "{rec}");
+    assert_eq!(reads(), 1);
+    assert_eq!(decide(&approver, &id, "approve").0, 409, "decided once");
+    // The decision precedes the read in the audit trail, with who decided.
+    let r = env.run(&["audit", "list", "--json"]).json();
+    let seq = |action: &str| r.as_array().unwrap().iter().position(|x| x["action"] == action).unwrap();
+    assert!(seq("execution.approve") < seq("secret.read"), "{r:#}");
+    let denied =
+        r.as_array().unwrap().iter().filter(|x| x["action"] == "execution.approve" && x["outcome"] == "denied").count();
+    assert_eq!(denied, 1, "the starter's refused approval is audited");
+
+    // Rejected: the task does not run, `finally:` does.
+    let id = start(&runner);
+    paused(&id);
+    let (s, _) = decide(&approver, &id, "reject");
+    assert_eq!(s, 200);
+    let rec = wait_ended(&c, &admin, &id, Duration::from_secs(30));
+    assert_eq!(rec["status"], "failed", "{rec}");
+    assert_eq!(rec["tasks"][1]["status"], "skipped");
+    assert!(rec["tasks"][1]["skipped"].as_str().unwrap().contains("rejected by ann"), "{rec}");
+    assert_eq!(rec["tasks"][2]["status"], "succeeded", "finally ran: {rec}");
+    assert_eq!(reads(), 1, "a rejected task reads nothing");
+
+    // Nobody decides in time: rejected.
+    std::fs::write(&file, flow("1s")).unwrap();
+    env.run_with(
+        env.host()
+            .args(["flow", "deploy", file.to_str().unwrap()])
+            .env("KEYHOLE_ADDR", &server.base)
+            .env("KEYHOLE_TOKEN", &admin),
+        b"",
+    )
+    .expect_code(0);
+    let id = start(&runner);
+    let rec = wait_ended(&c, &admin, &id, Duration::from_secs(30));
+    assert!(rec["tasks"][1]["skipped"].as_str().unwrap().contains("no decision within"), "{rec}");
+    assert_eq!(decide(&approver, &id, "approve").0, 409, "too late");
+}

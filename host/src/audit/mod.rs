@@ -204,6 +204,12 @@ pub enum Action {
     /// An execution was cancelled.
     #[serde(rename = "execution.cancel")]
     ExecutionCancel,
+    /// A task waiting at an approval gate was approved.
+    #[serde(rename = "execution.approve")]
+    ExecutionApprove,
+    /// A task waiting at an approval gate was rejected (or its wait timed out).
+    #[serde(rename = "execution.reject")]
+    ExecutionReject,
     /// An execution was cut off by a server stop or crash (`detail.requeued` says what followed).
     #[serde(rename = "execution.interrupt")]
     ExecutionInterrupt,
@@ -264,6 +270,8 @@ impl Action {
             Action::FlowRemove => "flow.rm",
             Action::ExecutionCreate => "execution.create",
             Action::ExecutionCancel => "execution.cancel",
+            Action::ExecutionApprove => "execution.approve",
+            Action::ExecutionReject => "execution.reject",
             Action::ExecutionInterrupt => "execution.interrupt",
             Action::ApiDenied => "api.denied",
             Action::AuthFailed => "auth.failed",

@@ -167,6 +167,7 @@ pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler:
             allow_failure: false,
             condition: None,
             for_each: None,
+            approval: None,
             limits: Limits { memory, timeout: args.timeout, output: args.max_output },
             network,
             input,

@@ -124,6 +124,23 @@ pub(crate) enum ExecutionsCommand {
         /// Execution id.
         id: String,
     },
+    /// Approve a task waiting at its approval gate: it runs.
+    Approve(Decide),
+    /// Reject a task waiting at its approval gate: it does not run; `finally:` does.
+    Reject(Decide),
+}
+
+/// Which gate, and why.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Decide {
+    /// Execution id (`host executions list` shows `paused` ones).
+    id: String,
+    /// The waiting task.
+    #[arg(long)]
+    task: String,
+    /// Why: kept in the audit record and the execution record.
+    #[arg(long)]
+    comment: Option<String>,
 }
 
 pub(crate) fn parse_input_pair(s: &str) -> Result<(String, String), String> {
@@ -278,7 +295,26 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
     }
     let records = Executions::open(&dir.store_path())?;
     let mut out = std::io::stdout().lock();
+    let decide = |d: Decide, approved: bool| -> Result<(), Exit> {
+        let id: ExecutionId = d.id.parse().map_err(|e| fail(USAGE, e))?;
+        let actor = keyhole::audit::Actor::current_user();
+        let may = |_: keyhole::authz::Permission, _: &keyhole::names::Namespace| true;
+        let decider = keyhole::executions::Decider { actor: &actor, who: None, may: &may };
+        let mut store = open_store(dir)?;
+        let record = |rec: keyhole::audit::NewRecord| store.record(&rec).map(drop).map_err(|e| e.to_string());
+        keyhole::executions::decide_gate(&records, &decider, id.as_str(), &d.task, approved, d.comment, record)
+            .map_err(|e| match e {
+                keyhole::executions::GateError::Denied(m) | keyhole::executions::GateError::NotWaiting(m) => {
+                    fail(USAGE, anyhow::anyhow!(m))
+                }
+                e => fail(HOST, anyhow::Error::from(e)),
+            })?;
+        eprintln!("task {} of execution {id}: {}", d.task, if approved { "approved" } else { "rejected" });
+        Ok(())
+    };
     match cmd {
+        ExecutionsCommand::Approve(d) => return decide(d, true),
+        ExecutionsCommand::Reject(d) => return decide(d, false),
         ExecutionsCommand::List { flow, limit, json } => {
             let list = records.list(flow.as_deref(), limit)?;
             if json {
@@ -445,6 +481,18 @@ fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Resul
         ExecutionsCommand::Follow { id, json } => {
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
             remote_follow(r, id.as_str(), json)
+        }
+        cmd @ (ExecutionsCommand::Approve(_) | ExecutionsCommand::Reject(_)) => {
+            let (d, verb) = match cmd {
+                ExecutionsCommand::Approve(d) => (d, "approve"),
+                ExecutionsCommand::Reject(d) => (d, "reject"),
+                _ => unreachable!("matched above"),
+            };
+            let id: ExecutionId = d.id.parse().map_err(|e| fail(USAGE, e))?;
+            let body = serde_json::json!({ "task": d.task, "comment": d.comment });
+            r.send(&format!("{verb} task {}", d.task), "POST", &format!("/api/v1/executions/{id}/{verb}"), &body, &[])?;
+            eprintln!("task {} of execution {id}: {verb}d", d.task);
+            Ok(())
         }
         ExecutionsCommand::Cancel { id } => {
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;

@@ -5,7 +5,7 @@
 //! Invariant: there is no expression for a secret; a task's output is
 //! reachable only from tasks downstream of it.
 
-use super::Checker;
+use super::check::Checker;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 

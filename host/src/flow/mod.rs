@@ -9,6 +9,7 @@
 //! no `secret()` expression, and task outputs are masked before they can be
 //! referenced by later tasks.
 
+mod check;
 mod expr;
 
 use crate::limits::Limits;
@@ -17,7 +18,7 @@ use crate::names::{FlowId, Namespace, SecretName, TaskId};
 use crate::network::{NetworkDoc, NetworkPolicy};
 use crate::policy::Grants;
 use crate::trigger::{Trigger, TriggerDoc, TriggerKind};
-use expr::{Context, check_expressions};
+use check::{check, kind_matches};
 pub use expr::{Scope, render, truthy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -161,6 +162,9 @@ pub struct TaskDoc {
     /// Run once per value (`{{ item }}` in the input); the output is the list of outputs, in order.
     #[serde(default)]
     pub for_each: Option<ForEachDoc>,
+    /// Wait, before this task runs (and reads any secret), for a person to approve it.
+    #[serde(default)]
+    pub approval: Option<ApprovalDoc>,
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsDoc,
@@ -176,6 +180,32 @@ pub struct TaskDoc {
 }
 
 pub use crate::executions::{Concurrency, OverLimit};
+
+/// An approval gate as written: `{permission: execution:approve, timeout: 24h, distinct_from_trigger: true}`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDoc {
+    /// What a decider needs in the flow's namespace (default `execution:approve`).
+    #[serde(default)]
+    pub permission: Option<String>,
+    /// How long to wait for a decision (default 24h); then the task is rejected.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// The one who started the execution may not decide.
+    #[serde(default)]
+    pub distinct_from_trigger: bool,
+}
+
+/// A checked approval gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Approval {
+    /// What a decider needs.
+    pub permission: crate::authz::Permission,
+    /// How long to wait.
+    pub timeout: std::time::Duration,
+    /// The one who started it may not decide.
+    pub distinct_from_trigger: bool,
+}
 
 /// A loop as written: `{values: "{{ inputs.regions }}", concurrency: 4}`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -353,6 +383,8 @@ pub struct FlowTask {
     pub condition: Option<String>,
     /// Run once per value.
     pub for_each: Option<ForEach>,
+    /// Wait for a decision before running.
+    pub approval: Option<Approval>,
     /// Limits.
     pub limits: Limits,
     /// Outbound HTTP.
@@ -500,287 +532,6 @@ fn too_deep(text: &str) -> Option<(usize, usize)> {
     None
 }
 
-struct Checker<'a> {
-    file: &'a str,
-    found: Vec<Diagnostic>,
-}
-
-impl Checker<'_> {
-    fn error(&mut self, where_: impl fmt::Display, message: impl Into<String>) {
-        self.found.push(Diagnostic {
-            severity: Severity::Error,
-            location: format!("{}: {where_}", self.file),
-            message: message.into(),
-        });
-    }
-}
-
-fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), Diagnostics> {
-    let mut c = Checker { file, found: Vec::new() };
-    let id = TaskId::new(&doc.id).map_err(|e| c.error("id", e.to_string())).ok();
-    let namespace = Namespace::new(&doc.namespace).map_err(|e| c.error("namespace", e.to_string())).ok();
-    let mut input_ids = HashSet::new();
-    for i in &doc.inputs {
-        if TaskId::new(&i.id).is_err() {
-            c.error(format!("input {:?}", i.id), "input ids may contain only ASCII letters, digits, '_' and '-'");
-        }
-        if !input_ids.insert(i.id.clone()) {
-            c.error(format!("input {}", i.id), "duplicate input id");
-        }
-        if let Some(d) = &i.default
-            && !kind_matches(i.kind, d)
-        {
-            c.error(format!("input {}", i.id), format!("default {d} is not of type {:?}", i.kind));
-        }
-    }
-    if doc.tasks.is_empty() {
-        c.error("tasks", "a flow needs at least one task");
-    }
-    let (triggers, trigger_errors) = crate::trigger::check(&doc.triggers);
-    for (at, message) in trigger_errors {
-        c.error(at, message);
-    }
-    if !doc.triggers.is_empty() {
-        for i in doc.inputs.iter().filter(|i| i.required && i.default.is_none()) {
-            c.error(
-                format!("input {}", i.id),
-                "the flow has triggers, which start it without inputs: give this input a default",
-            );
-        }
-    }
-    let flow_retry = doc.retry.as_ref().map(Retry::check).transpose().map_err(|e| c.error("retry", e)).ok().flatten();
-    let timeout =
-        doc.timeout.as_deref().map(parse_duration).transpose().map_err(|e| c.error("timeout", e)).ok().flatten();
-    if let Some(cc) = &doc.concurrency
-        && !(1..=1000).contains(&cc.limit)
-    {
-        c.error("concurrency", format!("limit is 1 to 1000, not {}", cc.limit));
-    }
-    let max_parallel = doc.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL);
-    if !(1..=64).contains(&max_parallel) {
-        c.error("max_parallel", format!("is 1 to 64, not {max_parallel}"));
-    }
-    let phases = [
-        (Phase::Main, "tasks", &doc.tasks),
-        (Phase::Errors, "errors", &doc.errors),
-        (Phase::Finally, "finally", &doc.finally),
-    ];
-    // Ids are unique across the three lists: outputs and records name them.
-    let mut ids: Vec<&str> = Vec::new();
-    for (_, _, list) in &phases {
-        for t in list.iter() {
-            if ids.contains(&t.id.as_str()) {
-                c.error(format!("task {}", t.id), "duplicate task id: task ids must be unique in a flow");
-            }
-            ids.push(&t.id);
-        }
-    }
-    let plan = main_plan(&mut c, &doc.tasks);
-    let main_ids: Vec<String> = doc.tasks.iter().map(|t| t.id.clone()).collect();
-    let mut tasks = Vec::new();
-    for (phase, list_name, list) in phases {
-        for (i, t) in list.iter().enumerate() {
-            let where_ = format!("task {}", t.id);
-            if phase != Phase::Main && t.depends_on.is_some() {
-                c.error(&where_, format!("depends_on: `{list_name}:` tasks run in order; depends_on is for `tasks:`"));
-            }
-            // Whose outputs it may read: its upstream tasks; an `errors:` or
-            // `finally:` task, any of `tasks:` that ran and those before it.
-            let before: Vec<String> = match (phase, &plan) {
-                (Phase::Main, Some(p)) => p.upstream(i).into_iter().map(|u| main_ids[u].clone()).collect(),
-                (Phase::Main, None) => Vec::new(),
-                (Phase::Errors, _) => main_ids.iter().chain(doc.errors[..i].iter().map(|t| &t.id)).cloned().collect(),
-                (Phase::Finally, _) => main_ids
-                    .iter()
-                    .chain(doc.errors.iter().map(|t| &t.id))
-                    .chain(doc.finally[..i].iter().map(|t| &t.id))
-                    .cloned()
-                    .collect(),
-            };
-            let ctx = Context {
-                inputs: &input_ids,
-                triggers: !doc.triggers.is_empty(),
-                error: phase != Phase::Main,
-                item: t.for_each.is_some(),
-            };
-            if let Some(task) = check_task(&mut c, t, phase, base, &triggers, &ctx, &before, flow_retry) {
-                tasks.push(task);
-            }
-        }
-    }
-    let diags = Diagnostics(c.found);
-    if diags.has_errors() {
-        return Err(diags);
-    }
-    let (Some(id), Some(namespace)) = (id, namespace) else { unreachable!("errors were reported above") };
-    let plan = plan.expect("errors were reported above");
-    let flow = Flow {
-        id,
-        namespace,
-        inputs: doc.inputs,
-        tasks,
-        plan,
-        max_parallel,
-        timeout,
-        concurrency: doc.concurrency,
-        triggers,
-        on_interrupt: doc.on_interrupt,
-        source: file.to_owned(),
-    };
-    Ok((flow, diags))
-}
-
-/// The order of `tasks:`: file order when no task says `depends_on`, else
-/// the graph it draws (unknown ids and cycles are errors).
-fn main_plan(c: &mut Checker<'_>, tasks: &[TaskDoc]) -> Option<crate::plan::Plan> {
-    if tasks.iter().all(|t| t.depends_on.is_none()) {
-        return Some(crate::plan::Plan::sequential(tasks.len()));
-    }
-    let index = |id: &str| tasks.iter().position(|t| t.id == id);
-    let mut deps = Vec::new();
-    let mut ok = true;
-    for t in tasks {
-        let mut mine = Vec::new();
-        for d in t.depends_on.iter().flatten() {
-            match index(d) {
-                Some(j) => mine.push(j),
-                None => {
-                    ok = false;
-                    c.error(format!("task {}", t.id), format!("depends_on: no task `{d}` in `tasks:`"));
-                }
-            }
-        }
-        deps.push(mine);
-    }
-    if !ok {
-        return None;
-    }
-    match crate::plan::Plan::new(deps) {
-        Ok(p) => Some(p),
-        Err(cycle) => {
-            let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].id.as_str()).collect();
-            c.error(
-                format!("task {}", names[0]),
-                format!("depends_on: these tasks wait for each other, so none can start: {}", names.join(" -> ")),
-            );
-            None
-        }
-    }
-}
-
-/// One task checked; `None` if it has errors (reported).
-#[allow(clippy::too_many_arguments)]
-fn check_task(
-    c: &mut Checker<'_>,
-    t: &TaskDoc,
-    phase: Phase,
-    base: &Path,
-    triggers: &[Trigger],
-    ctx: &Context<'_>,
-    before: &[String],
-    flow_retry: Option<Retry>,
-) -> Option<FlowTask> {
-    let where_ = format!("task {}", t.id);
-    let tid = TaskId::new(&t.id).map_err(|e| c.error(&where_, e.to_string())).ok();
-    let names = |list: &[String], what: &str, c: &mut Checker<'_>| {
-        let mut out = Vec::new();
-        for s in list {
-            match SecretName::new(s) {
-                Ok(n) => out.push(n),
-                Err(e) => c.error(&where_, format!("{what}: {e}")),
-            }
-        }
-        out
-    };
-    let grants = names(&t.secrets, "secrets", c);
-    let rotate = names(&t.rotate, "rotate", c);
-    let limits = limits(&t.limits).map_err(|e| c.error(format!("{where_}: limits"), e)).ok();
-    let network = t.network.policy(base).map_err(|e| c.error(format!("{where_}: network"), e)).ok();
-    let retry = match &t.retry {
-        Some(r) => Retry::check(r).map(Some).map_err(|e| c.error(format!("{where_}: retry"), e)).ok(),
-        None => Some(flow_retry),
-    };
-    let sha256 = t.sha256.as_ref().map(|s| s.trim().to_ascii_lowercase());
-    if let Some(s) = &sha256
-        && (s.len() != 64 || !s.chars().all(|ch| ch.is_ascii_hexdigit()))
-    {
-        c.error(&where_, format!("sha256 {s:?} is not 64 hex digits"));
-    }
-    for tr in triggers {
-        if let TriggerKind::Webhook(w) = &tr.kind
-            && (grants.contains(w.secret()) || rotate.contains(w.secret()))
-        {
-            c.error(
-                &where_,
-                format!(
-                    "secrets: {} authenticates webhook trigger {}; a task may not read it (use another secret)",
-                    w.secret(),
-                    tr.id
-                ),
-            );
-        }
-    }
-    check_expressions(c, &where_, "input", &t.input, ctx, before);
-    if let Some(cond) = &t.condition {
-        if !cond.contains("{{") {
-            c.error(&where_, format!("if: {cond:?} is not an expression: write it as \"{{{{ inputs.X }}}}\""));
-        }
-        check_expressions(c, &where_, "if", &Value::String(cond.clone()), ctx, before);
-    }
-    let for_each = t.for_each.as_ref().and_then(|f| {
-        let loop_ctx = Context { item: false, ..*ctx };
-        check_expressions(c, &where_, "for_each.values", &f.values, &loop_ctx, before);
-        let concurrency = f.concurrency.unwrap_or(1);
-        if !(1..=64).contains(&concurrency) {
-            c.error(&where_, format!("for_each.concurrency is 1 to 64, not {concurrency}"));
-            return None;
-        }
-        if !(f.values.is_array() || f.values.as_str().is_some_and(|s| s.contains("{{"))) {
-            c.error(&where_, "for_each.values is a list, or an expression such as \"{{ inputs.regions }}\"");
-            return None;
-        }
-        Some(ForEach { values: f.values.clone(), concurrency })
-    });
-    if t.for_each.is_some() && for_each.is_none() {
-        return None;
-    }
-    let (id, limits, network, retry) = (tid?, limits?, network?, retry?);
-    Some(FlowTask {
-        id,
-        plugin: base.join(&t.plugin),
-        sha256,
-        grants: Grants::new(grants),
-        rotate: Grants::new(rotate),
-        phase,
-        retry,
-        allow_failure: t.allow_failure,
-        condition: t.condition.clone(),
-        for_each,
-        limits,
-        network,
-        input: t.input.clone(),
-        literal_input: false,
-    })
-}
-
-fn kind_matches(kind: InputKind, v: &Value) -> bool {
-    match kind {
-        InputKind::String => v.is_string(),
-        InputKind::Number => v.is_number(),
-        InputKind::Boolean => v.is_boolean(),
-        InputKind::Json => true,
-    }
-}
-
-fn limits(l: &LimitsDoc) -> Result<Limits, String> {
-    let d = Limits::default();
-    Ok(Limits {
-        memory: l.memory.as_deref().map(parse_size).transpose()?.unwrap_or(d.memory),
-        timeout: l.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(d.timeout),
-        output: l.output.as_deref().map(parse_size).transpose()?.unwrap_or(d.output),
-    })
-}
-
 /// Turns `--input ID=TEXT` pairs into typed input values, applying defaults
 /// and checking required inputs.
 pub fn bind_inputs(flow: &Flow, given: &[(String, String)]) -> Result<Map<String, Value>, String> {
@@ -849,256 +600,4 @@ fn with_defaults(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn flow(text: &str) -> Result<(Flow, Diagnostics), Diagnostics> {
-        parse(text, "f.yaml", Path::new("/flows"))
-    }
-
-    fn errors(text: &str) -> String {
-        flow(text).unwrap_err().to_string()
-    }
-
-    const OK: &str = "
-id: nightly
-namespace: finance.reporting
-inputs:
-  - id: day
-    required: true
-tasks:
-  - id: sign
-    plugin: ../plugins/sign.wasm
-    secrets: [KEY]
-    limits: { memory: 32MiB, timeout: 5s }
-    input:
-      payload: 'report for {{ inputs.day }}'
-  - id: notify
-    plugin: notify.wasm
-    input:
-      signature: '{{ outputs.sign.signature }}'
-      whole: '{{ outputs.sign }}'
-      exec: '{{ execution.id }} {{ flow.id }} {{ flow.namespace }}'
-";
-
-    #[test]
-    fn a_good_flow_parses() {
-        let (f, d) = flow(OK).unwrap();
-        assert!(d.0.is_empty());
-        assert_eq!(f.tasks.len(), 2);
-        assert_eq!(f.tasks[0].plugin, Path::new("/flows/../plugins/sign.wasm"));
-        assert_eq!(f.tasks[0].limits.memory, 32 << 20);
-        assert_eq!(f.tasks[0].limits.timeout, std::time::Duration::from_secs(5));
-        assert!(f.tasks[1].grants.is_empty());
-    }
-
-    #[test]
-    fn unknown_fields_and_wrong_types_name_line_and_column() {
-        let e = errors("id: x\ntasks:\n  - id: a\n    plugn: a.wasm\n");
-        assert!(e.starts_with("error: f.yaml:4:5: tasks[0]: unknown field `plugn`"), "{e}");
-        let e = errors("id: x\ntasks:\n  - id: a\n    plugin: a.wasm\n    secrets: KEY\n");
-        assert!(e.contains("f.yaml:5:14") && e.contains("invalid type"), "{e}");
-    }
-
-    #[test]
-    fn semantic_errors_name_the_task() {
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm}\n  - {id: a, plugin: b.wasm}\n");
-        assert!(e.contains("task a: duplicate task id"), "{e}");
-        let e = errors(
-            "id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {v: '{{ outputs.b.x }}'}}\n  - {id: b, plugin: b.wasm}\n",
-        );
-        assert!(e.contains("f.yaml: task a: input.v: `outputs.b` refers to a task that does not run before"), "{e}");
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {v: '{{ inputs.nope }}'}}\n");
-        assert!(e.contains("`inputs.nope` is not a declared input"), "{e}");
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, limits: {memory: '64'}}\n");
-        assert!(e.contains("task a: limits") && e.contains("needs a unit"), "{e}");
-    }
-
-    #[test]
-    fn secret_expressions_are_rejected_with_guidance() {
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {k: \"{{ secret('DB') }}\"}}\n");
-        assert!(
-            e.contains("secrets: [NAME]") && e.contains("secrets::get(\\\"NAME\\\")")
-                || e.contains("secrets::get(\"NAME\")"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn rendering_keeps_types_and_interpolates() {
-        let scope = Scope {
-            inputs: json!({"day": "2026-11-27", "n": 3}).as_object().unwrap().clone(),
-            outputs: json!({"sign": {"signature": "sha256=ab", "list": [1, {"x": true}]}}).as_object().unwrap().clone(),
-            execution_id: "e1".into(),
-            flow_id: "f".into(),
-            namespace: "ns".into(),
-            trigger: json!({"type": "webhook", "id": "gh", "body": {"ref": "main"}, "headers": {"X-GitHub-Event": "push"}}),
-            error: json!({"task": "sign", "message": "boom"}),
-            item: Value::Null,
-        };
-        let t = json!({
-            "a": "{{ inputs.n }}",
-            "b": "n={{ inputs.n }} day={{inputs.day}}",
-            "c": "{{ outputs.sign.list[1].x }}",
-            "d": ["{{ execution.id }}", "{{ flow.id }}/{{ flow.namespace }}"],
-            "e": 5,
-            "t": "{{ trigger.headers.X-GitHub-Event }} on {{ trigger.body.ref }}",
-            "err": "{{ error.task }}: {{ error.message }}"
-        });
-        assert_eq!(
-            render(&t, &scope).unwrap(),
-            json!({"a": 3, "b": "n=3 day=2026-11-27", "c": true, "d": ["e1", "f/ns"], "e": 5, "t": "push on main",
-                   "err": "sign: boom"})
-        );
-        let e = render(&json!("{{ outputs.sign.nope }}"), &scope).unwrap_err();
-        assert_eq!(e, "the output of task `sign` has no field `nope`");
-    }
-
-    #[test]
-    fn a_dag_is_checked_for_unknown_ids_cycles_and_upstream_outputs() {
-        let t = |id: &str, extra: &str| format!("  - {{id: {id}, plugin: a.wasm{extra}}}\n");
-        let e = errors(&format!("id: x\ntasks:\n{}{}", t("a", ", depends_on: [nope]"), t("b", "")));
-        assert!(e.contains("task a: depends_on: no task `nope` in `tasks:`"), "{e}");
-        let e = errors(&format!(
-            "id: x\ntasks:\n{}{}{}",
-            t("a", ", depends_on: [c]"),
-            t("b", ", depends_on: [a]"),
-            t("c", ", depends_on: [b]")
-        ));
-        assert!(e.contains("these tasks wait for each other") && e.contains("->"), "{e}");
-        // b and c both follow a, but c may not read b's output: they may run at once.
-        let e = errors(&format!(
-            "id: x\ntasks:\n{}{}{}",
-            t("a", ""),
-            t("b", ", depends_on: [a]"),
-            t("c", ", depends_on: [a], input: {v: '{{ outputs.b.x }}'}")
-        ));
-        assert!(e.contains("task c: input.v: `outputs.b` refers to a task that does not run before this one"), "{e}");
-        let (f, _) = flow(&format!(
-            "id: x\nmax_parallel: 2\ntasks:\n{}{}{}",
-            t("a", ""),
-            t("b", ", depends_on: [a]"),
-            t("c", ", depends_on: [b], input: {v: '{{ outputs.a.x }}'}")
-        ))
-        .unwrap();
-        assert_eq!((f.max_parallel, f.plan.deps(2)), (2, &[1][..]));
-        // `error` only where there is one; errors/finally run in order.
-        let e = errors(&format!("id: x\ntasks:\n{}", t("a", ", input: {m: '{{ error.message }}'}")));
-        assert!(e.contains("`error` is the failure an `errors:` or `finally:` task handles"), "{e}");
-        let (f, _) = flow(&format!(
-            "id: x\ntasks:\n{}errors:\n{}finally:\n{}",
-            t("a", ""),
-            t("tell", ", input: {m: '{{ error.task }}: {{ error.message }}'}"),
-            t("clean", ", if: '{{ outputs.a.ok }}'")
-        ))
-        .unwrap();
-        let phases: Vec<Phase> = f.tasks.iter().map(|t| t.phase).collect();
-        assert_eq!(phases, [Phase::Main, Phase::Errors, Phase::Finally]);
-        let e = errors(&format!("id: x\ntasks:\n{}finally:\n{}", t("a", ""), t("a", "")));
-        assert!(e.contains("duplicate task id"), "{e}");
-        let e = errors(&format!("id: x\ntasks:\n{}finally:\n{}", t("a", ""), t("b", ", depends_on: [a]")));
-        assert!(e.contains("`finally:` tasks run in order"), "{e}");
-    }
-
-    #[test]
-    fn retry_policies_are_checked_and_back_off() {
-        let (f, _) = flow(
-            "id: x\nretry: {max_attempts: 2}\ntasks:\n  - {id: a, plugin: a.wasm}\n  - {id: b, plugin: a.wasm, retry: {type: exponential, max_attempts: 5, interval: 100ms, max_interval: 300ms}}\n",
-        )
-        .unwrap();
-        assert_eq!(f.tasks[0].retry.unwrap().max_attempts, 2, "the flow's default");
-        let r = f.tasks[1].retry.unwrap();
-        let waits: Vec<u128> = (1..=4).map(|a| r.delay(a).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 300, 300]);
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, retry: {max_attempts: 0}}\n");
-        assert!(e.contains("task a: retry: max_attempts is 1 to 100"), "{e}");
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, if: 'yes'}\n");
-        assert!(e.contains("is not an expression"), "{e}");
-        assert!(truthy(&json!("true")) && !truthy(&json!("false")) && !truthy(&json!(0)) && truthy(&json!([1])));
-    }
-
-    #[test]
-    fn rotate_grants_are_their_own_list() {
-        let (f, _) =
-            flow("id: x\ntasks:\n  - {id: a, plugin: a.wasm, secrets: [ADMIN], rotate: [SVC_PASSWORD]}\n").unwrap();
-        let names = |g: &Grants| g.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            (names(&f.tasks[0].grants), names(&f.tasks[0].rotate)),
-            (vec!["ADMIN".into()], vec!["SVC_PASSWORD".into()])
-        );
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, rotate: [\"../x\"]}\n");
-        assert!(e.contains("task a: rotate:"), "{e}");
-        let base = "id: x\ntriggers:\n  - {id: hook, webhook: {key_secret: HOOK_KEY}}\n";
-        let e = errors(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, rotate: [HOOK_KEY]}}\n"));
-        assert!(e.contains("HOOK_KEY authenticates webhook trigger hook"), "{e}");
-    }
-
-    #[test]
-    fn triggers_are_checked_with_the_flow() {
-        let base = "id: x\ntriggers:\n  - {id: hook, webhook: {key_secret: HOOK_KEY, headers: [X-Event]}}\n  - {id: nightly, schedule: {cron: '0 2 * * *', timezone: Europe/Paris, recover: last}}\n";
-        let (f, _) =
-            flow(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, input: {{b: '{{{{ trigger.body }}}}'}}}}\n"))
-                .unwrap();
-        assert_eq!(f.triggers.len(), 2);
-        // The webhook's key never reaches a task of the flow.
-        let e = errors(&format!("{base}tasks:\n  - {{id: a, plugin: a.wasm, secrets: [HOOK_KEY]}}\n"));
-        assert!(e.contains("task a: secrets: HOOK_KEY authenticates webhook trigger hook"), "{e}");
-        // A trigger gives no inputs: a required one needs a default.
-        let e =
-            errors(&format!("{base}inputs:\n  - {{id: day, required: true}}\ntasks:\n  - {{id: a, plugin: a.wasm}}\n"));
-        assert!(e.contains("input day: the flow has triggers"), "{e}");
-        // `trigger` means nothing in a flow without triggers.
-        let e = errors("id: x\ntasks:\n  - {id: a, plugin: a.wasm, input: {b: '{{ trigger.body }}'}}\n");
-        assert!(e.contains("declares no `triggers:`"), "{e}");
-        let e = errors(
-            "id: x\ntriggers:\n  - {id: t, schedule: {cron: '0 2 * * *', recover: sometimes}}\ntasks:\n  - {id: a, plugin: a.wasm}\n",
-        );
-        assert!(e.starts_with("error: f.yaml:3:") && e.contains("unknown variant `sometimes`"), "{e}");
-    }
-
-    #[test]
-    fn hostile_yaml_is_an_error_not_a_hang() {
-        let bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
-                    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n\
-                    g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\nid: x\ntasks: []\n";
-        assert!(flow(bomb).is_err());
-        let deep = format!(
-            "id: x\ntasks:\n  - id: a\n    plugin: a.wasm\n    input: {}{}\n",
-            "[".repeat(10_000),
-            "]".repeat(10_000)
-        );
-        let e = errors(&deep);
-        assert!(e.contains("f.yaml:5:76: brackets are nested deeper than 64 levels"), "{e}");
-    }
-
-    #[test]
-    fn inputs_are_typed_and_required() {
-        let (f, _) = flow("id: x\ninputs:\n  - {id: n, type: number, required: true}\n  - {id: b, type: boolean, default: false}\ntasks:\n  - {id: a, plugin: a.wasm}\n").unwrap();
-        let v = bind_inputs(&f, &[("n".into(), "42".into())]).unwrap();
-        assert_eq!(Value::Object(v), json!({"n": 42, "b": false}));
-        assert!(bind_inputs(&f, &[]).unwrap_err().contains("needs input `n`"));
-        assert!(bind_inputs(&f, &[("n".into(), "x".into())]).unwrap_err().contains("must be a number"));
-        assert!(bind_inputs(&f, &[("zz".into(), "1".into())]).unwrap_err().contains("has no input `zz`"));
-    }
-
-    #[test]
-    fn sizes_need_units() {
-        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_size("1gib").unwrap(), 1 << 30);
-        assert_eq!(parse_size("10kB").unwrap(), 10_000);
-        assert!(parse_size("64").is_err());
-        assert!(parse_size("64 parsecs").is_err());
-    }
-
-    #[test]
-    fn the_schema_describes_tasks() {
-        let s = schema().to_string();
-        assert!(s.contains("\"tasks\"") && s.contains("\"secrets\"") && s.contains("additionalProperties"), "{s}");
-        for field in
-            ["depends_on", "retry", "allow_failure", "\"if\"", "errors", "finally", "max_parallel", "timeout", "rotate"]
-        {
-            assert!(s.contains(field), "the schema lacks {field}");
-        }
-    }
-}
+mod tests;

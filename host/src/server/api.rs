@@ -283,6 +283,22 @@ pub static ROUTES: &[Route] = &[
         post(cancel_execution)
     ),
     route!(
+        "POST",
+        "/api/v1/executions/{id}/approve",
+        Some(P::ExecutionApprove),
+        Execution,
+        "Approve a task waiting at its approval gate: `{task, comment}` (the gate's permission at the execution's namespace; not its starter with distinct_from_trigger).",
+        post(approve_execution)
+    ),
+    route!(
+        "POST",
+        "/api/v1/executions/{id}/reject",
+        Some(P::ExecutionApprove),
+        Execution,
+        "Reject a task waiting at its approval gate: `{task, comment}`; it does not run, `finally:` does.",
+        post(reject_execution)
+    ),
+    route!(
         "GET",
         "/api/v1/audit",
         Some(P::AuditRead),
@@ -1309,6 +1325,61 @@ async fn cancel_execution(
             app.ended(&id);
         }
         Ok(Json(json!({ "id": id, "status": status, "cancelled": outcome != CancelOutcome::AlreadyEnded })))
+    })
+    .await
+}
+
+/// A decision at an approval gate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideRequest {
+    task: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn approve_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<DecideRequest>,
+) -> Result<Json<Value>, ApiError> {
+    decide(app, caller, id, req, true).await
+}
+
+async fn reject_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<DecideRequest>,
+) -> Result<Json<Value>, ApiError> {
+    decide(app, caller, id, req, false).await
+}
+
+async fn decide(
+    app: AppState,
+    caller: Caller,
+    id: String,
+    req: DecideRequest,
+    approved: bool,
+) -> Result<Json<Value>, ApiError> {
+    use crate::executions::{Decider, GateError, decide_gate};
+    blocking(&app, move |app| {
+        let may = |p: Permission, ns: &Namespace| caller.may(p, ns);
+        let d = Decider {
+            actor: &caller.actor,
+            who: Some(format!("{} ({})", caller.info.name, caller.info.id)),
+            may: &may,
+        };
+        let comment = req.comment.map(|c| c.chars().take(1000).collect());
+        let record = |rec| app.record(rec).map(drop).map_err(|e| e.to_string());
+        decide_gate(&app.records(), &d, &id, &req.task, approved, comment, record).map_err(|e| match e {
+            GateError::NotWaiting(m) => ApiError::Conflict(m),
+            GateError::Denied(m) => ApiError::Forbidden(m),
+            GateError::Audit(m) => ApiError::Unavailable(m),
+            GateError::Record(r) => r.into(),
+        })?;
+        Ok(Json(json!({ "id": id, "task": req.task, "decision": if approved { "approved" } else { "rejected" } })))
     })
     .await
 }

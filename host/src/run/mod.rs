@@ -10,19 +10,20 @@
 //! task's output reaches later tasks, the terminal and the execution record
 //! only after masking.
 
-use crate::access::TaskIdentity;
+mod task;
+
 use crate::audit::now_rfc3339;
 use crate::capability::wasi::ungrantable_imports;
-use crate::exec::{ExecutionEnv, TaskFailure, TaskSpec, run_task};
-use crate::executions::{Attempt, ExecutionRecord, Executions, TaskRecord, TaskStatus};
-use crate::flow::{Diagnostic, Diagnostics, Flow, Phase, Scope, Severity, render, truthy};
+use crate::exec::{ExecutionEnv, TaskFailure};
+use crate::executions::{Attempt, Decision, ExecutionRecord, Executions, Gate, TaskRecord, TaskStatus};
+use crate::flow::{Approval, Diagnostic, Diagnostics, Flow, Phase, Scope, Severity, render, truthy};
 use crate::mask::MaskSet;
 use crate::names::ExecutionId;
 use crate::plan::{Ended, Scheduler};
 use crate::runtime::{LoadedFrom, Plugin, Runtime};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use task::{Ran, Work, sleep_until, wait_gate, work};
 
 /// Loads every task's plugin and checks pins and imports.
 /// Errors stop the flow; warnings (imports no flow grants) are returned
@@ -233,12 +234,14 @@ struct Run<'a> {
     allowed_failures: usize,
 }
 
-/// What a task's attempts came to.
-struct Ran {
-    result: Result<(Value, Arc<MaskSet>), TaskFailure>,
-    duration_ms: u64,
-    attempts: Vec<Attempt>,
+/// What ends in the running set: a task's work, or a gate's wait.
+enum Event {
+    Ran(usize, Ran),
+    Decided(usize, Option<Decision>),
 }
+
+/// A task's work or a gate's wait, as the running set holds it.
+type Pending<'f> = std::pin::Pin<Box<dyn std::future::Future<Output = Event> + 'f>>;
 
 /// Whether to start a task: its input (or one per `for_each` value), or
 /// why not.
@@ -248,65 +251,83 @@ enum Go {
     Fail(TaskFailure),
 }
 
-/// What a started task does.
-enum Work {
-    /// One run with this input.
-    Once(Value),
-    /// One run per input, at most `concurrency` at once.
-    Each(Vec<Value>, usize),
-}
-
 impl<'a> Run<'a> {
     /// `tasks:` by the plan; returns whether the flow's timeout stopped them.
     async fn main(&mut self) -> bool {
-        let (flow, runtime, env, plugins) = (self.flow, self.runtime, self.env, self.plugins);
-        let execution = self.execution.clone();
+        let (flow, env, records) = (self.flow, self.env, self.records);
         let mut sched = Scheduler::new(&flow.plan, flow.max_parallel);
-        let mut running = FuturesUnordered::new();
+        let mut running: FuturesUnordered<Pending<'a>> = FuturesUnordered::new();
         let deadline = flow.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
+        let mut waiting = 0usize;
         loop {
-            if self.env.cancel.is_cancelled() {
+            if env.cancel.is_cancelled() {
                 sched.stop();
             }
             while let Some(i) = sched.start_next() {
-                match self.go(i) {
-                    Go::Run(input) => {
-                        self.started(i);
-                        running.push(work(runtime, env, flow, &plugins[i], &execution, i, input));
-                    }
-                    Go::Skip(why) => {
-                        self.skip(i, why);
-                        sched.finish(i, Ended::Skipped);
-                    }
-                    Go::Fail(f) => {
-                        let ended = self.failed(i, f, 0, Vec::new());
-                        sched.finish(i, ended);
-                    }
+                if let Some(gate) = flow.tasks[i].approval {
+                    // Nothing of the task runs, and none of its secrets is
+                    // read, before a decision.
+                    self.pause(i, &gate);
+                    waiting += 1;
+                    let (execution, task) = (self.execution.to_string(), flow.tasks[i].id.to_string());
+                    running.push(Box::pin(async move {
+                        Event::Decided(i, wait_gate(records, &execution, &task, gate.timeout, &env.cancel).await)
+                    }));
+                    continue;
+                }
+                match self.launch(i) {
+                    Ok(work) => running.push(work),
+                    Err(ended) => sched.finish(i, ended),
                 }
             }
             if running.is_empty() {
                 break;
             }
-            let done = tokio::select! {
+            let event = tokio::select! {
                 d = running.next() => d,
                 () = sleep_until(deadline), if !timed_out => {
                     timed_out = true;
                     sched.stop();
-                    self.env.cancel.cancel();
+                    env.cancel.cancel();
                     continue;
                 }
             };
-            let Some((i, mut ran)) = done else { break };
-            if timed_out && matches!(ran.result, Err(TaskFailure::Cancelled)) {
-                ran.result = Err(TaskFailure::FlowTimeout(flow.timeout.unwrap_or_default()));
+            match event {
+                None => break,
+                Some(Event::Ran(i, mut ran)) => {
+                    if timed_out && matches!(ran.result, Err(TaskFailure::Cancelled)) {
+                        ran.result = Err(TaskFailure::FlowTimeout(flow.timeout.unwrap_or_default()));
+                    }
+                    let ended = self.ended(i, ran);
+                    sched.finish(i, ended);
+                }
+                Some(Event::Decided(i, decision)) => {
+                    waiting -= 1;
+                    if waiting == 0 {
+                        self.record.status = "running".into();
+                    }
+                    match decision {
+                        Some(d) if d.approved => {
+                            let note = d.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
+                            self.record.tasks[i].approval = Some(format!("approved by {}{note}", d.by));
+                            progress(env, flow, &format!("task {} approved by {}", flow.tasks[i].id, d.by));
+                            match self.launch(i) {
+                                Ok(work) => running.push(work),
+                                Err(ended) => sched.finish(i, ended),
+                            }
+                        }
+                        other => {
+                            let ended = self.refused(i, other, timed_out);
+                            sched.finish(i, ended);
+                        }
+                    }
+                }
             }
-            let ended = self.ended(i, ran);
-            sched.finish(i, ended);
         }
         let why = if timed_out {
             "the flow's timeout passed before it could start"
-        } else if self.env.cancel.is_cancelled() {
+        } else if env.cancel.is_cancelled() {
             "the execution was cancelled"
         } else {
             "an earlier task failed"
@@ -320,6 +341,111 @@ impl<'a> Run<'a> {
             self.failure = Some(("-".into(), f));
         }
         timed_out
+    }
+
+    /// Starts task `i` (its condition and input first): its work, or how it
+    /// ended without running.
+    fn launch(&mut self, i: usize) -> Result<Pending<'a>, Ended> {
+        let (runtime, env, flow, plugins) = (self.runtime, self.env, self.flow, self.plugins);
+        match self.go(i) {
+            Go::Run(input) => {
+                self.started(i);
+                let execution = self.execution.clone();
+                Ok(Box::pin(async move {
+                    let (i, ran) = work(runtime, env, flow, &plugins[i], &execution, i, input).await;
+                    Event::Ran(i, ran)
+                }))
+            }
+            Go::Skip(why) => {
+                self.skip(i, why);
+                Err(Ended::Skipped)
+            }
+            Go::Fail(f) => Err(self.failed(i, f, 0, Vec::new())),
+        }
+    }
+
+    /// Task `i` waits at its gate: the execution is `paused`.
+    fn pause(&mut self, i: usize, gate: &Approval) {
+        let task = &self.flow.tasks[i];
+        let g = Gate {
+            execution: self.execution.to_string(),
+            task: task.id.to_string(),
+            permission: gate.permission.as_str().to_owned(),
+            distinct_from_trigger: gate.distinct_from_trigger,
+            requested: now_rfc3339(),
+        };
+        if let Err(e) = self.records.open_gate(&g) {
+            tracing::error!("cannot record the approval gate of task {}: {e}", task.id);
+        }
+        self.record.tasks[i].status = TaskStatus::Waiting;
+        self.record.status = "paused".into();
+        progress(
+            self.env,
+            self.flow,
+            &format!(
+                "task {t} waits for approval ({p} in namespace {ns}): host executions approve {e} --task {t} (or reject)",
+                t = task.id,
+                p = gate.permission,
+                ns = self.flow.namespace,
+                e = self.execution
+            ),
+        );
+        save(self.records, &self.record);
+    }
+
+    /// Task `i`'s gate did not approve it: rejected, timed out, or the run
+    /// was cancelled (or timed out) meanwhile.
+    fn refused(&mut self, i: usize, decision: Option<Decision>, timed_out: bool) -> Ended {
+        let task = &self.flow.tasks[i];
+        let why = match &decision {
+            Some(d) => {
+                format!("rejected by {}{}", d.by, d.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default())
+            }
+            None if timed_out => "the flow's timeout passed while it waited for approval".into(),
+            None if self.env.cancel.is_cancelled() => "the execution was cancelled while it waited for approval".into(),
+            None => {
+                // Nobody decided in time: rejected, and recorded so, so that
+                // no decision can arrive later.
+                let wait = task.approval.map(|a| a.timeout).unwrap_or_default();
+                let d = Decision {
+                    approved: false,
+                    by: "nobody".into(),
+                    comment: Some(format!("no decision within {wait:?}")),
+                };
+                let _ = self.records.decide(self.execution.as_str(), task.id.as_str(), &d, &now_rfc3339());
+                let actor = crate::audit::Actor::Task {
+                    flow: self.flow.id.to_string(),
+                    task: task.id.to_string(),
+                    execution: self.execution.clone(),
+                    plugin_sha256: self.plugins[i].sha256.clone(),
+                };
+                let rec = crate::audit::NewRecord::ok(
+                    &actor,
+                    crate::audit::Action::ExecutionReject,
+                    &self.flow.namespace,
+                    None,
+                )
+                .reason(format!("task {} of execution {}: no decision within {wait:?}", task.id, self.execution))
+                .detail_field("execution", self.execution.to_string())
+                .detail_field("task", task.id.to_string());
+                if let Err(e) = self.env.audit.record(rec) {
+                    tracing::error!("cannot audit the timed-out approval of task {}: {e}", task.id);
+                }
+                format!("no decision within {wait:?}")
+            }
+        };
+        let t = &mut self.record.tasks[i];
+        t.status = TaskStatus::Skipped;
+        t.skipped = Some(why.clone());
+        if decision.is_some() {
+            t.approval = Some(why.clone());
+        }
+        progress(self.env, self.flow, &format!("task {} not run: {why}", task.id));
+        if (decision.is_some() || !(timed_out || self.env.cancel.is_cancelled())) && self.failure.is_none() {
+            self.failure = Some((task.id.to_string(), TaskFailure::Rejected(why)));
+        }
+        self.save_progress();
+        Ended::Failed
     }
 
     /// The tasks of `errors:` or `finally:`, one after another, under `env`;
@@ -458,148 +584,6 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Runs task `i`: once, or once per `for_each` value (outputs in order,
-/// the first failure stopping those not started).
-async fn work(
-    runtime: &Runtime,
-    env: &ExecutionEnv,
-    flow: &Flow,
-    plugin: &Plugin,
-    execution: &ExecutionId,
-    i: usize,
-    work: Work,
-) -> (usize, Ran) {
-    let (inputs, concurrency) = match work {
-        Work::Once(input) => return attempts(runtime, env, flow, plugin, execution, i, input).await,
-        Work::Each(inputs, concurrency) => (inputs, concurrency),
-    };
-    let started = std::time::Instant::now();
-    let total = inputs.len();
-    let mut outputs: Vec<Option<Value>> = vec![None; total];
-    let mut pending = inputs.into_iter().enumerate();
-    let mut running = FuturesUnordered::new();
-    let mut failed: Option<(usize, TaskFailure)> = None;
-    loop {
-        while failed.is_none() && running.len() < concurrency {
-            let Some((n, input)) = pending.next() else { break };
-            running.push(async move { (n, attempts(runtime, env, flow, plugin, execution, i, input).await.1) });
-        }
-        let Some((n, ran)) = running.next().await else { break };
-        match ran.result {
-            // Masked with what that iteration read: the list is handed on
-            // as it is.
-            Ok((output, masks)) => outputs[n] = Some(mask_value(&masks, &output)),
-            Err(f) => {
-                if failed.as_ref().is_none_or(|(m, _)| n < *m) {
-                    failed = Some((n, f));
-                }
-            }
-        }
-    }
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let result = match failed {
-        Some((n, f)) => Err(match f {
-            TaskFailure::Returned(m) => TaskFailure::Returned(format!("item {n} of {total}: {m}")),
-            other => other,
-        }),
-        None => {
-            Ok((Value::Array(outputs.into_iter().map(Option::unwrap_or_default).collect()), Arc::new(MaskSet::new())))
-        }
-    };
-    (i, Ran { result, duration_ms, attempts: Vec::new() })
-}
-
-/// Runs task `i` with `input` until an attempt succeeds or its retry policy
-/// gives up. Every attempt runs under the same grants and reads the same
-/// pinned secret versions (the execution's pins).
-async fn attempts(
-    runtime: &Runtime,
-    env: &ExecutionEnv,
-    flow: &Flow,
-    plugin: &Plugin,
-    execution: &ExecutionId,
-    i: usize,
-    input: Value,
-) -> (usize, Ran) {
-    let task = &flow.tasks[i];
-    let first = std::time::Instant::now();
-    let mut tried = Vec::new();
-    let mut attempt = 1;
-    loop {
-        let started = now_rfc3339();
-        let spec = TaskSpec {
-            plugin,
-            identity: Arc::new(TaskIdentity {
-                namespace: flow.namespace.clone(),
-                flow: flow.id.clone(),
-                task: task.id.clone(),
-                execution: execution.clone(),
-                plugin_sha256: plugin.sha256.clone(),
-            }),
-            grants: task.grants.clone(),
-            rotate: task.rotate.clone(),
-            attempt,
-            input: &input,
-            limits: task.limits,
-            network: task.network.clone(),
-        };
-        let out = run_task(runtime, env, spec).await;
-        let duration_ms = out.duration.as_millis() as u64;
-        let error = out.result.as_ref().err().map(ToString::to_string);
-        let retries = task.retry.filter(|r| r.max_attempts > 1);
-        if retries.is_some() {
-            tried.push(Attempt { attempt, started, duration_ms, error });
-        }
-        let failure = match out.result {
-            Ok(o) => return (i, Ran { result: Ok((o, out.task_masks)), duration_ms, attempts: tried }),
-            Err(f) => f,
-        };
-        let give_up =
-            |why: String| (i, Ran { result: Err(failure.clone()), duration_ms, attempts: tried.clone() }, why);
-        let Some(r) = retries else { return (i, Ran { result: Err(failure), duration_ms, attempts: tried }) };
-        let delay = r.delay(attempt);
-        let stop = if matches!(failure, TaskFailure::Cancelled | TaskFailure::Audit(_)) || env.cancel.is_cancelled() {
-            Some(String::new())
-        } else if attempt >= r.max_attempts {
-            Some(format!(" after {attempt} attempts"))
-        } else if r.max_duration.is_some_and(|m| first.elapsed() + delay > m) {
-            Some(format!(" after {attempt} attempts (retry.max_duration)"))
-        } else {
-            None
-        };
-        if let Some(why) = stop {
-            let (i, ran, _) = give_up(why.clone());
-            if !why.is_empty() {
-                progress(env, flow, &format!("task {} gives up{why}", task.id));
-            }
-            return (i, ran);
-        }
-        progress(
-            env,
-            flow,
-            &format!(
-                "task {} failed (attempt {attempt} of {}): {failure}; retrying in {delay:?}",
-                task.id, r.max_attempts
-            ),
-        );
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = env.cancel.cancelled() => {
-                return (i, Ran { result: Err(TaskFailure::Cancelled), duration_ms, attempts: tried });
-            }
-        }
-        attempt += 1;
-    }
-}
-
 /// One pending record per task of `flow`: what an execution looks like
 /// before anything ran.
 pub fn pending_tasks(flow: &Flow) -> Vec<TaskRecord> {
@@ -614,6 +598,7 @@ pub fn pending_tasks(flow: &Flow) -> Vec<TaskRecord> {
             started: None,
             attempts: Vec::new(),
             skipped: None,
+            approval: None,
         })
         .collect()
 }
