@@ -137,7 +137,9 @@ pub struct ExecutionRecord {
     pub namespace: String,
     /// The flow file, or the plugin for `host exec`.
     pub source: String,
-    /// `queued`, `running`, `succeeded`, `failed`, `cancelled` or `interrupted`.
+    /// `queued`, `running`, `paused` (a task waits at its approval gate),
+    /// `succeeded`, `warning` (only allowed failures), `failed`,
+    /// `cancelled` or `interrupted`.
     pub status: String,
     /// Start time (RFC 3339).
     pub started: String,
