@@ -15,20 +15,20 @@ id: nightly
 namespace: finance.reporting
 inputs:
   - id: day
-required: true
+    required: true
 tasks:
   - id: sign
-plugin: ../plugins/sign.wasm
-secrets: [KEY]
-limits: { memory: 32MiB, timeout: 5s }
-input:
-  payload: 'report for {{ inputs.day }}'
+    plugin: ../plugins/sign.wasm
+    secrets: [KEY]
+    limits: { memory: 32MiB, timeout: 5s }
+    input:
+      payload: 'report for {{ inputs.day }}'
   - id: notify
-plugin: notify.wasm
-input:
-  signature: '{{ outputs.sign.signature }}'
-  whole: '{{ outputs.sign }}'
-  exec: '{{ execution.id }} {{ flow.id }} {{ flow.namespace }}'
+    plugin: notify.wasm
+    input:
+      signature: '{{ outputs.sign.signature }}'
+      whole: '{{ outputs.sign }}'
+      exec: '{{ execution.id }} {{ flow.id }} {{ flow.namespace }}'
 ";
 
 #[test]
@@ -98,7 +98,7 @@ fn rendering_keeps_types_and_interpolates() {
     assert_eq!(
         render(&t, &scope).unwrap(),
         json!({"a": 3, "b": "n=3 day=2026-11-27", "c": true, "d": ["e1", "f/ns"], "e": 5, "t": "push on main",
-               "err": "sign: boom"})
+                   "err": "sign: boom"})
     );
     let e = render(&json!("{{ outputs.sign.nope }}"), &scope).unwrap_err();
     assert_eq!(e, "the output of task `sign` has no field `nope`");
@@ -153,9 +153,9 @@ fn a_dag_is_checked_for_unknown_ids_cycles_and_upstream_outputs() {
 #[test]
 fn retry_policies_are_checked_and_back_off() {
     let (f, _) = flow(
-        "id: x\nretry: {max_attempts: 2}\ntasks:\n  - {id: a, plugin: a.wasm}\n  - {id: b, plugin: a.wasm, retry: {type: exponential, max_attempts: 5, interval: 100ms, max_interval: 300ms}}\n",
-    )
-    .unwrap();
+            "id: x\nretry: {max_attempts: 2}\ntasks:\n  - {id: a, plugin: a.wasm}\n  - {id: b, plugin: a.wasm, retry: {type: exponential, max_attempts: 5, interval: 100ms, max_interval: 300ms}}\n",
+        )
+        .unwrap();
     assert_eq!(f.tasks[0].retry.unwrap().max_attempts, 2, "the flow's default");
     let r = f.tasks[1].retry.unwrap();
     let waits: Vec<u128> = (1..=4).map(|a| r.delay(a).as_millis()).collect();
@@ -208,8 +208,8 @@ fn triggers_are_checked_with_the_flow() {
 #[test]
 fn hostile_yaml_is_an_error_not_a_hang() {
     let bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
-                d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n\
-                g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\nid: x\ntasks: []\n";
+                    d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n\
+                    g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\nid: x\ntasks: []\n";
     assert!(flow(bomb).is_err());
     let deep = format!(
         "id: x\ntasks:\n  - id: a\n    plugin: a.wasm\n    input: {}{}\n",
