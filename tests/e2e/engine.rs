@@ -275,3 +275,71 @@ fn for_each_runs_a_task_per_value_at_most_concurrency_at_once_with_outputs_in_or
     assert_ne!(r.code, 0);
     assert!(task(&r.json(), "a")["error"].as_str().unwrap().contains("for_each.values is not a list: 3"), "{r:#?}");
 }
+
+/// An approval gate on the command line: `host run` pauses; another
+/// terminal's `host executions approve` lets it go on. With
+/// `distinct_from_trigger`, the operator who started it may not decide.
+#[test]
+fn host_run_waits_at_a_gate_until_host_executions_approve() {
+    let env = Env::new();
+    env.set_secret("", "KEY", "gate-key-5521");
+    let gated = |name: &str, distinct: bool| {
+        flow_file(
+            &env,
+            name,
+            &format!(
+                "id: gated\ntasks:\n  - {{id: go, plugin: '{{probe}}', secrets: [KEY], \
+                 approval: {{distinct_from_trigger: {distinct}, timeout: 30s}}, input: {{action: get, names: [KEY]}}}}\n"
+            ),
+        )
+    };
+    let paused_id = || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let r = env.run(&["executions", "list", "--json"]);
+            if let Some(e) = r.json().as_array().and_then(|a| a.iter().find(|e| e["status"] == "paused").cloned()) {
+                return e["id"].as_str().unwrap().to_owned();
+            }
+            assert!(std::time::Instant::now() < end, "never paused");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let child = env
+        .host()
+        .arg("run")
+        .arg(gated("gate.yaml", false))
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = paused_id();
+    assert!(env.run(&["audit", "list", "--action", "secret.read", "--json"]).json().as_array().unwrap().is_empty());
+    let r = env.run(&["executions", "approve", &id, "--task", "nope"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("waiting: go"), "{r:#?}");
+    env.run(&["executions", "approve", &id, "--task", "go", "--comment", "fine"]).expect_code(0);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["status"], "succeeded", "{rec:#}");
+    assert!(rec["tasks"][0]["approval"].as_str().unwrap().starts_with("approved by"), "{rec:#}");
+    // The operator who started it may not decide a distinct gate.
+    let mut child = env
+        .host()
+        .arg("run")
+        .arg(gated("distinct.yaml", true))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = paused_id();
+    let r = env.run(&["executions", "approve", &id, "--task", "go"]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("distinct_from_trigger"), "{r:#?}");
+    env.run(&["executions", "reject", &id, "--task", "go", "--comment", "no"]).expect_code(2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let denied = env.run(&["audit", "list", "--action", "execution.approve", "--json"]).json();
+    assert!(denied.as_array().unwrap().iter().any(|r| r["outcome"] == "denied"), "{denied:#}");
+}
