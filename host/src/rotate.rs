@@ -294,11 +294,13 @@ impl Rotations {
         }
         let (namespace, destinations, current) = self.begin(&grant)?;
         let to: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+        // The pointer is the task's text: it could hold a value it read.
+        let shown = crate::audit::bounded(&self.access.masks.mask(pointer));
         let rec = self
             .record(Action::SecretStage, &namespace, Some(name))
             .outcome(Outcome::Pending)
-            .reason(format!("waiting to capture {pointer} from an answer of {}", to.join(", ")))
-            .detail_field("capture", pointer);
+            .reason(format!("waiting to capture {shown} from an answer of {}", to.join(", ")))
+            .detail_field("capture", shown.clone());
         self.audit(rec)?;
         let next = self.access.bound.reserve();
         let rotation = Rotation {
@@ -452,6 +454,7 @@ impl Rotations {
             let Some(slot) = doc.pointer_mut(&pointer) else { continue };
             let Some(text) = slot.as_str().filter(|t| !t.is_empty()) else { continue };
             if written.iter().any(|w| memchr::memmem::find(w, text.as_bytes()).is_some()) {
+                let pointer = a.masks.mask(&pointer);
                 tracing::warn!(
                     task = %a.identity.task,
                     "rotation of {name}: the answer's {pointer} repeats what the task sent; not captured"
@@ -465,6 +468,7 @@ impl Rotations {
             // Stored (and audited) before the answer goes on; if it cannot
             // be, the task gets no answer at all rather than the value.
             let version = self.stage(&r.namespace, name, &value).map_err(|e| {
+                let pointer = a.masks.mask(&pointer);
                 tracing::error!(
                     task = %a.identity.task,
                     "rotation of {name}: the service handed out a new credential at {pointer}, but it could not be \

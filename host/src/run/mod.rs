@@ -577,6 +577,9 @@ impl<'a> Run<'a> {
         ended
     }
 
+    /// Saves the record after a task ended. A server worker's claimed
+    /// one-task execution skips it: its final record follows at once (one
+    /// commit fewer on the hottest path).
     fn save_progress(&self) {
         if !self.claimed || self.record.tasks.len() > 1 {
             save(self.records, &self.record);

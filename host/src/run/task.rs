@@ -151,35 +151,32 @@ async fn attempts(
             network: task.network.clone(),
         };
         let out = run_task(runtime, env, spec).await;
-        let duration_ms = out.duration.as_millis() as u64;
-        let error = out.result.as_ref().err().map(ToString::to_string);
         let retries = task.retry.filter(|r| r.max_attempts > 1);
         if retries.is_some() {
-            tried.push(Attempt { attempt, started, duration_ms, error });
+            let error = out.result.as_ref().err().map(ToString::to_string);
+            tried.push(Attempt { attempt, started, duration_ms: out.duration.as_millis() as u64, error });
         }
+        // The task's duration is all its attempts and the waits between them.
+        let done = |result, attempts| (i, Ran { result, duration_ms: first.elapsed().as_millis() as u64, attempts });
         let failure = match out.result {
-            Ok(o) => return (i, Ran { result: Ok((o, out.task_masks)), duration_ms, attempts: tried }),
+            Ok(o) => return done(Ok((o, out.task_masks)), tried),
             Err(f) => f,
         };
-        let give_up =
-            |why: String| (i, Ran { result: Err(failure.clone()), duration_ms, attempts: tried.clone() }, why);
-        let Some(r) = retries else { return (i, Ran { result: Err(failure), duration_ms, attempts: tried }) };
+        let Some(r) = retries else { return done(Err(failure), tried) };
         let delay = r.delay(attempt);
-        let stop = if matches!(failure, TaskFailure::Cancelled | TaskFailure::Audit(_)) || env.cancel.is_cancelled() {
-            Some(String::new())
-        } else if attempt >= r.max_attempts {
-            Some(format!(" after {attempt} attempts"))
+        if matches!(failure, TaskFailure::Cancelled | TaskFailure::Audit(_)) || env.cancel.is_cancelled() {
+            return done(Err(failure), tried);
+        }
+        let exhausted = if attempt >= r.max_attempts {
+            Some("")
         } else if r.max_duration.is_some_and(|m| first.elapsed() + delay > m) {
-            Some(format!(" after {attempt} attempts (retry.max_duration)"))
+            Some(" (retry.max_duration)")
         } else {
             None
         };
-        if let Some(why) = stop {
-            let (i, ran, _) = give_up(why.clone());
-            if !why.is_empty() {
-                progress(env, flow, &format!("task {} gives up{why}", task.id));
-            }
-            return (i, ran);
+        if let Some(why) = exhausted {
+            progress(env, flow, &format!("task {} gives up after {attempt} attempts{why}", task.id));
+            return done(Err(failure), tried);
         }
         progress(
             env,
@@ -191,9 +188,7 @@ async fn attempts(
         );
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = env.cancel.cancelled() => {
-                return (i, Ran { result: Err(TaskFailure::Cancelled), duration_ms, attempts: tried });
-            }
+            () = env.cancel.cancelled() => return done(Err(TaskFailure::Cancelled), tried),
         }
         attempt += 1;
     }
