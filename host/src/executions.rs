@@ -620,25 +620,35 @@ impl Executions {
     }
 
     /// Executions matching each filter given, newest first.
-    pub fn search(
-        &self,
-        namespace: Option<&str>,
-        flow: Option<&str>,
-        status: Option<&str>,
-        limit: u64,
-    ) -> Result<Vec<ExecutionRecord>, RecordError> {
+    pub fn search(&self, f: &Search<'_>, limit: u64) -> Result<Vec<ExecutionRecord>, RecordError> {
         let mut stmt = self
             .conn
             .prepare(&format!(
                 "SELECT {COLUMNS} FROM executions WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR flow = ?2) \
-                 AND (?3 IS NULL OR status = ?3) ORDER BY started DESC, id DESC LIMIT ?4"
+                 AND (?3 IS NULL OR status = ?3) AND (?5 IS NULL OR started >= ?5) AND (?6 IS NULL OR started < ?6) \
+                 ORDER BY started DESC, id DESC LIMIT ?4"
             ))
             .map_err(self.err("list executions"))?;
         let rows = stmt
-            .query_map(params![namespace, flow, status, limit as i64], Self::from_row)
+            .query_map(params![f.namespace, f.flow, f.status, limit as i64, f.since, f.until], Self::from_row)
             .map_err(self.err("list executions"))?;
         rows.collect::<Result<_, _>>().map_err(self.err("read executions"))
     }
+}
+
+/// What [`Executions::search`] keeps; `None` keeps all.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Search<'a> {
+    /// Exactly this namespace.
+    pub namespace: Option<&'a str>,
+    /// This flow id.
+    pub flow: Option<&'a str>,
+    /// This status.
+    pub status: Option<&'a str>,
+    /// Started at or after (RFC 3339, as stored).
+    pub since: Option<&'a str>,
+    /// Started before.
+    pub until: Option<&'a str>,
 }
 
 /// Why a gate's decision was not taken.

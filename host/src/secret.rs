@@ -86,7 +86,8 @@ impl SecretValue {
 /// A value arriving in a request body (`PUT /api/v1/secrets/...`): the
 /// decoded text moves into the zeroizing wrapper without a copy.
 /// The alphabet of a generated value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Charset {
     /// Letters and digits.
     Alnum,

@@ -7,6 +7,7 @@ mod support;
 mod audit;
 mod authors;
 mod aws;
+mod console;
 mod dynamic;
 mod engine;
 mod exec;

@@ -47,7 +47,7 @@ pub(crate) use chain::{Prepared, append_all};
 pub use chain::{append, now_rfc3339};
 use chain::{checkpoint, head};
 pub use log::{AuditKey, AuditLog};
-pub use query::{Filter, Usage, last_read, list, usage};
+pub use query::{Filter, LastRead, Usage, last_read, list, usage};
 pub use verify::{Checkpoint, Verdict, check_against, checkpoint_note, prune, read_checkpoint, verify};
 
 /// Environment variable supplying the audit key (base64 of 32 bytes).
@@ -239,6 +239,12 @@ pub enum Action {
     /// The staged version was erased.
     #[serde(rename = "secret.discard")]
     SecretDiscard,
+    /// A token was exchanged for a web console session.
+    #[serde(rename = "session.create")]
+    SessionCreate,
+    /// A web console session was signed out.
+    #[serde(rename = "session.end")]
+    SessionEnd,
 }
 
 impl Action {
@@ -281,6 +287,8 @@ impl Action {
             Action::SecretStage => "secret.stage",
             Action::SecretCommit => "secret.commit",
             Action::SecretDiscard => "secret.discard",
+            Action::SessionCreate => "session.create",
+            Action::SessionEnd => "session.end",
         }
     }
 }

@@ -80,19 +80,45 @@ pub fn list(conn: &Connection, path: &Path, f: &Filter) -> Result<Vec<Record>, A
     rows.collect::<Result<_, _>>().map_err(sql(path, "read the audit log"))
 }
 
-/// Time of the newest granted read of `name` found in exactly `namespace`.
+/// The newest granted read of a secret: when, and by which task.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastRead {
+    /// RFC 3339.
+    pub time: String,
+    /// The execution, for a task's read.
+    pub execution: Option<String>,
+    /// The flow.
+    pub flow: Option<String>,
+    /// The task.
+    pub task: Option<String>,
+    /// The version read.
+    pub version: Option<u64>,
+}
+
+/// The newest granted read of `name` found in exactly `namespace`.
 pub fn last_read(
     conn: &Connection,
     path: &Path,
     namespace: &Namespace,
     name: &SecretName,
-) -> Result<Option<String>, AuditError> {
+) -> Result<Option<LastRead>, AuditError> {
     conn.query_row(
-        "SELECT max(time) FROM audit WHERE action = 'secret.read' AND outcome = 'granted' AND secret = ?1 \
-         AND (json_extract(detail, '$.found_in') = ?2 OR (detail IS NULL AND reason = ?3))",
+        "SELECT time, execution, flow, task, version FROM audit WHERE action = 'secret.read' AND outcome = 'granted' \
+         AND secret = ?1 AND (json_extract(detail, '$.found_in') = ?2 OR (detail IS NULL AND reason = ?3)) \
+         ORDER BY seq DESC LIMIT 1",
         params![name.as_str(), namespace.as_str(), format!("found in namespace {namespace}")],
-        |r| r.get(0),
+        |r| {
+            let version: Option<i64> = r.get(4)?;
+            Ok(LastRead {
+                time: r.get(0)?,
+                execution: r.get(1)?,
+                flow: r.get(2)?,
+                task: r.get(3)?,
+                version: version.map(|v| v as u64),
+            })
+        },
     )
+    .optional()
     .map_err(sql(path, "find the last read"))
 }
 

@@ -585,7 +585,8 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
                 "destroyed": info.destroyed_at.map(fmt_time),
                 "destinations": info.destinations,
                 "staged": staged,
-                "last_read": last_read,
+                "last_read": last_read.as_ref().map(|l| l.time.clone()),
+                "last_read_by": last_read.and_then(|l| l.execution.map(|e| format!("execution {e}, task {}", l.task.unwrap_or_default()))),
                 "state": state(&info, now()),
             });
             if json {

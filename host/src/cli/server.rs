@@ -35,6 +35,9 @@ pub(crate) struct ServeArgs {
     /// it the address gets 429 for the rest of the minute.
     #[arg(long, default_value_t = 10, value_name = "N")]
     max_auth_failures: u32,
+    /// How long a web console session lasts without a request.
+    #[arg(long, value_parser = parse_duration, default_value = "15m", value_name = "DURATION")]
+    session_idle: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +121,7 @@ pub(crate) fn serve(dir: &DataDir, args: ServeArgs, compiler: keyhole::runtime::
         shutdown_timeout: args.shutdown_timeout,
         compiler,
         max_auth_failures: args.max_auth_failures,
+        session_idle: args.session_idle,
     };
     keyhole::server::serve(dir, opts).map_err(|e| match e {
         ServeError::Open(e) => Exit::from(*e),

@@ -9,6 +9,7 @@
 //! only the items the caller may see); no handler returns a secret value.
 
 use super::App;
+use super::console::{Resolved, SessionFailure};
 use super::listen::Peer;
 use crate::audit::{Action, Actor, NewRecord, Outcome, now_rfc3339};
 use crate::authz::{self, Binding, Permission, Principal};
@@ -105,6 +106,38 @@ pub static ROUTES: &[Route] = &[
         get(token_self)
     ),
     route!(
+        "POST",
+        "/api/v1/session",
+        None,
+        Authenticated,
+        "Sign in to the web console: the token as a bearer becomes a session cookie (HttpOnly, SameSite=Strict); the answer holds the CSRF token every change made with the cookie must send as X-CSRF-Token.",
+        post(super::console::handlers::sign_in)
+    ),
+    route!(
+        "GET",
+        "/api/v1/session",
+        None,
+        Authenticated,
+        "The caller's token and, for a console session, its CSRF token and idle timeout.",
+        get(super::console::handlers::current)
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/session",
+        None,
+        Authenticated,
+        "Sign out of the web console.",
+        delete(super::console::handlers::sign_out)
+    ),
+    route!(
+        "GET",
+        "/api/v1/permissions",
+        None,
+        Authenticated,
+        "The permissions the caller holds in ?namespace, and anywhere (the console hides what they lack; every route checks anyway).",
+        get(super::console::handlers::permissions)
+    ),
+    route!(
         "GET",
         "/api/v1/tokens",
         Some(P::TokenManage),
@@ -150,7 +183,7 @@ pub static ROUTES: &[Route] = &[
         "/api/v1/secrets/{ns}/{name}",
         Some(P::SecretWrite),
         PathNamespace,
-        "Set or rotate a secret: {value, rotate, expires_in, keep}.",
+        "Set or rotate a secret: {value | generate: {length, charset: alnum|hex|base64|ascii}, rotate, expires_in, keep}; a generated value is never in the answer.",
         put(put_secret)
     ),
     route!(
@@ -247,7 +280,7 @@ pub static ROUTES: &[Route] = &[
         "/api/v1/executions",
         Some(P::ExecutionRead),
         Anywhere,
-        "Executions the caller may read: ?namespace, flow, status, limit.",
+        "Executions the caller may read: ?namespace, flow, status, since, until (RFC 3339 start times), limit.",
         get(list_executions)
     ),
     route!(
@@ -273,6 +306,14 @@ pub static ROUTES: &[Route] = &[
         Execution,
         "Server-sent events until the execution ends: `status` (the record, when it changes), `log` (masked lines as they are written), `end` (the final record), or `closed`.",
         get(super::follow::follow)
+    ),
+    route!(
+        "GET",
+        "/api/v1/executions/{id}/access",
+        Some(P::ExecutionRead),
+        Execution,
+        "What its tasks did at the trust boundary, from the audit trail: secret reads (name, version, fingerprint, outcome) and outbound requests (destination, outcome); never a value.",
+        get(execution_access)
     ),
     route!(
         "POST",
@@ -308,6 +349,14 @@ pub static ROUTES: &[Route] = &[
     ),
     route!(
         "GET",
+        "/api/v1/audit/checkpoint",
+        Some(P::AuditRead),
+        Root,
+        "A signed checkpoint of the log's head (text): keep it, then `host audit verify --against FILE` proves later that nothing before it was rewritten.",
+        get(audit_checkpoint)
+    ),
+    route!(
+        "GET",
         "/api/v1/audit/verify",
         Some(P::AuditRead),
         Root,
@@ -319,15 +368,24 @@ pub static ROUTES: &[Route] = &[
 /// Request bodies other than plugins: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// The router: every route of [`ROUTES`], with the shared state.
-pub fn router(app: AppState) -> axum::Router {
+/// The router: every route of [`ROUTES`] and the console's, with the
+/// shared state and the security headers (`tls` adds HSTS).
+pub fn router(app: AppState, tls: bool) -> axum::Router {
     let mut r = axum::Router::new();
     for route in ROUTES {
         r = r.route(route.path, (route.handler)());
     }
-    r.fallback(|| async { ApiError::NotFound("no such route: see GET /api/v1/openapi.json".into()) })
+    r.merge(super::console::routes())
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/api/") {
+                ApiError::NotFound("no such route: see GET /api/v1/openapi.json".into()).into_response()
+            } else {
+                super::console::not_found()
+            }
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(limit_headers))
+        .layer(axum::middleware::from_fn_with_state(tls, super::console::security_headers))
         .with_state(app)
 }
 
@@ -497,6 +555,8 @@ pub struct Caller {
     pub info: TokenInfo,
     /// As audit records name them.
     pub actor: Actor,
+    /// The console session the request came through, if not a bearer token.
+    pub session: Option<Resolved>,
 }
 
 impl Caller {
@@ -532,45 +592,102 @@ fn route_of(parts: &Parts) -> Option<&'static Route> {
     ROUTES.iter().find(|r| r.path == matched && r.method == parts.method.as_str())
 }
 
+/// Why a request did not authenticate.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Token(AuthFailure),
+    Session(SessionFailure),
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Token(t) => t.as_str(),
+            Refusal::Session(s) => s.as_str(),
+        }
+    }
+
+    /// Whether it counts as a guess against the address's limit. A
+    /// session's cookie is 256 random bits: a stale one is not a guess,
+    /// and a browser sends it with every request.
+    fn is_guess(self) -> bool {
+        matches!(self, Refusal::Token(_))
+    }
+}
+
+/// Who presents what: a bearer token, or a console session's cookie.
+fn credentials(parts: &Parts, app: &App) -> Result<(TokenSecret, Option<Resolved>), Refusal> {
+    if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let bearer = h.to_str().ok().and_then(|h| h.strip_prefix("Bearer "));
+        return match bearer {
+            Some(t) => Ok((TokenSecret::presented(t.trim()), None)),
+            None => Err(Refusal::Token(AuthFailure::Malformed)),
+        };
+    }
+    let Some(cookie) = super::console::cookie_of(&parts.headers) else {
+        return Err(Refusal::Token(AuthFailure::Malformed));
+    };
+    let changes = !matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let csrf = parts.headers.get(super::console::CSRF_HEADER).and_then(|v| v.to_str().ok());
+    let (token, session) = app.sessions.resolve(&cookie, changes, csrf).map_err(Refusal::Session)?;
+    Ok((token, Some(session)))
+}
+
+/// Authenticates what a request presents for `what` (`METHOD /path`):
+/// a failure counts against the address and is audited before the 401.
+pub(super) async fn authenticate(
+    app: &AppState,
+    parts: &Parts,
+    what: &str,
+) -> Result<(Principal, TokenInfo, Option<Resolved>), ApiError> {
+    let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.0);
+    let ClientIp(ip) = client_ip(parts);
+    if app.rate_limited(ip) {
+        return Err(ApiError::TooMany);
+    }
+    let presented = credentials(parts, app);
+    let authenticated = blocking(app, move |app| {
+        Ok(match presented {
+            Ok((token, session)) => {
+                app.tokens().authenticate(&token).map(|(p, i)| (p, i, session)).map_err(Refusal::Token)
+            }
+            Err(why) => Err(why),
+        })
+    })
+    .await?;
+    match authenticated {
+        Ok(x) => Ok(x),
+        Err(why) => {
+            if why.is_guess() {
+                app.auth_failed(ip);
+            }
+            let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+            let what = what.to_owned();
+            blocking(app, move |app| {
+                let rec = NewRecord::ok(&Actor::Server, Action::AuthFailed, &Namespace::root(), None)
+                    .outcome(Outcome::Denied)
+                    .reason(format!("{what}: {}", why.as_str()))
+                    .detail_field("peer", peer);
+                app.record(rec).map_err(audit_failed)
+            })
+            .await?;
+            match why {
+                Refusal::Session(SessionFailure::Csrf) => Err(ApiError::Forbidden(why.as_str().to_owned())),
+                _ => Err(ApiError::Unauthorized),
+            }
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let route = route_of(parts).ok_or_else(|| ApiError::Internal("a route is missing from ROUTES".into()))?;
-        let peer = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0.0);
-        let ClientIp(ip) = client_ip(parts);
-        if app.rate_limited(ip) {
-            return Err(ApiError::TooMany);
-        }
-        let presented = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(|t| TokenSecret::presented(t.trim()));
         let what = format!("{} {}", route.method, route.path);
-        let authenticated = blocking(app, move |app| {
-            let Some(token) = presented else { return Ok(Err(AuthFailure::Malformed)) };
-            Ok(app.tokens().authenticate(&token))
-        })
-        .await?;
-        let (principal, info) = match authenticated {
-            Ok(x) => x,
-            Err(why) => {
-                app.auth_failed(ip);
-                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
-                blocking(app, move |app| {
-                    let rec = NewRecord::ok(&Actor::Server, Action::AuthFailed, &Namespace::root(), None)
-                        .outcome(Outcome::Denied)
-                        .reason(format!("{what}: {}", why.as_str()))
-                        .detail_field("peer", peer);
-                    app.record(rec).map_err(audit_failed)
-                })
-                .await?;
-                return Err(ApiError::Unauthorized);
-            }
-        };
-        let caller = Caller { actor: Actor::Token { id: info.id.clone(), name: info.name.clone() }, principal, info };
+        let (principal, info, session) = authenticate(app, parts, &what).await?;
+        let caller =
+            Caller { actor: Actor::Token { id: info.id.clone(), name: info.name.clone() }, principal, info, session };
         let Some(permission) = route.permission else { return Ok(caller) };
         let params = RawPathParams::from_request_parts(parts, app)
             .await
@@ -842,15 +959,41 @@ async fn describe_secret(
             crate::backend::BackendKind::Local => app.secrets.local().store().staged(&ns, &name)?,
             _ => None,
         };
-        Ok(Json(json!({ "backend": backend.describe(), "secret": info, "versions": versions, "staged": staged })))
+        let path = app.dir.store_path();
+        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
+        let conn = crate::audit::open(&path, false).map_err(internal)?;
+        let last_read = crate::audit::last_read(&conn, &path, &ns, &name).map_err(internal)?;
+        Ok(Json(json!({
+            "backend": backend.describe(),
+            "secret": info,
+            "versions": versions,
+            "staged": staged,
+            "last_read": last_read,
+        })))
     })
     .await
+}
+
+/// A value the server makes, so that no client ever holds it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Generate {
+    length: usize,
+    #[serde(default = "alnum")]
+    charset: crate::secret::Charset,
+}
+
+fn alnum() -> crate::secret::Charset {
+    crate::secret::Charset::Alnum
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutSecret {
-    value: SecretValue,
+    /// The value; or `generate`.
+    value: Option<SecretValue>,
+    /// Generate a random value instead (the answer never holds it).
+    generate: Option<Generate>,
     #[serde(default)]
     rotate: bool,
     expires_in: Option<String>,
@@ -881,7 +1024,17 @@ async fn put_secret(
     Body(req): Body<PutSecret>,
 ) -> Result<Json<Value>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
-    if req.value.is_empty() {
+    let value = match (req.value, &req.generate) {
+        (Some(v), None) => v,
+        (None, Some(g)) => SecretValue::generate(g.length, g.charset)
+            .map_err(|e| ApiError::BadRequest(format!("request body at field `generate.length`: {e}")))?,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "request body: give exactly one of `value` and `generate: {length, charset}`".into(),
+            ));
+        }
+    };
+    if value.is_empty() {
         return Err(ApiError::BadRequest("request body at field `value`: the secret value is empty".into()));
     }
     let expires_at = match req.expires_in.as_deref() {
@@ -900,14 +1053,14 @@ async fn put_secret(
     }
     blocking(&app, move |app| {
         if req.staged {
-            let version = app.secrets.stage(&caller.actor, &ns, &name, &req.value, expires_at)?;
+            let version = app.secrets.stage(&caller.actor, &ns, &name, &value, expires_at)?;
             return Ok(Json(
                 json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "staged": true }),
             ));
         }
         let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations };
         // The router audits the change (fail closed) with the caller as actor.
-        let version = app.secrets.set(&caller.actor, &ns, &name, &req.value, &opts)?;
+        let version = app.secrets.set(&caller.actor, &ns, &name, &value, &opts)?;
         Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string() })))
     })
     .await
@@ -1084,9 +1237,64 @@ async fn show_flow(
     State(app): State<AppState>,
     _caller: Caller,
     Path((ns, flow)): Path<(String, String)>,
-) -> Result<Json<Deployed>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let ns = path_namespace(&ns)?;
-    blocking(&app, move |app| Ok(Json(app.registry().current(&ns, &flow)?.0))).await
+    blocking(&app, move |app| {
+        let (deployed, flow) = app.registry().current(&ns, &flow)?;
+        let mut doc = serde_json::to_value(&deployed).map_err(|e| ApiError::Internal(e.to_string()))?;
+        doc["inputs"] = serde_json::to_value(&flow.inputs).unwrap_or_default();
+        doc["tasks"] = flow_tasks(&flow);
+        doc["triggers"] = flow_triggers(&flow, jiff::Timestamp::now());
+        Ok(Json(doc))
+    })
+    .await
+}
+
+/// Each task's grants as the console shows them: what it may read, rotate,
+/// call, and whether it waits for approval.
+fn flow_tasks(flow: &crate::flow::Flow) -> Value {
+    use crate::flow::Phase;
+    let names = |g: &crate::policy::Grants| g.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>();
+    flow.tasks
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id.as_str(),
+                "phase": match t.phase { Phase::Main => "tasks", Phase::Errors => "errors", Phase::Finally => "finally" },
+                "secrets": names(&t.grants),
+                "rotate": names(&t.rotate),
+                "network": t.network.allow.entries().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "approval": t.approval.as_ref().map(|a| a.permission.as_str()),
+                "for_each": t.for_each.is_some(),
+                "allow_failure": t.allow_failure,
+            })
+        })
+        .collect()
+}
+
+/// Each trigger and, for a schedule, its next firing after `now`.
+fn flow_triggers(flow: &crate::flow::Flow, now: jiff::Timestamp) -> Value {
+    use crate::trigger::{TriggerKind, WebhookAuth};
+    flow.triggers
+        .iter()
+        .map(|t| match &t.kind {
+            TriggerKind::Schedule(s) => json!({
+                "id": t.id.as_str(),
+                "kind": "schedule",
+                "cron": s.pattern,
+                "timezone": s.timezone,
+                "next": s.next_after(now).map(|n| n.to_string()),
+            }),
+            TriggerKind::Webhook(w) => json!({
+                "id": t.id.as_str(),
+                "kind": "webhook",
+                "auth": match &w.auth {
+                    WebhookAuth::Key(name) => format!("key in secret {name}"),
+                    WebhookAuth::Signature { header, secret } => format!("HMAC-SHA256 in {header}, key in secret {secret}"),
+                },
+            }),
+        })
+        .collect()
 }
 
 async fn flow_revisions(
@@ -1253,7 +1461,20 @@ struct ExecutionQuery {
     namespace: Option<Namespace>,
     flow: Option<String>,
     status: Option<String>,
+    /// Started at or after (RFC 3339).
+    since: Option<String>,
+    /// Started before (RFC 3339).
+    until: Option<String>,
     limit: Option<u64>,
+}
+
+/// A query's time, in the stored form (UTC, milliseconds) so that it
+/// compares as text.
+fn rfc3339(field: &str, t: &str) -> Result<String, ApiError> {
+    let at = humantime::parse_rfc3339_weak(t).map_err(|e| {
+        ApiError::BadRequest(format!("query `{field}`: {t:?} is not an RFC 3339 time like 2026-12-01T09:00:00Z: {e}"))
+    })?;
+    Ok(humantime::format_rfc3339_millis(at).to_string())
 }
 
 async fn list_executions(
@@ -1263,12 +1484,16 @@ async fn list_executions(
 ) -> Result<Json<Vec<ExecutionRecord>>, ApiError> {
     let limit = q.limit.unwrap_or(50).min(1000);
     let list = blocking(&app, move |app| {
-        Ok(app.records().search(
-            q.namespace.as_ref().map(Namespace::as_str),
-            q.flow.as_deref(),
-            q.status.as_deref(),
-            limit,
-        )?)
+        let since = q.since.as_deref().map(|t| rfc3339("since", t)).transpose()?;
+        let until = q.until.as_deref().map(|t| rfc3339("until", t)).transpose()?;
+        let filter = crate::executions::Search {
+            namespace: q.namespace.as_ref().map(Namespace::as_str),
+            flow: q.flow.as_deref(),
+            status: q.status.as_deref(),
+            since: since.as_deref(),
+            until: until.as_deref(),
+        };
+        Ok(app.records().search(&filter, limit)?)
     })
     .await?;
     Ok(Json(
@@ -1292,6 +1517,45 @@ async fn execution_log(
     Path(id): Path<String>,
 ) -> Result<String, ApiError> {
     blocking(&app, move |app| Ok(app.records().log(&id)?)).await
+}
+
+/// The trust-boundary records of one execution.
+async fn execution_access(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |app| {
+        let path = app.dir.store_path();
+        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
+        let conn = crate::audit::open(&path, false).map_err(internal)?;
+        let filter = crate::audit::Filter { execution: Some(id.clone()), ..Default::default() };
+        let records = crate::audit::list(&conn, &path, &filter).map_err(internal)?;
+        let detail = |r: &crate::audit::Record, k: &str| {
+            r.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()).and_then(|d| d.get(k).cloned())
+        };
+        let mut secrets = Vec::new();
+        let mut requests = Vec::new();
+        for r in &records {
+            match r.action.as_str() {
+                "secret.read" | "secret.lease" | "secret.stage" | "secret.commit" | "secret.discard" => {
+                    secrets.push(json!({
+                        "time": r.time, "task": r.task, "action": r.action, "secret": r.secret,
+                        "version": r.version, "fingerprint": r.value_hmac, "outcome": r.outcome,
+                    }))
+                }
+                // `pending` precedes each request's `sent` or `failed`.
+                "http.request" if r.outcome != "pending" => requests.push(json!({
+                    "time": r.time, "task": r.task, "method": detail(r, "method"),
+                    "destination": detail(r, "destination"), "path": detail(r, "path"),
+                    "outcome": r.outcome, "reason": r.reason,
+                })),
+                _ => {}
+            }
+        }
+        Ok(Json(json!({ "execution": id, "secrets": secrets, "requests": requests })))
+    })
+    .await
 }
 
 async fn cancel_execution(
@@ -1413,6 +1677,18 @@ async fn list_audit(
         }
         let extra = out.len().saturating_sub(limit as usize);
         Ok(Json(out.split_off(extra)))
+    })
+    .await
+}
+
+async fn audit_checkpoint(State(app): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
+    blocking(&app, move |app| {
+        let path = app.dir.store_path();
+        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
+        let conn = crate::audit::open(&path, false).map_err(internal)?;
+        let key = app.secrets.local().store().integrity().clone();
+        let note = crate::audit::checkpoint_note(&conn, &path, &key).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
     })
     .await
 }

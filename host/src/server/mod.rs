@@ -16,6 +16,7 @@
 //! directory (`server.lock`).
 
 pub mod api;
+pub mod console;
 pub mod follow;
 pub mod listen;
 pub mod schedule;
@@ -55,6 +56,8 @@ pub struct ServeOptions {
     pub compiler: Compiler,
     /// Failed authentications allowed per client address per minute.
     pub max_auth_failures: u32,
+    /// How long a console session lasts without a request.
+    pub session_idle: Duration,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -105,6 +108,8 @@ pub struct App {
     pub interrupting: AtomicBool,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     max_auth_failures: u32,
+    /// The web console's sessions.
+    pub sessions: console::Sessions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,7 +121,12 @@ pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 impl App {
     /// Opens everything `host serve` needs in `dir`.
-    pub fn open(dir: &DataDir, compiler: Compiler, max_auth_failures: u32) -> Result<Arc<App>, ServeError> {
+    pub fn open(
+        dir: &DataDir,
+        compiler: Compiler,
+        max_auth_failures: u32,
+        sessions: console::Sessions,
+    ) -> Result<Arc<App>, ServeError> {
         let secrets = Arc::new(open_secrets(dir)?);
         let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: true, compiler })
             .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
@@ -142,6 +152,7 @@ impl App {
             interrupting: AtomicBool::new(false),
             failures: Mutex::new(HashMap::new()),
             max_auth_failures,
+            sessions,
         }))
     }
 
@@ -318,7 +329,8 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     };
     dir.ensure().map_err(|e| ServeError::Refused(format!("cannot create {}: {e}", dir.root().display())))?;
     let _lock = lock_data_dir(dir)?;
-    let app = App::open(dir, opts.compiler, opts.max_auth_failures)?;
+    let sessions = console::Sessions::new(opts.session_idle, opts.tls.is_some());
+    let app = App::open(dir, opts.compiler, opts.max_auth_failures, sessions)?;
     crate::session::sweep_leases(&app.secrets, &app.audit, &Actor::Server);
     let interrupted = app.recover()?;
     if interrupted > 0 {
@@ -340,7 +352,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
         let local = axum::serve::Listener::local_addr(&listener).map_err(|e| ServeError::Io(e.to_string()))?;
         // Tests and scripts wait for this line.
         eprintln!("keyhole server listening on {scheme}://{local} ({} worker(s))", workers.len());
-        let router = api::router(app.clone());
+        let router = api::router(app.clone(), scheme == "https");
         let make = router.into_make_service_with_connect_info::<listen::Peer>();
         axum::serve(listener, make)
             .with_graceful_shutdown(shutdown_signal(app.clone()))
