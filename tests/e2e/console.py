@@ -20,7 +20,7 @@ import sys
 from playwright.sync_api import expect, sync_playwright
 
 BASE = os.environ["KH_BASE"]
-TOK = {k: os.environ["KH_" + k.upper()] for k in ("runner", "manager", "approver", "auditor")}
+TOK = {k: os.environ["KH_" + k.upper()] for k in ("runner", "manager", "approver", "auditor", "admin")}
 VALUES = [v for v in os.environ["KH_VALUES"].split(",") if v]
 SHOTS = os.environ.get("KH_SHOTS")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -130,6 +130,7 @@ def main():
 
         # A failed execution's masked log.
         page.goto(BASE + "/#/executions?status=failed")
+        expect(page.get_by_role("heading", name="Executions", exact=True)).to_be_visible()
         expect(page.locator("tbody tr")).to_have_count(1)
         shot(page, "executions")
         page.locator("tbody tr a").first.click()
@@ -180,6 +181,8 @@ def main():
         # The approver approves the gated task.
         sign_in(page, "approver")
         page.goto(BASE + "/#/executions/" + os.environ["KH_GATED"])
+        expect(page.get_by_role("heading", name="Execution " + os.environ["KH_GATED"])).to_be_visible()
+        expect(page.get_by_text("Live: updates as it runs.")).to_be_visible()
         expect(page.locator(".badge", has_text="paused").first).to_be_visible()
         page.get_by_label("Comment for deploy").fill("ship it")
         shot(page, "approval")
@@ -210,6 +213,30 @@ def main():
         lines = open(dl.value.path()).read().splitlines()
         assert lines and all(json.loads(l)["action"] == "secret.read" for l in lines), lines[:2]
         step("auditor: chain intact, filtered by action and outcome, exported what the filter shows")
+        sign_out(page)
+
+        # An admin: every page, a token issued and shown once.
+        sign_in(page, "admin")
+        for path, heading in [("#/flows", "Flows"), ("#/secrets?expiring=1", "Secrets expiring soon"),
+                              ("#/secrets", "Secrets"), ("#/executions", "Executions"), ("#/audit", "Audit trail")]:
+            page.goto(BASE + "/" + path)
+            expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+            expect(page.locator("main table, main p.hint").first).to_be_visible()
+            scan(page, path)
+        page.goto(BASE + "/#/tokens")
+        page.get_by_label("Name", exact=True).fill("ci-bot")
+        page.get_by_label("Role", exact=True).select_option("runner")
+        page.get_by_label("Namespace", exact=True).fill("finance")
+        page.get_by_role("button", name="Issue").click()
+        expect(page.locator(".token-once code")).to_contain_text("kh_")
+        expect(page.get_by_role("cell", name="ci-bot")).to_have_count(0)  # the list is as it was when the page loaded
+        shot(page, "tokens")
+        page.reload()
+        expect(page.get_by_role("cell", name="ci-bot")).to_be_visible()
+        expect(page.locator(".token-once")).to_have_count(0)
+        scan(page, "#/tokens")
+        step("admin: flows, secrets (and expiring soon), executions, audit rendered and scanned; "
+             "a token issued from the page, shown once")
 
         # A narrow screen.
         page.set_viewport_size({"width": 390, "height": 800})

@@ -286,6 +286,7 @@ fn the_console_in_a_real_browser_runs_reads_rotates_approves_and_audits_by_role(
     let manager = token(&env, "manager-max", "secret-manager", "finance", &[]);
     let approver = token(&env, "approver-ann", "approver", "finance", &[]);
     let auditor = token(&env, "auditor-aud", "auditor", "", &[]);
+    let admin = token(&env, "admin-ada", "admin", "", &[]);
     let server = Server::start(&env, 3, &[]);
     let c = Client::new(&server);
     let (s, failed) = c.call("POST", "/api/v1/executions/finance/broken?wait=30", Some(&runner), Some(&json!({})));
@@ -307,6 +308,7 @@ fn the_console_in_a_real_browser_runs_reads_rotates_approves_and_audits_by_role(
         .env("KH_MANAGER", &manager)
         .env("KH_APPROVER", &approver)
         .env("KH_AUDITOR", &auditor)
+        .env("KH_ADMIN", &admin)
         .env("KH_FAILED", failed["id"].as_str().unwrap())
         .env("KH_GATED", &gated)
         .env("KH_VALUES", format!("{PW},{OTHER}"))

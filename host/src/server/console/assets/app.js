@@ -62,8 +62,12 @@ function table(headers, rows, empty) {
 
 function mono(x) { return h('td', { class: 'mono' }, x); }
 
+let fields = 0;
 function field(label, input, hint) {
-  return h('label', {}, label, input, hint ? h('span', { class: 'hint' }, hint) : null);
+  if (!input.id) input.id = 'f' + (++fields);
+  const help = hint ? h('span', { class: 'hint', id: input.id + '-hint' }, hint) : null;
+  if (help) input.setAttribute('aria-describedby', help.id);
+  return h('div', { class: 'field' }, h('label', { for: input.id }, label), input, help);
 }
 
 function errorBox(e) { return h('p', { class: 'error', role: 'alert' }, String(e && e.message || e)); }
@@ -371,7 +375,9 @@ function timeline(rec) {
   const g = svg('svg', { class: 'timeline', viewBox: '0 0 ' + W + ' ' + height, role: 'img', 'aria-label': 'Timeline of ' + spans.length + ' task(s) in ' + lanes.length + ' lane(s)' });
   for (let i = 0; i <= 4; i++) {
     const t = (total * i) / 4;
-    g.append(svg('line', { x1: x(t), x2: x(t), y1: top - 4, y2: height }), svg('text', { x: x(t) + 2, y: 12, class: 'axis' }, '+' + ms(Math.round(t))));
+    const last = i === 4;
+    g.append(svg('line', { x1: x(t), x2: x(t), y1: top - 4, y2: height }),
+      svg('text', { x: last ? x(t) - 2 : x(t) + 2, y: 12, class: 'axis', 'text-anchor': last ? 'end' : 'start' }, '+' + ms(Math.round(t))));
   }
   for (let i = 0; i < lanes.length; i++) g.append(svg('text', { x: 4, y: top + i * LH + 16, class: 'axis' }, 'lane ' + (i + 1)));
   for (const s of spans) {
@@ -389,7 +395,9 @@ function timeline(rec) {
     } else {
       bar.append(svg('rect', { x: x(s.start), y, width: Math.max(3, x(s.end) - x(s.start)), height: 18, rx: 3, class: 'bar-' + s.t.status }));
     }
-    bar.append(svg('text', { x: x(s.start) + 4, y: y + 13 }, s.t.id));
+    // A label near the right edge goes before its bar.
+    const right = x(s.start) > W * 0.7 && x(s.end) - x(s.start) < 120;
+    bar.append(svg('text', { x: right ? x(s.start) - 4 : x(s.start) + 4, y: y + 13, 'text-anchor': right ? 'end' : 'start' }, s.t.id));
     g.append(bar);
   }
   return g;
