@@ -70,6 +70,26 @@ if ! command -v componentize-py >/dev/null 2>&1 || [ ! -x target/js-tools/node_m
   export KEYHOLE_ALLOW_NO_COMPONENTIZE=1
 fi
 
+# The web console is tested in a real browser: Debian's Chromium, driven by
+# Playwright from PyPI (its own browser download is not used).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "==> installing Chromium (apt-get install chromium chromium-driver) for the web console tests"
+  (apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }) \
+    || echo "apt-get install chromium failed" >&2
+fi
+if ! python3 -c "import playwright.sync_api" >/dev/null 2>&1; then
+  if command -v pip >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1; then
+    echo "==> installing Playwright (pip install playwright) for the web console tests"
+    "$(command -v pip || command -v pip3)" install --quiet playwright || echo "pip install playwright failed" >&2
+  fi
+fi
+if [ ! -x /usr/bin/chromium ] || ! python3 -c "import playwright.sync_api" >/dev/null 2>&1; then
+  echo "*** WARNING: Chromium or Playwright is not available and could not be installed:" >&2
+  echo "*** the web console browser test will be SKIPPED (it says so in its output)." >&2
+  export KEYHOLE_ALLOW_NO_BROWSER=1
+fi
+
 cargo test --release
 # The benchmarks must keep compiling; run them with `cargo bench -p keyhole-host`.
 cargo bench --no-run --quiet -p keyhole-host
