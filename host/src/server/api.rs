@@ -961,7 +961,7 @@ async fn describe_secret(
         };
         let path = app.dir.store_path();
         let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
-        let conn = crate::audit::open(&path, false).map_err(internal)?;
+        let conn = app.audit_reads();
         let last_read = crate::audit::last_read(&conn, &path, &ns, &name).map_err(internal)?;
         Ok(Json(json!({
             "backend": backend.describe(),
@@ -1528,7 +1528,7 @@ async fn execution_access(
     blocking(&app, move |app| {
         let path = app.dir.store_path();
         let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
-        let conn = crate::audit::open(&path, false).map_err(internal)?;
+        let conn = app.audit_reads();
         let filter = crate::audit::Filter { execution: Some(id.clone()), ..Default::default() };
         let records = crate::audit::list(&conn, &path, &filter).map_err(internal)?;
         let detail = |r: &crate::audit::Record, k: &str| {
@@ -1655,7 +1655,7 @@ async fn list_audit(
 ) -> Result<Json<Vec<crate::audit::Record>>, ApiError> {
     blocking(&app, move |app| {
         let path = app.dir.store_path();
-        let conn = crate::audit::open(&path, false).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let conn = app.audit_reads();
         let visible =
             |r: &crate::audit::Record| Namespace::new(&r.namespace).is_ok_and(|ns| caller.may(P::AuditRead, &ns));
         let Some(limit) = f.limit else {

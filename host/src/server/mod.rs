@@ -94,6 +94,9 @@ pub struct App {
     tokens: Mutex<Tokens>,
     registry: Mutex<Registry>,
     records: Mutex<Executions>,
+    /// One connection for reading the audit trail (opening one per request
+    /// costs more than the query).
+    audit_reads: Mutex<rusqlite::Connection>,
     /// Running executions (cancel handle, live log), by id; an execution
     /// leaves it only after its record and masked log are stored.
     pub running: Mutex<HashMap<String, worker::Running>>,
@@ -133,6 +136,8 @@ impl App {
         let integrity = secrets.local().store().integrity().clone();
         let audit = crate::session::open_audit(dir, &secrets)?;
         let records = Executions::open(&dir.store_path()).map_err(SessionError::from)?;
+        let audit_reads = crate::audit::open(&dir.store_path(), false)
+            .map_err(|e| ServeError::Refused(format!("cannot read the audit trail: {e}")))?;
         let db = |e: crate::tokens::TokenError| ServeError::Refused(e.to_string());
         let tokens = Tokens::open(&dir.store_path(), integrity.clone()).map_err(db)?;
         let registry =
@@ -145,6 +150,7 @@ impl App {
             tokens: Mutex::new(tokens),
             registry: Mutex::new(registry),
             records: Mutex::new(records),
+            audit_reads: Mutex::new(audit_reads),
             running: Mutex::new(HashMap::new()),
             queue: (Mutex::new(0), Condvar::new()),
             waiters: Default::default(),
@@ -164,6 +170,12 @@ impl App {
     /// The deployed flows.
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
+    }
+
+    /// The connection audit-trail reads share (not verification, which
+    /// walks the whole chain on its own).
+    pub fn audit_reads(&self) -> MutexGuard<'_, rusqlite::Connection> {
+        lock(&self.audit_reads)
     }
 
     /// The execution records.
