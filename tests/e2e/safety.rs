@@ -314,6 +314,16 @@ fn a_signed_checkpoint_kept_elsewhere_catches_a_rolled_back_log() {
     let r = env.run_with(env.host().args(["audit", "verify", "--against"]).arg(&ck), b"");
     r.expect_code(1);
     assert!(r.stderr.contains("the log was cut") && r.stderr.contains("record 9"), "{}", r.stderr);
+    // Let the restored host write past the signed record: the log is as
+    // long as the checkpoint says again, and still intact on its own, but
+    // its record 9 is not the one that was signed.
+    for i in 20..24 {
+        env.set_secret("", &format!("S{i}"), "v");
+    }
+    env.run(&["audit", "verify"]).expect_code(0);
+    let r = env.run_with(env.host().args(["audit", "verify", "--against"]).arg(&ck), b"");
+    r.expect_code(1);
+    assert!(r.stderr.contains("the log was rewritten: record 9 differs"), "{}", r.stderr);
     // And the checkpoint file never goes back.
     env.run_with(env.host().args(["audit", "checkpoint", "-o"]).arg(&ck), b"").expect_code(1);
     assert_eq!(std::fs::read_to_string(&ck).unwrap(), note);
