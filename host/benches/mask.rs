@@ -87,5 +87,24 @@ fn throughput(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, throughput);
+/// Building the matcher for one large value (a certificate bundle, a
+/// kubeconfig): the first line a task prints after reading it waits for this.
+fn build(c: &mut Criterion) {
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    let mut g = c.benchmark_group("mask-build");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for kib in [1, 100] {
+        let value = SecretValue::new(rng.word(kib << 10, ALNUM));
+        g.bench_function(format!("{kib}KiB-secret"), |b| {
+            b.iter(|| {
+                let set = MaskSet::new();
+                set.add(&value);
+                set.matcher()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, throughput, build);
 criterion_main!(benches);

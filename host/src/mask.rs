@@ -369,9 +369,13 @@ impl Matcher {
         let long: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).filter(|v| v.len() >= MIN_MASK_LEN).collect();
         if !long.is_empty() {
             m.max_value_len = long.iter().map(|v| v.len()).max().unwrap_or(0);
+            // A contiguous NFA, never the DFA the builder picks for a few
+            // patterns: a DFA's build grows with the values' length (a 100
+            // KiB value took 56 s), the NFA's stays linear.
             m.plain = Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostLongest)
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
                     .build(long)
                     .expect("masking patterns are plain byte strings"),
             );
