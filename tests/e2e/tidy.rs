@@ -180,3 +180,56 @@ fn the_guest_sdk_carries_the_same_wit_as_the_repository() {
         assert!(a == b, "guest-sdk/wit/{name:?} differs from wit/{name:?}: copy wit/ into guest-sdk/wit/");
     }
 }
+
+/// The function a cargo-mutants mutant text names: `replace Grants::none ->
+/// Self with Default::default()` names `Grants::none`, `replace == with != in
+/// check_against` names `check_against`.
+fn mutated_function(mutant: &str) -> &str {
+    if let Some((_, f)) = mutant.rsplit_once(" in ") {
+        return f;
+    }
+    let f = mutant.strip_prefix("replace ").unwrap_or(mutant);
+    let end = [" -> ", " with "].iter().filter_map(|s| f.find(s)).min().unwrap_or(f.len());
+    &f[..end]
+}
+
+#[test]
+fn mutants_md_explains_only_functions_that_exist_and_the_script_mutates_only_files_that_exist() {
+    let text = std::fs::read_to_string(workspace().join("tests/MUTANTS.md")).unwrap();
+    let mut stale = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let Some(rest) = line.strip_prefix("- `host/src/") else { continue };
+        let entry = rest.split_once('`').and_then(|(m, why)| Some((m.split_once(": ")?, why)));
+        let Some(((file, mutant), why)) = entry else {
+            stale.push(format!("line {}: not `- `host/src/FILE: MUTANT` — why`", n + 1));
+            continue;
+        };
+        if why.trim_start_matches([' ', '—', '-', ':']).trim().len() < 10 {
+            stale.push(format!("line {}: `{mutant}` has no reason", n + 1));
+        }
+        let Ok(src) = std::fs::read_to_string(workspace().join("host/src").join(file)) else {
+            stale.push(format!("line {}: host/src/{file} does not exist", n + 1));
+            continue;
+        };
+        let func = mutated_function(mutant);
+        let (owner, name) = func.rsplit_once("::").unwrap_or(("", func));
+        // `<impl Display for Secret>` is owned by `Secret`; `Grants` by itself.
+        let owner = owner.trim_end_matches('>').rsplit([' ', '<']).next().unwrap_or("");
+        let name = name.split('<').next().unwrap();
+        if !src.contains(&format!("fn {name}")) || !src.contains(owner) {
+            stale.push(format!("line {}: host/src/{file} has no function `{func}`", n + 1));
+        }
+    }
+    assert!(stale.is_empty(), "tests/MUTANTS.md explains what is no longer there:\n{}", stale.join("\n"));
+
+    let script = std::fs::read_to_string(workspace().join("scripts/mutants.sh")).unwrap();
+    let table = script.split_once("GROUPS_TABLE='").and_then(|(_, t)| t.split_once('\'')).unwrap().0;
+    let mut files = 0;
+    for row in table.lines().filter(|l| !l.is_empty()) {
+        for f in row.split('|').nth(1).unwrap().split_whitespace() {
+            files += 1;
+            assert!(workspace().join("host/src").join(f).is_file(), "scripts/mutants.sh mutates host/src/{f}, which does not exist");
+        }
+    }
+    assert!(files > 20, "scripts/mutants.sh's table names only {files} files");
+}

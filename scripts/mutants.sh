@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Mutation testing of the trust boundary with cargo-mutants: every condition
+# that decides what crosses it (a grant, an allow-list entry, an address, a
+# MAC, a chain link, a checkpoint, a masking rule, a role) is switched off or
+# turned around, one at a time, and the tests that guard it must fail.
+#
+#   bash scripts/mutants.sh              every group below
+#   bash scripts/mutants.sh audit mask   only these groups
+#   bash scripts/mutants.sh --list       the groups, their files and mutant counts
+#
+# A mutant the tests miss must be killed by a new test or explained, one line
+# each, in tests/MUTANTS.md; the script exits 1 while any is neither. The
+# report is target/mutants/report.md. It mutates a copy of the working tree's
+# tracked files (target/mutants/tree, with its own target directory seeded
+# from this one), so the checkout stays usable while it runs. The package
+# under test is built at opt-level 0 over the release profile's optimized
+# dependencies: about 6 s per mutant instead of 12, and no second dependency
+# build. Too slow for every push (see README "Mutation testing" for the
+# figures); CI checks only that tests/MUTANTS.md names functions that exist.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+# group | files under host/src | the end-to-end tests that guard them
+# (libtest filters and --skip). Every group runs all unit tests too (each
+# one's path has `tests::`); cargo test runs them first and stops at the
+# first failing binary, so a mutant they catch costs a second, not the e2e.
+GROUPS_TABLE='
+access|access.rs policy.rs capability/mod.rs capability/secrets.rs capability/context.rs capability/log.rs|exec:: --skip exec::secret_set flows::each_task lifecycle::a_revocation masking::masking_tells sandbox::no_env_vars
+audit|audit/chain.rs audit/log.rs audit/mod.rs audit/verify.rs|audit:: safety::a_forged safety::a_signed safety::deleting safety::a_plugin_cannot_grow safety::edited_rows safety::the_actor network::nothing_is_sent exec::secret_cli
+authz|authz.rs|server::the_authorization_matrix server::the_server_refuses server::an_approval console::a_console
+network|network/mod.rs network/address.rs network/allow.rs network/inject.rs capability/http.rs|network:: masking::a_password safety::a_task_gets_at_most
+router|backend/router.rs|vault:: aws:: exec::nearer exec::granted lifecycle::a_revocation lifecycle::a_rotation_mid
+crypto|crypto.rs keyring.rs store/mod.rs store/bundle.rs store/read.rs store/rows.rs store/stage.rs store/write.rs|store:: safety::edited_rows safety::key_rotation safety::a_crafted safety::a_rotated safety::concurrent safety::a_store_written safety::an_edited_backend safety::every_file lifecycle:: network::an_edited_row exec::granted
+mask|mask.rs|masking:: flows::a_leaked flows::a_plugins_error engine::parallel
+rotate|lease.rs rotate.rs capability/rotation.rs|dynamic:: rotation:: lifecycle::a_staged
+server|server/webhook.rs server/schedule.rs server/worker.rs trigger.rs|server::webhooks server::schedules server::cancel server::an_approval server::a_flows_concurrency server::kill_9
+wasi|capability/config.rs capability/wasi.rs|authors::a_wasi_program_with_main sandbox::no_env_vars exec::granted'
+
+list=false
+want=()
+for a in "$@"; do
+  case "$a" in
+    --list) list=true ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) want+=("$a") ;;
+  esac
+done
+
+if ! command -v cargo-mutants >/dev/null 2>&1; then
+  echo "==> installing cargo-mutants (cargo install cargo-mutants --locked; about 2.5 minutes)"
+  cargo install --quiet cargo-mutants --locked
+fi
+
+# The groups to run, in table order.
+groups=()
+while IFS='|' read -r name files tests; do
+  [ -n "$name" ] || continue
+  if [ ${#want[@]} -eq 0 ] || [[ " ${want[*]} " == *" $name "* ]]; then groups+=("$name"); fi
+done <<<"$GROUPS_TABLE"
+for w in "${want[@]}"; do
+  grep -q "^$w|" <<<"$GROUPS_TABLE" || { echo "mutants.sh: no group '$w' (see --list)" >&2; exit 2; }
+done
+
+row() { grep "^$1|" <<<"$GROUPS_TABLE"; }
+file_args() {
+  local f
+  for f in $(row "$1" | cut -d'|' -f2); do printf -- '-f\nhost/src/%s\n' "$f"; done
+}
+
+if $list; then
+  for g in "${groups[@]}"; do
+    mapfile -t fa < <(file_args "$g")
+    n=$(cargo mutants --list -p keyhole-host "${fa[@]}" | wc -l)
+    printf '%-8s %4d mutants  %s\n' "$g" "$n" "$(row "$g" | cut -d'|' -f2)"
+  done
+  exit 0
+fi
+
+# A copy of the working tree's tracked files to mutate in place.
+work="$root/target/mutants"
+tree="$work/tree"
+mkdir -p "$work"
+if [ ! -d "$tree/.git" ] && [ ! -f "$tree/.git" ]; then
+  git worktree add --detach --force "$tree" HEAD >/dev/null
+fi
+snapshot=$(git stash create 2>/dev/null || true)
+git -C "$tree" checkout --quiet --detach --force "${snapshot:-HEAD}"
+git -C "$tree" clean --quiet -fd -e target
+if [ -n "$(git ls-files --others --exclude-standard host tests)" ]; then
+  echo "*** note: untracked files under host/ or tests/ are not in the copy; git add them first" >&2
+fi
+if [ ! -d "$tree/target/release" ] && [ -d "$root/target/release" ]; then
+  echo "==> seeding $tree/target from target/ (the optimized dependencies are reused)"
+  mkdir -p "$tree/target"
+  for d in release plugins js-tools; do
+    [ -d "$root/target/$d" ] && cp -a "$root/target/$d" "$tree/target/"
+  done
+fi
+
+opt="profile.release.package.keyhole-host.opt-level=0"
+cd "$tree"
+echo "==> building the unmutated tree once (its tests are the baseline: scripts/test.sh runs them)"
+cargo test --quiet --release --config "$opt" -p keyhole-host --lib --test e2e --no-run
+
+start=$(date +%s)
+for g in "${groups[@]}"; do
+  mapfile -t fa < <(file_args "$g")
+  read -r -a filters <<<"$(row "$g" | cut -d'|' -f3)"
+  echo "==> group $g: $(row "$g" | cut -d'|' -f2)"
+  rm -rf "$work/out/$g"; mkdir -p "$work/out/$g"
+  gstart=$(date +%s)
+  rc=0
+  cargo mutants --in-place --baseline skip --no-shuffle \
+    --timeout 300 --build-timeout 600 \
+    -p keyhole-host --test-package keyhole-host "${fa[@]}" --profile release "--cargo-arg=--config=$opt" \
+    -o "$work/out/$g" -- --lib --test e2e -- tests:: "${filters[@]}" || rc=$?
+  # 2: some missed, 3: some timed out; both judged below. Anything else
+  # (a usage error, a tree that does not build) stops the run.
+  case $rc in 0|2|3) ;; *) echo "mutants.sh: cargo mutants failed ($rc) on group $g" >&2; exit "$rc" ;; esac
+  echo "$(( $(date +%s) - gstart ))" >"$work/out/$g/seconds"
+  git checkout --quiet --force -- . # cargo-mutants restores each file; be sure
+done
+cd "$root"
+
+# The report: every group's figures, and each missed mutant that
+# tests/MUTANTS.md does not explain. An explanation is a line
+#   - `host/src/FILE.rs: MUTANT` — why it cannot change behaviour
+# where MUTANT is cargo-mutants' text without the line and column.
+explained=$(sed -n 's/^- `\(host\/src\/[^`]*\)`.*/\1/p' tests/MUTANTS.md 2>/dev/null || true)
+report="$work/report.md"
+unexplained=0
+{
+  echo "# Mutation testing: $(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD)"
+  echo
+  echo "| group | mutants | caught | timeout | unviable | missed | explained | unexplained | minutes |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+} >"$report"
+survivors=""
+for g in "${groups[@]}"; do
+  o="$work/out/$g/mutants.out"
+  [ -d "$o" ] || { echo "| $g | did not run | | | | | | | |" >>"$report"; unexplained=$((unexplained + 1)); continue; }
+  count() { if [ -f "$o/$1" ]; then grep -c . "$o/$1" || true; else echo 0; fi; }
+  caught=$(count caught.txt); timeout=$(count timeout.txt); unviable=$(count unviable.txt); missed=$(count missed.txt)
+  ex=0; un=0
+  while IFS= read -r m; do
+    [ -n "$m" ] || continue
+    key=$(sed -E 's/^([^:]+):[0-9]+:[0-9]+: /\1: /' <<<"$m")
+    if grep -qxF -- "$key" <<<"$explained"; then ex=$((ex + 1)); else un=$((un + 1)); survivors+="$m"$'\n'; fi
+  done <"${o}/missed.txt"
+  unexplained=$((unexplained + un))
+  echo "| $g | $((caught + timeout + unviable + missed)) | $caught | $timeout | $unviable | $missed | $ex | $un | $(( $(cat "$work/out/$g/seconds") / 60 )) |" >>"$report"
+done
+{
+  echo
+  echo "Whole run: $(( ($(date +%s) - start) / 60 )) minutes."
+  if [ -n "$survivors" ]; then
+    echo
+    echo "## Unexplained survivors (kill each with a test, or explain it in tests/MUTANTS.md)"
+    echo
+    printf '%s' "$survivors" | sed 's/^/- /'
+  fi
+} >>"$report"
+cat "$report"
+if [ "$unexplained" -gt 0 ]; then
+  echo "mutants.sh: $unexplained unexplained survivor(s) or group(s) that did not run; see $report" >&2
+  exit 1
+fi
