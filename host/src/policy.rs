@@ -74,6 +74,8 @@ mod tests {
     #[test]
     fn nothing_is_granted_by_default() {
         assert!(matches!(Grants::none().check("ANY"), Err(Refusal::NotGranted(_))));
+        assert!(Grants::none().is_empty() && Grants::default().is_empty());
+        assert!(!grants(&["A"]).is_empty(), "a grant is not nothing");
     }
 
     #[test]

@@ -285,6 +285,35 @@ fn deleting_the_newest_audit_records_is_caught() {
 }
 
 #[test]
+fn an_edited_keyed_boundary_is_caught() {
+    // The boundary says where the keyed chain starts; an attacker who moves
+    // it could pass records off as older, unkeyed ones.
+    let env = populated();
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    let text: Vec<u8> =
+        db.query_row("SELECT value FROM meta WHERE key = 'audit_keyed_from'", [], |r| r.get(0)).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(parts.len(), 5, "{text}");
+    // Well formed, five fields, every one parseable: only the MAC is wrong.
+    let forged = format!("{} {} {} {} {}", parts[0], parts[1], parts[2], parts[3], "00".repeat(32));
+    db.execute("UPDATE meta SET value = ?1 WHERE key = 'audit_keyed_from'", [forged.into_bytes()]).unwrap();
+    drop(db);
+    let r = env.run(&["audit", "verify"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("keyed boundary fails its MAC"), "{}", r.stderr);
+}
+
+#[test]
+fn reading_the_trail_of_a_store_that_does_not_exist_creates_nothing() {
+    let env = Env::new();
+    let r = env.run(&["audit", "list"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("no keyhole store at") && r.stderr.contains("nothing has been recorded yet"), "{}", r.stderr);
+    assert!(!env.db().exists(), "audit list created the store");
+}
+
+#[test]
 fn a_signed_checkpoint_kept_elsewhere_catches_a_rolled_back_log() {
     let env = populated();
     let outside = tempfile::tempdir().unwrap();

@@ -276,3 +276,27 @@ thread_local! {
     /// simulated).
     pub(super) static PANIC_IN_COMMIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_key_that_cannot_be_read_or_is_short_is_an_error_not_off() {
+        use base64::Engine as _;
+        if std::env::var_os(AUDIT_KEY_ENV).is_some() {
+            return; // the variable wins over the file
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(AuditKey::load(&dir.path().join("absent")).unwrap().is_none(), "no key: fingerprints off");
+        // A key file that exists but cannot be read must not turn
+        // fingerprints off without a word.
+        assert!(AuditKey::load(dir.path()).is_err(), "a directory read as a key");
+        let short = dir.path().join("short");
+        std::fs::write(&short, base64::engine::general_purpose::STANDARD.encode([7u8; 31])).unwrap();
+        let e = AuditKey::load(&short).err().expect("a 31-byte key is refused").to_string();
+        assert!(e.contains("at least 32 bytes, got 31"), "{e}");
+        std::fs::write(&short, base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
+        assert!(AuditKey::load(&short).unwrap().is_some());
+    }
+}

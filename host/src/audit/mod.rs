@@ -855,4 +855,35 @@ mod tests {
         assert_ne!(k.fingerprint("v"), k.fingerprint("w"));
         assert!(AuditKey::create(&p).is_err(), "an existing key is never overwritten");
     }
+
+    #[test]
+    fn bounded_cuts_at_a_character_boundary_and_says_how_much() {
+        // `é` takes bytes 255 and 256: the cut falls inside it.
+        let text = format!("{}\u{e9} tail", "a".repeat(255));
+        let b = bounded(&text);
+        assert_eq!(b, format!("{}\u{2026}[7 more bytes cut]", "a".repeat(255)));
+        assert_eq!(bounded("short"), "short");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn os_user_names_the_effective_user_from_the_password_file() {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        let id = std::process::Command::new("id").arg("-un").output().unwrap();
+        if id.status.success() {
+            let name = String::from_utf8(id.stdout).unwrap();
+            assert_eq!(os_user(), format!("{} (uid {uid})", name.trim()));
+        }
+    }
+
+    #[test]
+    fn the_log_is_never_created_by_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyhole.db");
+        assert!(matches!(open(&path, false), Err(AuditError::NoStore(_))));
+        assert!(!path.exists(), "a reader created the store file");
+        open(&path, true).unwrap();
+        open(&path, false).unwrap();
+    }
 }
