@@ -309,7 +309,11 @@ fn reading_the_trail_of_a_store_that_does_not_exist_creates_nothing() {
     let env = Env::new();
     let r = env.run(&["audit", "list"]);
     assert_ne!(r.code, 0, "{}", r.stdout);
-    assert!(r.stderr.contains("no keyhole store at") && r.stderr.contains("nothing has been recorded yet"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no keyhole store at") && r.stderr.contains("nothing has been recorded yet"),
+        "{}",
+        r.stderr
+    );
     assert!(!env.db().exists(), "audit list created the store");
 }
 

@@ -228,7 +228,10 @@ fn mutants_md_explains_only_functions_that_exist_and_the_script_mutates_only_fil
     for row in table.lines().filter(|l| !l.is_empty()) {
         for f in row.split('|').nth(1).unwrap().split_whitespace() {
             files += 1;
-            assert!(workspace().join("host/src").join(f).is_file(), "scripts/mutants.sh mutates host/src/{f}, which does not exist");
+            assert!(
+                workspace().join("host/src").join(f).is_file(),
+                "scripts/mutants.sh mutates host/src/{f}, which does not exist"
+            );
         }
     }
     assert!(files > 20, "scripts/mutants.sh's table names only {files} files");

@@ -294,7 +294,7 @@ mod tests {
         assert!(AuditKey::load(dir.path()).is_err(), "a directory read as a key");
         let short = dir.path().join("short");
         std::fs::write(&short, base64::engine::general_purpose::STANDARD.encode([7u8; 31])).unwrap();
-        let e = AuditKey::load(&short).err().expect("a 31-byte key is refused").to_string();
+        let e = AuditKey::load(&short).expect_err("a 31-byte key is refused").to_string();
         assert!(e.contains("at least 32 bytes, got 31"), "{e}");
         std::fs::write(&short, base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
         assert!(AuditKey::load(&short).unwrap().is_some());
