@@ -88,8 +88,10 @@ mkdir -p "$work"
 if [ ! -d "$tree/.git" ] && [ ! -f "$tree/.git" ]; then
   git worktree add --detach --force "$tree" HEAD >/dev/null
 fi
+# The working tree as it is now (tracked files), or this checkout's HEAD:
+# resolved here, since HEAD inside the copy is the copy's own.
 snapshot=$(git stash create 2>/dev/null || true)
-git -C "$tree" checkout --quiet --detach --force "${snapshot:-HEAD}"
+git -C "$tree" checkout --quiet --detach --force "${snapshot:-$(git rev-parse HEAD)}"
 git -C "$tree" clean --quiet -fd -e target
 if [ -n "$(git ls-files --others --exclude-standard host tests)" ]; then
   echo "*** note: untracked files under host/ or tests/ are not in the copy; git add them first" >&2

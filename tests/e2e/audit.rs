@@ -122,13 +122,23 @@ fn verify_catches_an_inserted_record() {
 #[test]
 fn prune_keeps_the_chain_verifiable() {
     let env = populated();
+    // An auditor's signed checkpoint, kept elsewhere, from before the prune.
+    let outside = tempfile::tempdir().unwrap();
+    let ck = outside.path().join("audit.checkpoint");
+    env.run_with(env.host().args(["audit", "checkpoint", "-o"]).arg(&ck), b"").expect_code(0);
+    env.set_secret("", "MID", "v");
     let r = env.run(&["audit", "prune", "--before", "1d"]);
     r.expect_code(0);
     env.run(&["audit", "prune", "--before", "2999-01-01"]).expect_code(0);
     env.set_secret("", "AFTER", "v");
     let r = verify(&env);
     r.expect_code(0);
-    assert!(r.stdout.contains("audit log intact: 2 records (seq 7..8)"), "{}", r.stdout);
+    assert!(r.stdout.contains("audit log intact: 2 records (seq 8..9)"), "{}", r.stdout);
+    // Pruned past the checkpoint's record: nothing left to compare it with,
+    // and a prune is no rewrite.
+    let r = env.run_with(env.host().args(["audit", "verify", "--against"]).arg(&ck), b"");
+    r.expect_code(0);
+    assert!(r.stdout.contains("contains checkpoint"), "{}", r.stdout);
     assert_eq!(records(&env, &["--action", "audit.prune"]).len(), 1);
 }
 
