@@ -293,6 +293,27 @@ mod tests {
         Namespace::new(s).unwrap()
     }
 
+    #[test]
+    fn custom_role_names_are_short_plain_and_never_a_built_in_one() {
+        for good in ["deployer", "ci-bot_2", &"a".repeat(64)] {
+            assert_eq!(check_role_name(good), Ok(()), "{good:?}");
+        }
+        // Empty, too long, upper case, a space, a terminal escape: a role
+        // name is shown in listings and audit records.
+        for bad in ["", &"a".repeat(65), "Deployer", "dev ops", "ops\u{1b}[2J"] {
+            assert!(check_role_name(bad).unwrap_err().contains("1 to 64 of a-z"), "{bad:?}");
+        }
+        assert!(check_role_name("admin").unwrap_err().contains("built-in role"));
+    }
+
+    #[test]
+    fn a_binding_reads_as_where_the_role_applies() {
+        // What `host token list` and the console show an admin.
+        let b = |role: &str, at: Namespace| Binding { role: role.into(), namespace: at };
+        assert_eq!(b("runner", ns("team.ci")).to_string(), "runner in team.ci");
+        assert_eq!(b("auditor", Namespace::root()).to_string(), "auditor (every namespace)");
+    }
+
     fn who(bindings: &[(Role, &str)]) -> Principal {
         Principal {
             id: "t".into(),
