@@ -9,6 +9,7 @@
 #   bash scripts/mutants.sh --list       the groups, their files and mutant counts
 #   bash scripts/mutants.sh --iterate G  retry only what group G's last run did
 #                                        not catch (after adding a test)
+#   bash scripts/mutants.sh --report     the report of the runs so far, no run
 #
 # A mutant the tests miss must be killed by a new test or explained, one line
 # each, in tests/MUTANTS.md; the script exits 1 while any is neither. The
@@ -40,13 +41,15 @@ server|server/webhook.rs server/schedule.rs server/worker.rs trigger.rs|server::
 wasi|capability/config.rs capability/wasi.rs|authors::a_wasi_program_with_main sandbox::no_env_vars exec::granted'
 
 list=false
+report_only=false
 iterate=()
 want=()
 for a in "$@"; do
   case "$a" in
     --list) list=true ;;
     --iterate) iterate=(--iterate) ;;
-    -h|--help) sed -n "2,21p" "$0"; exit 0 ;;
+    --report) report_only=true ;;
+    -h|--help) sed -n "2,22p" "$0"; exit 0 ;;
     *) want+=("$a") ;;
   esac
 done
@@ -81,56 +84,72 @@ if $list; then
   exit 0
 fi
 
-# A copy of the working tree's tracked files to mutate in place.
 work="$root/target/mutants"
 tree="$work/tree"
-mkdir -p "$work"
-if [ ! -d "$tree/.git" ] && [ ! -f "$tree/.git" ]; then
-  git worktree add --detach --force "$tree" HEAD >/dev/null
-fi
-# The working tree as it is now (tracked files), or this checkout's HEAD:
-# resolved here, since HEAD inside the copy is the copy's own.
-snapshot=$(git stash create 2>/dev/null || true)
-git -C "$tree" checkout --quiet --detach --force "${snapshot:-$(git rev-parse HEAD)}"
-git -C "$tree" clean --quiet -fd -e target
-if [ -n "$(git ls-files --others --exclude-standard host tests)" ]; then
-  echo "*** note: untracked files under host/ or tests/ are not in the copy; git add them first" >&2
-fi
-if [ ! -d "$tree/target/release" ] && [ -d "$root/target/release" ]; then
-  echo "==> seeding $tree/target from target/ (the optimized dependencies are reused)"
-  mkdir -p "$tree/target"
-  for d in release plugins js-tools; do
-    [ -d "$root/target/$d" ] && cp -a "$root/target/$d" "$tree/target/"
-  done
-fi
-
 opt="profile.release.package.keyhole-host.opt-level=0"
-cd "$tree"
-echo "==> building the unmutated tree once (its tests are the baseline: scripts/test.sh runs them)"
-cargo test --quiet --release --config "$opt" -p keyhole-host --lib --test e2e --no-run
 
-start=$(date +%s)
-for g in "${groups[@]}"; do
-  mapfile -t fa < <(file_args "$g")
-  read -r -a filters <<<"$(row "$g" | cut -d'|' -f3)"
-  echo "==> group $g: $(row "$g" | cut -d'|' -f2)"
-  [ ${#iterate[@]} -gt 0 ] || rm -rf "$work/out/$g"
-  mkdir -p "$work/out/$g"
-  gstart=$(date +%s)
-  rc=0
-  # A mutant that hangs the tests is caught (timeout.txt): a group's tests
-  # take under 30 s unmutated.
-  cargo mutants --in-place --baseline skip --no-shuffle "${iterate[@]}" \
-    --timeout 90 --build-timeout 600 \
-    -p keyhole-host --test-package keyhole-host "${fa[@]}" --profile release "--cargo-arg=--config=$opt" \
-    -o "$work/out/$g" -- --lib --test e2e -- tests:: "${filters[@]}" || rc=$?
-  # 2: some missed, 3: some timed out; both judged below. Anything else
-  # (a usage error, a tree that does not build) stops the run.
-  case $rc in 0|2|3) ;; *) echo "mutants.sh: cargo mutants failed ($rc) on group $g" >&2; exit "$rc" ;; esac
-  echo "$(( $(date +%s) - gstart ))" >"$work/out/$g/seconds"
-  git checkout --quiet --force -- . # cargo-mutants restores each file; be sure
-done
-cd "$root"
+# Runs the groups: a copy of the tree, then cargo-mutants on each group.
+run() {
+  # A copy of the working tree's tracked files to mutate in place.
+  mkdir -p "$work"
+  if [ ! -d "$tree/.git" ] && [ ! -f "$tree/.git" ]; then
+    git worktree add --detach --force "$tree" HEAD >/dev/null
+  fi
+  # The working tree as it is now (tracked files), or this checkout's HEAD:
+  # resolved here, since HEAD inside the copy is the copy's own.
+  snapshot=$(git stash create 2>/dev/null || true)
+  git -C "$tree" checkout --quiet --detach --force "${snapshot:-$(git rev-parse HEAD)}"
+  git -C "$tree" clean --quiet -fd -e target
+  if [ -n "$(git ls-files --others --exclude-standard host tests)" ]; then
+    echo "*** note: untracked files under host/ or tests/ are not in the copy; git add them first" >&2
+  fi
+  if [ ! -d "$tree/target/release" ] && [ -d "$root/target/release" ]; then
+    echo "==> seeding $tree/target from target/ (the optimized dependencies are reused)"
+    mkdir -p "$tree/target"
+    for d in release plugins js-tools; do
+      [ -d "$root/target/$d" ] && cp -a "$root/target/$d" "$tree/target/"
+    done
+  fi
+
+  cd "$tree"
+  echo "==> building the unmutated tree once (its tests are the baseline: scripts/test.sh runs them)"
+  cargo test --quiet --release --config "$opt" -p keyhole-host --lib --test e2e --no-run
+
+  for g in "${groups[@]}"; do
+    mapfile -t fa < <(file_args "$g")
+    read -r -a filters <<<"$(row "$g" | cut -d'|' -f3)"
+    echo "==> group $g: $(row "$g" | cut -d'|' -f2)"
+    if [ ${#iterate[@]} -eq 0 ]; then
+      rm -rf "$work/out/$g"
+    elif [ -f "$work/out/$g/all-timeout.txt" ] && [ -d "$work/out/$g/mutants.out" ]; then
+      # cargo-mutants retries timeouts; a timeout is caught, so skip them.
+      cat "$work/out/$g/all-timeout.txt" >>"$work/out/$g/mutants.out/previously_caught.txt"
+    fi
+    mkdir -p "$work/out/$g"
+    gstart=$(date +%s)
+    rc=0
+    # A mutant that hangs the tests is caught (timeout.txt): a group's tests
+    # take under 30 s unmutated.
+    cargo mutants --in-place --baseline skip --no-shuffle "${iterate[@]}" \
+      --timeout 90 --build-timeout 600 \
+      -p keyhole-host --test-package keyhole-host "${fa[@]}" --profile release "--cargo-arg=--config=$opt" \
+      -o "$work/out/$g" -- --lib --test e2e -- tests:: "${filters[@]}" || rc=$?
+    # 2: some missed, 3: some timed out; both judged below. Anything else
+    # (a usage error, a tree that does not build) stops the run.
+    case $rc in 0|2|3) ;; *) echo "mutants.sh: cargo mutants failed ($rc) on group $g" >&2; exit "$rc" ;; esac
+    # What each run settled, kept across --iterate runs (which retry only
+    # the missed), so that the report counts the whole group.
+    for f in caught timeout unviable; do
+      cat "$work/out/$g/mutants.out/$f.txt" >>"$work/out/$g/all-$f.txt" 2>/dev/null || true
+      sort -u -o "$work/out/$g/all-$f.txt" "$work/out/$g/all-$f.txt"
+    done
+    echo "$(( $(date +%s) - gstart + $(cat "$work/out/$g/seconds" 2>/dev/null || echo 0) ))" >"$work/out/$g/seconds.new"
+    mv "$work/out/$g/seconds.new" "$work/out/$g/seconds"
+    git checkout --quiet --force -- . # cargo-mutants restores each file; be sure
+  done
+  cd "$root"
+}
+$report_only || run
 
 # The report: every group's figures, and each missed mutant that
 # tests/MUTANTS.md does not explain. An explanation is a line
@@ -146,11 +165,15 @@ unexplained=0
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 } >"$report"
 survivors=""
+total=0
 for g in "${groups[@]}"; do
   o="$work/out/$g/mutants.out"
   [ -d "$o" ] || { echo "| $g | did not run | | | | | | | |" >>"$report"; unexplained=$((unexplained + 1)); continue; }
-  count() { if [ -f "$o/$1" ]; then grep -c . "$o/$1" || true; else echo 0; fi; }
-  caught=$(count caught.txt); timeout=$(count timeout.txt); unviable=$(count unviable.txt); missed=$(count missed.txt)
+  count() { if [ -f "$1" ]; then grep -c . "$1" || true; else echo 0; fi; }
+  caught=$(count "$work/out/$g/all-caught.txt"); unviable=$(count "$work/out/$g/all-unviable.txt")
+  # A timeout a later run caught counts once, as caught.
+  timeout=$(comm -23 "$work/out/$g/all-timeout.txt" "$work/out/$g/all-caught.txt" | grep -c . || true)
+  missed=$(count "$o/missed.txt")
   ex=0; un=0
   while IFS= read -r m; do
     [ -n "$m" ] || continue
@@ -158,11 +181,12 @@ for g in "${groups[@]}"; do
     if grep -qxF -- "$key" <<<"$explained"; then ex=$((ex + 1)); else un=$((un + 1)); survivors+="$m"$'\n'; fi
   done <"${o}/missed.txt"
   unexplained=$((unexplained + un))
-  echo "| $g | $((caught + timeout + unviable + missed)) | $caught | $timeout | $unviable | $missed | $ex | $un | $(( $(cat "$work/out/$g/seconds") / 60 )) |" >>"$report"
+  total=$((total + $(cat "$work/out/$g/seconds" 2>/dev/null || echo 0)))
+  echo "| $g | $((caught + timeout + unviable + missed)) | $caught | $timeout | $unviable | $missed | $ex | $un | $(( $(cat "$work/out/$g/seconds" 2>/dev/null || echo 0) / 60 )) |" >>"$report"
 done
 {
   echo
-  echo "Whole run: $(( ($(date +%s) - start) / 60 )) minutes."
+  echo "Time in cargo-mutants, all runs of these groups: $(( total / 60 )) minutes."
   if [ -n "$survivors" ]; then
     echo
     echo "## Unexplained survivors (kill each with a test, or explain it in tests/MUTANTS.md)"
