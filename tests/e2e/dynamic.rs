@@ -265,10 +265,24 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     // A task that outlives its timeout: revoked all the same.
     let echo = Echo::start();
     let file = flow(&env, &echo, "WAREHOUSE_RO", &nap(30, "    limits: { timeout: 1s }\n"), "");
+    let lease_ids = || -> Vec<Value> {
+        let all = env.run(&["lease", "list", "--all", "--json"]).json();
+        all.as_array().unwrap().iter().map(|l| l["lease_id"].clone()).collect()
+    };
+    let before = lease_ids();
     let r = env.run_with(&mut with_token(&["run", file.to_str().unwrap()]), b"");
     assert_ne!(r.code, 0);
+    let ended = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let (user, password) = leaked(&echo)[0].clone();
     assert!(!pg.login(&user, &password), "a timed-out execution's credential still logs in");
+    // Left alone it would have lived a minute past the deadline of the
+    // task that minted it (`send`: the default 30 s), so it cannot die
+    // mid-request, and no longer (not the secret's 10 m). The execution
+    // ended about a second after the mint.
+    let leases = env.run(&["lease", "list", "--all", "--json"]).json();
+    let this = leases.as_array().unwrap().iter().find(|l| !before.contains(&l["lease_id"])).unwrap();
+    let left = this["expires_at"].as_i64().unwrap() - ended;
+    assert!((80..=90).contains(&left), "expires {left} s after the execution ended: {leases}");
 
     // Bound to a destination: the plugin holds only a placeholder; the
     // host puts the credential into the request to the echo server.
@@ -284,6 +298,40 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     let doc = r.json();
     assert_eq!((doc["dynamic"].as_bool(), doc["outstanding"].as_u64()), (Some(true), Some(0)), "{doc}");
     assert_eq!(doc["destinations"][0].as_str().map(|d| d.starts_with("http://127.0.0.1:")), Some(true), "{doc}");
+    // The trail says where each credential may go, and only for a bound one.
+    let reads = env.run(&["audit", "list", "--action", "secret.read", "--json"]).json();
+    let bound_to = |name: &str| -> Vec<Value> {
+        reads
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["secret"] == name)
+            .map(|r| serde_json::from_str::<Value>(r["detail"].as_str().unwrap()).unwrap()["bound_to"].clone())
+            .collect()
+    };
+    assert_eq!(bound_to("WAREHOUSE_BOUND"), vec![json!([echo.origin()]); 2], "{reads}");
+    assert!(bound_to("WAREHOUSE_RO").iter().all(Value::is_null), "{reads}");
+
+    // A service that answers with one field of the credential: that field
+    // is masked on its own, not only the whole JSON document.
+    let echo = Echo::start();
+    let fields = json!({"action": "http", "secret": "WAREHOUSE_RO",
+                        "requests": [{"method": "POST", "url": echo.url("/fields"), "body": "{secret}"}]});
+    let file = env.home().join("fields.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "id: fields\nnamespace: ops\ntasks:\n  - id: send\n    plugin: {}\n    secrets: [WAREHOUSE_RO]\n    network:\n      allow: [\"{}\"]\n    input: {fields}\n",
+            component(Plugin::Probe).display(),
+            echo.origin()
+        ),
+    )
+    .unwrap();
+    let r = env.run_with(&mut with_token(&["run", file.to_str().unwrap(), "--json"]), b"");
+    r.expect_code(0);
+    let (user, password) = leaked(&echo)[0].clone();
+    assert!(r.stdout.contains("***"), "{r:#?}");
+    assert!(!r.stdout.contains(&password) && !r.stdout.contains(&user), "a field was shown: {r:#?}");
 
     // kill -9 of the host mid-execution: the lease stays outstanding until
     // `lease sweep` (or the next start) revokes it.

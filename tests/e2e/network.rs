@@ -28,6 +28,7 @@ impl Received {
 
 /// A local HTTP/1.1 server that records every request and answers by path:
 /// `/echo` returns the request (method, target, headers, body) as JSON,
+/// `/fields` returns each string field of a JSON body, one per line,
 /// `/big` returns 1 MiB, `/slow` answers after 3 s, `/redirect` sends a
 /// 302 to `/echo`; anything else is `200 ok`.
 pub(crate) struct Server {
@@ -100,6 +101,13 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) {
                     "body": String::from_utf8_lossy(&req.body),
                 });
                 ("200 OK", String::new(), echo.to_string().into_bytes())
+            }
+            // Each string field of a JSON body, one per line: a service
+            // that answers with part of what it was sent.
+            "/fields" => {
+                let doc: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let lines: Vec<&str> = doc.as_object().into_iter().flatten().filter_map(|(_, v)| v.as_str()).collect();
+                ("200 OK", String::new(), lines.join("\n").into_bytes())
             }
             "/big" => ("200 OK", String::new(), vec![b'x'; 1 << 20]),
             // How many times this very target was asked for: a flaky task's attempt counter.
