@@ -799,6 +799,19 @@ mod tests {
         assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 1800, .. }));
     }
 
+    /// A record queued without waiting is durable once `flush` returns,
+    /// with no later record to carry it: what a task's end relies on.
+    #[test]
+    fn a_flush_makes_the_queued_records_durable() {
+        let (_d, path, log, key) = setup();
+        log.flush().unwrap();
+        log.record_later(rec("QUEUED", Outcome::Ok)).unwrap();
+        log.record_later(rec("ALSO", Outcome::Ok)).unwrap();
+        log.flush().unwrap();
+        let conn = Connection::open(&path).unwrap();
+        assert!(matches!(verify(&conn, &path, &key).unwrap(), Verdict::Intact { records: 2, .. }));
+    }
+
     /// A bug that panics in the middle of a commit (here, a failpoint after
     /// the records are appended) fails that batch: its callers get an
     /// error, nothing of it is kept, and later callers are not left asleep
