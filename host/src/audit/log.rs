@@ -299,4 +299,28 @@ mod tests {
         std::fs::write(&short, base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
         assert!(AuditKey::load(&short).unwrap().is_some());
     }
+
+    /// A flush that returned leaves nothing behind: a server that flushes
+    /// after every task for months keeps no list that grows with them.
+    #[test]
+    fn a_returned_flush_leaves_nothing_behind() {
+        use crate::audit::Outcome;
+        use crate::audit::tests::{rec, setup};
+        let (_d, _path, log, _key) = setup();
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        log.record_later(rec(&format!("T{t}_{i}"), Outcome::Ok)).unwrap();
+                        log.flush().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(lock(&log.shared.state).flushers.is_empty(), "flushes that returned are still listed");
+    }
 }

@@ -577,7 +577,7 @@ mod tests {
     use crate::crypto::MasterKey;
     use crate::store::SecretStore;
 
-    fn rec(name: &str, outcome: Outcome) -> NewRecord {
+    pub(super) fn rec(name: &str, outcome: Outcome) -> NewRecord {
         NewRecord {
             actor: Actor::Cli { user: "tester".into() },
             action: Action::SecretRead,
@@ -591,7 +591,7 @@ mod tests {
         }
     }
 
-    fn setup() -> (tempfile::TempDir, PathBuf, AuditLog, IntegrityKey) {
+    pub(super) fn setup() -> (tempfile::TempDir, PathBuf, AuditLog, IntegrityKey) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let store = SecretStore::open_with_key(&path, MasterKey::generate()).unwrap();
