@@ -154,6 +154,7 @@ $report_only || run
 # The report: every group's figures, and each missed mutant that
 # tests/MUTANTS.md does not explain. An explanation is a line
 #   - `host/src/FILE.rs: MUTANT` — why it cannot change behaviour
+#   - `host/src/FILE.rs:LINE: MUTANT` — why (only the mutant on that line)
 # where MUTANT is cargo-mutants' text without the line and column.
 explained=$(sed -n 's/^- `\(host\/src\/[^`]*\)`.*/\1/p' tests/MUTANTS.md 2>/dev/null || true)
 report="$work/report.md"
@@ -178,7 +179,8 @@ for g in "${groups[@]}"; do
   while IFS= read -r m; do
     [ -n "$m" ] || continue
     key=$(sed -E 's/^([^:]+):[0-9]+:[0-9]+: /\1: /' <<<"$m")
-    if grep -qxF -- "$key" <<<"$explained"; then ex=$((ex + 1)); else un=$((un + 1)); survivors+="$m"$'\n'; fi
+    at_line=$(sed -E 's/^([^:]+:[0-9]+):[0-9]+: /\1: /' <<<"$m")
+    if grep -qxF -e "$key" -e "$at_line" <<<"$explained"; then ex=$((ex + 1)); else un=$((un + 1)); survivors+="$m"$'\n'; fi
   done <"${o}/missed.txt"
   unexplained=$((unexplained + un))
   total=$((total + $(cat "$work/out/$g/seconds" 2>/dev/null || echo 0)))

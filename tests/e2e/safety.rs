@@ -282,6 +282,19 @@ fn deleting_the_newest_audit_records_is_caught() {
     let r = env.run(&["audit", "verify"]);
     r.expect_code(1);
     assert!(r.stderr.contains("newest records were deleted"), "{}", r.stderr);
+    // Moving the head back to what is left does not help: it carries a MAC.
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    let last: String = conn.query_row("SELECT hash FROM audit WHERE seq = 4", [], |r| r.get(0)).unwrap();
+    let forged = format!("4 {last} {}", "0".repeat(64));
+    conn.execute("UPDATE audit_head SET value = ?1 WHERE id = 1", [forged.into_bytes()]).unwrap();
+    let r = env.run(&["audit", "verify"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("broken at record 4") && r.stderr.contains("head fails its MAC"), "{}", r.stderr);
+    // Nor does deleting the head.
+    conn.execute("DELETE FROM audit_head", []).unwrap();
+    let r = env.run(&["audit", "verify"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("broken at record 5") && r.stderr.contains("head is missing"), "{}", r.stderr);
 }
 
 #[test]
@@ -599,10 +612,10 @@ fn a_crafted_bundle_cannot_make_argon2_run_with_huge_parameters() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
-/// Turns a store into what keyhole 0.1 wrote: no MAC columns, no integrity
-/// key, no audit head, and an audit log chained with plain SHA-256 over 0.1's
-/// canonical encoding.
-fn downgrade_to_0_1(db: &Path) {
+/// Record `seq`'s hash as keyhole 0.1 computed it: the plain SHA-256 of
+/// its canonical encoding, over the row as stored (its `prev_hash` too).
+/// Anyone can compute it: there is no key in it.
+fn hash_0_1(conn: &rusqlite::Connection, seq: i64) -> String {
     #[derive(serde::Serialize)]
     struct Canonical {
         seq: i64,
@@ -622,6 +635,39 @@ fn downgrade_to_0_1(db: &Path) {
         value_hmac: Option<String>,
         prev_hash: String,
     }
+    let c = conn
+        .query_row(
+            "SELECT seq, time, action, outcome, actor_kind, actor, flow, task, execution, plugin_sha256, namespace, secret, version, reason, value_hmac, prev_hash FROM audit WHERE seq = ?1",
+            [seq],
+            |r| {
+                Ok(Canonical {
+                    seq: r.get(0)?,
+                    time: r.get(1)?,
+                    action: r.get(2)?,
+                    outcome: r.get(3)?,
+                    actor_kind: r.get(4)?,
+                    actor: r.get(5)?,
+                    flow: r.get(6)?,
+                    task: r.get(7)?,
+                    execution: r.get(8)?,
+                    plugin_sha256: r.get(9)?,
+                    namespace: r.get(10)?,
+                    secret: r.get(11)?,
+                    version: r.get(12)?,
+                    reason: r.get(13)?,
+                    value_hmac: r.get(14)?,
+                    prev_hash: r.get(15)?,
+                })
+            },
+        )
+        .unwrap();
+    sha256(&serde_json::to_string(&c).unwrap())
+}
+
+/// Turns a store into what keyhole 0.1 wrote: no MAC columns, no integrity
+/// key, no audit head, and an audit log chained with plain SHA-256 over 0.1's
+/// canonical encoding.
+fn downgrade_to_0_1(db: &Path) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.execute_batch(
         "ALTER TABLE secrets DROP COLUMN mac;
@@ -649,42 +695,18 @@ fn downgrade_to_0_1(db: &Path) {
          DELETE FROM meta WHERE key IN ('integrity_key', 'store_id', 'audit_keyed_from');",
     )
     .unwrap();
-    let rows: Vec<Canonical> = conn
-        .prepare("SELECT seq, time, action, outcome, actor_kind, actor, flow, task, execution, plugin_sha256, namespace, secret, version, reason, value_hmac FROM audit ORDER BY seq")
+    let seqs: Vec<i64> = conn
+        .prepare("SELECT seq FROM audit ORDER BY seq")
         .unwrap()
-        .query_map([], |r| {
-            Ok(Canonical {
-                seq: r.get(0)?,
-                time: r.get(1)?,
-                action: r.get(2)?,
-                outcome: r.get(3)?,
-                actor_kind: r.get(4)?,
-                actor: r.get(5)?,
-                flow: r.get(6)?,
-                task: r.get(7)?,
-                execution: r.get(8)?,
-                plugin_sha256: r.get(9)?,
-                namespace: r.get(10)?,
-                secret: r.get(11)?,
-                version: r.get(12)?,
-                reason: r.get(13)?,
-                value_hmac: r.get(14)?,
-                prev_hash: String::new(),
-            })
-        })
+        .query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect();
     let mut prev = "0".repeat(64);
-    for mut c in rows {
-        c.prev_hash = prev.clone();
-        let hash = sha256(&serde_json::to_string(&c).unwrap());
-        conn.execute(
-            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            rusqlite::params![c.prev_hash, hash, c.seq],
-        )
-        .unwrap();
-        prev = hash;
+    for seq in seqs {
+        conn.execute("UPDATE audit SET prev_hash = ?1 WHERE seq = ?2", rusqlite::params![prev, seq]).unwrap();
+        prev = hash_0_1(&conn, seq);
+        conn.execute("UPDATE audit SET hash = ?1 WHERE seq = ?2", rusqlite::params![prev, seq]).unwrap();
     }
     conn.pragma_update(None, "user_version", 1).unwrap();
 }
@@ -717,4 +739,11 @@ fn a_store_written_by_keyhole_0_1_is_upgraded_in_place() {
     let r = env.run(&["audit", "verify"]);
     r.expect_code(1);
     assert!(r.stderr.contains("broken at record 2"), "{}", r.stderr);
+    // An attacker who knows the 0.1 format recomputes the edited record's
+    // hash (there is no key in it): the next record's link gives it away.
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute("UPDATE audit SET hash = ?1 WHERE seq = 2", [hash_0_1(&conn, 2)]).unwrap();
+    let r = env.run(&["audit", "verify"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("broken at record 3") && r.stderr.contains("prev_hash"), "{}", r.stderr);
 }

@@ -201,16 +201,33 @@ fn mutants_md_explains_only_functions_that_exist_and_the_script_mutates_only_fil
         let Some(rest) = line.strip_prefix("- `host/src/") else { continue };
         let entry = rest.split_once('`').and_then(|(m, why)| Some((m.split_once(": ")?, why)));
         let Some(((file, mutant), why)) = entry else {
-            stale.push(format!("line {}: not `- `host/src/FILE: MUTANT` — why`", n + 1));
+            stale.push(format!("line {}: not `- `host/src/FILE[:LINE]: MUTANT` — why`", n + 1));
             continue;
         };
         if why.trim_start_matches([' ', '—', '-', ':']).trim().len() < 10 {
             stale.push(format!("line {}: `{mutant}` has no reason", n + 1));
         }
+        // `FILE:LINE`: only the mutant on that line, which must still hold
+        // what the mutant replaces (`replace A with B in F`, `delete A in F`).
+        let (file, at) = match file.split_once(':') {
+            Some((f, l)) => (f, Some(l.parse::<usize>().unwrap_or(0))),
+            None => (file, None),
+        };
         let Ok(src) = std::fs::read_to_string(workspace().join("host/src").join(file)) else {
             stale.push(format!("line {}: host/src/{file} does not exist", n + 1));
             continue;
         };
+        if let Some(at) = at {
+            let replaced = mutant
+                .strip_prefix("replace ")
+                .or_else(|| mutant.strip_prefix("delete "))
+                .and_then(|m| m.split([' ']).next())
+                .unwrap_or("");
+            let held = at.checked_sub(1).and_then(|i| src.lines().nth(i));
+            if !held.is_some_and(|l| l.contains(replaced)) {
+                stale.push(format!("line {}: host/src/{file}:{at} does not hold `{replaced}` any more", n + 1));
+            }
+        }
         let func = mutated_function(mutant);
         let (owner, name) = func.rsplit_once("::").unwrap_or(("", func));
         // `<impl Display for Secret>` is owned by `Secret`; `Grants` by itself.
