@@ -88,6 +88,16 @@ work="$root/target/mutants"
 tree="$work/tree"
 opt="profile.release.package.keyhole-host.opt-level=0"
 
+# Adds what group $1's last run settled to what its earlier runs did:
+# --iterate retries only the rest, and the report counts the whole group.
+settled() {
+  local f
+  for f in caught timeout unviable; do
+    cat "$work/out/$1/mutants.out/$f.txt" >>"$work/out/$1/all-$f.txt" 2>/dev/null || true
+    sort -u -o "$work/out/$1/all-$f.txt" "$work/out/$1/all-$f.txt"
+  done
+}
+
 # Runs the groups: a copy of the tree, then cargo-mutants on each group.
 run() {
   # A copy of the working tree's tracked files to mutate in place.
@@ -121,7 +131,8 @@ run() {
     echo "==> group $g: $(row "$g" | cut -d'|' -f2)"
     if [ ${#iterate[@]} -eq 0 ]; then
       rm -rf "$work/out/$g"
-    elif [ -f "$work/out/$g/all-timeout.txt" ] && [ -d "$work/out/$g/mutants.out" ]; then
+    elif [ -d "$work/out/$g/mutants.out" ]; then
+      settled "$g" # a run that was stopped part way counts too
       # cargo-mutants retries timeouts; a timeout is caught, so skip them.
       cat "$work/out/$g/all-timeout.txt" >>"$work/out/$g/mutants.out/previously_caught.txt"
     fi
@@ -137,12 +148,7 @@ run() {
     # 2: some missed, 3: some timed out; both judged below. Anything else
     # (a usage error, a tree that does not build) stops the run.
     case $rc in 0|2|3) ;; *) echo "mutants.sh: cargo mutants failed ($rc) on group $g" >&2; exit "$rc" ;; esac
-    # What each run settled, kept across --iterate runs (which retry only
-    # the missed), so that the report counts the whole group.
-    for f in caught timeout unviable; do
-      cat "$work/out/$g/mutants.out/$f.txt" >>"$work/out/$g/all-$f.txt" 2>/dev/null || true
-      sort -u -o "$work/out/$g/all-$f.txt" "$work/out/$g/all-$f.txt"
-    done
+    settled "$g"
     echo "$(( $(date +%s) - gstart + $(cat "$work/out/$g/seconds" 2>/dev/null || echo 0) ))" >"$work/out/$g/seconds.new"
     mv "$work/out/$g/seconds.new" "$work/out/$g/seconds"
     git checkout --quiet --force -- . # cargo-mutants restores each file; be sure
