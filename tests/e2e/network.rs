@@ -29,6 +29,7 @@ impl Received {
 /// A local HTTP/1.1 server that records every request and answers by path:
 /// `/echo` returns the request (method, target, headers, body) as JSON,
 /// `/fields` returns each string field of a JSON body, one per line,
+/// `/reflect` repeats the request's `authorization` in `x-reflect`,
 /// `/big` returns 1 MiB, `/slow` answers after 3 s, `/redirect` sends a
 /// 302 to `/echo`; anything else is `200 ok`.
 pub(crate) struct Server {
@@ -121,6 +122,11 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Received>>) {
                 ("200 OK", String::new(), b"late".to_vec())
             }
             "/redirect" => ("302 Found", "location: /echo\r\n".into(), Vec::new()),
+            // A service that repeats the caller's credential in a header.
+            "/reflect" => {
+                let auth = req.header("authorization").unwrap_or_default().to_owned();
+                ("200 OK", format!("x-reflect: {auth}\r\n"), b"ok".to_vec())
+            }
             p if p.starts_with("/repos/") && p.ends_with("/issues") && req.method == "POST" => {
                 let created = json!({"number": 7, "html_url": format!("https://example.test{}/7", p)});
                 ("201 Created", String::new(), created.to_string().into_bytes())
@@ -253,6 +259,17 @@ fn limits_fail_the_request_not_the_task() {
     assert!(r.json()[1]["error"].as_str().unwrap().contains("Limit"), "{}", r.stdout);
     let r = http(&env, json!([{"url": server.url("/big")}]), &[&allow[..], &["--max-response-body", "64KiB"]].concat());
     assert!(r.json()[0]["error"].as_str().unwrap().contains("65536"), "{}", r.stdout);
+    // A limit is inclusive: exactly the limit passes, a byte more does not,
+    // whether it comes in many pieces (1 MiB) or in one (`ok`).
+    let r = http(&env, json!([{"url": server.url("/big")}]), &[&allow[..], &["--max-response-body", "1MiB"]].concat());
+    assert_eq!(r.json()[0]["status"], 200, "{}", r.stdout);
+    let r = http(&env, json!([{"url": server.url("/a")}]), &[&allow[..], &["--max-response-body", "1B"]].concat());
+    assert!(r.json()[0]["error"].as_str().is_some_and(|e| e.contains("response body over 1 bytes")), "{}", r.stdout);
+    let exactly = json!([{"method": "POST", "url": server.url("/echo"), "body": "x".repeat(1024)},
+                         {"method": "POST", "url": server.url("/echo"), "body": "x".repeat(1025)}]);
+    let r = http(&env, exactly, &[&allow[..], &["--max-request-body", "1KiB"]].concat());
+    assert_eq!(r.json()[0]["status"], 200, "{}", r.stdout);
+    assert!(r.json()[1]["error"].as_str().is_some_and(|e| e.contains("1024")), "{}", r.stdout);
     let r = http(
         &env,
         json!([{"method": "POST", "url": server.url("/echo"), "body": "x".repeat(5000)}]),
@@ -378,6 +395,16 @@ fn a_bound_secret_never_reaches_the_plugin_and_is_injected_toward_its_destinatio
     assert!(!r.all_output().contains(value), "{}", r.all_output());
     let echoed = r.json()[0]["body"].as_str().unwrap().to_owned();
     assert!(echoed.contains("***"), "{echoed}");
+    // Nor in a header the service repeats it in: the task's own digest of
+    // what it received (which the output's masking cannot touch) is of the
+    // scrubbed text.
+    let reflect = json!([{"url": server.url("/reflect"), "headers": {"authorization": "Bearer {secret}"}}]);
+    let r = http_with(&env, "API_TOKEN", reflect, &["--allow-outbound", &server.origin()]);
+    r.expect_code(0);
+    let seen =
+        r.json()[0]["header_sha256"].as_array().unwrap().iter().find(|h| h[0] == "x-reflect").unwrap()[1].clone();
+    use sha2::Digest as _;
+    assert_eq!(seen, json!(hex::encode(sha2::Sha256::digest(b"Bearer ***"))), "{}", r.stdout);
     let records = audit_http(&env);
     let pending = records.iter().find(|r| r["outcome"] == "pending").unwrap();
     assert_eq!(detail(pending)["injected"], json!(["API_TOKEN"]));
@@ -565,6 +592,11 @@ fn requests_beyond_the_concurrency_limit_fail_while_the_others_go_through() {
     let limited = statuses.iter().filter(|s| s.as_str().is_some_and(|e| e.contains("ConnectionLimitReached"))).count();
     assert_eq!((ok, limited), (2, 1), "{out}");
     assert_eq!(server.received().len(), 2);
+    // One at a time, any number go through: each frees its slot.
+    let one_by_one: Vec<Value> = (0..4).map(|i| json!({"url": server.url(&format!("/n{i}"))})).collect();
+    let r = http(&env, json!(one_by_one), &["--allow-outbound", &server.origin(), "--max-concurrent-requests", "2"]);
+    let statuses: Vec<Value> = r.json().as_array().unwrap().iter().map(|x| x["status"].clone()).collect();
+    assert_eq!(statuses, vec![json!(200); 4], "{}", r.stdout);
 }
 
 /// A real full disk (a 4 MiB tmpfs holding the data directory): the

@@ -30,7 +30,7 @@ enum Action {
     /// Tries to open a TCP connection.
     Connect { addr: String },
     /// Sends each request in turn with `keyhole_guest::http`; reports each
-    /// response (status, headers, body) or error. With `secret`, that
+    /// response (status, headers and their SHA-256, body) or error. With `secret`, that
     /// secret is read first and `{secret}` in the URL, headers and body
     /// is replaced by what `secrets::get` returned. With `wait_ms`, first
     /// prints `waiting` to stderr and sleeps that long.
@@ -172,6 +172,10 @@ fn probe(action: Action) -> Result<Value, TaskError> {
                         Ok(resp) => json!({
                             "status": resp.status,
                             "headers": resp.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+                            // What this task received, past the output's masking.
+                            "header_sha256": resp.headers.iter()
+                                .map(|(k, v)| json!([k, hex::encode(Sha256::digest(v.as_bytes()))]))
+                                .collect::<Vec<_>>(),
                             "body": resp.text(),
                         }),
                         Err(e) => json!({ "error": format!("{e:?}") }),
