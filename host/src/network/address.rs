@@ -109,9 +109,25 @@ mod tests {
             ("fec0::1", "site-local"),
             ("ff02::1", "multicast"),
             ("2001:0:4136:e378::1", "Teredo"),
+            ("192.0.0.8", "IETF protocol"),
+            ("192.0.2.1", "documentation"),
+            ("198.51.100.7", "documentation"),
+            ("203.0.113.9", "documentation"),
+            ("198.18.0.1", "benchmarking"),
+            ("198.19.255.1", "benchmarking"),
+            ("64:ff9b:1::a00:5", "local-use NAT64"),
+            ("2001:db8::1", "documentation"),
+            ("100::1", "discard-only"),
         ] {
             let why = special(ip(addr)).unwrap_or_else(|| panic!("{addr} is special"));
             assert!(why.contains(what), "{addr}: {why}");
+        }
+        // IPv6's own unspecified address is named as such, not as the IPv4
+        // block its bits would also spell.
+        assert_eq!(special(ip("::")), Some("unspecified"));
+        // Just outside the blocks above: public.
+        for addr in ["192.0.3.1", "198.51.101.1", "203.0.114.1", "198.20.0.1", "198.17.255.255", "64:ff9b:2::1"] {
+            assert_eq!(special(ip(addr)), None, "{addr}");
         }
     }
 
