@@ -140,7 +140,9 @@ run() {
     gstart=$(date +%s)
     rc=0
     # A mutant that hangs the tests is caught (timeout.txt): a group's tests
-    # take under 30 s unmutated.
+    # take under 30 s unmutated (26 s at most on the runs so far); 90 s
+    # leaves room for a loaded machine, where a false timeout would count
+    # a survivor as caught.
     cargo mutants --in-place --baseline skip --no-shuffle "${iterate[@]}" \
       --timeout 90 --build-timeout 600 \
       -p keyhole-host --test-package keyhole-host "${fa[@]}" --profile release "--cargo-arg=--config=$opt" \
