@@ -427,6 +427,7 @@ mod tests {
         assert!(list.permits(&dest(Scheme::Https, "a.example.com", 443)));
         assert!(list.permits(&dest(Scheme::Https, "a.b.example.com", 443)));
         assert!(!list.permits(&dest(Scheme::Https, "example.com", 443)), "the wildcard is below the name");
+        assert!(!list.permits(&dest(Scheme::Https, ".example.com", 443)), "an empty label is not a name below");
         assert!(!list.permits(&dest(Scheme::Https, "badexample.com", 443)));
         assert!(!list.permits(&dest(Scheme::Https, "example.com.evil.net", 443)));
         assert!(list.permits(&dest(Scheme::Http, "127.0.0.1", 8080)));
