@@ -440,7 +440,54 @@ mod tests {
         assert!(AllowList::default().is_empty() && !AllowList::default().permits(&dest(Scheme::Https, "a.b", 443)));
     }
 
+    #[test]
+    fn an_ipv6_block_covers_exactly_its_prefix() {
+        let block = entry("http://[fd00:ab::]/32:80");
+        assert!(block.covers("fd00:ab::1".parse().unwrap()));
+        assert!(block.covers("fd00:ab:ffff:1::5".parse().unwrap()));
+        assert!(!block.covers("fd00:ac::1".parse().unwrap()));
+        assert!(!block.covers("fd01:ab::1".parse().unwrap()));
+        assert!(!block.covers("10.0.0.1".parse().unwrap()), "another family");
+        let half = entry("http://[8000::]/1:80");
+        assert!(half.covers("ffff::1".parse().unwrap()) && !half.covers("7fff::1".parse().unwrap()));
+        let one = entry("http://[fd00::7]/128:80");
+        assert!(one.covers("fd00::7".parse().unwrap()) && !one.covers("fd00::6".parse().unwrap()));
+    }
+
+    /// The first `len` bits, one by one: what a block means, written slowly.
+    fn same_prefix(a: &[u8], b: &[u8], len: usize) -> bool {
+        (0..len).all(|i| (a[i / 8] >> (7 - i % 8)) & 1 == (b[i / 8] >> (7 - i % 8)) & 1)
+    }
+
     proptest::proptest! {
+        #[test]
+        fn a_block_covers_the_addresses_that_share_its_prefix(
+            ip in proptest::prelude::any::<[u8; 16]>(),
+            net in proptest::prelude::any::<[u8; 16]>(),
+            common in 0usize..=128,
+            len in 0u8..=128,
+            v4 in proptest::prelude::any::<bool>(),
+        ) {
+            // Most random pairs differ in the first bit: copy a prefix so
+            // that long shared prefixes are common too.
+            let mut ip = ip;
+            for i in 0..common / 8 {
+                ip[i] = net[i];
+            }
+            let (ip, net, len) = if v4 {
+                let a = IpAddr::from([ip[0], ip[1], ip[2], ip[3]]);
+                let n = IpAddr::from([net[0], net[1], net[2], net[3]]);
+                (a, n, len % 33)
+            } else {
+                (IpAddr::from(ip), IpAddr::from(net), len)
+            };
+            let bytes = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            proptest::prop_assert_eq!(in_block(ip, net, len), same_prefix(&bytes(ip), &bytes(net), usize::from(len)));
+        }
+
         #[test]
         fn parsing_never_panics_and_what_parses_reparses_to_itself(text in "\\PC{0,40}") {
             if let Ok(e) = text.parse::<AllowEntry>() {
