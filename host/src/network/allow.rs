@@ -404,10 +404,26 @@ mod tests {
             ("http://0.0.0.0/0", "every address"),
             ("http://[::1", "closing"),
             ("https://", "no host"),
+            ("http://[::1]x", "paths are not allowed"),
+            ("https://example.com/16", "paths are not allowed"),
+            ("http://10.0.0.0/abc", "paths are not allowed"),
+            ("http://10.0.0.0//", "paths are not allowed"),
         ] {
             let e = text.parse::<AllowEntry>().unwrap_err();
             assert!(e.contains(why), "{text}: {e}");
             assert!(e.contains("scheme://host[:port]"), "{e}");
+        }
+        // A name is at most 253 characters (labels of at most 63).
+        let name = |n: usize| {
+            let mut labels = vec!["a".repeat(63); n / 64];
+            labels.push("b".repeat(n - labels.len() * 64));
+            labels.join(".")
+        };
+        assert_eq!(name(253).len(), 253);
+        assert!(format!("https://{}", name(253)).parse::<AllowEntry>().is_ok());
+        for n in [254, 255, 300] {
+            let e = format!("https://{}", name(n)).parse::<AllowEntry>().unwrap_err();
+            assert!(e.contains("1 to 253"), "{n}: {e}");
         }
     }
 
