@@ -224,9 +224,11 @@ fn the_allow_list_matches_scheme_host_and_port_and_a_loopback_name_is_refused() 
         "{}",
         r.stderr
     );
-    // Another port of the same address is not allowed.
+    // Another port of the same address is not allowed, and the operator is
+    // told which request matched nothing (not that the task has no network).
     let r = http(&env, json!([{"url": server.url("/echo")}]), &["--allow-outbound", &other]);
     assert_eq!(r.json()[0]["error"], "Denied", "{}", r.stdout);
+    assert!(r.stderr.contains("matches no entry of the task's allow-list"), "{}", r.stderr);
     // https to the allowed http origin is another destination.
     let r = http(
         &env,
