@@ -387,9 +387,13 @@ mod tests {
 
     #[test]
     fn a_value_with_a_line_break_cannot_forge_a_header() {
-        let (b, p) = bound("v\r\nx-evil: 1", &["https://api.example.com"]);
-        let mut req = parts("/", &[("authorization", &p)], "");
-        assert!(matches!(b.inject(&dest("https://api.example.com:443"), &mut req), Err(InjectError::BadHeader(_))));
+        // CR LF, a bare LF or CR (which some servers take for a line end), a NUL.
+        for value in ["v\r\nx-evil: 1", "v\nx-evil: 1", "v\rx-evil: 1", "v\0x"] {
+            let (b, p) = bound(value, &["https://api.example.com"]);
+            let mut req = parts("/", &[("authorization", &p)], "");
+            let got = b.inject(&dest("https://api.example.com:443"), &mut req);
+            assert!(matches!(got, Err(InjectError::BadHeader(_))), "{value:?}");
+        }
     }
 
     #[test]
