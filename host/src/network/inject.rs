@@ -424,5 +424,35 @@ mod tests {
         fn arbitrary_bytes_never_panic_the_finder(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = find(&bytes);
         }
+
+        /// Text made of prefixes, hex runs and other characters: every
+        /// token found is a prefix and exactly 32 hex digits, and every such
+        /// run that is not part of a longer one is found.
+        #[test]
+        fn only_whole_placeholders_are_found(text in "(khp_|[0-9a-f]{1,40}|[g-z .()]){0,12}") {
+            let b = text.as_bytes();
+            let hex = |c: &u8| matches!(c, b'0'..=b'9' | b'a'..=b'f');
+            for t in find(b) {
+                proptest::prop_assert!(b[t.start..].starts_with(PREFIX.as_bytes()));
+                let id_end = t.start + PREFIX.len() + ID_LEN;
+                proptest::prop_assert!(b[t.start + PREFIX.len()..id_end].iter().all(hex));
+                proptest::prop_assert!(!b.get(id_end).is_some_and(hex), "{:?} in {:?}", t, text);
+            }
+            let whole = |i: usize| {
+                b.get(i + PREFIX.len()..i + PREFIX.len() + ID_LEN).is_some_and(|id| id.iter().all(hex))
+                    && !b.get(i + PREFIX.len() + ID_LEN).is_some_and(hex)
+            };
+            let expected = (0..b.len()).filter(|&i| b[i..].starts_with(PREFIX.as_bytes()) && whole(i)).count();
+            proptest::prop_assert_eq!(find(b).len(), expected, "{:?}", text);
+        }
+    }
+
+    #[test]
+    fn near_misses_are_not_placeholders() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let text = format!("khp_ khp_zz khp_{id}f khp_{} khp_{id}", &id[1..]);
+        let found = find(text.as_bytes());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].start, found[0].id.as_str()), (text.len() - 36, id));
     }
 }
