@@ -364,7 +364,7 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     };
     let flow = env.home().join("greet.yaml");
     let text = format!(
-        "id: greet\nnamespace: finance.reporting\ninputs:\n  - id: who\n    type: string\n    required: true\ntasks:\n  - id: hello\n    plugin: {}\n    secrets: [API_TOKEN]\n    input: {{ name: \"{{{{ inputs.who }}}}\" }}\n",
+        "id: greet\nnamespace: finance.reporting\ninputs:\n  - id: who\n    type: string\n    required: true\ntasks:\n  - id: hello\n    plugin: {}\n    secrets: [API_TOKEN]\n    network:\n      allow: [\"https://api.example.com\"]\n    input: {{ name: \"{{{{ inputs.who }}}}\" }}\n",
         component(Plugin::Hello).display()
     );
     std::fs::write(&flow, &text).unwrap();
@@ -403,6 +403,14 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     assert!(r.stdout.contains("greet") && r.stdout.contains("succeeded"), "{r:#?}");
     let r = remote(&admin, &["flow", "list"]);
     assert!(r.stdout.contains("finance.reporting") && r.stdout.contains("admin (tok-"), "{r:#?}");
+    // What each task may touch, as the console shows it.
+    let (_, shown) = Client::new(&server).call("GET", "/api/v1/flows/finance.reporting/greet", Some(&admin), None);
+    let task = &shown["tasks"][0];
+    assert_eq!(
+        (&task["secrets"], &task["network"]),
+        (&json!(["API_TOKEN"]), &json!(["https://api.example.com:443"])),
+        "{shown}"
+    );
     // The same deploy again is a new revision.
     std::fs::write(&flow, &text).unwrap();
     remote(&admin, &["flow", "deploy", flow.to_str().unwrap()]).expect_code(0);
