@@ -33,7 +33,7 @@ access|access.rs policy.rs capability/mod.rs capability/secrets.rs capability/co
 audit|audit/chain.rs audit/log.rs audit/mod.rs audit/verify.rs|audit:: safety::an_edited_keyed safety::reading_the safety::a_forged safety::a_signed safety::deleting safety::a_plugin_cannot_grow safety::edited_rows safety::the_actor network::nothing_is_sent exec::secret_cli
 authz|authz.rs|server::the_authorization_matrix server::the_server_refuses server::an_approval console::a_console
 network|network/mod.rs network/address.rs network/allow.rs network/inject.rs capability/http.rs|network:: masking::a_password safety::a_task_gets_at_most rotation:: server::a_team_deploys
-router|backend/router.rs|vault:: aws:: exec::nearer exec::granted lifecycle::a_revocation lifecycle::a_rotation_mid
+router|backend/router.rs|vault:: aws:: exec::nearer exec::granted lifecycle::a_revocation lifecycle::a_rotation_mid dynamic:: safety::edited_rows
 crypto|crypto.rs keyring.rs store/mod.rs store/bundle.rs store/read.rs store/rows.rs store/stage.rs store/write.rs|store:: safety::edited_rows safety::key_rotation safety::a_crafted safety::a_rotated safety::concurrent safety::a_store_written safety::an_edited_backend safety::every_file lifecycle:: network::an_edited_row exec::granted
 mask|mask.rs|masking:: flows::a_leaked flows::a_plugins_error engine::parallel
 rotate|lease.rs rotate.rs capability/rotation.rs|dynamic:: rotation:: lifecycle::a_staged

@@ -207,6 +207,21 @@ fn host_secret_set_writes_to_the_vault_namespace() {
     let sets: Vec<Value> =
         serde_json::from_str(&env.run(&["audit", "list", "--action", "secret.set", "--json"]).stdout).unwrap();
     assert!(sets[0]["reason"].as_str().unwrap().contains(&bao.addr));
+    // What only the local store can do is refused before anything is
+    // written, saying where it applies.
+    for (flag, value, why) in [
+        ("--destination", "https://api.example.com", "cannot bind secrets to destinations"),
+        ("--expires-in", "1h", "keeps no expiry"),
+        ("--keep", "3", "keeps its own versions"),
+    ] {
+        let r = env.run_with(
+            env.host().env("VAULT_TOKEN", TOKEN).args(["secret", "set", "REFUSED", "-n", "ops", flag, value]),
+            b"never-stored\n",
+        );
+        assert_ne!(r.code, 0, "{flag}: {r:#?}");
+        assert!(r.stderr.contains(why) && r.stderr.contains("local store"), "{flag}: {r:#?}");
+    }
+    assert!(bao.get("REFUSED")["data"].is_null(), "{}", bao.get("REFUSED"));
 }
 
 #[test]
