@@ -205,6 +205,10 @@ fn an_aws_namespace_follows_grants_the_namespace_chain_and_rotation() {
     let sets = audit(&env, &["--action", "secret.set", "--namespace", "cloud"]);
     let outcomes: Vec<&str> = sets.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["pending", "ok"]);
+    // Destroy through keyhole deletes it at AWS, for good.
+    secret(&env, &["destroy", "NEW_ONE", "-n", "cloud"], b"").expect_code(0);
+    let out = probe(&env, "cloud", &["NEW_ONE"], json!({"action": "get", "names": ["NEW_ONE"]})).expect_code(0).json();
+    assert!(out["NEW_ONE"]["error"].is_string(), "{out}");
     assert!(!env.run(&["audit", "list", "--json"]).stdout.contains(SECRET_KEY));
 }
 

@@ -222,6 +222,18 @@ fn host_secret_set_writes_to_the_vault_namespace() {
         assert!(r.stderr.contains(why) && r.stderr.contains("local store"), "{flag}: {r:#?}");
     }
     assert!(bao.get("REFUSED")["data"].is_null(), "{}", bao.get("REFUSED"));
+    for (args, why) in [
+        (&["bind", "WRITTEN", "--destination", "https://api.example.com"][..], "cannot bind secrets to destinations"),
+        (&["rotate", "WRITTEN", "--staged", "--generate", "24"][..], "stages no versions"),
+        (&["commit", "--staged", "WRITTEN"][..], "stages no versions"),
+        (&["discard", "--staged", "WRITTEN"][..], "stages no versions"),
+        (&["destroy", "WRITTEN"][..], "does not destroy secrets through keyhole"),
+    ] {
+        let r = env.run_with(env.host().env("VAULT_TOKEN", TOKEN).arg("secret").args(args).args(["-n", "ops"]), b"");
+        assert_ne!(r.code, 0, "{args:?}: {r:#?}");
+        assert!(r.stderr.contains(why), "{args:?}: {r:#?}");
+    }
+    assert_eq!(bao.get("WRITTEN")["data"]["data"]["value"], "written-by-keyhole", "untouched");
 }
 
 #[test]
