@@ -30,7 +30,7 @@ root=$(pwd)
 # first failing binary, so a mutant they catch costs a second, not the e2e.
 GROUPS_TABLE='
 access|access.rs policy.rs capability/mod.rs capability/secrets.rs capability/context.rs capability/log.rs|exec:: --skip exec::secret_set safety::a_task_gets_at_most dynamic::a_task_gets audit::a_value_used flows::each_task lifecycle::a_revocation masking::masking_tells sandbox::no_env_vars
-audit|audit/chain.rs audit/log.rs audit/mod.rs audit/verify.rs|audit:: safety::an_edited_keyed safety::reading_the safety::a_forged safety::a_signed safety::deleting safety::a_plugin_cannot_grow safety::edited_rows safety::the_actor network::nothing_is_sent exec::secret_cli
+audit|audit/chain.rs audit/log.rs audit/mod.rs audit/verify.rs|audit:: safety::an_edited_keyed safety::reading_the safety::a_forged safety::a_signed safety::deleting safety::a_store_written safety::a_plugin_cannot_grow safety::edited_rows safety::the_actor network::nothing_is_sent exec::secret_cli
 authz|authz.rs|server::the_authorization_matrix server::the_server_refuses server::an_approval console::a_console
 network|network/mod.rs network/address.rs network/allow.rs network/inject.rs capability/http.rs|network:: masking::a_password safety::a_task_gets_at_most rotation:: server::a_team_deploys
 router|backend/router.rs|vault:: aws:: exec::nearer exec::granted lifecycle::a_revocation lifecycle::a_rotation_mid dynamic:: safety::edited_rows
