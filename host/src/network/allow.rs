@@ -487,9 +487,7 @@ mod tests {
             // Most random pairs differ in the first bit: copy a prefix so
             // that long shared prefixes are common too.
             let mut ip = ip;
-            for i in 0..common / 8 {
-                ip[i] = net[i];
-            }
+            ip[..common / 8].copy_from_slice(&net[..common / 8]);
             let (ip, net, len) = if v4 {
                 let a = IpAddr::from([ip[0], ip[1], ip[2], ip[3]]);
                 let n = IpAddr::from([net[0], net[1], net[2], net[3]]);
