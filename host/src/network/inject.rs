@@ -385,6 +385,25 @@ mod tests {
         assert!(b.inject(&dest("https://evil.example.net:443"), &mut req).unwrap().names.is_empty());
     }
 
+    /// A rotation learns whether the service took the staged value only
+    /// from a request that carried it: the current value's placeholder
+    /// alone says nothing about the next one.
+    #[test]
+    fn only_a_request_carrying_the_staged_value_reports_it() {
+        let (b, current) = bound("now", &["https://api.example.com"]);
+        let name = SecretName::new("TOKEN").unwrap();
+        let next = b.reserve();
+        b.bind_staged(&next, &name, SecretValue::new("next".into()), vec!["https://api.example.com".parse().unwrap()]);
+        let to = dest("https://api.example.com:443");
+        let send = |headers: &[(&str, &str)]| b.inject(&to, &mut parts("/", headers, "")).unwrap();
+        let got = send(&[("authorization", &current)]);
+        assert_eq!((got.names.clone(), got.staged), (vec![name.clone()], vec![]), "the current value only");
+        let got = send(&[("authorization", &next), ("x-again", &next)]);
+        assert_eq!(got.staged, [name.clone()], "the staged value, listed once");
+        let got = send(&[("authorization", &current), ("x-next", &next)]);
+        assert_eq!((got.names, got.staged), (vec![name.clone()], vec![name]), "both: one name, staged once");
+    }
+
     #[test]
     fn a_value_with_a_line_break_cannot_forge_a_header() {
         // CR LF, a bare LF or CR (which some servers take for a line end), a NUL.
@@ -427,9 +446,10 @@ mod tests {
 
         /// Text made of prefixes, hex runs and other characters: every
         /// token found is a prefix and exactly 32 hex digits, and every such
-        /// run that is not part of a longer one is found.
+        /// run that is not part of a longer one is found. (No `(`: a
+        /// `.basic(...)` suffix takes what follows, up to its `)`.)
         #[test]
-        fn only_whole_placeholders_are_found(text in "(khp_|[0-9a-f]{1,40}|[g-z .()]){0,12}") {
+        fn only_whole_placeholders_are_found(text in "(khp_|[0-9a-f]{1,40}|[g-z .)]){0,12}") {
             let b = text.as_bytes();
             let hex = |c: &u8| matches!(c, b'0'..=b'9' | b'a'..=b'f');
             for t in find(b) {
