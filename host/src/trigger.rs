@@ -429,6 +429,10 @@ mod tests {
         assert_eq!((d.fire.len(), d.skipped), (0, 6));
         let d = hourly(Recover::None).due(last, ts("2026-12-04T06:00:00.5Z"), ts("2026-12-04T05:59:59.5Z"));
         assert_eq!((d.fire, d.skipped), (vec![ts("2026-12-04T06:00:00Z")], 5));
+        // The last firing queued is also the last one before the server
+        // came up: nothing was missed, and nothing is queued twice.
+        let d = hourly(Recover::Last).due(ts("2026-12-04T05:00:00Z"), now, up);
+        assert_eq!((d.fire, d.skipped), (vec![now], 0));
         // Nothing due: the pass changes nothing.
         let d = hourly(Recover::All).due(now, ts("2026-12-04T06:30:00Z"), up);
         assert_eq!(d, Due { fire: vec![], skipped: 0, last: None });
@@ -440,6 +444,10 @@ mod tests {
         let d = s.due(ts("2026-12-04T00:00:00Z"), ts("2026-12-04T01:00:00Z"), ts("2026-12-04T01:00:00Z"));
         assert_eq!(d.fire.len(), MAX_RECOVERED + 1);
         assert_eq!(d.skipped, 3599 - MAX_RECOVERED);
+        // Up all along but an hour without a pass (a stalled machine): one
+        // pass queues at most MAX_RECOVERED, and the next starts after now.
+        let d = s.due(ts("2026-12-04T00:00:00Z"), ts("2026-12-04T01:00:00Z"), ts("2026-12-03T00:00:00Z"));
+        assert_eq!((d.fire.len(), d.skipped, d.last), (MAX_RECOVERED, 0, Some(ts("2026-12-04T01:00:00Z"))));
     }
 
     #[test]
@@ -455,6 +463,8 @@ mod tests {
         assert!(e[0].1.contains("exactly one"), "{e:?}");
         let (_, e) = check(&doc("- {id: a, webhook: {key_secret: K, max_body: 2MiB}}"));
         assert!(e[0].1.contains("at most 1MiB"), "{e:?}");
+        let (_, e) = check(&doc("- {id: a, webhook: {key_secret: K, max_body: 1MiB}}"));
+        assert!(e.is_empty(), "the limit itself is allowed: {e:?}");
         let (_, e) = check(&doc("- {id: a, webhook: {key_secret: K}}\n- {id: a, webhook: {key_secret: L}}"));
         assert!(e[0].1.contains("duplicate trigger id"), "{e:?}");
         let (t, e) = check(&doc("- {id: gh, webhook: {signature: {header: X-Hub-Signature-256, secret: GH}}}"));

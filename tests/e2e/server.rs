@@ -520,6 +520,12 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     assert_eq!(a, b);
     assert_ne!(a, other);
     wait_ended(&c, &admin, &a, Duration::from_secs(30));
+    // A key past 128 characters is refused, not silently ignored.
+    let (auth, long) = (format!("Bearer {admin}"), "k".repeat(129));
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json"), ("Idempotency-Key", &long)];
+    let (s, v) = c.post_raw("/api/v1/executions/finance.reporting/greet", &headers, br#"{"who": "x"}"#);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("1 to 128 visible ASCII"), "{v}");
     // A malformed body is a 400 naming the field.
     let (s, v) = c.call("POST", "/api/v1/executions/finance.reporting/greet", Some(&admin), Some(&json!({"who": 3})));
     assert_eq!(s, 400);
@@ -674,7 +680,7 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
         "    limits: {{ timeout: 60s }}\nfinally:\n  - {{id: clean, plugin: '{}', input: {{action: context}}}}\n",
         component(Plugin::Probe).display()
     );
-    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), &finally);
+    deploy_probe(&env, "ops", "spin", &[], json!({"action": "loop"}), &format!("{finally}on_interrupt: requeue\n"));
     let mut server = Server::start(&env, 1, &["--shutdown-timeout", "300ms"]);
     let c = Client::new(&server);
     let (_, v) = c.call("POST", "/api/v1/executions/ops/spin", Some(&admin), Some(&json!({})));
@@ -684,6 +690,15 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     }
     assert!(server.terminate(Duration::from_secs(20)).success());
     assert_eq!(env.run(&["executions", "show", &id, "--json"]).json()["status"], "interrupted");
+    // It says `on_interrupt: requeue`: the same revision is queued again
+    // for the next start, and the trail names the new execution.
+    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
+    let rec =
+        r.json().as_array().unwrap().iter().find(|x| x["detail"].as_str().unwrap().contains(&id)).cloned().unwrap();
+    let detail: Value = serde_json::from_str(rec["detail"].as_str().unwrap()).unwrap();
+    let again = detail["requeued_as"].as_str().unwrap_or_else(|| panic!("not re-queued: {rec}\n{}", server.log()));
+    let queued = env.run(&["executions", "show", again, "--json"]).json();
+    assert_eq!((queued["status"].as_str(), queued["revision"].as_u64()), (Some("queued"), Some(1)), "{queued}");
 }
 
 /// Sixteen clients at once, each running executions that read a secret:
@@ -933,9 +948,21 @@ fn webhooks_start_a_flow_with_a_key_or_a_signature_and_refuse_the_rest() {
     let rec = wait_ended(&c, &admin, a["id"].as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(rec["status"], "succeeded", "{rec}");
     assert!(rec["tasks"][0]["output"].get("").is_some(), "{rec}");
-    // Past the trigger's max_body: 413.
-    let (s, v) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &[ct], &[b'x'; 2048]);
+    // Past the trigger's max_body: 413; exactly at it: accepted.
+    let (s, v) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &[ct], &[b'x'; 1025]);
     assert_eq!(s, 413, "{v}");
+    let padded = format!("{{\"secret\": \"S\", \"pad\": \"{}\"}}", "x".repeat(1024 - 26));
+    assert_eq!(padded.len(), 1024);
+    let (s, v) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &[ct], padded.as_bytes());
+    assert_eq!(s, 202, "{v}");
+    // An Idempotency-Key longer than 128 characters is not one: each
+    // delivery starts its own execution.
+    let long = "k".repeat(129);
+    let retry = [ct, ("Idempotency-Key", long.as_str())];
+    let (_, a) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &retry, json_body);
+    let (_, b) = c.post_raw(&format!("/api/v1/webhooks/ops/hooked/{key}"), &retry, json_body);
+    assert_eq!((a["created"].clone(), b["created"].clone()), (json!(true), json!(true)), "{a} {b}");
+    assert_ne!(a["id"], b["id"]);
     // GitHub's style: the signature of the raw body under GH_SECRET.
     let sig = format!("sha256={}", hex::encode(keyhole::crypto::hmac_sha256(signing.as_bytes(), json_body)));
     let (s, v) = c.post_raw(
@@ -1034,6 +1061,15 @@ fn schedules_fire_on_time_and_recover_missed_firings_as_the_flow_says() {
     assert!(skip["reason"].as_str().unwrap().contains("missed while the server was down (recover: none)"), "{skip}");
     let detail: Value = serde_json::from_str(skip["detail"].as_str().unwrap()).unwrap();
     assert!(detail["skipped"].as_u64().unwrap() >= 2, "{skip}");
+    // A new revision without the schedules: the running server follows it
+    // and queues nothing more (after a firing already under way).
+    deploy_probe(&env, "ops", "ticker", &[], json!({"action": "context"}), "");
+    std::thread::sleep(Duration::from_millis(1500));
+    let count =
+        || c.call("GET", "/api/v1/executions?flow=ticker&limit=1000", Some(&admin), None).1.as_array().unwrap().len();
+    let before = count();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(count(), before, "the old revision's schedules still fire\n{}", server.log());
 }
 
 #[test]

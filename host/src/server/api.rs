@@ -1407,6 +1407,12 @@ pub fn queue_execution(
     Ok((rec, created))
 }
 
+/// An `Idempotency-Key` header's value, if it is one: 1 to 128 visible
+/// ASCII characters.
+pub fn idempotency_key(v: &axum::http::HeaderValue) -> Option<&str> {
+    v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 128)
+}
+
 async fn create_execution(
     State(app): State<AppState>,
     caller: Caller,
@@ -1420,15 +1426,13 @@ async fn create_execution(
         return Err(ApiError::Unavailable("the server is stopping: try again once it is back".into()));
     }
     let key = match headers.get("idempotency-key") {
-        Some(v) => {
-            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 128);
-            Some(
-                k.ok_or_else(|| {
+        Some(v) => Some(
+            idempotency_key(v)
+                .ok_or_else(|| {
                     ApiError::BadRequest("header Idempotency-Key: 1 to 128 visible ASCII characters".into())
                 })?
                 .to_owned(),
-            )
-        }
+        ),
         None => None,
     };
     let origin = Origin::api(&caller, key.as_deref());

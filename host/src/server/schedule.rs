@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use serde_json::{Map, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,18 +33,27 @@ pub fn spawn(app: Arc<App>, up_since: Timestamp) -> JoinHandle<()> {
                 if let Err(e) = pass(&app, &mut flows, Timestamp::now(), up_since) {
                     tracing::error!("scheduler: {e}");
                 }
-                // Wake at the next second boundary (checking for a stop
-                // every 100 ms).
-                let into_second = Timestamp::now().subsec_nanosecond() as u64;
-                let mut left = Duration::from_nanos(1_000_000_000 - into_second.min(999_999_999));
-                while !left.is_zero() && !app.stopping.load(Ordering::SeqCst) {
-                    let step = left.min(Duration::from_millis(100));
-                    std::thread::sleep(step);
-                    left -= step;
-                }
+                // Wake at the next second boundary.
+                nap(to_next_second(Timestamp::now().subsec_nanosecond().unsigned_abs().into()), &app.stopping);
             }
         })
         .expect("cannot start the scheduler thread")
+}
+
+/// From `subsec` nanoseconds into a second to the start of the next one.
+fn to_next_second(subsec: u64) -> Duration {
+    Duration::from_nanos(1_000_000_000 - subsec.min(999_999_999))
+}
+
+/// Sleeps for `total`, looking every 100 ms whether the server is stopping
+/// (then it returns at once).
+fn nap(total: Duration, stopping: &AtomicBool) {
+    let mut left = total;
+    while !left.is_zero() && !stopping.load(Ordering::SeqCst) {
+        let step = left.min(Duration::from_millis(100));
+        std::thread::sleep(step);
+        left -= step;
+    }
 }
 
 /// Parsed flows by namespace and id, kept while their revision is current.
@@ -129,4 +138,30 @@ fn fire(app: &App, flow: &Flow, id: &str, s: &Schedule, now: Timestamp, since: S
         app.records().set_schedule_last(ns.as_str(), flow.id.as_str(), id, l.as_second()).map_err(|e| err(&e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_scheduler_wakes_at_the_next_whole_second() {
+        assert_eq!(to_next_second(0), Duration::from_secs(1));
+        assert_eq!(to_next_second(250_000_000), Duration::from_millis(750));
+        assert_eq!(to_next_second(999_999_999), Duration::from_nanos(1));
+    }
+
+    /// A nap lasts its whole length unless the server stops: an idle
+    /// scheduler sleeps (it does not spin a core) and a stop is not kept
+    /// waiting.
+    #[test]
+    fn a_nap_sleeps_its_length_and_ends_at_a_stop() {
+        let started = Instant::now();
+        nap(Duration::from_millis(250), &AtomicBool::new(false));
+        assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+        let started = Instant::now();
+        nap(Duration::from_secs(30), &AtomicBool::new(true));
+        assert!(started.elapsed() < Duration::from_secs(10), "a stopping server waited {:?}", started.elapsed());
+    }
 }

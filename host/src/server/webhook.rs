@@ -11,7 +11,7 @@
 //! trigger or the key was wrong.
 
 use super::App;
-use super::api::{ApiError, AppState, ClientIp, Origin, blocking, path_namespace, queue_execution};
+use super::api::{ApiError, AppState, ClientIp, Origin, blocking, idempotency_key, path_namespace, queue_execution};
 use crate::audit::{Action, Actor, NewRecord, Outcome};
 use crate::backend::Lookup;
 use crate::names::{Namespace, SecretName};
@@ -123,10 +123,10 @@ fn fire(
     let rec = NewRecord::ok(&actor, Action::TriggerWebhook, ns, Some(hook.secret()))
         .reason(format!("webhook {} of flow {}: verified by the host", trigger.id, flow.id));
     app.record(rec).map_err(super::api::audit_failed)?;
+    // A sender cannot be told its key is bad: a delivery without a valid one is not deduplicated.
     let key = headers
         .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty() && k.len() <= 128)
+        .and_then(idempotency_key)
         .map(|k| format!("{name}@{}/{}:{k}", ns.as_str(), flow.id));
     let origin = Origin {
         actor,

@@ -18,22 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Starts worker `i`.
-pub fn spawn(app: Arc<App>, i: usize) -> JoinHandle<()> {
+/// Starts worker `i` over its own connection to the execution records
+/// (opened by the caller, so that a server whose workers cannot reach them
+/// does not start).
+pub fn spawn(app: Arc<App>, i: usize, records: Executions) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(format!("keyhole-worker-{i}"))
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a worker runtime");
-            let records = loop {
-                match Executions::open_for_worker(&app.dir.store_path()) {
-                    Ok(r) => break r,
-                    Err(_) if app.stopping.load(Ordering::SeqCst) => return,
-                    Err(e) => {
-                        tracing::error!("worker {i} cannot open the execution records: {e}");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-            };
             let mut seen = 0;
             while !app.stopping.load(Ordering::SeqCst) {
                 let next = records.claim(&now_rfc3339());
@@ -74,11 +66,15 @@ impl LogBuffer {
     }
 }
 
+/// What a log buffer holds at most, plus the write that crossed it (kept
+/// whole, so that a masked line is never cut).
+const LOG_CAP: usize = 4 << 20;
+
 impl std::io::Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // A runaway plugin cannot fill the server's memory through its log.
-        if b.len() < 4 << 20 {
+        if b.len() < LOG_CAP {
             b.extend_from_slice(buf);
         }
         Ok(buf.len())
@@ -102,14 +98,12 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
     }
     let outcome = start(app, records, &rec, (q.inputs, q.trigger), &log, masks.clone(), cancel.clone()).await;
     match outcome {
-        // What run_flow does not know stays as queued: revision, trigger, creator.
+        // How it went; what it is (flow, revision, trigger, creator) stays as queued.
         Ok(ended) => {
-            rec = ExecutionRecord {
-                revision: rec.revision,
-                trigger: rec.trigger.take(),
-                created_by: rec.created_by.take(),
-                ..ended
-            }
+            rec.status = ended.status;
+            rec.started = ended.started;
+            rec.ended = ended.ended;
+            rec.tasks = ended.tasks;
         }
         Err(message) => {
             // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
@@ -169,4 +163,33 @@ async fn start(
     let report = run_flow(&app.runtime, &env, &flow, &plugins, begin, records).await;
     tracing::info!("execution {} of {} ended {}", report.record.id, rec.flow, report.record.status);
     Ok(report.record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// A follower asks for what came after what it has; a runaway plugin's
+    /// log stops growing at the cap, and each write it does keep is whole.
+    #[test]
+    fn a_log_buffer_hands_out_what_is_new_and_stops_at_its_cap() {
+        let mut log = LogBuffer::default();
+        assert_eq!(log.write(b"one\n").unwrap(), 4);
+        log.write_all(b"two\n").unwrap();
+        assert_eq!(
+            (log.since(0), log.since(4), log.since(8), log.since(99)),
+            (b"one\ntwo\n".to_vec(), b"two\n".to_vec(), vec![], vec![])
+        );
+        log.write_all(&vec![b'x'; LOG_CAP - 10]).unwrap();
+        log.write_all(b"crossing it").unwrap();
+        assert_eq!(log.since(0).len(), LOG_CAP - 2 + 11, "the write that crossed the cap is kept whole");
+        // Past the cap a write is taken (the plugin is not failed) and dropped.
+        assert_eq!(log.write(b"more").unwrap(), 4);
+        assert_eq!(log.since(0).len(), LOG_CAP + 9);
+        let mut exact = LogBuffer::default();
+        exact.write_all(&vec![b'x'; LOG_CAP]).unwrap();
+        exact.write_all(b"y").unwrap();
+        assert_eq!(exact.since(0).len(), LOG_CAP, "at exactly the cap, nothing more");
+    }
 }
