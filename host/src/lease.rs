@@ -363,3 +363,25 @@ impl Drop for ExecutionLeases {
         self.revoke_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lease's owner is a process, told apart from a later one that got
+    /// the same pid: a sweep revokes the leases of the dead only.
+    #[test]
+    fn an_owner_is_alive_while_its_process_runs_and_not_a_reused_pid() {
+        let me = this_process();
+        let (pid, start) = me.split_once(':').unwrap();
+        assert_eq!(pid, std::process::id().to_string());
+        assert!(start.parse::<u64>().is_ok(), "start time in clock ticks: {me}");
+        assert!(alive(&me), "{me}");
+        // The same pid with another start time: a process that came later.
+        assert!(!alive(&format!("{pid}:{}", start.parse::<u64>().unwrap() + 1)));
+        assert!(!alive(&format!("{pid}:?")), "a process whose start could not be read");
+        for gone in ["4294967295:1", "", "x:1", "junk"] {
+            assert!(!alive(gone), "{gone:?}");
+        }
+    }
+}

@@ -375,6 +375,17 @@ fn a_wasi_program_with_main_reads_wasi_config_under_grants_audit_and_masking() {
     assert!(!serde_json::to_string(&reads).unwrap().contains("db-secret-91c2"));
     let r = env.run(&["audit", "verify"]);
     r.expect_code(0);
+    // Revoked: `get` is an error that says so (not a silent none), and
+    // `get-all` leaves it out.
+    env.run(&["secret", "revoke", "DB_URL"]).expect_code(0);
+    let r =
+        config_command(&env, &component(Plugin::ConfigCommand), &["DB_URL"], json!({"get": ["DB_URL"], "all": true}));
+    r.expect_code(0);
+    assert_eq!(
+        r.json(),
+        json!({"values": {"DB_URL": {"error": "secret \"DB_URL\" was revoked"}}, "all": []}),
+        "{r:#?}"
+    );
 }
 
 #[test]
