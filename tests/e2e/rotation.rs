@@ -285,6 +285,23 @@ fn a_failed_or_unfinished_rotation_never_makes_a_value_current_nor_loses_one_the
     assert!(out["steps"][0]["commit"]["error"].as_str().unwrap().contains("nothing was captured"), "{out}");
     assert_eq!(staged(&env), None);
 
+    // A capture names a JSON pointer: one without its leading '/' or longer
+    // than 1024 characters is refused before anything is staged; one of
+    // exactly 1024 is armed (and called off here).
+    for pointer in ["auth/client_token".to_owned(), format!("/{}", "a".repeat(1024))] {
+        let input = json!({"action": "rotate", "name": "SERVICE_PASSWORD", "capture": pointer});
+        let r = env.run_with(&mut probe_cmd(&env, input, &[], &["SERVICE_PASSWORD"], &bao.addr), b"");
+        r.expect_code(0);
+        let e = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(e.starts_with("refused: ") && e.contains("is not a JSON pointer"), "{}: {r:#?}", pointer.len());
+    }
+    let input = json!({"action": "rotate", "name": "SERVICE_PASSWORD", "capture": format!("/{}", "a".repeat(1023)),
+                       "then": ["discard"]});
+    let r = env.run_with(&mut probe_cmd(&env, input, &[], &["SERVICE_PASSWORD"], &bao.addr), b"");
+    r.expect_code(0);
+    assert_eq!((&r.json()["error"], &r.json()["steps"][0]["discard"]), (&Value::Null, &json!({"ok": null})), "{r:#?}");
+    assert_eq!(staged(&env), None);
+
     // The task traps after OpenBao took the new password: it stays staged
     // (the service holds it), the operator is told, and commits it.
     let r = rotate(
