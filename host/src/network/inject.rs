@@ -399,7 +399,7 @@ mod tests {
         let got = send(&[("authorization", &current)]);
         assert_eq!((got.names.clone(), got.staged), (vec![name.clone()], vec![]), "the current value only");
         let got = send(&[("authorization", &next), ("x-again", &next)]);
-        assert_eq!(got.staged, [name.clone()], "the staged value, listed once");
+        assert_eq!(got.staged, std::slice::from_ref(&name), "the staged value, listed once");
         let got = send(&[("authorization", &current), ("x-next", &next)]);
         assert_eq!((got.names, got.staged), (vec![name.clone()], vec![name]), "both: one name, staged once");
     }
