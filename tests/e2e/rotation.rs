@@ -302,6 +302,21 @@ fn a_failed_or_unfinished_rotation_never_makes_a_value_current_nor_loses_one_the
     assert_eq!((&r.json()["error"], &r.json()["steps"][0]["discard"]), (&Value::Null, &json!({"ok": null})), "{r:#?}");
     assert_eq!(staged(&env), None);
 
+    // A capture takes only an answer from the secret's own destinations:
+    // the same field in another service's answer is handed on untouched.
+    let other = Echo::start();
+    let input = json!({"action": "rotate", "name": "SERVICE_PASSWORD", "capture": "/method",
+                       "requests": [{"url": other.url("/echo")}], "then": ["commit"]});
+    let mut cmd = probe_cmd(&env, input, &[], &["SERVICE_PASSWORD"], &bao.addr);
+    cmd.args(["--allow-outbound", &other.origin()]);
+    let r = env.run_with(&mut cmd, b"");
+    r.expect_code(0);
+    let out = r.json();
+    let body: Value = serde_json::from_str(out["responses"][0]["body"].as_str().unwrap_or("null")).unwrap();
+    assert_eq!(body["method"], "GET", "{out}");
+    assert!(out["steps"][0]["commit"]["error"].as_str().unwrap_or("").contains("nothing was captured"), "{out}");
+    assert_eq!(staged(&env), None);
+
     // The task traps after OpenBao took the new password: it stays staged
     // (the service holds it), the operator is told, and commits it.
     let r = rotate(
