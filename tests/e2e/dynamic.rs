@@ -340,6 +340,11 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     let mut child =
         with_token(&["run", file.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let (user, password) = wait_leaked(&echo, 2)[0].clone();
+    // A sweep while the run is going leaves its credential alone.
+    let r = env.run_with(&mut with_token(&["lease", "sweep"]), b"");
+    r.expect_code(0);
+    assert!(r.stderr.contains("revoked 0 credential(s); 1 belong to runs still going"), "{r:#?}");
+    assert!(pg.login(&user, &password), "a sweep revoked the credential of a running execution");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(pg.login(&user, &password), "nothing revoked it yet: the host died");
@@ -432,7 +437,17 @@ fn a_later_task_renews_the_executions_credential_instead_of_minting_another() {
     assert_eq!(ops, ["mint", "renew", "revoke"], "{r:#?}");
     // Minted for the short task (5 s + a minute), renewed for the long one (10 min + a minute).
     let (minted, renewed) = (details[0]["expires_at"].as_i64().unwrap(), details[1]["expires_at"].as_i64().unwrap());
-    assert!(renewed - minted > 500, "renewed to cover the long task: {minted} -> {renewed}");
+    // The renewal asks for the long task's deadline plus the margin, no
+    // more (the definition would allow an hour): 600 - 5 s later than the
+    // first expiry, plus the few seconds between the two tasks' starts.
+    assert!((590..=610).contains(&(renewed - minted)), "renewed to cover the long task: {minted} -> {renewed}");
+    // The lease record says so too: `lease list` shows the renewed expiry.
+    let leases = env.run(&["lease", "list", "--all", "--json"]).json();
+    assert_eq!(
+        leases.as_array().map(|l| l.iter().map(|l| l["expires_at"].as_i64()).collect::<Vec<_>>()),
+        Some(vec![Some(renewed)]),
+        "{leases}"
+    );
     assert!(!r.stdout.contains(&creds[0].1));
     assert!(!pg.login(&creds[0].0, &creds[0].1), "revoked at the end all the same");
 }
