@@ -353,10 +353,11 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
         .thread_name("keyhole-http")
         .build()
         .map_err(|e| ServeError::Io(format!("cannot start the async runtime: {e}")))?;
+    // A store the workers cannot open fails the start like any store failure (not as a usage error).
     let records = (0..opts.workers.max(1))
         .map(|_| Executions::open_for_worker(&dir.store_path()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServeError::Refused(format!("cannot open the execution records for the workers: {e}")))?;
+        .map_err(SessionError::from)?;
     let workers: Vec<_> =
         records.into_iter().enumerate().map(|(i, records)| worker::spawn(app.clone(), i, records)).collect();
     let scheduler = schedule::spawn(app.clone(), jiff::Timestamp::now());
