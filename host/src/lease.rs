@@ -45,6 +45,15 @@ pub struct Lease {
     pub revoked: Option<String>,
 }
 
+impl Lease {
+    /// Whether the credential still works at `now` (seconds since the Unix
+    /// epoch): up to the second before `expires_at`. In its last second it
+    /// may die mid-request, so a new one is minted instead.
+    pub fn live_at(&self, now: i64) -> bool {
+        self.expires_at > now
+    }
+}
+
 /// The lease records in the store file.
 #[derive(Debug)]
 pub struct Leases {
@@ -261,7 +270,7 @@ impl ExecutionLeases {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::store::now();
         if let Some(h) = held.get_mut(name)
-            && h.lease.expires_at > now
+            && h.lease.live_at(now)
         {
             if h.lease.expires_at < until {
                 self.renew(actor, namespace, name, h, until - now);
@@ -383,5 +392,25 @@ mod tests {
         for gone in ["4294967295:1", "", "x:1", "junk"] {
             assert!(!alive(gone), "{gone:?}");
         }
+    }
+
+    /// A held credential is handed out again until the second before it
+    /// expires; in that second a later task gets a new one.
+    #[test]
+    fn a_lease_is_live_until_the_second_before_it_expires() {
+        let lease = Lease {
+            accessor: "a".into(),
+            lease_id: "database/creds/ro/1".into(),
+            namespace: "ops".into(),
+            name: "DB".into(),
+            execution: "e".into(),
+            minted: "2026-12-05T00:00:00Z".into(),
+            expires_at: 1_000,
+            owner: this_process(),
+            revoked: None,
+        };
+        assert!(lease.live_at(998) && lease.live_at(999));
+        assert!(!lease.live_at(1_000), "its last second: a new one is minted");
+        assert!(!lease.live_at(1_001));
     }
 }

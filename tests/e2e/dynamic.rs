@@ -350,6 +350,16 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     assert!(pg.login(&user, &password), "nothing revoked it yet: the host died");
     let r = env.run(&["lease", "list"]);
     assert!(r.stdout.contains("outstanding"), "{r:#?}");
+    // OpenBao refuses the revocation (a token it does not know): the sweep
+    // says so, fails, and leaves the lease for the next one.
+    let mut wrong = env.host();
+    wrong.env("VAULT_TOKEN", "not-a-token").args(["lease", "sweep"]);
+    let r = env.run_with(&mut wrong, b"");
+    assert_ne!(r.code, 0, "{r:#?}");
+    assert!(r.stderr.contains("revoked 0 credential(s)"), "{r:#?}");
+    assert!(r.stderr.contains("1 credential(s) could not be revoked"), "{r:#?}");
+    assert!(pg.login(&user, &password), "a refused revocation cannot have revoked it");
+    assert!(env.run(&["lease", "list"]).stdout.contains("outstanding"), "the failed sweep marked it revoked");
     let r = env.run_with(&mut with_token(&["lease", "sweep"]), b"");
     r.expect_code(0);
     assert!(r.stderr.contains("revoked 1 credential(s)"), "{r:#?}");

@@ -252,7 +252,7 @@ fn a_failed_or_unfinished_rotation_never_makes_a_value_current_nor_loses_one_the
     let out = r.json();
     assert_eq!(out["responses"][0]["status"], 500, "{out}");
     assert!(out["steps"][0]["commit"]["error"].as_str().unwrap().contains("refused every request"), "{out}");
-    assert_eq!(out["steps"][1]["discard"]["ok"], Value::Null, "{out}");
+    assert_eq!(out["steps"][1], json!({"discard": {"ok": null}}), "{out}");
     assert_eq!(staged(&env), None);
     assert!(logs_in(&bao, OLD));
 
@@ -362,4 +362,102 @@ fn a_failed_or_unfinished_rotation_never_makes_a_value_current_nor_loses_one_the
     env.run(&["secret", "commit", "SERVICE_PASSWORD", "-n", "ops", "--staged"]).expect_code(0);
     assert!(login_with_stored(&env, &bao));
     env.run(&["audit", "verify"]).expect_code(0);
+}
+
+/// `API_KEY` in `ops` of the data directory `home` (the default one when
+/// `None`), bound to `echo`.
+fn bound_key(env: &Env, home: Option<&std::path::Path>, echo: &Echo) {
+    let mut set = env.host();
+    if let Some(h) = home {
+        set.env("KEYHOLE_HOME", h);
+    }
+    set.args(["secret", "set", "API_KEY", "-n", "ops", "--destination", &echo.origin()]);
+    env.run_with(&mut set, b"first-api-key-0001").expect_code(0);
+}
+
+/// A task rotates one value of a secret at a time: a second rotation waits
+/// until the first is discarded, and a committed one is over (a second
+/// commit or discard finds nothing; the task's end reports nothing).
+#[test]
+fn a_task_rotates_one_value_at_a_time_and_a_committed_rotation_is_over() {
+    let env = Env::new();
+    let echo = Echo::start();
+    bound_key(&env, None, &echo);
+    let run = |then: &[&str], requests: Vec<Value>| {
+        let input = json!({"action": "rotate", "name": "API_KEY", "length": 24, "requests": requests, "then": then});
+        let r = env.run_with(&mut probe_cmd(&env, input, &[], &["API_KEY"], &echo.origin()), b"");
+        r.expect_code(0);
+        r
+    };
+    let staged = || describe(&env, "API_KEY")["staged"]["version"].as_u64();
+
+    let send = json!({"method": "POST", "url": echo.url("/echo"), "body": "{next}"});
+    let r = run(&["commit", "commit", "discard"], vec![send]);
+    let out = r.json();
+    assert_eq!(out["responses"][0]["status"], 200, "{out}");
+    assert_eq!(out["steps"][0], json!({"commit": {"ok": 2}}), "{out}");
+    for (i, step) in [(1, "commit"), (2, "discard")] {
+        let e = out["steps"][i][step]["error"].as_str().unwrap_or_default();
+        assert!(e.starts_with(&format!("refused: nothing of API_KEY to {step}")), "{out}");
+    }
+    assert!(!r.stderr.contains("stays staged"), "a committed rotation was reported as unresolved: {r:#?}");
+    let pending = audit(&env, "secret.stage").into_iter().filter(|x| x["outcome"] == "pending").count();
+    assert_eq!(pending, 0, "{:#?}", audit(&env, "secret.stage"));
+    assert_eq!((describe(&env, "API_KEY")["current_version"].as_u64(), staged()), (Some(2), None));
+
+    let r = run(&["again", "discard", "again", "discard"], vec![]);
+    let out = r.json();
+    let e = out["steps"][0]["again"]["error"].as_str().unwrap_or_default();
+    assert!(e.starts_with("refused: a rotation of API_KEY is already in progress in this task"), "{out}");
+    assert_eq!(out["steps"][1], json!({"discard": {"ok": null}}), "{out}");
+    assert!(out["steps"][2]["again"]["ok"].as_str().is_some_and(|p| p != out["next"]), "{out}");
+    assert_eq!(out["steps"][3], json!({"discard": {"ok": null}}), "{out}");
+    assert!(!r.stderr.contains("could not be discarded"), "{r:#?}");
+    assert_eq!((describe(&env, "API_KEY")["current_version"].as_u64(), staged()), (Some(2), None));
+    env.run(&["audit", "verify"]).expect_code(0);
+}
+
+/// A real full disk (a 4 MiB tmpfs holding the data directory): a rotation
+/// step whose record cannot be written does nothing. Neither the current
+/// value's placeholder nor an armed capture reaches the task, and nothing
+/// is staged. Needs root (CI runs as root); elsewhere it says so loudly.
+#[test]
+fn no_rotation_step_happens_when_its_record_cannot_be_written() {
+    let env = Env::new();
+    let echo = Echo::start();
+    let mnt = env.home().join("small");
+    let test = "no_rotation_step_happens_when_its_record_cannot_be_written";
+    let Some(disk) = SmallDisk::mount(&mnt, test) else { return };
+    let home = mnt.join("home");
+    bound_key(&env, Some(&home), &echo);
+    let rotate = |input: Value| {
+        let mut cmd = probe_cmd(&env, input, &[], &["API_KEY"], &echo.origin());
+        cmd.env("KEYHOLE_HOME", &home);
+        let r = env.run_with(&mut cmd, b"");
+        r.expect_code(0);
+        r.json()
+    };
+    // Another process keeps the database open, so that the host can still
+    // open it (its shared-memory index exists); then fill the disk.
+    let reader = rusqlite::Connection::open(home.join("keyhole.db")).unwrap();
+    reader.query_row("SELECT count(*) FROM audit", [], |r| r.get::<_, i64>(0)).unwrap();
+    disk.fill();
+    for input in [
+        json!({"action": "rotate", "name": "API_KEY", "capture": "/token", "then": ["discard"]}),
+        json!({"action": "rotate", "name": "API_KEY", "length": 24, "then": ["discard"]}),
+    ] {
+        let out = rotate(input);
+        let e = out["error"].as_str().unwrap_or_default();
+        assert!(
+            e.starts_with("unavailable: the audit log cannot be written, so nothing is staged or released"),
+            "{out}"
+        );
+        assert_eq!(out["next"], Value::Null, "{out}");
+    }
+    disk.free();
+    drop(reader);
+    let home_run = |args: &[&str]| env.run_with(env.host().env("KEYHOLE_HOME", &home).args(args), b"");
+    home_run(&["audit", "verify"]).expect_code(0);
+    let doc = home_run(&["secret", "describe", "API_KEY", "-n", "ops", "--json"]).json();
+    assert_eq!((&doc["current_version"], &doc["staged"]), (&json!(1), &Value::Null), "{doc}");
 }

@@ -84,8 +84,9 @@ enum Action {
     /// Rotates secret `name`: `generate` (with `length`) or `capture` (a
     /// JSON pointer), then sends `requests` (`{next}`, `{current}` and, with
     /// `secret`, `{secret}` filled in), then takes each step of `then` in
-    /// order: `commit`, `discard`, `trap`, `wait` (prints `waiting`, sleeps
-    /// a minute). Reports the placeholders, answers and step results.
+    /// order: `commit`, `discard`, `again` (generates a new value once
+    /// more), `trap`, `wait` (prints `waiting`, sleeps a minute). Reports
+    /// the placeholders, answers and step results.
     Rotate {
         name: String,
         #[serde(default)]
@@ -324,6 +325,9 @@ fn probe(action: Action) -> Result<Value, TaskError> {
                 let result = match step.as_str() {
                     "commit" => rotation::commit(&name).map(|v| json!(v)),
                     "discard" => rotation::discard(&name).map(|()| json!(null)),
+                    "again" => {
+                        rotation::generate(&name, length.unwrap_or(24), rotation::Charset::Alnum).map(|s| json!(s.next))
+                    }
                     "trap" => panic!("trapping after the requests, as asked"),
                     "wait" => {
                         eprintln!("waiting");
