@@ -517,6 +517,59 @@ mod tests {
         assert_eq!(open(&k, b"ns/A/1", &bad), Err(DecryptError));
     }
 
+    /// The store's format: a value sealed under master key 32 × 0x07 for
+    /// row `ops/DB/1` (by this code, in December 2026) opens, with the
+    /// data-key label and both layers' associated data; moved to another
+    /// row, neither its data key nor its value opens.
+    #[test]
+    fn a_stored_value_keeps_opening_and_its_data_key_stays_bound_to_its_row() {
+        let k = MasterKey(Zeroizing::new([7; 32]));
+        let stored = Sealed {
+            wrapped_key: hex::decode(
+                "be9957e963a08070bb78ed940f83589c94c3550f887fb2144f28afd16d539281\
+                 f0aead636991ced02effff9b3344fd4247067aef01e7983b7ddb1564a0f0a301faf4f6b6ffee0721",
+            )
+            .unwrap(),
+            nonce: hex::decode("588a71eaa894d91be42f893cbd3dbf5e398152345823e2e1").unwrap(),
+            ciphertext: hex::decode("9ff8194a5c1741304720f7f6acdec53eabd8b9b25a4e04").unwrap(),
+        };
+        assert_eq!(open(&k, b"ops/DB/1", &stored).unwrap().as_slice(), b"hunter2");
+        assert!(unwrap_key(&k, b"ops/DB/1", &stored.wrapped_key).is_ok());
+        assert_eq!(unwrap_key(&k, b"ops/DB/2", &stored.wrapped_key).err(), Some(DecryptError));
+        assert_eq!(open(&k, b"ops/DB/2", &stored), Err(DecryptError));
+    }
+
+    /// Every seal draws fresh nonces for both layers. A nonce repeated
+    /// under the master key would let whoever reads two rows combine their
+    /// wrapped data keys (and forge the data-key layer's tag).
+    #[test]
+    fn every_seal_draws_fresh_nonces() {
+        let k = MasterKey::generate();
+        let (a, b) = (seal(&k, b"x", b"v"), seal(&k, b"x", b"v"));
+        assert_ne!(a.wrapped_key[..NONCE_LEN], b.wrapped_key[..NONCE_LEN]);
+        assert_ne!(a.nonce, b.nonce);
+        assert_ne!(a.ciphertext, b.ciphertext);
+    }
+
+    /// An edited row whose wrapped key or nonce was cut short or padded is
+    /// refused as altered: never a panic.
+    #[test]
+    fn a_truncated_or_padded_row_is_refused_without_a_panic() {
+        let k = MasterKey::generate();
+        let s = seal(&k, b"x", b"v");
+        for n in 0..s.wrapped_key.len() + 2 {
+            let mut t = s.clone();
+            t.wrapped_key.resize(n, 0);
+            let want = if n == s.wrapped_key.len() { Ok(b"v".to_vec()) } else { Err(DecryptError) };
+            assert_eq!(open(&k, b"x", &t).map(|v| v.to_vec()), want, "wrapped key of {n} bytes");
+        }
+        for n in [0, 1, NONCE_LEN - 1, NONCE_LEN + 1] {
+            let mut t = s.clone();
+            t.nonce.resize(n, 0);
+            assert_eq!(open(&k, b"x", &t), Err(DecryptError), "nonce of {n} bytes");
+        }
+    }
+
     #[test]
     fn rewrap_moves_a_value_to_a_new_key() {
         let (a, b) = (MasterKey::generate(), MasterKey::generate());
