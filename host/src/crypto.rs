@@ -592,6 +592,13 @@ mod tests {
         assert_eq!(back.mac(MacDomain::Backends, &[]), k.mac(MacDomain::Backends, &[]));
         assert!(IntegrityKey::open(&MasterKey::generate(), &k.seal(&m)).is_err());
         assert!(IntegrityKey::open(&m, b"\x00").is_err());
+        // Its public id (what `audit verify` names): 8 hex digits, the same
+        // after a round trip through the store, another for another key.
+        let id = k.id(MacDomain::AuditChain);
+        assert!(id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id:?}");
+        assert_eq!(back.id(MacDomain::AuditChain), id);
+        assert_ne!(IntegrityKey::generate().id(MacDomain::AuditChain), id);
+        assert_ne!(k.id(MacDomain::SecretRow), id, "each domain's subkey has its own id");
     }
 
     #[test]

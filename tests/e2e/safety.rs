@@ -352,6 +352,13 @@ fn a_signed_checkpoint_kept_elsewhere_catches_a_rolled_back_log() {
     let r = env.run_with(env.host().args(["audit", "verify", "--against"]).arg(&ck), b"");
     r.expect_code(0);
     assert!(r.stdout.contains("contains checkpoint") && r.stdout.contains("verified with audit key"), "{}", r.stdout);
+    // A signed note's signature starts with the 4-byte id of the key that
+    // made it (C2SP signed-note): the id `audit verify` names.
+    let key_id = r.stdout.split("verified with audit key ").nth(1).unwrap().split_whitespace().next().unwrap();
+    let sig = note.trim_end().rsplit(' ').next().unwrap();
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::STANDARD.decode(sig).unwrap();
+    assert_eq!((sig.len(), hex::encode(&sig[..4])), (36, key_id.to_owned()), "{note}");
 
     // Roll the whole database back: on its own it is a consistent log...
     copy_db(snapshot.path(), env.home());
