@@ -34,7 +34,7 @@ audit|audit/chain.rs audit/log.rs audit/mod.rs audit/verify.rs|audit:: safety::a
 authz|authz.rs|server::the_authorization_matrix server::the_server_refuses server::an_approval console::a_console
 network|network/mod.rs network/address.rs network/allow.rs network/inject.rs capability/http.rs|network:: masking::a_password safety::a_task_gets_at_most rotation:: server::a_team_deploys
 router|backend/router.rs|vault:: aws:: exec::nearer exec::granted lifecycle::a_revocation lifecycle::a_rotation_mid dynamic:: safety::edited_rows
-crypto|crypto.rs keyring.rs store/mod.rs store/bundle.rs store/read.rs store/rows.rs store/stage.rs store/write.rs|store:: safety::edited_rows safety::key_rotation safety::a_crafted safety::a_rotated safety::concurrent safety::a_store_written safety::an_edited_backend safety::every_file lifecycle:: network::an_edited_row exec::granted
+crypto|crypto.rs keyring.rs store/mod.rs store/bundle.rs store/read.rs store/rows.rs store/stage.rs store/write.rs|store:: safety::edited_rows safety::key_rotation safety::a_crafted safety::a_rotated safety::concurrent safety::a_store_written safety::an_edited_backend safety::every_file lifecycle:: network::an_edited_row exec::granted flows::validation_warns_about_missing_secrets
 mask|mask.rs|masking:: flows::a_leaked flows::a_plugins_error engine::parallel
 rotate|lease.rs rotate.rs capability/rotation.rs|dynamic:: rotation:: lifecycle::a_staged
 server|server/webhook.rs server/schedule.rs server/worker.rs trigger.rs|server::webhooks server::schedules server::cancel server::an_approval server::a_flows_concurrency server::kill_9

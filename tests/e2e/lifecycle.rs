@@ -339,3 +339,42 @@ fn a_staged_version_is_read_only_after_commit_and_erased_by_discard() {
         assert!(!r.stdout.contains(v));
     }
 }
+
+/// A binding is set, replaced and cleared; a cleared secret reaches a task
+/// as its value again. Removing a secret that does not exist changes
+/// nothing and is recorded as what it found.
+#[test]
+fn a_binding_is_set_replaced_and_cleared_and_removing_nothing_is_recorded() {
+    let env = Env::new();
+    env.set_secret("", "K", "value-of-K");
+    let destinations = || env.run(&["secret", "describe", "K", "--json"]).expect_code(0).json()["destinations"].clone();
+    let read = || env.probe("", &["K"], json!({"action": "get", "names": ["K"]}), &[]).expect_code(0).json();
+    assert_eq!(destinations(), json!([]));
+    let plain = read()["K"]["sha256"].clone();
+    assert!(plain.is_string(), "{plain}");
+
+    env.run(&["secret", "bind", "K", "--destination", "http://127.0.0.1:9"]).expect_code(0);
+    assert_eq!(destinations(), json!(["http://127.0.0.1:9"]));
+    assert_ne!(read()["K"]["sha256"], plain, "a bound secret reaches the task as a placeholder");
+    let both = ["secret", "bind", "K", "--destination", "http://127.0.0.1:8", "--destination", "https://localhost"];
+    env.run(&both).expect_code(0);
+    assert_eq!(destinations(), json!(["http://127.0.0.1:8", "https://localhost:443"]));
+
+    env.run(&["secret", "bind", "K", "--clear"]).expect_code(0);
+    assert_eq!(destinations(), json!([]));
+    assert_eq!(read()["K"]["sha256"], plain, "cleared: the value itself again");
+    env.run(&["secret", "list"]).expect_code(0);
+
+    let r = env.run(&["secret", "rm", "NOPE"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no secret NOPE"), "{r:#?}");
+    let rm = env.run(&["audit", "list", "--action", "secret.rm", "--json"]).expect_code(0).json();
+    let seen: Vec<(&str, &str)> = rm
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["secret"].as_str().unwrap(), x["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("NOPE", "not-found")], "{rm}");
+    env.run(&["audit", "verify"]).expect_code(0);
+}

@@ -77,6 +77,48 @@ fn a_rotated_environment_key_survives_unsetting_the_variable() {
     assert_eq!(read_key(&env.home().join("master.key")).as_deref(), Some(next.as_str()));
 }
 
+/// An operator who adopted the rotated key in the environment leaves
+/// `master.key.next` (a copy of it) behind; the next rotation keeps that
+/// copy as a retired key instead of failing on it or overwriting it.
+#[test]
+fn a_rotated_environment_key_adopted_then_rotated_again_keeps_every_key() {
+    let env = Env::new();
+    let first = random_key();
+    env.run_with(host_with(&env, Some(&first)).args(["secret", "set", "A"]), b"value-of-A").expect_code(0);
+    env.run_with(host_with(&env, Some(&first)).args(["key", "rotate"]), b"").expect_code(0);
+    let adopted = read_key(&env.home().join("master.key.next")).expect("the new key waits in master.key.next");
+    all_readable(&env, Some(&adopted), &["A"]);
+    let r = env.run_with(host_with(&env, Some(&adopted)).args(["key", "rotate"]), b"");
+    r.expect_code(0);
+    let files = key_files(&env);
+    let third = read_key(&env.home().join("master.key.next")).expect("the newest key waits in master.key.next");
+    assert!(third != adopted && third != first, "{files:?}");
+    let kept: Vec<&String> = files.iter().filter(|(_, k)| *k == adopted).map(|(n, _)| n).collect();
+    assert!(kept.len() == 1 && kept[0].ends_with(".old"), "the adopted copy is kept as a retired key: {files:?}");
+    all_readable(&env, Some(&third), &["A"]);
+    let r = env.run_with(host_with(&env, Some(&adopted)).args(["secret", "list"]), b"");
+    assert_eq!(r.code, 2, "the retired key must not open the store: {r:#?}");
+}
+
+/// `master.key` that cannot be read (here a directory in its place) is an
+/// error naming it, not taken for a missing key.
+#[test]
+fn a_crafted_master_key_path_that_cannot_be_read_is_named_not_taken_as_missing() {
+    let env = Env::new();
+    env.set_secret("", "A", "value-of-A");
+    let key = env.home().join("master.key");
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    std::fs::create_dir(&key).unwrap();
+    let r = env.run(&["secret", "list"]);
+    assert_ne!(r.code, 0, "{r:#?}");
+    assert!(r.stderr.contains(&format!("cannot read master key file {}", key.display())), "{r:#?}");
+    assert!(!r.stderr.contains("no master key"), "{r:#?}");
+    std::fs::remove_dir(&key).unwrap();
+    std::fs::write(&key, saved).unwrap();
+    all_readable(&env, None, &["A"]);
+}
+
 #[test]
 fn key_rotation_crash_matrix_never_loses_the_key() {
     let names = ["A", "B", "C"];
@@ -239,6 +281,10 @@ fn edited_rows_are_refused_as_tampered_and_recorded() {
         // Setting a new version on top of an edited secret is refused too; `rm` clears it.
         if secret_row {
             env.run_with(env.host().args(["secret", "set", "K"]), b"new").expect_code(5);
+            // So is binding it: the new destinations would be signed over the edit.
+            let r = env.run(&["secret", "bind", "K", "--destination", "http://127.0.0.1:9"]);
+            r.expect_code(5);
+            assert!(r.stderr.contains("integrity check"), "{case}: {r:#?}");
         }
         env.run(&["secret", "rm", "K"]).expect_code(0);
         env.set_secret("", "K", "fresh");
@@ -727,11 +773,32 @@ fn a_store_written_by_keyhole_0_1_is_upgraded_in_place() {
     env.set_secret("", "GONE", "value-of-GONE");
     env.run(&["secret", "revoke", "GONE"]).expect_code(0);
     all_readable(&env, None, &["A", "B"]);
+    // Only an address check: no packet is sent anywhere.
+    env.run(&["backend", "add-vault", "ops", "--address", "http://127.0.0.1:1"]).expect_code(0);
     downgrade_to_0_1(&env.db());
+    // 0.1 signed no backend configuration.
+    let backends = env.home().join("backends.json");
+    let unsigned = |address: &str| {
+        let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&backends).unwrap()).unwrap();
+        doc.as_object_mut().unwrap().remove("mac");
+        let text = doc.to_string().replace("http://127.0.0.1:1", address);
+        std::fs::write(&backends, text).unwrap();
+    };
+    unsigned("http://127.0.0.1:1");
 
-    // The first command authenticates what is there, once, and keys the log.
+    // The first command authenticates what is there, once, and keys the log
+    // and the backend configuration.
     let list = env.run(&["secret", "list", "--json"]).expect_code(0).json();
     assert_eq!(list.as_array().unwrap().len(), 3);
+    let r = env.run(&["backend", "list"]);
+    r.expect_code(0);
+    assert!(r.stdout.contains("http://127.0.0.1:1"), "{r:#?}");
+    // Once signed, an edit that drops the signature is not adopted again.
+    unsigned("https://attacker.invalid");
+    let r = env.run(&["backend", "list"]);
+    r.expect_code(5);
+    assert!(r.stderr.contains("failed its integrity check"), "{r:#?}");
+    std::fs::remove_file(&backends).unwrap();
     all_readable(&env, None, &["A", "B"]);
     let gone = env.probe("", &["GONE"], json!({"action": "get", "names": ["GONE"]}), &[]).expect_code(0).json();
     assert_eq!(gone["GONE"]["error"], "revoked");

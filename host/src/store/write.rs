@@ -192,9 +192,10 @@ impl SecretStore {
                 params![namespace.as_str(), name.as_str()],
             )
             .map_err(e("delete the secret"))?;
-        if n > 0 {
-            audit::append(&tx, &self.integrity, audit).map_err(e("write the audit record"))?;
-        }
+        // An attempt on nothing is recorded too, as what it found.
+        let missing = (n == 0)
+            .then(|| audit.clone().outcome(crate::audit::Outcome::NotFound).reason("no such secret: nothing removed"));
+        audit::append(&tx, &self.integrity, missing.as_ref().unwrap_or(audit)).map_err(e("write the audit record"))?;
         tx.commit().map_err(e("commit"))?;
         Ok(n > 0)
     }
