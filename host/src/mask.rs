@@ -916,6 +916,24 @@ mod tests {
         }
     }
 
+    /// The large-set engine tests four positions at once: two values that
+    /// start one byte apart inside those four (`ABCDEFGH` at a position,
+    /// `BCDEWXYZ`'s start at the next) must still stop it there, wherever
+    /// the pair falls in the window.
+    #[test]
+    fn the_start_filter_stops_where_two_values_start_in_one_window() {
+        let s = set(&["ABCDEFGH", "BCDEWXYZ"]);
+        let large = {
+            let inner = s.inner.read().unwrap();
+            Matcher::build_with(&inner.patterns, &inner.values, true)
+        };
+        for pad in 0..4 {
+            let before = ".".repeat(pad);
+            let text = format!("{before}ABCDEFGH........");
+            assert_eq!(large.mask_str(&text), format!("{before}***........"), "{pad} bytes before");
+        }
+    }
+
     #[test]
     fn a_mixed_encoding_no_single_encoder_writes_is_masked() {
         // Python's quote_plus of "p a*ss~w" keeps `~` and escapes `*`;
