@@ -795,9 +795,11 @@ fn a_store_written_by_keyhole_0_1_is_upgraded_in_place() {
     assert!(r.stdout.contains("http://127.0.0.1:1"), "{r:#?}");
     // Once signed, an edit that drops the signature is not adopted again.
     unsigned("https://attacker.invalid");
-    let r = env.run(&["backend", "list"]);
-    r.expect_code(5);
-    assert!(r.stderr.contains("failed its integrity check"), "{r:#?}");
+    for args in [&["secret", "list"][..], &["backend", "list"][..]] {
+        let r = env.run(args);
+        r.expect_code(5);
+        assert!(r.stderr.contains("failed its integrity check"), "{args:?}: {r:#?}");
+    }
     std::fs::remove_file(&backends).unwrap();
     all_readable(&env, None, &["A", "B"]);
     let gone = env.probe("", &["GONE"], json!({"action": "get", "names": ["GONE"]}), &[]).expect_code(0).json();
