@@ -58,14 +58,21 @@ fn all_readable(env: &Env, key: Option<&str>, names: &[&str]) {
     }
 }
 
+/// A store keyed from the environment holding `A`, rotated once: the old
+/// key, and the new one waiting in `master.key.next`.
+fn env_keyed_and_rotated(env: &Env) -> (String, String) {
+    let old = random_key();
+    env.run_with(host_with(env, Some(&old)).args(["secret", "set", "A"]), b"value-of-A").expect_code(0);
+    env.run_with(host_with(env, Some(&old)).args(["key", "rotate"]), b"").expect_code(0);
+    let next = read_key(&env.home().join("master.key.next")).expect("the new key waits in master.key.next");
+    (old, next)
+}
+
 #[test]
 fn a_rotated_environment_key_survives_unsetting_the_variable() {
     // Reproduced on 0.1: the second `secret list` found no key at all.
     let env = Env::new();
-    let k = random_key();
-    env.run_with(host_with(&env, Some(&k)).args(["secret", "set", "A"]), b"value-of-A").expect_code(0);
-    env.run_with(host_with(&env, Some(&k)).args(["key", "rotate"]), b"").expect_code(0);
-    let next = read_key(&env.home().join("master.key.next")).expect("the new key waits in master.key.next");
+    let (k, next) = env_keyed_and_rotated(&env);
     // The old key in the environment is refused with directions to the new one.
     let r = env.run_with(host_with(&env, Some(&k)).args(["secret", "list"]), b"");
     r.expect_code(2);
@@ -83,10 +90,7 @@ fn a_rotated_environment_key_survives_unsetting_the_variable() {
 #[test]
 fn a_rotated_environment_key_adopted_then_rotated_again_keeps_every_key() {
     let env = Env::new();
-    let first = random_key();
-    env.run_with(host_with(&env, Some(&first)).args(["secret", "set", "A"]), b"value-of-A").expect_code(0);
-    env.run_with(host_with(&env, Some(&first)).args(["key", "rotate"]), b"").expect_code(0);
-    let adopted = read_key(&env.home().join("master.key.next")).expect("the new key waits in master.key.next");
+    let (first, adopted) = env_keyed_and_rotated(&env);
     all_readable(&env, Some(&adopted), &["A"]);
     let r = env.run_with(host_with(&env, Some(&adopted)).args(["key", "rotate"]), b"");
     r.expect_code(0);

@@ -175,7 +175,8 @@ impl SecretStore {
     }
 
     /// Deletes a secret and all its versions. Returns whether it existed.
-    /// The deletion and its audit record `audit` commit together.
+    /// The deletion and its audit record `audit` commit together; an
+    /// attempt on a secret that is not there is recorded as `not-found`.
     pub fn remove(&mut self, namespace: &Namespace, name: &SecretName, audit: &NewRecord) -> Result<bool, StoreError> {
         let path = self.path.clone();
         let e = |op| sql_err(&path, op);
