@@ -190,11 +190,9 @@ impl State {
         if self.truncated {
             return;
         }
+        // Held-back bytes may be the start of a secret: from here on
+        // `write` and `finish` see `truncated` and never release them.
         self.truncated = true;
-        for ch in &mut self.channels {
-            // Held-back bytes may be the start of a secret: drop them.
-            ch.masker.discard();
-        }
         let note = format!(
             "\n{}[keyhole] output limit of {} bytes reached; further plugin output is dropped\n",
             self.label, self.budget
