@@ -438,17 +438,24 @@ impl Matcher {
             // begins with one or two hex digits (`50%` then `a/%40aa`) is
             // decoded with them: try the value starting at either digit.
             // After the escape the decoding is the same, since a hex digit
-            // starts no escape of its own.
+            // starts no escape of its own. Each try writes the digits over
+            // the decoded escape (and the byte before it) in one copy of the
+            // decoded text, and its anchored search stops where no value
+            // goes on: nothing is copied per escape, and no later try reads
+            // what an earlier one wrote (it starts further on).
+            let mut alt = Vec::with_capacity(d.bytes.len() + 1);
+            alt.push(0); // `alt[i + 1]` is `d.bytes[i]`.
+            alt.extend_from_slice(&d.bytes);
             for &k in &d.escapes {
                 let p = d.from[k];
-                for digits in [&buf[p + 1..p + 3], &buf[p + 2..p + 3]] {
-                    let rest = &d.bytes[k + 1..d.bytes.len().min(k + 1 + self.max_value_len)];
-                    let alt = [digits, rest].concat();
-                    let input = aho_corasick::Input::new(&alt).anchored(aho_corasick::Anchored::Yes);
+                for digits in [&buf[p + 2..p + 3], &buf[p + 1..p + 3]] {
+                    let start = k + 2 - digits.len();
+                    alt[start..k + 2].copy_from_slice(digits);
+                    let input =
+                        aho_corasick::Input::new(&alt).span(start..alt.len()).anchored(aho_corasick::Anchored::Yes);
                     if let Some(m) = plain.find(input) {
                         // Every value in `plain` is longer than the digits.
-                        let e = d.at(k + 1 + m.end() - digits.len(), buf.len());
-                        push(p + 3 - digits.len(), e, m.end());
+                        push(p + 3 - digits.len(), d.at(m.end() - 1, buf.len()), m.len());
                     }
                 }
             }
