@@ -12,14 +12,14 @@
 //! form, and each line of a multi-line value. Every match becomes the fixed
 //! string `***`, whatever the secret's length.
 //!
-//! Percent-encoding is decoded, not listed (encoders differ in which bytes
-//! they escape, and in hex case): a decoding pass percent-decodes the text (`%XX` in either case; `+` read both as itself
-//! and as a space) and searches it for the values, so whichever bytes an
-//! encoder escapes (Python, JavaScript, Java, Go, PHP all differ) the span
-//! is masked. A stream holds back a trailing run of the bytes an encoded
-//! value is made of, when it holds an escape (at most three times the
-//! longest value), until a byte that ends it, so no encoding is split
-//! between two passes.
+//! Percent-encoding is decoded, not listed (encoders differ in which bytes they
+//! escape, and in hex case): a decoding pass percent-decodes the text (`%XX` in
+//! either case; `+` read both as itself and as a space) and searches it for the
+//! values, so whichever bytes an encoder escapes (Python, JavaScript, Java, Go,
+//! PHP all differ) the span is masked. A stream holds back a trailing run of
+//! the bytes an encoded value is made of, when it holds an escape (at most
+//! three times the longest value), until a byte that ends it, so no encoding is
+//! split between two passes.
 //!
 //! Values (and lines) shorter than [`MIN_MASK_LEN`] bytes are masked only as
 //! whole tokens (not touching another letter or digit), and their encodings
@@ -28,10 +28,10 @@
 //!
 //! Out of reach, by design: transformations the host cannot know (the value
 //! reversed, split with separators, XOR-ed, hashed, encrypted), and a
-//! percent-encoding no encoder writes, with a literal space or quote among
-//! its escapes. Inside a
-//! larger base64 document the one or two characters at each edge of the
-//! value's span, which also carry bits of its neighbours, stay visible.
+//! percent-encoding no encoder writes, with a literal space or quote among its
+//! escapes. Inside a larger base64 document the one or two characters at each
+//! edge of the value's span, which also carry bits of its neighbours, stay
+//! visible.
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
