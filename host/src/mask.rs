@@ -443,16 +443,16 @@ impl Matcher {
             // decoded text, and its anchored search stops where no value
             // goes on: nothing is copied per escape, and no later try reads
             // what an earlier one wrote (it starts further on).
-            let mut alt = Vec::with_capacity(d.bytes.len() + 1);
-            alt.push(0); // `alt[i + 1]` is `d.bytes[i]`.
-            alt.extend_from_slice(&d.bytes);
+            let mut alt: Option<Vec<u8>> = None;
             for &k in &d.escapes {
+                // `alt[i + 1]` is `d.bytes[i]`; made only when there is an escape.
+                let alt = alt.get_or_insert_with(|| [&[0], &d.bytes[..]].concat());
                 let p = d.from[k];
                 for digits in [&buf[p + 2..p + 3], &buf[p + 1..p + 3]] {
                     let start = k + 2 - digits.len();
                     alt[start..k + 2].copy_from_slice(digits);
                     let input =
-                        aho_corasick::Input::new(&alt).span(start..alt.len()).anchored(aho_corasick::Anchored::Yes);
+                        aho_corasick::Input::new(&alt[..]).span(start..alt.len()).anchored(aho_corasick::Anchored::Yes);
                     if let Some(m) = plain.find(input) {
                         // Every value in `plain` is longer than the digits.
                         push(p + 3 - digits.len(), d.at(m.end() - 1, buf.len()), m.len());
@@ -560,22 +560,6 @@ impl Matcher {
     }
 }
 
-/// Streaming masker for one output channel: feed it writes as they come; it
-/// releases at once every byte that cannot be part of a secret.
-///
-/// Two stages: the listed forms (held back only while they could begin
-/// one), then the decoding pass, which holds back a trailing run of the
-/// bytes an encoded value is made of ([`url_ish`]) that holds an escape,
-/// until a byte that ends it arrives, so no encoded value is split between
-/// two passes.
-#[derive(Debug, Default)]
-pub struct StreamMasker {
-    pending: Vec<u8>,
-    prev: Option<u8>,
-    /// Released by the first stage, waiting for the decoding pass.
-    encoded: Vec<u8>,
-}
-
 /// `buf` percent-decoded from the left, with where each decoded byte came
 /// from.
 struct Decoded {
@@ -616,6 +600,22 @@ impl Decoded {
     fn at(&self, k: usize, len: usize) -> usize {
         self.from.get(k).copied().unwrap_or(len)
     }
+}
+
+/// Streaming masker for one output channel: feed it writes as they come; it
+/// releases at once every byte that cannot be part of a secret.
+///
+/// Two stages: the listed forms (held back only while they could begin
+/// one), then the decoding pass, which holds back a trailing run of the
+/// bytes an encoded value is made of ([`url_ish`]) that holds an escape,
+/// until a byte that ends it arrives, so no encoded value is split between
+/// two passes.
+#[derive(Debug, Default)]
+pub struct StreamMasker {
+    pending: Vec<u8>,
+    prev: Option<u8>,
+    /// Released by the first stage, waiting for the decoding pass.
+    encoded: Vec<u8>,
 }
 
 /// Bytes a percent-encoded value can consist of (what some encoder leaves
