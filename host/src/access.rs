@@ -251,6 +251,13 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             record.outcome = Outcome::NotFound;
             audited(access, record, Err(AccessError::NotFound))
         }
+        Ok(Lookup::Elsewhere { found, vouched }) => {
+            let why = elsewhere(grant.name(), &found, &vouched);
+            record.reason = Some(why.clone());
+            record = record.detail_field("found_in", found.as_str()).detail_field("vouched_in", vouched.as_str());
+            tracing::warn!(task = %id.task, execution = %id.execution, "secret request refused: {why}");
+            audited(access, record, Err(AccessError::Unavailable(why)))
+        }
         Ok(Lookup::Revoked { namespace, version }) => {
             record = version.on(record);
             record.outcome = Outcome::Revoked;
@@ -272,6 +279,16 @@ pub fn get_secret(access: &SecretAccess, requested: &str) -> Result<SecretValue,
             audited(access, record, Err(AccessError::Unavailable(e.for_plugin(grant.name()))))
         }
     }
+}
+
+/// Why a deployed revision's grant of `name` is not served: it resolves in
+/// `found` now, not in `vouched`, where its deploy was checked. The plugin,
+/// the audit record and the operator all get this text (namespaces only).
+pub fn elsewhere(name: &crate::names::SecretName, found: &Namespace, vouched: &Namespace) -> String {
+    format!(
+        "secret {name} now resolves in namespace {found}, but this flow revision was checked for it in namespace \
+         {vouched}: deploy the flow again so that someone holding secret:use in {found} vouches for it"
+    )
 }
 
 /// Writes `record`; returns `answer` only once it is durable.

@@ -13,8 +13,12 @@
 //! `runner` binding at `finance.reporting` reopens what a broader deny
 //! closed only for that subtree.
 //!
-//! Invariant: no permission reads a secret value (values go only to tasks);
-//! depends on nothing in the crate but `names`; deny by default.
+//! No permission reads a secret value: values go only to tasks. What a task
+//! receives is vouched for when its flow is deployed: every secret a flow
+//! names needs `secret:use` where that secret lives (`crate::vouch`), so
+//! `flow:deploy` alone reaches no secret.
+//!
+//! Invariant: depends on nothing in the crate but `names`; deny by default.
 
 use crate::names::Namespace;
 use serde::{Deserialize, Serialize};
@@ -36,6 +40,10 @@ pub enum Permission {
     /// Destroy (crypto-erase) and remove secrets.
     #[serde(rename = "secret:destroy")]
     SecretDestroy,
+    /// Make a task receive a secret: deploy (or approve) a flow that names
+    /// it, checked in the namespace where the secret lives.
+    #[serde(rename = "secret:use")]
+    SecretUse,
     /// Read deployed flows.
     #[serde(rename = "flow:read")]
     FlowRead,
@@ -70,11 +78,12 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission, in a fixed order.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 15] = [
         Permission::SecretList,
         Permission::SecretWrite,
         Permission::SecretRevoke,
         Permission::SecretDestroy,
+        Permission::SecretUse,
         Permission::FlowRead,
         Permission::FlowDeploy,
         Permission::ExecutionCreate,
@@ -94,6 +103,7 @@ impl Permission {
             Permission::SecretWrite => "secret:write",
             Permission::SecretRevoke => "secret:revoke",
             Permission::SecretDestroy => "secret:destroy",
+            Permission::SecretUse => "secret:use",
             Permission::FlowRead => "flow:read",
             Permission::FlowDeploy => "flow:deploy",
             Permission::ExecutionCreate => "execution:create",
@@ -155,6 +165,7 @@ pub fn builtin(name: &str) -> Option<Role> {
         "admin" => Permission::ALL.to_vec(),
         "secret-manager" => vec![SecretList, SecretWrite, SecretRevoke],
         "developer" => vec![FlowRead, FlowDeploy, ExecutionCreate, ExecutionRead, ExecutionCancel],
+        "builder" => vec![FlowRead, FlowDeploy, SecretUse, ExecutionCreate, ExecutionRead, ExecutionCancel],
         "runner" => vec![FlowRead, ExecutionCreate, ExecutionRead],
         "auditor" => vec![AuditRead, ExecutionRead, SecretList],
         "approver" => vec![ExecutionRead, ExecutionApprove],
@@ -164,7 +175,13 @@ pub fn builtin(name: &str) -> Option<Role> {
 }
 
 /// The names of the built-in roles.
-pub const BUILTIN_ROLES: [&str; 6] = ["admin", "secret-manager", "developer", "runner", "auditor", "approver"];
+pub const BUILTIN_ROLES: [&str; 7] =
+    ["admin", "secret-manager", "developer", "builder", "runner", "auditor", "approver"];
+
+/// Built-in roles added after custom roles existed: a custom role an
+/// operator defined under one of these names before it was built in keeps
+/// its own meaning (nothing an upgrade does widens or narrows a token).
+pub const LATER_BUILTINS: [&str; 1] = ["builder"];
 
 /// Whether `name` may name a custom role: 1 to 64 of `a-z 0-9 - _`, not a
 /// built-in name.
@@ -347,6 +364,20 @@ mod tests {
         }
         // The permission names are the whole vocabulary: nothing reads a value.
         assert!(Permission::ALL.iter().all(|p| !p.as_str().contains("read") || !p.as_str().starts_with("secret")));
+    }
+
+    #[test]
+    fn only_admin_and_builder_may_make_a_task_receive_a_secret() {
+        // `secret:use` is what deploying a flow that names a secret needs:
+        // a developer deploys flows that use none, a builder those too.
+        let holders: Vec<&str> =
+            BUILTIN_ROLES.into_iter().filter(|n| builtin(n).unwrap().allow.contains(&Permission::SecretUse)).collect();
+        assert_eq!(holders, ["admin", "builder"]);
+        let (dev, builder) = (builtin("developer").unwrap(), builtin("builder").unwrap());
+        assert!(dev.allow.iter().all(|p| builder.allow.contains(p)), "a builder may do what a developer may");
+        assert_eq!(builder.allow.len(), dev.allow.len() + 1);
+        assert_eq!("secret:use".parse::<Permission>(), Ok(Permission::SecretUse));
+        assert!(check_role_name("builder").unwrap_err().contains("built-in role"));
     }
 
     #[test]

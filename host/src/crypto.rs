@@ -295,10 +295,14 @@ pub enum MacDomain {
     RoleRow,
     /// A row of `flows` (a deployed revision: its text and plugin digests).
     FlowRow,
+    /// A row of `flow_reviews` (a second person's decision on a revision).
+    ReviewRow,
+    /// A row of `protections` (a secret or namespace that needs review).
+    ProtectionRow,
 }
 
 impl MacDomain {
-    const ALL: [MacDomain; 7] = [
+    const ALL: [MacDomain; 9] = [
         MacDomain::SecretRow,
         MacDomain::VersionRow,
         MacDomain::AuditChain,
@@ -306,6 +310,8 @@ impl MacDomain {
         MacDomain::TokenRow,
         MacDomain::RoleRow,
         MacDomain::FlowRow,
+        MacDomain::ReviewRow,
+        MacDomain::ProtectionRow,
     ];
 
     fn label(self) -> &'static [u8] {
@@ -317,6 +323,8 @@ impl MacDomain {
             MacDomain::TokenRow => b"keyhole mac v1: token row",
             MacDomain::RoleRow => b"keyhole mac v1: role row",
             MacDomain::FlowRow => b"keyhole mac v1: flow row",
+            MacDomain::ReviewRow => b"keyhole mac v1: review row",
+            MacDomain::ProtectionRow => b"keyhole mac v1: protection row",
         }
     }
 }

@@ -14,8 +14,10 @@ use std::time::Duration;
 /// The schema version this host writes: 1 was keyhole 0.1; 2 added the
 /// integrity MAC columns, the audit `detail` and the authenticated head; 3
 /// secret destinations; 4 the server's tokens, roles, deployed flows and the
-/// execution queue.
-pub const SCHEMA_VERSION: i64 = 7;
+/// execution queue; 5 trigger data and schedule state; 6 leases; 7 flow
+/// concurrency and approval gates; 8 who vouched for a revision's secrets,
+/// second-person reviews and protected secrets.
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// A failure of the database file; each names the file and what was being
 /// done.
@@ -192,6 +194,36 @@ const LEASE_SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS leases_outstanding ON leases (revoked, expires_at);
 ";
 
+/// Who vouched for the secrets each deployed revision names (`flows.vouches`,
+/// JSON under the row's MAC; NULL for a revision deployed before keyhole
+/// checked `secret:use`), a second person's decision on a revision that
+/// touches a protected secret, and what is protected (a name, or `*`: the
+/// whole namespace and those below it). Rows are MAC'd.
+const REVIEW_SCHEMA: &str = "
+    ALTER TABLE flows ADD COLUMN vouches TEXT;
+    CREATE TABLE IF NOT EXISTS flow_reviews (
+        namespace TEXT NOT NULL,
+        id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        decision TEXT NOT NULL,
+        decided_by TEXT NOT NULL,
+        person TEXT NOT NULL,
+        decided_at INTEGER NOT NULL,
+        comment TEXT,
+        vouches TEXT,
+        mac BLOB NOT NULL,
+        PRIMARY KEY (namespace, id, revision)
+    );
+    CREATE TABLE IF NOT EXISTS protections (
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        mac BLOB NOT NULL,
+        PRIMARY KEY (namespace, name)
+    );
+";
+
 /// Environment variable overriding how long a write waits for another
 /// process's write to finish, in milliseconds (default 10000).
 pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
@@ -289,7 +321,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
     }
     if (1..=6).contains(&version) {
         // keyhole 0.7: a flow's limit on executions running at once, and approval gates.
-        return step(
+        step(
             conn,
             path,
             6,
@@ -298,7 +330,11 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
                  execution TEXT NOT NULL, task TEXT NOT NULL, permission TEXT NOT NULL,
                  distinct_from_trigger INTEGER NOT NULL, requested TEXT NOT NULL, decision TEXT,
                  decided_by TEXT, comment TEXT, decided TEXT, PRIMARY KEY (execution, task));",
-        );
+        )?;
+    }
+    if (1..=7).contains(&version) {
+        // keyhole 0.8: secret:use vouches, reviews, protected secrets.
+        return step(conn, path, 7, REVIEW_SCHEMA);
     }
     // IMMEDIATE so that two processes creating the store at once serialise.
     conn.execute_batch(&format!(
@@ -334,13 +370,15 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
          {server}
          {schedule}
          {leases}
-         PRAGMA user_version = 7;
+         {review}
+         PRAGMA user_version = 8;
          COMMIT;",
         audit = AUDIT_SCHEMA,
         executions = EXECUTIONS_SCHEMA,
         server = SERVER_SCHEMA,
         schedule = SCHEDULE_SCHEMA,
         leases = LEASE_SCHEMA,
+        review = REVIEW_SCHEMA,
     ))
     .map_err(e("create the schema"))
 }

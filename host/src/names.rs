@@ -210,20 +210,25 @@ macro_rules! display_and_parse {
 }
 display_and_parse!(SecretName, TaskId);
 
-/// Namespaces travel as their raw text (`""` for the root) and are checked
-/// when read back, like every other way in.
-impl serde::Serialize for Namespace {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
+/// Namespaces (`""` for the root) and secret names travel as their raw text
+/// and are checked when read back, like every other way in.
+macro_rules! serde_as_text {
+    ($($t:ident),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
-impl<'de> serde::Deserialize<'de> for Namespace {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <String as serde::Deserialize>::deserialize(d)?;
-        Namespace::new(&text).map_err(serde::de::Error::custom)
-    }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                $t::new(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
 }
+serde_as_text!(Namespace, SecretName);
 
 impl FromStr for Namespace {
     type Err = InvalidName;

@@ -191,6 +191,10 @@ impl Rotations {
                 let why = format!("{name} is a dynamic secret, minted per execution: there is nothing to rotate");
                 return Err(self.refuse(&namespace, Some(name), Outcome::Denied, RotateError::Refused(why)));
             }
+            Ok(Lookup::Elsewhere { found, vouched }) => {
+                let why = crate::access::elsewhere(name, &found, &vouched);
+                return Err(self.refuse(own, Some(name), Outcome::Denied, RotateError::Refused(why)));
+            }
             Err(e) => return Err(self.refuse(own, Some(name), Outcome::Unavailable, unavailable(e))),
         };
         let backend = a.secrets.backend_for(&namespace);

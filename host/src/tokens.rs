@@ -401,7 +401,9 @@ impl Tokens {
 
     /// A role by name: built-in, or defined with [`Tokens::define_role`].
     pub fn role(&self, name: &str) -> Result<Role, TokenError> {
-        if let Some(r) = authz::builtin(name) {
+        if let Some(r) = authz::builtin(name)
+            && !(authz::LATER_BUILTINS.contains(&name) && self.has_custom_role(name)?)
+        {
             return Ok(r);
         }
         let row: Option<(String, String, i64, Vec<u8>)> = self
@@ -424,6 +426,16 @@ impl Tokens {
         }
         let parse = |text: &str| serde_json::from_str::<Vec<Permission>>(text).unwrap_or_default();
         Ok(Role { name: name.to_owned(), allow: parse(&allow), deny: parse(&deny) })
+    }
+
+    /// Whether a custom role row named `name` exists (one defined before a
+    /// built-in role took the name keeps deciding: [`authz::LATER_BUILTINS`]).
+    fn has_custom_role(&self, name: &str) -> Result<bool, TokenError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM roles WHERE name = ?1", [name], |r| r.get(0))
+            .map_err(self.err("read a role"))?;
+        Ok(n > 0)
     }
 
     /// Defines (or redefines) a custom role.
@@ -455,6 +467,8 @@ impl Tokens {
             rows.collect::<Result<_, _>>().map_err(self.err("list roles"))?
         };
         for n in names {
+            // A custom role that kept a later built-in's name replaces it in the list.
+            out.retain(|r| r.name != n);
             out.push(self.role(&n)?);
         }
         Ok(out)
@@ -462,7 +476,7 @@ impl Tokens {
 
     /// Removes a custom role no live token is bound to.
     pub fn remove_role(&self, name: &str) -> Result<(), TokenError> {
-        if authz::builtin(name).is_some() {
+        if authz::builtin(name).is_some() && !(authz::LATER_BUILTINS.contains(&name) && self.has_custom_role(name)?) {
             return Err(TokenError::Invalid(format!("{name:?} is a built-in role and cannot be removed")));
         }
         self.role(name)?;
@@ -563,5 +577,26 @@ mod tests {
         let (who, _) = t.authenticate(&tok).unwrap();
         assert!(who.bindings.is_empty(), "an edited role grants nothing");
         assert!(matches!(t.role("rotator"), Err(TokenError::Tampered(_))));
+    }
+
+    #[test]
+    fn a_custom_role_that_predates_a_built_in_of_its_name_keeps_its_meaning() {
+        let (_dir, t) = open();
+        // What an older keyhole let an operator define: a custom `builder`.
+        let (allow, deny, at) = ("[\"flow:read\"]", "[]", 1_i64);
+        let fields = [b"builder".as_slice(), allow.as_bytes(), deny.as_bytes(), &at.to_be_bytes()];
+        let mac = t.integrity.mac(MacDomain::RoleRow, &fields).to_vec();
+        t.conn
+            .execute(
+                "INSERT INTO roles (name, allow, deny, created_at, mac) VALUES ('builder', ?1, ?2, ?3, ?4)",
+                params![allow, deny, at, mac],
+            )
+            .unwrap();
+        assert_eq!(t.role("builder").unwrap().allow, vec![Permission::FlowRead], "no upgrade widens a token");
+        let listed: Vec<Role> = t.roles().unwrap().into_iter().filter(|r| r.name == "builder").collect();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        t.remove_role("builder").unwrap();
+        assert!(t.role("builder").unwrap().allow.contains(&Permission::SecretUse), "then the built-in one");
+        assert!(t.remove_role("builder").unwrap_err().to_string().contains("built-in role"));
     }
 }

@@ -4,7 +4,9 @@ Run by tests/e2e/console.rs, which starts `host serve`, issues the tokens,
 deploys the flows and passes them in the environment:
 
   KH_BASE             the server, http://127.0.0.1:PORT
-  KH_RUNNER, KH_MANAGER, KH_APPROVER, KH_AUDITOR   tokens (role @ finance; auditor @ root)
+  KH_RUNNER, KH_MANAGER, KH_APPROVER, KH_AUDITOR, KH_BUILDER   tokens (role @ finance; auditor @ root)
+  KH_ADMIN            an admin token (root)
+                      (flow `broken` has revision 2 pending review: it touches protected OTHER)
   KH_FAILED, KH_GATED execution ids: a failed one, one waiting at its gate
   KH_VALUES           secret values that must never appear (comma separated)
   KH_SHOTS            where to write screenshots (optional)
@@ -20,7 +22,7 @@ import sys
 from playwright.sync_api import expect, sync_playwright
 
 BASE = os.environ["KH_BASE"]
-TOK = {k: os.environ["KH_" + k.upper()] for k in ("runner", "manager", "approver", "auditor", "admin")}
+TOK = {k: os.environ["KH_" + k.upper()] for k in ("runner", "manager", "approver", "auditor", "admin", "builder")}
 VALUES = [v for v in os.environ["KH_VALUES"].split(",") if v]
 SHOTS = os.environ.get("KH_SHOTS")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -213,6 +215,30 @@ def main():
         lines = open(dl.value.path()).read().splitlines()
         assert lines and all(json.loads(l)["action"] == "secret.read" for l in lines), lines[:2]
         step("auditor: chain intact, filtered by action and outcome, exported what the filter shows")
+        sign_out(page)
+
+        # A second person reviews a revision that touches a protected secret:
+        # the diff against the revision serving now, then Approve.
+        sign_in(page, "builder")
+        page.goto(BASE + "/#/flows")
+        expect(page.locator(".badge", has_text="pending review")).to_be_visible()
+        page.goto(BASE + "/#/flows/finance/broken")
+        expect(page.get_by_text("Revision 2 is pending review")).to_be_visible()
+        page.get_by_role("link", name="review revision 2").click()
+        expect(page.get_by_role("heading", name="Changes since revision 1 (serving now)")).to_be_visible()
+        expect(page.locator("code.diff .add").first).to_contain_text("reviewed-change")
+        expect(page.locator("code.diff .del").first).not_to_contain_text("reviewed-change")
+        expect(page.get_by_text("It touches protected OTHER")).to_be_visible()
+        shot(page, "review")
+        page.get_by_label("Review comment").fill("diff read")
+        with page.expect_request(lambda r: r.url.endswith("/revisions/2/approve")) as req:
+            page.get_by_role("button", name="Approve").click()
+        assert json.loads(req.value.post_data) == {"comment": "diff read"}, req.value.post_data
+        expect(page.locator("dd .badge", has_text="active")).to_be_visible()
+        expect(page.get_by_text("approved by reviewer-rob")).to_be_visible()
+        scan(page, "the revision page")
+        step("builder reviewed revision 2 of broken (touches protected OTHER): read its diff against "
+             "revision 1, approved it; it is active")
         sign_out(page)
 
         # An admin: every page, a token issued and shown once.

@@ -289,11 +289,22 @@ fn the_console_in_a_real_browser_runs_reads_rotates_approves_and_audits_by_role(
     let approver = token(&env, "approver-ann", "approver", "finance", &[]);
     let auditor = token(&env, "auditor-aud", "auditor", "", &[]);
     let admin = token(&env, "admin-ada", "admin", "", &[]);
+    let builder = token(&env, "reviewer-rob", "builder", "finance", &[]);
     let server = Server::start(&env, 3, &[]);
     let c = Client::new(&server);
     let (s, failed) = c.call("POST", "/api/v1/executions/finance/broken?wait=30", Some(&runner), Some(&json!({})));
     assert_eq!(s, 200, "{failed}");
     assert_eq!(failed["status"], "failed", "{failed}");
+    // OTHER is protected: the operator's change to the task that holds it
+    // waits for a second person, who reviews it in the browser.
+    env.run(&["secret", "protect", "OTHER", "-n", "finance"]).expect_code(0);
+    let file = env.home().join("broken.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("action: leak, name: OTHER", "action: leak, name: OTHER, note: reviewed-change");
+    std::fs::write(&file, text).unwrap();
+    let r = env.run(&["flow", "deploy", file.to_str().unwrap()]);
+    assert!(r.stderr.contains("revision 2 is pending review"), "{r:#?}");
     let (s, gated) = c.call("POST", "/api/v1/executions/finance/release", Some(&runner), Some(&json!({})));
     assert!(s == 201 || s == 202, "{gated}");
     let gated = gated["id"].as_str().unwrap().to_owned();
@@ -311,6 +322,7 @@ fn the_console_in_a_real_browser_runs_reads_rotates_approves_and_audits_by_role(
         .env("KH_APPROVER", &approver)
         .env("KH_AUDITOR", &auditor)
         .env("KH_ADMIN", &admin)
+        .env("KH_BUILDER", &builder)
         .env("KH_FAILED", failed["id"].as_str().unwrap())
         .env("KH_GATED", &gated)
         .env("KH_VALUES", format!("{PW},{OTHER}"))
@@ -326,5 +338,9 @@ fn the_console_in_a_real_browser_runs_reads_rotates_approves_and_audits_by_role(
     assert!(rotations.contains("manager-max"), "{rotations}");
     let approvals = env.run(&["audit", "list", "--action", "execution.approve", "--json"]).stdout;
     assert!(approvals.contains("approver-ann") && approvals.contains("ship it"), "{approvals}");
+    let reviews = env.run(&["audit", "list", "--action", "flow.approve", "--json"]).stdout;
+    assert!(reviews.contains("reviewer-rob") && reviews.contains("diff read"), "{reviews}");
+    let r = env.run(&["flow", "list"]);
+    assert!(r.stdout.contains("broken") && !r.stdout.contains("pending"), "{r:#?}");
     assert!(!server.log().contains(PW) && !server.log().contains(OTHER));
 }

@@ -22,3 +22,4 @@ mod server;
 mod store;
 mod tidy;
 mod vault;
+mod vouch;

@@ -215,6 +215,7 @@ fn request(route: &Route, ns: &str, execution: &str, n: usize, wasm: &[u8]) -> (
         .replace("{flow}", "f")
         .replace("{id}", execution)
         .replace("{token}", "no-such-token")
+        .replace("{revision}", "1")
         .replace("{sha256}", &hex::encode(keyhole::crypto::sha256(wasm)));
     let body = match (route.method, route.path) {
         ("POST", "/api/v1/tokens") => Some(json!({"name": format!("made-{n}"), "role": "runner", "namespace": ns})),
@@ -372,7 +373,8 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     let r = remote(&dev, &["flow", "deploy", flow.to_str().unwrap()]);
     r.expect_code(2);
     assert!(r.stderr.contains("permission flow:deploy is required in namespace finance.reporting"), "{r:#?}");
-    // Rotating changes a secret: a flow that may rotate needs secret:write too.
+    // Rotating changes a secret: a flow that may rotate needs secret:use
+    // (a task holds it) and secret:write (it changes it) where it lives.
     let rotating = env.home().join("rotating.yaml");
     let hello = component(Plugin::Hello);
     std::fs::write(
@@ -385,7 +387,8 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     .unwrap();
     let r = remote(&dev, &["flow", "deploy", rotating.to_str().unwrap()]);
     r.expect_code(2);
-    assert!(r.stderr.contains("permission secret:write is required in namespace marketing"), "{r:#?}");
+    assert!(r.stderr.contains("permission secret:use is required in namespace marketing"), "{r:#?}");
+    assert!(r.stderr.contains("the flow makes a task rotate secret API_TOKEN (task r (rotate))"), "{r:#?}");
     remote(&admin, &["flow", "deploy", flow.to_str().unwrap()]).expect_code(0);
     // What runs is what was deployed: the file on disk changing changes nothing.
     std::fs::write(&flow, text.replace("hello.wasm", "probe.wasm")).unwrap();

@@ -245,6 +245,19 @@ pub enum Action {
     /// A web console session was signed out.
     #[serde(rename = "session.end")]
     SessionEnd,
+    /// A flow revision that touches a protected secret was approved by a
+    /// second person (or a revision deployed before vouching was vouched for).
+    #[serde(rename = "flow.approve")]
+    FlowApprove,
+    /// A flow revision pending review was rejected: it never runs.
+    #[serde(rename = "flow.reject")]
+    FlowReject,
+    /// `host secret protect`: revisions that touch it need a second person.
+    #[serde(rename = "secret.protect")]
+    SecretProtect,
+    /// `host secret unprotect`.
+    #[serde(rename = "secret.unprotect")]
+    SecretUnprotect,
 }
 
 impl Action {
@@ -289,6 +302,10 @@ impl Action {
             Action::SecretDiscard => "secret.discard",
             Action::SessionCreate => "session.create",
             Action::SessionEnd => "session.end",
+            Action::FlowApprove => "flow.approve",
+            Action::FlowReject => "flow.reject",
+            Action::SecretProtect => "secret.protect",
+            Action::SecretUnprotect => "secret.unprotect",
         }
     }
 }

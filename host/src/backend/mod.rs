@@ -333,6 +333,13 @@ pub trait SecretBackend: Send + Sync + fmt::Debug {
     /// Its stored versions, newest first.
     fn versions(&self, namespace: &Namespace, name: &SecretName) -> Result<Vec<VersionInfo>, BackendError>;
 
+    /// Whether `name` is here for `namespace` in any state (current,
+    /// revoked, expired, a dynamic definition): whether a walk of the chain
+    /// stops here. Reads metadata only, never a value.
+    fn holds(&self, namespace: &Namespace, name: &SecretName) -> Result<bool, BackendError> {
+        Ok(self.info(namespace, name)?.is_some())
+    }
+
     /// Its configuration as it should now be saved, for a backend that
     /// keeps state there (the names AWS revocations apply to).
     fn config(&self) -> Option<BackendConfig> {

@@ -67,6 +67,16 @@ pub enum Lookup {
         /// How.
         def: super::DynamicDef,
     },
+    /// The name now resolves somewhere other than where the deploy vouched
+    /// for it (a closer secret was set since, or the vouched one is gone and
+    /// a farther one would answer): a new decision nobody has made, so
+    /// nothing is read.
+    Elsewhere {
+        /// Where it resolves now.
+        found: Namespace,
+        /// Where the revision was checked.
+        vouched: Namespace,
+    },
 }
 
 /// Namespaces to backends: the local store for every namespace no remote
@@ -171,17 +181,73 @@ impl Router {
         self.remote.iter().map(|(ns, b)| (ns, b.as_ref()))
     }
 
+    /// Where `name` resolves for `namespace`: the nearest namespace of its
+    /// chain that holds it in any state, from metadata alone (no value is
+    /// read); `None` when no namespace does.
+    pub fn locate(&self, namespace: &Namespace, name: &SecretName) -> Result<Option<Namespace>, BackendError> {
+        for ns in namespace.chain() {
+            if self.holds(&ns, name)? {
+                return Ok(Some(ns));
+            }
+        }
+        Ok(None)
+    }
+
+    fn holds(&self, ns: &Namespace, name: &SecretName) -> Result<bool, BackendError> {
+        let backend = self.backend_for(ns);
+        if backend.keeps_config_state() {
+            self.refresh()?;
+        }
+        backend.holds(ns, name)
+    }
+
     /// Finds the granted secret: in `namespace` or its nearest ancestor
     /// that holds it, or straight at the `pin`ned namespace and version.
     /// The first namespace that has the name decides (found, revoked or
-    /// expired); a namespace without it passes on to its parent.
+    /// expired); a namespace without it passes on to its parent. A grant
+    /// vouched for at a namespace is served from there only: if the name
+    /// resolves anywhere else, the answer is [`Lookup::Elsewhere`] and no
+    /// value is read.
     pub fn lookup(&self, namespace: &Namespace, grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, BackendError> {
-        let chain = match pin {
-            Some(p) => vec![p.namespace.clone()],
-            None => namespace.chain(),
+        let chain = match (pin, grant.vouched_at()) {
+            (Some(p), _) => vec![p.namespace.clone()],
+            (None, Some(vouched)) => {
+                // Nothing nearer may hold it; then the vouched namespace is
+                // read (the common case, a secret of the flow's own
+                // namespace, costs no extra query); if it is not there, a
+                // farther one that is would be a new decision too.
+                let chain = namespace.chain();
+                let at = chain.iter().position(|n| n == vouched).unwrap_or(chain.len());
+                let elsewhere =
+                    |found: &Namespace| Lookup::Elsewhere { found: found.clone(), vouched: vouched.clone() };
+                for nearer in &chain[..at] {
+                    if self.holds(nearer, grant.name())? {
+                        return Ok(elsewhere(nearer));
+                    }
+                }
+                if at < chain.len() {
+                    match self.lookup_in(&chain[at..=at], grant, None)? {
+                        Lookup::NotFound => {}
+                        answer => return Ok(answer),
+                    }
+                }
+                for farther in chain.iter().skip(at + 1) {
+                    if self.holds(farther, grant.name())? {
+                        return Ok(elsewhere(farther));
+                    }
+                }
+                return Ok(Lookup::NotFound);
+            }
+            (None, None) => namespace.chain(),
         };
+        self.lookup_in(&chain, grant, pin)
+    }
+
+    /// The first namespace of `chain` that has the name decides.
+    fn lookup_in(&self, chain: &[Namespace], grant: &Grant, pin: Option<&Pin>) -> Result<Lookup, BackendError> {
         let version = pin.map(|p| &p.version);
         for ns in chain {
+            let ns = ns.clone();
             let backend = self.backend_for(&ns);
             if backend.keeps_config_state() {
                 self.refresh()?;
@@ -509,6 +575,45 @@ mod tests {
         r.set(&me(), &ns("ops.db"), &name("K"), &val("nearer"), &SetOptions::default()).unwrap();
         let pin = Pin { namespace: ns("ops"), version: Version::Number(1) };
         assert_eq!(found(r.lookup(&ns("ops.db"), &grant("K"), Some(&pin)).unwrap()).2, "v1");
+    }
+
+    #[test]
+    fn a_vouched_grant_is_served_only_where_it_was_vouched_for() {
+        let (_d, r, _fake) = router();
+        r.set(&me(), &ns("finance"), &name("DB"), &val("parent"), &SetOptions::default()).unwrap();
+        let vouched = |at: &str| {
+            let located: std::collections::BTreeMap<SecretName, Namespace> = [(name("DB"), ns(at))].into();
+            Grants::new([name("DB")]).located(&located).check("DB").unwrap()
+        };
+        let at = |g: &Grant| r.lookup(&ns("finance.reporting"), g, None).unwrap();
+        assert_eq!(found(at(&vouched("finance"))).2, "parent");
+        assert_eq!(r.locate(&ns("finance.reporting"), &name("DB")).unwrap(), Some(ns("finance")));
+        // Vouched where it did not resolve yet (the flow's own namespace):
+        // the parent's secret is a decision nobody made.
+        let elsewhere = |l: Lookup| match l {
+            Lookup::Elsewhere { found, vouched } => (found.as_str().to_owned(), vouched.as_str().to_owned()),
+            other => panic!("expected Elsewhere, got {other:?}"),
+        };
+        assert_eq!(elsewhere(at(&vouched("finance.reporting"))), ("finance".into(), "finance.reporting".into()));
+        // A nearer secret set after the deploy is not served either.
+        r.set(&me(), &ns("finance.reporting"), &name("DB"), &val("nearer"), &SetOptions::default()).unwrap();
+        assert_eq!(elsewhere(at(&vouched("finance"))), ("finance.reporting".into(), "finance".into()));
+        assert_eq!(found(at(&vouched("finance.reporting"))).2, "nearer");
+        // A revoked nearer one stops the chain: still elsewhere, never the parent's value.
+        r.revoke(&me(), &ns("finance.reporting"), &name("DB")).unwrap();
+        assert_eq!(elsewhere(at(&vouched("finance"))).0, "finance.reporting");
+        assert!(matches!(at(&vouched("finance.reporting")), Lookup::Revoked { .. }));
+        // Gone everywhere: not found, whatever was vouched.
+        assert!(r.remove(&me(), &ns("finance.reporting"), &name("DB")).unwrap());
+        assert!(r.remove(&me(), &ns("finance"), &name("DB")).unwrap());
+        assert!(matches!(at(&vouched("finance")), Lookup::NotFound));
+        assert_eq!(r.locate(&ns("finance.reporting"), &name("DB")).unwrap(), None);
+        // Across backends: a remote namespace nearer than the vouched one.
+        r.set(&me(), &ns(""), &name("K"), &val("root"), &SetOptions::default()).unwrap();
+        r.set(&me(), &ns("ops"), &name("K"), &val("remote"), &SetOptions::default()).unwrap();
+        let located: std::collections::BTreeMap<SecretName, Namespace> = [(name("K"), ns(""))].into();
+        let g = Grants::new([name("K")]).located(&located).check("K").unwrap();
+        assert_eq!(elsewhere(r.lookup(&ns("ops.db"), &g, None).unwrap()), ("ops".into(), "".into()));
     }
 
     #[test]

@@ -262,6 +262,20 @@ impl SecretBackend for VaultBackend {
         Err(self.unsupported(namespace, "lists its own secrets: use `bao kv list`"))
     }
 
+    /// A dynamic definition, or KV metadata (which soft-deleted versions
+    /// keep: a revoked secret still stops the chain, as [`Self::read`] does).
+    fn holds(&self, _namespace: &Namespace, name: &SecretName) -> Result<bool, BackendError> {
+        if self.dynamic.read().unwrap_or_else(|p| p.into_inner()).contains_key(name.as_str()) {
+            return Ok(true);
+        }
+        let path = self.api_path("metadata", name);
+        match self.call(&path, None, None)? {
+            (200, _) => Ok(true),
+            (404, _) => Ok(false),
+            (status, body) => Err(self.server_error("GET", &path, status, &body)),
+        }
+    }
+
     fn info(&self, namespace: &Namespace, _name: &SecretName) -> Result<Option<SecretInfo>, BackendError> {
         Err(self.unsupported(namespace, "keeps its own metadata: use `bao kv metadata get`"))
     }

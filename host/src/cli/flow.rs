@@ -84,6 +84,28 @@ pub(crate) enum FlowCommand {
         #[arg(long, short, default_value = "")]
         namespace: Namespace,
     },
+    /// Approve a revision pending review (it touches a protected secret):
+    /// it runs from then on. Also vouches for an `unchecked` revision.
+    Approve(ReviewArgs),
+    /// Reject a revision pending review: it never runs; the revision
+    /// before it keeps serving.
+    Reject(ReviewArgs),
+}
+
+/// Which revision, and why.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ReviewArgs {
+    /// Flow id.
+    id: String,
+    /// Its namespace (default: the root).
+    #[arg(long, short, default_value = "")]
+    namespace: Namespace,
+    /// The revision (`host flow list` shows those pending review).
+    #[arg(long)]
+    revision: u64,
+    /// Why: kept in the audit record and with the revision.
+    #[arg(long)]
+    comment: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -509,16 +531,19 @@ fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Resul
     }
 }
 
-/// `host flow deploy|list|show|revisions|rm`.
+/// `host flow deploy|list|show|revisions|rm|approve|reject`: through the
+/// service layer, as the root operator on the data directory, or through
+/// the API with $KEYHOLE_ADDR.
 pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
     use super::remote::{Remote, ns_path};
-    use keyhole::registry::{Deployed, Registry};
+    use keyhole::registry::{Decision, Deployed, Registry};
+    use keyhole::service::flows as service;
+    use keyhole::vouch::Voucher;
     let remote = Remote::from_env()?;
     let mut out = std::io::stdout().lock();
-    let local = |dir: &DataDir| -> Result<(SecretStore, Registry), Exit> {
+    let registry = |dir: &DataDir| -> Result<Registry, Exit> {
         let store = open_store(dir)?;
-        let registry = Registry::open(dir, store.integrity().clone()).map_err(registry_exit)?;
-        Ok((store, registry))
+        Registry::open(dir, store.integrity().clone()).map_err(registry_exit)
     };
     let parse = |v: Value| -> Result<Vec<Deployed>, Exit> {
         let list = if v.is_array() { v } else { Value::Array(vec![v]) };
@@ -555,56 +580,57 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                     parse(r.send(&format!("deploy {}", path.display()), "POST", "/api/v1/flows", &body, &[])?)?
                 }
                 None => {
-                    let (mut store, registry) = local(dir)?;
+                    let registry = registry(dir)?;
+                    let secrets = open_secrets(dir)?;
                     let mut digests = std::collections::BTreeMap::new();
                     for (task, bytes) in &plugins {
                         digests.insert(task.to_string(), registry.put_plugin(bytes).map_err(registry_exit)?);
                     }
-                    let by = match keyhole::audit::Actor::current_user() {
-                        keyhole::audit::Actor::Cli { user } => user,
-                        _ => "operator".into(),
-                    };
-                    let (d, _) = registry.deploy(&file, &source, &digests, &by).map_err(registry_exit)?;
-                    let rec = keyhole::audit::NewRecord::ok(
-                        &keyhole::audit::Actor::current_user(),
-                        keyhole::audit::Action::FlowDeploy,
-                        &d.namespace,
-                        None,
-                    )
-                    .reason(format!("flow {} revision {}", d.id, d.revision))
-                    .detail_field("flow", d.id.clone())
-                    .detail_field("revision", d.revision);
-                    store.record(&rec)?;
-                    vec![d]
+                    let req = service::DeployRequest { file: &file, source: &source, plugins: &digests };
+                    vec![service::deploy(&registry, &secrets, &Voucher::root(), req)?]
                 }
             };
             if let Some(d) = deployed.first() {
                 eprintln!("deployed flow {} revision {} in namespace {}", d.id, d.revision, d.namespace);
+                if d.state == keyhole::registry::RevisionState::Pending {
+                    let touched =
+                        d.vouches.as_ref().map(|v| v.review.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+                    eprintln!(
+                        "revision {} is pending review: it touches protected {}; it runs once a second person holding \
+                         secret:use there approves it (`host flow approve {} -n {} --revision {}`)",
+                        d.revision,
+                        touched.unwrap_or_default().join(", "),
+                        d.id,
+                        d.namespace.as_str(),
+                        d.revision
+                    );
+                }
             }
             (deployed, json)
         }
         FlowCommand::List { json } => {
             let list = match &remote {
                 Some(r) => parse(r.get("list flows", "/api/v1/flows")?)?,
-                None => local(dir)?.1.list().map_err(registry_exit)?,
+                None => registry(dir)?.list().map_err(registry_exit)?,
             };
             (list, json)
         }
         FlowCommand::Show { id, namespace, json } => {
-            let d = match &remote {
-                Some(r) => parse(r.get("show the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?)?,
-                None => vec![local(dir)?.1.current(&namespace, &id).map_err(registry_exit)?.0],
+            let (d, pending) = match &remote {
+                Some(r) => {
+                    let v = r.get("show the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?;
+                    let pending: Vec<u64> = serde_json::from_value(v["pending"].clone()).unwrap_or_default();
+                    (parse(v)?.remove(0), pending)
+                }
+                None => {
+                    let (d, _, pending) = registry(dir)?.shown(&namespace, &id).map_err(registry_exit)?;
+                    (d, pending)
+                }
             };
             if json {
-                return print_json(&mut out, &d[0]);
+                return print_json(&mut out, &d);
             }
-            let d = &d[0];
-            writeln!(out, "flow {}  namespace {}  revision {}", d.id, d.namespace, d.revision).map_err(stdout_err)?;
-            writeln!(out, "deployed {} by {} from {}", d.deployed_at, d.deployed_by, d.file).map_err(stdout_err)?;
-            for (task, sha) in &d.plugins {
-                writeln!(out, "  task {task}: plugin sha256 {sha}").map_err(stdout_err)?;
-            }
-            writeln!(out, "---\n{}", d.source.trim_end()).map_err(stdout_err)?;
+            write_flow(&mut out, &d, &pending).map_err(stdout_err)?;
             return Ok(());
         }
         FlowCommand::Revisions { id, namespace, json } => {
@@ -612,7 +638,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                 Some(r) => {
                     parse(r.get("list revisions", &format!("/api/v1/flows/{}/{id}/revisions", ns_path(&namespace)))?)?
                 }
-                None => local(dir)?.1.revisions(&namespace, &id).map_err(registry_exit)?,
+                None => registry(dir)?.revisions(&namespace, &id).map_err(registry_exit)?,
             };
             (list, json)
         }
@@ -622,42 +648,126 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                     r.delete("remove the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?;
                 }
                 None => {
-                    let (mut store, registry) = local(dir)?;
-                    registry.current(&namespace, &id).map_err(registry_exit)?;
-                    let me = keyhole::audit::Actor::current_user();
-                    let rec = keyhole::audit::NewRecord::ok(&me, keyhole::audit::Action::FlowRemove, &namespace, None)
-                        .reason(format!("flow {id}"))
-                        .detail_field("flow", id.clone());
-                    store.record(&rec)?;
-                    let by = match me {
-                        keyhole::audit::Actor::Cli { user } => user,
-                        _ => "operator".into(),
-                    };
-                    registry.remove(&namespace, &id, &by).map_err(registry_exit)?;
+                    service::remove(&registry(dir)?, &Voucher::root(), &namespace, &id)?;
                 }
             }
             eprintln!("removed flow {id} from namespace {namespace}");
+            return Ok(());
+        }
+        cmd @ (FlowCommand::Approve(_) | FlowCommand::Reject(_)) => {
+            let (a, decision) = match cmd {
+                FlowCommand::Approve(a) => (a, Decision::Approved),
+                FlowCommand::Reject(a) => (a, Decision::Rejected),
+                _ => unreachable!("matched above"),
+            };
+            let verb = if decision == Decision::Approved { "approve" } else { "reject" };
+            let d = match &remote {
+                Some(r) => {
+                    let path =
+                        format!("/api/v1/flows/{}/{}/revisions/{}/{verb}", ns_path(&a.namespace), a.id, a.revision);
+                    let body = serde_json::json!({ "comment": a.comment });
+                    parse(r.send(
+                        &format!("{verb} revision {} of flow {}", a.revision, a.id),
+                        "POST",
+                        &path,
+                        &body,
+                        &[],
+                    )?)?
+                    .remove(0)
+                }
+                None => {
+                    let secrets = open_secrets(dir)?;
+                    let reg = registry(dir)?;
+                    let req = service::ReviewRequest {
+                        namespace: &a.namespace,
+                        flow: &a.id,
+                        revision: a.revision,
+                        decision,
+                        comment: a.comment,
+                    };
+                    service::review(&reg, &secrets, &Voucher::root(), req)?
+                }
+            };
+            eprintln!("flow {} revision {} in namespace {}: {}d ({})", d.id, d.revision, d.namespace, verb, d.state);
             return Ok(());
         }
     };
     if json {
         return print_json(&mut out, &list);
     }
-    let mut table =
-        Table::new(&[("NAMESPACE", Left), ("FLOW", Left), ("REVISION", Left), ("DEPLOYED", Left), ("BY", Left)]);
+    let mut table = Table::new(&[
+        ("NAMESPACE", Left),
+        ("FLOW", Left),
+        ("REVISION", Left),
+        ("STATE", Left),
+        ("DEPLOYED", Left),
+        ("BY", Left),
+    ]);
     for d in list {
         let rev = if d.removed { format!("{} (removed)", d.revision) } else { d.revision.to_string() };
-        table.row([d.namespace.to_string(), d.id, rev, d.deployed_at, d.deployed_by]);
+        table.row([d.namespace.to_string(), d.id, rev, d.state.to_string(), d.deployed_at, d.deployed_by]);
     }
     table.write(&mut out).map_err(stdout_err)
+}
+
+/// `host flow show`: the revision, who deployed it, each task's plugin, and
+/// for each secret it names where it resolved and who vouched for it.
+fn write_flow(out: &mut impl Write, d: &keyhole::registry::Deployed, pending: &[u64]) -> std::io::Result<()> {
+    writeln!(out, "flow {}  namespace {}  revision {}  {}", d.id, d.namespace, d.revision, d.state)?;
+    writeln!(out, "deployed {} by {} from {}", d.deployed_at, d.deployed_by, d.file)?;
+    if let Some(r) = &d.review {
+        let verb =
+            serde_json::to_value(r.decision).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let comment = r.comment.as_deref().map(|c| format!(": {}", keyhole::output::one_line(c))).unwrap_or_default();
+        writeln!(out, "{verb} {} by {}{comment}", r.at, r.by)?;
+    }
+    for (task, sha) in &d.plugins {
+        writeln!(out, "  task {task}: plugin sha256 {sha}")?;
+    }
+    match d.vouched() {
+        None if d.vouches.is_none() && !d.removed => writeln!(
+            out,
+            "  secrets: unchecked (deployed before keyhole checked secret:use; deploy it again, or `host flow approve {} -n {} --revision {}`)",
+            d.id,
+            d.namespace.as_str(),
+            d.revision
+        )?,
+        None => {}
+        Some(v) => {
+            let reviewer = d.review.as_ref().filter(|r| r.decision == keyhole::registry::Decision::Approved);
+            for s in &v.secrets {
+                let at = match &s.resolved_in {
+                    Some(ns) => format!("resolved in {ns}"),
+                    None => format!("resolves nowhere yet (checked in {})", s.checked_in),
+                };
+                let protected = if s.protected { ", protected" } else { "" };
+                let reviewed = match reviewer {
+                    Some(r) if v.review.contains(&s.secret) || d.vouches.is_none() => format!(", approved by {}", r.by),
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "  secret {}: {at}{protected}; vouched for by {}{reviewed} ({})",
+                    s.secret,
+                    v.by,
+                    s.uses.join(", ")
+                )?;
+            }
+        }
+    }
+    for r in pending {
+        let (id, ns) = (&d.id, d.namespace.as_str());
+        writeln!(out, "revision {r} is pending review: `host flow approve {id} -n {ns} --revision {r}` (or reject)")?;
+    }
+    writeln!(out, "---\n{}", d.source.trim_end())
 }
 
 pub(crate) fn registry_exit(e: keyhole::registry::RegistryError) -> Exit {
     use keyhole::registry::RegistryError as R;
     match e {
         R::Invalid(d) => fail(USAGE, d),
-        e @ (R::Plugin(_) | R::NotFound { .. }) => fail(USAGE, e),
-        e @ R::Tampered { .. } => fail(TAMPERED, e),
+        e @ (R::Plugin(_) | R::NotFound { .. } | R::Pending { .. } | R::Conflict(_)) => fail(USAGE, e),
+        e @ (R::Tampered { .. } | R::ProtectionTampered { .. }) => fail(TAMPERED, e),
         R::Db(e) => Exit::from(StoreError::Db(e)),
         e @ R::Io { .. } => fail(HOST, e),
     }

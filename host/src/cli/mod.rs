@@ -277,6 +277,19 @@ impl From<keyhole::executions::RecordError> for Exit {
     }
 }
 
+impl From<keyhole::service::ServiceError> for Exit {
+    fn from(e: keyhole::service::ServiceError) -> Self {
+        use keyhole::service::ServiceError as S;
+        match e {
+            S::Diagnostics(d) => fail(USAGE, d),
+            e @ (S::Forbidden(_) | S::Invalid(_) | S::NotFound(_) | S::Conflict(_)) => fail(USAGE, e),
+            e @ S::Tampered(_) => fail(TAMPERED, e),
+            S::Backend(e) => e.into(),
+            e @ (S::AuditFailed(_) | S::Host(_)) => fail(HOST, e),
+        }
+    }
+}
+
 impl From<keyhole::backup::BundleError> for Exit {
     fn from(e: keyhole::backup::BundleError) -> Self {
         let code = if matches!(e, keyhole::backup::BundleError::Kdf(_)) { HOST } else { USAGE };

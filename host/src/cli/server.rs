@@ -47,7 +47,7 @@ pub(crate) enum TokenCommand {
         /// A name for it, unique among live tokens (ci-bot, alice).
         #[arg(long)]
         name: String,
-        /// Role: admin, secret-manager, developer, runner, auditor, or a custom one.
+        /// Role: admin, secret-manager, developer, builder, runner, auditor, approver, or a custom one.
         #[arg(long)]
         role: String,
         /// Where the role applies: this namespace and its children. Default: every namespace.

@@ -395,6 +395,71 @@ pub struct FlowTask {
     pub literal_input: bool,
 }
 
+/// How a flow names a secret: each makes a task (or the host, for a
+/// webhook) use it, so each needs `secret:use` where it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UseKind {
+    /// `secrets:` of a task: read with `secrets.get` or `wasi:config`
+    /// (a dynamic secret too: a credential is minted for the task).
+    Read,
+    /// `rotate:` of a task.
+    Rotate,
+    /// A webhook trigger's `key_secret`.
+    WebhookKey,
+    /// A webhook trigger's signing secret.
+    WebhookSignature,
+}
+
+/// One secret a flow names, and where.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SecretUse {
+    /// The secret.
+    pub name: SecretName,
+    /// `task ID` or `trigger ID`.
+    pub by: String,
+    /// How.
+    pub kind: UseKind,
+}
+
+impl fmt::Display for SecretUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = match self.kind {
+            UseKind::Read => "secrets",
+            UseKind::Rotate => "rotate",
+            UseKind::WebhookKey => "webhook key_secret",
+            UseKind::WebhookSignature => "webhook signing secret",
+        };
+        write!(f, "{} ({how})", self.by)
+    }
+}
+
+impl Flow {
+    /// Every secret any task or trigger names, with where and how, sorted
+    /// by name: what deploying the flow must be vouched for.
+    pub fn secret_uses(&self) -> Vec<SecretUse> {
+        let mut out = Vec::new();
+        for t in &self.tasks {
+            let by = format!("task {}", t.id);
+            let reads = t.grants.iter().map(|n| (n, UseKind::Read));
+            for (name, kind) in reads.chain(t.rotate.iter().map(|n| (n, UseKind::Rotate))) {
+                out.push(SecretUse { name: name.clone(), by: by.clone(), kind });
+            }
+        }
+        for t in &self.triggers {
+            if let TriggerKind::Webhook(w) = &t.kind {
+                let kind = match w.auth {
+                    crate::trigger::WebhookAuth::Key(_) => UseKind::WebhookKey,
+                    crate::trigger::WebhookAuth::Signature { .. } => UseKind::WebhookSignature,
+                };
+                out.push(SecretUse { name: w.secret().clone(), by: format!("trigger {}", t.id), kind });
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

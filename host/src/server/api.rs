@@ -269,6 +269,62 @@ pub static ROUTES: &[Route] = &[
     ),
     route!(
         "POST",
+        "/api/v1/flows/{ns}/{flow}/revisions/{revision}/approve",
+        Some(P::SecretUse),
+        PathNamespace,
+        "Approve a revision pending review (`{comment}`): a second person holding secret:use where each protected secret it touches lives; or vouch for an unchecked one.",
+        post(approve_revision)
+    ),
+    route!(
+        "POST",
+        "/api/v1/flows/{ns}/{flow}/revisions/{revision}/reject",
+        Some(P::SecretUse),
+        PathNamespace,
+        "Reject a revision pending review (`{comment}`): it never runs; the revision before it keeps serving.",
+        post(reject_revision)
+    ),
+    route!(
+        "GET",
+        "/api/v1/protections",
+        Some(P::FlowRead),
+        Anywhere,
+        "Protected secrets and namespaces where the caller may read flows: a flow revision touching one waits for a second person.",
+        get(list_protections)
+    ),
+    route!(
+        "PUT",
+        "/api/v1/secrets/{ns}/{name}/protection",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Protect a secret: a flow revision that touches it waits for a second person's approval.",
+        put(protect_secret)
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/secrets/{ns}/{name}/protection",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Unprotect a secret.",
+        delete(unprotect_secret)
+    ),
+    route!(
+        "PUT",
+        "/api/v1/namespaces/{ns}/protection",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Protect every secret of a namespace and those below it.",
+        put(protect_namespace)
+    ),
+    route!(
+        "DELETE",
+        "/api/v1/namespaces/{ns}/protection",
+        Some(P::SecretWrite),
+        PathNamespace,
+        "Unprotect a namespace.",
+        delete(unprotect_namespace)
+    ),
+    route!(
+        "POST",
         "/api/v1/executions/{ns}/{flow}",
         Some(P::ExecutionCreate),
         PathNamespace,
@@ -488,6 +544,7 @@ impl From<RegistryError> for ApiError {
         match e {
             e @ (RegistryError::Invalid(_) | RegistryError::Plugin(_)) => ApiError::BadRequest(e.to_string()),
             e @ RegistryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            e @ (RegistryError::Pending { .. } | RegistryError::Conflict(_)) => ApiError::Conflict(e.to_string()),
             e => ApiError::Internal(e.to_string()),
         }
     }
@@ -1197,40 +1254,145 @@ struct DeployRequest {
     plugins: BTreeMap<String, String>,
 }
 
+impl Caller {
+    /// The caller as a voucher for what a flow's tasks receive.
+    pub fn voucher(&self) -> crate::vouch::Voucher {
+        crate::vouch::Voucher { actor: self.actor.clone(), principal: Some(self.principal.clone()) }
+    }
+}
+
 async fn deploy_flow(
     State(app): State<AppState>,
     caller: Caller,
     Body(req): Body<DeployRequest>,
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     blocking(&app, move |app| {
-        // The namespace is the flow's own: checked before anything is stored.
-        let file = req.file.chars().take(256).collect::<String>();
-        let (flow, _) = crate::flow::parse(&req.source, &file, std::path::Path::new("/"))
-            .map_err(|d| ApiError::BadRequest(d.to_string()))?;
-        // Rotating a secret changes it: a flow whose tasks may rotate is
-        // deployed only by someone who may write the namespace's secrets.
-        let rotates = flow.tasks.iter().any(|t| !t.rotate.is_empty());
-        let needed: &[P] = if rotates { &[P::FlowDeploy, P::SecretWrite] } else { &[P::FlowDeploy] };
-        for &permission in needed {
-            if let Err(e) = authz::decide(&caller.principal, permission, &flow.namespace) {
-                return Err(refuse(app, &caller, "POST /api/v1/flows", &e.namespace, e.permission, e.to_string()));
-            }
-        }
-        let by = format!("{} ({})", caller.info.name, caller.info.id);
-        let (d, _) = app.registry().deploy(&file, &req.source, &req.plugins, &by)?;
-        let rec = caller
-            .record(Action::FlowDeploy, &d.namespace, None)
-            .reason(format!("flow {} revision {}", d.id, d.revision))
-            .detail_field("flow", d.id.clone())
-            .detail_field("revision", d.revision)
-            .detail_field("plugins", serde_json::to_value(&d.plugins).unwrap_or_default());
-        if let Err(e) = app.record(rec) {
-            let _ = app.registry().remove(&d.namespace, &d.id, "host serve (the deploy could not be audited)");
-            return Err(audit_failed(e));
-        }
+        let req = crate::service::flows::DeployRequest { file: &req.file, source: &req.source, plugins: &req.plugins };
+        let d = crate::service::flows::deploy(&app.registry(), &app.secrets, &caller.voucher(), req)?;
         Ok((StatusCode::CREATED, Json(d)))
     })
     .await
+}
+
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as S;
+        match e {
+            S::Forbidden(m) => ApiError::Forbidden(m),
+            S::Invalid(m) => ApiError::BadRequest(m),
+            S::Diagnostics(d) => ApiError::BadRequest(d.to_string()),
+            S::NotFound(m) => ApiError::NotFound(m),
+            S::Conflict(m) => ApiError::Conflict(m),
+            e @ S::AuditFailed(_) => ApiError::Unavailable(e.to_string()),
+            S::Backend(e) => e.into(),
+            e @ (S::Tampered(_) | S::Host(_)) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A decision on a flow revision.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ReviewRequest {
+    comment: Option<String>,
+}
+
+async fn approve_revision(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, flow, revision)): Path<(String, String, u64)>,
+    Body(req): Body<ReviewRequest>,
+) -> Result<Json<Deployed>, ApiError> {
+    review_revision(app, caller, (ns, flow, revision), req, crate::registry::Decision::Approved).await
+}
+
+async fn reject_revision(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, flow, revision)): Path<(String, String, u64)>,
+    Body(req): Body<ReviewRequest>,
+) -> Result<Json<Deployed>, ApiError> {
+    review_revision(app, caller, (ns, flow, revision), req, crate::registry::Decision::Rejected).await
+}
+
+async fn review_revision(
+    app: AppState,
+    caller: Caller,
+    (ns, flow, revision): (String, String, u64),
+    req: ReviewRequest,
+    decision: crate::registry::Decision,
+) -> Result<Json<Deployed>, ApiError> {
+    let ns = path_namespace(&ns)?;
+    blocking(&app, move |app| {
+        let who = caller.voucher();
+        let reg = app.registry();
+        let req = crate::service::flows::ReviewRequest {
+            namespace: &ns,
+            flow: &flow,
+            revision,
+            decision,
+            comment: req.comment,
+        };
+        let d = crate::service::flows::review(&reg, &app.secrets, &who, req)?;
+        Ok(Json(d))
+    })
+    .await
+}
+
+async fn list_protections(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<crate::registry::Protection>>, ApiError> {
+    let all = blocking(&app, |app| Ok(app.registry().protections()?)).await?;
+    Ok(Json(all.into_iter().filter(|p| caller.may(P::FlowRead, &p.namespace)).collect()))
+}
+
+async fn set_protection(
+    app: AppState,
+    caller: Caller,
+    ns: &str,
+    name: Option<&str>,
+    on: bool,
+) -> Result<Json<Value>, ApiError> {
+    let ns = path_namespace(ns)?;
+    let name = name.map(secret_name).transpose()?;
+    blocking(&app, move |app| {
+        let changed = crate::service::flows::protect(&app.registry(), &caller.voucher(), &ns, name.as_ref(), on)?;
+        Ok(Json(json!({ "namespace": ns, "secret": name, "protected": on, "changed": changed })))
+    })
+    .await
+}
+
+async fn protect_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, Some(&name), true).await
+}
+
+async fn unprotect_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, Some(&name), false).await
+}
+
+async fn protect_namespace(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(ns): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, None, true).await
+}
+
+async fn unprotect_namespace(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(ns): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, None, false).await
 }
 
 async fn show_flow(
@@ -1240,8 +1402,9 @@ async fn show_flow(
 ) -> Result<Json<Value>, ApiError> {
     let ns = path_namespace(&ns)?;
     blocking(&app, move |app| {
-        let (deployed, flow) = app.registry().current(&ns, &flow)?;
+        let (deployed, flow, pending) = app.registry().shown(&ns, &flow)?;
         let mut doc = serde_json::to_value(&deployed).map_err(|e| ApiError::Internal(e.to_string()))?;
+        doc["pending"] = json!(pending);
         doc["inputs"] = serde_json::to_value(&flow.inputs).unwrap_or_default();
         doc["tasks"] = flow_tasks(&flow);
         doc["triggers"] = flow_triggers(&flow, jiff::Timestamp::now());
@@ -1312,17 +1475,8 @@ async fn remove_flow(
     Path((ns, flow)): Path<(String, String)>,
 ) -> Result<Json<Deployed>, ApiError> {
     let ns = path_namespace(&ns)?;
-    blocking(&app, move |app| {
-        app.registry().current(&ns, &flow)?;
-        let rec = caller
-            .record(Action::FlowRemove, &ns, None)
-            .reason(format!("flow {flow}"))
-            .detail_field("flow", flow.clone());
-        app.record(rec).map_err(audit_failed)?;
-        let by = format!("{} ({})", caller.info.name, caller.info.id);
-        Ok(Json(app.registry().remove(&ns, &flow, &by)?))
-    })
-    .await
+    blocking(&app, move |app| Ok(Json(crate::service::flows::remove(&app.registry(), &caller.voucher(), &ns, &flow)?)))
+        .await
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -60,27 +60,43 @@ fn nap(total: Duration, stopping: &AtomicBool) {
 #[derive(Default)]
 struct FlowCache(HashMap<(Namespace, String), (u64, Arc<Flow>, Timestamp)>);
 
-/// One pass: every schedule of every deployed flow, up to `now`.
+/// One pass: every schedule of every deployed flow, up to `now`. A flow
+/// whose only revisions wait for review has nothing to run: its schedules'
+/// firings are audited as refused, naming the pending revision.
 fn pass(app: &App, cache: &mut FlowCache, now: Timestamp, up_since: Timestamp) -> Result<(), String> {
-    let deployed = app.registry().list().map_err(|e| e.to_string())?;
+    let listed = app.registry().list().map_err(|e| e.to_string())?;
+    let mut deployed: Vec<crate::registry::Deployed> = Vec::new();
+    for d in listed {
+        // Listed by flow, oldest first: the serving revision, then any
+        // pending ones; a serving one wins, else the newest pending one.
+        match deployed.last_mut() {
+            Some(prev) if prev.namespace == d.namespace && prev.id == d.id => {
+                if !prev.state.serves() {
+                    *prev = d;
+                }
+            }
+            _ => deployed.push(d),
+        }
+    }
     cache.0.retain(|(ns, id), _| deployed.iter().any(|d| &d.namespace == ns && &d.id == id));
     for d in deployed {
         let key = (d.namespace.clone(), d.id.clone());
         let (flow, deployed_at) = match cache.0.get(&key) {
             Some((rev, f, at)) if *rev == d.revision => (f.clone(), *at),
             _ => {
-                let Ok((_, f)) = app.registry().current(&d.namespace, &d.id) else { continue };
+                let Ok(f) = app.registry().parsed(&d) else { continue };
                 let f = Arc::new(f);
                 let at = d.deployed_at.parse().unwrap_or(now);
                 cache.0.insert(key, (d.revision, f.clone(), at));
                 (f, at)
             }
         };
+        let pending = (!d.state.serves()).then_some(d.revision);
         for t in &flow.triggers {
             if let TriggerKind::Schedule(s) = &t.kind {
                 // Firings from before this revision was deployed are not its own.
                 let since = Since { up: up_since, deployed: deployed_at };
-                fire(app, &flow, t.id.as_str(), s, now, since)?;
+                fire(app, &flow, t.id.as_str(), s, now, since, pending)?;
             }
         }
     }
@@ -94,7 +110,17 @@ struct Since {
     deployed: Timestamp,
 }
 
-fn fire(app: &App, flow: &Flow, id: &str, s: &Schedule, now: Timestamp, since: Since) -> Result<(), String> {
+/// Queues the firings of schedule `id` that came due; for a revision still
+/// `pending` review, records each as refused instead.
+fn fire(
+    app: &App,
+    flow: &Flow,
+    id: &str,
+    s: &Schedule,
+    now: Timestamp,
+    since: Since,
+    pending: Option<u64>,
+) -> Result<(), String> {
     let ns = &flow.namespace;
     let err = |e: &dyn std::fmt::Display| format!("flow {} schedule {id}: {e}", flow.id);
     let last = app.records().schedule_last(ns.as_str(), flow.id.as_str(), id).map_err(|e| err(&e))?;
@@ -122,6 +148,18 @@ fn fire(app: &App, flow: &Flow, id: &str, s: &Schedule, now: Timestamp, since: S
     }
     for at in &due.fire {
         let date = at.to_zoned(s.time_zone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
+        if let Some(revision) = pending {
+            let rec = NewRecord::ok(&actor, Action::TriggerSchedule, ns, None)
+                .outcome(crate::audit::Outcome::Denied)
+                .reason(format!(
+                    "firing of {date} not queued: flow {} revision {revision} is pending review and no approved \
+                     revision serves the flow",
+                    flow.id
+                ))
+                .detail_field("revision", revision);
+            app.record(rec).map_err(|e| err(&e))?;
+            continue;
+        }
         let mut extra = Map::new();
         extra.insert("date".into(), json!(date));
         extra.insert("missed".into(), json!(*at < since.up));

@@ -70,9 +70,23 @@ fn fire(
         Err(err)
     };
     let not_found = || ApiError::NotFound(NO_SUCH_WEBHOOK.into());
-    let Ok((_, flow)) = app.registry().current(ns, flow_id) else {
+    // A flow whose only revisions wait for review: its newest pending one's
+    // triggers are checked, so that a sender with the right key is told
+    // why nothing runs (and anyone else gets the same 404).
+    let current = app.registry().current(ns, flow_id);
+    let found = match current {
+        Ok((d, flow)) => Ok((d, flow, None)),
+        Err(crate::registry::RegistryError::Pending { revision, .. }) => {
+            let reg = app.registry();
+            reg.get(ns, flow_id, revision).and_then(|d| Ok((reg.parsed(&d)?, d))).map(|(f, d)| (d, f, Some(revision)))
+        }
+        Err(e) => Err(e),
+    };
+    let Ok((deployed, flow, pending)) = found else {
         return refuse(None, "no such deployed flow".into(), not_found());
     };
+    let located = deployed.vouched().map(crate::vouch::Vouches::locations).unwrap_or_default();
+    let secret_value = |app: &App, ns: &Namespace, name: &SecretName| secret_value(app, ns, name, &located);
     let mut found = None;
     for t in &flow.triggers {
         let TriggerKind::Webhook(w) = &t.kind else { continue };
@@ -106,6 +120,15 @@ fn fire(
     let Some((trigger, hook)) = found else {
         return refuse(None, "no webhook trigger has this key".into(), not_found());
     };
+    if let Some(revision) = pending {
+        let why = crate::registry::RegistryError::Pending { namespace: ns.clone(), id: flow.id.to_string(), revision };
+        let rec = NewRecord::ok(&Actor::Server, Action::TriggerWebhook, ns, Some(hook.secret()))
+            .outcome(Outcome::Denied)
+            .reason(format!("webhook {} of flow {}: verified, not queued: {why}", trigger.id, flow.id))
+            .detail_field("revision", revision);
+        app.record(rec).map_err(super::api::audit_failed)?;
+        return Err(ApiError::Conflict(why.to_string()));
+    }
     if body.len() > hook.max_body {
         return Err(ApiError::TooLarge(format!(
             "the body is {} bytes; trigger {} accepts at most {}",
@@ -138,10 +161,19 @@ fn fire(
     queue_execution(app, &origin, ns, flow.id.as_str(), &Map::new())
 }
 
-/// The value of `name` as `ns`'s tasks would find it, for the host's own
-/// check; `None` when it is missing, revoked or expired.
-fn secret_value(app: &App, ns: &Namespace, name: &SecretName) -> Result<Option<SecretValue>, ApiError> {
-    let grant = Grants::new([name.clone()]).check(name.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?;
+/// The value of `name` as `ns`'s tasks would find it (only where the
+/// revision was vouched for, as `located` says), for the host's own check;
+/// `None` when it is missing, revoked, expired or resolves elsewhere now.
+fn secret_value(
+    app: &App,
+    ns: &Namespace,
+    name: &SecretName,
+    located: &std::collections::BTreeMap<SecretName, Namespace>,
+) -> Result<Option<SecretValue>, ApiError> {
+    let grant = Grants::new([name.clone()])
+        .located(located)
+        .check(name.as_str())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     match app.secrets.lookup(ns, &grant, None)? {
         Lookup::Found(found) => Ok(Some(found.value)),
         _ => Ok(None),

@@ -186,11 +186,28 @@ function signinPage(view) {
 
 // ---- flows -----------------------------------------------------------------
 
+function flowHref(ns, id) { return '#/flows/' + enc(nsPath(ns)) + '/' + enc(id); }
+function revisionHref(ns, id, rev) { return flowHref(ns, id) + '/revisions/' + rev; }
+// What a revision's state means, for a person.
+const STATE_TEXT = { active: 'active', pending: 'pending review', rejected: 'rejected', unchecked: 'unchecked', removed: 'removed' };
+
 async function flowsPage(view) {
   const flows = await api('GET', '/api/v1/flows');
-  view.render(h('h1', {}, 'Flows'), table(['Namespace', 'Flow', 'Revision', 'Deployed', 'By'],
-    flows.map((f) => [nsName(f.namespace), h('a', { href: '#/flows/' + enc(nsPath(f.namespace)) + '/' + enc(f.id) }, f.id),
-      String(f.revision), when(f.deployed_at), f.deployed_by]), 'No flows you may read are deployed.'));
+  view.render(h('h1', {}, 'Flows'), table(['Namespace', 'Flow', 'Revision', 'State', 'Deployed', 'By'],
+    flows.map((f) => [nsName(f.namespace), h('a', { href: flowHref(f.namespace, f.id) }, f.id),
+      f.state === 'pending' ? h('a', { href: revisionHref(f.namespace, f.id, f.revision) }, String(f.revision)) : String(f.revision),
+      badge(STATE_TEXT[f.state] || f.state), when(f.deployed_at), f.deployed_by]), 'No flows you may read are deployed.'));
+}
+
+// Each secret a revision names: where it resolved, who vouched for it, and
+// who approved it when a second person had to.
+function vouchTable(rev) {
+  const v = rev.vouches || (rev.review && rev.review.vouches);
+  if (!v) return h('p', { class: 'hint' }, 'Unchecked: deployed before keyhole checked secret:use. It keeps running until it is deployed again or approved.');
+  const approved = rev.review && rev.review.decision === 'approved' ? rev.review.by : '';
+  return table(['Secret', 'Used by', 'Resolved in', 'Vouched for by', 'Protected', 'Approved by'], v.secrets.map((s) => [
+    mono(s.secret), s.uses.join(', '), s.resolved_in === null || s.resolved_in === undefined ? 'nowhere yet (checked in ' + nsName(s.checked_in) + ')' : nsName(s.resolved_in),
+    v.by, s.protected ? 'yes' : '', approved && (v.review.includes(s.secret) || !rev.vouches) ? approved : '']), 'It names no secret.');
 }
 
 function highlightYaml(source) {
@@ -270,11 +287,15 @@ async function flowPage(view, ns, id) {
   const namespace = flow.namespace;
   const parts = [h('h1', {}, 'Flow ', flow.id), h('dl', { class: 'meta card' },
     h('dt', {}, 'Namespace'), h('dd', {}, nsName(namespace)),
-    h('dt', {}, 'Revision'), h('dd', {}, String(flow.revision)),
+    h('dt', {}, 'Revision'), h('dd', {}, String(flow.revision), ' ', badge(STATE_TEXT[flow.state] || flow.state)),
     h('dt', {}, 'Deployed'), h('dd', {}, when(flow.deployed_at) + ' by ' + flow.deployed_by),
     h('dt', {}, 'File'), h('dd', {}, flow.file)),
   h('p', {}, h('a', { href: '#/executions?namespace=' + enc(namespace) + '&flow=' + enc(flow.id) }, 'Executions of this flow'))];
-  if (await may('execution:create', namespace)) {
+  for (const rev of flow.pending || []) {
+    parts.push(h('p', { class: 'card', role: 'status' }, 'Revision ' + rev + ' is pending review: ',
+      h('a', { href: revisionHref(namespace, flow.id, rev) }, 'review revision ' + rev)));
+  }
+  if (flow.state !== 'pending' && await may('execution:create', namespace)) {
     const msg = h('div', {});
     const form = h('form', { class: 'stack card', 'aria-label': 'Run ' + flow.id, onsubmit: async (ev) => {
       ev.preventDefault();
@@ -291,6 +312,7 @@ async function flowPage(view, ns, id) {
   parts.push(h('h2', {}, 'Tasks and their grants'), table(['Task', 'Part', 'Plugin SHA-256', 'Secrets', 'Rotates', 'Network', 'Approval'],
     (flow.tasks || []).map((t) => [t.id, t.phase, mono(flow.plugins[t.id] || ''), t.secrets.join(', '), t.rotate.join(', '),
       t.network.join(', '), t.approval || ''])));
+  parts.push(h('h2', {}, 'Secrets and who vouched for them'), vouchTable(flow));
   parts.push(h('h2', {}, 'Source'), highlightYaml(flow.source));
   const older = h('select', { id: 'diff-from', 'aria-label': 'Compare from revision' }, revisions.map((r) => h('option', { value: r.revision, selected: r.revision === flow.revision - 1 }, 'revision ' + r.revision + (r.removed ? ' (removed)' : ''))));
   const newer = h('select', { id: 'diff-to', 'aria-label': 'Compare to revision' }, revisions.map((r) => h('option', { value: r.revision, selected: r.revision === flow.revision }, 'revision ' + r.revision + (r.removed ? ' (removed)' : ''))));
@@ -298,20 +320,71 @@ async function flowPage(view, ns, id) {
   const show = () => {
     const a = revisions.find((r) => String(r.revision) === older.value);
     const b = revisions.find((r) => String(r.revision) === newer.value);
-    const code = h('code', { class: 'diff' });
-    for (const [op, line] of lineDiff(a ? a.source : '', b ? b.source : '')) {
-      code.append(h('span', { class: op === '+' ? 'add' : op === '-' ? 'del' : '' }, op + ' ' + line), op === ' ' || op === '~' ? '\n' : '');
-    }
-    out.replaceChildren(h('pre', {}, code));
+    out.replaceChildren(diffView(a ? a.source : '', b ? b.source : ''));
   };
   older.addEventListener('change', show);
   newer.addEventListener('change', show);
-  parts.push(h('h2', {}, 'Revisions'), table(['Revision', 'Deployed', 'By', 'Plugins'], revisions.map((r) =>
-    [String(r.revision) + (r.removed ? ' (removed)' : ''), when(r.deployed_at), r.deployed_by,
+  parts.push(h('h2', {}, 'Revisions'), table(['Revision', 'State', 'Deployed', 'By', 'Plugins'], revisions.map((r) =>
+    [h('a', { href: revisionHref(namespace, flow.id, r.revision) }, String(r.revision)), badge(STATE_TEXT[r.state] || r.state),
+      when(r.deployed_at), r.deployed_by,
       mono(Object.entries(r.plugins).map(([t, s]) => t + ' ' + s.slice(0, 12)).join(', '))])),
   h('div', { class: 'row card' }, 'Compare', older, 'with', newer), out);
   view.render(parts);
   show();
+}
+
+function diffView(a, b) {
+  const code = h('code', { class: 'diff' });
+  for (const [op, line] of lineDiff(a, b)) {
+    code.append(h('span', { class: op === '+' ? 'add' : op === '-' ? 'del' : '' }, op + ' ' + line), op === ' ' || op === '~' ? '\n' : '');
+  }
+  return h('pre', {}, code);
+}
+
+// One revision: what it names and who vouched; for one pending review, its
+// diff against the revision that serves now, and Approve / Reject.
+async function revisionPage(view, ns, id, revision) {
+  const base = '/api/v1/flows/' + enc(ns) + '/' + enc(id);
+  const revisions = await api('GET', base + '/revisions');
+  const rev = revisions.find((r) => String(r.revision) === revision);
+  if (!rev) { view.render(h('h1', {}, 'No revision ' + revision), h('p', {}, h('a', { href: flowHref(ns === '-' ? '' : ns, id) }, 'Back to the flow'))); return; }
+  const namespace = rev.namespace;
+  // What serves now: the newest active or unchecked revision (a removal serves nothing).
+  let serving = null;
+  for (const r of revisions) if (['active', 'unchecked', 'removed'].includes(r.state)) serving = r;
+  const base_ = serving && !serving.removed && serving.revision !== rev.revision ? serving : null;
+  const parts = [h('h1', {}, 'Flow ', id, ' revision ', String(rev.revision)), h('dl', { class: 'meta card' },
+    h('dt', {}, 'Namespace'), h('dd', {}, nsName(namespace)),
+    h('dt', {}, 'State'), h('dd', {}, badge(STATE_TEXT[rev.state] || rev.state)),
+    h('dt', {}, 'Deployed'), h('dd', {}, when(rev.deployed_at) + ' by ' + rev.deployed_by),
+    h('dt', {}, 'Serving now'), h('dd', {}, base_ ? 'revision ' + base_.revision : 'none')),
+  h('p', {}, h('a', { href: flowHref(namespace, id) }, 'Back to the flow'))];
+  if (rev.review) {
+    parts.push(h('p', { class: 'card' }, rev.review.decision + ' by ' + rev.review.by + ' ' + when(rev.review.at) + (rev.review.comment ? ': ' + rev.review.comment : '')));
+  }
+  if (rev.state === 'pending') {
+    const touched = (rev.vouches && rev.vouches.review || []).join(', ');
+    parts.push(h('p', { class: 'card', role: 'status' }, 'It touches protected ' + touched + ': it runs once a second person holding secret:use there approves it.'));
+  }
+  if ((rev.state === 'pending' || rev.state === 'unchecked') && await may('secret:use', namespace)) {
+    const comment = h('input', { id: 'review-comment', 'aria-label': 'Review comment', placeholder: 'comment' });
+    const msg = h('div', {});
+    const act = async (verb) => {
+      msg.replaceChildren();
+      try {
+        await api('POST', base + '/revisions/' + rev.revision + '/' + verb, { comment: comment.value || undefined });
+        toast('Revision ' + rev.revision + ' ' + verb + 'd');
+        route();
+      } catch (e) { msg.append(errorBox(e)); }
+    };
+    const buttons = [comment, h('button', { type: 'button', class: 'primary', onclick: () => act('approve') }, 'Approve')];
+    if (rev.state === 'pending') buttons.push(h('button', { type: 'button', onclick: () => act('reject') }, 'Reject'));
+    parts.push(h('h2', {}, 'Review'), h('div', { class: 'row card' }, buttons), msg);
+  }
+  parts.push(h('h2', {}, 'Secrets and who vouched for them'), vouchTable(rev));
+  parts.push(h('h2', {}, base_ ? 'Changes since revision ' + base_.revision + ' (serving now)' : 'Source (nothing serves now)'),
+    diffView(base_ ? base_.source : '', rev.source));
+  view.render(parts);
 }
 
 // ---- executions ------------------------------------------------------------
@@ -665,6 +738,7 @@ const ROUTES = [
   [/^#\/signin$/, signinPage],
   [/^#\/flows$/, flowsPage],
   [/^#\/flows\/([^/]+)\/([^/]+)$/, flowPage],
+  [/^#\/flows\/([^/]+)\/([^/]+)\/revisions\/(\d+)$/, revisionPage],
   [/^#\/executions$/, executionsPage],
   [/^#\/executions\/([^/]+)$/, executionPage],
   [/^#\/secrets$/, secretsPage],

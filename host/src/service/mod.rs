@@ -1,0 +1,60 @@
+//! The operations a principal asks for, each written once: the local CLI
+//! (as the root operator), the API handlers and the console (as a token's
+//! principal) all call these. Each decides authorization (through `authz`
+//! and `vouch`), writes its audit record with the change in one
+//! transaction, and records a refusal before returning it.
+//!
+//! Invariant: no edge (`cli/`, `server/`) decides who may deploy, review
+//! or protect, or builds the audit record of one of these operations.
+
+pub mod flows;
+
+use crate::registry::RegistryError;
+
+/// Why an operation was not done; each edge maps the variant (never the
+/// text) to its answer: an HTTP status, an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The caller lacks a permission (named, with the namespace); audited.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is malformed or does not check (names what and where).
+    #[error("{0}")]
+    Invalid(String),
+    /// The flow does not check: each finding names its line or task.
+    #[error("{0}")]
+    Diagnostics(crate::flow::Diagnostics),
+    /// What it names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It cannot be done in the state things are in (names why).
+    #[error("{0}")]
+    Conflict(String),
+    /// Stored state failed its integrity check.
+    #[error("{0}")]
+    Tampered(String),
+    /// The audit record could not be written, so nothing was done.
+    #[error("the audit log cannot be written, so nothing was done: {0}")]
+    AuditFailed(String),
+    /// A secret backend could not answer (where a name resolves).
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+    /// The store failed.
+    #[error("{0}")]
+    Host(String),
+}
+
+impl From<RegistryError> for ServiceError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid(d) => ServiceError::Diagnostics(d),
+            e @ RegistryError::Plugin(_) => ServiceError::Invalid(e.to_string()),
+            e @ RegistryError::NotFound { .. } => ServiceError::NotFound(e.to_string()),
+            e @ (RegistryError::Pending { .. } | RegistryError::Conflict(_)) => ServiceError::Conflict(e.to_string()),
+            e @ (RegistryError::Tampered { .. } | RegistryError::ProtectionTampered { .. }) => {
+                ServiceError::Tampered(e.to_string())
+            }
+            e @ (RegistryError::Db(_) | RegistryError::Io { .. }) => ServiceError::Host(e.to_string()),
+        }
+    }
+}
