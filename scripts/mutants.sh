@@ -38,7 +38,8 @@ crypto|crypto.rs keyring.rs store/mod.rs store/bundle.rs store/read.rs store/row
 mask|mask.rs|masking:: flows::a_leaked flows::a_plugins_error engine::parallel
 rotate|lease.rs rotate.rs capability/rotation.rs|dynamic:: rotation:: lifecycle::a_staged
 server|server/webhook.rs server/schedule.rs server/worker.rs trigger.rs|server::webhooks server::schedules server::cancel server::an_approval server::a_flows_concurrency server::kill_9
-wasi|capability/config.rs capability/wasi.rs|authors::a_wasi_program_with_main sandbox::no_env_vars exec::granted exec::imports_no_flow network::the_allow_list'
+wasi|capability/config.rs capability/wasi.rs|authors::a_wasi_program_with_main sandbox::no_env_vars exec::granted exec::imports_no_flow network::the_allow_list
+vouch|vouch.rs service/flows.rs registry/mod.rs registry/read.rs registry/review.rs registry/protection.rs|vouch:: server::the_authorization_matrix server::a_team_deploys dynamic::a_server console::the_console_in'
 
 list=false
 report_only=false

@@ -15,7 +15,7 @@
 //!
 //! No permission reads a secret value: values go only to tasks. What a task
 //! receives is vouched for when its flow is deployed: every secret a flow
-//! names needs `secret:use` where that secret lives (`crate::vouch`), so
+//! names needs `secret:use` where that secret lives (decided in `vouch`), so
 //! `flow:deploy` alone reaches no secret.
 //!
 //! Invariant: depends on nothing in the crate but `names`; deny by default.

@@ -383,6 +383,16 @@ fn a_server_execution_revokes_its_credential_and_a_restart_sweeps_a_killed_ones(
     let admin = token(&env, "admin", "admin", "", &[]);
     let vars = [("VAULT_TOKEN", TOKEN)];
     let mut server = Server::start_with(&env, 1, &[], &vars);
+    // A dynamic secret is a secret like any other: deploying a flow that
+    // mints one needs secret:use where it is defined (found through the
+    // Vault backend's definitions, not its KV store).
+    let dev = token(&env, "dev", "developer", "ops", &[]);
+    let mut deploy = env.host();
+    deploy.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", &dev).env("KEYHOLE_HOME", env.home().join("client"));
+    let r = env.run_with(deploy.args(["flow", "deploy", file.to_str().unwrap()]), b"");
+    r.expect_code(2);
+    assert!(r.stderr.contains("permission secret:use is required in namespace ops"), "{r:#?}");
+    assert!(r.stderr.contains("secret WAREHOUSE_RO") && r.stderr.contains("which resolves in namespace ops"), "{r:#?}");
     let c = Client::new(&server);
     let (s, v) = c.call("POST", "/api/v1/executions/ops/jit", Some(&admin), Some(&json!({})));
     assert_eq!(s, 202, "{v}");

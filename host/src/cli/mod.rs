@@ -9,6 +9,7 @@ mod flow;
 mod key;
 mod lease;
 mod plugin;
+mod protect;
 mod remote;
 mod secret;
 mod server;

@@ -144,9 +144,9 @@ pub(crate) enum SecretCommand {
     /// Protect a secret (or with --all, every secret of the namespace and
     /// those below it): a flow revision that touches it waits until a
     /// second person holding secret:use there approves it.
-    Protect(ProtectArgs),
+    Protect(super::protect::ProtectArgs),
     /// Lift a protection `protect` set.
-    Unprotect(ProtectArgs),
+    Unprotect(super::protect::ProtectArgs),
     /// The protected secrets and namespaces.
     Protections {
         /// Print JSON.
@@ -176,24 +176,11 @@ pub(crate) enum SecretCommand {
     },
 }
 
-/// A secret, or a whole namespace, to protect.
-#[derive(Args, Debug)]
-pub(crate) struct ProtectArgs {
-    /// Secret name (or --all).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
-    name: Option<SecretName>,
-    #[command(flatten)]
-    at: At,
-    /// The whole namespace, and every namespace below it.
-    #[arg(long)]
-    all: bool,
-}
-
 #[derive(Args, Debug)]
 pub(crate) struct At {
     /// Namespace, e.g. finance.reporting (default: the root).
     #[arg(long, short, default_value = "", value_name = "NS")]
-    namespace: Namespace,
+    pub(super) namespace: Namespace,
 }
 
 #[derive(Args, Debug)]
@@ -430,32 +417,6 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
             eprintln!("destroyed {name} in namespace {}", at.namespace);
             Ok(())
         }
-        cmd @ (SecretCommand::Protect(_) | SecretCommand::Unprotect(_)) => {
-            let (a, on) = match cmd {
-                SecretCommand::Protect(a) => (a, true),
-                SecretCommand::Unprotect(a) => (a, false),
-                _ => unreachable!("matched above"),
-            };
-            let ns = remote::ns_path(&a.at.namespace);
-            let path = match &a.name {
-                Some(n) => format!("/api/v1/secrets/{ns}/{n}/protection"),
-                None => format!("/api/v1/namespaces/{ns}/protection"),
-            };
-            let what = protected_what(a.name.as_ref(), &a.at.namespace);
-            let v = if on {
-                remote.send(&format!("protect {what}"), "PUT", &path, &serde_json::json!({}), &[])?
-            } else {
-                remote.delete(&format!("unprotect {what}"), &path)?
-            };
-            protect_note(&what, on, v["changed"].as_bool().unwrap_or(true));
-            Ok(())
-        }
-        SecretCommand::Protections { json } => {
-            let list: Vec<keyhole::registry::Protection> =
-                serde_json::from_value(remote.get("list protections", "/api/v1/protections")?)
-                    .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a protection list: {e}")))?;
-            print_protections(&mut out, &list, json)
-        }
         _ => Err(fail(
             USAGE,
             anyhow::anyhow!(
@@ -464,38 +425,6 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
             ),
         )),
     }
-}
-
-/// `secret FOO in namespace NS`, or `every secret of namespace NS and below`.
-fn protected_what(name: Option<&SecretName>, ns: &Namespace) -> String {
-    match name {
-        Some(n) => format!("secret {n} in namespace {ns}"),
-        None => format!("every secret of namespace {ns} and below"),
-    }
-}
-
-/// What `secret protect|unprotect` says it did.
-fn protect_note(what: &str, on: bool, changed: bool) {
-    match (on, changed) {
-        (true, true) => eprintln!(
-            "protected {what}: a flow revision that touches it now waits for a second person holding secret:use to approve it"
-        ),
-        (true, false) => eprintln!("{what} was already protected"),
-        (false, true) => eprintln!("unprotected {what}"),
-        (false, false) => eprintln!("{what} was not protected (a protection of a namespace above it still applies)"),
-    }
-}
-
-fn print_protections(out: &mut impl Write, list: &[keyhole::registry::Protection], json: bool) -> Result<(), Exit> {
-    if json {
-        return print_json(out, &list);
-    }
-    let mut table = Table::new(&[("NAMESPACE", Left), ("SECRET", Left), ("SINCE", Left), ("BY", Left)]);
-    for p in list {
-        let secret = p.secret.as_ref().map_or_else(|| "* (and below)".to_owned(), ToString::to_string);
-        table.row([p.namespace.to_string(), secret, p.created_at.clone(), p.created_by.clone()]);
-    }
-    table.write(out).map_err(stdout_err)
 }
 
 fn print_versions(out: &mut impl Write, versions: Vec<VersionInfo>, json: bool) -> Result<(), Exit> {
@@ -558,31 +487,25 @@ fn print_secret_list(out: &mut impl Write, list: &[SecretInfo], json: bool) -> R
 }
 
 pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
+    use super::protect;
+    let cmd = match cmd {
+        SecretCommand::Protect(a) => return protect::set(dir, a, true),
+        SecretCommand::Unprotect(a) => return protect::set(dir, a, false),
+        SecretCommand::Protections { json } => return protect::list(dir, json),
+        cmd => cmd,
+    };
     if let Some(r) = Remote::from_env()? {
         return remote_secret(&r, cmd);
     }
     let me = Actor::current_user();
     let mut out = std::io::stdout().lock();
     match cmd {
+        SecretCommand::Protect(_) | SecretCommand::Unprotect(_) | SecretCommand::Protections { .. } => {
+            unreachable!("handled above")
+        }
         SecretCommand::Dynamic(cmd) => super::lease::dynamic(dir, cmd),
         SecretCommand::Set { name, at, from_file, version: v } => {
             store_value(dir, &name, &at.namespace, &new_value(None, from_file)?, v, false)
-        }
-        cmd @ (SecretCommand::Protect(_) | SecretCommand::Unprotect(_)) => {
-            let (a, on) = match cmd {
-                SecretCommand::Protect(a) => (a, true),
-                SecretCommand::Unprotect(a) => (a, false),
-                _ => unreachable!("matched above"),
-            };
-            let registry = local_registry(dir)?;
-            let who = keyhole::vouch::Voucher::root();
-            let changed = keyhole::service::flows::protect(&registry, &who, &a.at.namespace, a.name.as_ref(), on)?;
-            protect_note(&protected_what(a.name.as_ref(), &a.at.namespace), on, changed);
-            Ok(())
-        }
-        SecretCommand::Protections { json } => {
-            let list = local_registry(dir)?.protections().map_err(super::flow::registry_exit)?;
-            print_protections(&mut out, &list, json)
         }
         SecretCommand::Rotate { name, at, generate: g, charset, from_file, staged: true, version: v } => {
             if !v.destinations.is_empty() || v.keep.is_some() {
@@ -845,10 +768,4 @@ pub(crate) fn tampered_rows(secrets: &Router, list: &[SecretInfo]) -> Result<(),
             ),
         )),
     }
-}
-
-/// The deployed flows and protections of `dir`.
-fn local_registry(dir: &DataDir) -> Result<keyhole::registry::Registry, Exit> {
-    let store = open_store(dir)?;
-    keyhole::registry::Registry::open(dir, store.integrity().clone()).map_err(super::flow::registry_exit)
 }
