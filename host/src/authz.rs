@@ -236,6 +236,10 @@ pub struct Principal {
     pub id: String,
     /// The token's name.
     pub name: String,
+    /// Who they count as for a rule that wants a second person: the token
+    /// of their chain of issuers that the root operator issued (`token
+    /// tok-…`). Tokens one person issues to themselves are still them.
+    pub person: String,
     /// Each binding with its role.
     pub bindings: Vec<(Role, Namespace)>,
 }
@@ -335,6 +339,7 @@ mod tests {
         Principal {
             id: "t".into(),
             name: "t".into(),
+            person: "token t".into(),
             bindings: bindings.iter().map(|(r, n)| (r.clone(), ns(n))).collect(),
         }
     }
@@ -460,7 +465,7 @@ mod tests {
             which in 0..FEW.len(),
         ) {
             let perm = FEW[which];
-            let p = Principal { id: "t".into(), name: "t".into(), bindings: bindings.clone() };
+            let p = Principal { id: "t".into(), name: "t".into(), person: "token t".into(), bindings: bindings.clone() };
             let covering = || bindings.iter().filter(|(_, s)| covers(s, &target));
             let allow = covering().filter(|(r, _)| r.allow.contains(&perm) && !r.deny.contains(&perm)).map(|(_, s)| depth(s)).max();
             let deny = covering().filter(|(r, _)| r.deny.contains(&perm)).map(|(_, s)| depth(s)).max();
@@ -477,7 +482,7 @@ mod tests {
             which in 0..FEW.len(),
         ) {
             let perm = FEW[which];
-            let p = Principal { id: "t".into(), name: "t".into(), bindings: bindings.clone() };
+            let p = Principal { id: "t".into(), name: "t".into(), person: "token t".into(), bindings: bindings.clone() };
             let expected = bindings.iter().any(|(_, s)| decide(&p, perm, s).is_ok());
             prop_assert_eq!(holds_anywhere(&p, perm), expected);
         }

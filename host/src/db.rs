@@ -198,9 +198,14 @@ const LEASE_SCHEMA: &str = "
 /// JSON under the row's MAC; NULL for a revision deployed before keyhole
 /// checked `secret:use`), a second person's decision on a revision that
 /// touches a protected secret, and what is protected (a name, or `*`: the
-/// whole namespace and those below it). Rows are MAC'd.
+/// whole namespace and those below it). Rows are MAC'd. Also which token
+/// issued a token (`tokens.parent`, under its MAC; NULL: the root
+/// operator) and the person who started an execution (`executions.person`),
+/// for the rules that want a second person.
 const REVIEW_SCHEMA: &str = "
     ALTER TABLE flows ADD COLUMN vouches TEXT;
+    ALTER TABLE tokens ADD COLUMN parent TEXT;
+    ALTER TABLE executions ADD COLUMN person TEXT;
     CREATE TABLE IF NOT EXISTS flow_reviews (
         namespace TEXT NOT NULL,
         id TEXT NOT NULL,

@@ -156,6 +156,11 @@ pub struct ExecutionRecord {
     /// Who queued it: a token's `name (id)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The person who started it, for `distinct_from_trigger`: the token
+    /// of the starter's chain of issuers that the root operator issued
+    /// (`token tok-…`); a re-run keeps it. `None` for a trigger's execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
 }
 
 /// Execution record failures.
@@ -169,7 +174,8 @@ pub enum RecordError {
     NotFound(String),
 }
 
-const COLUMNS: &str = "id, flow, namespace, source, status, started, ended, tasks, trigger, revision, created_by";
+const COLUMNS: &str =
+    "id, flow, namespace, source, status, started, ended, tasks, trigger, revision, created_by, person";
 
 /// A JSON text column (inputs, trigger data): empty when NULL or unreadable.
 fn json_column<T: serde::de::DeserializeOwned + Default>(text: Option<String>) -> T {
@@ -267,6 +273,7 @@ impl Executions {
             trigger: r.get(8)?,
             revision: revision.map(|r| r as u64),
             created_by: r.get(10)?,
+            person: r.get(11)?,
         })
     }
 
@@ -361,8 +368,8 @@ impl Executions {
         let trigger = serde_json::to_string(trigger).expect("trigger data encodes");
         let done = conn.execute(
             "INSERT INTO executions (id, flow, namespace, source, status, started, ended, tasks, inputs, revision, \
-             trigger, created_by, idempotency_key, trigger_data, concurrency_limit) \
-             VALUES (?1, ?2, ?3, ?4, ?13, ?5, ?14, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?15)",
+             trigger, created_by, idempotency_key, trigger_data, concurrency_limit, person) \
+             VALUES (?1, ?2, ?3, ?4, ?13, ?5, ?14, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?15, ?16)",
             params![
                 rec.id,
                 rec.flow,
@@ -378,7 +385,8 @@ impl Executions {
                 trigger,
                 rec.status,
                 rec.ended,
-                limit
+                limit,
+                rec.person
             ],
         );
         match done {
@@ -429,7 +437,9 @@ impl Executions {
                     params![id, now],
                 )
                 .map_err(self.err("cancel an execution"))?,
-            "running" => {
+            // Paused at a gate: its worker wakes from the wait, the gated
+            // task never runs, `finally:` does.
+            "running" | "paused" => {
                 self.conn
                     .execute("UPDATE executions SET cancel_requested = 1 WHERE id = ?1", [id])
                     .map_err(self.err("cancel an execution"))?;
@@ -676,8 +686,22 @@ pub struct Decider<'a> {
     /// As execution records name their creator (`NAME (TOKEN-ID)`), or
     /// `None` for the operator at the data directory.
     pub who: Option<String>,
+    /// The person they are ([`crate::authz::Principal::person`]), for
+    /// `distinct_from_trigger`; `None` for the operator.
+    pub person: Option<String>,
     /// Whether they hold a permission in a namespace.
     pub may: &'a dyn Fn(crate::authz::Permission, &crate::names::Namespace) -> bool,
+}
+
+/// Whether `d` is the person who started `rec`: the same root-issued
+/// token (a token they issued themselves is still them; a re-run keeps its
+/// starter), or for a record from before keyhole kept persons, the same
+/// token by name and id.
+fn same_person(rec: &ExecutionRecord, d: &Decider<'_>) -> bool {
+    match (&rec.person, &d.person) {
+        (Some(started), Some(deciding)) => started == deciding,
+        _ => rec.created_by == d.who,
+    }
 }
 
 /// Approves (or rejects) `task`'s waiting gate in `execution` for `d`: the
@@ -695,6 +719,11 @@ pub fn decide_gate(
 ) -> Result<(), GateError> {
     let rec = records.get(execution)?;
     let ns = crate::names::Namespace::new(&rec.namespace).unwrap_or_default();
+    if records.cancel_requested(execution)? {
+        return Err(GateError::NotWaiting(format!(
+            "execution {execution} was cancelled: its gated tasks never run, there is nothing to decide"
+        )));
+    }
     let gates = records.waiting_gates(execution)?;
     let Some(gate) = gates.iter().find(|g| g.task == task) else {
         let waiting: Vec<&str> = gates.iter().map(|g| g.task.as_str()).collect();
@@ -710,7 +739,7 @@ pub fn decide_gate(
     let action = if approved { crate::audit::Action::ExecutionApprove } else { crate::audit::Action::ExecutionReject };
     let refusal = if !(d.may)(permission, &ns) {
         Some(format!("permission {permission} is required in namespace {ns}"))
-    } else if gate.distinct_from_trigger && rec.created_by == d.who {
+    } else if gate.distinct_from_trigger && same_person(&rec, d) {
         let who = d.who.as_deref().unwrap_or("the operator of this data directory");
         Some(format!("task {task} needs a decider other than who started the execution ({who}): distinct_from_trigger"))
     } else {

@@ -84,7 +84,12 @@ pub struct TokenInfo {
     pub last_used: Option<String>,
     /// Who created it.
     pub created_by: String,
-    /// `active`, `expired`, `revoked` or `tampered`.
+    /// The token that issued it; `None`: the root operator (or a token
+    /// from before keyhole recorded issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// `active`, `expired`, `revoked`, `tampered`, or `ended` (its issuer
+    /// was revoked or expired).
     pub state: String,
 }
 
@@ -102,6 +107,8 @@ pub enum AuthFailure {
     Expired,
     /// Its row fails its integrity check.
     Tampered,
+    /// A token in the chain that issued it was revoked, expired or edited.
+    IssuerEnded,
 }
 
 impl AuthFailure {
@@ -113,6 +120,7 @@ impl AuthFailure {
             AuthFailure::Revoked => "revoked token",
             AuthFailure::Expired => "expired token",
             AuthFailure::Tampered => "the token's row fails its integrity check (edited outside keyhole)",
+            AuthFailure::IssuerEnded => "the token that issued it was revoked or expired",
         }
     }
 }
@@ -171,9 +179,19 @@ struct Row {
     last_used: Option<i64>,
     created_by: String,
     mac: Vec<u8>,
+    parent: Option<String>,
 }
 
-const COLUMNS: &str = "id, name, hash, bindings, created_at, expires_at, revoked_at, last_used, created_by, mac";
+const COLUMNS: &str =
+    "id, name, hash, bindings, created_at, expires_at, revoked_at, last_used, created_by, mac, parent";
+
+/// The most tokens a chain of issuers may hold (a token issued by one
+/// issued by one ...): a bound on the walk, and on delegation.
+pub const MAX_CHAIN: usize = 16;
+
+/// The longest lifetime a token may be given at the command line (ten
+/// years); through the API the server's `--max-token-ttl` applies.
+pub const MAX_TTL: Duration = Duration::from_secs(3650 * 86_400);
 
 impl Row {
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -188,11 +206,14 @@ impl Row {
             last_used: r.get(7)?,
             created_by: r.get(8)?,
             mac: r.get(9)?,
+            parent: r.get(10)?,
         })
     }
 
-    fn fields(&self) -> [Vec<u8>; 7] {
-        [
+    /// The MAC'd fields; the issuer only for rows that have one, so rows
+    /// from before keyhole recorded issuers keep their MAC.
+    fn fields(&self) -> Vec<Vec<u8>> {
+        let mut f = vec![
             self.id.as_bytes().to_vec(),
             self.name.as_bytes().to_vec(),
             self.hash.as_bytes().to_vec(),
@@ -200,30 +221,45 @@ impl Row {
             self.created_at.to_be_bytes().to_vec(),
             self.expires_at.map_or(b"-".to_vec(), |x| x.to_be_bytes().to_vec()),
             self.revoked_at.map_or(b"-".to_vec(), |x| x.to_be_bytes().to_vec()),
-        ]
+        ];
+        if let Some(p) = &self.parent {
+            f.push(p.as_bytes().to_vec());
+        }
+        f
     }
 
     fn mac(&self, key: &IntegrityKey) -> [u8; 32] {
         let f = self.fields();
-        key.mac(MacDomain::TokenRow, &f.each_ref().map(Vec::as_slice))
+        key.mac(MacDomain::TokenRow, &f.iter().map(Vec::as_slice).collect::<Vec<_>>())
     }
 
     fn authentic(&self, key: &IntegrityKey) -> bool {
         let f = self.fields();
-        key.verify(MacDomain::TokenRow, &f.each_ref().map(Vec::as_slice), &self.mac)
+        key.verify(MacDomain::TokenRow, &f.iter().map(Vec::as_slice).collect::<Vec<_>>(), &self.mac)
     }
 
-    fn info(&self, key: &IntegrityKey, now: i64) -> TokenInfo {
-        let authentic = self.authentic(key);
-        let bindings: Vec<Binding> = serde_json::from_str(&self.bindings).unwrap_or_default();
-        let state = if !authentic {
-            "tampered"
+    /// Why this row alone authenticates no one, if it does not.
+    fn refusal(&self, key: &IntegrityKey, now: i64) -> Option<AuthFailure> {
+        if !self.authentic(key) {
+            Some(AuthFailure::Tampered)
         } else if self.revoked_at.is_some() {
-            "revoked"
+            Some(AuthFailure::Revoked)
         } else if self.expires_at.is_some_and(|x| x <= now) {
-            "expired"
+            Some(AuthFailure::Expired)
         } else {
-            "active"
+            None
+        }
+    }
+
+    /// `issuer` is what the chain above it says ([`Tokens::chain`]).
+    fn info(&self, key: &IntegrityKey, now: i64, issuer: Result<(), AuthFailure>) -> TokenInfo {
+        let bindings: Vec<Binding> = serde_json::from_str(&self.bindings).unwrap_or_default();
+        let state = match (self.refusal(key, now), issuer) {
+            (Some(AuthFailure::Tampered), _) => "tampered",
+            (Some(AuthFailure::Revoked), _) => "revoked",
+            (Some(_), _) => "expired",
+            (None, Err(_)) => "ended",
+            (None, Ok(())) => "active",
         };
         TokenInfo {
             id: self.id.clone(),
@@ -234,6 +270,7 @@ impl Row {
             revoked: self.revoked_at.map(fmt_time),
             last_used: self.last_used.map(fmt_time),
             created_by: self.created_by.clone(),
+            parent: self.parent.clone(),
             state: state.into(),
         }
     }
@@ -254,39 +291,74 @@ impl Tokens {
     /// Issues a token named `name` with `bindings`, valid for `ttl` (or
     /// until revoked). Every role must exist. Returns the token: the only
     /// time it is ever available.
+    ///
+    /// `issuer` is the token issuing it (through the API), `None` for the
+    /// root operator: a token lives no longer than its issuer, and ends
+    /// when any token of the chain that issued it is revoked or expires.
     pub fn create(
         &self,
         name: &str,
         bindings: Vec<Binding>,
         ttl: Option<Duration>,
         created_by: &str,
+        issuer: Option<&str>,
     ) -> Result<(TokenInfo, TokenSecret), TokenError> {
         check_token_name(name)?;
         if bindings.is_empty() {
             return Err(TokenError::Invalid("a token needs at least one role: --role NAME".into()));
         }
+        if ttl.is_some_and(|t| t > MAX_TTL) {
+            return Err(TokenError::Invalid(format!(
+                "a token lives at most {} days: give a shorter --ttl",
+                MAX_TTL.as_secs() / 86_400
+            )));
+        }
         for b in &bindings {
             self.role(&b.role)?;
+        }
+        let created_at = now();
+        let mut expires_at = ttl.map(|d| created_at.saturating_add(d.as_secs() as i64));
+        if let Some(issuer) = issuer {
+            let row = self.find(issuer)?;
+            let refused =
+                |why: AuthFailure| TokenError::Invalid(format!("the issuing token cannot issue: {}", why.as_str()));
+            if let Some(why) = row.refusal(&self.integrity, created_at) {
+                return Err(refused(why));
+            }
+            let (_, depth, until) = self.chain(&row, created_at).map_err(refused)?;
+            if depth >= MAX_CHAIN {
+                return Err(TokenError::Invalid(format!(
+                    "a token may be issued through at most {MAX_CHAIN} tokens: issue it from one nearer the operator"
+                )));
+            }
+            // A child lives no longer than the chain that issued it.
+            expires_at = match (expires_at, until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         let secret = TokenSecret::generate();
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).expect("the operating system's random source failed");
-        let created_at = now();
         let mut row = Row {
             id: format!("tok-{}", hex::encode(id)),
             name: name.to_owned(),
             hash: secret.hash(),
             bindings: serde_json::to_string(&bindings).expect("bindings encode"),
             created_at,
-            expires_at: ttl.map(|d| created_at.saturating_add(d.as_secs().min(i64::MAX as u64) as i64)),
+            expires_at,
             revoked_at: None,
             last_used: None,
             created_by: created_by.to_owned(),
             mac: Vec::new(),
+            parent: issuer.map(|_| String::new()),
         };
+        if let Some(issuer) = issuer {
+            row.parent = Some(self.find(issuer)?.id);
+        }
         row.mac = row.mac(&self.integrity).to_vec();
         let done = self.conn.execute(
-            &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
             params![
                 row.id,
                 row.name,
@@ -297,7 +369,8 @@ impl Tokens {
                 row.revoked_at,
                 row.last_used,
                 row.created_by,
-                row.mac
+                row.mac,
+                row.parent
             ],
         );
         match done {
@@ -308,7 +381,31 @@ impl Tokens {
             }
             other => other.map_err(self.err("store a token"))?,
         };
-        Ok((row.info(&self.integrity, created_at), secret))
+        Ok((row.info(&self.integrity, created_at, Ok(())), secret))
+    }
+
+    /// Walks the tokens that issued `row`, up to one the root operator
+    /// issued: that one's id (who `row` counts as for a second-person
+    /// rule), how many tokens issued it, and when the first of them expires;
+    /// or why one of them authenticates no one (then neither does `row`).
+    fn chain(&self, row: &Row, now: i64) -> Result<(String, usize, Option<i64>), AuthFailure> {
+        let mut until = row.expires_at;
+        let mut cur_id = row.id.clone();
+        let mut parent = row.parent.clone();
+        for depth in 0..=MAX_CHAIN {
+            let Some(pid) = parent else { return Ok((cur_id, depth, until)) };
+            let up = self.rows("id = ?1", [&pid]).ok().and_then(|mut r| r.pop()).ok_or(AuthFailure::IssuerEnded)?;
+            if up.refusal(&self.integrity, now).is_some() {
+                return Err(AuthFailure::IssuerEnded);
+            }
+            until = match (until, up.expires_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            cur_id = up.id;
+            parent = up.parent;
+        }
+        Err(AuthFailure::IssuerEnded)
     }
 
     fn rows(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Row>, TokenError> {
@@ -323,7 +420,11 @@ impl Tokens {
     /// Every token, oldest first (revoked ones included, marked).
     pub fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
         let t = now();
-        Ok(self.rows("1", [])?.iter().map(|r| r.info(&self.integrity, t)).collect())
+        Ok(self.rows("1", [])?.iter().map(|r| self.info(r, t)).collect())
+    }
+
+    fn info(&self, row: &Row, now: i64) -> TokenInfo {
+        row.info(&self.integrity, now, self.chain(row, now).map(drop))
     }
 
     fn find(&self, name_or_id: &str) -> Result<Row, TokenError> {
@@ -339,7 +440,7 @@ impl Tokens {
 
     /// One token by name (among those not revoked) or id.
     pub fn get(&self, name_or_id: &str) -> Result<TokenInfo, TokenError> {
-        Ok(self.find(name_or_id)?.info(&self.integrity, now()))
+        Ok(self.info(&self.find(name_or_id)?, now()))
     }
 
     /// Revokes a token by name or id: it authenticates no one from now on.
@@ -360,7 +461,7 @@ impl Tokens {
                 )
                 .map_err(self.err("revoke a token"))?;
         }
-        Ok(row.info(&self.integrity, now()))
+        Ok(self.info(&row, now()))
     }
 
     /// Who presents `token`, with every role resolved; or why no one.
@@ -373,21 +474,16 @@ impl Tokens {
             AuthFailure::Unknown
         })?;
         let row = found.into_iter().next().ok_or(AuthFailure::Unknown)?;
-        if !row.authentic(&self.integrity) {
-            return Err(AuthFailure::Tampered);
-        }
         let t = now();
-        if row.revoked_at.is_some() {
-            return Err(AuthFailure::Revoked);
+        if let Some(why) = row.refusal(&self.integrity, t) {
+            return Err(why);
         }
-        if row.expires_at.is_some_and(|x| x <= t) {
-            return Err(AuthFailure::Expired);
-        }
+        let (person, _, _) = self.chain(&row, t)?;
         if row.last_used.is_none_or(|u| t - u >= 60) {
             // Best effort, at most once a minute: never a reason to refuse.
             let _ = self.conn.execute("UPDATE tokens SET last_used = ?2 WHERE id = ?1", params![row.id, t]);
         }
-        let info = row.info(&self.integrity, t);
+        let info = row.info(&self.integrity, t, Ok(()));
         let mut bindings = Vec::new();
         for b in &info.bindings {
             match self.role(&b.role) {
@@ -396,7 +492,10 @@ impl Tokens {
                 Err(e) => tracing::warn!("token {}: binding {b} ignored: {e}", info.id),
             }
         }
-        Ok((Principal { id: info.id.clone(), name: info.name.clone(), bindings }, info))
+        Ok((
+            Principal { id: info.id.clone(), name: info.name.clone(), person: format!("token {person}"), bindings },
+            info,
+        ))
     }
 
     /// A role by name: built-in, or defined with [`Tokens::define_role`].
@@ -515,7 +614,7 @@ mod tests {
     #[test]
     fn a_token_is_shown_once_stored_as_a_hash_and_authenticates_its_principal() {
         let (dir, t) = open();
-        let (info, secret) = t.create("ci-bot", runner_in("finance"), None, "root").unwrap();
+        let (info, secret) = t.create("ci-bot", runner_in("finance"), None, "root", None).unwrap();
         assert!(secret.expose().starts_with("kh_") && secret.expose().len() == 46, "{secret:?}");
         assert_eq!(format!("{secret:?}"), "kh_***");
         let db = std::fs::read(dir.path().join("store.db")).unwrap();
@@ -532,9 +631,9 @@ mod tests {
     #[test]
     fn revoked_expired_and_edited_tokens_authenticate_no_one() {
         let (dir, t) = open();
-        let (_, a) = t.create("a", runner_in(""), None, "root").unwrap();
-        let (_, b) = t.create("b", runner_in(""), Some(Duration::from_secs(0)), "root").unwrap();
-        let (c_info, c) = t.create("c", runner_in("marketing"), None, "root").unwrap();
+        let (_, a) = t.create("a", runner_in(""), None, "root", None).unwrap();
+        let (_, b) = t.create("b", runner_in(""), Some(Duration::from_secs(0)), "root", None).unwrap();
+        let (c_info, c) = t.create("c", runner_in("marketing"), None, "root", None).unwrap();
         t.revoke("a").unwrap();
         assert_eq!(t.authenticate(&a).unwrap_err(), AuthFailure::Revoked);
         assert_eq!(t.authenticate(&b).unwrap_err(), AuthFailure::Expired);
@@ -554,14 +653,14 @@ mod tests {
     #[test]
     fn names_are_unique_among_live_tokens_and_roles_must_exist() {
         let (_dir, t) = open();
-        t.create("bot", runner_in(""), None, "root").unwrap();
-        assert!(matches!(t.create("bot", runner_in(""), None, "root"), Err(TokenError::Conflict(_))));
+        t.create("bot", runner_in(""), None, "root", None).unwrap();
+        assert!(matches!(t.create("bot", runner_in(""), None, "root", None), Err(TokenError::Conflict(_))));
         t.revoke("bot").unwrap();
-        t.create("bot", runner_in(""), None, "root").unwrap();
+        t.create("bot", runner_in(""), None, "root", None).unwrap();
         let bad = vec![Binding { role: "nope".into(), namespace: Namespace::root() }];
-        let e = t.create("x", bad, None, "root").unwrap_err();
+        let e = t.create("x", bad, None, "root", None).unwrap_err();
         assert!(e.to_string().contains("no role \"nope\""), "{e}");
-        assert!(t.create("tok-1", runner_in(""), None, "root").is_err());
+        assert!(t.create("tok-1", runner_in(""), None, "root", None).is_err());
     }
 
     #[test]
@@ -570,7 +669,7 @@ mod tests {
         let role = Role { name: "rotator".into(), allow: vec![Permission::SecretWrite], deny: vec![] };
         t.define_role(&role).unwrap();
         let b = vec![Binding { role: "rotator".into(), namespace: Namespace::root() }];
-        let (_, tok) = t.create("r", b, None, "root").unwrap();
+        let (_, tok) = t.create("r", b, None, "root", None).unwrap();
         assert!(t.remove_role("rotator").unwrap_err().to_string().contains("bound to token(s) r"));
         let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
         conn.execute("UPDATE roles SET allow = '[\"secret:write\",\"key:rotate\"]'", []).unwrap();
@@ -598,5 +697,39 @@ mod tests {
         t.remove_role("builder").unwrap();
         assert!(t.role("builder").unwrap().allow.contains(&Permission::SecretUse), "then the built-in one");
         assert!(t.remove_role("builder").unwrap_err().to_string().contains("built-in role"));
+    }
+
+    #[test]
+    fn a_token_lives_no_longer_than_its_issuer_counts_as_its_person_and_ends_with_it() {
+        let (_dir, t) = open();
+        let (root_info, root) =
+            t.create("alice", runner_in(""), Some(Duration::from_secs(3600)), "root", None).unwrap();
+        assert_eq!(root_info.parent, None);
+        let (child_info, child) = t.create("alice-bot", runner_in(""), None, "alice", Some(&root_info.id)).unwrap();
+        assert_eq!(child_info.parent.as_deref(), Some(root_info.id.as_str()));
+        assert_eq!(child_info.expires, root_info.expires, "no TTL asked: its issuer's expiry");
+        let (grand_info, grand) = t
+            .create("alice-bot2", runner_in(""), Some(Duration::from_secs(86_400)), "x", Some(&child_info.id))
+            .unwrap();
+        assert_eq!(grand_info.expires, root_info.expires, "a longer TTL is cut to the chain's");
+        // Every token of the chain is the same person: the one the operator issued.
+        for tok in [&root, &child, &grand] {
+            assert_eq!(t.authenticate(tok).unwrap().0.person, format!("token {}", root_info.id));
+        }
+        // Revoking the issuer ends what it issued, down the chain.
+        t.revoke(&child_info.id).unwrap();
+        assert_eq!(t.authenticate(&grand).unwrap_err(), AuthFailure::IssuerEnded);
+        assert!(t.authenticate(&root).is_ok(), "not the other way");
+        let states: Vec<(String, String)> = t.list().unwrap().into_iter().map(|i| (i.name, i.state)).collect();
+        assert!(states.contains(&("alice-bot2".into(), "ended".into())), "{states:?}");
+        let e = t.create("more", runner_in(""), None, "x", Some(&grand_info.id)).unwrap_err();
+        assert!(e.to_string().contains("the issuing token cannot issue"), "{e}");
+        // An edited issuer column authenticates no one.
+        t.conn.execute("UPDATE tokens SET parent = NULL WHERE name = 'alice-bot2'", []).unwrap();
+        assert_eq!(t.authenticate(&grand).unwrap_err(), AuthFailure::Tampered);
+        // Absurd lifetimes are refused at the command line too.
+        let e =
+            t.create("forever", runner_in(""), Some(Duration::from_secs(100_000 * 86_400)), "root", None).unwrap_err();
+        assert!(e.to_string().contains("at most 3650 days"), "{e}");
     }
 }

@@ -75,10 +75,10 @@ impl Voucher {
     /// an operator at the command line. Two vouchers with the same person
     /// are one person.
     pub fn person(&self) -> String {
-        match &self.actor {
-            Actor::Token { id, .. } => format!("token {id}"),
-            Actor::Cli { user } => format!("operator {user}"),
-            other => format!("{other:?}"),
+        match (&self.principal, &self.actor) {
+            (Some(p), _) => p.person.clone(),
+            (None, Actor::Cli { user }) => format!("operator {user}"),
+            (None, other) => format!("{other:?}"),
         }
     }
 }
@@ -314,7 +314,7 @@ mod tests {
 
     fn token(bindings: &[(&str, &str)]) -> Voucher {
         let bindings = bindings.iter().map(|(r, n)| (builtin(r).unwrap(), ns(n))).collect();
-        Voucher::principal(Principal { id: "tok-1".into(), name: "dev".into(), bindings })
+        Voucher::principal(Principal { id: "tok-1".into(), name: "dev".into(), person: "token tok-1".into(), bindings })
     }
 
     /// `PARENT_DB` lives in `finance`; nothing is protected unless listed.
@@ -434,6 +434,7 @@ mod tests {
         let other = |role: &str, at: &str| {
             let mut t = token(&[(role, at)]);
             t.principal.as_mut().unwrap().id = "tok-2".into();
+            t.principal.as_mut().unwrap().person = "token tok-2".into();
             t.actor = Actor::Token { id: "tok-2".into(), name: "rev".into() };
             t
         };

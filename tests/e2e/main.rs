@@ -12,6 +12,7 @@ mod dynamic;
 mod engine;
 mod exec;
 mod flows;
+mod hardening;
 mod lifecycle;
 mod masking;
 mod network;

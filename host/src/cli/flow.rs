@@ -321,7 +321,11 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
         let id: ExecutionId = d.id.parse().map_err(|e| fail(USAGE, e))?;
         let actor = keyhole::audit::Actor::current_user();
         let may = |_: keyhole::authz::Permission, _: &keyhole::names::Namespace| true;
-        let decider = keyhole::executions::Decider { actor: &actor, who: None, may: &may };
+        let person = match &actor {
+            keyhole::audit::Actor::Cli { user } => Some(format!("operator {user}")),
+            _ => None,
+        };
+        let decider = keyhole::executions::Decider { actor: &actor, who: None, person, may: &may };
         let mut store = open_store(dir)?;
         let record = |rec: keyhole::audit::NewRecord| store.record(&rec).map(drop).map_err(|e| e.to_string());
         keyhole::executions::decide_gate(&records, &decider, id.as_str(), &d.task, approved, d.comment, record)

@@ -38,6 +38,10 @@ pub(crate) struct ServeArgs {
     /// How long a web console session lasts without a request.
     #[arg(long, value_parser = parse_duration, default_value = "15m", value_name = "DURATION")]
     session_idle: Duration,
+    /// The longest a token issued through the API may live; one issued
+    /// without a TTL gets this.
+    #[arg(long, value_parser = parse_duration, default_value = "90d", value_name = "DURATION")]
+    max_token_ttl: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +126,7 @@ pub(crate) fn serve(dir: &DataDir, args: ServeArgs, compiler: keyhole::runtime::
         compiler,
         max_auth_failures: args.max_auth_failures,
         session_idle: args.session_idle,
+        max_token_ttl: args.max_token_ttl,
     };
     keyhole::server::serve(dir, opts).map_err(|e| match e {
         ServeError::Open(e) => Exit::from(*e),
@@ -236,7 +241,7 @@ pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
                 Actor::Cli { user } => user.clone(),
                 _ => "operator".into(),
             };
-            let (info, secret) = tokens.create(&name, vec![binding.clone()], ttl, &by)?;
+            let (info, secret) = tokens.create(&name, vec![binding.clone()], ttl, &by, None)?;
             let rec = NewRecord::ok(&me, Action::TokenCreate, &namespace, None)
                 .reason(format!("token {} ({}) with {binding}", info.name, info.id))
                 .detail_field("token", info.id.clone());

@@ -168,6 +168,7 @@ pub async fn run_flow(
             trigger: None,
             revision: None,
             created_by: None,
+            person: None,
         },
         scope: Scope {
             inputs,
@@ -308,7 +309,7 @@ impl<'a> Run<'a> {
                         self.record.status = "running".into();
                     }
                     match decision {
-                        Some(d) if d.approved => {
+                        Some(d) if d.approved && !env.cancel.is_cancelled() => {
                             let note = d.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
                             self.record.tasks[i].approval = Some(format!("approved by {}{note}", d.by));
                             progress(env, flow, &format!("task {} approved by {}", flow.tasks[i].id, d.by));
@@ -398,6 +399,9 @@ impl<'a> Run<'a> {
     fn refused(&mut self, i: usize, decision: Option<Decision>, timed_out: bool) -> Ended {
         let task = &self.flow.tasks[i];
         let why = match &decision {
+            _ if !timed_out && self.env.cancel.is_cancelled() => {
+                "the execution was cancelled while it waited for approval".into()
+            }
             Some(d) => {
                 format!("rejected by {}{}", d.by, d.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default())
             }

@@ -42,6 +42,10 @@ pub(super) async fn wait_gate(
 ) -> Option<Decision> {
     let end = tokio::time::Instant::now() + timeout;
     loop {
+        // A cancel wins over a decision taken in the same instant.
+        if cancel.is_cancelled() {
+            return None;
+        }
         match records.decision(execution, task) {
             Ok(Some(d)) => return Some(d),
             Ok(None) => {}

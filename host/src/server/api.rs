@@ -916,6 +916,16 @@ async fn create_token(
                 .map_err(|e| ApiError::BadRequest(format!("ttl: {t:?} is not a duration like 30d: {e}")))
         })
         .transpose()?;
+    // Every token issued through the API expires: at most the server's maximum.
+    let max = app.max_token_ttl;
+    if let Some(t) = ttl.filter(|t| *t > max) {
+        return Err(ApiError::BadRequest(format!(
+            "ttl: {} is longer than this server allows ({}, its --max-token-ttl)",
+            crate::limits::show_duration(t),
+            crate::limits::show_duration(max)
+        )));
+    }
+    let ttl = Some(ttl.unwrap_or(max));
     blocking(&app, move |app| {
         let role = app.tokens().role(&req.role)?;
         if let Err(e) = authz::may_delegate(&caller.principal, &role, &req.namespace) {
@@ -923,7 +933,7 @@ async fn create_token(
         }
         let binding = Binding { role: req.role.clone(), namespace: req.namespace.clone() };
         let by = format!("{} ({})", caller.info.name, caller.info.id);
-        let (info, token) = app.tokens().create(&req.name, vec![binding.clone()], ttl, &by)?;
+        let (info, token) = app.tokens().create(&req.name, vec![binding.clone()], ttl, &by, Some(&caller.info.id))?;
         let rec = caller
             .record(Action::TokenCreate, &req.namespace, None)
             .reason(format!("token {} ({}) with {binding}", info.name, info.id))
@@ -1500,6 +1510,8 @@ pub struct Origin {
     pub context: Value,
     /// Scoped so that one origin's key never finds another's execution.
     pub idempotency_key: Option<String>,
+    /// The person starting it ([`Principal::person`]); `None` for a trigger.
+    pub person: Option<String>,
 }
 
 impl Origin {
@@ -1512,13 +1524,20 @@ impl Origin {
             context: crate::trigger::context("api", None, Map::new()),
             // Keys are the caller's own: another principal's key finds nothing.
             idempotency_key: idempotency_key.map(|k| format!("{}:{k}", caller.info.id)),
+            person: Some(caller.principal.person.clone()),
         }
     }
 }
 
 /// A new `queued` record of `flow` at `revision`, started by `trigger`
-/// (`api`, `webhook:ID`, ...) on behalf of `by`.
-pub fn queued_record(flow: &crate::flow::Flow, revision: u64, trigger: &str, by: &str) -> ExecutionRecord {
+/// (`api`, `webhook:ID`, ...) on behalf of `by` (the person `person`).
+pub fn queued_record(
+    flow: &crate::flow::Flow,
+    revision: u64,
+    trigger: &str,
+    by: &str,
+    person: Option<&str>,
+) -> ExecutionRecord {
     ExecutionRecord {
         id: ExecutionId::generate().to_string(),
         flow: flow.id.to_string(),
@@ -1531,6 +1550,7 @@ pub fn queued_record(flow: &crate::flow::Flow, revision: u64, trigger: &str, by:
         trigger: Some(trigger.to_owned()),
         revision: Some(revision),
         created_by: Some(by.to_owned()),
+        person: person.map(str::to_owned),
     }
 }
 
@@ -1546,7 +1566,7 @@ pub fn queue_execution(
     let (deployed, flow) = app.registry().current(ns, flow_id)?;
     let inputs =
         crate::flow::bind_json_inputs(&flow, inputs).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
-    let record = queued_record(&flow, deployed.revision, &origin.trigger, &origin.by);
+    let record = queued_record(&flow, deployed.revision, &origin.trigger, &origin.by, origin.person.as_deref());
     let (id, trigger) = (&record.id, &origin.trigger);
     let rec = NewRecord::ok(&origin.actor, Action::ExecutionCreate, ns, None)
         .reason(format!("execution {id} of flow {flow_id} revision {} ({trigger})", deployed.revision))
@@ -1724,14 +1744,22 @@ async fn cancel_execution(
     blocking(&app, move |app| {
         let rec = app.records().get(&id)?;
         let ns = Namespace::new(&rec.namespace).unwrap_or_default();
+        let record = |outcome: Outcome, what: String| {
+            let rec = caller
+                .record(Action::ExecutionCancel, &ns, None)
+                .outcome(outcome)
+                .reason(format!("execution {id} of flow {}: {what}", rec.flow))
+                .detail_field("execution", id.clone());
+            app.record(rec).map_err(audit_failed)
+        };
+        let already =
+            |status: &str| ApiError::Conflict(format!("execution {id} already ended ({status}): nothing to cancel"));
         if ENDED.contains(&rec.status.as_str()) {
-            return Ok(Json(json!({ "id": id, "status": rec.status, "cancelled": false })));
+            record(Outcome::Failed, format!("not cancelled: it had already ended ({})", rec.status))?;
+            return Err(already(&rec.status));
         }
-        let audit = caller
-            .record(Action::ExecutionCancel, &ns, None)
-            .reason(format!("execution {id} of flow {}", rec.flow))
-            .detail_field("execution", id.clone());
-        app.record(audit).map_err(audit_failed)?;
+        // Recorded before it is asked (no record, no cancel), then what it did.
+        record(Outcome::Pending, format!("about to cancel it ({})", rec.status))?;
         let outcome = app.records().request_cancel(&id, &now_rfc3339())?;
         if outcome == CancelOutcome::Stopping
             && let Some(r) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
@@ -1741,12 +1769,17 @@ async fn cancel_execution(
         let status = match outcome {
             CancelOutcome::Dequeued => "cancelled",
             CancelOutcome::Stopping => "cancelling",
-            CancelOutcome::AlreadyEnded => "ended",
+            CancelOutcome::AlreadyEnded => {
+                let now = app.records().get(&id)?.status;
+                record(Outcome::Failed, format!("not cancelled: it ended first ({now})"))?;
+                return Err(already(&now));
+            }
         };
+        record(Outcome::Ok, format!("{status} (it was {})", rec.status))?;
         if outcome == CancelOutcome::Dequeued {
             app.ended(&id);
         }
-        Ok(Json(json!({ "id": id, "status": status, "cancelled": outcome != CancelOutcome::AlreadyEnded })))
+        Ok(Json(json!({ "id": id, "status": status, "cancelled": true })))
     })
     .await
 }
@@ -1791,6 +1824,7 @@ async fn decide(
         let d = Decider {
             actor: &caller.actor,
             who: Some(format!("{} ({})", caller.info.name, caller.info.id)),
+            person: Some(caller.principal.person.clone()),
             may: &may,
         };
         let comment = req.comment.map(|c| c.chars().take(1000).collect());

@@ -58,6 +58,9 @@ pub struct ServeOptions {
     pub max_auth_failures: u32,
     /// How long a console session lasts without a request.
     pub session_idle: Duration,
+    /// The longest lifetime of a token issued through the API (and the
+    /// lifetime of one issued without `ttl`).
+    pub max_token_ttl: Duration,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -111,6 +114,8 @@ pub struct App {
     pub interrupting: AtomicBool,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     max_auth_failures: u32,
+    /// The longest lifetime of a token issued through the API.
+    pub max_token_ttl: Duration,
     /// The web console's sessions.
     pub sessions: console::Sessions,
 }
@@ -124,12 +129,8 @@ pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 impl App {
     /// Opens everything `host serve` needs in `dir`.
-    pub fn open(
-        dir: &DataDir,
-        compiler: Compiler,
-        max_auth_failures: u32,
-        sessions: console::Sessions,
-    ) -> Result<Arc<App>, ServeError> {
+    pub fn open(dir: &DataDir, opts: &ServeOptions, sessions: console::Sessions) -> Result<Arc<App>, ServeError> {
+        let compiler = opts.compiler;
         let secrets = Arc::new(open_secrets(dir)?);
         let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: true, compiler })
             .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
@@ -157,7 +158,8 @@ impl App {
             stopping: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
             failures: Mutex::new(HashMap::new()),
-            max_auth_failures,
+            max_auth_failures: opts.max_auth_failures,
+            max_token_ttl: opts.max_token_ttl,
             sessions,
         }))
     }
@@ -274,7 +276,11 @@ impl App {
         let concurrency = requeue.as_ref().and_then(|(_, f)| f.concurrency);
         let key = format!("requeue:{}", r.id);
         let mut again =
-            requeue.map(|(rev, f)| api::queued_record(&f, rev, &format!("requeue:{}", r.id), "host serve (requeue)"));
+            // The re-run is still its starter's: who may decide its gates does not change.
+            requeue.map(|(rev, f)| {
+                let by = r.created_by.as_deref().unwrap_or("host serve (requeue)");
+                api::queued_record(&f, rev, &format!("requeue:{}", r.id), by, r.person.as_deref())
+            });
         // Already re-queued before a crash: the record names that one.
         if let (Some(new), Ok(Some(id))) = (&mut again, self.records().by_idempotency_key(&key)) {
             new.id = id;
@@ -342,7 +348,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     dir.ensure().map_err(|e| ServeError::Refused(format!("cannot create {}: {e}", dir.root().display())))?;
     let _lock = lock_data_dir(dir)?;
     let sessions = console::Sessions::new(opts.session_idle, opts.tls.is_some());
-    let app = App::open(dir, opts.compiler, opts.max_auth_failures, sessions)?;
+    let app = App::open(dir, &opts, sessions)?;
     crate::session::sweep_leases(&app.secrets, &app.audit, &Actor::Server);
     let interrupted = app.recover()?;
     if interrupted > 0 {

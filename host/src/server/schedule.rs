@@ -169,6 +169,7 @@ fn fire(
             trigger: name.clone(),
             context: context("schedule", Some(id), extra),
             idempotency_key: Some(format!("{name}@{}/{}:{}", ns.as_str(), flow.id, at.as_second())),
+            person: None,
         };
         queue_execution(app, &origin, ns, flow.id.as_str(), &Map::new()).map_err(|e| err(&format!("{e:?}")))?;
     }

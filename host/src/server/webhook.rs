@@ -157,6 +157,7 @@ fn fire(
         trigger: name,
         context: context("webhook", Some(trigger.id.as_str()), extra),
         idempotency_key: key,
+        person: None,
     };
     queue_execution(app, &origin, ns, flow.id.as_str(), &Map::new())
 }
