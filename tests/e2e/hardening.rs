@@ -196,3 +196,170 @@ fn a_token_counts_as_whoever_issued_its_chain_and_ends_with_its_issuer() {
         "{failed:#?}"
     );
 }
+
+#[test]
+fn signing_out_of_the_console_closes_its_follow_streams() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    let probe = component(Plugin::Probe);
+    let file = env.home().join("slow.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "id: slow\nnamespace: prod\ntasks:\n  - {{id: t, plugin: '{}', input: {{action: get, names: [], wait_ms: 20000}}, limits: {{timeout: 60s}}}}\n",
+            probe.display()
+        ),
+    )
+    .unwrap();
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+    let dev = token(&env, "dev", "developer", "prod", &[]);
+    let server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    let (_, v) = c.call("POST", "/api/v1/executions/prod/slow", Some(&dev), Some(&json!({})));
+    let id = v["id"].as_str().unwrap().to_owned();
+    // Sign in as the console does: a cookie and a CSRF token.
+    let mut resp = ureq::post(&format!("{}/api/v1/session", server.base))
+        .header("Authorization", &format!("Bearer {dev}"))
+        .send_empty()
+        .unwrap();
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let csrf = serde_json::from_str::<Value>(&resp.body_mut().read_to_string().unwrap()).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stream =
+        ureq::get(&format!("{}/api/v1/executions/{id}/follow", server.base)).header("Cookie", &cookie).call().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream.into_body().into_reader()).lines().map_while(Result::ok) {
+            if let Some(e) = line.strip_prefix("event: ")
+                && tx.send((e.to_owned(), Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first.0, "status", "the stream opens with the record");
+    let out = ureq::delete(&format!("{}/api/v1/session", server.base))
+        .header("Cookie", &cookie)
+        .header("X-CSRF-Token", &csrf)
+        .call()
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 200);
+    let signed_out = Instant::now();
+    // The stream says it closed, soon, and sends nothing after.
+    let mut seen = Vec::new();
+    while let Ok((event, at)) = rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push((event, at));
+    }
+    let closed = seen.iter().position(|(e, _)| e == "closed").unwrap_or_else(|| panic!("no `closed` event: {seen:?}"));
+    assert!(seen[closed].1.duration_since(signed_out) < Duration::from_secs(2), "{seen:?}");
+    assert_eq!(closed, seen.len() - 1, "events after `closed`: {seen:?}");
+    c.call("POST", &format!("/api/v1/executions/{id}/cancel"), Some(&dev), None);
+}
+
+#[test]
+fn the_api_answers_honestly_about_bad_requests_and_shows_no_server_path() {
+    let env = Env::new();
+    env.set_secret("prod", "APP_KEY", "app-key-value-554");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let outsider = token(&env, "outsider", "admin", "marketing", &[]);
+    let server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    // A JSON body over the limit is a 413, as the README says.
+    let huge = json!({"name": "x".repeat(2 << 20), "role": "runner"});
+    let (s, v) = c.call("POST", "/api/v1/tokens", Some(&admin), Some(&huge));
+    assert_eq!(s, 413, "{v}");
+    // A time that does not parse is a 400 naming the field, never "no filter".
+    for field in ["since", "until"] {
+        let (s, v) = c.call("GET", &format!("/api/v1/audit?{field}=x"), Some(&admin), None);
+        assert_eq!(s, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(&format!("query `{field}`")), "{v}");
+    }
+    // Trailing junk after the JSON document is refused; nothing is stored.
+    let url = format!("{}/api/v1/secrets/prod/APP_KEY", server.base);
+    let resp = ureq::put(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("Authorization", &format!("Bearer {admin}"))
+        .header("Content-Type", "application/json")
+        .send(&br#"{"value": "junk-trailed-value", "rotate": true} junk"#[..])
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let r = env.run(&["secret", "versions", "APP_KEY", "-n", "prod", "--json"]);
+    assert_eq!(r.json().as_array().unwrap().len(), 1, "a version was stored: {r:#?}");
+    // Another namespace's execution is as missing as one that never was.
+    let probe = component(Plugin::Probe);
+    let file = env.home().join("ctx.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "id: ctx\nnamespace: prod\ntasks:\n  - {{id: t, plugin: '{}', input: {{action: context}}}}\n",
+            probe.display()
+        ),
+    )
+    .unwrap();
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+    let (_, v) = c.call("POST", "/api/v1/executions/prod/ctx?wait=30", Some(&admin), Some(&json!({})));
+    let id = v["id"].as_str().unwrap().to_owned();
+    let missing = "01a25290-0000-7000-8000-000000000000";
+    let (s1, v1) = c.call("GET", &format!("/api/v1/executions/{id}"), Some(&outsider), None);
+    let (s2, v2) = c.call("GET", &format!("/api/v1/executions/{missing}"), Some(&outsider), None);
+    assert_eq!((s1, s2), (404, 404), "{v1} {v2}");
+    assert_eq!(v1["error"].as_str().unwrap().replace(&id, "ID"), v2["error"].as_str().unwrap().replace(missing, "ID"));
+    // A plugin that does not load: the task's error says why, by digest,
+    // and no answer or log line shows the server's data directory.
+    let bytes = b"\0asm\x0d\x00\x01\x00this is not a component".to_vec();
+    let sha = hex::encode(keyhole::crypto::sha256(&bytes));
+    let put = ureq::put(&format!("{}/api/v1/plugins/{sha}?namespace=prod", server.base))
+        .header("Authorization", &format!("Bearer {admin}"))
+        .send(&bytes[..])
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 201);
+    let source = "id: broken\nnamespace: prod\ntasks:\n  - {id: t, plugin: x.wasm, input: {}}\n";
+    let (s, v) = c.call(
+        "POST",
+        "/api/v1/flows",
+        Some(&admin),
+        Some(&json!({"file": "b.yaml", "source": source, "plugins": {"t": sha}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (_, v) = c.call("POST", "/api/v1/executions/prod/broken?wait=30", Some(&admin), Some(&json!({})));
+    let rec = &v["execution"];
+    assert_eq!(rec["status"], "failed", "{v}");
+    let error = rec["tasks"][0]["error"].as_str().unwrap_or_else(|| panic!("no error on the task: {v}"));
+    assert!(error.contains(&format!("sha256 {sha}")), "{error}");
+    let home = env.home().display().to_string();
+    let (_, log) = c.call("GET", &format!("/api/v1/executions/{}/log", v["id"].as_str().unwrap()), Some(&admin), None);
+    for seen in c.seen.lock().unwrap().iter() {
+        assert!(!seen.contains(&home), "an answer shows the server's data directory: {seen}");
+    }
+    assert!(log.to_string().contains("sha256"), "{log}");
+}
+
+#[test]
+fn every_refused_webhook_key_takes_as_long_whatever_was_wrong() {
+    let env = Env::new();
+    env.set_secret("prod", "HOOK_KEY", "hook-key-value-555");
+    let probe = component(Plugin::Probe);
+    let file = env.home().join("hook.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "id: hook\nnamespace: prod\ntriggers:\n  - {{id: in, webhook: {{key_secret: HOOK_KEY}}}}\ntasks:\n  - {{id: t, plugin: '{}', input: {{action: context}}}}\n",
+            probe.display()
+        ),
+    )
+    .unwrap();
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+    let server = Server::start(&env, 1, &["--max-auth-failures", "1000"]);
+    let c = Client::new(&server);
+    for path in ["/api/v1/webhooks/prod/hook/wrong-key", "/api/v1/webhooks/prod/nothing/wrong-key"] {
+        let began = Instant::now();
+        let (s, v) = c.post_raw(path, &[], b"{}");
+        assert_eq!((s, &v), (404, &json!({"error": "no such webhook"})));
+        assert!(began.elapsed() >= keyhole::server::webhook::REFUSAL_FLOOR, "{path} answered early");
+    }
+}

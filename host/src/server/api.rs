@@ -750,6 +750,9 @@ impl FromRequestParts<AppState> for Caller {
             .await
             .map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
         let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_owned());
+        // An execution the caller may not even read is answered as if it
+        // did not exist: its id tells them nothing about other namespaces.
+        let mut hidden = None;
         let decision = match route.scope {
             Scope::Public | Scope::Authenticated => Ok(()),
             Scope::Anywhere | Scope::Body => {
@@ -771,8 +774,12 @@ impl FromRequestParts<AppState> for Caller {
                 } else {
                     let id = param("id").unwrap_or_default();
                     let id: ExecutionId = id.parse().map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+                    let shown = id.to_string();
                     let rec = blocking(app, move |app| Ok(app.records().get(id.as_str())?)).await?;
                     let ns = path_namespace(if rec.namespace.is_empty() { "-" } else { &rec.namespace })?;
+                    if !caller.may(P::ExecutionRead, &ns) {
+                        hidden = Some(crate::executions::RecordError::NotFound(shown).to_string());
+                    }
                     authz::decide(&caller.principal, permission, &ns).map_err(|e| (ns, e.to_string()))
                 }
             }
@@ -786,7 +793,10 @@ impl FromRequestParts<AppState> for Caller {
                     .reason(format!("{what}: {message}"))
                     .detail_field("permission", permission.as_str());
                 blocking(app, move |app| app.record(rec).map_err(audit_failed)).await?;
-                Err(ApiError::Forbidden(message))
+                Err(match hidden {
+                    Some(not_found) => ApiError::NotFound(not_found),
+                    None => ApiError::Forbidden(message),
+                })
             }
         }
     }
@@ -800,17 +810,25 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(format!("the request body is over the limit of {MAX_BODY_BYTES} bytes"))
+            } else {
+                ApiError::BadRequest(format!("request body: {e}"))
+            }
+        })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
+        let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let at = if path == "." { String::new() } else { format!(" at field `{path}`") };
             ApiError::BadRequest(format!("request body{at}: {inner}"))
-        })
+        })?;
+        // One JSON document and nothing after it: `{...} junk` is refused.
+        de.end()
+            .map_err(|e| ApiError::BadRequest(format!("request body: {e}: one JSON document and nothing after it")))?;
+        Ok(Body(value))
     }
 }
 
@@ -1843,8 +1861,11 @@ async fn decide(
 async fn list_audit(
     State(app): State<AppState>,
     caller: Caller,
-    Query(f): Query<crate::audit::Filter>,
+    Query(mut f): Query<crate::audit::Filter>,
 ) -> Result<Json<Vec<crate::audit::Record>>, ApiError> {
+    // A time that does not parse is a 400 naming the field, never "no filter".
+    f.since = f.since.as_deref().map(|t| rfc3339("since", t)).transpose()?;
+    f.until = f.until.as_deref().map(|t| rfc3339("until", t)).transpose()?;
     blocking(&app, move |app| {
         let path = app.dir.store_path();
         let conn = app.audit_reads();

@@ -43,6 +43,7 @@ pub(super) async fn follow(
         app,
         id,
         token: caller.info.id,
+        session: caller.session.map(|s| s.key),
         live: None,
         sent: 0,
         pending: Vec::new(),
@@ -73,6 +74,9 @@ struct Follower {
     id: String,
     /// The caller's token id, checked again now and then.
     token: String,
+    /// The console session it came through, if any: checked at every
+    /// look (signing out closes the stream at once).
+    session: Option<String>,
     /// The running execution's log and masks, once seen.
     live: Option<Running>,
     /// How many bytes of `live.log` were taken.
@@ -91,6 +95,9 @@ impl Follower {
     async fn step(&mut self) {
         if self.app.stopping.load(Ordering::SeqCst) {
             return self.close("the server is stopping: follow again once it is back");
+        }
+        if self.session.as_deref().is_some_and(|key| !self.app.sessions.is_open(key)) {
+            return self.close("the console session ended (signed out or idle): sign in again");
         }
         let (id, token) = (self.id.clone(), self.token.clone());
         let check_token = self.ticks.is_multiple_of(TOKEN_TICKS);

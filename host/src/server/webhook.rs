@@ -41,9 +41,21 @@ pub async fn receive(
         return Err(ApiError::Unavailable("the server is stopping: try again once it is back".into()));
     }
     let ns = path_namespace(&ns)?;
-    let rec = blocking(&app, move |app| fire(app, ip, &ns, &flow, &key, &headers, &body)).await?;
+    let began = tokio::time::Instant::now();
+    let fired = blocking(&app, move |app| fire(app, ip, &ns, &flow, &key, &headers, &body)).await;
+    if let Err(ApiError::NotFound(_)) = &fired {
+        // Every "no such webhook" leaves at the same time, whatever was
+        // wrong: how long the check took (an unknown flow is found missing
+        // at once; a known one parses its flow and reads its key) tells a
+        // guesser nothing.
+        tokio::time::sleep_until(began + REFUSAL_FLOOR).await;
+    }
+    let rec = fired?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": rec.0.id, "status": rec.0.status, "created": rec.1 }))))
 }
+
+/// No refusal of a key is answered sooner than this after the request came.
+pub const REFUSAL_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The one answer to a wrong flow, trigger or key.
 const NO_SUCH_WEBHOOK: &str = "no such webhook";

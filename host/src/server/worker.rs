@@ -105,10 +105,21 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
             rec.ended = ended.ended;
             rec.tasks = ended.tasks;
         }
-        Err(message) => {
-            // Refused before any task ran: the flow is gone, edited, or a plugin fails its pin.
+        Err(NotStarted { message, tasks }) => {
+            // Refused before any task ran: the flow is gone, edited, or a
+            // plugin fails its pin or does not load. A task that is the
+            // reason carries it as its error; the others say why they did not run.
             for t in &mut rec.tasks {
-                t.status = TaskStatus::Skipped;
+                match tasks.iter().find(|(id, _)| *id == t.id) {
+                    Some((_, why)) => {
+                        t.status = TaskStatus::Failed;
+                        t.error = Some(why.clone());
+                    }
+                    None => {
+                        t.status = TaskStatus::Skipped;
+                        t.skipped = Some(format!("the flow could not start: {message}"));
+                    }
+                }
             }
             rec.status = "failed".into();
             rec.ended = Some(now_rfc3339());
@@ -130,6 +141,40 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
     app.ended(&id);
 }
 
+/// Why an execution could not start, in words that name no server path:
+/// the whole reason, and each task it concerns with its own.
+struct NotStarted {
+    message: String,
+    tasks: Vec<(String, String)>,
+}
+
+impl From<String> for NotStarted {
+    fn from(message: String) -> Self {
+        NotStarted { message, tasks: Vec::new() }
+    }
+}
+
+/// `d`'s findings with every stored plugin's path replaced by its digest
+/// and the data directory by a name: what an API caller may read.
+fn not_started(app: &App, flow: &crate::flow::Flow, d: &crate::flow::Diagnostics) -> NotStarted {
+    let scrub = |text: &str| {
+        let mut text = text.to_owned();
+        for t in &flow.tasks {
+            if let Some(sha) = &t.sha256 {
+                text = text.replace(&t.plugin.display().to_string(), &format!("sha256 {sha}"));
+            }
+        }
+        text.replace(&app.dir.root().display().to_string(), "DATA_DIR")
+    };
+    let mut tasks = Vec::new();
+    for f in &d.0 {
+        if let Some((_, id)) = f.location.rsplit_once(": task ") {
+            tasks.push((id.to_owned(), scrub(&f.message)));
+        }
+    }
+    NotStarted { message: scrub(&d.to_string()), tasks }
+}
+
 /// Loads the revision `rec` was queued for and runs it: its final record,
 /// or why it could not start.
 async fn start(
@@ -140,11 +185,12 @@ async fn start(
     log: &LogBuffer,
     masks: Arc<MaskSet>,
     cancel: Cancel,
-) -> Result<ExecutionRecord, String> {
-    let ns = Namespace::new(&rec.namespace).map_err(|e| e.to_string())?;
-    let revision = rec.revision.ok_or("the execution names no deployed revision")?;
-    let flow = app.registry().revision(&ns, &rec.flow, revision).map_err(|e| e.to_string())?;
-    let (plugins, _notes) = prepare(&app.runtime, &flow).map_err(|d| d.to_string())?;
+) -> Result<ExecutionRecord, NotStarted> {
+    let hide = |e: &dyn std::fmt::Display| e.to_string().replace(&app.dir.root().display().to_string(), "DATA_DIR");
+    let ns = Namespace::new(&rec.namespace).map_err(|e| hide(&e))?;
+    let revision = rec.revision.ok_or_else(|| "the execution names no deployed revision".to_owned())?;
+    let flow = app.registry().revision(&ns, &rec.flow, revision).map_err(|e| hide(&e))?;
+    let (plugins, _notes) = prepare(&app.runtime, &flow).map_err(|d| not_started(app, &flow, &d))?;
     let env = ExecutionEnv {
         secrets: app.secrets.clone(),
         sink: Arc::new(Mutex::new(log.clone())),

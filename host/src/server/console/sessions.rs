@@ -151,7 +151,13 @@ impl Sessions {
         Ok((TokenSecret::presented(s.token.expose()), Resolved { key, csrf: s.csrf.clone() }))
     }
 
-    /// Ends a session.
+    /// Whether the session `key` names is still open (neither signed
+    /// out, nor idle, nor too old); a look, not a use.
+    pub fn is_open(&self, key: &str) -> bool {
+        self.lock().get(key).is_some_and(|s| self.live(s, Instant::now()))
+    }
+
+    /// Ends session `key`.
     pub fn close(&self, key: &str) {
         self.lock().remove(key);
     }
