@@ -201,7 +201,8 @@ const LEASE_SCHEMA: &str = "
 /// whole namespace and those below it). Rows are MAC'd. Also which token
 /// issued a token (`tokens.parent`, under its MAC; NULL: the root
 /// operator) and the person who started an execution (`executions.person`),
-/// for the rules that want a second person.
+/// for the rules that want a second person; and which namespace uploaded
+/// each stored plugin (`plugin_uploads`), for its quota.
 const REVIEW_SCHEMA: &str = "
     ALTER TABLE flows ADD COLUMN vouches TEXT;
     ALTER TABLE tokens ADD COLUMN parent TEXT;
@@ -218,6 +219,13 @@ const REVIEW_SCHEMA: &str = "
         vouches TEXT,
         mac BLOB NOT NULL,
         PRIMARY KEY (namespace, id, revision)
+    );
+    CREATE TABLE IF NOT EXISTS plugin_uploads (
+        sha256 TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        PRIMARY KEY (sha256, namespace)
     );
     CREATE TABLE IF NOT EXISTS protections (
         namespace TEXT NOT NULL,

@@ -363,3 +363,64 @@ fn every_refused_webhook_key_takes_as_long_whatever_was_wrong() {
         assert!(began.elapsed() >= keyhole::server::webhook::REFUSAL_FLOOR, "{path} answered early");
     }
 }
+
+/// `PUT /api/v1/plugins/{sha256}?namespace=NS` with raw bytes.
+fn upload(server: &Server, tok: &str, bytes: &[u8], ns: Option<&str>) -> (u16, String) {
+    let sha = hex::encode(keyhole::crypto::sha256(bytes));
+    let query = ns.map(|n| format!("?namespace={n}")).unwrap_or_default();
+    let mut resp = ureq::put(&format!("{}/api/v1/plugins/{sha}{query}", server.base))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .header("Authorization", &format!("Bearer {tok}"))
+        .send(bytes)
+        .unwrap();
+    (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn plugin_uploads_must_be_wasm_count_against_their_namespace_and_unused_ones_are_collected() {
+    let env = Env::new();
+    let dev = token(&env, "dev", "developer", "prod", &[]);
+    let server = Server::start(&env, 1, &["--max-plugin-bytes", "1MiB"]);
+    let blobs = env.home().join("plugins");
+    let stored = || std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
+    // Not WebAssembly: refused, nothing written.
+    let (s, v) = upload(&server, &dev, &vec![b'x'; 4096], Some("prod"));
+    assert_eq!(s, 400, "{v}");
+    assert!(v.contains("not a WebAssembly module or component"), "{v}");
+    assert_eq!(stored(), 0);
+    // Whose it is: the namespace is named, and needs flow:deploy there.
+    let wasm = |fill: u8, len: usize| {
+        let mut b = b"\0asm\x01\x00\x00\x00".to_vec();
+        b.resize(len, fill);
+        b
+    };
+    assert_eq!(upload(&server, &dev, &wasm(1, 64), None).0, 400);
+    assert_eq!(upload(&server, &dev, &wasm(1, 64), Some("marketing")).0, 403);
+    // The namespace's quota: a second 700 KiB plugin would pass 1 MiB.
+    let (s, v) = upload(&server, &dev, &wasm(1, 700 << 10), Some("prod"));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(upload(&server, &dev, &wasm(1, 700 << 10), Some("prod")).0, 200, "the same bytes again cost nothing");
+    let (s, v) = upload(&server, &dev, &wasm(2, 700 << 10), Some("prod"));
+    assert_eq!(s, 413, "{v}");
+    assert!(v.contains("would pass its quota of 1048576") && v.contains("host plugin gc"), "{v}");
+    // A deployed plugin stays; one no revision references is collected.
+    let probe = component(Plugin::Probe);
+    let file = env.home().join("ctx.yaml");
+    std::fs::write(
+        &file,
+        format!("id: ctx\nnamespace: ops\ntasks:\n  - {{id: t, plugin: '{}', input: {{}}}}\n", probe.display()),
+    )
+    .unwrap();
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+    assert_eq!(stored(), 2);
+    let r = env.run(&["plugin", "gc", "--older-than", "0s"]);
+    r.expect_code(0);
+    assert!(r.stderr.contains("removed 1 plugin(s)"), "{r:#?}");
+    assert_eq!(stored(), 1, "the deployed plugin stays");
+    let gc = env.run(&["audit", "list", "--action", "plugin.gc", "--json"]).json();
+    assert_eq!(gc.as_array().unwrap().len(), 1, "{gc}");
+    // The quota it held is free again.
+    assert_eq!(upload(&server, &dev, &wasm(2, 700 << 10), Some("prod")).0, 201);
+}

@@ -216,7 +216,7 @@ fn request(route: &Route, ns: &str, execution: &str, n: usize, wasm: &[u8]) -> (
         .replace("{id}", execution)
         .replace("{token}", "no-such-token")
         .replace("{revision}", "1")
-        .replace("{sha256}", &hex::encode(keyhole::crypto::sha256(wasm)));
+        .replace("{sha256}", &format!("{}?namespace={}", hex::encode(keyhole::crypto::sha256(wasm)), ns_seg(ns)));
     let body = match (route.method, route.path) {
         ("POST", "/api/v1/tokens") => Some(json!({"name": format!("made-{n}"), "role": "runner", "namespace": ns})),
         ("POST", "/api/v1/flows") => Some(json!({

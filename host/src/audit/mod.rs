@@ -258,6 +258,9 @@ pub enum Action {
     /// `host secret unprotect`.
     #[serde(rename = "secret.unprotect")]
     SecretUnprotect,
+    /// `host plugin gc`: stored plugins no revision references were removed.
+    #[serde(rename = "plugin.gc")]
+    PluginGc,
 }
 
 impl Action {
@@ -306,6 +309,7 @@ impl Action {
             Action::FlowReject => "flow.reject",
             Action::SecretProtect => "secret.protect",
             Action::SecretUnprotect => "secret.unprotect",
+            Action::PluginGc => "plugin.gc",
         }
     }
 }

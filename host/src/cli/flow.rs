@@ -574,7 +574,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                         let sha = hex::encode(keyhole::crypto::sha256(bytes));
                         r.put_bytes(
                             &format!("upload the plugin of task {task}"),
-                            &format!("/api/v1/plugins/{sha}"),
+                            &format!("/api/v1/plugins/{sha}?namespace={}", ns_path(&flow.namespace)),
                             "application/wasm",
                             bytes,
                         )?;
@@ -588,7 +588,8 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                     let secrets = open_secrets(dir)?;
                     let mut digests = std::collections::BTreeMap::new();
                     for (task, bytes) in &plugins {
-                        digests.insert(task.to_string(), registry.put_plugin(bytes).map_err(registry_exit)?);
+                        let stored = registry.put_plugin(bytes, &flow.namespace, None).map_err(registry_exit)?;
+                        digests.insert(task.to_string(), stored.sha256);
                     }
                     let req = service::DeployRequest { file: &file, source: &source, plugins: &digests };
                     vec![service::deploy(&registry, &secrets, &Voucher::root(), req)?]
@@ -770,7 +771,7 @@ pub(crate) fn registry_exit(e: keyhole::registry::RegistryError) -> Exit {
     use keyhole::registry::RegistryError as R;
     match e {
         R::Invalid(d) => fail(USAGE, d),
-        e @ (R::Plugin(_) | R::NotFound { .. } | R::Pending { .. } | R::Conflict(_)) => fail(USAGE, e),
+        e @ (R::Plugin(_) | R::NotFound { .. } | R::Pending { .. } | R::Conflict(_) | R::Quota(_)) => fail(USAGE, e),
         e @ (R::Tampered { .. } | R::ProtectionTampered { .. }) => fail(TAMPERED, e),
         R::Db(e) => Exit::from(StoreError::Db(e)),
         e @ R::Io { .. } => fail(HOST, e),

@@ -23,6 +23,14 @@ pub(crate) enum PluginCommand {
     /// Compile plugins into the compiled-plugin cache now (e.g. when baking
     /// a CI image), so their first run starts at once.
     Compile(CompileArgs),
+    /// Remove the deployed plugins no revision of any flow references (on
+    /// the data directory; audited as `plugin.gc`).
+    Gc {
+        /// Spare plugins stored more recently than this (a deploy may be
+        /// uploading them).
+        #[arg(long, value_parser = parse_duration, default_value = "1h", value_name = "DURATION")]
+        older_than: Duration,
+    },
 }
 
 /// Languages `plugin new` and `plugin build` know.
@@ -84,7 +92,29 @@ pub(crate) fn plugin(dir: &DataDir, cmd: PluginCommand, compiler: Compiler) -> R
         PluginCommand::Build(args) => build(&args.dir),
         PluginCommand::Inspect(args) => inspect_cmd(args),
         PluginCommand::Compile(args) => compile(dir, args, compiler),
+        PluginCommand::Gc { older_than } => gc(dir, older_than),
     }
+}
+
+/// `plugin gc`: what no revision references goes, on the record.
+fn gc(dir: &DataDir, older_than: Duration) -> Result<(), Exit> {
+    use keyhole::audit::{Action, Actor, NewRecord};
+    let store = open_store(dir)?;
+    let registry =
+        keyhole::registry::Registry::open(dir, store.integrity().clone()).map_err(super::flow::registry_exit)?;
+    let done = registry
+        .collect_plugins(older_than, |c| {
+            NewRecord::ok(&Actor::current_user(), Action::PluginGc, &Namespace::root(), None)
+                .reason(format!(
+                    "removed {} plugin(s) no flow revision references ({} bytes)",
+                    c.removed.len(),
+                    c.bytes
+                ))
+                .detail_field("removed", c.removed.clone())
+        })
+        .map_err(super::flow::registry_exit)?;
+    eprintln!("removed {} plugin(s) no flow revision references ({} bytes)", done.removed.len(), done.bytes);
+    Ok(())
 }
 
 // ---- new ----

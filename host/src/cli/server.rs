@@ -42,6 +42,14 @@ pub(crate) struct ServeArgs {
     /// without a TTL gets this.
     #[arg(long, value_parser = parse_duration, default_value = "90d", value_name = "DURATION")]
     max_token_ttl: Duration,
+    /// Plugin bytes one namespace may hold (uploads past it are refused
+    /// with 413; `host plugin gc` frees what no revision uses).
+    #[arg(long, value_parser = parse_bytes, default_value = "1GiB", value_name = "SIZE")]
+    max_plugin_bytes: u64,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    keyhole::limits::parse_size(s).map(|n| n as u64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +135,7 @@ pub(crate) fn serve(dir: &DataDir, args: ServeArgs, compiler: keyhole::runtime::
         max_auth_failures: args.max_auth_failures,
         session_idle: args.session_idle,
         max_token_ttl: args.max_token_ttl,
+        max_plugin_bytes: args.max_plugin_bytes,
     };
     keyhole::server::serve(dir, opts).map_err(|e| match e {
         ServeError::Open(e) => Exit::from(*e),

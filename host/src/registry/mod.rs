@@ -22,7 +22,7 @@
 
 use crate::audit::NewRecord;
 use crate::crypto::{IntegrityKey, MacDomain};
-use crate::data_dir::{DataDir, create_private_dir, write_private_atomic};
+use crate::data_dir::DataDir;
 use crate::db::{DbError, connect, sql_err};
 use crate::flow::{self, Diagnostic, Diagnostics, Flow, Severity};
 use crate::names::{Namespace, TaskId};
@@ -163,6 +163,9 @@ pub enum RegistryError {
     /// No such revision, or one that cannot be decided now.
     #[error("{0}")]
     Conflict(String),
+    /// A namespace's plugins would pass its quota.
+    #[error("{0}")]
+    Quota(String),
     /// A row was edited outside keyhole.
     #[error(
         "deployed flow {id} revision {revision} in namespace {namespace} fails its integrity check: it was edited outside keyhole; deploy it again"
@@ -236,26 +239,6 @@ impl Registry {
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> RegistryError + use<> {
         let e = sql_err(&self.path, op);
         move |err| RegistryError::Db(e(err))
-    }
-
-    fn blob(&self, sha256: &str) -> PathBuf {
-        self.blobs.join(format!("{sha256}.wasm"))
-    }
-
-    /// Whether a plugin with this digest is stored.
-    pub fn has_plugin(&self, sha256: &str) -> bool {
-        is_sha256(sha256) && self.blob(sha256).is_file()
-    }
-
-    /// Stores plugin bytes under their digest (once); returns the digest.
-    pub fn put_plugin(&self, bytes: &[u8]) -> Result<String, RegistryError> {
-        let sha = hex::encode(crate::crypto::sha256(bytes));
-        let path = self.blob(&sha);
-        if !path.is_file() {
-            create_private_dir(&self.blobs).map_err(|err| RegistryError::Io { path: self.blobs.clone(), err })?;
-            write_private_atomic(&path, bytes).map_err(|err| RegistryError::Io { path: path.clone(), err })?;
-        }
-        Ok(sha)
     }
 
     /// Checks `source` as a flow whose tasks run `plugins` (task id →
@@ -431,17 +414,14 @@ pub fn read_plugins(flow: &Flow) -> Result<BTreeMap<TaskId, Vec<u8>>, RegistryEr
     Ok(out)
 }
 
-/// The directory plugins are stored in.
-pub fn plugins_dir(dir: &DataDir) -> PathBuf {
-    dir.root().join("plugins")
-}
-
+mod plugins;
 mod protection;
 mod read;
 mod review;
 #[cfg(test)]
 mod tests;
 
+pub use plugins::{Collected, DEFAULT_MAX_PLUGIN_BYTES, Stored, is_wasm, plugins_dir};
 pub use protection::Protection;
 use read::{flow_mac_fields, mac_refs};
 pub use review::{Decision, Review};

@@ -46,9 +46,10 @@ pub enum Scope {
     /// In some namespace: the handler keeps only the items the caller may
     /// see, or checks the item it acts on.
     Anywhere,
-    /// In the namespace the request body names (a flow's own namespace, a
-    /// new token's binding): held somewhere to get past the extractor, then
-    /// checked there by the handler before anything is stored.
+    /// In the namespace the request names (a flow's own namespace, a new
+    /// token's binding, a plugin upload's `?namespace`): held somewhere to
+    /// get past the extractor, then checked there by the handler before
+    /// anything is stored.
     Body,
     /// In the root namespace: the answer covers every namespace.
     Root,
@@ -230,8 +231,8 @@ pub static ROUTES: &[Route] = &[
         "PUT",
         "/api/v1/plugins/{sha256}",
         Some(P::FlowDeploy),
-        Anywhere,
-        "Upload a plugin (the body), stored by its SHA-256.",
+        Body,
+        "Upload a plugin (the body: a WebAssembly module or component), stored by its SHA-256, for ?namespace=NS (flow:deploy there; counted against its plugin quota).",
         put(put_plugin).layer(DefaultBodyLimit::max(crate::runtime::MAX_PLUGIN_BYTES))
     ),
     route!("GET", "/api/v1/flows", Some(P::FlowRead), Anywhere, "Deployed flows the caller may read.", get(list_flows)),
@@ -545,6 +546,7 @@ impl From<RegistryError> for ApiError {
             e @ (RegistryError::Invalid(_) | RegistryError::Plugin(_)) => ApiError::BadRequest(e.to_string()),
             e @ RegistryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             e @ (RegistryError::Pending { .. } | RegistryError::Conflict(_)) => ApiError::Conflict(e.to_string()),
+            RegistryError::Quota(m) => ApiError::TooLarge(m),
             e => ApiError::Internal(e.to_string()),
         }
     }
@@ -1235,32 +1237,52 @@ async fn destroy_secret(
     .await
 }
 
+/// Which namespace's flows an uploaded plugin is for (its quota).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginQuery {
+    namespace: Namespace,
+}
+
 async fn put_plugin(
     State(app): State<AppState>,
     caller: Caller,
     Path(sha): Path<String>,
+    query: Result<Query<PluginQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !is_sha256(&sha) {
         return Err(ApiError::BadRequest(format!("path: {sha:?} is not a SHA-256 (64 lowercase hex digits)")));
     }
+    let Ok(Query(PluginQuery { namespace: ns })) = query else {
+        return Err(ApiError::BadRequest(
+            "query `namespace`: the namespace of the flow the plugin is for (?namespace=NS; - for the root)".into(),
+        ));
+    };
     blocking(&app, move |app| {
+        if let Err(e) = authz::decide(&caller.principal, P::FlowDeploy, &ns) {
+            let what = format!("PUT /api/v1/plugins/{sha}");
+            return Err(refuse(app, &caller, &what, &e.namespace, e.permission, e.to_string()));
+        }
         let actual = hex::encode(crate::crypto::sha256(&body));
         if actual != sha {
             return Err(ApiError::BadRequest(format!(
                 "the body's SHA-256 is {actual}, not {sha}: the upload is corrupt"
             )));
         }
-        if app.registry().has_plugin(&sha) {
-            return Ok((StatusCode::OK, Json(json!({ "sha256": sha, "stored": false }))));
+        if !crate::registry::is_wasm(&body) {
+            return Err(ApiError::BadRequest(
+                "the upload is not a WebAssembly module or component: nothing was stored".into(),
+            ));
         }
         let rec = caller
-            .record(Action::FlowDeploy, &Namespace::root(), None)
-            .reason(format!("plugin {sha} uploaded ({} bytes)", body.len()))
+            .record(Action::FlowDeploy, &ns, None)
+            .reason(format!("plugin {sha} uploaded for namespace {ns} ({} bytes)", body.len()))
             .detail_field("plugin_sha256", sha.clone());
         app.record(rec).map_err(audit_failed)?;
-        app.registry().put_plugin(&body)?;
-        Ok((StatusCode::CREATED, Json(json!({ "sha256": sha, "stored": true }))))
+        let stored = app.registry().put_plugin(&body, &ns, Some(app.max_plugin_bytes))?;
+        let status = if stored.new { StatusCode::CREATED } else { StatusCode::OK };
+        Ok((status, Json(json!({ "sha256": sha, "stored": stored.new }))))
     })
     .await
 }
@@ -1313,6 +1335,7 @@ impl From<crate::service::ServiceError> for ApiError {
             S::Conflict(m) => ApiError::Conflict(m),
             e @ S::AuditFailed(_) => ApiError::Unavailable(e.to_string()),
             S::Backend(e) => e.into(),
+            S::Quota(m) => ApiError::TooLarge(m),
             e @ (S::Tampered(_) | S::Host(_)) => ApiError::Internal(e.to_string()),
         }
     }

@@ -61,6 +61,8 @@ pub struct ServeOptions {
     /// The longest lifetime of a token issued through the API (and the
     /// lifetime of one issued without `ttl`).
     pub max_token_ttl: Duration,
+    /// Plugin bytes one namespace may hold.
+    pub max_plugin_bytes: u64,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -116,6 +118,8 @@ pub struct App {
     max_auth_failures: u32,
     /// The longest lifetime of a token issued through the API.
     pub max_token_ttl: Duration,
+    /// Plugin bytes one namespace may hold.
+    pub max_plugin_bytes: u64,
     /// The web console's sessions.
     pub sessions: console::Sessions,
 }
@@ -160,6 +164,7 @@ impl App {
             failures: Mutex::new(HashMap::new()),
             max_auth_failures: opts.max_auth_failures,
             max_token_ttl: opts.max_token_ttl,
+            max_plugin_bytes: opts.max_plugin_bytes,
             sessions,
         }))
     }

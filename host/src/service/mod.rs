@@ -33,6 +33,9 @@ pub enum ServiceError {
     /// Stored state failed its integrity check.
     #[error("{0}")]
     Tampered(String),
+    /// A quota would be passed (names it and what to do).
+    #[error("{0}")]
+    Quota(String),
     /// The audit record could not be written, so nothing was done.
     #[error("the audit log cannot be written, so nothing was done: {0}")]
     AuditFailed(String),
@@ -54,6 +57,7 @@ impl From<RegistryError> for ServiceError {
             e @ (RegistryError::Tampered { .. } | RegistryError::ProtectionTampered { .. }) => {
                 ServiceError::Tampered(e.to_string())
             }
+            RegistryError::Quota(m) => ServiceError::Quota(m),
             e @ (RegistryError::Db(_) | RegistryError::Io { .. }) => ServiceError::Host(e.to_string()),
         }
     }
