@@ -18,6 +18,8 @@ fn open() -> (tempfile::TempDir, Registry) {
     (dir, r)
 }
 
+const PLUGIN: &[u8] = b"\0asm\x01\x00\x00\x00plugin bytes";
+
 const SOURCE: &str = "id: report\nnamespace: finance.reporting\ntasks:\n  - {id: t, plugin: p.wasm, secrets: [DB]}\n";
 
 fn audit(d: &Deployed) -> NewRecord {
@@ -41,7 +43,8 @@ fn vouches(review: &[&str]) -> Vouches {
 
 /// Deploys [`SOURCE`] vouched for with `v`.
 fn deploy(r: &Registry, v: &Vouches) -> Deployed {
-    let plugins: BTreeMap<String, String> = [("t".to_owned(), r.put_plugin(b"plugin bytes").unwrap())].into();
+    let plugins: BTreeMap<String, String> =
+        [("t".to_owned(), r.put_plugin(PLUGIN, &ns("finance.reporting"), None).unwrap().sha256)].into();
     let flow = r.prepare("report.yaml", SOURCE, &plugins).unwrap();
     let serving = r.serving_row(&flow.namespace, "report").unwrap().map(|d| d.revision);
     let new = NewRevision {
@@ -114,7 +117,7 @@ fn a_pending_revision_never_serves_and_a_decision_is_final() {
 /// Writes a `flows` row as keyhole 0.7 did: no vouches, the MAC over
 /// the fields it knew.
 fn legacy_row(r: &Registry) {
-    let sha = r.put_plugin(b"plugin bytes").unwrap();
+    let sha = r.put_plugin(PLUGIN, &ns("finance.reporting"), None).unwrap().sha256;
     let d = Deployed {
         namespace: ns("finance.reporting"),
         id: "report".into(),
