@@ -424,3 +424,101 @@ fn plugin_uploads_must_be_wasm_count_against_their_namespace_and_unused_ones_are
     // The quota it held is free again.
     assert_eq!(upload(&server, &dev, &wasm(2, 700 << 10), Some("prod")).0, 201);
 }
+
+/// `host serve` started by a shell that first lowers its soft limit on
+/// open files to `soft`: the running child (killed when dropped) and its
+/// `host:port`.
+struct Lowered(std::process::Child);
+
+impl Drop for Lowered {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_with_soft_limit(env: &Env, soft: u32, extra: &str) -> (Lowered, String) {
+    use std::io::{BufRead, BufReader};
+    let host = env!("CARGO_BIN_EXE_host");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -Sn {soft} && exec '{host}' serve --listen 127.0.0.1:0 --workers 1 {extra}"))
+        .env("KEYHOLE_HOME", env.home())
+        .env_remove("KEYHOLE_MASTER_KEY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "host serve ended before listening");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || while err.read_line(&mut String::new()).unwrap_or(0) > 0 {});
+    (Lowered(child), addr)
+}
+
+/// Opens a connection that sends part of a request and waits.
+fn slow_client(addr: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s
+}
+
+/// Whether the server closed `s` (EOF or reset) within `within`.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 64];
+    !matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+}
+
+#[test]
+fn slow_and_silent_clients_are_cut_off_and_the_server_stays_answerable() {
+    let env = Env::new();
+    let dev = token(&env, "dev", "developer", "prod", &[]);
+    // 256 descriptors before the server raises its limit: 400 slow clients
+    // would have starved it.
+    let (_server, addr) = serve_with_soft_limit(&env, 256, "--header-timeout 2s");
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+    let mut slow: Vec<std::net::TcpStream> = (0..400).map(|_| slow_client(&addr)).collect();
+    slow.extend((0..20).map(|_| std::net::TcpStream::connect(&addr).unwrap()));
+    // Meanwhile: health and an authenticated call are answered.
+    let health = agent.get(&format!("http://{addr}/api/v1/health")).call().unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let me = agent
+        .get(&format!("http://{addr}/api/v1/tokens/self"))
+        .header("Authorization", &format!("Bearer {dev}"))
+        .call();
+    assert_eq!(me.unwrap().status().as_u16(), 200);
+    // Past the header-read timeout, each slow and each silent one is closed.
+    let began = Instant::now();
+    for s in slow.iter_mut().skip(380) {
+        assert!(closed_within(s, Duration::from_secs(6)), "a slow or silent client was kept");
+    }
+    assert!(began.elapsed() < Duration::from_secs(8), "{:?}", began.elapsed());
+}
+
+#[test]
+fn past_the_connection_cap_a_connection_is_closed_at_once() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let (_server, addr) = serve_with_soft_limit(&env, 1024, "--max-connections 5 --header-timeout 2s");
+    let _held: Vec<std::net::TcpStream> = (0..5).map(|_| slow_client(&addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    let _ = extra.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    extra.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut b = Vec::new();
+    let read = extra.read_to_end(&mut b);
+    assert!(read.is_ok_and(|n| n == 0) || b.is_empty(), "answered past the cap: {:?}", String::from_utf8_lossy(&b));
+    // Once the held ones time out, the server answers again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+    assert_eq!(agent.get(&format!("http://{addr}/api/v1/health")).call().unwrap().status().as_u16(), 200);
+}

@@ -46,6 +46,18 @@ pub(crate) struct ServeArgs {
     /// with 413; `host plugin gc` frees what no revision uses).
     #[arg(long, value_parser = parse_bytes, default_value = "1GiB", value_name = "SIZE")]
     max_plugin_bytes: u64,
+    /// A request's headers must have arrived this long after it began;
+    /// else the connection is closed (slow or silent clients).
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    header_timeout: Duration,
+    /// A connection that sends and receives nothing for this long is closed.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    idle_timeout: Duration,
+    /// Connections served at once; more are closed as they are accepted.
+    /// Default: what the open-file limit (raised to its hard limit at
+    /// start) leaves room for, at most 16384.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -136,6 +148,9 @@ pub(crate) fn serve(dir: &DataDir, args: ServeArgs, compiler: keyhole::runtime::
         session_idle: args.session_idle,
         max_token_ttl: args.max_token_ttl,
         max_plugin_bytes: args.max_plugin_bytes,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
     };
     keyhole::server::serve(dir, opts).map_err(|e| match e {
         ServeError::Open(e) => Exit::from(*e),

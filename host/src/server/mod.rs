@@ -63,6 +63,29 @@ pub struct ServeOptions {
     pub max_token_ttl: Duration,
     /// Plugin bytes one namespace may hold.
     pub max_plugin_bytes: u64,
+    /// A request's headers must have arrived this long after it began.
+    pub header_timeout: Duration,
+    /// A connection quiet this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once (`None`: as many as the descriptor limit leaves room for).
+    pub max_connections: Option<usize>,
+}
+
+/// Descriptors kept free for the store, the audit log, plugins and the
+/// workers when the connection cap comes from the descriptor limit.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+impl ServeOptions {
+    /// The connection bounds, the cap defaulting to what the descriptor
+    /// limit `fds` leaves room for (at most 16384).
+    fn conn_limits(&self, fds: u64) -> listen::ConnLimits {
+        let room = fds.saturating_sub(SPARE_DESCRIPTORS).clamp(16, 16_384) as usize;
+        listen::ConnLimits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections.unwrap_or(room),
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -352,6 +375,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     };
     dir.ensure().map_err(|e| ServeError::Refused(format!("cannot create {}: {e}", dir.root().display())))?;
     let _lock = lock_data_dir(dir)?;
+    let fds = listen::raise_descriptor_limit();
     let sessions = console::Sessions::new(opts.session_idle, opts.tls.is_some());
     let app = App::open(dir, &opts, sessions)?;
     crate::session::sweep_leases(&app.secrets, &app.audit, &Actor::Server);
@@ -382,11 +406,8 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
         // Tests and scripts wait for this line.
         eprintln!("keyhole server listening on {scheme}://{local} ({} worker(s))", workers.len());
         let router = api::router(app.clone(), scheme == "https");
-        let make = router.into_make_service_with_connect_info::<listen::Peer>();
-        axum::serve(listener, make)
-            .with_graceful_shutdown(shutdown_signal(app.clone()))
-            .await
-            .map_err(|e| ServeError::Io(format!("the server failed: {e}")))
+        listen::serve_connections(listener, router, opts.conn_limits(fds), shutdown_signal(app.clone())).await;
+        Ok(())
     });
     drain(&app, opts.shutdown_timeout);
     for w in workers {
