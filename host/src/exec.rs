@@ -60,6 +60,60 @@ pub struct ExecutionEnv {
     pub cancel: Cancel,
     /// Credentials minted for it from dynamic secrets, revoked at its end.
     pub leases: Arc<crate::lease::ExecutionLeases>,
+    /// The memory every running task together may have: a task reserves
+    /// its limit here before it is instantiated.
+    pub memory: MemoryBudget,
+}
+
+/// Memory shared by every task running in this process (`host serve
+/// --max-memory`): a task reserves its whole `limits.memory` before it
+/// starts, waits while the budget is spent (at most its own time limit),
+/// and one that could never fit fails at once. Unlimited by default (one
+/// process, one flow: `host run`, `host exec`).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBudget(Option<Arc<(tokio::sync::Semaphore, usize)>>);
+
+/// The budget's unit: reservations are whole MiB.
+const MIB: usize = 1 << 20;
+
+impl MemoryBudget {
+    /// A budget of `bytes` for every running task together.
+    pub fn new(bytes: usize) -> Self {
+        let permits = (bytes / MIB).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        MemoryBudget(Some(Arc::new((tokio::sync::Semaphore::new(permits), permits * MIB))))
+    }
+
+    /// Reserves `bytes` for one task until the returned guard drops:
+    /// waits up to `wait` (or a cancel) for running tasks to give some back.
+    pub async fn reserve(
+        &self,
+        bytes: usize,
+        wait: Duration,
+        cancel: &Cancel,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, TaskFailure> {
+        let Some(inner) = &self.0 else { return Ok(None) };
+        let (sem, total) = (&inner.0, inner.1);
+        let need = bytes.div_ceil(MIB).max(1);
+        let show = |b: usize| crate::limits::show_size(b);
+        if need * MIB > total {
+            return Err(TaskFailure::NoMemory(format!(
+                "its memory limit of {} is more than every running task may have together on this server ({}, its --max-memory)",
+                show(bytes),
+                show(total)
+            )));
+        }
+        let take = sem.acquire_many(need as u32);
+        tokio::select! {
+            got = tokio::time::timeout(wait, take) => match got {
+                Ok(Ok(permit)) => Ok(Some(permit)),
+                _ => Err(TaskFailure::NoMemory(format!(
+                    "the running tasks held the server's memory budget ({}) for its whole time limit, so it never started",
+                    show(total)
+                ))),
+            },
+            () = cancel.cancelled() => Err(TaskFailure::Cancelled),
+        }
+    }
 }
 
 /// A request to stop an execution, shared by whoever may ask (the server's
@@ -155,6 +209,9 @@ pub enum TaskFailure {
     /// Instantiation failed for a reason other than the above.
     #[error("plugin could not be instantiated: {0}")]
     Instantiate(String),
+    /// The server's memory budget could not hold the task's limit.
+    #[error("task not started: {0}")]
+    NoMemory(String),
 }
 
 impl TaskFailure {
@@ -203,6 +260,10 @@ pub async fn run_task(runtime: &Runtime, env: &ExecutionEnv, spec: TaskSpec<'_>)
         return TaskOutcome { result: Err(TaskFailure::Audit(e.to_string())), duration: started.elapsed(), task_masks };
     }
     let memory = if runtime.pooling { spec.limits.memory.min(POOLING_MAX_MEMORY) } else { spec.limits.memory };
+    let _reserved = match env.memory.reserve(memory, spec.limits.timeout, &env.cancel).await {
+        Ok(r) => r,
+        Err(failure) => return TaskOutcome { result: Err(failure), duration: started.elapsed(), task_masks },
+    };
     let output = TaskOutput::new(spec.identity.task.as_str(), env.sink.clone(), env.masks.clone(), spec.limits.output);
     let access = SecretAccess {
         identity: spec.identity.clone(),

@@ -54,6 +54,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 30s, 500ms or 2m: {e}"))
 }
+/// The most memory one task may have (`limits.memory`, `--memory`): 1 GiB.
+pub const MAX_TASK_MEMORY: usize = 1 << 30;
+
+/// A size as an operator writes one: `64MiB`, `1GiB`, `512KiB` or `100B`
+/// (the largest binary unit that divides it).
+pub fn show_size(n: usize) -> String {
+    match n {
+        0 => "0B".into(),
+        _ if n.is_multiple_of(1 << 30) => format!("{}GiB", n >> 30),
+        _ if n.is_multiple_of(1 << 20) => format!("{}MiB", n >> 20),
+        _ if n.is_multiple_of(1 << 10) => format!("{}KiB", n >> 10),
+        _ => format!("{n}B"),
+    }
+}
+
 /// A duration as an operator writes one: `90d`, `12h`, `15m` or `30s`
 /// (the largest unit that divides it).
 pub fn show_duration(d: Duration) -> String {
@@ -78,5 +93,13 @@ mod tests {
         assert_eq!(show_duration(Duration::from_secs(900)), "15m");
         assert_eq!(show_duration(Duration::from_secs(61)), "61s");
         assert_eq!(show_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn a_size_is_shown_in_the_largest_unit_that_divides_it() {
+        assert_eq!(show_size(MAX_TASK_MEMORY), "1GiB");
+        assert_eq!(show_size(64 << 20), "64MiB");
+        assert_eq!(show_size(1536), "1536B");
+        assert_eq!(show_size(100), "100B");
     }
 }

@@ -65,7 +65,7 @@ pub struct RuntimeOptions {
 }
 
 /// Largest linear memory an instance may have under the pooling allocator.
-pub const POOLING_MAX_MEMORY: usize = 1 << 30;
+pub const POOLING_MAX_MEMORY: usize = crate::limits::MAX_TASK_MEMORY;
 
 /// Largest plugin file keyhole reads (a Python component is about 18 MB).
 pub const MAX_PLUGIN_BYTES: usize = 256 << 20;

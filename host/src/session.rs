@@ -74,8 +74,16 @@ impl Session {
         sweep_leases(&secrets, &audit, &Actor::current_user());
         let leases =
             Arc::new(crate::lease::ExecutionLeases::new(secrets.clone(), audit.clone(), Actor::current_user()));
-        let env =
-            ExecutionEnv { secrets, sink, masks, audit, pins: Default::default(), cancel: Default::default(), leases };
+        let env = ExecutionEnv {
+            secrets,
+            sink,
+            masks,
+            audit,
+            pins: Default::default(),
+            cancel: Default::default(),
+            leases,
+            memory: Default::default(),
+        };
         Ok(Session { runtime, env, records })
     }
 }

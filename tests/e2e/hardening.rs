@@ -522,3 +522,59 @@ fn past_the_connection_cap_a_connection_is_closed_at_once() {
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
     assert_eq!(agent.get(&format!("http://{addr}/api/v1/health")).call().unwrap().status().as_u16(), 200);
 }
+
+#[test]
+fn memory_is_bounded_per_task_at_validation_and_for_all_tasks_together_on_a_server() {
+    let env = Env::new();
+    let probe = component(Plugin::Probe);
+    let flow = |id: &str, memory: &str, action: &str| {
+        let file = env.home().join(format!("{id}.yaml"));
+        std::fs::write(
+            &file,
+            format!("id: {id}\nnamespace: prod\ntasks:\n  - {{id: t, plugin: '{}', limits: {{memory: {memory}}}, input: {action}}}\n", probe.display()),
+        )
+        .unwrap();
+        file
+    };
+    // Over the per-task ceiling: refused before anything runs or is stored.
+    let huge = flow("huge", "100GiB", "{action: context}");
+    for cmd in ["validate", "run"] {
+        let r = env.run(&[cmd, huge.to_str().unwrap()]);
+        r.expect_code(2);
+        assert!(r.all_output().contains("memory 100GiB is over the per-task ceiling of 1GiB"), "{cmd}: {r:#?}");
+    }
+    env.run(&["flow", "deploy", huge.to_str().unwrap()]).expect_code(2);
+    // On a server, every running task together has --max-memory.
+    let big = flow("big", "512MiB", "{action: context}");
+    let nap = flow("nap", "200MiB", "{action: sleep, secs: 2}");
+    for f in [&big, &nap] {
+        env.run(&["flow", "deploy", f.to_str().unwrap()]).expect_code(0);
+    }
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 2, &["--max-memory", "300MiB"]);
+    let c = Client::new(&server);
+    let (_, v) = c.call("POST", "/api/v1/executions/prod/big?wait=30", Some(&admin), Some(&json!({})));
+    assert_eq!(v["execution"]["status"], "failed", "{v}");
+    let error = v["execution"]["tasks"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains(
+            "its memory limit of 512MiB is more than every running task may have together on this server (300MiB"
+        ),
+        "{error}"
+    );
+    // Two 200 MiB tasks do not fit at once: the second waits for the first.
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            c.call("POST", "/api/v1/executions/prod/nap", Some(&admin), Some(&json!({}))).1["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let recs: Vec<Value> = ids.iter().map(|id| wait_ended(&c, &admin, id, Duration::from_secs(30))).collect();
+    assert!(recs.iter().all(|r| r["status"] == "succeeded"), "{recs:?}");
+    let at = |t: &Value| humantime::parse_rfc3339_weak(t.as_str().unwrap()).unwrap();
+    let first = recs.iter().map(|r| at(&r["started"])).min().unwrap();
+    let last = recs.iter().map(|r| at(&r["ended"])).max().unwrap();
+    assert!(last.duration_since(first).unwrap() >= Duration::from_secs(4), "they ran at once: {recs:?}");
+}

@@ -37,6 +37,7 @@ pub fn keyhole_task(
             audit.clone(),
             keyhole::audit::Actor::Server,
         )),
+        memory: Default::default(),
     };
     let spec = TaskSpec {
         plugin,

@@ -145,8 +145,8 @@ pub(crate) fn log_import_notes(d: &Diagnostics) {
 pub(crate) fn exec(dir: &DataDir, args: ExecArgs, masks: Arc<MaskSet>, compiler: Compiler) -> Result<(), Exit> {
     let input = read_input(&args).map_err(|e| fail(USAGE, e))?;
     let memory = usize::try_from(args.memory.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-    if memory == 0 {
-        return Err(fail(USAGE, anyhow::anyhow!("--memory must be at least 1 MiB")));
+    if memory == 0 || memory > keyhole::limits::MAX_TASK_MEMORY {
+        return Err(fail(USAGE, anyhow::anyhow!("--memory is 1 to 1024 (MiB): 1 GiB is the per-task ceiling")));
     }
     let network = args.network().map_err(|e| fail(USAGE, e))?;
     let s = session(dir, masks, false, compiler)?;

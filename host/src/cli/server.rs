@@ -58,10 +58,19 @@ pub(crate) struct ServeArgs {
     /// start) leaves room for, at most 16384.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Memory every running task together may have: each reserves its
+    /// `limits.memory` before it starts and waits while the budget is
+    /// spent. Default: half the machine's memory.
+    #[arg(long, value_parser = parse_size_arg, value_name = "SIZE")]
+    max_memory: Option<usize>,
+}
+
+fn parse_size_arg(s: &str) -> Result<usize, String> {
+    keyhole::limits::parse_size(s)
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
-    keyhole::limits::parse_size(s).map(|n| n as u64)
+    parse_size_arg(s).map(|n| n as u64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +160,7 @@ pub(crate) fn serve(dir: &DataDir, args: ServeArgs, compiler: keyhole::runtime::
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        max_memory: args.max_memory,
     };
     keyhole::server::serve(dir, opts).map_err(|e| match e {
         ServeError::Open(e) => Exit::from(*e),

@@ -303,8 +303,16 @@ pub(super) fn kind_matches(kind: InputKind, v: &Value) -> bool {
 
 fn limits(l: &LimitsDoc) -> Result<Limits, String> {
     let d = Limits::default();
+    let memory = l.memory.as_deref().map(parse_size).transpose()?.unwrap_or(d.memory);
+    if memory > crate::limits::MAX_TASK_MEMORY {
+        return Err(format!(
+            "memory {} is over the per-task ceiling of {}: a task that needs more must be split",
+            l.memory.as_deref().unwrap_or_default(),
+            crate::limits::show_size(crate::limits::MAX_TASK_MEMORY)
+        ));
+    }
     Ok(Limits {
-        memory: l.memory.as_deref().map(parse_size).transpose()?.unwrap_or(d.memory),
+        memory,
         timeout: l.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(d.timeout),
         output: l.output.as_deref().map(parse_size).transpose()?.unwrap_or(d.output),
     })

@@ -69,6 +69,18 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Connections served at once (`None`: as many as the descriptor limit leaves room for).
     pub max_connections: Option<usize>,
+    /// Memory every running task together may have (`None`: half the machine's).
+    pub max_memory: Option<usize>,
+}
+
+/// Half the machine's memory (from /proc/meminfo), at least 1 GiB: the
+/// default budget of every running task together.
+pub fn default_memory_budget() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kib| kib.saturating_mul(1024))
+    });
+    (total.unwrap_or(2 << 30) / 2).max(crate::limits::MAX_TASK_MEMORY)
 }
 
 /// Descriptors kept free for the store, the audit log, plugins and the
@@ -143,6 +155,8 @@ pub struct App {
     pub max_token_ttl: Duration,
     /// Plugin bytes one namespace may hold.
     pub max_plugin_bytes: u64,
+    /// The memory every running task together may have.
+    pub memory: crate::exec::MemoryBudget,
     /// The web console's sessions.
     pub sessions: console::Sessions,
 }
@@ -188,6 +202,7 @@ impl App {
             max_auth_failures: opts.max_auth_failures,
             max_token_ttl: opts.max_token_ttl,
             max_plugin_bytes: opts.max_plugin_bytes,
+            memory: crate::exec::MemoryBudget::new(opts.max_memory.unwrap_or_else(default_memory_budget)),
             sessions,
         }))
     }

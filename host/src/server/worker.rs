@@ -203,6 +203,7 @@ async fn start(
             app.audit.clone(),
             crate::audit::Actor::Server,
         )),
+        memory: app.memory.clone(),
     };
     let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
     let begin = Start { execution, inputs, trigger, claimed: true };
