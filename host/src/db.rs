@@ -202,7 +202,9 @@ const LEASE_SCHEMA: &str = "
 /// issued a token (`tokens.parent`, under its MAC; NULL: the root
 /// operator) and the person who started an execution (`executions.person`),
 /// for the rules that want a second person; and which namespace uploaded
-/// each stored plugin (`plugin_uploads`), for its quota.
+/// each stored plugin (`plugin_uploads`), for its quota; and the queue's
+/// per-namespace quotas (`namespace_limits`, for a namespace and those
+/// below it).
 const REVIEW_SCHEMA: &str = "
     ALTER TABLE flows ADD COLUMN vouches TEXT;
     ALTER TABLE tokens ADD COLUMN parent TEXT;
@@ -226,6 +228,12 @@ const REVIEW_SCHEMA: &str = "
         bytes INTEGER NOT NULL,
         uploaded_at INTEGER NOT NULL,
         PRIMARY KEY (sha256, namespace)
+    );
+    CREATE INDEX IF NOT EXISTS executions_namespace ON executions (namespace, started);
+    CREATE TABLE IF NOT EXISTS namespace_limits (
+        namespace TEXT PRIMARY KEY,
+        max_queued INTEGER,
+        max_running INTEGER
     );
     CREATE TABLE IF NOT EXISTS protections (
         namespace TEXT NOT NULL,

@@ -63,6 +63,39 @@ pub struct ExecutionEnv {
     /// The memory every running task together may have: a task reserves
     /// its limit here before it is instantiated.
     pub memory: MemoryBudget,
+    /// Whether the execution does nothing but wait at approval gates (its
+    /// worker takes other work meanwhile).
+    pub waiting: Waiting,
+}
+
+/// Set while an execution has nothing pending but approval gates; whoever
+/// runs it is told when that changes.
+#[derive(Debug, Clone, Default)]
+pub struct Waiting {
+    only_gates: Arc<std::sync::atomic::AtomicBool>,
+    changed: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Waiting {
+    /// A flag whose changes wake `changed`'s waiter.
+    pub fn new(changed: Arc<tokio::sync::Notify>) -> Self {
+        Waiting { only_gates: Default::default(), changed: Some(changed) }
+    }
+
+    /// Says whether only gates are pending now.
+    pub fn set(&self, only_gates: bool) {
+        let was = self.only_gates.swap(only_gates, std::sync::atomic::Ordering::SeqCst);
+        if was != only_gates
+            && let Some(n) = &self.changed
+        {
+            n.notify_one();
+        }
+    }
+
+    /// Whether only gates are pending.
+    pub fn get(&self) -> bool {
+        self.only_gates.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Memory shared by every task running in this process (`host serve

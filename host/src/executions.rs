@@ -172,6 +172,28 @@ pub enum RecordError {
     /// No such execution.
     #[error("no execution {0}: see `host executions list`")]
     NotFound(String),
+    /// A namespace's quota of queued executions is reached.
+    #[error("{0}")]
+    Quota(String),
+}
+
+/// SQL: whether namespace `$a` covers namespace `$b` (the same, or an
+/// ancestor; the root covers all). Dotted names, so no LIKE wildcards.
+macro_rules! covers {
+    ($a:literal, $b:literal) => {
+        concat!("(", $a, " = '' OR ", $b, " = ", $a, " OR substr(", $b, ", 1, length(", $a, ") + 1) = ", $a, " || '.')")
+    };
+}
+
+/// A namespace's quotas, for it and every namespace below it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceLimits {
+    /// The namespace.
+    pub namespace: String,
+    /// Most executions queued at once; more are refused (429).
+    pub max_queued: Option<u64>,
+    /// Most executions running (or paused at a gate) at once; more wait.
+    pub max_running: Option<u64>,
 }
 
 const COLUMNS: &str =
@@ -320,6 +342,17 @@ impl Executions {
     ) -> Result<(ExecutionRecord, bool), RecordError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
             .map_err(self.err("begin queuing an execution"))?;
+        let retried = match idempotency_key {
+            Some(k) => {
+                tx.query_row("SELECT count(*) FROM executions WHERE idempotency_key = ?1", [k], |r| r.get::<_, i64>(0))
+                    .map_err(self.err("find an execution by its idempotency key"))?
+                    > 0
+            }
+            None => false,
+        };
+        if !retried && let Some(why) = self.over_queue_quota(&tx, &rec.namespace)? {
+            return Err(RecordError::Quota(why));
+        }
         let mut rec = rec.clone();
         let limit = concurrency.map(|c| c.limit as i64);
         if let Some(c) = concurrency
@@ -403,25 +436,103 @@ impl Executions {
         }
     }
 
-    /// Takes the oldest queued execution that its flow's concurrency limit
-    /// lets run, and marks it running (one SQL statement: two workers never
-    /// take the same one, nor together exceed a limit).
+    /// Why a new execution of `namespace` would pass a queue quota, if it would.
+    pub fn queue_quota(&self, namespace: &str) -> Result<Option<String>, RecordError> {
+        self.over_queue_quota(&self.conn, namespace)
+    }
+
+    fn over_queue_quota(&self, conn: &Connection, namespace: &str) -> Result<Option<String>, RecordError> {
+        conn.query_row(
+            concat!(
+                "SELECT l.namespace, l.max_queued, (SELECT COUNT(*) FROM executions r WHERE r.status = 'queued' AND ",
+                covers!("l.namespace", "r.namespace"),
+                ") FROM namespace_limits l WHERE l.max_queued IS NOT NULL AND ",
+                covers!("l.namespace", "?1"),
+                " AND (SELECT COUNT(*) FROM executions r WHERE r.status = 'queued' AND ",
+                covers!("l.namespace", "r.namespace"),
+                ") >= l.max_queued LIMIT 1"
+            ),
+            [namespace],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)),
+        )
+        .optional()
+        .map_err(self.err("read the namespace quotas"))
+        .map(|over| {
+            over.map(|(ns, max, n)| {
+                let shown = if ns.is_empty() { "(root)".to_owned() } else { ns };
+                format!(
+                    "namespace {shown} has {n} execution(s) queued, its quota (max-queued {max}): try again once \
+                     some have run (`host namespace limits` sets it)"
+                )
+            })
+        })
+    }
+
+    /// Takes the next queued execution that its flow's concurrency limit
+    /// and its namespaces' running quotas let run, and marks it running
+    /// (one SQL statement: two workers never take the same one, nor
+    /// together exceed a limit). Namespaces take turns: the one with the
+    /// fewest executions running goes first, then the one served longest
+    /// ago, then the oldest execution of it.
     pub fn claim(&self, now: &str) -> Result<Option<Queued>, RecordError> {
         let id: Option<(String, Option<String>, Option<String>)> = self
             .conn
-            .query_row(
-                "UPDATE executions SET status = 'running', started = ?1 WHERE id = \
-                 (SELECT q.id FROM executions q WHERE q.status = 'queued' AND (q.concurrency_limit IS NULL OR \
-                  (SELECT COUNT(*) FROM executions r WHERE r.status IN ('running', 'paused') AND r.namespace = q.namespace \
-                   AND r.flow = q.flow) < q.concurrency_limit) ORDER BY q.started, q.id LIMIT 1) \
-                 RETURNING id, inputs, trigger_data",
-                [now],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .prepare_cached(concat!(
+                "UPDATE executions SET status = 'running', started = ?1 WHERE id = ",
+                "(SELECT q.id FROM executions q WHERE q.status = 'queued' AND (q.concurrency_limit IS NULL OR ",
+                " (SELECT COUNT(*) FROM executions r WHERE r.status IN ('running', 'paused') AND r.namespace = q.namespace ",
+                "  AND r.flow = q.flow) < q.concurrency_limit) ",
+                " AND NOT EXISTS (SELECT 1 FROM namespace_limits l WHERE l.max_running IS NOT NULL AND ",
+                covers!("l.namespace", "q.namespace"),
+                "  AND (SELECT COUNT(*) FROM executions r WHERE r.status IN ('running', 'paused') AND ",
+                covers!("l.namespace", "r.namespace"),
+                "  ) >= l.max_running) ",
+                " ORDER BY (SELECT COUNT(*) FROM executions r WHERE r.status = 'running' AND r.namespace = q.namespace), ",
+                " (SELECT max(r.started) FROM executions r WHERE r.namespace = q.namespace AND r.status != 'queued') ",
+                "  NULLS FIRST, ",
+                " q.started, q.id LIMIT 1) ",
+                "RETURNING id, inputs, trigger_data"
+            ))
+            .and_then(|mut s| s.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
             .optional()
             .map_err(self.err("take a queued execution"))?;
         let Some((id, inputs, trigger)) = id else { return Ok(None) };
         Ok(Some(Queued { record: self.get(&id)?, inputs: json_column(inputs), trigger: json_column(trigger) }))
+    }
+
+    /// Sets (or with both `None`, clears) the quotas of `namespace` and the
+    /// namespaces below it.
+    pub fn set_limits(&self, limits: &NamespaceLimits) -> Result<(), RecordError> {
+        let as_i64 = |n: Option<u64>| n.map(|n| n.min(i64::MAX as u64) as i64);
+        if limits.max_queued.is_none() && limits.max_running.is_none() {
+            self.conn
+                .execute("DELETE FROM namespace_limits WHERE namespace = ?1", [&limits.namespace])
+                .map_err(self.err("clear a namespace's quotas"))?;
+        } else {
+            self.conn
+                .execute(
+                    "INSERT INTO namespace_limits (namespace, max_queued, max_running) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (namespace) DO UPDATE SET max_queued = ?2, max_running = ?3",
+                    params![limits.namespace, as_i64(limits.max_queued), as_i64(limits.max_running)],
+                )
+                .map_err(self.err("set a namespace's quotas"))?;
+        }
+        Ok(())
+    }
+
+    /// Every namespace's quotas.
+    pub fn limits(&self) -> Result<Vec<NamespaceLimits>, RecordError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT namespace, max_queued, max_running FROM namespace_limits ORDER BY namespace")
+            .map_err(self.err("read the namespace quotas"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let n = |i| r.get::<_, Option<i64>>(i).map(|v| v.map(|v| v.max(0) as u64));
+                Ok(NamespaceLimits { namespace: r.get(0)?, max_queued: n(1)?, max_running: n(2)? })
+            })
+            .map_err(self.err("read the namespace quotas"))?;
+        rows.collect::<Result<_, _>>().map_err(self.err("read the namespace quotas"))
     }
 
     /// Asks an execution to stop: a queued one is cancelled here, a running

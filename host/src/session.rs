@@ -83,6 +83,7 @@ impl Session {
             cancel: Default::default(),
             leases,
             memory: Default::default(),
+            waiting: Default::default(),
         };
         Ok(Session { runtime, env, records })
     }

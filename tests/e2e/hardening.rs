@@ -578,3 +578,84 @@ fn memory_is_bounded_per_task_at_validation_and_for_all_tasks_together_on_a_serv
     let last = recs.iter().map(|r| at(&r["ended"])).max().unwrap();
     assert!(last.duration_since(first).unwrap() >= Duration::from_secs(4), "they ran at once: {recs:?}");
 }
+
+/// Deploys a one-task flow `id` in `ns` whose task sleeps `secs`.
+fn sleeper(env: &Env, ns: &str, id: &str, secs: u64) {
+    let file = env.home().join(format!("{id}-{ns}.yaml"));
+    let probe = component(Plugin::Probe);
+    std::fs::write(
+        &file,
+        format!(
+            "id: {id}\nnamespace: {ns}\ntasks:\n  - {{id: t, plugin: '{}', input: {{action: sleep, secs: {secs}}}}}\n",
+            probe.display()
+        ),
+    )
+    .unwrap();
+    env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
+}
+
+fn queue(c: &Client, tok: &str, ns: &str, flow: &str) -> (u16, Value) {
+    c.call("POST", &format!("/api/v1/executions/{ns}/{flow}"), Some(tok), Some(&json!({})))
+}
+
+#[test]
+fn namespaces_take_turns_have_quotas_and_a_paused_execution_gives_its_worker_back() {
+    let env = Env::new();
+    env.set_secret("prod", "APP_KEY", "app-key-value-556");
+    gated(&env, "");
+    sleeper(&env, "team.a", "job", 1);
+    sleeper(&env, "team.b", "job", 1);
+    sleeper(&env, "team.q", "job", 1);
+    // team.q may queue 2 and run none: its queue stays as it is.
+    env.run(&["namespace", "limits", "team.q", "--max-queued", "2", "--max-running", "0"]).expect_code(0);
+    let r = env.run(&["namespace", "list"]);
+    assert!(r.stdout.lines().any(|l| l.starts_with("team.q") && l.contains('2') && l.contains('0')), "{r:#?}");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let approver = token(&env, "ann", "approver", "prod", &[]);
+    let server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    // One worker. A paused execution gives it back: others still run.
+    let gated_id = start(&c, &admin);
+    paused(&c, &admin, &gated_id);
+    // A namespace at its queue quota: the next is refused (429) and audited.
+    for _ in 0..2 {
+        assert_eq!(queue(&c, &admin, "team.q", "job").0, 202);
+    }
+    let (s, v) = queue(&c, &admin, "team.q", "job");
+    assert_eq!(s, 429, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("namespace team.q has 2 execution(s) queued"), "{v}");
+    let refused = audit(&env, &["--action", "execution.create", "--outcome", "denied"]);
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    // team.b floods the queue.
+    let b: Vec<String> =
+        (0..6).map(|_| queue(&c, &admin, "team.b", "job").1["id"].as_str().unwrap().to_owned()).collect();
+    // team.a's one execution, queued after all of team.b's, does not wait for them all.
+    let (_, a) = queue(&c, &admin, "team.a", "job");
+    let a = wait_ended(&c, &admin, a["id"].as_str().unwrap(), Duration::from_secs(60));
+    let ended_before_a = b
+        .iter()
+        .map(|id| wait_ended(&c, &admin, id, Duration::from_secs(60)))
+        .filter(|r| r["ended"].as_str() < a["ended"].as_str())
+        .count();
+    assert!(ended_before_a <= 2, "team.a waited for {ended_before_a} of team.b's executions");
+    // The paused one is still waiting; decided, it finishes on a worker.
+    assert_eq!(c.call("GET", &format!("/api/v1/executions/{gated_id}"), Some(&admin), None).1["status"], "paused");
+    assert_eq!(approve(&c, &approver, &gated_id).0, 200);
+    assert_eq!(wait_ended(&c, &admin, &gated_id, Duration::from_secs(30))["status"], "succeeded");
+}
+
+#[test]
+fn a_namespaces_running_quota_keeps_its_executions_from_running_at_once() {
+    let env = Env::new();
+    sleeper(&env, "team.c.x", "job", 2);
+    env.run(&["namespace", "limits", "team.c", "--max-running", "1"]).expect_code(0);
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    let ids: Vec<String> =
+        (0..2).map(|_| queue(&c, &admin, "team.c.x", "job").1["id"].as_str().unwrap().to_owned()).collect();
+    let recs: Vec<Value> = ids.iter().map(|id| wait_ended(&c, &admin, id, Duration::from_secs(30))).collect();
+    let at = |t: &Value| humantime::parse_rfc3339_weak(t.as_str().unwrap()).unwrap();
+    let (first, second) = (&recs[0], &recs[1]);
+    assert!(at(&second["started"]) >= at(&first["ended"]) || at(&first["started"]) >= at(&second["ended"]), "{recs:?}");
+}

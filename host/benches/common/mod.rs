@@ -38,6 +38,7 @@ pub fn keyhole_task(
             keyhole::audit::Actor::Server,
         )),
         memory: Default::default(),
+        waiting: Default::default(),
     };
     let spec = TaskSpec {
         plugin,

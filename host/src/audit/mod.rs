@@ -261,6 +261,9 @@ pub enum Action {
     /// `host plugin gc`: stored plugins no revision references were removed.
     #[serde(rename = "plugin.gc")]
     PluginGc,
+    /// `host namespace limits`: a namespace's queue quotas changed.
+    #[serde(rename = "namespace.limits")]
+    NamespaceLimits,
 }
 
 impl Action {
@@ -310,6 +313,7 @@ impl Action {
             Action::SecretProtect => "secret.protect",
             Action::SecretUnprotect => "secret.unprotect",
             Action::PluginGc => "plugin.gc",
+            Action::NamespaceLimits => "namespace.limits",
         }
     }
 }

@@ -8,6 +8,7 @@ mod exec;
 mod flow;
 mod key;
 mod lease;
+mod namespace;
 mod plugin;
 mod protect;
 mod remote;
@@ -21,6 +22,7 @@ use exec::ExecArgs;
 use flow::{ExecutionsCommand, FlowCommand, RunArgs, ValidateArgs};
 use key::KeyCommand;
 use lease::LeaseCommand;
+use namespace::NamespaceCommand;
 use plugin::PluginCommand;
 use secret::SecretCommand;
 use server::{RoleCommand, ServeArgs, TokenCommand};
@@ -113,6 +115,9 @@ pub(crate) enum Command {
     /// revoke those a stopped run left behind.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Namespaces' quotas of queued and running executions on `host serve`.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
 }
 
 /// Parses `--since`-style times into the RFC 3339 form records use.
@@ -192,6 +197,7 @@ pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
         Command::Token(cmd) => server::token(&dir, cmd),
         Command::Role(cmd) => server::role(&dir, cmd),
         Command::Lease(cmd) => lease::lease(&dir, cmd),
+        Command::Namespace(cmd) => namespace::namespace(&dir, cmd),
     }
 }
 

@@ -285,6 +285,8 @@ impl<'a> Run<'a> {
             if running.is_empty() {
                 break;
             }
+            // Nothing but gates pending: the worker may take other work meanwhile.
+            env.waiting.set(waiting > 0 && running.len() == waiting);
             let event = tokio::select! {
                 d = running.next() => d,
                 () = sleep_until(deadline), if !timed_out => {
@@ -326,6 +328,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        env.waiting.set(false);
         let why = if timed_out {
             "the flow's timeout passed before it could start"
         } else if env.cancel.is_cancelled() {

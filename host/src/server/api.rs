@@ -478,6 +478,8 @@ pub enum ApiError {
     TooLarge(String),
     /// 429: too many failed authentications from this address.
     TooMany,
+    /// 429: a namespace's quota is reached (names it).
+    Quota(String),
     /// 503: the audit log cannot be written, so nothing was done.
     Unavailable(String),
     /// 500.
@@ -496,6 +498,7 @@ impl IntoResponse for ApiError {
             ApiError::TooMany => {
                 (StatusCode::TOO_MANY_REQUESTS, "too many failed authentications; wait a minute".into())
             }
+            ApiError::Quota(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
@@ -556,6 +559,7 @@ impl From<crate::executions::RecordError> for ApiError {
     fn from(e: crate::executions::RecordError) -> Self {
         match e {
             e @ crate::executions::RecordError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            crate::executions::RecordError::Quota(m) => ApiError::Quota(m),
             e => ApiError::Internal(e.to_string()),
         }
     }
@@ -1613,9 +1617,26 @@ pub fn queue_execution(
         .reason(format!("execution {id} of flow {flow_id} revision {} ({trigger})", deployed.revision))
         .detail_field("execution", id.to_string())
         .detail_field("trigger", trigger.as_str());
-    app.record(rec).map_err(audit_failed)?;
+    // Over a namespace's queue quota: refused, on the record.
     let key = origin.idempotency_key.as_deref();
-    let (rec, created) = app.records().enqueue(&record, &inputs, &origin.context, key, flow.concurrency)?;
+    let over = |why: String| {
+        let denied = rec.clone().outcome(Outcome::Denied).reason(format!("flow {flow_id} not queued: {why}"));
+        match app.record(denied) {
+            Ok(()) => ApiError::Quota(why),
+            Err(e) => audit_failed(e),
+        }
+    };
+    let retried = key.is_some_and(|k| app.records().by_idempotency_key(k).ok().flatten().is_some());
+    let quota = if retried { None } else { app.records().queue_quota(ns.as_str())? };
+    if let Some(why) = quota {
+        return Err(over(why));
+    }
+    app.record(rec.clone()).map_err(audit_failed)?;
+    let queued = app.records().enqueue(&record, &inputs, &origin.context, key, flow.concurrency);
+    let (rec, created) = match queued {
+        Err(crate::executions::RecordError::Quota(why)) => return Err(over(why)),
+        other => other?,
+    };
     if created {
         app.wake();
     }

@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How `host serve` runs.
@@ -141,7 +141,7 @@ pub struct App {
     /// leaves it only after its record and masked log are stored.
     pub running: Mutex<HashMap<String, worker::Running>>,
     /// Woken when an execution is queued.
-    queue: (Mutex<u64>, Condvar),
+    queue: tokio::sync::watch::Sender<u64>,
     /// Those waiting for an execution to end (`?wait=`), by id: only they
     /// are woken when it does.
     waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -194,7 +194,7 @@ impl App {
             records: Mutex::new(records),
             audit_reads: Mutex::new(audit_reads),
             running: Mutex::new(HashMap::new()),
-            queue: (Mutex::new(0), Condvar::new()),
+            queue: tokio::sync::watch::Sender::new(0),
             waiters: Default::default(),
             stopping: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
@@ -253,16 +253,12 @@ impl App {
 
     /// Wakes a worker: something was queued.
     pub fn wake(&self) {
-        *lock(&self.queue.0) += 1;
-        self.queue.1.notify_all();
+        self.queue.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits up to `timeout` for [`App::wake`].
-    pub fn wait_for_work(&self, seen: u64, timeout: Duration) -> u64 {
-        let guard = lock(&self.queue.0);
-        let (guard, _) =
-            self.queue.1.wait_timeout_while(guard, timeout, |n| *n == seen).unwrap_or_else(|p| p.into_inner());
-        *guard
+    /// What changes at each [`App::wake`] (a worker awaits it).
+    pub fn queue_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queue.subscribe()
     }
 
     /// Whether `peer` has failed to authenticate too often lately.

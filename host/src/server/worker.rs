@@ -13,6 +13,8 @@ use crate::executions::{ExecutionRecord, Executions, Queued, TaskStatus};
 use crate::mask::MaskSet;
 use crate::names::{ExecutionId, Namespace};
 use crate::run::{Start, prepare, run_flow};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,25 +23,59 @@ use std::time::Duration;
 /// Starts worker `i` over its own connection to the execution records
 /// (opened by the caller, so that a server whose workers cannot reach them
 /// does not start).
+///
+/// A worker runs one execution at a time, except that an execution waiting
+/// only at approval gates gives it back: the worker then takes the next
+/// queued one, and drives both (a decided gate resumes on this same worker).
 pub fn spawn(app: Arc<App>, i: usize, records: Executions) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(format!("keyhole-worker-{i}"))
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a worker runtime");
-            let mut seen = 0;
-            while !app.stopping.load(Ordering::SeqCst) {
-                let next = records.claim(&now_rfc3339());
-                match next {
-                    Ok(Some(q)) => rt.block_on(run(&app, &records, q)),
-                    Ok(None) => seen = app.wait_for_work(seen, Duration::from_millis(500)),
-                    Err(e) => {
-                        tracing::error!("cannot take a queued execution: {e}");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-            }
+            rt.block_on(work(&app, &records));
         })
         .expect("cannot start a worker thread")
+}
+
+/// The worker's loop: take queued executions while every one it runs
+/// waits only at gates (or it runs none), until the server stops and what
+/// it runs has ended.
+async fn work(app: &Arc<App>, records: &Executions) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let mut queue = app.queue_changes();
+    let mut mine: HashMap<String, crate::exec::Waiting> = HashMap::new();
+    let mut runs = FuturesUnordered::new();
+    loop {
+        let stopping = app.stopping.load(Ordering::SeqCst);
+        if stopping && runs.is_empty() {
+            return;
+        }
+        let busy = mine.values().filter(|w| !w.get()).count();
+        if busy == 0 && !stopping {
+            match records.claim(&now_rfc3339()) {
+                Ok(Some(q)) => {
+                    let waiting = crate::exec::Waiting::new(changed.clone());
+                    mine.insert(q.record.id.clone(), waiting.clone());
+                    runs.push(run(app, records, q, waiting));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!("cannot take a queued execution: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        // Something ends, an execution starts or stops waiting only at
+        // gates, work is queued, or a slow look again.
+        tokio::select! {
+            Some(id) = runs.next(), if !runs.is_empty() => { mine.remove(&id); }
+            () = changed.notified() => {}
+            _ = queue.changed(), if busy == 0 => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }
 
 /// What a running execution shares with the rest of the server: the handle
@@ -84,7 +120,8 @@ impl std::io::Write for LogBuffer {
     }
 }
 
-async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
+/// Runs one claimed execution to its stored end; its id.
+async fn run(app: &Arc<App>, records: &Executions, q: Queued, waiting: crate::exec::Waiting) -> String {
     let mut rec = q.record;
     let id = rec.id.clone();
     let cancel = Cancel::default();
@@ -96,7 +133,8 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
     if records.cancel_requested(&id).unwrap_or(false) {
         cancel.cancel();
     }
-    let outcome = start(app, records, &rec, (q.inputs, q.trigger), &log, masks.clone(), cancel.clone()).await;
+    let outcome =
+        start(app, records, &rec, (q.inputs, q.trigger), &log, (masks.clone(), cancel.clone(), waiting)).await;
     match outcome {
         // How it went; what it is (flow, revision, trigger, creator) stays as queued.
         Ok(ended) => {
@@ -139,6 +177,7 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued) {
     }
     app.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     app.ended(&id);
+    id
 }
 
 /// Why an execution could not start, in words that name no server path:
@@ -183,8 +222,7 @@ async fn start(
     rec: &ExecutionRecord,
     (inputs, trigger): (serde_json::Map<String, serde_json::Value>, serde_json::Value),
     log: &LogBuffer,
-    masks: Arc<MaskSet>,
-    cancel: Cancel,
+    (masks, cancel, waiting): (Arc<MaskSet>, Cancel, crate::exec::Waiting),
 ) -> Result<ExecutionRecord, NotStarted> {
     let hide = |e: &dyn std::fmt::Display| e.to_string().replace(&app.dir.root().display().to_string(), "DATA_DIR");
     let ns = Namespace::new(&rec.namespace).map_err(|e| hide(&e))?;
@@ -204,6 +242,7 @@ async fn start(
             crate::audit::Actor::Server,
         )),
         memory: app.memory.clone(),
+        waiting,
     };
     let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
     let begin = Start { execution, inputs, trigger, claimed: true };
