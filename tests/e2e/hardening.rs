@@ -100,18 +100,7 @@ fn a_requeued_execution_keeps_its_starter_for_distinct_from_trigger() {
     let env = Env::new();
     env.set_secret("prod", "APP_KEY", "app-key-value-552");
     gated(&env, "on_interrupt: requeue\n");
-    env.run(&[
-        "role",
-        "create",
-        "releaser",
-        "--allow",
-        "execution:create",
-        "--allow",
-        "execution:read",
-        "--allow",
-        "execution:approve",
-    ])
-    .expect_code(0);
+    crate::server::releaser_role(&env);
     let rel = token(&env, "rel", "releaser", "prod", &[]);
     let mut server = Server::start(&env, 1, &[]);
     let c = Client::new(&server);

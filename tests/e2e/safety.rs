@@ -743,6 +743,12 @@ fn downgrade_to_0_1(db: &Path) {
          ALTER TABLE executions DROP COLUMN log;
          ALTER TABLE executions DROP COLUMN trigger_data;
          ALTER TABLE executions DROP COLUMN concurrency_limit;
+         DROP INDEX IF EXISTS executions_namespace;
+         ALTER TABLE executions DROP COLUMN person;
+         DROP TABLE IF EXISTS flow_reviews;
+         DROP TABLE IF EXISTS protections;
+         DROP TABLE IF EXISTS plugin_uploads;
+         DROP TABLE IF EXISTS namespace_limits;
          DROP TABLE IF EXISTS approvals;
          DROP TABLE IF EXISTS schedule_state;
          DROP TABLE IF EXISTS leases;

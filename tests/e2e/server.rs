@@ -188,6 +188,16 @@ pub fn deploy_probe(env: &Env, namespace: &str, id: &str, grants: &[&str], input
     env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
 }
 
+/// A custom role `releaser` that starts executions and approves gates.
+pub fn releaser_role(env: &Env) {
+    let allow = ["execution:create", "execution:read", "execution:approve"];
+    let mut args = vec!["role", "create", "releaser"];
+    for a in &allow {
+        args.extend(["--allow", a]);
+    }
+    env.run(&args).expect_code(0);
+}
+
 /// Polls an execution until it ends.
 pub fn wait_ended(c: &Client, token: &str, id: &str, within: Duration) -> Value {
     let end = Instant::now() + within;
@@ -1256,18 +1266,7 @@ fn an_approval_gate_pauses_the_execution_until_another_principal_decides() {
     };
     std::fs::write(&file, flow("1h")).unwrap();
     env.run(&["flow", "deploy", file.to_str().unwrap()]).expect_code(0);
-    env.run(&[
-        "role",
-        "create",
-        "releaser",
-        "--allow",
-        "execution:create",
-        "--allow",
-        "execution:read",
-        "--allow",
-        "execution:approve",
-    ])
-    .expect_code(0);
+    releaser_role(&env);
     let releaser = token(&env, "rel", "releaser", "prod", &[]);
     let runner = token(&env, "run", "runner", "prod", &[]);
     let approver = token(&env, "ann", "approver", "prod", &[]);

@@ -67,14 +67,7 @@ pub fn deploy(
     };
     let serving =
         serving_row.as_ref().zip(serving_flow.as_ref()).map(|(d, flow)| Serving { flow, vouches: d.vouched() });
-    let checked = vouch::check(
-        who,
-        &flow,
-        serving,
-        |name| secrets.locate(ns, name).map_err(ServiceError::from),
-        |at, name| registry.is_protected(at, name).map_err(ServiceError::from),
-    )?;
-    let vouches = match checked {
+    let vouches = match check(registry, secrets, who, &flow, serving)? {
         Ok(v) => v,
         Err(refused) => {
             let (at, permission) = (refused.forbidden.namespace.clone(), refused.forbidden.permission);
@@ -107,6 +100,24 @@ pub fn deploy(
             .detail_field("vouched", vouched(&vouches))
     })?;
     Ok(d)
+}
+
+/// [`vouch::check`] of `flow` for `who`, with where its names resolve now
+/// and what the registry says is protected.
+fn check(
+    registry: &Registry,
+    secrets: &Router,
+    who: &Voucher,
+    flow: &crate::flow::Flow,
+    serving: Option<Serving<'_>>,
+) -> Result<Result<vouch::Vouches, vouch::Refused>, ServiceError> {
+    vouch::check(
+        who,
+        flow,
+        serving,
+        |name| secrets.locate(&flow.namespace, name).map_err(ServiceError::from),
+        |at, name| registry.is_protected(at, name).map_err(ServiceError::from),
+    )
 }
 
 fn names(list: &[SecretName]) -> String {
@@ -185,14 +196,7 @@ pub fn review(
         }
         (RevisionState::Unchecked, None) if decision == Decision::Approved => {
             let flow = registry.parsed(&d)?;
-            let checked = vouch::check(
-                who,
-                &flow,
-                None,
-                |name| secrets.locate(ns, name).map_err(ServiceError::from),
-                |at, name| registry.is_protected(at, name).map_err(ServiceError::from),
-            )?;
-            let v = match checked {
+            let v = match check(registry, secrets, who, &flow, None)? {
                 Ok(v) => v,
                 Err(refused) => return Err(denied(refused.to_string(), Some(refused.forbidden.permission))),
             };
