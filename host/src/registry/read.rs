@@ -48,6 +48,19 @@ impl Registry {
         filter: &str,
         args: impl rusqlite::Params,
         order: &str,
+        each: impl FnMut(Deployed) -> Result<bool, RegistryError>,
+    ) -> Result<(), RegistryError> {
+        self.each_unless(filter, args, order, |_, _| false, each)
+    }
+
+    /// [`Registry::each`], passing over (unread, unverified) the rows whose
+    /// namespace and id `skip` names.
+    fn each_unless(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+        order: &str,
+        skip: impl Fn(&str, &str) -> bool,
         mut each: impl FnMut(Deployed) -> Result<bool, RegistryError>,
     ) -> Result<(), RegistryError> {
         let mut stmt = self
@@ -56,6 +69,10 @@ impl Registry {
             .map_err(self.err("list flows"))?;
         let mut rows = stmt.query(args).map_err(self.err("list flows"))?;
         while let Some(r) = rows.next().map_err(self.err("read flows"))? {
+            let key = |i| r.get_ref(i).ok().and_then(|v| v.as_str().ok()).unwrap_or_default();
+            if skip(key(0), key(1)) {
+                continue;
+            }
             if !each(self.verified(r)?)? {
                 break;
             }
@@ -263,14 +280,12 @@ impl Registry {
     /// revision still pending review; by namespace, id and revision.
     pub fn list(&self) -> Result<Vec<Deployed>, RegistryError> {
         let mut out: Vec<Deployed> = Vec::new();
-        let mut done: Option<(Namespace, String)> = None;
-        self.each("1", [], "f.namespace, f.id, f.revision DESC", |d| {
-            let key = (d.namespace.clone(), d.id.clone());
-            if done.as_ref() == Some(&key) {
-                return Ok(true);
-            }
+        // The flow whose serving revision was seen: its older ones are not read.
+        let done: std::cell::RefCell<Option<(String, String)>> = Default::default();
+        let seen = |ns: &str, id: &str| done.borrow().as_ref().is_some_and(|(n, i)| n == ns && i == id);
+        self.each_unless("1", [], "f.namespace, f.id, f.revision DESC", seen, |d| {
             if d.state.serves() {
-                done = Some(key);
+                *done.borrow_mut() = Some((d.namespace.as_str().to_owned(), d.id.clone()));
                 if !d.removed {
                     out.push(d);
                 }
