@@ -204,7 +204,7 @@ const LEASE_SCHEMA: &str = "
 /// for the rules that want a second person; and which namespace uploaded
 /// each stored plugin (`plugin_uploads`), for its quota; and the queue's
 /// per-namespace quotas (`namespace_limits`, for a namespace and those
-/// below it).
+/// below it) and turns (`namespace_turns`: when each was last served).
 const REVIEW_SCHEMA: &str = "
     ALTER TABLE flows ADD COLUMN vouches TEXT;
     ALTER TABLE tokens ADD COLUMN parent TEXT;
@@ -229,7 +229,10 @@ const REVIEW_SCHEMA: &str = "
         uploaded_at INTEGER NOT NULL,
         PRIMARY KEY (sha256, namespace)
     );
-    CREATE INDEX IF NOT EXISTS executions_namespace ON executions (namespace, started);
+    CREATE TABLE IF NOT EXISTS namespace_turns (
+        namespace TEXT PRIMARY KEY,
+        served INTEGER NOT NULL
+    );
     CREATE TABLE IF NOT EXISTS namespace_limits (
         namespace TEXT PRIMARY KEY,
         max_queued INTEGER,

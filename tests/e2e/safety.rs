@@ -743,7 +743,7 @@ fn downgrade_to_0_1(db: &Path) {
          ALTER TABLE executions DROP COLUMN log;
          ALTER TABLE executions DROP COLUMN trigger_data;
          ALTER TABLE executions DROP COLUMN concurrency_limit;
-         DROP INDEX IF EXISTS executions_namespace;
+         DROP TABLE IF EXISTS namespace_turns;
          ALTER TABLE executions DROP COLUMN person;
          DROP TABLE IF EXISTS flow_reviews;
          DROP TABLE IF EXISTS protections;

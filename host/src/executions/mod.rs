@@ -404,30 +404,43 @@ impl Executions {
     /// (one SQL statement: two workers never take the same one, nor
     /// together exceed a limit). Namespaces take turns: the one with the
     /// fewest executions running goes first, then the one served longest
-    /// ago, then the oldest execution of it.
+    /// ago (`namespace_turns`), then the oldest execution of it.
     pub fn claim(&self, now: &str) -> Result<Option<Queued>, RecordError> {
-        let id: Option<(String, Option<String>, Option<String>)> = self
-            .conn
+        // Every count goes through the status index: it visits the few
+        // executions queued or running, never the whole history.
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.err("take a queued execution"))?;
+        let claimed: Option<(String, String, Option<String>, Option<String>)> = tx
             .prepare_cached(concat!(
                 "UPDATE executions SET status = 'running', started = ?1 WHERE id = ",
-                "(SELECT q.id FROM executions q WHERE q.status = 'queued' AND (q.concurrency_limit IS NULL OR ",
-                " (SELECT COUNT(*) FROM executions r WHERE r.status IN ('running', 'paused') AND r.namespace = q.namespace ",
-                "  AND r.flow = q.flow) < q.concurrency_limit) ",
+                "(SELECT q.id FROM executions q INDEXED BY executions_queue WHERE q.status = 'queued' AND ",
+                " (q.concurrency_limit IS NULL OR ",
+                "  (SELECT COUNT(*) FROM executions r INDEXED BY executions_queue WHERE r.status IN ('running', 'paused') ",
+                "   AND r.namespace = q.namespace AND r.flow = q.flow) < q.concurrency_limit) ",
                 " AND NOT EXISTS (SELECT 1 FROM namespace_limits l WHERE l.max_running IS NOT NULL AND ",
                 covers!("l.namespace", "q.namespace"),
-                "  AND (SELECT COUNT(*) FROM executions r WHERE r.status IN ('running', 'paused') AND ",
+                "  AND (SELECT COUNT(*) FROM executions r INDEXED BY executions_queue WHERE r.status IN ('running', 'paused') AND ",
                 covers!("l.namespace", "r.namespace"),
                 "  ) >= l.max_running) ",
-                " ORDER BY (SELECT COUNT(*) FROM executions r WHERE r.status = 'running' AND r.namespace = q.namespace), ",
-                " (SELECT max(r.started) FROM executions r WHERE r.namespace = q.namespace AND r.status != 'queued') ",
-                "  NULLS FIRST, ",
+                " ORDER BY (SELECT COUNT(*) FROM executions r INDEXED BY executions_queue ",
+                "   WHERE r.status = 'running' AND r.namespace = q.namespace), ",
+                " (SELECT t.served FROM namespace_turns t WHERE t.namespace = q.namespace) NULLS FIRST, ",
                 " q.started, q.id LIMIT 1) ",
-                "RETURNING id, inputs, trigger_data"
+                "RETURNING id, namespace, inputs, trigger_data"
             ))
-            .and_then(|mut s| s.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
+            .and_then(|mut s| s.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
             .optional()
             .map_err(self.err("take a queued execution"))?;
-        let Some((id, inputs, trigger)) = id else { return Ok(None) };
+        let Some((id, namespace, inputs, trigger)) = claimed else { return Ok(None) };
+        // Its namespace was served last: the others go first next time.
+        tx.prepare_cached(
+            "INSERT INTO namespace_turns (namespace, served) \
+             VALUES (?1, (SELECT coalesce(max(served), 0) + 1 FROM namespace_turns)) \
+             ON CONFLICT (namespace) DO UPDATE SET served = excluded.served",
+        )
+        .and_then(|mut s| s.execute([&namespace]))
+        .map_err(self.err("take a queued execution"))?;
+        tx.commit().map_err(self.err("take a queued execution"))?;
         Ok(Some(Queued { record: self.get(&id)?, inputs: json_column(inputs), trigger: json_column(trigger) }))
     }
 
