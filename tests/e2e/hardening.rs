@@ -649,3 +649,22 @@ fn a_namespaces_running_quota_keeps_its_executions_from_running_at_once() {
     let (first, second) = (&recs[0], &recs[1]);
     assert!(at(&second["started"]) >= at(&first["ended"]) || at(&first["started"]) >= at(&second["ended"]), "{recs:?}");
 }
+
+#[test]
+fn a_500_answer_names_what_failed_never_the_servers_files() {
+    let env = Env::new();
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 1, &[]);
+    let c = Client::new(&server);
+    // The store fails under the server (a table gone): the answer says so,
+    // without the data directory's path.
+    let (s, v) = c.call("GET", "/api/v1/executions", Some(&admin), None);
+    assert_eq!(s, 200, "{v}");
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute_batch("DROP TABLE executions").unwrap();
+    let (s, v) = c.call("GET", "/api/v1/executions", Some(&admin), None);
+    assert_eq!(s, 500, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("DATA_DIR/keyhole.db") && !error.contains(&env.home().display().to_string()), "{error}");
+    assert!(server.log().contains(&env.home().display().to_string()), "the operator's log keeps the path");
+}

@@ -323,7 +323,8 @@ impl Executions {
         {
             let busy: i64 = tx
                 .query_row(
-                    "SELECT COUNT(*) FROM executions WHERE namespace = ?1 AND flow = ?2                      AND status IN ('queued', 'running', 'paused')",
+                    "SELECT COUNT(*) FROM executions WHERE namespace = ?1 AND flow = ?2 \
+                     AND status IN ('queued', 'running', 'paused')",
                     params![rec.namespace, rec.flow],
                     |r| r.get(0),
                 )
@@ -336,7 +337,8 @@ impl Executions {
                 rec.status = status.into();
                 rec.ended = Some(crate::audit::now_rfc3339());
                 let why = format!(
-                    "not run: {busy} execution(s) of the flow were running or queued, its concurrency limit is {}                      (behavior: {word})",
+                    "not run: {busy} execution(s) of the flow were running or queued, its concurrency limit is {} \
+                     (behavior: {word})",
                     c.limit
                 );
                 for t in &mut rec.tasks {

@@ -596,9 +596,18 @@ pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&App) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let app = app.clone();
-    tokio::task::spawn_blocking(move || f(&app))
+    let root = app.dir.root().display().to_string();
+    let done = tokio::task::spawn_blocking(move || f(&app))
         .await
-        .map_err(|e| ApiError::Internal(format!("a handler failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("a handler failed: {e}")))?;
+    // A failure names what failed, never where the server keeps its files.
+    done.map_err(|e| match e {
+        ApiError::Internal(m) => {
+            tracing::error!("{m}");
+            ApiError::Internal(m.replace(&root, "DATA_DIR"))
+        }
+        e => e,
+    })
 }
 
 /// `-` in a path is the root namespace.

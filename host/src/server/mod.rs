@@ -1,13 +1,18 @@
 //! `host serve`: one process holds the data directory and the master key;
-//! principals reach it over HTTP with bearer tokens. Above [`crate::session`]
-//! (it opens the same store, audit log and engine) and below nothing.
+//! principals reach it over HTTP with bearer tokens. Above
+//! [`crate::service`] and [`crate::session`] (it opens the same store, audit
+//! log and engine) and below nothing.
 //!
 //! - [`api`]: the route table (the one list the router, the authorization
 //!   extractor, the OpenAPI document and the tests are built from), the
 //!   [`api::Caller`] extractor that authenticates and asks [`crate::authz`],
-//!   and thin handlers over the same library calls the CLI makes.
-//! - [`worker`]: the threads that take queued executions and run them.
-//! - [`listen`]: plain TCP on loopback, or rustls.
+//!   and thin handlers over the service layer and the library.
+//! - [`worker`]: the threads that take queued executions and run them (an
+//!   execution waiting only at gates gives its worker back).
+//! - [`schedule`], [`webhook`]: the triggers; [`follow`]: the event stream
+//!   of one execution; [`console`]: the web console.
+//! - [`listen`]: plain TCP on loopback, or rustls, and the connection layer
+//!   (timeouts, a cap).
 //!
 //! Invariant: no response carries a secret value or a token other than the
 //! one `POST /api/v1/tokens` creates; every change and every refusal is
