@@ -98,7 +98,20 @@ pub fn generate(name: &str, length: u32, charset: Charset) -> Result<Staged, Err
     #[cfg(target_family = "wasm")]
     return wit::generate(name, wit::Generator { length, charset }).map(staged).map_err(Error::from);
     #[cfg(not(target_family = "wasm"))]
-    return crate::testing::rotation(name, &format!("generate {length} {}", charset_name(charset)));
+    return fake(name, &format!("generate {length} {}", charset_name(charset)));
+}
+
+/// The fake host's answer to rotation `step` of `name` (native tests):
+/// placeholders that say what they stand for.
+#[cfg(not(target_family = "wasm"))]
+fn fake(name: &str, step: &str) -> Result<Staged, Error> {
+    match crate::testing::rotation(name, step) {
+        Ok(true) => {
+            Ok(Staged { next: format!("khp_fake_next_{name}"), current: Some(format!("khp_fake_current_{name}")) })
+        }
+        Ok(false) => Err(Error::Denied),
+        Err(no_host) => Err(Error::Unavailable(no_host.into())),
+    }
 }
 
 #[cfg(not(target_family = "wasm"))]
@@ -118,7 +131,7 @@ pub fn capture(name: &str, pointer: &str) -> Result<Staged, Error> {
     #[cfg(target_family = "wasm")]
     return wit::capture(name, pointer).map(staged).map_err(Error::from);
     #[cfg(not(target_family = "wasm"))]
-    return crate::testing::rotation(name, &format!("capture {pointer}"));
+    return fake(name, &format!("capture {pointer}"));
 }
 
 /// Makes the staged value current (once the service accepted it) and
@@ -127,7 +140,7 @@ pub fn commit(name: &str) -> Result<u64, Error> {
     #[cfg(target_family = "wasm")]
     return wit::commit(name).map_err(Error::from);
     #[cfg(not(target_family = "wasm"))]
-    return crate::testing::rotation(name, "commit").map(|_| 2);
+    return fake(name, "commit").map(|_| 2);
 }
 
 /// Erases the staged value (refused once the service may hold it).
@@ -135,7 +148,7 @@ pub fn discard(name: &str) -> Result<(), Error> {
     #[cfg(target_family = "wasm")]
     return wit::discard(name).map_err(Error::from);
     #[cfg(not(target_family = "wasm"))]
-    return crate::testing::rotation(name, "discard").map(|_| ());
+    return fake(name, "discard").map(|_| ());
 }
 
 #[cfg(all(test, not(target_family = "wasm")))]

@@ -176,17 +176,18 @@ pub(crate) fn current() -> Execution {
     CURRENT.with(|c| c.borrow().as_ref().map(|i| i.host.context.clone())).unwrap_or_else(|| panic!("{NO_HOST}"))
 }
 
+/// Records rotation `step` of `name` if the fake host lets the task rotate
+/// it: whether it does, or that no host is installed.
 #[cfg(not(target_family = "wasm"))]
-pub(crate) fn rotation(name: &str, step: &str) -> Result<crate::rotation::Staged, crate::rotation::Error> {
-    use crate::rotation::{Error, Staged};
+pub(crate) fn rotation(name: &str, step: &str) -> Result<bool, &'static str> {
     CURRENT.with(|c| match &*c.borrow() {
         Some(i) if i.host.rotatable.iter().any(|n| n == name) => {
             let (verb, rest) = step.split_once(' ').unwrap_or((step, ""));
             let line = if rest.is_empty() { format!("{verb} {name}") } else { format!("{verb} {name} {rest}") };
             i.recorded.borrow_mut().rotations.push(line);
-            Ok(Staged { next: format!("khp_fake_next_{name}"), current: Some(format!("khp_fake_current_{name}")) })
+            Ok(true)
         }
-        Some(_) => Err(Error::Denied),
-        None => Err(Error::Unavailable(NO_HOST.into())),
+        Some(_) => Ok(false),
+        None => Err(NO_HOST),
     })
 }

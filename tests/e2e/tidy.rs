@@ -254,3 +254,156 @@ fn mutants_md_explains_only_functions_that_exist_and_the_script_mutates_only_fil
     }
     assert!(files > 20, "scripts/mutants.sh's table names only {files} files");
 }
+
+/// A module's path below its crate root: `host/src/server/handlers/tokens.rs`
+/// is `server::handlers::tokens`, a `mod.rs` is its directory's module,
+/// `lib.rs` the root.
+fn module_path(root: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(root).unwrap();
+    let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let last = parts.pop().unwrap();
+    let stem = last.trim_end_matches(".rs");
+    if !matches!(stem, "mod" | "lib" | "main") {
+        parts.push(stem.to_owned());
+    }
+    parts
+}
+
+/// Every path a piece of code names from `crate::`, `super::` or `self::`,
+/// resolved against the module `at`, with `use x::{a, b::c}` groups
+/// expanded; comments are not code.
+fn named_paths(code: &str, at: &[String]) -> Vec<Vec<String>> {
+    let code: String = code.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+    let ident = |s: &str| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>();
+    let mut out = Vec::new();
+    let bytes = code.as_bytes();
+    for start in ["crate::", "super::", "self::"] {
+        for (i, _) in code.match_indices(start) {
+            if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':') {
+                continue;
+            }
+            // The path's segments, then an optional `{...}` group.
+            let mut path: Vec<String> = match start {
+                "crate::" => Vec::new(),
+                "super::" => at[..at.len().saturating_sub(1)].to_vec(),
+                _ => at.to_vec(),
+            };
+            let mut rest = &code[i + start.len()..];
+            loop {
+                if let Some(r) = rest.strip_prefix("super::") {
+                    path.pop();
+                    rest = r;
+                    continue;
+                }
+                let seg = ident(rest);
+                if seg.is_empty() {
+                    break;
+                }
+                rest = &rest[seg.len()..];
+                path.push(seg);
+                match rest.strip_prefix("::") {
+                    Some(r) => rest = r,
+                    None => break,
+                }
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let inner = group.split('}').next().unwrap_or("");
+                for item in inner.split(',') {
+                    let first = ident(item.trim());
+                    if !first.is_empty() && first != "self" {
+                        let mut p = path.clone();
+                        p.push(first);
+                        out.push(p);
+                    }
+                }
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// For every directory of modules: which of its child modules names which
+/// other child (at any depth below them), from the files given as (module
+/// path, code). A child naming its parent, or a parent its child, is no edge.
+type Edges =
+    std::collections::BTreeMap<Vec<String>, std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>;
+
+fn sibling_edges(files: &[(Vec<String>, String)]) -> Edges {
+    let modules: std::collections::BTreeSet<Vec<String>> = files.iter().map(|(m, _)| m.clone()).collect();
+    let is_module = |p: &[String]| modules.iter().any(|m| m.starts_with(p));
+    let mut edges = Edges::new();
+    for (at, code) in files {
+        for target in named_paths(code, at) {
+            let k = at.iter().zip(&target).take_while(|(a, b)| a == b).count();
+            if k < at.len() && k < target.len() && is_module(&target[..=k]) {
+                edges.entry(at[..k].to_vec()).or_default().entry(at[k].clone()).or_default().insert(target[k].clone());
+            }
+        }
+    }
+    edges
+}
+
+/// A cycle among the children of one directory, if any: `dir: a -> b -> a`.
+fn first_cycle(edges: &Edges) -> Option<String> {
+    for (dir, graph) in edges {
+        for startnode in graph.keys() {
+            let mut stack = vec![(startnode.clone(), vec![startnode.clone()])];
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some((n, path)) = stack.pop() {
+                for next in graph.get(&n).into_iter().flatten() {
+                    if next == startnode {
+                        return Some(format!("{}: {} -> {next}", dir.join("::"), path.join(" -> ")));
+                    }
+                    if seen.insert(next.clone()) {
+                        let mut p = path.clone();
+                        p.push(next.clone());
+                        stack.push((next.clone(), p));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The crate under `root` as (module path, code outside tests).
+fn crate_files(root: &Path) -> Vec<(Vec<String>, String)> {
+    let mut files = Vec::new();
+    rust_files(root, &mut files);
+    files
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "tests.rs" && n != "main.rs"))
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_owned();
+            (module_path(root, &f), code)
+        })
+        .collect()
+}
+
+#[test]
+fn no_module_names_one_that_names_it_back_at_any_depth() {
+    // Siblings of every directory, the host and the guest SDK alike: a
+    // cycle between two modules is a missing third module.
+    for root in ["host/src", "guest-sdk/src"] {
+        let edges = sibling_edges(&crate_files(&workspace().join(root)));
+        assert!(edges.contains_key(&vec!["server".to_owned()]) || root != "host/src", "{edges:?}");
+        if let Some(cycle) = first_cycle(&edges) {
+            panic!("{root}: module import cycle: {cycle}");
+        }
+    }
+    // The check sees what it must: a planted cycle, through `super::`, a
+    // `use` group and `crate::` at depth, and nothing from a comment.
+    let m = |s: &str| s.split("::").map(str::to_owned).collect::<Vec<_>>();
+    let planted = vec![
+        (m("server::api"), "use super::{follow, error::ApiError};".to_owned()),
+        (m("server::follow"), "fn f() { crate::server::api::router(); }".to_owned()),
+        (m("server::error"), "// super::api::ROUTES is only a comment".to_owned()),
+    ];
+    let found = first_cycle(&sibling_edges(&planted)).expect("the planted cycle");
+    assert!(found == "server: api -> follow -> api" || found == "server: follow -> api -> follow", "{found}");
+    let acyclic =
+        vec![(m("server::api"), "use super::error::ApiError;".to_owned()), (m("server::error"), String::new())];
+    assert_eq!(first_cycle(&sibling_edges(&acyclic)), None);
+}

@@ -17,6 +17,7 @@
 //! `~/.aws/credentials`) under `AWS_PROFILE` (default `default`); never from
 //! the command line or keyhole's configuration, and never in a message.
 
+pub use super::config::AwsConfig;
 use super::sigv4::{self, Credentials};
 use super::{BackendConfig, BackendError, BackendKind, Read, SecretBackend, Supports, Version, http};
 use crate::audit::NewRecord;
@@ -24,45 +25,11 @@ use crate::names::{Namespace, SecretName};
 use crate::policy::Grant;
 use crate::secret::SecretValue;
 use crate::store::{SecretInfo, SetOptions, VersionInfo};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{OnceLock, RwLock};
 use zeroize::Zeroizing;
-
-/// One configured AWS Secrets Manager backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AwsConfig {
-    /// The keyhole namespace it serves (exactly this namespace).
-    pub namespace: String,
-    /// AWS region, e.g. `us-east-1`.
-    pub region: String,
-    /// Another endpoint than `https://secretsmanager.REGION.amazonaws.com`
-    /// (a VPC endpoint, or a local test server).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_url: Option<String>,
-    /// Prefix of the secret ids, e.g. `keyhole/finance/`.
-    #[serde(default)]
-    pub prefix: String,
-    /// Refuse every write through keyhole.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub read_only: bool,
-    /// Names revoked through keyhole: reads answer `revoked`.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub revoked: BTreeSet<String>,
-}
-
-impl AwsConfig {
-    /// The endpoint requests go to.
-    pub fn endpoint(&self) -> String {
-        match &self.endpoint_url {
-            Some(u) => u.trim_end_matches('/').to_owned(),
-            None => format!("https://secretsmanager.{}.amazonaws.com", self.region),
-        }
-    }
-}
 
 /// A namespace served by AWS Secrets Manager.
 #[derive(Debug)]

@@ -7,14 +7,72 @@
 //! Vault) is read under the MAC it was written with, and rewritten tagged on
 //! the next change.
 
-use super::aws::{AwsBackend, AwsConfig};
-use super::vault::{VaultBackend, VaultConfig};
-use super::{BackendError, SecretBackend};
+use super::DynamicDef;
 use crate::crypto::{IntegrityKey, MacDomain};
 use crate::names::Namespace;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
+/// One configured Vault/OpenBao backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The keyhole namespace it serves (exactly this namespace).
+    pub namespace: String,
+    /// Server address, e.g. `https://vault.example.com:8200`.
+    pub address: String,
+    /// KV v2 mount, e.g. `secret`.
+    pub mount: String,
+    /// Path prefix under the mount, e.g. `keyhole/finance/`.
+    #[serde(default)]
+    pub prefix: String,
+    /// File holding the token; it wins over `$VAULT_TOKEN`/`$BAO_TOKEN`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates to trust instead of the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Plain `http://` to a non-loopback address was allowed explicitly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
+    /// Dynamic secrets of the namespace, by name: minted per execution.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dynamic: BTreeMap<String, DynamicDef>,
+}
+
+/// One configured AWS Secrets Manager backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// The keyhole namespace it serves (exactly this namespace).
+    pub namespace: String,
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Another endpoint than `https://secretsmanager.REGION.amazonaws.com`
+    /// (a VPC endpoint, or a local test server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Prefix of the secret ids, e.g. `keyhole/finance/`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Refuse every write through keyhole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// Names revoked through keyhole: reads answer `revoked`.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub revoked: BTreeSet<String>,
+}
+
+impl AwsConfig {
+    /// The endpoint requests go to.
+    pub fn endpoint(&self) -> String {
+        match &self.endpoint_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("https://secretsmanager.{}.amazonaws.com", self.region),
+        }
+    }
+}
 
 /// One configured remote backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,14 +91,6 @@ impl BackendConfig {
             BackendConfig::Vault(c) => &c.namespace,
             BackendConfig::Aws(c) => &c.namespace,
         }
-    }
-
-    /// The backend it configures.
-    pub fn open(&self) -> Result<Arc<dyn SecretBackend>, BackendError> {
-        Ok(match self {
-            BackendConfig::Vault(c) => Arc::new(VaultBackend::new(c.clone())),
-            BackendConfig::Aws(c) => Arc::new(AwsBackend::new(c.clone())),
-        })
     }
 
     /// `vault`, `aws`.

@@ -30,6 +30,14 @@ pub mod sigv4;
 pub mod vault;
 
 pub use config::{BackendConfig, Backends};
+
+/// The backend `cfg` configures (nothing is contacted yet).
+pub fn open(cfg: &BackendConfig) -> std::sync::Arc<dyn SecretBackend> {
+    match cfg {
+        BackendConfig::Vault(c) => std::sync::Arc::new(vault::VaultBackend::new(c.clone())),
+        BackendConfig::Aws(c) => std::sync::Arc::new(aws::AwsBackend::new(c.clone())),
+    }
+}
 pub use router::{Lookup, Pin, Pins, Resolved, Router};
 
 use crate::audit::NewRecord;

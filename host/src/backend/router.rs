@@ -111,7 +111,7 @@ impl Router {
         for cfg in backends.list() {
             let ns = Namespace::new(cfg.namespace())
                 .map_err(|e| BackendError::Config { backend: cfg.kind().into(), why: e.to_string() })?;
-            router.remote.insert(ns, cfg.open()?);
+            router.remote.insert(ns, super::open(cfg));
         }
         router.config = config_path.map(|path| {
             let seen = Mutex::new(stamp(&path));

@@ -9,47 +9,19 @@
 //! whatever happens to keyhole's own files.
 
 use super::config::BackendConfig;
+pub use super::config::VaultConfig;
 use super::{BackendError, BackendKind, DynamicDef, Minted, Read, SecretBackend, Supports, Version, http};
 use crate::audit::NewRecord;
 use crate::names::{Namespace, SecretName};
 use crate::policy::Grant;
 use crate::secret::SecretValue;
 use crate::store::{SecretInfo, SetOptions, VersionInfo};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::RwLock;
 use std::time::Duration;
 use zeroize::Zeroizing;
-
-/// One configured Vault/OpenBao backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VaultConfig {
-    /// The keyhole namespace it serves (exactly this namespace).
-    pub namespace: String,
-    /// Server address, e.g. `https://vault.example.com:8200`.
-    pub address: String,
-    /// KV v2 mount, e.g. `secret`.
-    pub mount: String,
-    /// Path prefix under the mount, e.g. `keyhole/finance/`.
-    #[serde(default)]
-    pub prefix: String,
-    /// File holding the token; it wins over `$VAULT_TOKEN`/`$BAO_TOKEN`.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// PEM file of the CA certificates to trust instead of the public roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Plain `http://` to a non-loopback address was allowed explicitly.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub insecure_http: bool,
-    /// Dynamic secrets of the namespace, by name: minted per execution.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub dynamic: BTreeMap<String, DynamicDef>,
-}
 
 /// A namespace served by a Vault/OpenBao server.
 #[derive(Debug)]

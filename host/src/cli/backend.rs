@@ -128,7 +128,7 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
     };
     let said = match cfg {
         Some(cfg) => {
-            let said = format!("namespace {namespace} is now served by {}", cfg.open()?.describe());
+            let said = format!("namespace {namespace} is now served by {}", keyhole::backend::open(&cfg).describe());
             b.upsert(cfg);
             said
         }

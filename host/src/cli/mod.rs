@@ -120,6 +120,14 @@ pub(crate) enum Command {
     Namespace(NamespaceCommand),
 }
 
+/// `--namespace NS` of a command that acts on one secret.
+#[derive(Args, Debug)]
+pub(crate) struct At {
+    /// Namespace, e.g. finance.reporting (default: the root).
+    #[arg(long, short, default_value = "", value_name = "NS")]
+    pub(crate) namespace: Namespace,
+}
+
 /// Parses `--since`-style times into the RFC 3339 form records use.
 pub(crate) fn parse_time(s: &str) -> Result<String, String> {
     let t = if let Ok(t) = humantime::parse_rfc3339_weak(s) {

@@ -4,7 +4,6 @@
 //! $KEYHOLE_ADDR.
 
 use super::remote::{self, Remote};
-use super::secret::At;
 use super::table::{Align::Left, Table};
 use super::*;
 use keyhole::registry::{Protection, Registry};

@@ -177,13 +177,6 @@ pub(crate) enum SecretCommand {
 }
 
 #[derive(Args, Debug)]
-pub(crate) struct At {
-    /// Namespace, e.g. finance.reporting (default: the root).
-    #[arg(long, short, default_value = "", value_name = "NS")]
-    pub(super) namespace: Namespace,
-}
-
-#[derive(Args, Debug)]
 pub(crate) struct VersionOpts {
     /// The new version expires after this long (e.g. 90d); reads then get `expired`.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]

@@ -6,21 +6,6 @@
 use super::expr::{Context, check_expressions};
 use super::*;
 
-pub(super) struct Checker<'a> {
-    file: &'a str,
-    found: Vec<Diagnostic>,
-}
-
-impl Checker<'_> {
-    pub(super) fn error(&mut self, where_: impl fmt::Display, message: impl Into<String>) {
-        self.found.push(Diagnostic {
-            severity: Severity::Error,
-            location: format!("{}: {where_}", self.file),
-            message: message.into(),
-        });
-    }
-}
-
 pub(super) fn check(doc: FlowDoc, file: &str, base: &Path) -> Result<(Flow, Diagnostics), Diagnostics> {
     let mut c = Checker { file, found: Vec::new() };
     let id = TaskId::new(&doc.id).map_err(|e| c.error("id", e.to_string())).ok();

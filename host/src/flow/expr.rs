@@ -5,7 +5,7 @@
 //! Invariant: there is no expression for a secret; a task's output is
 //! reachable only from tasks downstream of it.
 
-use super::check::Checker;
+use super::Checker;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 

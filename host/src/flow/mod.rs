@@ -494,6 +494,22 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Collects the findings of a check of one file (`check`, `expr`).
+struct Checker<'a> {
+    file: &'a str,
+    found: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, where_: impl fmt::Display, message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            severity: Severity::Error,
+            location: format!("{}: {where_}", self.file),
+            message: message.into(),
+        });
+    }
+}
+
 /// Validation findings (at least one error when returned as `Err`).
 #[derive(Debug, Clone)]
 pub struct Diagnostics(pub Vec<Diagnostic>);

@@ -215,6 +215,30 @@ pub struct NewRevision<'a> {
     pub serving: Option<u64>,
 }
 
+/// A `flows` row's MAC'd fields; `vouches` (the stored JSON text) only for
+/// rows that have it, so rows written before vouching keep their MAC.
+fn flow_mac_fields(d: &Deployed, deployed_at: i64, vouches: Option<&str>) -> Vec<Vec<u8>> {
+    let mut f = vec![
+        d.namespace.as_str().as_bytes().to_vec(),
+        d.id.as_bytes().to_vec(),
+        d.revision.to_be_bytes().to_vec(),
+        d.file.as_bytes().to_vec(),
+        d.source.as_bytes().to_vec(),
+        serde_json::to_vec(&d.plugins).expect("digests encode"),
+        deployed_at.to_be_bytes().to_vec(),
+        d.deployed_by.as_bytes().to_vec(),
+        vec![d.removed as u8],
+    ];
+    if let Some(v) = vouches {
+        f.push(v.as_bytes().to_vec());
+    }
+    f
+}
+
+fn mac_refs(fields: &[Vec<u8>]) -> Vec<&[u8]> {
+    fields.iter().map(Vec::as_slice).collect()
+}
+
 /// Access to the deployed flows.
 #[derive(Debug)]
 pub struct Registry {
@@ -423,5 +447,4 @@ mod tests;
 
 pub use plugins::{Collected, DEFAULT_MAX_PLUGIN_BYTES, Stored, is_wasm, plugins_dir};
 pub use protection::Protection;
-use read::{flow_mac_fields, mac_refs};
 pub use review::{Decision, Review};

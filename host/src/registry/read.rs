@@ -2,7 +2,7 @@
 //! state derived, and which revision serves a flow.
 
 use super::review::ReviewRow;
-use super::{Decision, Deployed, Registry, RegistryError, Review, RevisionState};
+use super::{Decision, Deployed, Registry, RegistryError, Review, RevisionState, flow_mac_fields, mac_refs};
 use crate::crypto::MacDomain;
 use crate::db::sql_err;
 use crate::flow::{self, Flow};
@@ -10,35 +10,11 @@ use crate::names::Namespace;
 use crate::store::fmt_time;
 use rusqlite::params;
 
-/// A `flows` row's MAC'd fields; `vouches` (the stored JSON text) only for
-/// rows that have it, so rows written before vouching keep their MAC.
-pub(super) fn flow_mac_fields(d: &Deployed, deployed_at: i64, vouches: Option<&str>) -> Vec<Vec<u8>> {
-    let mut f = vec![
-        d.namespace.as_str().as_bytes().to_vec(),
-        d.id.as_bytes().to_vec(),
-        d.revision.to_be_bytes().to_vec(),
-        d.file.as_bytes().to_vec(),
-        d.source.as_bytes().to_vec(),
-        serde_json::to_vec(&d.plugins).expect("digests encode"),
-        deployed_at.to_be_bytes().to_vec(),
-        d.deployed_by.as_bytes().to_vec(),
-        vec![d.removed as u8],
-    ];
-    if let Some(v) = vouches {
-        f.push(v.as_bytes().to_vec());
-    }
-    f
-}
-
 const ROW_COLUMNS: &str = "f.namespace, f.id, f.revision, f.file, f.source, f.plugins, f.deployed_at, f.deployed_by, \
      f.removed, f.mac, f.vouches, r.decision, r.decided_by, r.person, r.decided_at, r.comment, r.vouches, r.mac";
 
 const ROW_FROM: &str =
     "flows f LEFT JOIN flow_reviews r ON r.namespace = f.namespace AND r.id = f.id AND r.revision = f.revision";
-
-pub(super) fn mac_refs(fields: &[Vec<u8>]) -> Vec<&[u8]> {
-    fields.iter().map(Vec::as_slice).collect()
-}
 
 impl Registry {
     /// Calls `each` with every revision `filter` selects, verified, in

@@ -1,8 +1,7 @@
 //! A second person's decision on a revision, and removals: rows added in
 //! one transaction with their audit record.
 
-use super::read::mac_refs;
-use super::{Deployed, Registry, RegistryError, RevisionState};
+use super::{Deployed, Registry, RegistryError, RevisionState, mac_refs};
 use crate::audit::NewRecord;
 use crate::crypto::MacDomain;
 use crate::names::Namespace;

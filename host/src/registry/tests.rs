@@ -5,7 +5,6 @@ use super::*;
 use crate::audit::{Action, Actor};
 use crate::names::SecretName;
 use crate::vouch::{Vouch, Vouches};
-use read::{flow_mac_fields, mac_refs};
 use rusqlite::params;
 
 fn ns(s: &str) -> Namespace {

@@ -14,7 +14,8 @@
 //! is sent. The token is checked again every few seconds, so revoking it
 //! ends the streams it opened.
 
-use super::api::{AppState, Caller, blocking};
+use super::AppState;
+use super::extract::{Caller, blocking};
 use super::worker::Running;
 use crate::executions::{ENDED, ExecutionRecord};
 use axum::extract::{Path, State};

@@ -22,11 +22,19 @@
 
 pub mod api;
 pub mod console;
+pub mod error;
+pub mod extract;
 pub mod follow;
+pub mod handlers;
 pub mod listen;
+pub mod queue;
 pub mod schedule;
+pub mod sessions;
 pub mod webhook;
 pub mod worker;
+
+/// What handlers and extractors hold: the server's shared state.
+pub type AppState = Arc<App>;
 
 use crate::audit::{Action, Actor, AuditLog, NewRecord, now_rfc3339};
 use crate::backend::Router as Secrets;
@@ -163,7 +171,7 @@ pub struct App {
     /// The memory every running task together may have.
     pub memory: crate::exec::MemoryBudget,
     /// The web console's sessions.
-    pub sessions: console::Sessions,
+    pub sessions: sessions::Sessions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,7 +183,7 @@ pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 impl App {
     /// Opens everything `host serve` needs in `dir`.
-    pub fn open(dir: &DataDir, opts: &ServeOptions, sessions: console::Sessions) -> Result<Arc<App>, ServeError> {
+    pub fn open(dir: &DataDir, opts: &ServeOptions, sessions: sessions::Sessions) -> Result<Arc<App>, ServeError> {
         let compiler = opts.compiler;
         let secrets = Arc::new(open_secrets(dir)?);
         let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: true, compiler })
@@ -323,7 +331,7 @@ impl App {
             // The re-run is still its starter's: who may decide its gates does not change.
             requeue.map(|(rev, f)| {
                 let by = r.created_by.as_deref().unwrap_or("host serve (requeue)");
-                api::queued_record(&f, rev, &format!("requeue:{}", r.id), by, r.person.as_deref())
+                queue::queued_record(&f, rev, &format!("requeue:{}", r.id), by, r.person.as_deref())
             });
         // Already re-queued before a crash: the record names that one.
         if let (Some(new), Ok(Some(id))) = (&mut again, self.records().by_idempotency_key(&key)) {
@@ -392,7 +400,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     dir.ensure().map_err(|e| ServeError::Refused(format!("cannot create {}: {e}", dir.root().display())))?;
     let _lock = lock_data_dir(dir)?;
     let fds = listen::raise_descriptor_limit();
-    let sessions = console::Sessions::new(opts.session_idle, opts.tls.is_some());
+    let sessions = sessions::Sessions::new(opts.session_idle, opts.tls.is_some());
     let app = App::open(dir, &opts, sessions)?;
     crate::session::sweep_leases(&app.secrets, &app.audit, &Actor::Server);
     let interrupted = app.recover()?;

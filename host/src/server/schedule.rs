@@ -9,7 +9,7 @@
 //! now, never from the past.
 
 use super::App;
-use super::api::{Origin, queue_execution};
+use super::queue::{Origin, queue_execution};
 use crate::audit::{Action, Actor, NewRecord};
 use crate::flow::Flow;
 use crate::names::Namespace;

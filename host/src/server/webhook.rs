@@ -11,7 +11,10 @@
 //! trigger or the key was wrong.
 
 use super::App;
-use super::api::{ApiError, AppState, ClientIp, Origin, blocking, idempotency_key, path_namespace, queue_execution};
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ClientIp, blocking, path_namespace};
+use super::queue::{Origin, idempotency_key, queue_execution};
 use crate::audit::{Action, Actor, NewRecord, Outcome};
 use crate::backend::Lookup;
 use crate::names::{Namespace, SecretName};
@@ -78,7 +81,7 @@ fn fire(
             .outcome(Outcome::Denied)
             .reason(format!("webhook of flow {shown}: {reason}"))
             .detail_field("peer", ip.to_string());
-        app.record(rec).map_err(super::api::audit_failed)?;
+        app.record(rec).map_err(super::error::audit_failed)?;
         Err(err)
     };
     let not_found = || ApiError::NotFound(NO_SUCH_WEBHOOK.into());
@@ -138,7 +141,7 @@ fn fire(
             .outcome(Outcome::Denied)
             .reason(format!("webhook {} of flow {}: verified, not queued: {why}", trigger.id, flow.id))
             .detail_field("revision", revision);
-        app.record(rec).map_err(super::api::audit_failed)?;
+        app.record(rec).map_err(super::error::audit_failed)?;
         return Err(ApiError::Conflict(why.to_string()));
     }
     if body.len() > hook.max_body {
@@ -157,7 +160,7 @@ fn fire(
     let actor = Actor::Trigger { flow: flow.id.to_string(), trigger: name.clone() };
     let rec = NewRecord::ok(&actor, Action::TriggerWebhook, ns, Some(hook.secret()))
         .reason(format!("webhook {} of flow {}: verified by the host", trigger.id, flow.id));
-    app.record(rec).map_err(super::api::audit_failed)?;
+    app.record(rec).map_err(super::error::audit_failed)?;
     // A sender cannot be told its key is bad: a delivery without a valid one is not deduplicated.
     let key = headers
         .get("idempotency-key")

@@ -2,11 +2,13 @@
 //! what to show: `/api/v1/session` and `/api/v1/permissions`. Listed in
 //! [`crate::server::api::ROUTES`] like every other route.
 
-use super::COOKIE;
 use crate::audit::{Action, NewRecord};
 use crate::authz::{self, Permission};
 use crate::names::Namespace;
-use crate::server::api::{ApiError, AppState, Caller, audit_failed, blocking};
+use crate::server::AppState;
+use crate::server::error::{ApiError, audit_failed};
+use crate::server::extract::{Caller, blocking};
+use crate::server::sessions::COOKIE;
 use crate::tokens::TokenSecret;
 use axum::Json;
 use axum::extract::{Query, State};

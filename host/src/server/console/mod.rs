@@ -17,9 +17,6 @@
 //! carries a secret value: it has no route of its own that reads one.
 
 pub(super) mod handlers;
-mod sessions;
-
-pub use sessions::{COOKIE, CSRF_HEADER, Resolved, SessionFailure, Sessions, cookie_of};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -69,7 +66,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// The console's routes: its page and assets. Everything else it does is
 /// a call to the API.
-pub fn routes() -> axum::Router<super::api::AppState> {
+pub fn routes() -> axum::Router<super::AppState> {
     use axum::routing::get;
     axum::Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))

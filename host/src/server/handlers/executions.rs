@@ -1,0 +1,267 @@
+//! Executions: queue, read, what they touched, cancel, decide gates.
+
+use crate::audit::{Action, Outcome, now_rfc3339};
+use crate::authz::{Permission, Permission as P};
+use crate::executions::{CancelOutcome, ENDED, ExecutionRecord};
+use crate::names::Namespace;
+use crate::server::AppState;
+use crate::server::error::{ApiError, audit_failed};
+use crate::server::extract::{Body, Caller, blocking, path_namespace, rfc3339};
+use crate::server::queue::{Origin, idempotency_key, queue_execution};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct CreateQuery {
+    /// Wait up to this many seconds for the execution to end.
+    wait: Option<f64>,
+}
+
+pub(crate) async fn create_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, flow)): Path<(String, String)>,
+    Query(q): Query<CreateQuery>,
+    headers: HeaderMap,
+    Body(inputs): Body<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ns = path_namespace(&ns)?;
+    if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::Unavailable("the server is stopping: try again once it is back".into()));
+    }
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            idempotency_key(v)
+                .ok_or_else(|| {
+                    ApiError::BadRequest("header Idempotency-Key: 1 to 128 visible ASCII characters".into())
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let origin = Origin::api(&caller, key.as_deref());
+    let (mut rec, created) = blocking(&app, move |app| queue_execution(app, &origin, &ns, &flow, &inputs)).await?;
+    let wait = q.wait.filter(|w| w.is_finite() && *w > 0.0).map(|w| Duration::from_secs_f64(w.min(300.0)));
+    if let Some(wait) = wait {
+        let id = rec.id.clone();
+        let deadline = tokio::time::Instant::now() + wait;
+        let waker = app.waiter(&id);
+        loop {
+            // Listening before reading: an end between the two still wakes us.
+            let woken = waker.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let id = id.clone();
+            rec = blocking(&app, move |app| Ok(app.records().get(&id)?)).await?;
+            if ENDED.contains(&rec.status.as_str()) || tokio::time::timeout_at(deadline, woken).await.is_err() {
+                break;
+            }
+        }
+        app.stop_waiting(&id, waker);
+    }
+    let status = if ENDED.contains(&rec.status.as_str()) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(json!({ "id": rec.id, "status": rec.status, "created": created, "execution": rec }))))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ExecutionQuery {
+    namespace: Option<Namespace>,
+    flow: Option<String>,
+    status: Option<String>,
+    /// Started at or after (RFC 3339).
+    since: Option<String>,
+    /// Started before (RFC 3339).
+    until: Option<String>,
+    limit: Option<u64>,
+}
+
+pub(crate) async fn list_executions(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ExecutionQuery>,
+) -> Result<Json<Vec<ExecutionRecord>>, ApiError> {
+    let limit = q.limit.unwrap_or(50).min(1000);
+    let list = blocking(&app, move |app| {
+        let since = q.since.as_deref().map(|t| rfc3339("since", t)).transpose()?;
+        let until = q.until.as_deref().map(|t| rfc3339("until", t)).transpose()?;
+        let filter = crate::executions::Search {
+            namespace: q.namespace.as_ref().map(Namespace::as_str),
+            flow: q.flow.as_deref(),
+            status: q.status.as_deref(),
+            since: since.as_deref(),
+            until: until.as_deref(),
+        };
+        Ok(app.records().search(&filter, limit)?)
+    })
+    .await?;
+    Ok(Json(
+        list.into_iter()
+            .filter(|r| Namespace::new(&r.namespace).is_ok_and(|ns| caller.may(P::ExecutionRead, &ns)))
+            .collect(),
+    ))
+}
+
+pub(crate) async fn get_execution(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionRecord>, ApiError> {
+    blocking(&app, move |app| Ok(Json(app.records().get(&id)?))).await
+}
+
+pub(crate) async fn execution_log(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<String, ApiError> {
+    blocking(&app, move |app| Ok(app.records().log(&id)?)).await
+}
+
+/// The trust-boundary records of one execution.
+pub(crate) async fn execution_access(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |app| {
+        let path = app.dir.store_path();
+        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
+        let conn = app.audit_reads();
+        let filter = crate::audit::Filter { execution: Some(id.clone()), ..Default::default() };
+        let records = crate::audit::list(&conn, &path, &filter).map_err(internal)?;
+        let detail = |r: &crate::audit::Record, k: &str| {
+            r.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()).and_then(|d| d.get(k).cloned())
+        };
+        let mut secrets = Vec::new();
+        let mut requests = Vec::new();
+        for r in &records {
+            match r.action.as_str() {
+                "secret.read" | "secret.lease" | "secret.stage" | "secret.commit" | "secret.discard" => {
+                    secrets.push(json!({
+                        "time": r.time, "task": r.task, "action": r.action, "secret": r.secret,
+                        "version": r.version, "fingerprint": r.value_hmac, "outcome": r.outcome,
+                    }))
+                }
+                // `pending` precedes each request's `sent` or `failed`.
+                "http.request" if r.outcome != "pending" => requests.push(json!({
+                    "time": r.time, "task": r.task, "method": detail(r, "method"),
+                    "destination": detail(r, "destination"), "path": detail(r, "path"),
+                    "outcome": r.outcome, "reason": r.reason,
+                })),
+                _ => {}
+            }
+        }
+        Ok(Json(json!({ "execution": id, "secrets": secrets, "requests": requests })))
+    })
+    .await
+}
+
+pub(crate) async fn cancel_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |app| {
+        let rec = app.records().get(&id)?;
+        let ns = Namespace::new(&rec.namespace).unwrap_or_default();
+        let record = |outcome: Outcome, what: String| {
+            let rec = caller
+                .record(Action::ExecutionCancel, &ns, None)
+                .outcome(outcome)
+                .reason(format!("execution {id} of flow {}: {what}", rec.flow))
+                .detail_field("execution", id.clone());
+            app.record(rec).map_err(audit_failed)
+        };
+        let already =
+            |status: &str| ApiError::Conflict(format!("execution {id} already ended ({status}): nothing to cancel"));
+        if ENDED.contains(&rec.status.as_str()) {
+            record(Outcome::Failed, format!("not cancelled: it had already ended ({})", rec.status))?;
+            return Err(already(&rec.status));
+        }
+        // Recorded before it is asked (no record, no cancel), then what it did.
+        record(Outcome::Pending, format!("about to cancel it ({})", rec.status))?;
+        let outcome = app.records().request_cancel(&id, &now_rfc3339())?;
+        if outcome == CancelOutcome::Stopping
+            && let Some(r) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+        {
+            r.cancel.cancel();
+        }
+        let status = match outcome {
+            CancelOutcome::Dequeued => "cancelled",
+            CancelOutcome::Stopping => "cancelling",
+            CancelOutcome::AlreadyEnded => {
+                let now = app.records().get(&id)?.status;
+                record(Outcome::Failed, format!("not cancelled: it ended first ({now})"))?;
+                return Err(already(&now));
+            }
+        };
+        record(Outcome::Ok, format!("{status} (it was {})", rec.status))?;
+        if outcome == CancelOutcome::Dequeued {
+            app.ended(&id);
+        }
+        Ok(Json(json!({ "id": id, "status": status, "cancelled": true })))
+    })
+    .await
+}
+
+/// A decision at an approval gate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DecideRequest {
+    task: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+pub(crate) async fn approve_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<DecideRequest>,
+) -> Result<Json<Value>, ApiError> {
+    decide(app, caller, id, req, true).await
+}
+
+pub(crate) async fn reject_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<DecideRequest>,
+) -> Result<Json<Value>, ApiError> {
+    decide(app, caller, id, req, false).await
+}
+
+pub(crate) async fn decide(
+    app: AppState,
+    caller: Caller,
+    id: String,
+    req: DecideRequest,
+    approved: bool,
+) -> Result<Json<Value>, ApiError> {
+    use crate::executions::{Decider, GateError, decide_gate};
+    blocking(&app, move |app| {
+        let may = |p: Permission, ns: &Namespace| caller.may(p, ns);
+        let d = Decider {
+            actor: &caller.actor,
+            who: Some(format!("{} ({})", caller.info.name, caller.info.id)),
+            person: Some(caller.principal.person.clone()),
+            may: &may,
+        };
+        let comment = req.comment.map(|c| c.chars().take(1000).collect());
+        let record = |rec| app.record(rec).map(drop).map_err(|e| e.to_string());
+        decide_gate(&app.records(), &d, &id, &req.task, approved, comment, record).map_err(|e| match e {
+            GateError::NotWaiting(m) => ApiError::Conflict(m),
+            GateError::Denied(m) => ApiError::Forbidden(m),
+            GateError::Audit(m) => ApiError::Unavailable(m),
+            GateError::Record(r) => r.into(),
+        })?;
+        Ok(Json(json!({ "id": id, "task": req.task, "decision": if approved { "approved" } else { "rejected" } })))
+    })
+    .await
+}

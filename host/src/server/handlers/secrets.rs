@@ -1,0 +1,306 @@
+//! Secrets (metadata, never a value) and their protections.
+
+use crate::authz::Permission as P;
+use crate::names::Namespace;
+use crate::secret::SecretValue;
+use crate::server::AppState;
+use crate::server::error::ApiError;
+use crate::server::extract::{Body, Caller, blocking, path_namespace, secret_name};
+use crate::store::{SetOptions, now};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct SecretQuery {
+    namespace: Option<Namespace>,
+}
+
+pub(crate) async fn list_secrets(
+    State(app): State<AppState>,
+    caller: Caller,
+    Query(q): Query<SecretQuery>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |app| {
+        let mut list = app.secrets.local().store().list(q.namespace.as_ref(), None)?;
+        let mut unavailable = Vec::new();
+        for (ns, b) in app.secrets.remote() {
+            if q.namespace.as_ref().is_some_and(|n| n != ns) || !caller.may(P::SecretList, ns) {
+                continue;
+            }
+            match b.list(ns) {
+                Ok(remote) => list.extend(remote),
+                Err(e) => unavailable.push(json!({"namespace": ns, "error": e.to_string()})),
+            }
+        }
+        list.retain(|s| Namespace::new(&s.namespace).is_ok_and(|ns| caller.may(P::SecretList, &ns)));
+        list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(Json(json!({ "secrets": list, "unavailable": unavailable })))
+    })
+    .await
+}
+
+pub(crate) async fn describe_secret(
+    State(app): State<AppState>,
+    _caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let backend = app.secrets.backend_for(&ns);
+        let info = backend
+            .info(&ns, &name)?
+            .ok_or_else(|| ApiError::NotFound(format!("no secret {name} in namespace {ns}")))?;
+        let versions = backend.versions(&ns, &name)?;
+        let staged = match backend.kind() {
+            crate::backend::BackendKind::Local => app.secrets.local().store().staged(&ns, &name)?,
+            _ => None,
+        };
+        let path = app.dir.store_path();
+        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
+        let conn = app.audit_reads();
+        let last_read = crate::audit::last_read(&conn, &path, &ns, &name).map_err(internal)?;
+        Ok(Json(json!({
+            "backend": backend.describe(),
+            "secret": info,
+            "versions": versions,
+            "staged": staged,
+            "last_read": last_read,
+        })))
+    })
+    .await
+}
+
+/// A value the server makes, so that no client ever holds it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Generate {
+    length: usize,
+    #[serde(default = "alnum")]
+    charset: crate::secret::Charset,
+}
+
+pub(crate) fn alnum() -> crate::secret::Charset {
+    crate::secret::Charset::Alnum
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutSecret {
+    /// The value; or `generate`.
+    value: Option<SecretValue>,
+    /// Generate a random value instead (the answer never holds it).
+    generate: Option<Generate>,
+    #[serde(default)]
+    rotate: bool,
+    expires_in: Option<String>,
+    keep: Option<u32>,
+    /// Bind it to these destinations in the same change (never a moment
+    /// where the new value is unbound).
+    destinations: Option<Vec<String>>,
+    /// Stage it instead of making it current (`rotate` implied).
+    #[serde(default)]
+    staged: bool,
+}
+
+/// `scheme://host[:port]` entries of a request body, each error naming its index.
+pub(crate) fn parse_destinations(list: &[String]) -> Result<Vec<crate::network::AllowEntry>, ApiError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.parse::<crate::network::AllowEntry>()
+                .map_err(|e| ApiError::BadRequest(format!("request body at field `destinations[{i}]`: {e}")))
+        })
+        .collect()
+}
+
+pub(crate) async fn put_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+    Body(req): Body<PutSecret>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    let value = match (req.value, &req.generate) {
+        (Some(v), None) => v,
+        (None, Some(g)) => SecretValue::generate(g.length, g.charset)
+            .map_err(|e| ApiError::BadRequest(format!("request body at field `generate.length`: {e}")))?,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "request body: give exactly one of `value` and `generate: {length, charset}`".into(),
+            ));
+        }
+    };
+    if value.is_empty() {
+        return Err(ApiError::BadRequest("request body at field `value`: the secret value is empty".into()));
+    }
+    let expires_at = match req.expires_in.as_deref() {
+        Some(t) => {
+            let d = humantime::parse_duration(t)
+                .map_err(|e| ApiError::BadRequest(format!("request body at field `expires_in`: {e}")))?;
+            Some(now() + d.as_secs() as i64)
+        }
+        None => None,
+    };
+    let destinations = req.destinations.as_deref().map(parse_destinations).transpose()?;
+    if req.staged && (destinations.is_some() || req.keep.is_some()) {
+        return Err(ApiError::BadRequest(
+            "request body at field `staged`: a staged version takes no `destinations` or `keep`".into(),
+        ));
+    }
+    blocking(&app, move |app| {
+        if req.staged {
+            let version = app.secrets.stage(&caller.actor, &ns, &name, &value, expires_at)?;
+            return Ok(Json(
+                json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "staged": true }),
+            ));
+        }
+        let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations };
+        // The router audits the change (fail closed) with the caller as actor.
+        let version = app.secrets.set(&caller.actor, &ns, &name, &value, &opts)?;
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string() })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BindSecret {
+    destinations: Vec<String>,
+}
+
+pub(crate) async fn bind_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+    Body(req): Body<BindSecret>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    let destinations = parse_destinations(&req.destinations)?;
+    blocking(&app, move |app| {
+        // The router audits the change (fail closed) with the caller as actor.
+        app.secrets.bind(&caller.actor, &ns, &name, &destinations)?;
+        let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "destinations": list })))
+    })
+    .await
+}
+
+pub(crate) async fn commit_staged(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(at): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    resolve_staged(app, caller, at, true).await
+}
+
+pub(crate) async fn discard_staged(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(at): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    resolve_staged(app, caller, at, false).await
+}
+
+/// Commits (or discards) the staged version of `ns`/`name`.
+pub(crate) async fn resolve_staged(
+    app: AppState,
+    caller: Caller,
+    (ns, name): (String, String),
+    commit: bool,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let (version, done) = if commit {
+            (app.secrets.commit_staged(&caller.actor, &ns, &name)?, "committed")
+        } else {
+            (app.secrets.discard_staged(&caller.actor, &ns, &name)?, "discarded")
+        };
+        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), done: true })))
+    })
+    .await
+}
+
+pub(crate) async fn revoke_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let done = app.secrets.revoke(&caller.actor, &ns, &name)?;
+        Ok(Json(json!({ "revoked": name.as_str(), "namespace": ns, "done": done })))
+    })
+    .await
+}
+
+pub(crate) async fn destroy_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
+    blocking(&app, move |app| {
+        let done = app.secrets.destroy(&caller.actor, &ns, &name)?;
+        Ok(Json(json!({ "destroyed": name.as_str(), "namespace": ns, "done": done })))
+    })
+    .await
+}
+
+pub(crate) async fn list_protections(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<crate::registry::Protection>>, ApiError> {
+    let all = blocking(&app, |app| Ok(app.registry().protections()?)).await?;
+    Ok(Json(all.into_iter().filter(|p| caller.may(P::FlowRead, &p.namespace)).collect()))
+}
+
+pub(crate) async fn set_protection(
+    app: AppState,
+    caller: Caller,
+    ns: &str,
+    name: Option<&str>,
+    on: bool,
+) -> Result<Json<Value>, ApiError> {
+    let ns = path_namespace(ns)?;
+    let name = name.map(secret_name).transpose()?;
+    blocking(&app, move |app| {
+        let changed = crate::service::flows::protect(&app.registry(), &caller.voucher(), &ns, name.as_ref(), on)?;
+        Ok(Json(json!({ "namespace": ns, "secret": name, "protected": on, "changed": changed })))
+    })
+    .await
+}
+
+pub(crate) async fn protect_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, Some(&name), true).await
+}
+
+pub(crate) async fn unprotect_secret(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, Some(&name), false).await
+}
+
+pub(crate) async fn protect_namespace(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(ns): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, None, true).await
+}
+
+pub(crate) async fn unprotect_namespace(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(ns): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set_protection(app, caller, &ns, None, false).await
+}
