@@ -11,6 +11,7 @@ use crate::audit::{Action, AuditLog, NewRecord, Outcome};
 use crate::backend::{Pins, Router};
 use crate::capability::TaskState;
 use crate::capability::wasi::Stdio;
+use crate::executions::FailureKind;
 pub use crate::limits::Limits;
 use crate::mask::MaskSet;
 use crate::network::NetworkPolicy;
@@ -251,7 +252,21 @@ impl TaskFailure {
     /// Whether the plugin itself reported the failure (as opposed to being
     /// stopped by the host).
     pub fn is_task_error(&self) -> bool {
-        matches!(self, TaskFailure::Returned(_) | TaskFailure::BadOutput(_) | TaskFailure::Exit(_))
+        self.kind() == FailureKind::Task
+    }
+
+    /// What kind of failure it is, as the execution record keeps it.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            TaskFailure::Returned(_) | TaskFailure::BadOutput(_) | TaskFailure::Exit(_) => FailureKind::Task,
+            TaskFailure::Trap(_)
+            | TaskFailure::Timeout(_)
+            | TaskFailure::Memory { .. }
+            | TaskFailure::OutputTooLarge(_)
+            | TaskFailure::Instantiate(_) => FailureKind::Plugin,
+            TaskFailure::Cancelled | TaskFailure::Rejected(_) | TaskFailure::FlowTimeout(_) => FailureKind::Stopped,
+            TaskFailure::Audit(_) | TaskFailure::NoMemory(_) => FailureKind::Host,
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod hardening;
 mod lifecycle;
 mod masking;
 mod network;
+mod records;
 mod rotation;
 mod safety;
 mod sandbox;

@@ -64,6 +64,19 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the server's log says `needle` within a few seconds: the log
+    /// is read on a thread of its own, so a line can trail the answer.
+    pub fn logged(&self, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(needle) {
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// SIGKILL: the crash case.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -122,8 +122,7 @@ pub(crate) fn session(dir: &DataDir, masks: Arc<MaskSet>, pooling: bool, compile
 }
 
 pub(crate) fn failure_exit(context: String, failure: TaskFailure) -> Exit {
-    let code = if failure.is_task_error() { TASK_ERROR } else { PLUGIN_FAILED };
-    fail(code, anyhow::Error::from(failure).context(context))
+    fail(failure_code(failure.kind()), anyhow::Error::from(failure).context(context))
 }
 
 pub(crate) fn print_warnings(d: &Diagnostics) {

@@ -388,7 +388,7 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
             let record = loop {
                 let r = records.get(id.as_str())?;
-                if keyhole::executions::ENDED.contains(&r.status.as_str()) {
+                if r.status.ended() {
                     break r;
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -454,14 +454,15 @@ fn finish(record: &ExecutionRecord, json: bool) -> Result<(), Exit> {
         write_execution(&mut out, record).map_err(stdout_err)?;
     }
     let (id, flow) = (&record.id, &record.flow);
-    match record.status.as_str() {
-        "succeeded" | "warning" => Ok(()),
-        "failed" => {
+    use keyhole::executions::ExecutionStatus as S;
+    match record.status {
+        S::Succeeded | S::Warning => Ok(()),
+        S::Failed => {
             let failed = record.tasks.iter().find(|t| t.error.is_some());
-            let returned = failed.and_then(|t| t.error.as_deref()).is_some_and(|e| e.starts_with("task failed:"));
             let task = failed.map_or("-", |t| t.id.as_str());
-            let code = if returned { TASK_ERROR } else { PLUGIN_FAILED };
-            Err(fail(code, anyhow::anyhow!("flow {flow} failed at task {task}")))
+            // A record from before keyhole kept the kind: the plugin's failure.
+            let kind = failed.and_then(|t| t.failure).unwrap_or(keyhole::executions::FailureKind::Plugin);
+            Err(fail(failure_code(kind), anyhow::anyhow!("flow {flow} failed at task {task}")))
         }
         other => Err(fail(HOST, anyhow::anyhow!("execution {id} of flow {flow} ended {other}"))),
     }
@@ -495,7 +496,7 @@ fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Resul
                 ("TRIGGER", Left),
             ]);
             for e in list {
-                table.row([e.id, e.flow, e.status, e.started, e.trigger.unwrap_or_default()]);
+                table.row([e.id, e.flow, e.status.to_string(), e.started, e.trigger.unwrap_or_default()]);
             }
             table.write(&mut out).map_err(stdout_err)
         }

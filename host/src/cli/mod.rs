@@ -209,6 +209,16 @@ pub(crate) fn run(cli: Cli, masks: &Arc<MaskSet>) -> Result<(), Exit> {
     }
 }
 
+/// The exit code of a task's failure, by its kind (never by its text).
+pub(crate) fn failure_code(kind: keyhole::executions::FailureKind) -> u8 {
+    use keyhole::executions::FailureKind as K;
+    match kind {
+        K::Task => TASK_ERROR,
+        K::Plugin | K::Stopped => PLUGIN_FAILED,
+        K::Host => HOST,
+    }
+}
+
 pub(crate) fn open_store(dir: &DataDir) -> Result<SecretStore, Exit> {
     SecretStore::open(dir).map_err(Exit::from)
 }
@@ -287,7 +297,12 @@ impl From<keyhole::session::SessionError> for Exit {
 
 impl From<keyhole::executions::RecordError> for Exit {
     fn from(e: keyhole::executions::RecordError) -> Self {
-        let code = if matches!(e, keyhole::executions::RecordError::NotFound(_)) { USAGE } else { HOST };
+        use keyhole::executions::RecordError as R;
+        let code = match e {
+            R::NotFound(_) | R::Quota(_) => USAGE,
+            R::Corrupt { .. } => TAMPERED,
+            R::Db(_) => HOST,
+        };
         fail(code, e)
     }
 }

@@ -55,6 +55,26 @@ pub struct TaskRecord {
     /// Its approval gate's decision: `approved by NAME: COMMENT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// What kind of failure `error` is: what `host run` and `host
+    /// executions follow` turn into their exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
+}
+
+/// What kind of failure a task's `error` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The task ran and returned an error (or output that is not JSON, or
+    /// a command's failure status).
+    Task,
+    /// The plugin trapped or hit a limit (time, memory, output), or did not
+    /// load.
+    Plugin,
+    /// It was stopped: cancelled, rejected at its gate, the flow's timeout.
+    Stopped,
+    /// The host failed (the audit log, the memory budget, a restart).
+    Host,
 }
 
 /// One attempt of a retried task.
@@ -95,10 +115,95 @@ pub enum OverLimit {
     Fail,
 }
 
-/// The states of an execution: `queued`, then `running`, then one of the
-/// ended ones. `warning`: every task either succeeded or failed with
-/// `allow_failure`, and at least one failed.
-pub const ENDED: [&str; 5] = ["succeeded", "warning", "failed", "cancelled", "interrupted"];
+/// The states of an execution: `queued`, then `running` (`paused` while a
+/// task waits at its approval gate), then one of the ended ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionStatus {
+    /// Accepted, waiting for a worker.
+    Queued,
+    /// A worker runs it.
+    Running,
+    /// A task waits at its approval gate (nothing else runs).
+    Paused,
+    /// Every task succeeded (or was skipped).
+    Succeeded,
+    /// Every task either succeeded or failed with `allow_failure`, and at
+    /// least one failed.
+    Warning,
+    /// A task failed.
+    Failed,
+    /// Cancelled: queued ones never ran, running ones were stopped.
+    Cancelled,
+    /// Cut off by a server stop or crash.
+    Interrupted,
+}
+
+impl ExecutionStatus {
+    /// Every status, in order.
+    pub const ALL: [ExecutionStatus; 8] = [
+        ExecutionStatus::Queued,
+        ExecutionStatus::Running,
+        ExecutionStatus::Paused,
+        ExecutionStatus::Succeeded,
+        ExecutionStatus::Warning,
+        ExecutionStatus::Failed,
+        ExecutionStatus::Cancelled,
+        ExecutionStatus::Interrupted,
+    ];
+
+    /// As stored and shown: `queued`, `running`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "queued",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Paused => "paused",
+            ExecutionStatus::Succeeded => "succeeded",
+            ExecutionStatus::Warning => "warning",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether nothing more will happen to it.
+    pub fn ended(self) -> bool {
+        !matches!(self, ExecutionStatus::Queued | ExecutionStatus::Running | ExecutionStatus::Paused)
+    }
+}
+
+impl std::fmt::Display for ExecutionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ExecutionStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ExecutionStatus::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| {
+            let all: Vec<&str> = ExecutionStatus::ALL.iter().map(|x| x.as_str()).collect();
+            format!(
+                "{:?} is not an execution status: one of {}",
+                s.chars().take(32).collect::<String>(),
+                all.join(", ")
+            )
+        })
+    }
+}
+
+impl rusqlite::types::ToSql for ExecutionStatus {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+/// A stored status keyhole does not know is a corrupt row, never a default.
+impl rusqlite::types::FromSql for ExecutionStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        v.as_str()?.parse().map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
 
 /// One execution of a flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,10 +216,8 @@ pub struct ExecutionRecord {
     pub namespace: String,
     /// The flow file, or the plugin for `host exec`.
     pub source: String,
-    /// `queued`, `running`, `paused` (a task waits at its approval gate),
-    /// `succeeded`, `warning` (only allowed failures), `failed`,
-    /// `cancelled` or `interrupted`.
-    pub status: String,
+    /// Where it is.
+    pub status: ExecutionStatus,
     /// Start time (RFC 3339).
     pub started: String,
     /// End time, once ended.
@@ -149,6 +252,14 @@ pub enum RecordError {
     /// A namespace's quota of queued executions is reached.
     #[error("{0}")]
     Quota(String),
+    /// A row does not read as what keyhole writes: edited outside keyhole.
+    #[error("execution {id} fails its integrity check: {what}; it was edited outside keyhole")]
+    Corrupt {
+        /// The execution.
+        id: String,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 /// SQL: whether namespace `$a` covers namespace `$b` (the same, or an
@@ -162,9 +273,36 @@ macro_rules! covers {
 const COLUMNS: &str =
     "id, flow, namespace, source, status, started, ended, tasks, trigger, revision, created_by, person";
 
-/// A JSON text column (inputs, trigger data): empty when NULL or unreadable.
-fn json_column<T: serde::de::DeserializeOwned + Default>(text: Option<String>) -> T {
-    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+/// A JSON text column (inputs, trigger data) of execution `id`: empty when
+/// NULL (a record from before it was kept); one that does not parse is a
+/// corrupt row, never a default.
+fn json_column<T: serde::de::DeserializeOwned + Default>(
+    id: &str,
+    column: &str,
+    text: Option<String>,
+) -> Result<T, RecordError> {
+    match text {
+        None => Ok(T::default()),
+        Some(t) => serde_json::from_str(&t).map_err(|e| RecordError::Corrupt {
+            id: id.to_owned(),
+            what: format!("its {column} column is not what keyhole wrote ({e})"),
+        }),
+    }
+}
+
+/// A failure reading execution `id`: a row that does not read as what
+/// keyhole writes (a JSON column that does not parse, a status keyhole does
+/// not know) is corrupt; anything else is the database's.
+fn read_error(path: &Path, op: &'static str, id: &str, e: rusqlite::Error) -> RecordError {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, why) => {
+            RecordError::Corrupt { id: id.to_owned(), what: why.to_string() }
+        }
+        rusqlite::Error::InvalidColumnType(i, name, t) => {
+            RecordError::Corrupt { id: id.to_owned(), what: format!("column {i} ({name}) holds {t}") }
+        }
+        e => RecordError::Db(sql_err(path, op)(e)),
+    }
 }
 
 /// An execution queued on a server, as a worker takes it.
@@ -254,7 +392,8 @@ impl Executions {
             status: r.get(4)?,
             started: r.get(5)?,
             ended: r.get(6)?,
-            tasks: serde_json::from_str(&tasks).unwrap_or_default(),
+            tasks: serde_json::from_str(&tasks)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e)))?,
             trigger: r.get(8)?,
             revision: revision.map(|r| r as u64),
             created_by: r.get(10)?,
@@ -272,7 +411,7 @@ impl Executions {
             ))
             .map_err(self.err("list executions"))?;
         let rows = stmt.query_map(params![flow, limit as i64], Self::from_row).map_err(self.err("list executions"))?;
-        rows.collect::<Result<_, _>>().map_err(self.err("read executions"))
+        self.collect(rows)
     }
 
     /// One execution.
@@ -281,7 +420,7 @@ impl Executions {
             .prepare_cached(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"))
             .and_then(|mut s| s.query_row([id], Self::from_row))
             .optional()
-            .map_err(self.err("read an execution"))?
+            .map_err(|e| read_error(&self.path, "read an execution", id, e))?
             .ok_or_else(|| RecordError::NotFound(id.to_owned()))
     }
 
@@ -331,10 +470,10 @@ impl Executions {
                 .map_err(self.err("count the flow's executions"))?;
             if busy >= c.limit as i64 {
                 let (status, word) = match c.behavior {
-                    OverLimit::Fail => ("failed", "fail"),
-                    _ => ("cancelled", "cancel"),
+                    OverLimit::Fail => (ExecutionStatus::Failed, "fail"),
+                    _ => (ExecutionStatus::Cancelled, "cancel"),
                 };
-                rec.status = status.into();
+                rec.status = status;
                 rec.ended = Some(crate::audit::now_rfc3339());
                 let why = format!(
                     "not run: {busy} execution(s) of the flow were running or queued, its concurrency limit is {} \
@@ -443,15 +582,19 @@ impl Executions {
         .and_then(|mut s| s.execute([&namespace]))
         .map_err(self.err("take a queued execution"))?;
         tx.commit().map_err(self.err("take a queued execution"))?;
-        Ok(Some(Queued { record: self.get(&id)?, inputs: json_column(inputs), trigger: json_column(trigger) }))
+        Ok(Some(Queued {
+            record: self.get(&id)?,
+            inputs: json_column(&id, "inputs", inputs)?,
+            trigger: json_column(&id, "trigger data", trigger)?,
+        }))
     }
 
     /// Asks an execution to stop: a queued one is cancelled here, a running
     /// one is flagged for its worker.
     pub fn request_cancel(&self, id: &str, now: &str) -> Result<CancelOutcome, RecordError> {
         let rec = self.get(id)?;
-        let changed = match rec.status.as_str() {
-            "queued" => self
+        let changed = match rec.status {
+            ExecutionStatus::Queued => self
                 .conn
                 .execute(
                     "UPDATE executions SET status = 'cancelled', ended = ?2, cancel_requested = 1 \
@@ -461,7 +604,7 @@ impl Executions {
                 .map_err(self.err("cancel an execution"))?,
             // Paused at a gate: its worker wakes from the wait, the gated
             // task never runs, `finally:` does.
-            "running" | "paused" => {
+            ExecutionStatus::Running | ExecutionStatus::Paused => {
                 self.conn
                     .execute("UPDATE executions SET cancel_requested = 1 WHERE id = ?1", [id])
                     .map_err(self.err("cancel an execution"))?;
@@ -526,11 +669,12 @@ impl Executions {
         let mut cut = Vec::with_capacity(ids.len());
         for id in &ids {
             let mut rec = self.get(id)?;
-            rec.status = "interrupted".into();
+            rec.status = ExecutionStatus::Interrupted;
             rec.ended = Some(now.to_owned());
             for t in rec.tasks.iter_mut().filter(|t| matches!(t.status, TaskStatus::Running | TaskStatus::Waiting)) {
                 t.status = TaskStatus::Failed;
                 t.error = Some("interrupted: the host stopped while the task ran".into());
+                t.failure = Some(FailureKind::Host);
             }
             cut.push(rec);
         }
@@ -555,7 +699,7 @@ impl Executions {
             .optional()
             .map_err(self.err("read an execution"))?
             .ok_or_else(|| RecordError::NotFound(id.to_owned()))?;
-        Ok((json_column(inputs), json_column(trigger)))
+        Ok((json_column(id, "inputs", inputs)?, json_column(id, "trigger data", trigger)?))
     }
 
     /// Saves an ended execution's record and its (masked) log in one commit.
@@ -593,7 +737,15 @@ impl Executions {
         let rows = stmt
             .query_map(params![f.namespace, f.flow, f.status, limit as i64, f.since, f.until], Self::from_row)
             .map_err(self.err("list executions"))?;
-        rows.collect::<Result<_, _>>().map_err(self.err("read executions"))
+        self.collect(rows)
+    }
+
+    /// Rows read as records; a corrupt one is an error naming it.
+    fn collect(
+        &self,
+        rows: impl Iterator<Item = rusqlite::Result<ExecutionRecord>>,
+    ) -> Result<Vec<ExecutionRecord>, RecordError> {
+        rows.map(|r| r.map_err(|e| read_error(&self.path, "read executions", "(in a listing)", e))).collect()
     }
 }
 

@@ -15,7 +15,9 @@ mod task;
 use crate::audit::now_rfc3339;
 use crate::capability::wasi::ungrantable_imports;
 use crate::exec::{ExecutionEnv, TaskFailure};
-use crate::executions::{Attempt, Decision, ExecutionRecord, Executions, Gate, TaskRecord, TaskStatus};
+use crate::executions::{
+    Attempt, Decision, ExecutionRecord, ExecutionStatus, Executions, Gate, TaskRecord, TaskStatus,
+};
 use crate::flow::{Approval, Diagnostic, Diagnostics, Flow, Phase, Scope, Severity, render, truthy};
 use crate::mask::MaskSet;
 use crate::names::ExecutionId;
@@ -161,7 +163,7 @@ pub async fn run_flow(
             flow: flow.id.to_string(),
             namespace: flow.namespace.as_str().to_owned(),
             source: flow.source.clone(),
-            status: "running".into(),
+            status: ExecutionStatus::Running,
             started: now_rfc3339(),
             ended: None,
             tasks: pending_tasks(flow),
@@ -203,12 +205,11 @@ pub async fn run_flow(
     env.leases.revoke_all();
     let mut record = run.record;
     record.status = match &run.failure {
-        _ if cancelled => "cancelled",
-        None if run.allowed_failures > 0 => "warning",
-        None => "succeeded",
-        Some(_) => "failed",
-    }
-    .into();
+        _ if cancelled => ExecutionStatus::Cancelled,
+        None if run.allowed_failures > 0 => ExecutionStatus::Warning,
+        None => ExecutionStatus::Succeeded,
+        Some(_) => ExecutionStatus::Failed,
+    };
     record.ended = Some(now_rfc3339());
     if !claimed {
         save(records, &record);
@@ -308,7 +309,7 @@ impl<'a> Run<'a> {
                 Some(Event::Decided(i, decision)) => {
                     waiting -= 1;
                     if waiting == 0 {
-                        self.record.status = "running".into();
+                        self.record.status = ExecutionStatus::Running;
                     }
                     match decision {
                         Some(d) if d.approved && !env.cancel.is_cancelled() => {
@@ -382,7 +383,7 @@ impl<'a> Run<'a> {
             tracing::error!("cannot record the approval gate of task {}: {e}", task.id);
         }
         self.record.tasks[i].status = TaskStatus::Waiting;
-        self.record.status = "paused".into();
+        self.record.status = ExecutionStatus::Paused;
         progress(
             self.env,
             self.flow,
@@ -568,6 +569,7 @@ impl<'a> Run<'a> {
         t.duration_ms = duration_ms;
         t.attempts = attempts;
         t.error = Some(f.to_string());
+        t.failure = Some(f.kind());
         let allowed = task.allow_failure && !matches!(f, TaskFailure::Cancelled | TaskFailure::FlowTimeout(_));
         let note = if allowed { " (allow_failure: the flow goes on)" } else { "" };
         progress(self.env, self.flow, &format!("task {} failed: {f}{note}", task.id));
@@ -609,6 +611,7 @@ pub fn pending_tasks(flow: &Flow) -> Vec<TaskRecord> {
             attempts: Vec::new(),
             skipped: None,
             approval: None,
+            failure: None,
         })
         .collect()
 }

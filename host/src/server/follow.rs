@@ -17,7 +17,7 @@
 use super::AppState;
 use super::extract::{Caller, blocking};
 use super::worker::Running;
-use crate::executions::{ENDED, ExecutionRecord};
+use crate::executions::ExecutionRecord;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -122,7 +122,7 @@ impl Follower {
         if self.live.is_none() {
             self.live = running.clone();
         }
-        let ended = ENDED.contains(&rec.status.as_str()) && running.is_none();
+        let ended = rec.status.ended() && running.is_none();
         let value = serde_json::to_value(&rec).unwrap_or_default();
         // The record first (a stream opens with where the execution is), then
         // what was written since; at the end, the last lines before `end`.

@@ -57,7 +57,7 @@ pub fn queued_record(
         flow: flow.id.to_string(),
         namespace: flow.namespace.as_str().to_owned(),
         source: flow.source.clone(),
-        status: "queued".into(),
+        status: crate::executions::ExecutionStatus::Queued,
         started: now_rfc3339(),
         ended: None,
         tasks: crate::run::pending_tasks(flow),

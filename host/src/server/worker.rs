@@ -9,7 +9,7 @@
 use super::App;
 use crate::audit::now_rfc3339;
 use crate::exec::{Cancel, ExecutionEnv};
-use crate::executions::{ExecutionRecord, Executions, Queued, TaskStatus};
+use crate::executions::{ExecutionRecord, ExecutionStatus, Executions, Queued, TaskStatus};
 use crate::mask::MaskSet;
 use crate::names::{ExecutionId, Namespace};
 use crate::run::{Start, prepare, run_flow};
@@ -152,6 +152,7 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued, waiting: crate::ex
                     Some((_, why)) => {
                         t.status = TaskStatus::Failed;
                         t.error = Some(why.clone());
+                        t.failure = Some(crate::executions::FailureKind::Plugin);
                     }
                     None => {
                         t.status = TaskStatus::Skipped;
@@ -159,13 +160,13 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued, waiting: crate::ex
                     }
                 }
             }
-            rec.status = "failed".into();
+            rec.status = ExecutionStatus::Failed;
             rec.ended = Some(now_rfc3339());
             let _ = std::io::Write::write_all(&mut log.clone(), format!("[{}] {message}\n", rec.flow).as_bytes());
         }
     }
-    if app.interrupting.load(Ordering::SeqCst) && rec.status == "cancelled" {
-        rec.status = "interrupted".into();
+    if app.interrupting.load(Ordering::SeqCst) && rec.status == ExecutionStatus::Cancelled {
+        rec.status = ExecutionStatus::Interrupted;
         if let Err(e) = app.interrupted(&rec, "was cut off by the server's shutdown timeout") {
             tracing::error!("cannot audit the interruption of {id}: {e}");
         }

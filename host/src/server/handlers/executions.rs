@@ -2,7 +2,7 @@
 
 use crate::audit::{Action, Outcome, now_rfc3339};
 use crate::authz::{Permission, Permission as P};
-use crate::executions::{CancelOutcome, ENDED, ExecutionRecord};
+use crate::executions::{CancelOutcome, ExecutionRecord};
 use crate::names::Namespace;
 use crate::server::AppState;
 use crate::server::error::{ApiError, audit_failed};
@@ -58,13 +58,13 @@ pub(crate) async fn create_execution(
             woken.as_mut().enable();
             let id = id.clone();
             rec = blocking(&app, move |app| Ok(app.records().get(&id)?)).await?;
-            if ENDED.contains(&rec.status.as_str()) || tokio::time::timeout_at(deadline, woken).await.is_err() {
+            if rec.status.ended() || tokio::time::timeout_at(deadline, woken).await.is_err() {
                 break;
             }
         }
         app.stop_waiting(&id, waker);
     }
-    let status = if ENDED.contains(&rec.status.as_str()) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if rec.status.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(json!({ "id": rec.id, "status": rec.status, "created": created, "execution": rec }))))
 }
 
@@ -180,9 +180,9 @@ pub(crate) async fn cancel_execution(
         };
         let already =
             |status: &str| ApiError::Conflict(format!("execution {id} already ended ({status}): nothing to cancel"));
-        if ENDED.contains(&rec.status.as_str()) {
+        if rec.status.ended() {
             record(Outcome::Failed, format!("not cancelled: it had already ended ({})", rec.status))?;
-            return Err(already(&rec.status));
+            return Err(already(rec.status.as_str()));
         }
         // Recorded before it is asked (no record, no cancel), then what it did.
         record(Outcome::Pending, format!("about to cancel it ({})", rec.status))?;
@@ -198,7 +198,7 @@ pub(crate) async fn cancel_execution(
             CancelOutcome::AlreadyEnded => {
                 let now = app.records().get(&id)?.status;
                 record(Outcome::Failed, format!("not cancelled: it ended first ({now})"))?;
-                return Err(already(&now));
+                return Err(already(now.as_str()));
             }
         };
         record(Outcome::Ok, format!("{status} (it was {})", rec.status))?;
