@@ -523,6 +523,13 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     let r = remote(&sm, &["secret", "discard", "API_TOKEN", "-n", "finance", "--staged"]);
     r.expect_code(2);
     assert!(r.stderr.contains("no version is staged"), "{r:#?}");
+    // Revoke, then destroy, through the API: each lands in the store.
+    remote(&admin, &["secret", "revoke", "HOOK_KEY", "-n", "finance"]).expect_code(0);
+    let r = env.run(&["secret", "describe", "HOOK_KEY", "-n", "finance", "--json"]);
+    assert_eq!(r.json()["state"], "revoked", "{r:#?}");
+    remote(&admin, &["secret", "destroy", "HOOK_KEY", "-n", "finance"]).expect_code(0);
+    let r = env.run(&["secret", "describe", "HOOK_KEY", "-n", "finance", "--json"]);
+    assert_eq!(r.json()["state"], "destroyed", "{r:#?}");
     // The whole chain is verified by a principal with audit:read at the
     // root; one scoped to a namespace may not (the answer covers them all).
     let r = remote(&auditor, &["audit", "verify"]);

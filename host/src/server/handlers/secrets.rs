@@ -226,25 +226,35 @@ pub(crate) async fn resolve_staged(
 pub(crate) async fn revoke_secret(
     State(app): State<AppState>,
     caller: Caller,
-    Path((ns, name)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
-    blocking(&app, move |app| {
-        let done = app.secrets.revoke(&caller.actor, &ns, &name)?;
-        Ok(Json(json!({ "revoked": name.as_str(), "namespace": ns, "done": done })))
-    })
-    .await
+    end_secret(app, caller, at, "revoked").await
 }
 
 pub(crate) async fn destroy_secret(
     State(app): State<AppState>,
     caller: Caller,
-    Path((ns, name)): Path<(String, String)>,
+    Path(at): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    end_secret(app, caller, at, "destroyed").await
+}
+
+/// Revokes (refuses every read, keeps the history) or destroys (erases
+/// every version) `ns`/`name`; `how` is the answer's key.
+async fn end_secret(
+    app: AppState,
+    caller: Caller,
+    (ns, name): (String, String),
+    how: &'static str,
 ) -> Result<Json<Value>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     blocking(&app, move |app| {
-        let done = app.secrets.destroy(&caller.actor, &ns, &name)?;
-        Ok(Json(json!({ "destroyed": name.as_str(), "namespace": ns, "done": done })))
+        let done = if how == "revoked" {
+            app.secrets.revoke(&caller.actor, &ns, &name)?
+        } else {
+            app.secrets.destroy(&caller.actor, &ns, &name)?
+        };
+        Ok(Json(json!({ how: name.as_str(), "namespace": ns, "done": done })))
     })
     .await
 }
