@@ -8,12 +8,13 @@
 //! cleared) authenticates no one; a token is refused once revoked or
 //! expired. What a principal may do is decided in [`crate::authz`], not here.
 
+use crate::audit::NewRecord;
 use crate::authz::{self, Binding, Permission, Principal, Role};
 use crate::crypto::{IntegrityKey, MacDomain};
 use crate::db::{DbError, connect, sql_err};
 use crate::store::{fmt_time, now};
 use base64::Engine;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -295,6 +296,7 @@ impl Tokens {
     /// `issuer` is the token issuing it (through the API), `None` for the
     /// root operator: a token lives no longer than its issuer, and ends
     /// when any token of the chain that issued it is revoked or expires.
+    /// The audit record `audit` makes of it commits with it.
     pub fn create(
         &self,
         name: &str,
@@ -302,6 +304,7 @@ impl Tokens {
         ttl: Option<Duration>,
         created_by: &str,
         issuer: Option<&str>,
+        audit: impl FnOnce(&TokenInfo) -> NewRecord,
     ) -> Result<(TokenInfo, TokenSecret), TokenError> {
         check_token_name(name)?;
         if bindings.is_empty() {
@@ -357,7 +360,8 @@ impl Tokens {
             row.parent = Some(self.find(issuer)?.id);
         }
         row.mac = row.mac(&self.integrity).to_vec();
-        let done = self.conn.execute(
+        let tx = self.begin()?;
+        let done = tx.execute(
             &format!("INSERT INTO tokens ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
             params![
                 row.id,
@@ -381,7 +385,25 @@ impl Tokens {
             }
             other => other.map_err(self.err("store a token"))?,
         };
-        Ok((row.info(&self.integrity, created_at, Ok(())), secret))
+        let info = row.info(&self.integrity, created_at, Ok(()));
+        self.commit(tx, &audit(&info))?;
+        Ok((info, secret))
+    }
+
+    fn begin(&self) -> Result<Transaction<'_>, TokenError> {
+        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(self.err("start a write"))
+    }
+
+    /// Appends `rec` to the audit chain in `tx`, then commits both.
+    fn commit(&self, tx: Transaction<'_>, rec: &NewRecord) -> Result<(), TokenError> {
+        crate::audit::append(&tx, &self.integrity, rec).map_err(self.err("write the audit record"))?;
+        tx.commit().map_err(self.err("commit"))
+    }
+
+    /// Appends one audit record on its own (a refusal).
+    pub fn record(&self, rec: &NewRecord) -> Result<(), TokenError> {
+        crate::audit::append_alone(&self.conn, &self.integrity, rec).map_err(self.err("write the audit record"))?;
+        Ok(())
     }
 
     /// Walks the tokens that issued `row`, up to one the root operator
@@ -444,9 +466,16 @@ impl Tokens {
     }
 
     /// Revokes a token by name or id: it authenticates no one from now on.
-    /// Revoking a revoked token changes nothing.
-    pub fn revoke(&self, name_or_id: &str) -> Result<TokenInfo, TokenError> {
+    /// Revoking a revoked token changes nothing (and is still recorded).
+    /// The audit record `audit` makes of it (as it was) commits with it.
+    pub fn revoke(
+        &self,
+        name_or_id: &str,
+        audit: impl FnOnce(&TokenInfo) -> NewRecord,
+    ) -> Result<TokenInfo, TokenError> {
+        let tx = self.begin()?;
         let mut row = self.find(name_or_id)?;
+        let rec = audit(&self.info(&row, now()));
         if !row.authentic(&self.integrity) {
             // Revoking is always allowed; the new MAC covers the revocation.
             tracing::warn!("token {} fails its integrity check; revoking it anyway", row.id);
@@ -454,13 +483,13 @@ impl Tokens {
         if row.revoked_at.is_none() {
             row.revoked_at = Some(now());
             row.mac = row.mac(&self.integrity).to_vec();
-            self.conn
-                .execute(
-                    "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1",
-                    params![row.id, row.revoked_at, row.mac],
-                )
-                .map_err(self.err("revoke a token"))?;
+            tx.execute(
+                "UPDATE tokens SET revoked_at = ?2, mac = ?3 WHERE id = ?1",
+                params![row.id, row.revoked_at, row.mac],
+            )
+            .map_err(self.err("revoke a token"))?;
         }
+        self.commit(tx, &rec)?;
         Ok(self.info(&row, now()))
     }
 
@@ -537,8 +566,8 @@ impl Tokens {
         Ok(n > 0)
     }
 
-    /// Defines (or redefines) a custom role.
-    pub fn define_role(&self, role: &Role) -> Result<(), TokenError> {
+    /// Defines (or redefines) a custom role, committed with `audit`.
+    pub fn define_role(&self, role: &Role, audit: &NewRecord) -> Result<(), TokenError> {
         authz::check_role_name(&role.name).map_err(TokenError::Invalid)?;
         if role.allow.is_empty() && role.deny.is_empty() {
             return Err(TokenError::Invalid("a role needs at least one --allow or --deny permission".into()));
@@ -548,13 +577,13 @@ impl Tokens {
         let created_at = now();
         let fields = [role.name.as_bytes(), allow.as_bytes(), deny.as_bytes(), &created_at.to_be_bytes()];
         let mac = self.integrity.mac(MacDomain::RoleRow, &fields).to_vec();
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO roles (name, allow, deny, created_at, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![role.name, allow, deny, created_at, mac],
-            )
-            .map_err(self.err("store a role"))?;
-        Ok(())
+        let tx = self.begin()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO roles (name, allow, deny, created_at, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![role.name, allow, deny, created_at, mac],
+        )
+        .map_err(self.err("store a role"))?;
+        self.commit(tx, audit)
     }
 
     /// Every role: the built-in ones, then the custom ones by name.
@@ -573,8 +602,8 @@ impl Tokens {
         Ok(out)
     }
 
-    /// Removes a custom role no live token is bound to.
-    pub fn remove_role(&self, name: &str) -> Result<(), TokenError> {
+    /// Removes a custom role no live token is bound to, committed with `audit`.
+    pub fn remove_role(&self, name: &str, audit: &NewRecord) -> Result<(), TokenError> {
         if authz::builtin(name).is_some() && !(authz::LATER_BUILTINS.contains(&name) && self.has_custom_role(name)?) {
             return Err(TokenError::Invalid(format!("{name:?} is a built-in role and cannot be removed")));
         }
@@ -591,8 +620,9 @@ impl Tokens {
                 users.join(", ")
             )));
         }
-        self.conn.execute("DELETE FROM roles WHERE name = ?1", [name]).map_err(self.err("remove a role"))?;
-        Ok(())
+        let tx = self.begin()?;
+        tx.execute("DELETE FROM roles WHERE name = ?1", [name]).map_err(self.err("remove a role"))?;
+        self.commit(tx, audit)
     }
 }
 
@@ -607,6 +637,38 @@ mod tests {
         (dir, t)
     }
 
+    /// What the service layer would record; these tests look at tokens.
+    fn noted(info: &TokenInfo) -> NewRecord {
+        let who = crate::audit::Actor::Cli { user: "root".into() };
+        NewRecord::ok(&who, crate::audit::Action::TokenCreate, &Namespace::root(), None).reason(info.name.clone())
+    }
+
+    fn dummy() -> TokenInfo {
+        TokenInfo {
+            id: "tok-0".into(),
+            name: "-".into(),
+            bindings: vec![],
+            created: String::new(),
+            expires: None,
+            revoked: None,
+            last_used: None,
+            created_by: String::new(),
+            parent: None,
+            state: String::new(),
+        }
+    }
+
+    fn create(
+        t: &Tokens,
+        name: &str,
+        bindings: Vec<Binding>,
+        ttl: Option<Duration>,
+        by: &str,
+        issuer: Option<&str>,
+    ) -> Result<(TokenInfo, TokenSecret), TokenError> {
+        t.create(name, bindings, ttl, by, issuer, noted)
+    }
+
     fn runner_in(ns: &str) -> Vec<Binding> {
         vec![Binding { role: "runner".into(), namespace: Namespace::new(ns).unwrap() }]
     }
@@ -614,7 +676,7 @@ mod tests {
     #[test]
     fn a_token_is_shown_once_stored_as_a_hash_and_authenticates_its_principal() {
         let (dir, t) = open();
-        let (info, secret) = t.create("ci-bot", runner_in("finance"), None, "root", None).unwrap();
+        let (info, secret) = create(&t, "ci-bot", runner_in("finance"), None, "root", None).unwrap();
         assert!(secret.expose().starts_with("kh_") && secret.expose().len() == 46, "{secret:?}");
         assert_eq!(format!("{secret:?}"), "kh_***");
         let db = std::fs::read(dir.path().join("store.db")).unwrap();
@@ -631,10 +693,10 @@ mod tests {
     #[test]
     fn revoked_expired_and_edited_tokens_authenticate_no_one() {
         let (dir, t) = open();
-        let (_, a) = t.create("a", runner_in(""), None, "root", None).unwrap();
-        let (_, b) = t.create("b", runner_in(""), Some(Duration::from_secs(0)), "root", None).unwrap();
-        let (c_info, c) = t.create("c", runner_in("marketing"), None, "root", None).unwrap();
-        t.revoke("a").unwrap();
+        let (_, a) = create(&t, "a", runner_in(""), None, "root", None).unwrap();
+        let (_, b) = create(&t, "b", runner_in(""), Some(Duration::from_secs(0)), "root", None).unwrap();
+        let (c_info, c) = create(&t, "c", runner_in("marketing"), None, "root", None).unwrap();
+        t.revoke("a", noted).unwrap();
         assert_eq!(t.authenticate(&a).unwrap_err(), AuthFailure::Revoked);
         assert_eq!(t.authenticate(&b).unwrap_err(), AuthFailure::Expired);
         // An attacker with the database widens c's binding to admin everywhere.
@@ -651,26 +713,44 @@ mod tests {
     }
 
     #[test]
+    fn a_token_whose_issue_cannot_be_recorded_is_not_issued() {
+        let (dir, t) = open();
+        let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
+        create(&t, "kept", runner_in(""), None, "root", None).unwrap();
+        // The audit trail cannot be written: the change and its record go together.
+        conn.execute_batch("ALTER TABLE audit RENAME TO audit_gone").unwrap();
+        let e = create(&t, "ghost", runner_in(""), None, "root", None).unwrap_err();
+        assert!(e.to_string().contains("write the audit record"), "{e}");
+        assert!(t.revoke("kept", noted).is_err());
+        let role = Role { name: "ghost-role".into(), allow: vec![Permission::FlowRead], deny: vec![] };
+        assert!(t.define_role(&role, &noted(&dummy())).is_err());
+        conn.execute_batch("ALTER TABLE audit_gone RENAME TO audit").unwrap();
+        let live: Vec<(String, String)> = t.list().unwrap().into_iter().map(|i| (i.name, i.state)).collect();
+        assert_eq!(live, [("kept".to_owned(), "active".to_owned())], "nothing changed without its record");
+        assert!(t.role("ghost-role").is_err());
+    }
+
+    #[test]
     fn names_are_unique_among_live_tokens_and_roles_must_exist() {
         let (_dir, t) = open();
-        t.create("bot", runner_in(""), None, "root", None).unwrap();
-        assert!(matches!(t.create("bot", runner_in(""), None, "root", None), Err(TokenError::Conflict(_))));
-        t.revoke("bot").unwrap();
-        t.create("bot", runner_in(""), None, "root", None).unwrap();
+        create(&t, "bot", runner_in(""), None, "root", None).unwrap();
+        assert!(matches!(create(&t, "bot", runner_in(""), None, "root", None), Err(TokenError::Conflict(_))));
+        t.revoke("bot", noted).unwrap();
+        create(&t, "bot", runner_in(""), None, "root", None).unwrap();
         let bad = vec![Binding { role: "nope".into(), namespace: Namespace::root() }];
-        let e = t.create("x", bad, None, "root", None).unwrap_err();
+        let e = create(&t, "x", bad, None, "root", None).unwrap_err();
         assert!(e.to_string().contains("no role \"nope\""), "{e}");
-        assert!(t.create("tok-1", runner_in(""), None, "root", None).is_err());
+        assert!(create(&t, "tok-1", runner_in(""), None, "root", None).is_err());
     }
 
     #[test]
     fn custom_roles_are_authenticated_and_cannot_be_removed_while_bound() {
         let (dir, t) = open();
         let role = Role { name: "rotator".into(), allow: vec![Permission::SecretWrite], deny: vec![] };
-        t.define_role(&role).unwrap();
+        t.define_role(&role, &noted(&dummy())).unwrap();
         let b = vec![Binding { role: "rotator".into(), namespace: Namespace::root() }];
-        let (_, tok) = t.create("r", b, None, "root", None).unwrap();
-        assert!(t.remove_role("rotator").unwrap_err().to_string().contains("bound to token(s) r"));
+        let (_, tok) = create(&t, "r", b, None, "root", None).unwrap();
+        assert!(t.remove_role("rotator", &noted(&dummy())).unwrap_err().to_string().contains("bound to token(s) r"));
         let conn = rusqlite::Connection::open(dir.path().join("store.db")).unwrap();
         conn.execute("UPDATE roles SET allow = '[\"secret:write\",\"key:rotate\"]'", []).unwrap();
         let (who, _) = t.authenticate(&tok).unwrap();
@@ -694,42 +774,42 @@ mod tests {
         assert_eq!(t.role("builder").unwrap().allow, vec![Permission::FlowRead], "no upgrade widens a token");
         let listed: Vec<Role> = t.roles().unwrap().into_iter().filter(|r| r.name == "builder").collect();
         assert_eq!(listed.len(), 1, "{listed:?}");
-        t.remove_role("builder").unwrap();
+        t.remove_role("builder", &noted(&dummy())).unwrap();
         assert!(t.role("builder").unwrap().allow.contains(&Permission::SecretUse), "then the built-in one");
-        assert!(t.remove_role("builder").unwrap_err().to_string().contains("built-in role"));
+        assert!(t.remove_role("builder", &noted(&dummy())).unwrap_err().to_string().contains("built-in role"));
     }
 
     #[test]
     fn a_token_lives_no_longer_than_its_issuer_counts_as_its_person_and_ends_with_it() {
         let (_dir, t) = open();
         let (root_info, root) =
-            t.create("alice", runner_in(""), Some(Duration::from_secs(3600)), "root", None).unwrap();
+            create(&t, "alice", runner_in(""), Some(Duration::from_secs(3600)), "root", None).unwrap();
         assert_eq!(root_info.parent, None);
-        let (child_info, child) = t.create("alice-bot", runner_in(""), None, "alice", Some(&root_info.id)).unwrap();
+        let (child_info, child) = create(&t, "alice-bot", runner_in(""), None, "alice", Some(&root_info.id)).unwrap();
         assert_eq!(child_info.parent.as_deref(), Some(root_info.id.as_str()));
         assert_eq!(child_info.expires, root_info.expires, "no TTL asked: its issuer's expiry");
-        let (grand_info, grand) = t
-            .create("alice-bot2", runner_in(""), Some(Duration::from_secs(86_400)), "x", Some(&child_info.id))
-            .unwrap();
+        let (grand_info, grand) =
+            create(&t, "alice-bot2", runner_in(""), Some(Duration::from_secs(86_400)), "x", Some(&child_info.id))
+                .unwrap();
         assert_eq!(grand_info.expires, root_info.expires, "a longer TTL is cut to the chain's");
         // Every token of the chain is the same person: the one the operator issued.
         for tok in [&root, &child, &grand] {
             assert_eq!(t.authenticate(tok).unwrap().0.person, format!("token {}", root_info.id));
         }
         // Revoking the issuer ends what it issued, down the chain.
-        t.revoke(&child_info.id).unwrap();
+        t.revoke(&child_info.id, noted).unwrap();
         assert_eq!(t.authenticate(&grand).unwrap_err(), AuthFailure::IssuerEnded);
         assert!(t.authenticate(&root).is_ok(), "not the other way");
         let states: Vec<(String, String)> = t.list().unwrap().into_iter().map(|i| (i.name, i.state)).collect();
         assert!(states.contains(&("alice-bot2".into(), "ended".into())), "{states:?}");
-        let e = t.create("more", runner_in(""), None, "x", Some(&grand_info.id)).unwrap_err();
+        let e = create(&t, "more", runner_in(""), None, "x", Some(&grand_info.id)).unwrap_err();
         assert!(e.to_string().contains("the issuing token cannot issue"), "{e}");
         // An edited issuer column authenticates no one.
         t.conn.execute("UPDATE tokens SET parent = NULL WHERE name = 'alice-bot2'", []).unwrap();
         assert_eq!(t.authenticate(&grand).unwrap_err(), AuthFailure::Tampered);
         // Absurd lifetimes are refused at the command line too.
-        let e =
-            t.create("forever", runner_in(""), Some(Duration::from_secs(100_000 * 86_400)), "root", None).unwrap_err();
+        let e = create(&t, "forever", runner_in(""), Some(Duration::from_secs(100_000 * 86_400)), "root", None)
+            .unwrap_err();
         assert!(e.to_string().contains("at most 3650 days"), "{e}");
     }
 }

@@ -157,6 +157,15 @@ pub fn append(tx: &Transaction<'_>, key: &IntegrityKey, rec: &NewRecord) -> rusq
     append_all(tx, key, vec![Prepared::new(rec)]).map(|seqs| seqs[0])
 }
 
+/// Appends `rec` on its own, in a transaction of its own (a refusal,
+/// which changes nothing else); returns its sequence number.
+pub fn append_alone(conn: &rusqlite::Connection, key: &IntegrityKey, rec: &NewRecord) -> rusqlite::Result<u64> {
+    let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let seq = append(&tx, key, rec)?;
+    tx.commit()?;
+    Ok(seq)
+}
+
 /// A record made ready to join the chain: everything but its place in it
 /// (`seq`, `prev_hash`, `hash`) is filled in and encoded, so the serial
 /// part of an append is one MAC and one insert.

@@ -44,7 +44,7 @@ mod query;
 mod verify;
 
 pub(crate) use chain::{Prepared, append_all};
-pub use chain::{append, now_rfc3339};
+pub use chain::{append, append_alone, now_rfc3339};
 use chain::{checkpoint, head};
 pub use log::{AuditKey, AuditLog};
 pub use query::{Filter, LastRead, Usage, last_read, list, usage};

@@ -5,10 +5,11 @@
 use super::remote::{self, Remote};
 use super::table::{Align::Left, Table};
 use super::*;
-use keyhole::audit::{Action, Actor, NewRecord};
-use keyhole::authz::{Binding, Permission, Role};
+use keyhole::authz::{Permission, Role};
 use keyhole::server::{ServeError, ServeOptions};
+use keyhole::service::{self, tokens::IssueRequest};
 use keyhole::tokens::{TokenError, TokenInfo, Tokens};
+use keyhole::vouch::Voucher;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use zeroize::Zeroizing;
@@ -265,34 +266,18 @@ pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
             anyhow::anyhow!("lookup-self asks a server which token you hold: set KEYHOLE_ADDR and KEYHOLE_TOKEN"),
         ));
     }
-    let me = Actor::current_user();
-    let (mut store, tokens) = open_tokens(dir)?;
+    let (_store, tokens) = open_tokens(dir)?;
+    let me = Voucher::root();
     let mut out = std::io::stdout().lock();
     match cmd {
         TokenCommand::Create { name, role, namespace, ttl } => {
-            let binding = Binding { role, namespace: namespace.clone() };
-            let by = match &me {
-                Actor::Cli { user } => user.clone(),
-                _ => "operator".into(),
-            };
-            let (info, secret) = tokens.create(&name, vec![binding.clone()], ttl, &by, None)?;
-            let rec = NewRecord::ok(&me, Action::TokenCreate, &namespace, None)
-                .reason(format!("token {} ({}) with {binding}", info.name, info.id))
-                .detail_field("token", info.id.clone());
-            if let Err(e) = store.record(&rec) {
-                let _ = tokens.revoke(&info.id);
-                return Err(Exit::from(e));
-            }
+            let req = IssueRequest { name, role, namespace, ttl };
+            let (info, secret) = service::tokens::issue(&tokens, &me, req, None)?;
             announce_token(&mut out, secret.expose(), &info)?;
         }
-        TokenCommand::List { json } => print_tokens(&mut out, tokens.list()?, json)?,
+        TokenCommand::List { json } => print_tokens(&mut out, service::tokens::list(&tokens, &me)?, json)?,
         TokenCommand::Revoke { token } => {
-            let info = tokens.get(&token)?;
-            let rec = NewRecord::ok(&me, Action::TokenRevoke, &Namespace::root(), None)
-                .reason(format!("token {} ({})", info.name, info.id))
-                .detail_field("token", info.id.clone());
-            store.record(&rec)?;
-            let info = tokens.revoke(&info.id)?;
+            let info = service::tokens::revoke(&tokens, &me, &token)?;
             eprintln!("revoked token {} ({})", info.name, info.id);
         }
         TokenCommand::LookupSelf { .. } => unreachable!("answered above"),
@@ -301,18 +286,12 @@ pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
 }
 
 pub(crate) fn role(dir: &DataDir, cmd: RoleCommand) -> Result<(), Exit> {
-    let me = Actor::current_user();
-    let (mut store, tokens) = open_tokens(dir)?;
+    let (_store, tokens) = open_tokens(dir)?;
+    let me = Voucher::root();
     let mut out = std::io::stdout().lock();
     match cmd {
         RoleCommand::Create { name, allow, deny } => {
-            let role = Role { name: name.clone(), allow, deny };
-            keyhole::authz::check_role_name(&name).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
-            let rec = NewRecord::ok(&me, Action::RoleChange, &Namespace::root(), None)
-                .reason(format!("role {name} defined"))
-                .detail_field("role", serde_json::to_value(&role).unwrap_or_default());
-            store.record(&rec)?;
-            tokens.define_role(&role)?;
+            service::tokens::define_role(&tokens, &me, &Role { name: name.clone(), allow, deny })?;
             eprintln!("role {name} defined");
         }
         RoleCommand::List { json } => {
@@ -329,11 +308,7 @@ pub(crate) fn role(dir: &DataDir, cmd: RoleCommand) -> Result<(), Exit> {
             table.write(&mut out).map_err(stdout_err)?;
         }
         RoleCommand::Rm { name } => {
-            tokens.role(&name)?;
-            let rec =
-                NewRecord::ok(&me, Action::RoleChange, &Namespace::root(), None).reason(format!("role {name} removed"));
-            store.record(&rec)?;
-            tokens.remove_role(&name)?;
+            service::tokens::remove_role(&tokens, &me, &name)?;
             eprintln!("role {name} removed");
         }
     }

@@ -419,9 +419,8 @@ impl Registry {
 
     /// Appends one audit record on its own (a refusal).
     pub fn record(&self, rec: &NewRecord) -> Result<(), RegistryError> {
-        let tx = self.begin()?;
-        crate::audit::append(&tx, &self.integrity, rec).map_err(self.err("write the audit record"))?;
-        tx.commit().map_err(self.err("commit the audit record"))
+        crate::audit::append_alone(&self.conn, &self.integrity, rec).map_err(self.err("write the audit record"))?;
+        Ok(())
     }
 }
 

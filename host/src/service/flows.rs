@@ -2,7 +2,7 @@
 //! may, what is recorded.
 
 use super::ServiceError;
-use crate::audit::{Action, NewRecord, Outcome};
+use crate::audit::{Action, NewRecord};
 use crate::authz::Permission;
 use crate::backend::Router;
 use crate::names::{Namespace, SecretName};
@@ -22,8 +22,7 @@ pub struct DeployRequest<'a> {
     pub plugins: &'a BTreeMap<String, String>,
 }
 
-/// Records a refusal of `action` by `who` (the missing permission, where,
-/// and the secret it was for), then returns it as the error.
+/// Records a refusal in the registry's file ([`super::refuse`]).
 fn refuse(
     registry: &Registry,
     who: &Voucher,
@@ -33,14 +32,7 @@ fn refuse(
     permission: Option<Permission>,
     message: String,
 ) -> ServiceError {
-    let mut rec = NewRecord::ok(&who.actor, action, namespace, secret).outcome(Outcome::Denied).reason(message.clone());
-    if let Some(p) = permission {
-        rec = rec.detail_field("permission", p.as_str());
-    }
-    match registry.record(&rec) {
-        Ok(()) => ServiceError::Forbidden(message),
-        Err(e) => ServiceError::AuditFailed(e.to_string()),
-    }
+    super::refuse(|rec| registry.record(rec), who, action, namespace, secret, permission, message)
 }
 
 /// Deploys a flow as `who`: `flow:deploy` in its namespace, and `secret:use`

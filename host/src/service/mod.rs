@@ -8,8 +8,14 @@
 //! or protect, or builds the audit record of one of these operations.
 
 pub mod flows;
+pub mod tokens;
 
+use crate::audit::{Action, NewRecord, Outcome};
+use crate::authz::Permission;
+use crate::names::{Namespace, SecretName};
 use crate::registry::RegistryError;
+use crate::tokens::TokenError;
+use crate::vouch::Voucher;
 
 /// Why an operation was not done; each edge maps the variant (never the
 /// text) to its answer: an HTTP status, an exit code.
@@ -60,5 +66,39 @@ impl From<RegistryError> for ServiceError {
             RegistryError::Quota(m) => ServiceError::Quota(m),
             e @ (RegistryError::Db(_) | RegistryError::Io { .. }) => ServiceError::Host(e.to_string()),
         }
+    }
+}
+
+impl From<TokenError> for ServiceError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Invalid(m) => ServiceError::Invalid(m),
+            TokenError::NotFound(m) => ServiceError::NotFound(m),
+            TokenError::Conflict(m) => ServiceError::Conflict(m),
+            e @ TokenError::Tampered(_) => ServiceError::Tampered(e.to_string()),
+            e @ TokenError::Db(_) => ServiceError::Host(e.to_string()),
+        }
+    }
+}
+
+/// Records a refusal of `action` by `who` (the missing permission, where,
+/// and the secret it was for) through `record`, then returns it as the
+/// error: `AuditFailed` when it could not be recorded.
+fn refuse<E: std::fmt::Display>(
+    record: impl FnOnce(&NewRecord) -> Result<(), E>,
+    who: &Voucher,
+    action: Action,
+    namespace: &Namespace,
+    secret: Option<&SecretName>,
+    permission: Option<Permission>,
+    message: String,
+) -> ServiceError {
+    let mut rec = NewRecord::ok(&who.actor, action, namespace, secret).outcome(Outcome::Denied).reason(message.clone());
+    if let Some(p) = permission {
+        rec = rec.detail_field("permission", p.as_str());
+    }
+    match record(&rec) {
+        Ok(()) => ServiceError::Forbidden(message),
+        Err(e) => ServiceError::AuditFailed(e.to_string()),
     }
 }
