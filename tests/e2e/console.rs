@@ -174,7 +174,7 @@ fn a_console_session_is_a_strict_cookie_with_csrf_that_ends_with_sign_out_revoca
     assert!(!ok.body.contains(PW));
     // The generated value is stored (a task would read 48 hex characters), never shown.
     let described = b.send("GET", "/api/v1/secrets/finance/PW", &[], None).json();
-    assert_eq!(described["secret"]["version"], 2, "{described}");
+    assert_eq!(described["current_version"], 2, "{described}");
     let rotated = audit_reasons(&env, "secret.rotate");
     assert_eq!(rotated.len(), 1, "{rotated:?}");
 

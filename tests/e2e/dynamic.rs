@@ -293,7 +293,7 @@ fn a_task_gets_a_credential_minted_for_its_execution_and_it_dies_with_it() {
     r.expect_code(0);
     let (user, password) = leaked(&echo)[0].clone();
     assert!(!r.stdout.contains(&password) && !r.stdout.contains(&user), "{r:#?}");
-    let r = env.run(&["secret", "describe", "WAREHOUSE_BOUND", "-n", "ops"]);
+    let r = env.run(&["secret", "describe", "WAREHOUSE_BOUND", "-n", "ops", "--json"]);
     r.expect_code(0);
     let doc = r.json();
     assert_eq!((doc["dynamic"].as_bool(), doc["outstanding"].as_u64()), (Some(true), Some(0)), "{doc}");

@@ -53,9 +53,11 @@ fn versions_describe_and_generated_rotation_never_show_values() {
         .json();
     assert_ne!(read["DB_PASSWORD"]["sha256"], sha256("first-password"));
     let d = json_of(&env.run(&["secret", "describe", "DB_PASSWORD", "-n", "app", "--json"]));
-    assert!(d["last_read"].as_str().is_some(), "describe shows the last read: {d}");
+    assert!(d["last_read"]["time"].as_str().is_some_and(|t| t.ends_with('Z')), "describe shows the last read: {d}");
+    assert!(d["last_read"]["execution"].as_str().is_some(), "and which execution read it: {d}");
     let text = env.run(&["secret", "describe", "DB_PASSWORD", "-n", "app"]);
     assert!(text.stdout.contains("current_version") && !text.stdout.contains("first-password"), "{}", text.stdout);
+    assert!(text.stdout.lines().any(|l| l.starts_with("last_read") && l.contains(" by execution ")), "{}", text.stdout);
     // Rotating a secret that does not exist is refused.
     let r = env.run_with(env.host().args(["secret", "rotate", "NOPE"]), b"x");
     r.expect_code(2);

@@ -517,12 +517,32 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     let r = env.run_with(&mut cmd, b"staged-secret-10\n");
     r.expect_code(0);
     assert!(r.stderr.contains("staged API_TOKEN: version 3 in namespace finance"), "{r:#?}");
-    let r = remote(&sm, &["secret", "describe", "API_TOKEN", "-n", "finance"]);
+    let r = remote(&sm, &["secret", "describe", "API_TOKEN", "-n", "finance", "--json"]);
     assert!(r.json()["staged"]["version"] == 3 && !r.stdout.contains("staged-secret-10"), "{r:#?}");
     remote(&sm, &["secret", "commit", "API_TOKEN", "-n", "finance", "--staged"]).expect_code(0);
     let r = remote(&sm, &["secret", "discard", "API_TOKEN", "-n", "finance", "--staged"]);
     r.expect_code(2);
     assert!(r.stderr.contains("no version is staged"), "{r:#?}");
+    let mut cmd = env.host();
+    cmd.env("KEYHOLE_ADDR", &server.base).env("KEYHOLE_TOKEN", &sm).env("KEYHOLE_HOME", env.home().join("client-side"));
+    cmd.args(["secret", "set", "SOON", "-n", "finance", "--expires-in", "1d"]);
+    env.run_with(&mut cmd, b"short-lived-11\n").expect_code(0);
+    // The remote CLI shows what the local one shows: one description, one
+    // listing, one renderer (text and JSON), `--expiring` included.
+    for args in [
+        &["secret", "describe", "API_TOKEN", "-n", "finance"][..],
+        &["secret", "describe", "API_TOKEN", "-n", "finance", "--json"],
+        &["secret", "list", "-n", "finance"],
+        &["secret", "list", "-n", "finance", "--json"],
+        &["secret", "list", "-n", "finance", "--expiring", "7d"],
+    ] {
+        let (here, there) = (env.run(args), remote(&sm, args));
+        here.expect_code(0);
+        there.expect_code(0);
+        assert_eq!(here.stdout, there.stdout, "{args:?}");
+    }
+    let r = remote(&sm, &["secret", "list", "-n", "finance", "--expiring", "7d"]);
+    assert!(r.stdout.contains("SOON") && !r.stdout.contains("API_TOKEN"), "only what expires: {r:#?}");
     // Revoke, then destroy, through the API: each lands in the store.
     remote(&admin, &["secret", "revoke", "HOOK_KEY", "-n", "finance"]).expect_code(0);
     let r = env.run(&["secret", "describe", "HOOK_KEY", "-n", "finance", "--json"]);

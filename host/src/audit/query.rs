@@ -81,7 +81,7 @@ pub fn list(conn: &Connection, path: &Path, f: &Filter) -> Result<Vec<Record>, A
 }
 
 /// The newest granted read of a secret: when, and by which task.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastRead {
     /// RFC 3339.
     pub time: String,

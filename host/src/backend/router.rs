@@ -122,7 +122,7 @@ impl Router {
 
     /// Reloads the configuration if another process changed it (a
     /// revocation kept there must reach running executions at once).
-    fn refresh(&self) -> Result<(), BackendError> {
+    pub fn refresh(&self) -> Result<(), BackendError> {
         let Some(state) = &self.config else { return Ok(()) };
         let now = stamp(&state.path);
         let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());

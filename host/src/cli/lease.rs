@@ -163,65 +163,6 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
     Ok(())
 }
 
-/// The dynamic secrets as `secret list` shows them.
-pub(crate) fn dynamic_infos(dir: &DataDir, secrets: &Router) -> Result<Vec<keyhole::store::SecretInfo>, Exit> {
-    let (_, backends) = backends(dir, secrets)?;
-    let mut out = Vec::new();
-    for (v, name, def) in dynamic_defs(&backends) {
-        out.push(keyhole::store::SecretInfo {
-            namespace: v.namespace.clone(),
-            name: name.clone(),
-            version: 0,
-            version_id: None,
-            versions_stored: 0,
-            keep_versions: 0,
-            created_at: 0,
-            updated_at: 0,
-            expires_at: None,
-            revoked_at: None,
-            destroyed_at: None,
-            destinations: def.destinations.clone(),
-            tampered: false,
-            dynamic: Some(def.path.clone()),
-        });
-    }
-    Ok(out)
-}
-
-/// `secret describe` of a dynamic secret: its definition and its leases
-/// (never a credential); `None` if `name` is not dynamic in `namespace`.
-pub(crate) fn describe_dynamic(
-    dir: &DataDir,
-    secrets: &Router,
-    namespace: &Namespace,
-    name: &SecretName,
-) -> Result<Option<serde_json::Value>, Exit> {
-    let (_, backends) = backends(dir, secrets)?;
-    let Some(BackendConfig::Vault(v)) = backends.for_namespace(namespace) else { return Ok(None) };
-    let Some(def) = v.dynamic.get(name.as_str()) else { return Ok(None) };
-    let leases = keyhole::lease::Leases::open(&dir.store_path()).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
-    let mine: Vec<_> = leases
-        .list(false)
-        .map_err(|e| fail(HOST, anyhow::Error::from(e)))?
-        .into_iter()
-        .filter(|l| l.namespace == namespace.as_str() && l.name == name.as_str())
-        .collect();
-    let outstanding = mine.iter().filter(|l| l.revoked.is_none()).count();
-    Ok(Some(serde_json::json!({
-        "namespace": namespace,
-        "name": name.as_str(),
-        "dynamic": true,
-        "backend": format!("vault server {}", v.address),
-        "minted_from": def.path,
-        "ttl_secs": def.ttl_secs,
-        "policy": def.policy,
-        "destinations": def.destinations,
-        "leases": mine.len(),
-        "outstanding": outstanding,
-        "last_minted": mine.first().map(|l| l.minted.clone()),
-    })))
-}
-
 pub(crate) fn lease(dir: &DataDir, cmd: LeaseCommand) -> Result<(), Exit> {
     if !dir.store_path().exists() {
         return Err(fail(USAGE, anyhow::anyhow!("no leases: {} does not exist", dir.store_path().display())));

@@ -222,3 +222,8 @@ fn read_token_file(path: &Path) -> Result<Zeroizing<String>, Exit> {
     let text = Zeroizing::new(String::from_utf8_lossy(&bytes).trim().to_owned());
     Ok(text)
 }
+
+/// The server's answer `v` as a `T`; `what` names it when it is not one.
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value, what: &str) -> Result<T, Exit> {
+    serde_json::from_value(v).map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not {what}: {e}")))
+}

@@ -10,7 +10,12 @@ use keyhole::audit::{self, Actor};
 use keyhole::backend::{BackendError, BackendKind, Router};
 use keyhole::backup::{self, BundleKey};
 use keyhole::network::AllowEntry;
+use keyhole::service::{
+    self,
+    secrets::{SecretDescription, SecretList, state},
+};
 use keyhole::store::{SecretInfo, SetOptions, VersionInfo, fmt_time, now};
+use keyhole::vouch::Voucher;
 use zeroize::Zeroizing;
 
 #[derive(Subcommand, Debug)]
@@ -265,24 +270,6 @@ pub(crate) fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
     Ok(BundleKey::Passphrase(pass))
 }
 
-pub(crate) fn state(s: &SecretInfo, now: i64) -> String {
-    if let Some(path) = &s.dynamic {
-        format!("dynamic: minted per execution from {path}")
-    } else if s.tampered {
-        "TAMPERED (edited outside keyhole; reads refused)".into()
-    } else if s.destroyed_at.is_some() {
-        "destroyed".into()
-    } else if s.revoked_at.is_some() {
-        "revoked".into()
-    } else {
-        match s.expires_at {
-            Some(x) if x <= now => "expired".into(),
-            Some(x) => format!("expires {}", fmt_time(x)),
-            None => "active".into(),
-        }
-    }
-}
-
 /// The body of `PUT /api/v1/secrets/...`, encoded straight into a
 /// zeroizing buffer: the value is never in a `String` of its own.
 #[derive(serde::Serialize)]
@@ -361,27 +348,26 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Commit { name, at, .. } => remote_staged(remote, &name, &at.namespace, "commit"),
         SecretCommand::Discard { name, at, .. } => remote_staged(remote, &name, &at.namespace, "discard"),
-        SecretCommand::List { namespace, expiring: None, json } => {
-            let path = match &namespace {
-                Some(ns) => format!("/api/v1/secrets?namespace={}", remote::path_segment(ns.as_str())),
-                None => "/api/v1/secrets".to_owned(),
-            };
-            let v = remote.get("list secrets", &path)?;
-            for u in v["unavailable"].as_array().into_iter().flatten() {
-                eprintln!(
-                    "(namespace {} is unavailable: {})",
-                    u["namespace"].as_str().unwrap_or(""),
-                    u["error"].as_str().unwrap_or("")
-                );
+        SecretCommand::List { namespace, expiring, json } => {
+            let mut query = Vec::new();
+            if let Some(ns) = &namespace {
+                query.push(format!("namespace={}", remote::path_segment(ns.as_str())));
             }
-            let list: Vec<SecretInfo> = serde_json::from_value(v["secrets"].clone())
-                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a secret list: {e}")))?;
+            if let Some(d) = expiring {
+                query.push(format!("expiring={}s", d.as_secs()));
+            }
+            let path = if query.is_empty() {
+                "/api/v1/secrets".to_owned()
+            } else {
+                format!("/api/v1/secrets?{}", query.join("&"))
+            };
+            let list: SecretList = remote::typed(remote.get("list secrets", &path)?, "a secret list")?;
             print_secret_list(&mut out, &list, json)
         }
-        SecretCommand::Describe { name, at, .. } => {
+        SecretCommand::Describe { name, at, json } => {
             let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(&at.namespace), name);
             let v = remote.get(&format!("describe {name} in namespace {}", at.namespace), &path)?;
-            print_json(&mut out, &v)
+            print_description(&mut out, &remote::typed(v, "a secret's description")?, json)
         }
         SecretCommand::Versions { name, at, json } => {
             let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(&at.namespace), name);
@@ -413,7 +399,7 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         _ => Err(fail(
             USAGE,
             anyhow::anyhow!(
-                "with KEYHOLE_ADDR set, `secret` takes set, rotate, list (without --expiring), describe, versions, \
+                "with KEYHOLE_ADDR set, `secret` takes set, rotate, commit, discard, list, describe, versions, \
                  bind, revoke, destroy, protect, unprotect and protections; run the rest where the data directory is"
             ),
         )),
@@ -454,29 +440,99 @@ fn bound_note(name: &SecretName, ns: &Namespace, destinations: &[String]) {
     }
 }
 
-fn print_secret_list(out: &mut impl Write, list: &[SecretInfo], json: bool) -> Result<(), Exit> {
+/// `secret list`, local or remote: the table (or JSON) on stdout, each
+/// backend that did not answer on stderr; exit 5 after it when a listed
+/// row failed its integrity check.
+fn print_secret_list(out: &mut impl Write, list: &SecretList, json: bool) -> Result<(), Exit> {
+    for u in &list.unavailable {
+        let ns = Namespace::new(&u.namespace).unwrap_or_default();
+        eprintln!("(namespace {ns} is unavailable: {}: {})", u.backend, u.error);
+    }
     if json {
-        return print_json(out, &list);
+        print_json(out, &list.secrets)?;
+    } else {
+        let mut table = Table::new(&[
+            ("NAMESPACE", Left),
+            ("NAME", Left),
+            ("VERSION", Right),
+            ("CREATED", Left),
+            ("UPDATED", Left),
+            ("STATE", Left),
+        ]);
+        let t = now();
+        for s in &list.secrets {
+            let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
+            let version = s.version_id.as_deref().map_or(s.version.to_string(), short_id);
+            let (version, created, updated) = match s.dynamic {
+                Some(_) => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+                None => (version, fmt_time(s.created_at), fmt_time(s.updated_at)),
+            };
+            table.row([ns.to_owned(), s.name.to_string(), version, created, updated, state(s, t)]);
+        }
+        table.write(out).map_err(stdout_err)?;
     }
-    let mut table = Table::new(&[
-        ("NAMESPACE", Left),
-        ("NAME", Left),
-        ("VERSION", Right),
-        ("CREATED", Left),
-        ("UPDATED", Left),
-        ("STATE", Left),
-    ]);
-    let t = now();
-    for s in list {
-        let ns = if s.namespace.is_empty() { "(root)" } else { &s.namespace };
-        let version = s.version_id.as_deref().map_or(s.version.to_string(), short_id);
-        let (version, created, updated) = match s.dynamic {
-            Some(_) => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
-            None => (version, fmt_time(s.created_at), fmt_time(s.updated_at)),
-        };
-        table.row([ns.to_owned(), s.name.to_string(), version, created, updated, state(s, t).to_string()]);
+    let bad: Vec<&SecretInfo> = list.tampered().collect();
+    match bad.as_slice() {
+        [] => Ok(()),
+        [one, ..] => Err(fail(
+            TAMPERED,
+            anyhow::anyhow!(
+                "{} secret(s) failed their integrity check (first: {} in namespace {:?}): the store was edited outside \
+                 keyhole; see `host audit list --action integrity.check`",
+                bad.len(),
+                one.name,
+                one.namespace
+            ),
+        )),
     }
-    table.write(out).map_err(stdout_err)
+}
+
+/// `secret describe`, local or remote: `key value` lines, or JSON; exit 5
+/// after it when the secret failed its integrity check.
+fn print_description(out: &mut impl Write, d: &SecretDescription, json: bool) -> Result<(), Exit> {
+    if json {
+        print_json(out, d)?;
+    } else {
+        let doc = serde_json::to_value(d).expect("a description encodes");
+        for (k, v) in doc.as_object().expect("an object") {
+            let shown = match (k.as_str(), v) {
+                (_, serde_json::Value::Null) => "-".into(),
+                (_, serde_json::Value::String(s)) => s.clone(),
+                ("versions", serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.get("version_id").unwrap_or(&v["version"]).to_string().trim_matches('"').to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                ("staged", v) => format!("version {} (staged {})", v["version"], v["created"].as_str().unwrap_or("?")),
+                ("last_read", v) => {
+                    let by = match (v["execution"].as_str(), v["task"].as_str()) {
+                        (Some(e), task) => format!(" by execution {e}, task {}", task.unwrap_or("?")),
+                        (None, _) => " by an operator".into(),
+                    };
+                    format!("{}{by}", v["time"].as_str().unwrap_or("?"))
+                }
+                (_, serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                (_, other) => other.to_string(),
+            };
+            writeln!(out, "{k:<16} {shown}").map_err(stdout_err)?;
+        }
+    }
+    if d.tampered {
+        return Err(fail(
+            TAMPERED,
+            anyhow::anyhow!(
+                "{} in namespace {:?} failed its integrity check: the store was edited outside keyhole; see \
+                 `host audit list --action integrity.check`",
+                d.name,
+                d.namespace
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
@@ -535,31 +591,8 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::List { namespace, expiring, json } => {
             let secrets = open_secrets(dir)?;
             let before = expiring.map(|d| now() + d.as_secs() as i64);
-            let mut list = secrets.local().store().list(namespace.as_ref(), before)?;
-            let tampered = tampered_rows(&secrets, &list);
-            let mut notes = Vec::new();
-            for (ns, b) in secrets.remote() {
-                if namespace.as_ref().is_some_and(|n| n != ns) {
-                    continue;
-                }
-                match b.list(ns) {
-                    Ok(remote) => list.extend(remote.into_iter().filter(|_| before.is_none())),
-                    Err(e) => notes.push(format!("(namespace {ns} is served by {}: {e})", b.describe())),
-                }
-            }
-            if before.is_none() {
-                list.extend(
-                    super::lease::dynamic_infos(dir, &secrets)?
-                        .into_iter()
-                        .filter(|i| namespace.as_ref().is_none_or(|n| n.as_str() == i.namespace)),
-                );
-            }
-            list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-            for n in &notes {
-                eprintln!("{n}");
-            }
-            print_secret_list(&mut out, &list, json)?;
-            tampered
+            let list = service::secrets::list(&secrets, &Voucher::root(), namespace.as_ref(), before)?;
+            print_secret_list(&mut out, &list, json)
         }
         SecretCommand::Versions { name, at, json } => {
             let secrets = open_secrets(dir)?;
@@ -570,66 +603,10 @@ pub(crate) fn secret(dir: &DataDir, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Describe { name, at, json } => {
             let secrets = open_secrets(dir)?;
-            if let Some(doc) = super::lease::describe_dynamic(dir, &secrets, &at.namespace, &name)? {
-                return print_json(&mut out, &doc);
-            }
-            let backend = secrets.backend_for(&at.namespace);
-            let info = backend.info(&at.namespace, &name)?.ok_or_else(|| {
-                Exit::from(StoreError::NotFound { namespace: at.namespace.clone(), name: name.clone() })
-            })?;
-            tampered_rows(&secrets, std::slice::from_ref(&info))?;
-            let versions = backend.versions(&at.namespace, &name).map_err(checked(&secrets))?;
             let conn = audit::open(&dir.store_path(), false)?;
-            let last_read = audit::last_read(&conn, &dir.store_path(), &at.namespace, &name)?;
-            let staged = match backend.kind() {
-                BackendKind::Local => secrets.local().store().staged(&at.namespace, &name)?,
-                _ => None,
-            };
-            let staged = staged.map(|v| serde_json::json!({ "version": v.version, "created": fmt_time(v.created_at) }));
-            let doc = serde_json::json!({
-                "namespace": info.namespace,
-                "name": info.name,
-                "backend": backend.describe(),
-                "current_version": info.version_id.clone().map_or(serde_json::json!(info.version), serde_json::Value::from),
-                "versions": versions,
-                "keep_versions": info.keep_versions,
-                "created": fmt_time(info.created_at),
-                "rotated": fmt_time(info.updated_at),
-                "expires": info.expires_at.map(fmt_time),
-                "revoked": info.revoked_at.map(fmt_time),
-                "destroyed": info.destroyed_at.map(fmt_time),
-                "destinations": info.destinations,
-                "staged": staged,
-                "last_read": last_read.as_ref().map(|l| l.time.clone()),
-                "last_read_by": last_read.and_then(|l| l.execution.map(|e| format!("execution {e}, task {}", l.task.unwrap_or_default()))),
-                "state": state(&info, now()),
-            });
-            if json {
-                print_json(&mut out, &doc)?;
-            } else {
-                for (k, v) in doc.as_object().expect("an object") {
-                    let shown = match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Null => "-".into(),
-                        serde_json::Value::Array(a) => a
-                            .iter()
-                            .map(|v| match v {
-                                serde_json::Value::String(s) => s.clone(),
-                                v => v
-                                    .get("version_id")
-                                    .unwrap_or(&v["version"])
-                                    .to_string()
-                                    .trim_matches('"')
-                                    .to_owned(),
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        other => other.to_string(),
-                    };
-                    writeln!(out, "{k:<16} {shown}").map_err(stdout_err)?;
-                }
-            }
-            Ok(())
+            let d =
+                service::secrets::describe(&secrets, &dir.store_path(), &conn, &Voucher::root(), &at.namespace, &name)?;
+            print_description(&mut out, &d, json)
         }
         SecretCommand::Bind { name, at, destinations, clear: _ } => {
             let secrets = open_secrets(dir)?;
@@ -736,29 +713,4 @@ pub(crate) fn store_value(
     let place = if backend.kind() == BackendKind::Local { String::new() } else { format!(" ({})", backend.describe()) };
     eprintln!("{verb} {name}: version {version} in namespace {ns}{exp}{place}");
     Ok(())
-}
-
-/// Records every row of `list` that failed its check; exit 5 if any did.
-pub(crate) fn tampered_rows(secrets: &Router, list: &[SecretInfo]) -> Result<(), Exit> {
-    let bad: Vec<&SecretInfo> = list.iter().filter(|s| s.tampered).collect();
-    for s in &bad {
-        if let (Ok(namespace), Ok(name)) = (Namespace::new(&s.namespace), SecretName::new(&s.name)) {
-            let path = secrets.local().store().path().to_owned();
-            let e = StoreError::RowTampered { path, namespace, name, what: "its stored state" };
-            secrets.record_tamper(&e.into(), &Actor::current_user());
-        }
-    }
-    match bad.as_slice() {
-        [] => Ok(()),
-        [one, ..] => Err(fail(
-            TAMPERED,
-            anyhow::anyhow!(
-                "{} secret(s) failed their integrity check (first: {} in namespace {:?}): the store was edited outside \
-                 keyhole; see `host audit list --action integrity.check`",
-                bad.len(),
-                one.name,
-                one.namespace
-            ),
-        )),
-    }
 }

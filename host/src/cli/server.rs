@@ -221,7 +221,7 @@ fn print_tokens(out: &mut impl Write, list: Vec<TokenInfo>, json: bool) -> Resul
 }
 
 fn token_info(v: Value) -> Result<TokenInfo, Exit> {
-    serde_json::from_value(v).map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a token: {e}")))
+    remote::typed(v, "a token")
 }
 
 /// `host token ...` through the API, as the principal `remote` holds.
@@ -239,9 +239,7 @@ fn remote_token(remote: &Remote, cmd: TokenCommand) -> Result<(), Exit> {
         }
         TokenCommand::List { json } => {
             let v = remote.get("list tokens", "/api/v1/tokens")?;
-            let list = serde_json::from_value(v)
-                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a token list: {e}")))?;
-            print_tokens(&mut out, list, json)
+            print_tokens(&mut out, remote::typed(v, "a token list")?, json)
         }
         TokenCommand::Revoke { token } => {
             let path = format!("/api/v1/tokens/{}", remote::path_segment(&token));

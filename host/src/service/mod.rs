@@ -8,6 +8,7 @@
 //! or protect, or builds the audit record of one of these operations.
 
 pub mod flows;
+pub mod secrets;
 pub mod tokens;
 
 use crate::audit::{Action, NewRecord, Outcome};
@@ -100,5 +101,11 @@ fn refuse<E: std::fmt::Display>(
     match record(&rec) {
         Ok(()) => ServiceError::Forbidden(message),
         Err(e) => ServiceError::AuditFailed(e.to_string()),
+    }
+}
+
+impl From<crate::store::StoreError> for ServiceError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ServiceError::Backend(e.into())
     }
 }

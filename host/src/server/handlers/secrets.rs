@@ -6,6 +6,7 @@ use crate::secret::SecretValue;
 use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking, path_namespace, secret_name};
+use crate::service;
 use crate::store::{SetOptions, now};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -16,59 +17,41 @@ use serde_json::{Value, json};
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct SecretQuery {
     namespace: Option<Namespace>,
+    /// Only what expires within this long (`14d`), expired ones included.
+    expiring: Option<String>,
 }
 
 pub(crate) async fn list_secrets(
     State(app): State<AppState>,
     caller: Caller,
     Query(q): Query<SecretQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<service::secrets::SecretList>, ApiError> {
+    let before = q
+        .expiring
+        .as_deref()
+        .map(|t| {
+            humantime::parse_duration(t)
+                .map(|d| now() + d.as_secs() as i64)
+                .map_err(|e| ApiError::BadRequest(format!("query parameter `expiring`: {t:?}: {e}")))
+        })
+        .transpose()?;
     blocking(&app, move |app| {
-        let mut list = app.secrets.local().store().list(q.namespace.as_ref(), None)?;
-        let mut unavailable = Vec::new();
-        for (ns, b) in app.secrets.remote() {
-            if q.namespace.as_ref().is_some_and(|n| n != ns) || !caller.may(P::SecretList, ns) {
-                continue;
-            }
-            match b.list(ns) {
-                Ok(remote) => list.extend(remote),
-                Err(e) => unavailable.push(json!({"namespace": ns, "error": e.to_string()})),
-            }
-        }
-        list.retain(|s| Namespace::new(&s.namespace).is_ok_and(|ns| caller.may(P::SecretList, &ns)));
-        list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        Ok(Json(json!({ "secrets": list, "unavailable": unavailable })))
+        let list = service::secrets::list(&app.secrets, &caller.voucher(), q.namespace.as_ref(), before)?;
+        Ok(Json(list))
     })
     .await
 }
 
 pub(crate) async fn describe_secret(
     State(app): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<service::secrets::SecretDescription>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     blocking(&app, move |app| {
-        let backend = app.secrets.backend_for(&ns);
-        let info = backend
-            .info(&ns, &name)?
-            .ok_or_else(|| ApiError::NotFound(format!("no secret {name} in namespace {ns}")))?;
-        let versions = backend.versions(&ns, &name)?;
-        let staged = match backend.kind() {
-            crate::backend::BackendKind::Local => app.secrets.local().store().staged(&ns, &name)?,
-            _ => None,
-        };
         let path = app.dir.store_path();
-        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
         let conn = app.audit_reads();
-        let last_read = crate::audit::last_read(&conn, &path, &ns, &name).map_err(internal)?;
-        Ok(Json(json!({
-            "backend": backend.describe(),
-            "secret": info,
-            "versions": versions,
-            "staged": staged,
-            "last_read": last_read,
-        })))
+        Ok(Json(service::secrets::describe(&app.secrets, &path, &conn, &caller.voucher(), &ns, &name)?))
     })
     .await
 }

@@ -598,7 +598,9 @@ async function secretsPage(view, q) {
 async function secretPage(view, nsp, name) {
   const base = '/api/v1/secrets/' + enc(nsp) + '/' + enc(name);
   const d = await api('GET', base);
-  const s = d.secret;
+  // The description's times are RFC 3339; the state badge reads epoch seconds.
+  const s = { name: d.name, namespace: d.namespace, destroyed_at: d.destroyed, tampered: d.tampered, revoked_at: d.revoked,
+    expires_at: d.expires ? Date.parse(d.expires) / 1000 : null, dynamic: d.dynamic, destinations: d.destinations };
   const ns = s.namespace;
   const [mayWrite, mayRevoke] = await Promise.all([may('secret:write', ns), may('secret:revoke', ns)]);
   const now = Date.now() / 1000;
@@ -607,12 +609,12 @@ async function secretPage(view, nsp, name) {
     h('dt', {}, 'Namespace'), h('dd', {}, nsName(ns)),
     h('dt', {}, 'Backend'), h('dd', {}, d.backend),
     h('dt', {}, 'State'), h('dd', {}, badge(secretState(s, now))),
-    h('dt', {}, 'Kind'), h('dd', {}, s.dynamic ? 'dynamic: minted per execution from ' + s.dynamic : 'static'),
-    h('dt', {}, 'Current version'), h('dd', {}, String(s.version_id || s.version)),
-    h('dt', {}, 'Created'), h('dd', {}, when(s.created_at)),
-    h('dt', {}, 'Rotated'), h('dd', {}, when(s.updated_at)),
-    h('dt', {}, 'Expires'), h('dd', {}, s.expires_at ? when(s.expires_at) : 'never'),
-    h('dt', {}, 'Revoked'), h('dd', {}, s.revoked_at ? when(s.revoked_at) : 'no'),
+    h('dt', {}, 'Kind'), h('dd', {}, d.dynamic ? 'dynamic: minted per execution from ' + d.minted_from : 'static'),
+    h('dt', {}, 'Current version'), h('dd', {}, d.current_version === null ? '-' : String(d.current_version)),
+    h('dt', {}, 'Created'), h('dd', {}, when(d.created)),
+    h('dt', {}, 'Rotated'), h('dd', {}, when(d.rotated)),
+    h('dt', {}, 'Expires'), h('dd', {}, d.expires ? when(d.expires) : 'never'),
+    h('dt', {}, 'Revoked'), h('dd', {}, d.revoked ? when(d.revoked) : 'no'),
     h('dt', {}, 'Bound to'), h('dd', {}, (s.destinations || []).join(', ') || 'nothing (tasks granted it read the value)'),
     h('dt', {}, 'Last read'), h('dd', {}, lr ? [when(lr.time), ' by ', lr.execution ? h('a', { href: '#/executions/' + enc(lr.execution) }, 'execution ' + lr.execution.slice(0, 13)) : 'an operator',
       lr.task ? ', task ' + lr.task : '', lr.version ? ', version ' + lr.version : ''] : 'never'),
