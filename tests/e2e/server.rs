@@ -432,6 +432,21 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     let r = remote(&admin, &["executions", "list"]);
     r.expect_code(0);
     assert!(r.stdout.contains("greet") && r.stdout.contains("succeeded"), "{r:#?}");
+    // Remote and local show an execution alike, as a table, as JSON, one by one.
+    let id = rec["id"].as_str().unwrap();
+    for args in [
+        &["executions", "list"][..],
+        &["executions", "list", "--json"],
+        &["executions", "show", id],
+        &["executions", "show", id, "--json"],
+    ] {
+        let (here, there) = (env.run(args), remote(&admin, args));
+        assert_eq!((here.code, &here.stdout), (0, &there.stdout), "{args:?}");
+    }
+    assert!(
+        r.stdout.contains("TRIGGER") && r.stdout.contains("TASKS") && r.stdout.contains("hello:succeeded"),
+        "{r:#?}"
+    );
     let r = remote(&admin, &["flow", "list"]);
     assert!(r.stdout.contains("finance.reporting") && r.stdout.contains("admin (tok-"), "{r:#?}");
     // What each task may touch, as the console shows it.

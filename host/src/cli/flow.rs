@@ -214,8 +214,7 @@ pub(crate) fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std:
     let span = r.tasks.iter().filter_map(|t| offset(t).map(|o| o + t.duration_ms)).max().unwrap_or(0).max(1);
     const BAR: u64 = 24;
     for t in &r.tasks {
-        let status =
-            serde_json::to_value(t.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let status = t.status.as_str();
         // The error is plugin text (masked when stored): shown on its line only.
         let error = keyhole::output::one_line(t.error.as_deref().or(t.skipped.as_deref()).unwrap_or(""));
         let (when, bar) = match offset(t) {
@@ -342,36 +341,7 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
         ExecutionsCommand::Approve(d) => return decide(d, true),
         ExecutionsCommand::Reject(d) => return decide(d, false),
         ExecutionsCommand::List { flow, limit, json } => {
-            let list = records.list(flow.as_deref(), limit)?;
-            if json {
-                print_json(&mut out, &list)?;
-            } else {
-                let mut table = Table::new(&[
-                    ("EXECUTION", Left),
-                    ("FLOW", Left),
-                    ("STATUS", Left),
-                    ("STARTED", Left),
-                    ("TASKS", Left),
-                ]);
-                for r in list {
-                    let tasks: Vec<String> = r
-                        .tasks
-                        .iter()
-                        .map(|t| {
-                            format!(
-                                "{}:{}",
-                                t.id,
-                                serde_json::to_value(t.status)
-                                    .ok()
-                                    .and_then(|v| v.as_str().map(str::to_owned))
-                                    .unwrap_or_default()
-                            )
-                        })
-                        .collect();
-                    table.row([r.id.to_string(), r.flow, r.status.to_string(), r.started, tasks.join(" ")]);
-                }
-                table.write(&mut out).map_err(stdout_err)?;
-            }
+            print_execution_list(&mut out, &records.list(flow.as_deref(), limit)?, json)?;
         }
         ExecutionsCommand::Show { id, json } => {
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;
@@ -400,6 +370,27 @@ pub(crate) fn executions_cmd(dir: &DataDir, cmd: ExecutionsCommand) -> Result<()
         ExecutionsCommand::Cancel { .. } => unreachable!("refused above"),
     }
     Ok(())
+}
+
+/// `executions list`, local or remote: one table (or JSON).
+fn print_execution_list(out: &mut impl Write, list: &[ExecutionRecord], json: bool) -> Result<(), Exit> {
+    if json {
+        return print_json(out, &list);
+    }
+    let mut table = Table::new(&[
+        ("EXECUTION", Left),
+        ("FLOW", Left),
+        ("STATUS", Left),
+        ("STARTED", Left),
+        ("TRIGGER", Left),
+        ("TASKS", Left),
+    ]);
+    for r in list {
+        let tasks: Vec<String> = r.tasks.iter().map(|t| format!("{}:{}", t.id, t.status.as_str())).collect();
+        let trigger = r.trigger.clone().unwrap_or_else(|| "-".into());
+        table.row([r.id.clone(), r.flow.clone(), r.status.to_string(), r.started.clone(), trigger, tasks.join(" ")]);
+    }
+    table.write(out).map_err(stdout_err)
 }
 
 /// `host run ID` against a server: queue, wait, print as the local run does.
@@ -483,22 +474,9 @@ fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Resul
                     percent_encoding::utf8_percent_encode(f, percent_encoding::NON_ALPHANUMERIC)
                 ));
             }
-            let list: Vec<ExecutionRecord> = serde_json::from_value(r.get("list executions", &path)?)
-                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not an execution list: {e}")))?;
-            if json {
-                return print_json(&mut out, &list);
-            }
-            let mut table = Table::new(&[
-                ("EXECUTION", Left),
-                ("FLOW", Left),
-                ("STATUS", Left),
-                ("STARTED", Left),
-                ("TRIGGER", Left),
-            ]);
-            for e in list {
-                table.row([e.id, e.flow, e.status.to_string(), e.started, e.trigger.unwrap_or_default()]);
-            }
-            table.write(&mut out).map_err(stdout_err)
+            let list: Vec<ExecutionRecord> =
+                super::remote::typed(r.get("list executions", &path)?, "an execution list")?;
+            print_execution_list(&mut out, &list, json)
         }
         ExecutionsCommand::Show { id, json } => {
             let id: ExecutionId = id.parse().map_err(|e| fail(USAGE, e))?;

@@ -30,6 +30,20 @@ pub enum TaskStatus {
     Waiting,
 }
 
+impl TaskStatus {
+    /// The word records and listings use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Skipped => "skipped",
+            TaskStatus::Waiting => "waiting",
+        }
+    }
+}
+
 /// One task of an execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
