@@ -202,13 +202,16 @@ const LEASE_SCHEMA: &str = "
 /// issued a token (`tokens.parent`, under its MAC; NULL: the root
 /// operator) and the person who started an execution (`executions.person`),
 /// for the rules that want a second person; and which namespace uploaded
-/// each stored plugin (`plugin_uploads`), for its quota; and the queue's
+/// each stored plugin (`plugin_uploads`), for its quota; the process that
+/// runs an execution started at the command line (`executions.owner`, for
+/// `concurrency:` across processes); and the queue's
 /// per-namespace quotas (`namespace_limits`, for a namespace and those
 /// below it) and turns (`namespace_turns`: when each was last served).
 const REVIEW_SCHEMA: &str = "
     ALTER TABLE flows ADD COLUMN vouches TEXT;
     ALTER TABLE tokens ADD COLUMN parent TEXT;
     ALTER TABLE executions ADD COLUMN person TEXT;
+    ALTER TABLE executions ADD COLUMN owner TEXT;
     CREATE TABLE IF NOT EXISTS flow_reviews (
         namespace TEXT NOT NULL,
         id TEXT NOT NULL,

@@ -171,7 +171,7 @@ fn process_id(pid: u32) -> Option<String> {
 }
 
 /// Whether the process `owner` names is still running.
-fn alive(owner: &str) -> bool {
+pub fn alive(owner: &str) -> bool {
     let Some(pid) = owner.split(':').next().and_then(|p| p.parse::<u32>().ok()) else { return false };
     process_id(pid).is_some_and(|now| now == owner)
 }

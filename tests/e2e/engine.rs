@@ -343,3 +343,61 @@ fn host_run_waits_at_a_gate_until_host_executions_approve() {
     let denied = env.run(&["audit", "list", "--action", "execution.approve", "--json"]).json();
     assert!(denied.as_array().unwrap().iter().any(|r| r["outcome"] == "denied"), "{denied:#}");
 }
+
+/// `concurrency:` holds for `host run FLOW.yaml` across processes on one
+/// data directory, as on a server: over the limit a run is cancelled,
+/// fails, or waits for a place; a run whose process was killed holds none.
+#[test]
+fn a_flows_concurrency_holds_across_command_line_runs_on_one_data_directory() {
+    let env = Env::new();
+    let nap = |behavior: &str, secs: u64| {
+        let yaml = format!(
+            "id: nap\nconcurrency: {{limit: 1, behavior: {behavior}}}\ntasks:\n  - id: nap\n    plugin: '{{probe}}'\n    \
+             input: {{action: sleep, secs: {secs}}}\n"
+        );
+        flow_file(&env, &format!("nap-{behavior}-{secs}.yaml"), &yaml)
+    };
+    let spawn = |flow: &PathBuf| {
+        let mut c = env.host();
+        c.arg("run").arg(flow).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    // The id of the one running execution of `nap`, once a process runs it.
+    let running = || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            // Until the first run made the data directory, there is nothing to list.
+            let r = env.run(&["executions", "list", "--json"]);
+            let list = if r.code == 0 { r.json() } else { json!([]) };
+            let found = list.as_array().unwrap().iter().find(|r| r["status"] == "running").cloned();
+            if let Some(r) = found {
+                return r["id"].as_str().unwrap().to_owned();
+            }
+            assert!(std::time::Instant::now() < end, "no run started: {list} {r:#?}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    let mut first = spawn(&nap("queue", 3));
+    let first_id = running();
+    let r = run(&env, &nap("cancel", 0));
+    r.expect_code(4);
+    assert!(r.stderr.contains("was cancelled: not run: 1 execution(s) of the flow were running"), "{r:#?}");
+    assert_eq!(r.json()["status"], "cancelled");
+    let r = run(&env, &nap("fail", 0));
+    r.expect_code(1);
+    assert!(r.stderr.contains("its concurrency limit is 1 (behavior: fail)"), "{r:#?}");
+    // `queue`: it waits for the first to end, then runs.
+    let r = run(&env, &nap("queue", 0));
+    r.expect_code(0);
+    assert!(r.stderr.contains("waiting: 1 execution(s) of the flow hold all 1 place(s)"), "{r:#?}");
+    assert!(first.wait().unwrap().success());
+    let before = env.run(&["executions", "show", &first_id, "--json"]).json();
+    assert!(ms(&task(&r.json(), "nap")["started"]) >= ms(&before["ended"]), "it ran after the first ended");
+    // A run killed mid-way holds no place: the next admission records it interrupted.
+    let mut killed = spawn(&nap("queue", 60));
+    let killed_id = running();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    run(&env, &nap("cancel", 0)).expect_code(0);
+    assert_eq!(env.run(&["executions", "show", &killed_id, "--json"]).json()["status"], "interrupted");
+}

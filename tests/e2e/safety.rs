@@ -745,6 +745,7 @@ fn downgrade_to_0_1(db: &Path) {
          ALTER TABLE executions DROP COLUMN concurrency_limit;
          DROP TABLE IF EXISTS namespace_turns;
          ALTER TABLE executions DROP COLUMN person;
+         ALTER TABLE executions DROP COLUMN owner;
          DROP TABLE IF EXISTS flow_reviews;
          DROP TABLE IF EXISTS protections;
          DROP TABLE IF EXISTS plugin_uploads;

@@ -3,7 +3,7 @@
 use super::exec::{failure_exit, log_import_notes, print_warnings, session};
 use super::table::{Align::Left, Table};
 use super::*;
-use keyhole::executions::{ExecutionRecord, Executions};
+use keyhole::executions::{Admission, ExecutionRecord, Executions, TaskStatus};
 use keyhole::flow::{self, Diagnostic, Diagnostics, Severity};
 use keyhole::names::ExecutionId;
 use keyhole::run::{Start, prepare, run_flow};
@@ -184,6 +184,23 @@ pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>, co
     let (plugins, notes) = prepare(&s.host.runtime, &flow).map_err(|d| fail(USAGE, d))?;
     log_import_notes(&notes);
     let start = Start::cli(inputs);
+    if let Some(c) = flow.concurrency {
+        // The flow's limit holds across every process on this data directory.
+        let rec = keyhole::run::new_record(&flow, &start.execution);
+        let mut said = false;
+        let waiting = |busy: i64| {
+            if !std::mem::replace(&mut said, true) {
+                eprintln!(
+                    "[{}] waiting: {busy} execution(s) of the flow hold all {} place(s) of its concurrency limit",
+                    flow.id, c.limit
+                );
+            }
+        };
+        let me = keyhole::lease::this_process();
+        if let Admission::NotRun(rec) = s.host.records.admit(&rec, c, &me, keyhole::lease::alive, waiting)? {
+            return finish(&rec, args.json);
+        }
+    }
     eprintln!("[{}] execution {} started", flow.id, start.execution);
     let report = s.rt.block_on(run_flow(&s.host.runtime, &s.host.env, &flow, &plugins, start, &s.host.records));
     let mut out = std::io::stdout().lock();
@@ -448,6 +465,15 @@ fn finish(record: &ExecutionRecord, json: bool) -> Result<(), Exit> {
     use keyhole::executions::ExecutionStatus as S;
     match record.status {
         S::Succeeded | S::Warning => Ok(()),
+        S::Failed if !record.tasks.iter().any(|t| t.error.is_some()) => {
+            // Failed before any task ran (its concurrency limit): say why.
+            let why = record.tasks.iter().find_map(|t| t.skipped.as_deref()).unwrap_or("no task ran");
+            Err(fail(TASK_ERROR, anyhow::anyhow!("flow {flow} failed: {why}")))
+        }
+        S::Cancelled if !record.tasks.iter().any(|t| t.status != TaskStatus::Skipped) => {
+            let why = record.tasks.iter().find_map(|t| t.skipped.as_deref()).unwrap_or("no task ran");
+            Err(fail(HOST, anyhow::anyhow!("execution {id} of flow {flow} was cancelled: {why}")))
+        }
         S::Failed => {
             let failed = record.tasks.iter().find(|t| t.error.is_some());
             let task = failed.map_or("-", |t| t.id.as_str());

@@ -483,21 +483,7 @@ impl Executions {
                 )
                 .map_err(self.err("count the flow's executions"))?;
             if busy >= c.limit as i64 {
-                let (status, word) = match c.behavior {
-                    OverLimit::Fail => (ExecutionStatus::Failed, "fail"),
-                    _ => (ExecutionStatus::Cancelled, "cancel"),
-                };
-                rec.status = status;
-                rec.ended = Some(crate::audit::now_rfc3339());
-                let why = format!(
-                    "not run: {busy} execution(s) of the flow were running or queued, its concurrency limit is {} \
-                     (behavior: {word})",
-                    c.limit
-                );
-                for t in &mut rec.tasks {
-                    t.status = TaskStatus::Skipped;
-                    t.skipped = Some(why.clone());
-                }
+                admit::refuse_over_limit(&mut rec, busy, c);
             }
         }
         let done = self.insert(&tx, &rec, inputs, trigger, idempotency_key, limit);
@@ -667,19 +653,26 @@ impl Executions {
         Ok(())
     }
 
-    /// After a crash: the executions still `running`, each as it will be
+    /// After a crash: the executions still `running` (but for a command-line
+    /// run whose process still runs), each as it will be
     /// recorded once cut off (`interrupted`, its running task failed). The
     /// caller audits each, then saves it: a crash before the save finds it
     /// again next time, so none is left running without a record.
     pub fn cut_off_running(&self, now: &str) -> Result<Vec<ExecutionRecord>, RecordError> {
-        let ids: Vec<String> = {
+        let rows: Vec<(String, Option<String>)> = {
             let mut stmt = self
                 .conn
-                .prepare("SELECT id FROM executions WHERE status IN ('running', 'paused') ORDER BY started, id")
+                .prepare("SELECT id, owner FROM executions WHERE status IN ('running', 'paused') ORDER BY started, id")
                 .map_err(self.err("recover executions"))?;
-            let rows = stmt.query_map([], |r| r.get(0)).map_err(self.err("recover executions"))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.err("recover executions"))?;
             rows.collect::<Result<_, _>>().map_err(self.err("recover executions"))?
         };
+        // A command-line run in a process that still runs is not the server's to cut off.
+        let ids: Vec<String> = rows
+            .into_iter()
+            .filter(|(_, owner)| owner.as_deref().is_none_or(|o| !crate::lease::alive(o)))
+            .map(|(id, _)| id)
+            .collect();
         let mut cut = Vec::with_capacity(ids.len());
         for id in &ids {
             let mut rec = self.get(id)?;
@@ -778,8 +771,10 @@ pub struct Search<'a> {
     pub until: Option<&'a str>,
 }
 
+mod admit;
 mod gates;
 mod quota;
 
+pub use admit::Admission;
 pub use gates::{Decider, Decision, Gate, GateError, decide_gate};
 pub use quota::NamespaceLimits;

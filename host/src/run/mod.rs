@@ -158,20 +158,7 @@ pub async fn run_flow(
         records,
         claimed,
         execution: execution.clone(),
-        record: ExecutionRecord {
-            id: execution.to_string(),
-            flow: flow.id.to_string(),
-            namespace: flow.namespace.as_str().to_owned(),
-            source: flow.source.clone(),
-            status: ExecutionStatus::Running,
-            started: now_rfc3339(),
-            ended: None,
-            tasks: pending_tasks(flow),
-            trigger: None,
-            revision: None,
-            created_by: None,
-            person: None,
-        },
+        record: new_record(flow, &execution),
         scope: Scope {
             inputs,
             outputs: Map::new(),
@@ -598,6 +585,25 @@ impl<'a> Run<'a> {
 
 /// One pending record per task of `flow`: what an execution looks like
 /// before anything ran.
+/// The record of execution `execution` of `flow` as it starts: running,
+/// every task pending.
+pub fn new_record(flow: &Flow, execution: &ExecutionId) -> ExecutionRecord {
+    ExecutionRecord {
+        id: execution.to_string(),
+        flow: flow.id.to_string(),
+        namespace: flow.namespace.as_str().to_owned(),
+        source: flow.source.clone(),
+        status: ExecutionStatus::Running,
+        started: now_rfc3339(),
+        ended: None,
+        tasks: pending_tasks(flow),
+        trigger: None,
+        revision: None,
+        created_by: None,
+        person: None,
+    }
+}
+
 pub fn pending_tasks(flow: &Flow) -> Vec<TaskRecord> {
     flow.tasks
         .iter()
