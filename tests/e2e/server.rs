@@ -592,6 +592,17 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     let (a, b, other) = (send("k1"), send("k1"), send("k2"));
     assert_eq!(a, b);
     assert_ne!(a, other);
+    // One execution, one record of its creation: the retry adds none.
+    let r = env.run(&["audit", "list", "--action", "execution.create", "--json"]);
+    let created: Vec<Value> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["detail"].as_str().is_some_and(|d| d.contains(&a)))
+        .cloned()
+        .collect();
+    assert_eq!(created.len(), 1, "{created:#?}");
     wait_ended(&c, &admin, &a, Duration::from_secs(30));
     // A key past 128 characters is refused, not silently ignored.
     let (auth, long) = (format!("Bearer {admin}"), "k".repeat(129));

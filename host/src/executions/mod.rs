@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+/// An audit record to commit with a change, and the key that chains it.
+#[derive(Debug, Clone, Copy)]
+pub struct Audited<'a> {
+    /// The store's integrity key.
+    pub key: &'a crate::crypto::IntegrityKey,
+    /// The record.
+    pub record: &'a crate::audit::NewRecord,
+}
+
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -448,6 +457,9 @@ impl Executions {
     /// queued, a `cancel` or `fail` flow's new execution ends at once so; a
     /// `queue` one waits, and [`Executions::claim`] takes it only when fewer
     /// than the limit run.
+    ///
+    /// `audit` is the record of its creation, chained under its key: it
+    /// commits with the new row, and is not written for a retried request.
     pub fn enqueue(
         &self,
         rec: &ExecutionRecord,
@@ -455,6 +467,7 @@ impl Executions {
         trigger: &Value,
         idempotency_key: Option<&str>,
         concurrency: Option<Concurrency>,
+        audit: Audited<'_>,
     ) -> Result<(ExecutionRecord, bool), RecordError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
             .map_err(self.err("begin queuing an execution"))?;
@@ -486,9 +499,12 @@ impl Executions {
                 admit::refuse_over_limit(&mut rec, busy, c);
             }
         }
-        let done = self.insert(&tx, &rec, inputs, trigger, idempotency_key, limit);
+        let (rec, created) = self.insert(&tx, &rec, inputs, trigger, idempotency_key, limit)?;
+        if created {
+            crate::audit::append(&tx, audit.key, audit.record).map_err(self.err("write the audit record"))?;
+        }
         tx.commit().map_err(self.err("queue an execution"))?;
-        done
+        Ok((rec, created))
     }
 
     fn insert(

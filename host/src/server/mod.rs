@@ -144,6 +144,9 @@ pub struct App {
     pub audit: AuditLog,
     /// The engine.
     pub runtime: Arc<Runtime>,
+    /// The store's integrity key: it authenticates rows and chains the
+    /// audit records that commit with a change.
+    pub(crate) integrity: crate::crypto::IntegrityKey,
     tokens: Mutex<Tokens>,
     registry: Mutex<Registry>,
     records: Mutex<Executions>,
@@ -195,13 +198,14 @@ impl App {
             .map_err(|e| ServeError::Refused(format!("cannot read the audit trail: {e}")))?;
         let db = |e: crate::tokens::TokenError| ServeError::Refused(e.to_string());
         let tokens = Tokens::open(&dir.store_path(), integrity.clone()).map_err(db)?;
-        let registry =
-            Registry::open(dir, integrity).map_err(|e| ServeError::Refused(format!("cannot open the flows: {e}")))?;
+        let registry = Registry::open(dir, integrity.clone())
+            .map_err(|e| ServeError::Refused(format!("cannot open the flows: {e}")))?;
         Ok(Arc::new(App {
             dir: dir.clone(),
             secrets,
             audit,
             runtime,
+            integrity,
             tokens: Mutex::new(tokens),
             registry: Mutex::new(registry),
             records: Mutex::new(records),
@@ -348,7 +352,12 @@ impl App {
         if let Some(new) = again {
             // Same inputs and trigger data; keyed by the old id, so at most once.
             let (inputs, trigger) = self.records().queued_with(&r.id).unwrap_or_default();
-            match self.records().enqueue(&new, &inputs, &trigger, Some(&key), concurrency) {
+            let created = NewRecord::ok(&Actor::Server, Action::ExecutionCreate, &ns, None)
+                .reason(format!("execution {} of flow {} (requeue of {})", new.id, new.flow, r.id))
+                .detail_field("execution", new.id.clone())
+                .detail_field("trigger", format!("requeue:{}", r.id));
+            let audited = crate::executions::Audited { key: &self.integrity, record: &created };
+            match self.records().enqueue(&new, &inputs, &trigger, Some(&key), concurrency, audited) {
                 Ok(_) => self.wake(),
                 Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),
             }

@@ -6,7 +6,7 @@ use super::App;
 use super::error::{ApiError, audit_failed};
 use super::extract::Caller;
 use crate::audit::{Action, Actor, NewRecord, Outcome, now_rfc3339};
-use crate::executions::ExecutionRecord;
+use crate::executions::{Audited, ExecutionRecord};
 use crate::names::{ExecutionId, Namespace};
 use serde_json::{Map, Value};
 
@@ -69,7 +69,8 @@ pub fn queued_record(
 }
 
 /// Queues an execution of `ns/flow` (the API, webhooks and schedules);
-/// returns the record and whether it is new. Audited before it is queued.
+/// returns the record and whether it is new. Its `execution.create` record
+/// commits with it.
 pub fn queue_execution(
     app: &App,
     origin: &Origin,
@@ -100,8 +101,10 @@ pub fn queue_execution(
     if let Some(why) = quota {
         return Err(over(why));
     }
-    app.record(rec.clone()).map_err(audit_failed)?;
-    let queued = app.records().enqueue(&record, &inputs, &origin.context, key, flow.concurrency);
+    // Its record commits with it, and only when a new execution is queued
+    // (a retried request finds the first one and records nothing new).
+    let audited = Audited { key: &app.integrity, record: &rec };
+    let queued = app.records().enqueue(&record, &inputs, &origin.context, key, flow.concurrency, audited);
     let (rec, created) = match queued {
         Err(crate::executions::RecordError::Quota(why)) => return Err(over(why)),
         other => other?,
