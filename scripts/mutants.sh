@@ -36,7 +36,7 @@ network|network/mod.rs network/address.rs network/allow.rs network/inject.rs cap
 router|backend/router.rs|vault:: aws:: exec::nearer exec::granted lifecycle::a_revocation lifecycle::a_rotation_mid dynamic:: safety::edited_rows
 crypto|crypto.rs keyring.rs store/mod.rs store/bundle.rs store/read.rs store/rows.rs store/stage.rs store/write.rs|store:: safety::edited_rows safety::key_rotation safety::a_crafted safety::a_rotated safety::concurrent safety::a_store_written safety::an_edited_backend safety::every_file lifecycle:: network::an_edited_row exec::granted flows::validation_warns_about_missing_secrets
 mask|mask.rs|masking:: flows::a_leaked flows::a_plugins_error engine::parallel
-rotate|lease.rs rotate.rs capability/rotation.rs|dynamic:: rotation:: lifecycle::a_staged
+rotate|lease.rs process.rs rotate.rs capability/rotation.rs|dynamic:: rotation:: lifecycle::a_staged
 server|server/webhook.rs server/schedule.rs server/worker.rs trigger.rs|server::webhooks server::schedules server::cancel server::an_approval server::a_flows_concurrency server::kill_9
 wasi|capability/config.rs capability/wasi.rs|authors::a_wasi_program_with_main sandbox::no_env_vars exec::granted exec::imports_no_flow network::the_allow_list
 vouch|vouch.rs service/flows.rs registry/mod.rs registry/read.rs registry/review.rs registry/protection.rs|vouch:: server::the_authorization_matrix server::a_team_deploys dynamic::a_server console::the_console_in'

@@ -15,6 +15,7 @@ use crate::audit::{Action, Actor, AuditLog, NewRecord, Outcome, now_rfc3339};
 use crate::backend::{BackendError, Router};
 use crate::db::{DbError, connect, sql_err};
 use crate::names::{Namespace, SecretName};
+use crate::process::{alive, this_process};
 use crate::secret::SecretValue;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -39,7 +40,7 @@ pub struct Lease {
     pub minted: String,
     /// When it expires on its own (seconds since the Unix epoch).
     pub expires_at: i64,
-    /// The process that holds it (`PID:START`, see [`this_process`]).
+    /// The process that holds it (`PID:START`, see [`crate::process`]).
     pub owner: String,
     /// When it was revoked (RFC 3339); `None`: outstanding.
     pub revoked: Option<String>,
@@ -155,25 +156,6 @@ fn revoke(router: &Router, audit: &AuditLog, leases: &Leases, lease: &Lease, act
         tracing::error!("cannot audit the revocation of lease {}: {e}", lease.lease_id);
     }
     ok
-}
-
-/// This process as a lease owner: its pid and its start time in clock
-/// ticks since boot, so that a reused pid is not mistaken for it.
-pub fn this_process() -> String {
-    process_id(std::process::id()).unwrap_or_else(|| format!("{}:?", std::process::id()))
-}
-
-fn process_id(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from its `)`.
-    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.to_owned();
-    Some(format!("{pid}:{start}"))
-}
-
-/// Whether the process `owner` names is still running.
-pub fn alive(owner: &str) -> bool {
-    let Some(pid) = owner.split(':').next().and_then(|p| p.parse::<u32>().ok()) else { return false };
-    process_id(pid).is_some_and(|now| now == owner)
 }
 
 /// Revokes every outstanding lease whose process is gone (or every one,
@@ -376,23 +358,6 @@ impl Drop for ExecutionLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A lease's owner is a process, told apart from a later one that got
-    /// the same pid: a sweep revokes the leases of the dead only.
-    #[test]
-    fn an_owner_is_alive_while_its_process_runs_and_not_a_reused_pid() {
-        let me = this_process();
-        let (pid, start) = me.split_once(':').unwrap();
-        assert_eq!(pid, std::process::id().to_string());
-        assert!(start.parse::<u64>().is_ok(), "start time in clock ticks: {me}");
-        assert!(alive(&me), "{me}");
-        // The same pid with another start time: a process that came later.
-        assert!(!alive(&format!("{pid}:{}", start.parse::<u64>().unwrap() + 1)));
-        assert!(!alive(&format!("{pid}:?")), "a process whose start could not be read");
-        for gone in ["4294967295:1", "", "x:1", "junk"] {
-            assert!(!alive(gone), "{gone:?}");
-        }
-    }
 
     /// A held credential is handed out again until the second before it
     /// expires; in that second a later task gets a new one.

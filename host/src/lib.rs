@@ -30,6 +30,7 @@ pub mod network;
 pub mod output;
 pub mod plan;
 pub mod policy;
+pub mod process;
 pub mod registry;
 pub mod rotate;
 pub mod run;

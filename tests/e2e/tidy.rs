@@ -99,7 +99,7 @@ fn the_layers_point_downwards() {
     // that: a lower layer never names a higher one.
     let graph = module_edges();
     let layer = |m: &str| match m {
-        "names" | "secret" | "data_dir" | "db" | "limits" | "plan" => 0,
+        "names" | "secret" | "data_dir" | "db" | "limits" | "plan" | "process" => 0,
         "crypto" | "keyring" | "mask" | "policy" | "authz" | "audit" | "executions" | "output" | "network"
         | "inspect" | "trigger" => 1,
         "store" => 2,

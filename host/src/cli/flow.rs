@@ -196,8 +196,8 @@ pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>, co
                 );
             }
         };
-        let me = keyhole::lease::this_process();
-        if let Admission::NotRun(rec) = s.host.records.admit(&rec, c, &me, keyhole::lease::alive, waiting)? {
+        let me = keyhole::process::this_process();
+        if let Admission::NotRun(rec) = s.host.records.admit(&rec, c, &me, keyhole::process::alive, waiting)? {
             return finish(&rec, args.json);
         }
     }

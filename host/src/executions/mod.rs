@@ -686,7 +686,7 @@ impl Executions {
         // A command-line run in a process that still runs is not the server's to cut off.
         let ids: Vec<String> = rows
             .into_iter()
-            .filter(|(_, owner)| owner.as_deref().is_none_or(|o| !crate::lease::alive(o)))
+            .filter(|(_, owner)| owner.as_deref().is_none_or(|o| !crate::process::alive(o)))
             .map(|(id, _)| id)
             .collect();
         let mut cut = Vec::with_capacity(ids.len());
