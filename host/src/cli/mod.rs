@@ -312,7 +312,9 @@ impl From<keyhole::service::ServiceError> for Exit {
         use keyhole::service::ServiceError as S;
         match e {
             S::Diagnostics(d) => fail(USAGE, d),
-            e @ (S::Forbidden(_) | S::Invalid(_) | S::NotFound(_) | S::Conflict(_) | S::Quota(_)) => fail(USAGE, e),
+            e @ (S::Forbidden(_) | S::Invalid(_) | S::NotFound(_) | S::Conflict(_) | S::Quota(_) | S::OverLimit(_)) => {
+                fail(USAGE, e)
+            }
             e @ S::Tampered(_) => fail(TAMPERED, e),
             S::Backend(e) => e.into(),
             e @ (S::AuditFailed(_) | S::Host(_)) => fail(HOST, e),

@@ -134,6 +134,7 @@ impl From<crate::service::ServiceError> for ApiError {
             e @ S::AuditFailed(_) => ApiError::Unavailable(e.to_string()),
             S::Backend(e) => e.into(),
             S::Quota(m) => ApiError::TooLarge(m),
+            S::OverLimit(m) => ApiError::Quota(m),
             e @ (S::Tampered(_) | S::Host(_)) => ApiError::Internal(e.to_string()),
         }
     }

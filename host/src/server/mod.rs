@@ -36,13 +36,11 @@ pub mod worker;
 /// What handlers and extractors hold: the server's shared state.
 pub type AppState = Arc<App>;
 
-use crate::audit::{Action, Actor, AuditLog, NewRecord, now_rfc3339};
+use crate::audit::{Actor, AuditLog, NewRecord, now_rfc3339};
 use crate::backend::Router as Secrets;
 use crate::data_dir::DataDir;
 use crate::executions::ExecutionRecord;
 use crate::executions::Executions;
-use crate::flow::OnInterrupt;
-use crate::names::Namespace;
 use crate::registry::Registry;
 use crate::runtime::{Compiler, Runtime, RuntimeOptions};
 use crate::session::{SessionError, open_secrets};
@@ -322,47 +320,28 @@ impl App {
         Ok(cut.len())
     }
 
-    /// Audits that `r` was cut off (`why`) and, if its flow's revision says
-    /// `on_interrupt: requeue`, queues a new execution of that revision with
-    /// the same inputs and trigger (once: keyed by the interrupted id).
+    /// Audits that `r` was cut off (`why`), re-queuing it where its flow
+    /// says so ([`service::executions::interrupted`]).
     pub fn interrupted(&self, r: &ExecutionRecord, why: &str) -> Result<(), crate::audit::AuditError> {
-        let ns = Namespace::new(&r.namespace).unwrap_or_default();
-        let flow = r.revision.and_then(|rev| Some((rev, self.registry().revision(&ns, &r.flow, rev).ok()?)));
-        let requeue = flow.filter(|(_, f)| f.on_interrupt == OnInterrupt::Requeue);
-        let concurrency = requeue.as_ref().and_then(|(_, f)| f.concurrency);
-        let key = format!("requeue:{}", r.id);
-        let mut again =
-            // The re-run is still its starter's: who may decide its gates does not change.
-            requeue.map(|(rev, f)| {
-                let by = r.created_by.as_deref().unwrap_or("host serve (requeue)");
-                queue::queued_record(&f, rev, &format!("requeue:{}", r.id), by, r.person.as_deref())
-            });
-        // Already re-queued before a crash: the record names that one.
-        if let (Some(new), Ok(Some(id))) = (&mut again, self.records().by_idempotency_key(&key)) {
-            new.id = id;
-        }
-        let mut rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
-            .reason(format!("execution {} of flow {} {why}", r.id, r.flow))
-            .detail_field("execution", r.id.clone())
-            .detail_field("requeued", again.is_some());
-        if let Some(new) = &again {
-            rec = rec.detail_field("requeued_as", new.id.clone());
-        }
-        self.record(rec)?;
-        if let Some(new) = again {
-            // Same inputs and trigger data; keyed by the old id, so at most once.
-            let (inputs, trigger) = self.records().queued_with(&r.id).unwrap_or_default();
-            let created = NewRecord::ok(&Actor::Server, Action::ExecutionCreate, &ns, None)
-                .reason(format!("execution {} of flow {} (requeue of {})", new.id, new.flow, r.id))
-                .detail_field("execution", new.id.clone())
-                .detail_field("trigger", format!("requeue:{}", r.id));
-            let audited = crate::executions::Audited { key: &self.integrity, record: &created };
-            match self.records().enqueue(&new, &inputs, &trigger, Some(&key), concurrency, audited) {
-                Ok(_) => self.wake(),
-                Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),
-            }
-        }
-        Ok(())
+        crate::service::executions::interrupted(self, r, why)
+    }
+}
+
+impl crate::service::Plane for App {
+    fn registry(&self) -> impl std::ops::Deref<Target = Registry> + '_ {
+        App::registry(self)
+    }
+    fn records(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
+        App::records(self)
+    }
+    fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+    fn integrity(&self) -> &crate::crypto::IntegrityKey {
+        &self.integrity
+    }
+    fn wake(&self) {
+        App::wake(self)
     }
 }
 

@@ -9,7 +9,7 @@
 //! now, never from the past.
 
 use super::App;
-use super::queue::{Origin, queue_execution};
+use super::queue::Origin;
 use crate::audit::{Action, Actor, NewRecord};
 use crate::flow::Flow;
 use crate::names::Namespace;
@@ -171,7 +171,7 @@ fn fire(
             idempotency_key: Some(format!("{name}@{}/{}:{}", ns.as_str(), flow.id, at.as_second())),
             person: None,
         };
-        queue_execution(app, &origin, ns, flow.id.as_str(), &Map::new()).map_err(|e| err(&format!("{e:?}")))?;
+        crate::service::executions::queue(app, &origin, ns, flow.id.as_str(), &Map::new()).map_err(|e| err(&e))?;
     }
     if let Some(l) = due.last {
         app.records().set_schedule_last(ns.as_str(), flow.id.as_str(), id, l.as_second()).map_err(|e| err(&e))?;

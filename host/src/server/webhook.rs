@@ -14,7 +14,7 @@ use super::App;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientIp, blocking, path_namespace};
-use super::queue::{Origin, idempotency_key, queue_execution};
+use super::queue::{Origin, idempotency_key};
 use crate::audit::{Action, Actor, NewRecord, Outcome};
 use crate::backend::Lookup;
 use crate::names::{Namespace, SecretName};
@@ -174,7 +174,7 @@ fn fire(
         idempotency_key: key,
         person: None,
     };
-    queue_execution(app, &origin, ns, flow.id.as_str(), &Map::new())
+    Ok(crate::service::executions::queue(app, &origin, ns, flow.id.as_str(), &Map::new())?)
 }
 
 /// The value of `name` as `ns`'s tasks would find it (only where the

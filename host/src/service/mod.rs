@@ -7,6 +7,7 @@
 //! Invariant: no edge (`cli/`, `server/`) decides who may deploy, review
 //! or protect, or builds the audit record of one of these operations.
 
+pub mod executions;
 pub mod flows;
 pub mod secrets;
 pub mod tokens;
@@ -40,9 +41,13 @@ pub enum ServiceError {
     /// Stored state failed its integrity check.
     #[error("{0}")]
     Tampered(String),
-    /// A quota would be passed (names it and what to do).
+    /// A storage quota would be passed (names it and what to do).
     #[error("{0}")]
     Quota(String),
+    /// A namespace's limit on queued or running executions is reached:
+    /// try again later (names the limit).
+    #[error("{0}")]
+    OverLimit(String),
     /// The audit record could not be written, so nothing was done.
     #[error("the audit log cannot be written, so nothing was done: {0}")]
     AuditFailed(String),
@@ -68,6 +73,36 @@ impl From<RegistryError> for ServiceError {
             e @ (RegistryError::Db(_) | RegistryError::Io { .. }) => ServiceError::Host(e.to_string()),
         }
     }
+}
+
+impl From<crate::executions::RecordError> for ServiceError {
+    fn from(e: crate::executions::RecordError) -> Self {
+        use crate::executions::RecordError as R;
+        match e {
+            e @ R::NotFound(_) => ServiceError::NotFound(e.to_string()),
+            R::Quota(m) => ServiceError::OverLimit(m),
+            e @ R::Corrupt { .. } => ServiceError::Tampered(e.to_string()),
+            e @ R::Db(_) => ServiceError::Host(e.to_string()),
+        }
+    }
+}
+
+/// The state the service layer reaches, behind one seam: the deployed
+/// flows, the execution records, the audit chain and the key that
+/// authenticates rows. The embedded SQLite engine implements it (the
+/// server's `App`); a second engine is a second implementation, with no
+/// change here, in the CLI or in the server.
+pub trait Plane {
+    /// The deployed flows.
+    fn registry(&self) -> impl std::ops::Deref<Target = crate::registry::Registry> + '_;
+    /// The execution records.
+    fn records(&self) -> impl std::ops::Deref<Target = crate::executions::Executions> + '_;
+    /// The audit chain (durable before it returns).
+    fn audit(&self) -> &crate::audit::AuditLog;
+    /// The key that authenticates rows and chains records committed with a change.
+    fn integrity(&self) -> &crate::crypto::IntegrityKey;
+    /// Tells whoever takes queued work that there is some.
+    fn wake(&self);
 }
 
 impl From<TokenError> for ServiceError {

@@ -1,13 +1,13 @@
 //! Executions: queue, read, what they touched, cancel, decide gates.
 
-use crate::audit::{Action, Outcome, now_rfc3339};
 use crate::authz::{Permission, Permission as P};
-use crate::executions::{CancelOutcome, ExecutionRecord};
+use crate::executions::ExecutionRecord;
 use crate::names::Namespace;
 use crate::server::AppState;
-use crate::server::error::{ApiError, audit_failed};
+use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking, path_namespace, rfc3339};
-use crate::server::queue::{Origin, idempotency_key, queue_execution};
+use crate::server::queue::{Origin, idempotency_key};
+use crate::service::executions;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,7 +45,8 @@ pub(crate) async fn create_execution(
         None => None,
     };
     let origin = Origin::api(&caller, key.as_deref());
-    let (mut rec, created) = blocking(&app, move |app| queue_execution(app, &origin, &ns, &flow, &inputs)).await?;
+    let (mut rec, created) =
+        blocking(&app, move |app| Ok(executions::queue(app, &origin, &ns, &flow, &inputs)?)).await?;
     let wait = q.wait.filter(|w| w.is_finite() && *w > 0.0).map(|w| Duration::from_secs_f64(w.min(300.0)));
     if let Some(wait) = wait {
         let id = rec.id.clone();
@@ -168,44 +169,16 @@ pub(crate) async fn cancel_execution(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     blocking(&app, move |app| {
-        let rec = app.records().get(&id)?;
-        let ns = Namespace::new(&rec.namespace).unwrap_or_default();
-        let record = |outcome: Outcome, what: String| {
-            let rec = caller
-                .record(Action::ExecutionCancel, &ns, None)
-                .outcome(outcome)
-                .reason(format!("execution {id} of flow {}: {what}", rec.flow))
-                .detail_field("execution", id.clone());
-            app.record(rec).map_err(audit_failed)
-        };
-        let already =
-            |status: &str| ApiError::Conflict(format!("execution {id} already ended ({status}): nothing to cancel"));
-        if rec.status.ended() {
-            record(Outcome::Failed, format!("not cancelled: it had already ended ({})", rec.status))?;
-            return Err(already(rec.status.as_str()));
-        }
-        // Recorded before it is asked (no record, no cancel), then what it did.
-        record(Outcome::Pending, format!("about to cancel it ({})", rec.status))?;
-        let outcome = app.records().request_cancel(&id, &now_rfc3339())?;
-        if outcome == CancelOutcome::Stopping
-            && let Some(r) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
-        {
-            r.cancel.cancel();
-        }
-        let status = match outcome {
-            CancelOutcome::Dequeued => "cancelled",
-            CancelOutcome::Stopping => "cancelling",
-            CancelOutcome::AlreadyEnded => {
-                let now = app.records().get(&id)?.status;
-                record(Outcome::Failed, format!("not cancelled: it ended first ({now})"))?;
-                return Err(already(now.as_str()));
+        let stop = || {
+            if let Some(r) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                r.cancel.cancel();
             }
         };
-        record(Outcome::Ok, format!("{status} (it was {})", rec.status))?;
-        if outcome == CancelOutcome::Dequeued {
+        let done = executions::cancel(app, &caller.actor, &id, stop)?;
+        if done == executions::Cancelled::Dequeued {
             app.ended(&id);
         }
-        Ok(Json(json!({ "id": id, "status": status, "cancelled": true })))
+        Ok(Json(json!({ "id": id, "status": done.as_str(), "cancelled": true })))
     })
     .await
 }

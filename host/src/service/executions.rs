@@ -1,0 +1,205 @@
+//! Executions of deployed flows, written once for every way one starts or
+//! stops: the API, webhooks and schedules queue through [`queue`], a
+//! cancel from the API or the console goes through [`cancel`], and a run
+//! cut off by a crash or a shutdown through [`interrupted`].
+//!
+//! Invariant: an execution's `execution.create` record commits with its
+//! queued row (a retried idempotency key records nothing new); a cancel is
+//! on the record before it is asked; a refusal (over a quota, already
+//! ended) is recorded before it is returned.
+
+use super::{Plane, ServiceError};
+use crate::audit::{Action, Actor, AuditError, NewRecord, Outcome, now_rfc3339};
+use crate::executions::{Audited, CancelOutcome, ExecutionRecord, RecordError};
+use crate::flow::OnInterrupt;
+use crate::names::{ExecutionId, Namespace};
+use serde_json::{Map, Value};
+
+/// Who queues an execution: a principal through the API, or one of the
+/// flow's own triggers.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// As the audit trail names it.
+    pub actor: Actor,
+    /// As the execution record names it (`created_by`).
+    pub by: String,
+    /// `api`, or `webhook:ID` / `schedule:ID`.
+    pub trigger: String,
+    /// What `{{ trigger }}` holds.
+    pub context: Value,
+    /// Scoped so that one origin's key never finds another's execution.
+    pub idempotency_key: Option<String>,
+    /// The person starting it ([`crate::authz::Principal::person`]); `None`
+    /// for a trigger.
+    pub person: Option<String>,
+}
+
+/// A new `queued` record of `flow` at `revision`, started by `trigger`
+/// (`api`, `webhook:ID`, ...) on behalf of `by` (the person `person`).
+pub fn queued_record(
+    flow: &crate::flow::Flow,
+    revision: u64,
+    trigger: &str,
+    by: &str,
+    person: Option<&str>,
+) -> ExecutionRecord {
+    ExecutionRecord {
+        id: ExecutionId::generate().to_string(),
+        flow: flow.id.to_string(),
+        namespace: flow.namespace.as_str().to_owned(),
+        source: flow.source.clone(),
+        status: crate::executions::ExecutionStatus::Queued,
+        started: now_rfc3339(),
+        ended: None,
+        tasks: crate::run::pending_tasks(flow),
+        trigger: Some(trigger.to_owned()),
+        revision: Some(revision),
+        created_by: Some(by.to_owned()),
+        person: person.map(str::to_owned),
+    }
+}
+
+/// Queues an execution of the current revision of `ns/flow_id`; returns
+/// the record and whether it is new (a retried idempotency key finds the
+/// first). Over the namespace's queue quota it is refused, on the record.
+pub fn queue(
+    plane: &impl Plane,
+    origin: &Origin,
+    ns: &Namespace,
+    flow_id: &str,
+    inputs: &Map<String, Value>,
+) -> Result<(ExecutionRecord, bool), ServiceError> {
+    let (deployed, flow) = plane.registry().current(ns, flow_id)?;
+    let inputs = crate::flow::bind_json_inputs(&flow, inputs)
+        .map_err(|e| ServiceError::Invalid(format!("request body: {e}")))?;
+    let record = queued_record(&flow, deployed.revision, &origin.trigger, &origin.by, origin.person.as_deref());
+    let (id, trigger) = (&record.id, &origin.trigger);
+    let rec = NewRecord::ok(&origin.actor, Action::ExecutionCreate, ns, None)
+        .reason(format!("execution {id} of flow {flow_id} revision {} ({trigger})", deployed.revision))
+        .detail_field("execution", id.to_string())
+        .detail_field("trigger", trigger.as_str());
+    let over = |why: String| {
+        let denied = rec.clone().outcome(Outcome::Denied).reason(format!("flow {flow_id} not queued: {why}"));
+        match plane.audit().record(denied) {
+            Ok(_) => ServiceError::OverLimit(why),
+            Err(e) => ServiceError::AuditFailed(e.to_string()),
+        }
+    };
+    let key = origin.idempotency_key.as_deref();
+    let retried = key.is_some_and(|k| plane.records().by_idempotency_key(k).ok().flatten().is_some());
+    let quota = if retried { None } else { plane.records().queue_quota(ns.as_str())? };
+    if let Some(why) = quota {
+        return Err(over(why));
+    }
+    // Its record commits with it, and only when a new execution is queued.
+    let audited = Audited { key: plane.integrity(), record: &rec };
+    let queued = plane.records().enqueue(&record, &inputs, &origin.context, key, flow.concurrency, audited);
+    let (rec, created) = match queued {
+        Err(RecordError::Quota(why)) => return Err(over(why)),
+        other => other?,
+    };
+    if created {
+        plane.wake();
+    }
+    Ok((rec, created))
+}
+
+/// What a cancel did: `cancelled` (it was queued and never runs) or
+/// `cancelling` (its worker stops it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was queued: it never runs.
+    Dequeued,
+    /// It was running or waiting: its worker stops it.
+    Stopping,
+}
+
+impl Cancelled {
+    /// As the API and the CLI say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cancelled::Dequeued => "cancelled",
+            Cancelled::Stopping => "cancelling",
+        }
+    }
+}
+
+/// Cancels execution `id` for `actor` (whose permission the edge checked
+/// at the execution's namespace): recorded as pending before it is asked,
+/// then as what it did. `stop` is called for one that runs here. One that
+/// already ended is a conflict, on the record too.
+pub fn cancel(plane: &impl Plane, actor: &Actor, id: &str, stop: impl FnOnce()) -> Result<Cancelled, ServiceError> {
+    let rec = plane.records().get(id)?;
+    let ns = Namespace::new(&rec.namespace).unwrap_or_default();
+    let record = |outcome: Outcome, what: String| {
+        let r = NewRecord::ok(actor, Action::ExecutionCancel, &ns, None)
+            .outcome(outcome)
+            .reason(format!("execution {id} of flow {}: {what}", rec.flow))
+            .detail_field("execution", id.to_owned());
+        plane.audit().record(r).map(drop).map_err(|e| ServiceError::AuditFailed(e.to_string()))
+    };
+    let already =
+        |status: &str| ServiceError::Conflict(format!("execution {id} already ended ({status}): nothing to cancel"));
+    if rec.status.ended() {
+        record(Outcome::Failed, format!("not cancelled: it had already ended ({})", rec.status))?;
+        return Err(already(rec.status.as_str()));
+    }
+    // Recorded before it is asked (no record, no cancel), then what it did.
+    record(Outcome::Pending, format!("about to cancel it ({})", rec.status))?;
+    let done = match plane.records().request_cancel(id, &now_rfc3339())? {
+        CancelOutcome::Dequeued => Cancelled::Dequeued,
+        CancelOutcome::Stopping => {
+            stop();
+            Cancelled::Stopping
+        }
+        CancelOutcome::AlreadyEnded => {
+            let now = plane.records().get(id)?.status;
+            record(Outcome::Failed, format!("not cancelled: it ended first ({now})"))?;
+            return Err(already(now.as_str()));
+        }
+    };
+    record(Outcome::Ok, format!("{} (it was {})", done.as_str(), rec.status))?;
+    Ok(done)
+}
+
+/// Audits that `r` was cut off (`why`: a crash, a shutdown timeout) and,
+/// if its flow's revision says `on_interrupt: requeue`, queues a new
+/// execution of that revision with the same inputs and trigger, still its
+/// starter's (once: keyed by the interrupted id).
+pub fn interrupted(plane: &impl Plane, r: &ExecutionRecord, why: &str) -> Result<(), AuditError> {
+    let ns = Namespace::new(&r.namespace).unwrap_or_default();
+    let flow = r.revision.and_then(|rev| Some((rev, plane.registry().revision(&ns, &r.flow, rev).ok()?)));
+    let requeue = flow.filter(|(_, f)| f.on_interrupt == OnInterrupt::Requeue);
+    let concurrency = requeue.as_ref().and_then(|(_, f)| f.concurrency);
+    let key = format!("requeue:{}", r.id);
+    let mut again = requeue.map(|(rev, f)| {
+        let by = r.created_by.as_deref().unwrap_or("host serve (requeue)");
+        queued_record(&f, rev, &key, by, r.person.as_deref())
+    });
+    // Already re-queued before a crash: the record names that one.
+    if let (Some(new), Ok(Some(id))) = (&mut again, plane.records().by_idempotency_key(&key)) {
+        new.id = id;
+    }
+    let mut rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
+        .reason(format!("execution {} of flow {} {why}", r.id, r.flow))
+        .detail_field("execution", r.id.clone())
+        .detail_field("requeued", again.is_some());
+    if let Some(new) = &again {
+        rec = rec.detail_field("requeued_as", new.id.clone());
+    }
+    plane.audit().record(rec)?;
+    if let Some(new) = again {
+        // Same inputs and trigger data; keyed by the old id, so at most once.
+        let (inputs, trigger) = plane.records().queued_with(&r.id).unwrap_or_default();
+        let created = NewRecord::ok(&Actor::Server, Action::ExecutionCreate, &ns, None)
+            .reason(format!("execution {} of flow {} (requeue of {})", new.id, new.flow, r.id))
+            .detail_field("execution", new.id.clone())
+            .detail_field("trigger", key.clone());
+        let audited = Audited { key: plane.integrity(), record: &created };
+        match plane.records().enqueue(&new, &inputs, &trigger, Some(&key), concurrency, audited) {
+            Ok(_) => plane.wake(),
+            Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),
+        }
+    }
+    Ok(())
+}
