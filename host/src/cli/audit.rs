@@ -316,10 +316,9 @@ pub(crate) fn audit_cmd(dir: &DataDir, cmd: AuditCommand) -> Result<(), Exit> {
         }
         AuditCommand::EnableFingerprints => {
             AuditKey::create(&dir.audit_key_path())?;
-            let rec =
-                audit::NewRecord::ok(&Actor::current_user(), audit::Action::AuditKeyCreate, &Namespace::root(), None)
-                    .reason(format!("created {}", dir.audit_key_path().display()));
-            store.as_mut().expect("opened above").record(&rec)?;
+            let store = store.as_mut().expect("opened above");
+            let record = |rec: &audit::NewRecord| store.record(rec).map(drop);
+            keyhole::service::operator::fingerprints_enabled(record, &Actor::current_user(), &dir.audit_key_path())?;
             eprintln!(
                 "audit fingerprints enabled: key in {} (keep it apart from master.key)",
                 dir.audit_key_path().display()

@@ -3,11 +3,12 @@
 
 use super::table::{Align::Left, Table};
 use super::*;
-use keyhole::audit::{Action, Actor, NewRecord};
+use keyhole::audit::{Actor, NewRecord};
 use keyhole::backend::aws::AwsConfig;
 use keyhole::backend::config::{self, BackendConfig, Backends};
 use keyhole::backend::http::check_address;
 use keyhole::backend::vault::VaultConfig;
+use keyhole::service::ServiceError;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BackendCommand {
@@ -135,10 +136,12 @@ pub(crate) fn backend(dir: &DataDir, cmd: BackendCommand) -> Result<(), Exit> {
         None if b.remove(&namespace) => format!("namespace {namespace} is served by the local store again"),
         None => return Err(fail(USAGE, anyhow::anyhow!("no backend serves namespace {namespace}"))),
     };
-    b.save(&path, store.integrity())?;
-    let rec = NewRecord::ok(&me, Action::BackendChange, &namespace, None).reason(said.clone());
+    // On the record before it takes effect (fail closed).
     let mut store = store;
-    store.record(&rec)?;
+    let key = store.integrity().clone();
+    let record = |rec: &NewRecord| store.record(rec).map(drop);
+    let apply = || b.save(&path, &key).map_err(|e| ServiceError::Host(e.to_string()));
+    keyhole::service::operator::change_backend(record, &me, &namespace, None, &said, apply)?;
     eprintln!("{said}");
     Ok(())
 }

@@ -4,9 +4,10 @@
 
 use super::table::{Align::*, Table};
 use super::*;
-use keyhole::audit::{Action, Actor, NewRecord};
+use keyhole::audit::{Actor, NewRecord};
 use keyhole::backend::config::{self, BackendConfig, Backends};
 use keyhole::backend::vault::VaultBackend;
+use keyhole::service::ServiceError;
 use keyhole::session::open_secrets;
 
 #[derive(Subcommand, Debug)]
@@ -153,12 +154,10 @@ pub(crate) fn dynamic(dir: &DataDir, cmd: DynamicCommand) -> Result<(), Exit> {
             (namespace, name, said, BackendConfig::Vault(v))
         }
     };
-    // Audited before it takes effect (fail closed).
-    let rec =
-        NewRecord::ok(&Actor::current_user(), Action::BackendChange, &namespace, Some(&name)).reason(said.clone());
-    secrets.record(&rec)?;
     backends.upsert(cfg);
-    backends.save(&path, &key).map_err(|e| fail(HOST, anyhow::Error::from(e)))?;
+    let record = |rec: &NewRecord| secrets.record(rec);
+    let apply = || backends.save(&path, &key).map_err(|e| ServiceError::Host(e.to_string()));
+    keyhole::service::operator::change_backend(record, &Actor::current_user(), &namespace, Some(&name), &said, apply)?;
     eprintln!("{said}");
     Ok(())
 }

@@ -4,8 +4,9 @@
 
 use super::table::{Align::Left, Table};
 use super::*;
-use keyhole::audit::{Action, Actor, NewRecord};
-use keyhole::executions::{Executions, NamespaceLimits};
+use keyhole::audit::Actor;
+use keyhole::executions::Executions;
+use keyhole::service::operator;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum NamespaceCommand {
@@ -31,17 +32,12 @@ pub(crate) enum NamespaceCommand {
 }
 
 pub(crate) fn namespace(dir: &DataDir, cmd: NamespaceCommand) -> Result<(), Exit> {
-    let mut store = open_store(dir)?;
+    let store = open_store(dir)?;
     let records = Executions::open(store.path())?;
     match cmd {
         NamespaceCommand::Limits { namespace, max_queued, max_running } => {
-            let limits = NamespaceLimits { namespace: namespace.as_str().to_owned(), max_queued, max_running };
-            let show = |n: Option<u64>| n.map_or("none".to_owned(), |n| n.to_string());
-            let what = format!("max-queued {}, max-running {}", show(max_queued), show(max_running));
-            let rec = NewRecord::ok(&Actor::current_user(), Action::NamespaceLimits, &namespace, None)
-                .reason(format!("quotas of namespace {namespace} and below: {what}"));
-            store.record(&rec)?;
-            records.set_limits(&limits)?;
+            let me = Actor::current_user();
+            let what = operator::set_limits(&records, store.integrity(), &me, &namespace, max_queued, max_running)?;
             eprintln!("namespace {namespace} and below: {what}");
             Ok(())
         }

@@ -98,21 +98,11 @@ pub(crate) fn plugin(dir: &DataDir, cmd: PluginCommand, compiler: Compiler) -> R
 
 /// `plugin gc`: what no revision references goes, on the record.
 fn gc(dir: &DataDir, older_than: Duration) -> Result<(), Exit> {
-    use keyhole::audit::{Action, Actor, NewRecord};
     let store = open_store(dir)?;
     let registry =
         keyhole::registry::Registry::open(dir, store.integrity().clone()).map_err(super::flow::registry_exit)?;
-    let done = registry
-        .collect_plugins(older_than, |c| {
-            NewRecord::ok(&Actor::current_user(), Action::PluginGc, &Namespace::root(), None)
-                .reason(format!(
-                    "removed {} plugin(s) no flow revision references ({} bytes)",
-                    c.removed.len(),
-                    c.bytes
-                ))
-                .detail_field("removed", c.removed.clone())
-        })
-        .map_err(super::flow::registry_exit)?;
+    let me = keyhole::audit::Actor::current_user();
+    let done = keyhole::service::operator::collect_plugins(&registry, &me, older_than)?;
     eprintln!("removed {} plugin(s) no flow revision references ({} bytes)", done.removed.len(), done.bytes);
     Ok(())
 }

@@ -51,22 +51,23 @@ impl Executions {
 
     /// Sets (or with both `None`, clears) the quotas of `namespace` and the
     /// namespaces below it.
-    pub fn set_limits(&self, limits: &NamespaceLimits) -> Result<(), RecordError> {
+    pub fn set_limits(&self, limits: &NamespaceLimits, audit: super::Audited<'_>) -> Result<(), RecordError> {
         let as_i64 = |n: Option<u64>| n.map(|n| n.min(i64::MAX as u64) as i64);
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.err("begin setting a namespace's quotas"))?;
         if limits.max_queued.is_none() && limits.max_running.is_none() {
-            self.conn
-                .execute("DELETE FROM namespace_limits WHERE namespace = ?1", [&limits.namespace])
+            tx.execute("DELETE FROM namespace_limits WHERE namespace = ?1", [&limits.namespace])
                 .map_err(self.err("clear a namespace's quotas"))?;
         } else {
-            self.conn
-                .execute(
-                    "INSERT INTO namespace_limits (namespace, max_queued, max_running) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (namespace) DO UPDATE SET max_queued = ?2, max_running = ?3",
-                    params![limits.namespace, as_i64(limits.max_queued), as_i64(limits.max_running)],
-                )
-                .map_err(self.err("set a namespace's quotas"))?;
+            tx.execute(
+                "INSERT INTO namespace_limits (namespace, max_queued, max_running) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (namespace) DO UPDATE SET max_queued = ?2, max_running = ?3",
+                params![limits.namespace, as_i64(limits.max_queued), as_i64(limits.max_running)],
+            )
+            .map_err(self.err("set a namespace's quotas"))?;
         }
-        Ok(())
+        crate::audit::append(&tx, audit.key, audit.record).map_err(self.err("write the audit record"))?;
+        tx.commit().map_err(self.err("set a namespace's quotas"))
     }
 
     /// Every namespace's quotas.

@@ -63,28 +63,6 @@ pub struct Route {
     pub(crate) handler: fn() -> MethodRouter<AppState>,
 }
 
-/// A refusal decided in a handler (the namespace was in the body, or the
-/// item acted on is outside the caller's scope): audited like the
-/// extractor's, then a 403.
-pub(crate) fn refuse(
-    app: &App,
-    caller: &Caller,
-    what: &str,
-    ns: &Namespace,
-    permission: Permission,
-    message: String,
-) -> ApiError {
-    let rec = caller
-        .record(Action::ApiDenied, ns, None)
-        .outcome(Outcome::Denied)
-        .reason(format!("{what}: {message}"))
-        .detail_field("permission", permission.as_str());
-    match app.record(rec) {
-        Ok(()) => ApiError::Forbidden(message),
-        Err(e) => audit_failed(e),
-    }
-}
-
 /// Runs blocking work (SQLite, the audit log) off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     app: &AppState,

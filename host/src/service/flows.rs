@@ -258,3 +258,35 @@ pub fn protect(
     let rec = NewRecord::ok(&who.actor, action, ns, secret).reason(reason);
     Ok(registry.set_protection(ns, secret, on, &who.label(), &rec)?)
 }
+
+/// Stores a plugin for flows of `ns` as `who` (`flow:deploy` there): its
+/// bytes must have the SHA-256 `sha` and be WebAssembly, within the
+/// namespace's plugin quota `max`; recorded before it is stored. Whether
+/// it was new.
+pub fn upload_plugin(
+    registry: &Registry,
+    who: &Voucher,
+    ns: &Namespace,
+    sha: &str,
+    bytes: &[u8],
+    max: Option<u64>,
+) -> Result<bool, ServiceError> {
+    if let Err(e) = who.may(Permission::FlowDeploy, ns) {
+        let why = format!("upload plugin {sha}: {e}");
+        return Err(refuse(registry, who, Action::FlowDeploy, &e.namespace, None, Some(e.permission), why));
+    }
+    let actual = hex::encode(crate::crypto::sha256(bytes));
+    if actual != sha {
+        return Err(ServiceError::Invalid(format!("the body's SHA-256 is {actual}, not {sha}: the upload is corrupt")));
+    }
+    if !crate::registry::is_wasm(bytes) {
+        return Err(ServiceError::Invalid(
+            "the upload is not a WebAssembly module or component: nothing was stored".into(),
+        ));
+    }
+    let rec = NewRecord::ok(&who.actor, Action::FlowDeploy, ns, None)
+        .reason(format!("plugin {sha} uploaded for namespace {ns} ({} bytes)", bytes.len()))
+        .detail_field("plugin_sha256", sha.to_owned());
+    registry.record(&rec).map_err(|e| ServiceError::AuditFailed(e.to_string()))?;
+    Ok(registry.put_plugin(bytes, ns, max)?.new)
+}

@@ -9,6 +9,7 @@
 
 pub mod executions;
 pub mod flows;
+pub mod operator;
 pub mod secrets;
 pub mod tokens;
 

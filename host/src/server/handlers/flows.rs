@@ -1,12 +1,11 @@
 //! Plugins, deployed flows, their revisions and reviews.
 
-use crate::audit::Action;
-use crate::authz::{self, Permission as P};
+use crate::authz::Permission as P;
 use crate::names::Namespace;
 use crate::registry::{Deployed, is_sha256};
 use crate::server::AppState;
-use crate::server::error::{ApiError, audit_failed};
-use crate::server::extract::{Body, Caller, blocking, path_namespace, refuse};
+use crate::server::error::ApiError;
+use crate::server::extract::{Body, Caller, blocking, path_namespace};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -37,29 +36,11 @@ pub(crate) async fn put_plugin(
         ));
     };
     blocking(&app, move |app| {
-        if let Err(e) = authz::decide(&caller.principal, P::FlowDeploy, &ns) {
-            let what = format!("PUT /api/v1/plugins/{sha}");
-            return Err(refuse(app, &caller, &what, &e.namespace, e.permission, e.to_string()));
-        }
-        let actual = hex::encode(crate::crypto::sha256(&body));
-        if actual != sha {
-            return Err(ApiError::BadRequest(format!(
-                "the body's SHA-256 is {actual}, not {sha}: the upload is corrupt"
-            )));
-        }
-        if !crate::registry::is_wasm(&body) {
-            return Err(ApiError::BadRequest(
-                "the upload is not a WebAssembly module or component: nothing was stored".into(),
-            ));
-        }
-        let rec = caller
-            .record(Action::FlowDeploy, &ns, None)
-            .reason(format!("plugin {sha} uploaded for namespace {ns} ({} bytes)", body.len()))
-            .detail_field("plugin_sha256", sha.clone());
-        app.record(rec).map_err(audit_failed)?;
-        let stored = app.registry().put_plugin(&body, &ns, Some(app.max_plugin_bytes))?;
-        let status = if stored.new { StatusCode::CREATED } else { StatusCode::OK };
-        Ok((status, Json(json!({ "sha256": sha, "stored": stored.new }))))
+        let who = caller.voucher();
+        let new =
+            crate::service::flows::upload_plugin(&app.registry(), &who, &ns, &sha, &body, Some(app.max_plugin_bytes))?;
+        let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+        Ok((status, Json(json!({ "sha256": sha, "stored": new }))))
     })
     .await
 }
