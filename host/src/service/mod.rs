@@ -11,6 +11,7 @@ pub mod executions;
 pub mod flows;
 pub mod operator;
 pub mod secrets;
+pub mod sessions;
 pub mod tokens;
 
 use crate::audit::{Action, NewRecord, Outcome};

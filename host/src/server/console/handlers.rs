@@ -2,13 +2,13 @@
 //! what to show: `/api/v1/session` and `/api/v1/permissions`. Listed in
 //! [`crate::server::api::ROUTES`] like every other route.
 
-use crate::audit::{Action, NewRecord};
 use crate::authz::{self, Permission};
 use crate::names::Namespace;
 use crate::server::AppState;
-use crate::server::error::{ApiError, audit_failed};
+use crate::server::error::ApiError;
 use crate::server::extract::{Caller, blocking};
 use crate::server::sessions::COOKIE;
+use crate::service::sessions;
 use crate::tokens::TokenSecret;
 use axum::Json;
 use axum::extract::{Query, State};
@@ -46,10 +46,7 @@ pub(in crate::server) async fn sign_in(
         .ok_or(ApiError::Unauthorized)?;
     let info = caller.info.clone();
     blocking(&app, move |app| {
-        let rec = NewRecord::ok(&caller.actor, Action::SessionCreate, &Namespace::root(), None)
-            .reason(format!("web console session for token {} ({})", info.name, info.id));
-        app.record(rec).map_err(audit_failed)?;
-        let (cookie, session) = app.sessions.open(&bearer);
+        let (cookie, session) = sessions::sign_in(app, &caller.actor, &info, || app.sessions.open(&bearer))?;
         let body = json!({
             "csrf": session.csrf,
             "idle_timeout_seconds": app.sessions.idle().as_secs(),
@@ -77,10 +74,7 @@ pub(in crate::server) async fn sign_out(State(app): State<AppState>, caller: Cal
         return Ok(Json(json!({ "signed_out": false })).into_response());
     };
     blocking(&app, move |app| {
-        let rec = NewRecord::ok(&caller.actor, Action::SessionEnd, &Namespace::root(), None)
-            .reason(format!("web console session of token {} ({})", caller.info.name, caller.info.id));
-        app.record(rec).map_err(audit_failed)?;
-        app.sessions.close(&session.key);
+        sessions::sign_out(app, &caller.actor, &caller.info, || app.sessions.close(&session.key))?;
         with_cookie(StatusCode::OK, &app.sessions.clear_cookie(), json!({ "signed_out": true }))
     })
     .await
