@@ -139,7 +139,3 @@ impl From<crate::service::ServiceError> for ApiError {
         }
     }
 }
-
-pub(crate) fn audit_failed(e: crate::audit::AuditError) -> ApiError {
-    ApiError::Unavailable(format!("the audit log cannot be written, so nothing was done: {e}"))
-}

@@ -8,7 +8,7 @@
 //! permission (or, for routes that list across namespaces, the handler keeps
 //! only the items the caller may see).
 
-use super::error::{ApiError, audit_failed};
+use super::error::ApiError;
 use super::listen::Peer;
 use super::sessions::{CSRF_HEADER, Resolved, SessionFailure, cookie_of};
 use super::{App, AppState};
@@ -16,7 +16,7 @@ use super::{App, AppState};
 /// Request bodies other than plugins: 1 MiB.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-use crate::audit::{Action, Actor, NewRecord, Outcome};
+use crate::audit::Actor;
 use crate::authz::{self, Permission, Permission as P, Principal};
 use crate::names::{ExecutionId, Namespace, SecretName};
 use crate::tokens::{AuthFailure, TokenInfo, TokenSecret};
@@ -108,10 +108,6 @@ impl Caller {
     /// Whether the caller holds `p` in `ns`.
     pub fn may(&self, p: Permission, ns: &Namespace) -> bool {
         authz::decide(&self.principal, p, ns).is_ok()
-    }
-
-    pub(crate) fn record(&self, action: Action, ns: &Namespace, secret: Option<&SecretName>) -> NewRecord {
-        NewRecord::ok(&self.actor, action, ns, secret)
     }
 }
 
@@ -216,11 +212,7 @@ pub(crate) async fn authenticate(
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
             let what = what.to_owned();
             blocking(app, move |app| {
-                let rec = NewRecord::ok(&Actor::Server, Action::AuthFailed, &Namespace::root(), None)
-                    .outcome(Outcome::Denied)
-                    .reason(format!("{what}: {}", why.as_str()))
-                    .detail_field("peer", peer);
-                app.record(rec).map_err(audit_failed)
+                Ok(crate::service::access::authentication_failed(app, &what, why.as_str(), &peer)?)
             })
             .await?;
             match why {
@@ -282,12 +274,11 @@ impl FromRequestParts<AppState> for Caller {
         match decision {
             Ok(()) => Ok(caller),
             Err((ns, message)) => {
-                let rec = caller
-                    .record(Action::ApiDenied, &ns, None)
-                    .outcome(Outcome::Denied)
-                    .reason(format!("{what}: {message}"))
-                    .detail_field("permission", permission.as_str());
-                blocking(app, move |app| app.record(rec).map_err(audit_failed)).await?;
+                let (actor, what, shown) = (caller.actor.clone(), what.to_owned(), message.clone());
+                blocking(app, move |app| {
+                    Ok(crate::service::access::route_denied(app, &actor, &ns, &what, permission, &shown)?)
+                })
+                .await?;
                 Err(match hidden {
                     Some(not_found) => ApiError::NotFound(not_found),
                     None => ApiError::Forbidden(message),

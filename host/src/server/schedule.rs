@@ -10,9 +10,10 @@
 
 use super::App;
 use super::queue::Origin;
-use crate::audit::{Action, Actor, NewRecord};
+use crate::audit::Actor;
 use crate::flow::Flow;
 use crate::names::Namespace;
+use crate::service::triggers;
 use crate::trigger::{Schedule, TriggerKind, context};
 use jiff::Timestamp;
 use serde_json::{Map, json};
@@ -135,29 +136,14 @@ fn fire(
     let name = format!("schedule:{id}");
     let actor = Actor::Trigger { flow: flow.id.to_string(), trigger: name.clone() };
     if due.skipped > 0 {
-        let rec = NewRecord::ok(&actor, Action::TriggerSchedule, ns, None)
-            .reason(format!(
-                "skipped {} firing(s) of {:?} ({}) missed while the server was down (recover: {})",
-                due.skipped,
-                s.pattern,
-                s.timezone,
-                json!(s.recover).as_str().unwrap_or_default()
-            ))
-            .detail_field("skipped", due.skipped);
-        app.record(rec).map_err(|e| err(&e))?;
+        let (schedule, recover) = (format!("{:?} ({})", s.pattern, s.timezone), json!(s.recover));
+        let recover = recover.as_str().unwrap_or_default();
+        triggers::schedule_skipped(app, &actor, ns, due.skipped, &schedule, recover).map_err(|e| err(&e))?;
     }
     for at in &due.fire {
         let date = at.to_zoned(s.time_zone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
         if let Some(revision) = pending {
-            let rec = NewRecord::ok(&actor, Action::TriggerSchedule, ns, None)
-                .outcome(crate::audit::Outcome::Denied)
-                .reason(format!(
-                    "firing of {date} not queued: flow {} revision {revision} is pending review and no approved \
-                     revision serves the flow",
-                    flow.id
-                ))
-                .detail_field("revision", revision);
-            app.record(rec).map_err(|e| err(&e))?;
+            triggers::schedule_held(app, &actor, ns, &date, flow.id.as_str(), revision).map_err(|e| err(&e))?;
             continue;
         }
         let mut extra = Map::new();

@@ -15,11 +15,12 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ClientIp, blocking, path_namespace};
 use super::queue::{Origin, idempotency_key};
-use crate::audit::{Action, Actor, NewRecord, Outcome};
+use crate::audit::Actor;
 use crate::backend::Lookup;
 use crate::names::{Namespace, SecretName};
 use crate::policy::Grants;
 use crate::secret::SecretValue;
+use crate::service::triggers;
 use crate::trigger::{TriggerKind, Webhook, WebhookAuth, body_value, context, key_matches, signature_matches};
 use axum::Json;
 use axum::body::Bytes;
@@ -77,11 +78,7 @@ fn fire(
     // strike against the address.
     let refuse = |secret: Option<&SecretName>, reason: String, err: ApiError| {
         app.auth_failed(ip);
-        let rec = NewRecord::ok(&Actor::Server, Action::TriggerWebhook, ns, secret)
-            .outcome(Outcome::Denied)
-            .reason(format!("webhook of flow {shown}: {reason}"))
-            .detail_field("peer", ip.to_string());
-        app.record(rec).map_err(super::error::audit_failed)?;
+        triggers::webhook_refused(app, ns, &shown, secret, &reason, &ip.to_string())?;
         Err(err)
     };
     let not_found = || ApiError::NotFound(NO_SUCH_WEBHOOK.into());
@@ -137,11 +134,8 @@ fn fire(
     };
     if let Some(revision) = pending {
         let why = crate::registry::RegistryError::Pending { namespace: ns.clone(), id: flow.id.to_string(), revision };
-        let rec = NewRecord::ok(&Actor::Server, Action::TriggerWebhook, ns, Some(hook.secret()))
-            .outcome(Outcome::Denied)
-            .reason(format!("webhook {} of flow {}: verified, not queued: {why}", trigger.id, flow.id))
-            .detail_field("revision", revision);
-        app.record(rec).map_err(super::error::audit_failed)?;
+        let (t, f) = (trigger.id.as_str(), flow.id.as_str());
+        triggers::webhook_held(app, ns, hook.secret(), t, f, revision, &why.to_string())?;
         return Err(ApiError::Conflict(why.to_string()));
     }
     if body.len() > hook.max_body {
@@ -158,9 +152,7 @@ fn fire(
     extra.insert("headers".into(), chosen_headers(hook, headers));
     let name = format!("webhook:{}", trigger.id);
     let actor = Actor::Trigger { flow: flow.id.to_string(), trigger: name.clone() };
-    let rec = NewRecord::ok(&actor, Action::TriggerWebhook, ns, Some(hook.secret()))
-        .reason(format!("webhook {} of flow {}: verified by the host", trigger.id, flow.id));
-    app.record(rec).map_err(super::error::audit_failed)?;
+    triggers::webhook_verified(app, &actor, ns, hook.secret(), trigger.id.as_str(), flow.id.as_str())?;
     // A sender cannot be told its key is bad: a delivery without a valid one is not deduplicated.
     let key = headers
         .get("idempotency-key")

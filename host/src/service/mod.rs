@@ -7,12 +7,14 @@
 //! Invariant: no edge (`cli/`, `server/`) decides who may deploy, review
 //! or protect, or builds the audit record of one of these operations.
 
+pub mod access;
 pub mod executions;
 pub mod flows;
 pub mod operator;
 pub mod secrets;
 pub mod sessions;
 pub mod tokens;
+pub mod triggers;
 
 use crate::audit::{Action, NewRecord, Outcome};
 use crate::authz::Permission;
