@@ -230,6 +230,28 @@ macro_rules! serde_as_text {
 }
 serde_as_text!(Namespace, SecretName);
 
+/// In the API's schemas, a namespace (`""` or `-` for the root, dotted
+/// segments) and a secret name are strings, checked when read.
+macro_rules! schema_as_text {
+    ($($t:ident: $what:literal),*) => {$(
+        impl schemars::JsonSchema for $t {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($t).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "description": $what })
+            }
+        }
+    )*};
+}
+schema_as_text!(
+    Namespace: "A namespace: dotted segments of ASCII letters, digits, `_` and `-`, such as `finance.reporting`; empty for the root.",
+    SecretName: "A secret's name: ASCII letters, digits, `_`, `-` and `.`, at most 128 bytes, such as `DB_PASSWORD`."
+);
+
 impl FromStr for Namespace {
     type Err = InvalidName;
     fn from_str(s: &str) -> Result<Self, InvalidName> {

@@ -86,7 +86,7 @@ impl SecretValue {
 /// A value arriving in a request body (`PUT /api/v1/secrets/...`): the
 /// decoded text moves into the zeroizing wrapper without a copy.
 /// The alphabet of a generated value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Charset {
     /// Letters and digits.
@@ -136,6 +136,19 @@ impl SecretValue {
             Charset::Base64 => Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*random(n))),
         };
         Ok(SecretValue::new(text.as_str().to_owned()))
+    }
+}
+
+/// In the API's schema a value is a string sent, never answered.
+impl schemars::JsonSchema for SecretValue {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretValue".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "writeOnly": true, "description": "The secret's value: sent, never answered." })
     }
 }
 

@@ -8,6 +8,7 @@ use keyhole::flow::{self, Diagnostic, Diagnostics, Severity};
 use keyhole::names::ExecutionId;
 use keyhole::run::{Start, prepare, run_flow};
 use keyhole::runtime::{Compiler, POOLING_MAX_MEMORY, Runtime, RuntimeOptions};
+use keyhole::service::bodies;
 use serde_json::{Map, Value};
 
 #[derive(Args, Debug)]
@@ -520,7 +521,7 @@ fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Resul
                 _ => unreachable!("matched above"),
             };
             let id: ExecutionId = d.id.parse().map_err(|e| fail(USAGE, e))?;
-            let body = serde_json::json!({ "task": d.task, "comment": d.comment });
+            let body = remote::body(&bodies::Decide { task: d.task.clone(), comment: d.comment.clone() });
             r.send(&format!("{verb} task {}", d.task), "POST", &format!("/api/v1/executions/{id}/{verb}"), &body, &[])?;
             eprintln!("task {} of execution {id}: {verb}d", d.task);
             Ok(())
@@ -574,7 +575,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
             let plugins = keyhole::registry::read_plugins(&flow).map_err(registry_exit)?;
             let deployed = match &remote {
                 Some(r) => {
-                    let mut digests = serde_json::Map::new();
+                    let mut digests = std::collections::BTreeMap::new();
                     for (task, bytes) in &plugins {
                         let sha = hex::encode(keyhole::crypto::sha256(bytes));
                         r.put_bytes(
@@ -583,9 +584,11 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                             "application/wasm",
                             bytes,
                         )?;
-                        digests.insert(task.to_string(), Value::String(sha));
+                        digests.insert(task.to_string(), sha);
                     }
-                    let body = serde_json::json!({ "file": file, "source": source, "plugins": digests });
+                    let deploy =
+                        bodies::Deploy { file: file.to_string(), source: source.to_string(), plugins: digests };
+                    let body = remote::body(&deploy);
                     parse(r.send(&format!("deploy {}", path.display()), "POST", "/api/v1/flows", &body, &[])?)?
                 }
                 None => {
@@ -675,7 +678,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                 Some(r) => {
                     let path =
                         format!("/api/v1/flows/{}/{}/revisions/{}/{verb}", ns_path(&a.namespace), a.id, a.revision);
-                    let body = serde_json::json!({ "comment": a.comment });
+                    let body = remote::body(&bodies::Review { comment: a.comment.clone() });
                     parse(r.send(
                         &format!("{verb} revision {} of flow {}", a.revision, a.id),
                         "POST",

@@ -29,6 +29,11 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// A request body of [`keyhole::service::bodies`] as the JSON `send` takes.
+pub(crate) fn body(b: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(b).expect("request bodies encode as JSON")
+}
+
 /// `-` stands for the root namespace in paths.
 pub(crate) fn ns_path(ns: &Namespace) -> String {
     if ns.is_root() { "-".into() } else { ns.as_str().to_owned() }

@@ -270,22 +270,6 @@ pub(crate) fn bundle_key(args: &BundleKeyArgs) -> Result<BundleKey, Exit> {
     Ok(BundleKey::Passphrase(pass))
 }
 
-/// The body of `PUT /api/v1/secrets/...`, encoded straight into a
-/// zeroizing buffer: the value is never in a `String` of its own.
-#[derive(serde::Serialize)]
-struct PutBody<'a> {
-    value: &'a str,
-    rotate: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_in: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    keep: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    destinations: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    staged: bool,
-}
-
 fn put_remote(
     remote: &Remote,
     name: &SecretName,
@@ -297,8 +281,11 @@ fn put_remote(
 ) -> Result<(), Exit> {
     let text = value.expose();
     let destinations = (!v.destinations.is_empty()).then(|| v.destinations.iter().map(ToString::to_string).collect());
-    let body = PutBody {
-        value: text,
+    // Encoded straight into a zeroizing buffer: the value is never in a
+    // `String` of its own.
+    let body = keyhole::service::bodies::PutSecret {
+        value: Some(text),
+        generate: None,
         rotate,
         expires_in: v.expires_in.map(|d| format!("{}s", d.as_secs())),
         keep: v.keep,
@@ -379,7 +366,7 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::Bind { name, at, destinations, clear: _ } => {
             let path = format!("/api/v1/secrets/{}/{}/destinations", remote::ns_path(&at.namespace), name);
             let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
-            let body = serde_json::json!({ "destinations": list });
+            let body = remote::body(&keyhole::service::bodies::BindSecret { destinations: list.clone() });
             remote.send(&format!("bind {name} in namespace {}", at.namespace), "PUT", &path, &body, &[])?;
             bound_note(&name, &at.namespace, &list);
             Ok(())

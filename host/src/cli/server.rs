@@ -10,7 +10,7 @@ use keyhole::server::{ServeError, ServeOptions};
 use keyhole::service::{self, tokens::IssueRequest};
 use keyhole::tokens::{TokenError, TokenInfo, Tokens};
 use keyhole::vouch::Voucher;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::net::SocketAddr;
 use zeroize::Zeroizing;
 
@@ -229,10 +229,8 @@ fn remote_token(remote: &Remote, cmd: TokenCommand) -> Result<(), Exit> {
     let mut out = std::io::stdout().lock();
     match cmd {
         TokenCommand::Create { name, role, namespace, ttl } => {
-            let mut body = json!({ "name": name, "role": role, "namespace": namespace.as_str() });
-            if let Some(ttl) = ttl {
-                body["ttl"] = json!(format!("{}s", ttl.as_secs()));
-            }
+            let ttl = ttl.map(|t| format!("{}s", t.as_secs()));
+            let body = super::remote::body(&keyhole::service::bodies::NewToken { name, role, namespace, ttl });
             let v = remote.send("create a token", "POST", "/api/v1/tokens", &body, &[])?;
             let secret = Zeroizing::new(v["token"].as_str().unwrap_or_default().to_owned());
             announce_token(&mut out, &secret, &token_info(v["info"].clone())?)

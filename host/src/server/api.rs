@@ -12,6 +12,7 @@ use super::error::ApiError;
 pub use super::extract::{Caller, MAX_BODY_BYTES, Route, Scope};
 use super::handlers::{audit::*, executions::*, flows::*, secrets::*, tokens::*};
 use crate::authz::Permission as P;
+use crate::service::bodies;
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -27,6 +28,18 @@ macro_rules! route {
             permission: $perm,
             scope: Scope::$scope,
             summary: $summary,
+            body: None,
+            handler: || $h,
+        }
+    };
+    ($method:literal, $path:literal, $perm:expr, $scope:ident, $summary:literal, $h:expr, body: $body:ty) => {
+        Route {
+            method: $method,
+            path: $path,
+            permission: $perm,
+            scope: Scope::$scope,
+            summary: $summary,
+            body: Some(|g| g.subschema_for::<$body>()),
             handler: || $h,
         }
     };
@@ -98,7 +111,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::TokenManage),
         Body,
         "Issue a token: {name, role, namespace, ttl}. The response holds the token, once.",
-        post(create_token)
+        post(create_token),
+        body: bodies::NewToken
     ),
     route!(
         "DELETE",
@@ -131,7 +145,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretWrite),
         PathNamespace,
         "Set or rotate a secret: {value | generate: {length, charset: alnum|hex|base64|ascii}, rotate, expires_in, keep}; a generated value is never in the answer.",
-        put(put_secret)
+        put(put_secret),
+        body: bodies::PutSecret<crate::secret::SecretValue>
     ),
     route!(
         "PUT",
@@ -139,7 +154,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretWrite),
         PathNamespace,
         "Bind a secret to destinations (`{destinations: [\"https://host[:port]\"]}`; empty unbinds): tasks get a placeholder, the value goes only there.",
-        put(bind_secret)
+        put(bind_secret),
+        body: bodies::BindSecret
     ),
     route!(
         "POST",
@@ -188,7 +204,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::FlowDeploy),
         Body,
         "Deploy a flow: {file, source, plugins: {task: sha256}}.",
-        post(deploy_flow)
+        post(deploy_flow),
+        body: bodies::Deploy
     ),
     route!(
         "GET",
@@ -220,7 +237,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretUse),
         PathNamespace,
         "Approve a revision pending review (`{comment}`): a second person holding secret:use where each protected secret it touches lives; or vouch for an unchecked one.",
-        post(approve_revision)
+        post(approve_revision),
+        body: bodies::Review
     ),
     route!(
         "POST",
@@ -228,7 +246,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretUse),
         PathNamespace,
         "Reject a revision pending review (`{comment}`): it never runs; the revision before it keeps serving.",
-        post(reject_revision)
+        post(reject_revision),
+        body: bodies::Review
     ),
     route!(
         "GET",
@@ -332,7 +351,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::ExecutionApprove),
         Execution,
         "Approve a task waiting at its approval gate: `{task, comment}` (the gate's permission at the execution's namespace; not its starter with distinct_from_trigger).",
-        post(approve_execution)
+        post(approve_execution),
+        body: bodies::Decide
     ),
     route!(
         "POST",
@@ -340,7 +360,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::ExecutionApprove),
         Execution,
         "Reject a task waiting at its approval gate: `{task, comment}`; it does not run, `finally:` does.",
-        post(reject_execution)
+        post(reject_execution),
+        body: bodies::Decide
     ),
     route!(
         "GET",
@@ -411,6 +432,13 @@ pub(crate) async fn health(State(app): State<AppState>) -> Json<Value> {
 /// The OpenAPI document, generated from [`ROUTES`].
 pub fn openapi_document() -> Value {
     let mut paths = Map::new();
+    // Request bodies by reference, each type once under components/schemas.
+    let mut schemas = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
     for r in ROUTES {
         let params: Vec<Value> = r
             .path
@@ -450,6 +478,10 @@ pub fn openapi_document() -> Value {
             };
             op["x-keyhole-scope"] = json!(scope);
         }
+        if let Some(body) = r.body {
+            let schema = body(&mut schemas);
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        }
         let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
         entry[r.method.to_ascii_lowercase()] = op;
     }
@@ -457,7 +489,10 @@ pub fn openapi_document() -> Value {
         "openapi": "3.1.0",
         "info": {"title": "keyhole", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Every route but health and this document needs `Authorization: Bearer TOKEN`. No route returns a secret value."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas.take_definitions(true),
+        },
         "security": [{"bearer": []}],
         "paths": paths,
     })
@@ -465,4 +500,41 @@ pub fn openapi_document() -> Value {
 
 pub(crate) async fn openapi() -> Json<Value> {
     Json(openapi_document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route that reads a JSON body declares it, by reference to one
+    /// schema per type, and the schemas say what a client must send.
+    #[test]
+    fn the_openapi_document_describes_each_request_body() {
+        let doc = openapi_document();
+        let schemas = &doc["components"]["schemas"];
+        let mut described = Vec::new();
+        for r in ROUTES.iter().filter(|r| r.body.is_some()) {
+            let op = &doc["paths"][r.path][r.method.to_ascii_lowercase()];
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            let target = schema["$ref"].as_str().unwrap_or_else(|| panic!("{} {}: {schema}", r.method, r.path));
+            let name = target.strip_prefix("#/components/schemas/").expect(target);
+            assert!(schemas[name].is_object(), "{target} is not in components/schemas");
+            described.push((r.method, r.path, name.to_owned()));
+        }
+        // The routes whose handlers read a `Body<T>` (the body is not just `{}`).
+        assert_eq!(described.len(), 8, "{described:#?}");
+        let put = described.iter().find(|(m, p, _)| *m == "PUT" && *p == "/api/v1/secrets/{ns}/{name}").unwrap();
+        let put = &schemas[&put.2];
+        assert_eq!(put["properties"]["value"]["writeOnly"], true, "{put}");
+        assert_eq!(put["additionalProperties"], false, "{put}");
+        let charset = serde_json::to_string(&put["properties"]["generate"]).unwrap()
+            + &serde_json::to_string(&schemas["Generate"]).unwrap()
+            + &serde_json::to_string(&schemas["Charset"]).unwrap();
+        assert!(charset.contains("base64"), "{charset}");
+        let deploy = &schemas["Deploy"];
+        assert_eq!(deploy["required"], json!(["file", "source", "plugins"]), "{deploy}");
+        let token = &schemas["NewToken"];
+        assert_eq!(token["required"], json!(["name", "role"]), "{token}");
+        assert!(token["properties"]["namespace"]["description"].as_str().unwrap().contains("root"), "{token}");
+    }
 }

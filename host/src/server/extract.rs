@@ -60,6 +60,9 @@ pub struct Route {
     pub scope: Scope,
     /// What it does.
     pub summary: &'static str,
+    /// The schema of its JSON request body, if it takes one
+    /// ([`crate::service::bodies`]).
+    pub body: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
     pub(crate) handler: fn() -> MethodRouter<AppState>,
 }
 

@@ -8,6 +8,7 @@
 //! or protect, or builds the audit record of one of these operations.
 
 pub mod access;
+pub mod bodies;
 pub mod executions;
 pub mod flows;
 pub mod operator;

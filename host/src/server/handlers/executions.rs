@@ -183,14 +183,7 @@ pub(crate) async fn cancel_execution(
     .await
 }
 
-/// A decision at an approval gate.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DecideRequest {
-    task: String,
-    #[serde(default)]
-    comment: Option<String>,
-}
+use crate::service::bodies::Decide as DecideRequest;
 
 pub(crate) async fn approve_execution(
     State(app): State<AppState>,

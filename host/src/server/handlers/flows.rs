@@ -11,7 +11,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 /// Which namespace's flows an uploaded plugin is for (its quota).
 #[derive(Debug, Deserialize)]
@@ -54,13 +53,7 @@ pub(crate) async fn list_flows(State(app): State<AppState>, caller: Caller) -> R
     Ok(Json(all.into_iter().filter(|d| flow_namespace_ok(&caller, &d.namespace)).collect()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeployRequest {
-    file: String,
-    source: String,
-    plugins: BTreeMap<String, String>,
-}
+use crate::service::bodies::{Deploy as DeployRequest, Review as ReviewRequest};
 
 pub(crate) async fn deploy_flow(
     State(app): State<AppState>,
@@ -73,13 +66,6 @@ pub(crate) async fn deploy_flow(
         Ok((StatusCode::CREATED, Json(d)))
     })
     .await
-}
-
-/// A decision on a flow revision.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct ReviewRequest {
-    comment: Option<String>,
 }
 
 pub(crate) async fn approve_revision(

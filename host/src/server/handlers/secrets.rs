@@ -56,37 +56,8 @@ pub(crate) async fn describe_secret(
     .await
 }
 
-/// A value the server makes, so that no client ever holds it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Generate {
-    length: usize,
-    #[serde(default = "alnum")]
-    charset: crate::secret::Charset,
-}
-
-pub(crate) fn alnum() -> crate::secret::Charset {
-    crate::secret::Charset::Alnum
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PutSecret {
-    /// The value; or `generate`.
-    value: Option<SecretValue>,
-    /// Generate a random value instead (the answer never holds it).
-    generate: Option<Generate>,
-    #[serde(default)]
-    rotate: bool,
-    expires_in: Option<String>,
-    keep: Option<u32>,
-    /// Bind it to these destinations in the same change (never a moment
-    /// where the new value is unbound).
-    destinations: Option<Vec<String>>,
-    /// Stage it instead of making it current (`rotate` implied).
-    #[serde(default)]
-    staged: bool,
-}
+/// The body of a `PUT`: the value read into zeroizing memory.
+type PutSecret = crate::service::bodies::PutSecret<SecretValue>;
 
 /// `scheme://host[:port]` entries of a request body, each error naming its index.
 pub(crate) fn parse_destinations(list: &[String]) -> Result<Vec<crate::network::AllowEntry>, ApiError> {
@@ -148,17 +119,11 @@ pub(crate) async fn put_secret(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BindSecret {
-    destinations: Vec<String>,
-}
-
 pub(crate) async fn bind_secret(
     State(app): State<AppState>,
     caller: Caller,
     Path((ns, name)): Path<(String, String)>,
-    Body(req): Body<BindSecret>,
+    Body(req): Body<crate::service::bodies::BindSecret>,
 ) -> Result<Json<Value>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     let destinations = parse_destinations(&req.destinations)?;

@@ -1,7 +1,6 @@
 //! Tokens and roles: thin edges over [`crate::service::tokens`].
 
 use crate::authz;
-use crate::names::Namespace;
 use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking};
@@ -10,7 +9,6 @@ use crate::tokens::TokenInfo;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub(crate) async fn token_self(caller: Caller) -> Json<TokenInfo> {
@@ -21,15 +19,7 @@ pub(crate) async fn list_tokens(State(app): State<AppState>, caller: Caller) -> 
     Ok(Json(blocking(&app, move |app| Ok(tokens::list(&app.tokens(), &caller.voucher())?)).await?))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewToken {
-    name: String,
-    role: String,
-    #[serde(default)]
-    namespace: Namespace,
-    ttl: Option<String>,
-}
+use crate::service::bodies::NewToken;
 
 pub(crate) async fn create_token(
     State(app): State<AppState>,

@@ -1,0 +1,112 @@
+//! The request bodies of the API, declared once: the server reads them,
+//! the remote CLI writes them, and the OpenAPI document describes them
+//! (`JsonSchema`). A field renamed here is renamed on both sides.
+//!
+//! Invariant: a secret value travels only in [`PutSecret::value`], whose
+//! type the reader chooses (the server a zeroizing `SecretValue`, the CLI
+//! a borrowed `&str` written into a zeroizing buffer); no answer holds one.
+
+use crate::names::Namespace;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `PUT /api/v1/secrets/{ns}/{name}`: store, rotate or stage a value.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, bound(deserialize = "V: Deserialize<'de>"))]
+pub struct PutSecret<V> {
+    /// The value; or `generate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<V>,
+    /// Generate a random value instead (the answer never holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Generate>,
+    /// A new version of an existing secret rather than a first one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rotate: bool,
+    /// How long the version lives (`90d`, `12h`, `3600s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+    /// How many versions to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// Bind it to these destinations (`scheme://host[:port]`) in the same
+    /// change: never a moment where the new value is unbound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<Vec<String>>,
+    /// Stage it instead of making it current (`rotate` implied).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
+}
+
+/// A value the server generates.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Generate {
+    /// Characters (or bytes, for `hex` and `base64`).
+    pub length: usize,
+    /// `alnum` (the default), `hex`, `base64` or `ascii`.
+    #[serde(default = "alnum")]
+    pub charset: crate::secret::Charset,
+}
+
+fn alnum() -> crate::secret::Charset {
+    crate::secret::Charset::Alnum
+}
+
+/// `PUT /api/v1/secrets/{ns}/{name}/destinations`: where the host may
+/// inject the secret (`scheme://host[:port]` each).
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindSecret {
+    /// The destinations; empty unbinds.
+    pub destinations: Vec<String>,
+}
+
+/// `POST /api/v1/executions/{id}/approve|reject`: a decision at a gate.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// The gate's task id.
+    pub task: String,
+    /// Why, for the record (up to 1,000 characters are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// `POST /api/v1/flows`: a flow to deploy, its plugins already uploaded.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// The file name it came from (shown in `flow show`).
+    pub file: String,
+    /// The flow's YAML.
+    pub source: String,
+    /// Each task's plugin, by the SHA-256 of an uploaded plugin.
+    pub plugins: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/flows/{ns}/{flow}/revisions/{n}/approve|reject`.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Review {
+    /// Why, for the record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// `POST /api/v1/tokens`: a token for a principal.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// Unique among live tokens.
+    pub name: String,
+    /// A built-in or custom role.
+    pub role: String,
+    /// Where the role is bound (and below); the root when absent.
+    #[serde(default)]
+    pub namespace: Namespace,
+    /// How long it lives (`30d`, `12h`); at most the server's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
