@@ -200,7 +200,7 @@ pub fn check_role_name(name: &str) -> Result<(), String> {
 }
 
 /// A role at a namespace, as stored with a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Binding {
     /// The role's name.
     pub role: String,

@@ -305,7 +305,8 @@ fn put_remote(
     } else {
         "stored"
     };
-    eprintln!("{verb} {name}: version {} in namespace {ns}", answer["version"].as_str().unwrap_or("?"));
+    let written: keyhole::service::bodies::SecretWritten = remote::typed(answer, "a stored version")?;
+    eprintln!("{verb} {name}: version {} in namespace {ns}", written.version);
     Ok(())
 }
 
@@ -313,7 +314,8 @@ fn put_remote(
 fn remote_staged(remote: &Remote, name: &SecretName, ns: &Namespace, op: &str) -> Result<(), Exit> {
     let path = format!("/api/v1/secrets/{}/{name}/{op}", remote::ns_path(ns));
     let v = remote.send(&format!("{op} the staged version of {name}"), "POST", &path, &serde_json::json!({}), &[])?;
-    let version = v["version"].as_str().unwrap_or("?");
+    let written: keyhole::service::bodies::SecretWritten = remote::typed(v, "a staged version's end")?;
+    let version = written.version;
     match op {
         "commit" => eprintln!("committed {name}: version {version} is current in namespace {ns}"),
         _ => eprintln!("discarded {name}: staged version {version} in namespace {ns} is erased"),

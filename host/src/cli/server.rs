@@ -232,8 +232,9 @@ fn remote_token(remote: &Remote, cmd: TokenCommand) -> Result<(), Exit> {
             let ttl = ttl.map(|t| format!("{}s", t.as_secs()));
             let body = super::remote::body(&keyhole::service::bodies::NewToken { name, role, namespace, ttl });
             let v = remote.send("create a token", "POST", "/api/v1/tokens", &body, &[])?;
-            let secret = Zeroizing::new(v["token"].as_str().unwrap_or_default().to_owned());
-            announce_token(&mut out, &secret, &token_info(v["info"].clone())?)
+            let issued: keyhole::service::bodies::IssuedToken = super::remote::typed(v, "an issued token")?;
+            let secret = Zeroizing::new(issued.token);
+            announce_token(&mut out, &secret, &issued.info)
         }
         TokenCommand::List { json } => {
             let v = remote.get("list tokens", "/api/v1/tokens")?;

@@ -21,27 +21,24 @@ use axum::routing::{delete, get, post, put};
 use serde_json::{Map, Value, json};
 
 macro_rules! route {
-    ($method:literal, $path:literal, $perm:expr, $scope:ident, $summary:literal, $h:expr) => {
+    ($method:literal, $path:literal, $perm:expr, $scope:ident, $summary:literal, $h:expr
+     $(, body: $body:ty)? $(, answer: $answer:ty)? $(,)?) => {
         Route {
             method: $method,
             path: $path,
             permission: $perm,
             scope: Scope::$scope,
             summary: $summary,
-            body: None,
+            body: route!(@schema $($body)?),
+            answer: route!(@schema $($answer)?),
             handler: || $h,
         }
     };
-    ($method:literal, $path:literal, $perm:expr, $scope:ident, $summary:literal, $h:expr, body: $body:ty) => {
-        Route {
-            method: $method,
-            path: $path,
-            permission: $perm,
-            scope: Scope::$scope,
-            summary: $summary,
-            body: Some(|g| g.subschema_for::<$body>()),
-            handler: || $h,
-        }
+    (@schema) => {
+        None
+    };
+    (@schema $t:ty) => {
+        Some(|g| g.subschema_for::<$t>())
     };
 }
 
@@ -112,7 +109,8 @@ pub static ROUTES: &[Route] = &[
         Body,
         "Issue a token: {name, role, namespace, ttl}. The response holds the token, once.",
         post(create_token),
-        body: bodies::NewToken
+        body: bodies::NewToken,
+        answer: bodies::IssuedToken
     ),
     route!(
         "DELETE",
@@ -146,7 +144,8 @@ pub static ROUTES: &[Route] = &[
         PathNamespace,
         "Set or rotate a secret: {value | generate: {length, charset: alnum|hex|base64|ascii}, rotate, expires_in, keep}; a generated value is never in the answer.",
         put(put_secret),
-        body: bodies::PutSecret<crate::secret::SecretValue>
+        body: bodies::PutSecret<crate::secret::SecretValue>,
+        answer: bodies::SecretWritten
     ),
     route!(
         "PUT",
@@ -155,7 +154,8 @@ pub static ROUTES: &[Route] = &[
         PathNamespace,
         "Bind a secret to destinations (`{destinations: [\"https://host[:port]\"]}`; empty unbinds): tasks get a placeholder, the value goes only there.",
         put(bind_secret),
-        body: bodies::BindSecret
+        body: bodies::BindSecret,
+        answer: bodies::SecretBound
     ),
     route!(
         "POST",
@@ -163,7 +163,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretWrite),
         PathNamespace,
         "Make the staged version current (a rotation the service accepted).",
-        post(commit_staged)
+        post(commit_staged),
+        answer: bodies::SecretWritten
     ),
     route!(
         "POST",
@@ -171,7 +172,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretWrite),
         PathNamespace,
         "Erase the staged version (a rotation the service did not accept).",
-        post(discard_staged)
+        post(discard_staged),
+        answer: bodies::SecretWritten
     ),
     route!(
         "POST",
@@ -478,6 +480,10 @@ pub fn openapi_document() -> Value {
             };
             op["x-keyhole-scope"] = json!(scope);
         }
+        if let Some(answer) = r.answer {
+            let schema = answer(&mut schemas);
+            op["responses"]["200"]["content"] = json!({"application/json": {"schema": schema}});
+        }
         if let Some(body) = r.body {
             let schema = body(&mut schemas);
             op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
@@ -533,6 +539,12 @@ mod tests {
         assert!(charset.contains("base64"), "{charset}");
         let deploy = &schemas["Deploy"];
         assert_eq!(deploy["required"], json!(["file", "source", "plugins"]), "{deploy}");
+        // Answers too: a secret's change names its version, never a value.
+        let answer = &doc["paths"]["/api/v1/secrets/{ns}/{name}"]["put"]["responses"]["200"]["content"];
+        assert_eq!(answer["application/json"]["schema"]["$ref"], "#/components/schemas/SecretWritten", "{answer}");
+        assert!(schemas["SecretWritten"]["properties"]["version"].is_object());
+        assert!(schemas["SecretWritten"]["properties"].get("value").is_none());
+        assert!(schemas["IssuedToken"]["properties"]["info"]["$ref"].is_string(), "{}", schemas["IssuedToken"]);
         let token = &schemas["NewToken"];
         assert_eq!(token["required"], json!(["name", "role"]), "{token}");
         assert!(token["properties"]["namespace"]["description"].as_str().unwrap().contains("root"), "{token}");

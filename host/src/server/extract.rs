@@ -63,6 +63,8 @@ pub struct Route {
     /// The schema of its JSON request body, if it takes one
     /// ([`crate::service::bodies`]).
     pub body: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
+    /// The schema of its JSON answer, where one is declared.
+    pub answer: Option<fn(&mut schemars::SchemaGenerator) -> schemars::Schema>,
     pub(crate) handler: fn() -> MethodRouter<AppState>,
 }
 

@@ -1,12 +1,13 @@
-//! The request bodies of the API, declared once: the server reads them,
-//! the remote CLI writes them, and the OpenAPI document describes them
-//! (`JsonSchema`). A field renamed here is renamed on both sides.
+//! The request and answer bodies of the API, declared once: the server
+//! reads requests and writes answers, the remote CLI the other way round,
+//! and the OpenAPI document describes both (`JsonSchema`). A field renamed
+//! here is renamed on both sides.
 //!
 //! Invariant: a secret value travels only in [`PutSecret::value`], whose
 //! type the reader chooses (the server a zeroizing `SecretValue`, the CLI
 //! a borrowed `&str` written into a zeroizing buffer); no answer holds one.
 
-use crate::names::Namespace;
+use crate::names::{Namespace, SecretName};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -109,4 +110,46 @@ pub struct NewToken {
     /// How long it lives (`30d`, `12h`); at most the server's limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+}
+
+/// The answer to a change of a secret's value: stored, staged, committed
+/// or discarded. Never the value.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SecretWritten {
+    /// Where it lives.
+    pub namespace: Namespace,
+    /// The secret.
+    pub name: SecretName,
+    /// The version stored, staged, committed or discarded.
+    pub version: String,
+    /// It was staged, not made current.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
+    /// The staged version is now current.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub committed: bool,
+    /// The staged version was erased.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discarded: bool,
+}
+
+/// The answer to `PUT .../destinations`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SecretBound {
+    /// Where it lives.
+    pub namespace: Namespace,
+    /// The secret.
+    pub name: SecretName,
+    /// Where the host may now inject it.
+    pub destinations: Vec<String>,
+}
+
+/// The answer to `POST /api/v1/tokens`: the token, shown this once, and
+/// its description.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct IssuedToken {
+    /// The bearer token (`kh_...`): store it now, it is never shown again.
+    pub token: String,
+    /// Its description.
+    pub info: crate::tokens::TokenInfo,
 }

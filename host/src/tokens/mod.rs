@@ -69,7 +69,7 @@ impl std::fmt::Debug for TokenSecret {
 }
 
 /// A token's public description: never the token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenInfo {
     /// Its id, `tok-` and 16 hex digits.
     pub id: String,

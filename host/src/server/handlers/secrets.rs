@@ -1,12 +1,13 @@
 //! Secrets (metadata, never a value) and their protections.
 
 use crate::authz::Permission as P;
-use crate::names::Namespace;
+use crate::names::{Namespace, SecretName};
 use crate::secret::SecretValue;
 use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking, path_namespace, secret_name};
 use crate::service;
+use crate::service::bodies::{SecretBound, SecretWritten};
 use crate::store::{SetOptions, now};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -59,6 +60,18 @@ pub(crate) async fn describe_secret(
 /// The body of a `PUT`: the value read into zeroizing memory.
 type PutSecret = crate::service::bodies::PutSecret<SecretValue>;
 
+/// The answer to a change of `name`'s value, `how` marking which.
+fn written(
+    namespace: Namespace,
+    name: SecretName,
+    version: String,
+    how: impl FnOnce(&mut SecretWritten),
+) -> SecretWritten {
+    let mut w = SecretWritten { namespace, name, version, staged: false, committed: false, discarded: false };
+    how(&mut w);
+    w
+}
+
 /// `scheme://host[:port]` entries of a request body, each error naming its index.
 pub(crate) fn parse_destinations(list: &[String]) -> Result<Vec<crate::network::AllowEntry>, ApiError> {
     list.iter()
@@ -75,7 +88,7 @@ pub(crate) async fn put_secret(
     caller: Caller,
     Path((ns, name)): Path<(String, String)>,
     Body(req): Body<PutSecret>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretWritten>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     let value = match (req.value, &req.generate) {
         (Some(v), None) => v,
@@ -107,14 +120,12 @@ pub(crate) async fn put_secret(
     blocking(&app, move |app| {
         if req.staged {
             let version = app.secrets.stage(&caller.actor, &ns, &name, &value, expires_at)?;
-            return Ok(Json(
-                json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), "staged": true }),
-            ));
+            return Ok(Json(written(ns, name, version.to_string(), |w| w.staged = true)));
         }
         let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations };
         // The router audits the change (fail closed) with the caller as actor.
         let version = app.secrets.set(&caller.actor, &ns, &name, &value, &opts)?;
-        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string() })))
+        Ok(Json(written(ns, name, version.to_string(), |_| {})))
     })
     .await
 }
@@ -124,14 +135,14 @@ pub(crate) async fn bind_secret(
     caller: Caller,
     Path((ns, name)): Path<(String, String)>,
     Body(req): Body<crate::service::bodies::BindSecret>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBound>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     let destinations = parse_destinations(&req.destinations)?;
     blocking(&app, move |app| {
         // The router audits the change (fail closed) with the caller as actor.
         app.secrets.bind(&caller.actor, &ns, &name, &destinations)?;
-        let list: Vec<String> = destinations.iter().map(ToString::to_string).collect();
-        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "destinations": list })))
+        let destinations = destinations.iter().map(ToString::to_string).collect();
+        Ok(Json(SecretBound { namespace: ns, name, destinations }))
     })
     .await
 }
@@ -140,7 +151,7 @@ pub(crate) async fn commit_staged(
     State(app): State<AppState>,
     caller: Caller,
     Path(at): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretWritten>, ApiError> {
     resolve_staged(app, caller, at, true).await
 }
 
@@ -148,7 +159,7 @@ pub(crate) async fn discard_staged(
     State(app): State<AppState>,
     caller: Caller,
     Path(at): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretWritten>, ApiError> {
     resolve_staged(app, caller, at, false).await
 }
 
@@ -158,15 +169,17 @@ pub(crate) async fn resolve_staged(
     caller: Caller,
     (ns, name): (String, String),
     commit: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretWritten>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     blocking(&app, move |app| {
-        let (version, done) = if commit {
-            (app.secrets.commit_staged(&caller.actor, &ns, &name)?, "committed")
+        let written = if commit {
+            let version = app.secrets.commit_staged(&caller.actor, &ns, &name)?;
+            written(ns, name, version.to_string(), |w| w.committed = true)
         } else {
-            (app.secrets.discard_staged(&caller.actor, &ns, &name)?, "discarded")
+            let version = app.secrets.discard_staged(&caller.actor, &ns, &name)?;
+            written(ns, name, version.to_string(), |w| w.discarded = true)
         };
-        Ok(Json(json!({ "namespace": ns, "name": name.as_str(), "version": version.to_string(), done: true })))
+        Ok(Json(written))
     })
     .await
 }

@@ -9,7 +9,6 @@ use crate::tokens::TokenInfo;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 
 pub(crate) async fn token_self(caller: Caller) -> Json<TokenInfo> {
     Json(caller.info)
@@ -19,13 +18,13 @@ pub(crate) async fn list_tokens(State(app): State<AppState>, caller: Caller) -> 
     Ok(Json(blocking(&app, move |app| Ok(tokens::list(&app.tokens(), &caller.voucher())?)).await?))
 }
 
-use crate::service::bodies::NewToken;
+use crate::service::bodies::{IssuedToken, NewToken};
 
 pub(crate) async fn create_token(
     State(app): State<AppState>,
     caller: Caller,
     Body(req): Body<NewToken>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
     let ttl = req
         .ttl
         .as_deref()
@@ -38,7 +37,7 @@ pub(crate) async fn create_token(
     blocking(&app, move |app| {
         // Every token issued through the API expires: at most the server's maximum.
         let (info, token) = tokens::issue(&app.tokens(), &caller.voucher(), req, Some(app.max_token_ttl))?;
-        Ok((StatusCode::CREATED, Json(json!({ "token": token.expose(), "info": info }))))
+        Ok((StatusCode::CREATED, Json(IssuedToken { token: token.expose().to_owned(), info })))
     })
     .await
 }
