@@ -423,7 +423,7 @@ fn remote_run(r: &super::remote::Remote, args: RunArgs) -> Result<(), Exit> {
     let inputs = flow::bind_inputs(&flow, &args.inputs).map_err(|e| fail(USAGE, anyhow::anyhow!(e)))?;
     let path = format!("/api/v1/executions/{}/{id}", ns_path(&args.namespace));
     let queued = r.send(&format!("run flow {id}"), "POST", &path, &Value::Object(inputs), &[])?;
-    let exec_id = queued.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let exec_id = super::remote::typed::<bodies::Queued>(queued, "a queued execution")?.id;
     eprintln!("[{id}] execution {exec_id} queued on the server");
     remote_follow(r, &exec_id, args.json)
 }

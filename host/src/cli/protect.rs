@@ -39,7 +39,7 @@ pub(crate) fn set(dir: &DataDir, a: ProtectArgs, on: bool) -> Result<(), Exit> {
             } else {
                 r.delete(&format!("unprotect {what}"), &path)?
             };
-            v["changed"].as_bool().unwrap_or(true)
+            remote::typed::<keyhole::service::bodies::ProtectionChanged>(v, "a protection's change")?.changed
         }
         None => {
             let who = keyhole::vouch::Voucher::root();

@@ -361,8 +361,8 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         SecretCommand::Versions { name, at, json } => {
             let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(&at.namespace), name);
             let v = remote.get(&format!("list the versions of {name} in namespace {}", at.namespace), &path)?;
-            let versions: Vec<VersionInfo> = serde_json::from_value(v["versions"].clone())
-                .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a version list: {e}")))?;
+            let described: keyhole::service::secrets::SecretDescription = remote::typed(v, "a secret's description")?;
+            let versions = described.versions;
             print_versions(&mut out, versions, json)
         }
         SecretCommand::Bind { name, at, destinations, clear: _ } => {

@@ -22,7 +22,7 @@ pub struct Audited<'a> {
 }
 
 /// How a task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     /// Not started yet.
@@ -54,7 +54,7 @@ impl TaskStatus {
 }
 
 /// One task of an execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskRecord {
     /// Task id.
     pub id: String,
@@ -85,7 +85,7 @@ pub struct TaskRecord {
 }
 
 /// What kind of failure a task's `error` is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// The task ran and returned an error (or output that is not JSON, or
@@ -101,7 +101,7 @@ pub enum FailureKind {
 }
 
 /// One attempt of a retried task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Attempt {
     /// 1, 2, ...
     pub attempt: u32,
@@ -229,7 +229,7 @@ impl rusqlite::types::FromSql for ExecutionStatus {
 }
 
 /// One execution of a flow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecutionRecord {
     /// Execution id.
     pub id: String,

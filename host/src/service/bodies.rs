@@ -153,3 +153,52 @@ pub struct IssuedToken {
     /// Its description.
     pub info: crate::tokens::TokenInfo,
 }
+
+/// The answer to `POST /api/v1/executions/{ns}/{flow}`: the execution
+/// queued (or found again by its idempotency key), as it stands.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Queued {
+    /// Its id.
+    pub id: String,
+    /// `queued`, or how it ended when the request waited (`?wait=`).
+    pub status: crate::executions::ExecutionStatus,
+    /// A new execution, not one found by its idempotency key.
+    pub created: bool,
+    /// Its whole record.
+    pub execution: crate::executions::ExecutionRecord,
+}
+
+/// The answer to `POST /api/v1/executions/{id}/cancel`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CancelAnswer {
+    /// The execution.
+    pub id: String,
+    /// `cancelled` (it was queued) or `cancelling` (its worker stops it).
+    pub status: String,
+    /// Always true: a cancel that changes nothing is a 409.
+    pub cancelled: bool,
+}
+
+/// The answer to a decision at a gate.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Decided {
+    /// The execution.
+    pub id: String,
+    /// The gate's task.
+    pub task: String,
+    /// `approved` or `rejected`.
+    pub decision: String,
+}
+
+/// The answer to `PUT|DELETE .../protection`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ProtectionChanged {
+    /// The namespace (and below, for a namespace's protection).
+    pub namespace: Namespace,
+    /// The secret, for a secret's protection.
+    pub secret: Option<SecretName>,
+    /// Whether it is protected now.
+    pub protected: bool,
+    /// Whether this request changed it.
+    pub changed: bool,
+}

@@ -7,6 +7,7 @@ use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking, path_namespace, rfc3339};
 use crate::server::queue::{Origin, idempotency_key};
+use crate::service::bodies::{CancelAnswer, Decided, Queued};
 use crate::service::executions;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -29,7 +30,7 @@ pub(crate) async fn create_execution(
     Query(q): Query<CreateQuery>,
     headers: HeaderMap,
     Body(inputs): Body<Map<String, Value>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let ns = path_namespace(&ns)?;
     if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ApiError::Unavailable("the server is stopping: try again once it is back".into()));
@@ -66,7 +67,7 @@ pub(crate) async fn create_execution(
         app.stop_waiting(&id, waker);
     }
     let status = if rec.status.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(json!({ "id": rec.id, "status": rec.status, "created": created, "execution": rec }))))
+    Ok((status, Json(Queued { id: rec.id.clone(), status: rec.status, created, execution: rec })))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -167,7 +168,7 @@ pub(crate) async fn cancel_execution(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CancelAnswer>, ApiError> {
     blocking(&app, move |app| {
         let stop = || {
             if let Some(r) = app.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
@@ -178,7 +179,7 @@ pub(crate) async fn cancel_execution(
         if done == executions::Cancelled::Dequeued {
             app.ended(&id);
         }
-        Ok(Json(json!({ "id": id, "status": done.as_str(), "cancelled": true })))
+        Ok(Json(CancelAnswer { id, status: done.as_str().to_owned(), cancelled: true }))
     })
     .await
 }
@@ -190,7 +191,7 @@ pub(crate) async fn approve_execution(
     caller: Caller,
     Path(id): Path<String>,
     Body(req): Body<DecideRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     decide(app, caller, id, req, true).await
 }
 
@@ -199,7 +200,7 @@ pub(crate) async fn reject_execution(
     caller: Caller,
     Path(id): Path<String>,
     Body(req): Body<DecideRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     decide(app, caller, id, req, false).await
 }
 
@@ -209,7 +210,7 @@ pub(crate) async fn decide(
     id: String,
     req: DecideRequest,
     approved: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     use crate::executions::{Decider, GateError, decide_gate};
     blocking(&app, move |app| {
         let may = |p: Permission, ns: &Namespace| caller.may(p, ns);
@@ -227,7 +228,8 @@ pub(crate) async fn decide(
             GateError::Audit(m) => ApiError::Unavailable(m),
             GateError::Record(r) => r.into(),
         })?;
-        Ok(Json(json!({ "id": id, "task": req.task, "decision": if approved { "approved" } else { "rejected" } })))
+        let decision = if approved { "approved" } else { "rejected" }.to_owned();
+        Ok(Json(Decided { id, task: req.task, decision }))
     })
     .await
 }

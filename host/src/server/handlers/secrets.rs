@@ -7,7 +7,7 @@ use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking, path_namespace, secret_name};
 use crate::service;
-use crate::service::bodies::{SecretBound, SecretWritten};
+use crate::service::bodies::{ProtectionChanged, SecretBound, SecretWritten};
 use crate::store::{SetOptions, now};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -234,12 +234,12 @@ pub(crate) async fn set_protection(
     ns: &str,
     name: Option<&str>,
     on: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProtectionChanged>, ApiError> {
     let ns = path_namespace(ns)?;
     let name = name.map(secret_name).transpose()?;
     blocking(&app, move |app| {
         let changed = crate::service::flows::protect(&app.registry(), &caller.voucher(), &ns, name.as_ref(), on)?;
-        Ok(Json(json!({ "namespace": ns, "secret": name, "protected": on, "changed": changed })))
+        Ok(Json(ProtectionChanged { namespace: ns, secret: name, protected: on, changed }))
     })
     .await
 }
@@ -248,7 +248,7 @@ pub(crate) async fn protect_secret(
     State(app): State<AppState>,
     caller: Caller,
     Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProtectionChanged>, ApiError> {
     set_protection(app, caller, &ns, Some(&name), true).await
 }
 
@@ -256,7 +256,7 @@ pub(crate) async fn unprotect_secret(
     State(app): State<AppState>,
     caller: Caller,
     Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProtectionChanged>, ApiError> {
     set_protection(app, caller, &ns, Some(&name), false).await
 }
 
@@ -264,7 +264,7 @@ pub(crate) async fn protect_namespace(
     State(app): State<AppState>,
     caller: Caller,
     Path(ns): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProtectionChanged>, ApiError> {
     set_protection(app, caller, &ns, None, true).await
 }
 
@@ -272,6 +272,6 @@ pub(crate) async fn unprotect_namespace(
     State(app): State<AppState>,
     caller: Caller,
     Path(ns): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProtectionChanged>, ApiError> {
     set_protection(app, caller, &ns, None, false).await
 }
