@@ -254,3 +254,38 @@ fn a_value_used_as_a_secret_name_is_masked_in_the_audit_record() {
         assert!(!bytes.windows(19).any(|w| w == b"tok_live_1234567890"), "value found in {file}");
     }
 }
+
+/// A backend change whose record cannot be written is not made: the
+/// configuration file stays as it was (it was written first, then audited,
+/// before the change went through the service layer).
+#[test]
+fn a_backend_change_that_cannot_be_recorded_is_not_made() {
+    let env = Env::new();
+    env.set_secret("", "K", "v");
+    // Only an address check: no packet is sent anywhere.
+    env.run(&["backend", "add-vault", "ops", "--address", "http://127.0.0.1:1"]).expect_code(0);
+    let path = env.home().join("backends.json");
+    let before = std::fs::read_to_string(&path).unwrap();
+    // Another process holds the write lock, so no record can be written.
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let added = env.run_with(
+        env.host().env("KEYHOLE_BUSY_TIMEOUT_MS", "200").args([
+            "backend",
+            "add-vault",
+            "ci",
+            "--address",
+            "http://127.0.0.1:2",
+        ]),
+        b"",
+    );
+    let removed = env.run_with(env.host().env("KEYHOLE_BUSY_TIMEOUT_MS", "200").args(["backend", "rm", "ops"]), b"");
+    conn.execute_batch("ROLLBACK").unwrap();
+    for r in [&added, &removed] {
+        r.expect_code(4);
+        assert!(r.stderr.contains("audit log cannot be written"), "{}", r.stderr);
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before, "the configuration changed without its record");
+    let listed = env.run(&["backend", "list"]);
+    assert!(listed.stdout.contains("ops") && !listed.stdout.contains("127.0.0.1:2"), "{}", listed.stdout);
+}
