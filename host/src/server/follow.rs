@@ -12,7 +12,8 @@
 //! Invariant: every log byte sent has passed the execution's masks twice:
 //! when the task wrote it, and again, with every value read since, when it
 //! is sent. The token is checked again every few seconds, so revoking it
-//! ends the streams it opened.
+//! ends the streams it opened. A follower of a running execution wakes on
+//! its log's writes and its end, not on a timer.
 
 use super::AppState;
 use super::extract::{Caller, blocking};
@@ -27,10 +28,15 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// How often a follower looks for news.
+/// How often a follower looks for news while the execution is not yet
+/// running here (queued, or on its way to a worker).
 const TICK: Duration = Duration::from_millis(150);
-/// The token is checked again every this many ticks.
-const TOKEN_TICKS: u32 = 20;
+/// While it runs, a follower wakes at each write to its log and at its
+/// end; and at least this often, for what no write announces (a task
+/// starting, a sign-out, the server stopping).
+const QUIET: Duration = Duration::from_secs(1);
+/// How often the token is checked again.
+const TOKEN_EVERY: Duration = Duration::from_secs(1);
 /// A line longer than this is sent in pieces.
 const MAX_LINE: usize = 16 << 10;
 
@@ -49,7 +55,7 @@ pub(super) async fn follow(
         sent: 0,
         pending: Vec::new(),
         last: None,
-        ticks: 0,
+        token_checked: None,
         out: VecDeque::new(),
         done: false,
     };
@@ -61,9 +67,21 @@ pub(super) async fn follow(
             if f.done {
                 return None;
             }
+            // Listening before looking: a write during the look still wakes us.
+            let changes = f.live.as_ref().map(|l| l.log.changes());
+            let changed = changes.as_deref().map(tokio::sync::Notify::notified);
+            let mut changed = std::pin::pin!(changed);
+            if let Some(n) = changed.as_mut().as_pin_mut() {
+                n.enable();
+            }
             f.step().await;
             if f.out.is_empty() && !f.done {
-                tokio::time::sleep(TICK).await;
+                match changed.as_pin_mut() {
+                    Some(n) => {
+                        let _ = tokio::time::timeout(QUIET, n).await;
+                    }
+                    None => tokio::time::sleep(TICK).await,
+                }
             }
         }
     });
@@ -86,7 +104,8 @@ struct Follower {
     pending: Vec<u8>,
     /// The record last sent.
     last: Option<serde_json::Value>,
-    ticks: u32,
+    /// When the token was last checked.
+    token_checked: Option<std::time::Instant>,
     out: VecDeque<Event>,
     done: bool,
 }
@@ -101,8 +120,10 @@ impl Follower {
             return self.close("the console session ended (signed out or idle): sign in again");
         }
         let (id, token) = (self.id.clone(), self.token.clone());
-        let check_token = self.ticks.is_multiple_of(TOKEN_TICKS);
-        self.ticks = self.ticks.wrapping_add(1);
+        let check_token = self.token_checked.is_none_or(|t| t.elapsed() >= TOKEN_EVERY);
+        if check_token {
+            self.token_checked = Some(std::time::Instant::now());
+        }
         let read = blocking(&self.app, move |app| {
             let rec = app.records().get(&id)?;
             let valid = !check_token || app.tokens().get(&token).is_ok_and(|t| t.state == "active");

@@ -90,15 +90,21 @@ pub struct Running {
     pub masks: Arc<MaskSet>,
 }
 
-/// A `Write` that collects an execution's log in memory.
+/// A `Write` that collects an execution's log in memory, and tells those
+/// following it when there is more (or when the execution ended).
 #[derive(Debug, Clone, Default)]
-pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>, Arc<tokio::sync::Notify>);
 
 impl LogBuffer {
     /// The bytes written after the first `offset`.
     pub fn since(&self, offset: usize) -> Vec<u8> {
         let b = self.0.lock().unwrap_or_else(|p| p.into_inner());
         b.get(offset..).map(<[u8]>::to_vec).unwrap_or_default()
+    }
+
+    /// Notified at each write and at the execution's end.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.1.clone()
     }
 }
 
@@ -113,6 +119,8 @@ impl std::io::Write for LogBuffer {
         if b.len() < LOG_CAP {
             b.extend_from_slice(buf);
         }
+        drop(b);
+        self.1.notify_waiters();
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -177,6 +185,7 @@ async fn run(app: &Arc<App>, records: &Executions, q: Queued, waiting: crate::ex
         tracing::error!("cannot save execution {id}: {e}");
     }
     app.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    log.1.notify_waiters();
     app.ended(&id);
     id
 }
