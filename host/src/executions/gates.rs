@@ -211,5 +211,16 @@ pub fn decide_gate(
     if !records.decide(execution, task, &decision, &crate::audit::now_rfc3339())? {
         return Err(GateError::NotWaiting(format!("task {task} of execution {execution} was decided meanwhile")));
     }
+    DECIDED.notify_waiters();
     Ok(())
+}
+
+/// Woken at every decision taken in this process, so a gate waiting here
+/// reads its decision at once; a decision from another process (`host
+/// executions approve` beside `host run`) is found by the gate's slower look.
+static DECIDED: std::sync::LazyLock<tokio::sync::Notify> = std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+/// What wakes at each decision taken in this process.
+pub fn decisions() -> &'static tokio::sync::Notify {
+    &DECIDED
 }

@@ -792,5 +792,5 @@ mod gates;
 mod quota;
 
 pub use admit::Admission;
-pub use gates::{Decider, Decision, Gate, GateError, decide_gate};
+pub use gates::{Decider, Decision, Gate, GateError, decide_gate, decisions};
 pub use quota::NamespaceLimits;

@@ -31,6 +31,10 @@ pub(super) enum Work {
     Each(Vec<Value>, usize),
 }
 
+/// How often a waiting gate reads its decision when nothing woke it (a
+/// decision taken by another process).
+const GATE_LOOK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Waits for the decision at a gate: `None` after `timeout`, or at once
 /// when the execution is cancelled.
 pub(super) async fn wait_gate(
@@ -42,6 +46,10 @@ pub(super) async fn wait_gate(
 ) -> Option<Decision> {
     let end = tokio::time::Instant::now() + timeout;
     loop {
+        // Listening before reading: a decision taken meanwhile still wakes us.
+        let decided = crate::executions::decisions().notified();
+        let mut decided = std::pin::pin!(decided);
+        decided.as_mut().enable();
         // A cancel wins over a decision taken in the same instant.
         if cancel.is_cancelled() {
             return None;
@@ -54,8 +62,11 @@ pub(super) async fn wait_gate(
         if tokio::time::Instant::now() >= end || cancel.is_cancelled() {
             return None;
         }
+        // A decision here wakes it at once; one from another process is
+        // read at the next look.
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            () = decided => {}
+            () = tokio::time::sleep(GATE_LOOK) => {}
             () = cancel.cancelled() => {}
         }
     }
