@@ -62,14 +62,7 @@ impl Executions {
             let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
                 .map_err(self.err("begin admitting an execution"))?;
             self.interrupt_orphans(&tx, rec, &alive)?;
-            let busy: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM executions WHERE namespace = ?1 AND flow = ?2 \
-                     AND status IN ('queued', 'running', 'paused')",
-                    params![rec.namespace, rec.flow],
-                    |r| r.get(0),
-                )
-                .map_err(self.err("count the flow's executions"))?;
+            let busy = self.busy(&tx, rec)?;
             if busy < i64::from(c.limit) || c.behavior != OverLimit::Queue {
                 let mut rec = rec.clone();
                 let run = busy < i64::from(c.limit);

@@ -487,14 +487,7 @@ impl Executions {
         if let Some(c) = concurrency
             && c.behavior != OverLimit::Queue
         {
-            let busy: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM executions WHERE namespace = ?1 AND flow = ?2 \
-                     AND status IN ('queued', 'running', 'paused')",
-                    params![rec.namespace, rec.flow],
-                    |r| r.get(0),
-                )
-                .map_err(self.err("count the flow's executions"))?;
+            let busy = self.busy(&tx, &rec)?;
             if busy >= c.limit as i64 {
                 admit::refuse_over_limit(&mut rec, busy, c);
             }
@@ -505,6 +498,18 @@ impl Executions {
         }
         tx.commit().map_err(self.err("queue an execution"))?;
         Ok((rec, created))
+    }
+
+    /// How many executions of `rec`'s flow are queued, running or paused
+    /// (what its `concurrency:` limit counts), read in `tx`.
+    fn busy(&self, tx: &rusqlite::Transaction<'_>, rec: &ExecutionRecord) -> Result<i64, RecordError> {
+        tx.query_row(
+            "SELECT COUNT(*) FROM executions WHERE namespace = ?1 AND flow = ?2 \
+             AND status IN ('queued', 'running', 'paused')",
+            params![rec.namespace, rec.flow],
+            |r| r.get(0),
+        )
+        .map_err(self.err("count the flow's executions"))
     }
 
     fn insert(
