@@ -500,18 +500,6 @@ impl Executions {
         Ok((rec, created))
     }
 
-    /// How many executions of `rec`'s flow are queued, running or paused
-    /// (what its `concurrency:` limit counts), read in `tx`.
-    fn busy(&self, tx: &rusqlite::Transaction<'_>, rec: &ExecutionRecord) -> Result<i64, RecordError> {
-        tx.query_row(
-            "SELECT COUNT(*) FROM executions WHERE namespace = ?1 AND flow = ?2 \
-             AND status IN ('queued', 'running', 'paused')",
-            params![rec.namespace, rec.flow],
-            |r| r.get(0),
-        )
-        .map_err(self.err("count the flow's executions"))
-    }
-
     fn insert(
         &self,
         conn: &Connection,
