@@ -5,7 +5,7 @@
 //! transaction, and records a refusal before returning it.
 //!
 //! Invariant: no edge (`cli/`, `server/`) decides who may deploy, review
-//! or protect, or builds the audit record of one of these operations.
+//! or protect, or builds an audit record at all (`tests/e2e/tidy.rs`).
 
 pub mod access;
 pub mod bodies;
