@@ -558,11 +558,20 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
     }
     let r = remote(&sm, &["secret", "list", "-n", "finance", "--expiring", "7d"]);
     assert!(r.stdout.contains("SOON") && !r.stdout.contains("API_TOKEN"), "only what expires: {r:#?}");
-    // Revoke, then destroy, through the API: each lands in the store.
-    remote(&admin, &["secret", "revoke", "HOOK_KEY", "-n", "finance"]).expect_code(0);
+    // Revoke, then destroy, through the API: each lands in the store, and
+    // the remote CLI says what was done, as the local one does.
+    let r = remote(&admin, &["secret", "revoke", "HOOK_KEY", "-n", "finance"]);
+    r.expect_code(0);
+    let said = r.stderr.trim().strip_prefix("revoked HOOK_KEY in namespace finance: ").unwrap_or_default();
+    assert!(!said.is_empty(), "{r:#?}");
     let r = env.run(&["secret", "describe", "HOOK_KEY", "-n", "finance", "--json"]);
     assert_eq!(r.json()["state"], "revoked", "{r:#?}");
-    remote(&admin, &["secret", "destroy", "HOOK_KEY", "-n", "finance"]).expect_code(0);
+    let r = remote(&admin, &["secret", "destroy", "HOOK_KEY", "-n", "finance"]);
+    r.expect_code(0);
+    assert!(
+        r.stderr.trim().strip_prefix("destroyed HOOK_KEY in namespace finance: ").is_some_and(|d| !d.is_empty()),
+        "{r:#?}"
+    );
     let r = env.run(&["secret", "describe", "HOOK_KEY", "-n", "finance", "--json"]);
     assert_eq!(r.json()["state"], "destroyed", "{r:#?}");
     // The whole chain is verified by a principal with audit:read at the

@@ -375,14 +375,16 @@ fn remote_secret(remote: &Remote, cmd: SecretCommand) -> Result<(), Exit> {
         }
         SecretCommand::Revoke { name, at } => {
             let path = format!("/api/v1/secrets/{}/{}/revoke", remote::ns_path(&at.namespace), name);
-            remote.send(&format!("revoke {name}"), "POST", &path, &serde_json::json!({}), &[])?;
-            eprintln!("revoked {name} in namespace {}", at.namespace);
+            let v = remote.send(&format!("revoke {name}"), "POST", &path, &serde_json::json!({}), &[])?;
+            let ended: keyhole::service::bodies::SecretEnded = remote::typed(v, "a revocation")?;
+            eprintln!("revoked {name} in namespace {}: {}", at.namespace, ended.done);
             Ok(())
         }
         SecretCommand::Destroy { name, at } => {
             let path = format!("/api/v1/secrets/{}/{}", remote::ns_path(&at.namespace), name);
-            remote.delete(&format!("destroy {name}"), &path)?;
-            eprintln!("destroyed {name} in namespace {}", at.namespace);
+            let v = remote.delete(&format!("destroy {name}"), &path)?;
+            let ended: keyhole::service::bodies::SecretEnded = remote::typed(v, "a destruction")?;
+            eprintln!("destroyed {name} in namespace {}: {}", at.namespace, ended.done);
             Ok(())
         }
         _ => Err(fail(

@@ -181,7 +181,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretRevoke),
         PathNamespace,
         "Revoke a secret: reads are refused.",
-        post(revoke_secret)
+        post(revoke_secret),
+        answer: bodies::SecretEnded
     ),
     route!(
         "DELETE",
@@ -189,7 +190,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::SecretDestroy),
         PathNamespace,
         "Destroy a secret (crypto-erase every version).",
-        delete(destroy_secret)
+        delete(destroy_secret),
+        answer: bodies::SecretEnded
     ),
     route!(
         "PUT",
@@ -197,7 +199,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::FlowDeploy),
         Body,
         "Upload a plugin (the body: a WebAssembly module or component), stored by its SHA-256, for ?namespace=NS (flow:deploy there; counted against its plugin quota).",
-        put(put_plugin).layer(DefaultBodyLimit::max(crate::runtime::MAX_PLUGIN_BYTES))
+        put(put_plugin).layer(DefaultBodyLimit::max(crate::runtime::MAX_PLUGIN_BYTES)),
+        answer: bodies::PluginStored
     ),
     route!("GET", "/api/v1/flows", Some(P::FlowRead), Anywhere, "Deployed flows the caller may read.", get(list_flows)),
     route!(

@@ -202,3 +202,28 @@ pub struct ProtectionChanged {
     /// Whether this request changed it.
     pub changed: bool,
 }
+
+/// The answer to revoking (`POST .../revoke`) or destroying (`DELETE`) a
+/// secret: which it was, and what it did, in words.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SecretEnded {
+    /// The secret, when it was revoked (every read refused, history kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<SecretName>,
+    /// The secret, when it was destroyed (every version erased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed: Option<SecretName>,
+    /// Where it lived.
+    pub namespace: Namespace,
+    /// What was done (the versions, the backend's answer).
+    pub done: String,
+}
+
+/// The answer to `PUT /api/v1/plugins/{sha256}`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PluginStored {
+    /// The plugin's SHA-256.
+    pub sha256: String,
+    /// Whether it was new (201) rather than already stored (200).
+    pub stored: bool,
+}

@@ -25,7 +25,7 @@ pub(crate) async fn put_plugin(
     Path(sha): Path<String>,
     query: Result<Query<PluginQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::service::bodies::PluginStored>), ApiError> {
     if !is_sha256(&sha) {
         return Err(ApiError::BadRequest(format!("path: {sha:?} is not a SHA-256 (64 lowercase hex digits)")));
     }
@@ -39,7 +39,7 @@ pub(crate) async fn put_plugin(
         let new =
             crate::service::flows::upload_plugin(&app.registry(), &who, &ns, &sha, &body, Some(app.max_plugin_bytes))?;
         let status = if new { StatusCode::CREATED } else { StatusCode::OK };
-        Ok((status, Json(json!({ "sha256": sha, "stored": new }))))
+        Ok((status, Json(crate::service::bodies::PluginStored { sha256: sha, stored: new })))
     })
     .await
 }

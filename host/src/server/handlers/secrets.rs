@@ -7,12 +7,11 @@ use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking, path_namespace, secret_name};
 use crate::service;
-use crate::service::bodies::{ProtectionChanged, SecretBound, SecretWritten};
+use crate::service::bodies::{ProtectionChanged, SecretBound, SecretEnded, SecretWritten};
 use crate::store::{SetOptions, now};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -188,7 +187,7 @@ pub(crate) async fn revoke_secret(
     State(app): State<AppState>,
     caller: Caller,
     Path(at): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretEnded>, ApiError> {
     end_secret(app, caller, at, "revoked").await
 }
 
@@ -196,26 +195,27 @@ pub(crate) async fn destroy_secret(
     State(app): State<AppState>,
     caller: Caller,
     Path(at): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretEnded>, ApiError> {
     end_secret(app, caller, at, "destroyed").await
 }
 
 /// Revokes (refuses every read, keeps the history) or destroys (erases
-/// every version) `ns`/`name`; `how` is the answer's key.
+/// every version) `ns`/`name`, as `how` says.
 async fn end_secret(
     app: AppState,
     caller: Caller,
     (ns, name): (String, String),
     how: &'static str,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretEnded>, ApiError> {
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     blocking(&app, move |app| {
-        let done = if how == "revoked" {
-            app.secrets.revoke(&caller.actor, &ns, &name)?
+        Ok(Json(if how == "revoked" {
+            let done = app.secrets.revoke(&caller.actor, &ns, &name)?;
+            SecretEnded { revoked: Some(name), destroyed: None, namespace: ns, done }
         } else {
-            app.secrets.destroy(&caller.actor, &ns, &name)?
-        };
-        Ok(Json(json!({ how: name.as_str(), "namespace": ns, "done": done })))
+            let done = app.secrets.destroy(&caller.actor, &ns, &name)?;
+            SecretEnded { revoked: None, destroyed: Some(name), namespace: ns, done }
+        }))
     })
     .await
 }
