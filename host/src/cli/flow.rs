@@ -632,7 +632,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
             let (d, pending) = match &remote {
                 Some(r) => {
                     let v = r.get("show the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?;
-                    let pending: Vec<u64> = serde_json::from_value(v["pending"].clone()).unwrap_or_default();
+                    let pending: Vec<u64> = super::remote::typed(v["pending"].clone(), "a flow's pending revisions")?;
                     (parse(v)?.remove(0), pending)
                 }
                 None => {
