@@ -257,8 +257,12 @@ pub const BUSY_TIMEOUT_ENV: &str = "KEYHOLE_BUSY_TIMEOUT_MS";
 
 /// How long to wait for another process's write or key rotation.
 pub fn busy_timeout() -> Duration {
-    let ms = std::env::var(BUSY_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    Duration::from_millis(ms)
+    // Read once per process: the busy handler asks at every nap.
+    static TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TIMEOUT.get_or_init(|| {
+        let ms = std::env::var(BUSY_TIMEOUT_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        Duration::from_millis(ms)
+    })
 }
 
 /// SQLite's busy handler for keyhole's connections: waits for another

@@ -3,7 +3,7 @@
 //! extractor decides (through `tokens` and `authz`); what is recorded, and
 //! in which words, is written here.
 
-use super::{Plane, ServiceError};
+use super::{Plane, ServiceError, denied, recorded};
 use crate::audit::{Action, Actor, NewRecord, Outcome};
 use crate::authz::Permission;
 use crate::names::Namespace;
@@ -15,7 +15,7 @@ pub fn authentication_failed(plane: &impl Plane, what: &str, why: &str, peer: &s
         .outcome(Outcome::Denied)
         .reason(format!("{what}: {why}"))
         .detail_field("peer", peer.to_owned());
-    record(plane, rec)
+    recorded(plane, rec)
 }
 
 /// `who` refused `permission` at `ns` for request `what` (`message` says
@@ -28,13 +28,5 @@ pub fn route_denied(
     permission: Permission,
     message: &str,
 ) -> Result<(), ServiceError> {
-    let rec = NewRecord::ok(who, Action::ApiDenied, ns, None)
-        .outcome(Outcome::Denied)
-        .reason(format!("{what}: {message}"))
-        .detail_field("permission", permission.as_str());
-    record(plane, rec)
-}
-
-pub(super) fn record(plane: &impl Plane, rec: NewRecord) -> Result<(), ServiceError> {
-    plane.audit().record(rec).map(drop).map_err(|e| ServiceError::AuditFailed(e.to_string()))
+    recorded(plane, denied(who, Action::ApiDenied, ns, None, Some(permission), format!("{what}: {message}")))
 }

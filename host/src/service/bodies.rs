@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `PUT /api/v1/secrets/{ns}/{name}`: store, rotate or stage a value.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+/// Its `Debug` shows `***` for the value, whatever type carries it.
+#[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, bound(deserialize = "V: Deserialize<'de>"))]
 pub struct PutSecret<V> {
     /// The value; or `generate`.
@@ -38,6 +39,20 @@ pub struct PutSecret<V> {
     /// Stage it instead of making it current (`rotate` implied).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub staged: bool,
+}
+
+impl<V> std::fmt::Debug for PutSecret<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutSecret")
+            .field("value", &self.value.as_ref().map(|_| "***"))
+            .field("generate", &self.generate)
+            .field("rotate", &self.rotate)
+            .field("expires_in", &self.expires_in)
+            .field("keep", &self.keep)
+            .field("destinations", &self.destinations)
+            .field("staged", &self.staged)
+            .finish()
+    }
 }
 
 /// A value the server generates.
@@ -145,13 +160,19 @@ pub struct SecretBound {
 }
 
 /// The answer to `POST /api/v1/tokens`: the token, shown this once, and
-/// its description.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+/// its description. Its `Debug` shows `***` for the token.
+#[derive(Serialize, Deserialize, JsonSchema)]
 pub struct IssuedToken {
     /// The bearer token (`kh_...`): store it now, it is never shown again.
     pub token: String,
     /// Its description.
     pub info: crate::tokens::TokenInfo,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken").field("token", &"***").field("info", &self.info).finish()
+    }
 }
 
 /// The answer to `POST /api/v1/executions/{ns}/{flow}`: the execution
@@ -226,4 +247,34 @@ pub struct PluginStored {
     pub sha256: String,
     /// Whether it was new (201) rather than already stored (200).
     pub stored: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Neither a value on its way in nor a token on its way out shows in
+    /// `Debug` (a log line, a panic message), whatever carries it.
+    #[test]
+    fn debug_never_shows_a_value_or_a_token() {
+        let put = PutSecret {
+            value: Some("plain-value-7c1e"),
+            generate: None,
+            rotate: true,
+            expires_in: None,
+            keep: None,
+            destinations: None,
+            staged: false,
+        };
+        let shown = format!("{put:?}");
+        assert!(!shown.contains("plain-value-7c1e") && shown.contains("***"), "{shown}");
+        let issued: IssuedToken = serde_json::from_value(serde_json::json!({
+            "token": "kh_secret-token-51aa",
+            "info": {"id": "tok-1", "name": "ci", "bindings": [], "created": "2026-12-08T00:00:00Z",
+                     "expires": null, "revoked": null, "last_used": null, "created_by": "root", "state": "active"}
+        }))
+        .unwrap();
+        let shown = format!("{issued:?}");
+        assert!(!shown.contains("secret-token-51aa") && shown.contains("tok-1"), "{shown}");
+    }
 }

@@ -80,9 +80,9 @@ pub fn queue(
         .detail_field("trigger", trigger.as_str());
     let over = |why: String| {
         let denied = rec.clone().outcome(Outcome::Denied).reason(format!("flow {flow_id} not queued: {why}"));
-        match plane.audit().record(denied) {
-            Ok(_) => ServiceError::OverLimit(why),
-            Err(e) => ServiceError::AuditFailed(e.to_string()),
+        match super::recorded(plane, denied) {
+            Ok(()) => ServiceError::OverLimit(why),
+            Err(e) => e,
         }
     };
     let key = origin.idempotency_key.as_deref();
@@ -136,7 +136,7 @@ pub fn cancel(plane: &impl Plane, actor: &Actor, id: &str, stop: impl FnOnce()) 
             .outcome(outcome)
             .reason(format!("execution {id} of flow {}: {what}", rec.flow))
             .detail_field("execution", id.to_owned());
-        plane.audit().record(r).map(drop).map_err(|e| ServiceError::AuditFailed(e.to_string()))
+        super::recorded(plane, r)
     };
     let already =
         |status: &str| ServiceError::Conflict(format!("execution {id} already ended ({status}): nothing to cancel"));

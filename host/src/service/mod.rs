@@ -134,14 +134,34 @@ fn refuse<E: std::fmt::Display>(
     permission: Option<Permission>,
     message: String,
 ) -> ServiceError {
-    let mut rec = NewRecord::ok(&who.actor, action, namespace, secret).outcome(Outcome::Denied).reason(message.clone());
-    if let Some(p) = permission {
-        rec = rec.detail_field("permission", p.as_str());
-    }
+    let rec = denied(&who.actor, action, namespace, secret, permission, message.clone());
     match record(&rec) {
         Ok(()) => ServiceError::Forbidden(message),
         Err(e) => ServiceError::AuditFailed(e.to_string()),
     }
+}
+
+/// The record of `action` refused to `actor` for `reason`, naming the
+/// permission it lacked when there is one.
+fn denied(
+    actor: &crate::audit::Actor,
+    action: Action,
+    namespace: &Namespace,
+    secret: Option<&SecretName>,
+    permission: Option<Permission>,
+    reason: String,
+) -> NewRecord {
+    let rec = NewRecord::ok(actor, action, namespace, secret).outcome(Outcome::Denied).reason(reason);
+    match permission {
+        Some(p) => rec.detail_field("permission", p.as_str()),
+        None => rec,
+    }
+}
+
+/// Writes `rec` to the plane's audit chain, durably before it returns;
+/// `AuditFailed` when it cannot.
+fn recorded(plane: &impl Plane, rec: NewRecord) -> Result<(), ServiceError> {
+    plane.audit().record(rec).map(drop).map_err(|e| ServiceError::AuditFailed(e.to_string()))
 }
 
 impl From<crate::store::StoreError> for ServiceError {

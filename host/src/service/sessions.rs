@@ -3,7 +3,7 @@
 //! one whose end cannot be recorded stays open). The sessions themselves
 //! (cookies, CSRF tokens, idle timeouts) live in the server's memory.
 
-use super::{Plane, ServiceError};
+use super::{Plane, ServiceError, recorded};
 use crate::audit::{Action, Actor, NewRecord};
 use crate::names::Namespace;
 use crate::tokens::TokenInfo;
@@ -32,8 +32,4 @@ pub fn sign_out<T>(
     let why = format!("web console session of token {} ({})", token.name, token.id);
     recorded(plane, NewRecord::ok(who, Action::SessionEnd, &Namespace::root(), None).reason(why))?;
     Ok(close())
-}
-
-fn recorded(plane: &impl Plane, rec: NewRecord) -> Result<(), ServiceError> {
-    plane.audit().record(rec).map(drop).map_err(|e| ServiceError::AuditFailed(e.to_string()))
 }

@@ -7,8 +7,7 @@
 //! Invariant: no record names a webhook's key or signing secret's value,
 //! only the secret's name.
 
-use super::access::record;
-use super::{Plane, ServiceError};
+use super::{Plane, ServiceError, recorded};
 use crate::audit::{Action, Actor, NewRecord, Outcome};
 use crate::names::{Namespace, SecretName};
 
@@ -26,7 +25,7 @@ pub fn webhook_refused(
         .outcome(Outcome::Denied)
         .reason(format!("webhook of flow {flow}: {reason}"))
         .detail_field("peer", peer.to_owned());
-    record(plane, rec)
+    recorded(plane, rec)
 }
 
 /// A verified delivery to webhook `trigger` of `flow` not queued: the
@@ -44,7 +43,7 @@ pub fn webhook_held(
         .outcome(Outcome::Denied)
         .reason(format!("webhook {trigger} of flow {flow}: verified, not queued: {why}"))
         .detail_field("revision", revision);
-    record(plane, rec)
+    recorded(plane, rec)
 }
 
 /// A delivery to webhook `trigger` of `flow` verified by the host; its
@@ -59,7 +58,7 @@ pub fn webhook_verified(
 ) -> Result<(), ServiceError> {
     let rec = NewRecord::ok(actor, Action::TriggerWebhook, ns, Some(secret))
         .reason(format!("webhook {trigger} of flow {flow}: verified by the host"));
-    record(plane, rec)
+    recorded(plane, rec)
 }
 
 /// `skipped` firings of `schedule` (its pattern and time zone, as shown)
@@ -77,7 +76,7 @@ pub fn schedule_skipped(
             "skipped {skipped} firing(s) of {schedule} missed while the server was down (recover: {recover})"
         ))
         .detail_field("skipped", skipped);
-    record(plane, rec)
+    recorded(plane, rec)
 }
 
 /// The firing of `date` not queued: `flow`'s revision `revision` is
@@ -97,5 +96,5 @@ pub fn schedule_held(
              revision serves the flow"
         ))
         .detail_field("revision", revision);
-    record(plane, rec)
+    recorded(plane, rec)
 }
