@@ -44,6 +44,15 @@ pub enum DbError {
         /// The version found.
         found: i64,
     },
+    /// A commit could not be made durable (the log's fsync failed).
+    #[error("keyhole store {path}: cannot sync the write-ahead log to disk: {err}")]
+    Sync {
+        /// The database file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        err: std::io::Error,
+    },
 }
 
 /// Maps a SQLite error to [`DbError::Sqlite`] naming the file and the
@@ -301,6 +310,133 @@ pub fn connect(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Group fsync of a store's write-ahead log, for the connections of this
+/// process that commit without syncing (`synchronous = NORMAL`) and must be
+/// durable before they act: a caller commits, then [`WalSync::sync`]s. One
+/// fsync of the log makes every commit before it durable (the log is
+/// appended in order), so the callers that arrive during a sync share the
+/// next one, and none holds SQLite's write lock while the disk works.
+///
+/// Invariant: `sync` returns `Ok` only once an fsync of the log that began
+/// after the caller's commit has ended (or the log is gone: a checkpoint
+/// that empties it syncs the database file first).
+#[derive(Debug)]
+pub struct WalSync {
+    store: PathBuf,
+    wal: PathBuf,
+    state: std::sync::Mutex<SyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Commits announced so far (each caller's number is its place).
+    committed: u64,
+    /// Every commit numbered up to this one is durable.
+    synced: u64,
+    /// An fsync is under way (its leader covers the commits numbered
+    /// before it began).
+    syncing: bool,
+    /// Fsyncs begun and ended so far (one at a time, so fsync `n` begins
+    /// after fsync `n - 1` ended).
+    begun: u64,
+    ended: u64,
+}
+
+impl WalSync {
+    /// The one group sync of this process for the store file at `path`.
+    pub fn of(path: &Path) -> std::sync::Arc<WalSync> {
+        static ALL: std::sync::Mutex<Vec<std::sync::Arc<WalSync>>> = std::sync::Mutex::new(Vec::new());
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.iter().find(|s| s.wal == wal) {
+            return s.clone();
+        }
+        let s = std::sync::Arc::new(WalSync {
+            store: path.to_owned(),
+            wal,
+            state: Default::default(),
+            done: Default::default(),
+        });
+        all.push(s.clone());
+        s
+    }
+
+    /// Returns once the caller's last commit is on disk: leads an fsync of
+    /// the log when none is under way, else waits for the one that covers it.
+    pub fn sync(&self) -> std::io::Result<()> {
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock();
+        s.committed += 1;
+        let mine = s.committed;
+        loop {
+            if s.synced >= mine {
+                return Ok(());
+            }
+            if !s.syncing {
+                s.syncing = true;
+                s.begun += 1;
+                let covers = s.committed;
+                drop(s);
+                let result = self.fsync();
+                s = lock();
+                s.syncing = false;
+                s.ended += 1;
+                if result.is_ok() {
+                    s.synced = s.synced.max(covers);
+                }
+                self.done.notify_all();
+                result?;
+                continue;
+            }
+            s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// `value`, committed by the caller just now: durable once
+    /// [`Unsynced::durable`] returns it.
+    pub fn after_commit<T>(self: &std::sync::Arc<Self>, value: T) -> Unsynced<T> {
+        Unsynced { value, sync: Some(self.clone()) }
+    }
+
+    fn fsync(&self) -> std::io::Result<()> {
+        match std::fs::File::open(&self.wal) {
+            Ok(f) => f.sync_data(),
+            // Emptied and removed by a checkpoint, which synced the database file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a commit gave, had only once the commit is on disk: whoever acts
+/// on it (answers, releases, sends) calls [`Unsynced::durable`] first, and
+/// can do so after letting go of the connection, so that commits made
+/// meanwhile share the sync.
+#[must_use = "a commit is not durable until `durable` returns"]
+#[derive(Debug)]
+pub struct Unsynced<T> {
+    value: T,
+    sync: Option<std::sync::Arc<WalSync>>,
+}
+
+impl<T> Unsynced<T> {
+    /// `value` from a commit that synced itself (`synchronous = FULL`).
+    pub fn synced(value: T) -> Self {
+        Unsynced { value, sync: None }
+    }
+
+    /// The value, once its commit is on disk.
+    pub fn durable(self) -> Result<T, DbError> {
+        if let Some(s) = &self.sync {
+            s.sync().map_err(|err| DbError::Sync { path: s.store.clone(), err })?;
+        }
+        Ok(self.value)
+    }
+}
+
 /// Moves the schema from version `from` to `from + 1` with `sql`, in one
 /// IMMEDIATE transaction; a no-op when another process did it first.
 fn step(conn: &Connection, path: &Path, from: i64, sql: &str) -> Result<(), DbError> {
@@ -431,4 +567,50 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
         review = REVIEW_SCHEMA,
     ))
     .map_err(e("create the schema"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sync returns only once an fsync that began after it was asked
+    /// has ended: never on the strength of one already under way, which
+    /// may have begun before the caller's commit. Commits made by many
+    /// threads at once share fsyncs.
+    #[test]
+    fn a_sync_waits_for_an_fsync_that_began_after_it_was_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyhole.db");
+        let conn = connect(&path).unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        drop(conn);
+        let sync = WalSync::of(&path);
+        assert!(std::sync::Arc::ptr_eq(&sync, &WalSync::of(&path)), "one group sync per store in a process");
+        let counts = |s: &WalSync| {
+            let st = s.state.lock().unwrap();
+            (st.begun, st.ended)
+        };
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (sync, path) = (sync.clone(), path.clone());
+                std::thread::spawn(move || {
+                    let conn = connect(&path).unwrap();
+                    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                    for i in 0..40 {
+                        conn.execute("INSERT INTO meta (key, value) VALUES (?1, x'00')", [format!("t{t}-{i}")])
+                            .unwrap();
+                        let (begun, _) = counts(&sync);
+                        sync.sync().unwrap();
+                        let (_, ended) = counts(&sync);
+                        assert!(ended > begun, "returned with fsync {ended} ended, asked after fsync {begun} began");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let (begun, ended) = counts(&sync);
+        assert_eq!(begun, ended);
+    }
 }

@@ -17,11 +17,8 @@ pub struct NamespaceLimits {
 }
 
 impl Executions {
-    /// Why a new execution of `namespace` would pass a queue quota, if it would.
-    pub fn queue_quota(&self, namespace: &str) -> Result<Option<String>, RecordError> {
-        self.over_queue_quota(&self.conn, namespace)
-    }
-
+    /// Why a new execution of `namespace` would pass a queue quota, if it
+    /// would, read in `conn` (the queuing transaction).
     pub(super) fn over_queue_quota(&self, conn: &Connection, namespace: &str) -> Result<Option<String>, RecordError> {
         conn.query_row(
             concat!(

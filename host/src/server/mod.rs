@@ -148,6 +148,8 @@ pub struct App {
     tokens: Mutex<Tokens>,
     registry: Mutex<Registry>,
     records: Mutex<Executions>,
+    /// The connection that queues executions (its commits share syncs).
+    intake: Mutex<Executions>,
     /// One connection for reading the audit trail (opening one per request
     /// costs more than the query).
     audit_reads: Mutex<rusqlite::Connection>,
@@ -192,6 +194,7 @@ impl App {
         let integrity = secrets.local().store().integrity().clone();
         let audit = crate::session::open_audit(dir, &secrets)?;
         let records = Executions::open(&dir.store_path()).map_err(SessionError::from)?;
+        let intake = Executions::open_for_intake(&dir.store_path()).map_err(SessionError::from)?;
         let audit_reads = crate::audit::open(&dir.store_path(), false)
             .map_err(|e| ServeError::Refused(format!("cannot read the audit trail: {e}")))?;
         let db = |e: crate::tokens::TokenError| ServeError::Refused(e.to_string());
@@ -207,6 +210,7 @@ impl App {
             tokens: Mutex::new(tokens),
             registry: Mutex::new(registry),
             records: Mutex::new(records),
+            intake: Mutex::new(intake),
             audit_reads: Mutex::new(audit_reads),
             running: Mutex::new(HashMap::new()),
             queue: tokio::sync::watch::Sender::new(0),
@@ -333,6 +337,9 @@ impl crate::service::Plane for App {
     }
     fn records(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
         App::records(self)
+    }
+    fn intake(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
+        lock(&self.intake)
     }
     fn audit(&self) -> &AuditLog {
         &self.audit

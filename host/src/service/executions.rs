@@ -86,17 +86,14 @@ pub fn queue(
         }
     };
     let key = origin.idempotency_key.as_deref();
-    let retried = key.is_some_and(|k| plane.records().by_idempotency_key(k).ok().flatten().is_some());
-    let quota = if retried { None } else { plane.records().queue_quota(ns.as_str())? };
-    if let Some(why) = quota {
-        return Err(over(why));
-    }
-    // Its record commits with it, and only when a new execution is queued.
+    // Its record commits with it, and only when a new execution is queued
+    // (the namespace's queue quota is decided in the same transaction).
     let audited = Audited { key: plane.integrity(), record: &rec };
-    let queued = plane.records().enqueue(&record, &inputs, &origin.context, key, flow.concurrency, audited);
+    let queued = plane.intake().enqueue(&record, &inputs, &origin.context, key, flow.concurrency, audited);
     let (rec, created) = match queued {
         Err(RecordError::Quota(why)) => return Err(over(why)),
-        other => other?,
+        // Answered only once on disk, with the intake lock let go.
+        other => other?.durable().map_err(RecordError::Db)?,
     };
     if created {
         plane.wake();
@@ -196,7 +193,8 @@ pub fn interrupted(plane: &impl Plane, r: &ExecutionRecord, why: &str) -> Result
             .detail_field("execution", new.id.clone())
             .detail_field("trigger", key.clone());
         let audited = Audited { key: plane.integrity(), record: &created };
-        match plane.records().enqueue(&new, &inputs, &trigger, Some(&key), concurrency, audited) {
+        let queued = plane.intake().enqueue(&new, &inputs, &trigger, Some(&key), concurrency, audited);
+        match queued.and_then(|q| q.durable().map_err(RecordError::Db)) {
             Ok(_) => plane.wake(),
             Err(e) => tracing::error!("cannot re-queue execution {}: {e}", r.id),
         }

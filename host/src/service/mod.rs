@@ -102,6 +102,9 @@ pub trait Plane {
     fn registry(&self) -> impl std::ops::Deref<Target = crate::registry::Registry> + '_;
     /// The execution records.
     fn records(&self) -> impl std::ops::Deref<Target = crate::executions::Executions> + '_;
+    /// The execution records for queuing only: what it queues is durable
+    /// once `durable` returns, by a sync shared with every commit meanwhile.
+    fn intake(&self) -> impl std::ops::Deref<Target = crate::executions::Executions> + '_;
     /// The audit chain (durable before it returns).
     fn audit(&self) -> &crate::audit::AuditLog;
     /// The key that authenticates rows and chains records committed with a change.
