@@ -17,6 +17,7 @@ pub mod capability;
 pub mod crypto;
 pub mod data_dir;
 pub mod db;
+pub mod embedded;
 pub mod exec;
 pub mod executions;
 pub mod flow;

@@ -108,7 +108,8 @@ fn the_layers_point_downwards() {
         "sandbox" | "capability" | "runtime" | "exec" | "run" | "vouch" => 5,
         "session" | "registry" => 6,
         "service" => 7,
-        "server" => 8,
+        "embedded" => 8,
+        "server" => 9,
         other => panic!("module {other} has no layer in tests/e2e/tidy.rs: give it one"),
     };
     let upward: Vec<String> = graph
@@ -429,4 +430,25 @@ fn the_edges_build_no_audit_record() {
         building.is_empty(),
         "these edges build audit records; write the operation in host/src/service/: {building:?}"
     );
+}
+
+#[test]
+fn the_edges_reach_flows_tokens_and_queues_only_through_the_engine() {
+    // The CLI and the server open the state of a data directory as one
+    // engine (`embedded::Embedded`, behind `service::Plane`); neither opens
+    // a part of it on its own, so a second engine replaces all of it.
+    let opens = ["Registry::open", "Tokens::open", "Executions::open_for_intake", "AuditLog::open"];
+    let mut files = Vec::new();
+    rust_files(&workspace().join("host/src/cli"), &mut files);
+    rust_files(&workspace().join("host/src/server"), &mut files);
+    let found: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_owned();
+            let name = f.strip_prefix(workspace()).unwrap().display().to_string();
+            opens.iter().filter(move |o| code.contains(*o)).map(move |o| format!("{name}: {o}")).collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(found.is_empty(), "open the engine (cli::open_state, App::state) instead: {found:?}");
 }

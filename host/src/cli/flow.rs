@@ -546,15 +546,11 @@ fn remote_executions(r: &super::remote::Remote, cmd: ExecutionsCommand) -> Resul
 /// the API with $KEYHOLE_ADDR.
 pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
     use super::remote::{Remote, ns_path};
-    use keyhole::registry::{Decision, Deployed, Registry};
+    use keyhole::registry::{Decision, Deployed};
     use keyhole::service::flows as service;
     use keyhole::vouch::Voucher;
     let remote = Remote::from_env()?;
     let mut out = std::io::stdout().lock();
-    let registry = |dir: &DataDir| -> Result<Registry, Exit> {
-        let store = open_store(dir)?;
-        Registry::open(dir, store.integrity().clone()).map_err(registry_exit)
-    };
     let parse = |v: Value| -> Result<Vec<Deployed>, Exit> {
         let list = if v.is_array() { v } else { Value::Array(vec![v]) };
         serde_json::from_value(list)
@@ -592,15 +588,15 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                     parse(r.send(&format!("deploy {}", path.display()), "POST", "/api/v1/flows", &body, &[])?)?
                 }
                 None => {
-                    let registry = registry(dir)?;
-                    let secrets = open_secrets(dir)?;
+                    let state = open_state(dir)?;
                     let mut digests = std::collections::BTreeMap::new();
                     for (task, bytes) in &plugins {
-                        let stored = registry.put_plugin(bytes, &flow.namespace, None).map_err(registry_exit)?;
+                        let stored =
+                            state.registry().put_plugin(bytes, &flow.namespace, None).map_err(registry_exit)?;
                         digests.insert(task.to_string(), stored.sha256);
                     }
                     let req = service::DeployRequest { file: &file, source: &source, plugins: &digests };
-                    vec![service::deploy(&registry, &secrets, &Voucher::root(), req)?]
+                    vec![service::deploy(&state, &Voucher::root(), req)?]
                 }
             };
             if let Some(d) = deployed.first() {
@@ -624,7 +620,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
         FlowCommand::List { json } => {
             let list = match &remote {
                 Some(r) => parse(r.get("list flows", "/api/v1/flows")?)?,
-                None => registry(dir)?.list().map_err(registry_exit)?,
+                None => open_state(dir)?.registry().list().map_err(registry_exit)?,
             };
             (list, json)
         }
@@ -636,7 +632,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                     (parse(v)?.remove(0), pending)
                 }
                 None => {
-                    let (d, _, pending) = registry(dir)?.shown(&namespace, &id).map_err(registry_exit)?;
+                    let (d, _, pending) = open_state(dir)?.registry().shown(&namespace, &id).map_err(registry_exit)?;
                     (d, pending)
                 }
             };
@@ -651,7 +647,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                 Some(r) => {
                     parse(r.get("list revisions", &format!("/api/v1/flows/{}/{id}/revisions", ns_path(&namespace)))?)?
                 }
-                None => registry(dir)?.revisions(&namespace, &id).map_err(registry_exit)?,
+                None => open_state(dir)?.registry().revisions(&namespace, &id).map_err(registry_exit)?,
             };
             (list, json)
         }
@@ -661,7 +657,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                     r.delete("remove the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?;
                 }
                 None => {
-                    service::remove(&registry(dir)?, &Voucher::root(), &namespace, &id)?;
+                    service::remove(&open_state(dir)?, &Voucher::root(), &namespace, &id)?;
                 }
             }
             eprintln!("removed flow {id} from namespace {namespace}");
@@ -689,8 +685,6 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                     .remove(0)
                 }
                 None => {
-                    let secrets = open_secrets(dir)?;
-                    let reg = registry(dir)?;
                     let req = service::ReviewRequest {
                         namespace: &a.namespace,
                         flow: &a.id,
@@ -698,7 +692,7 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
                         decision,
                         comment: a.comment,
                     };
-                    service::review(&reg, &secrets, &Voucher::root(), req)?
+                    service::review(&open_state(dir)?, &Voucher::root(), req)?
                 }
             };
             eprintln!("flow {} revision {} in namespace {}: {}d ({})", d.id, d.revision, d.namespace, verb, d.state);

@@ -34,6 +34,7 @@ pub(crate) use keyhole::data_dir::DataDir;
 pub(crate) use keyhole::mask::MaskSet;
 pub(crate) use keyhole::names::{Namespace, SecretName};
 pub(crate) use keyhole::secret::SecretValue;
+pub(crate) use keyhole::service::Plane;
 pub(crate) use keyhole::store::{SecretStore, StoreError};
 pub(crate) use std::io::Write;
 pub(crate) use std::path::{Path, PathBuf};
@@ -295,6 +296,17 @@ impl From<keyhole::session::SessionError> for Exit {
     }
 }
 
+impl From<keyhole::embedded::OpenError> for Exit {
+    fn from(e: keyhole::embedded::OpenError) -> Self {
+        use keyhole::embedded::OpenError as O;
+        match e {
+            O::Session(e) => (*e).into(),
+            O::Tokens(e) => e.into(),
+            O::Registry(e) => flow::registry_exit(e),
+        }
+    }
+}
+
 impl From<keyhole::executions::RecordError> for Exit {
     fn from(e: keyhole::executions::RecordError) -> Self {
         use keyhole::executions::RecordError as R;
@@ -371,6 +383,13 @@ pub(crate) fn failpoint(name: &str) {
         eprintln!("failpoint {name} reached");
         std::thread::sleep(Duration::from_secs(60));
     }
+}
+
+/// The state of `dir` as the service layer reaches it (flows, executions,
+/// tokens, the audit chain, secrets), for operations done as the root
+/// operator.
+pub(crate) fn open_state(dir: &DataDir) -> Result<keyhole::embedded::Embedded, Exit> {
+    keyhole::embedded::Embedded::open(dir).map_err(Exit::from)
 }
 
 /// The secret plane of `dir`: the store and every configured backend.

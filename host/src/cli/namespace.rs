@@ -5,7 +5,6 @@
 use super::table::{Align::Left, Table};
 use super::*;
 use keyhole::audit::Actor;
-use keyhole::executions::Executions;
 use keyhole::service::operator;
 
 #[derive(Subcommand, Debug)]
@@ -32,17 +31,16 @@ pub(crate) enum NamespaceCommand {
 }
 
 pub(crate) fn namespace(dir: &DataDir, cmd: NamespaceCommand) -> Result<(), Exit> {
-    let store = open_store(dir)?;
-    let records = Executions::open(store.path())?;
+    let state = open_state(dir)?;
     match cmd {
         NamespaceCommand::Limits { namespace, max_queued, max_running } => {
             let me = Actor::current_user();
-            let what = operator::set_limits(&records, store.integrity(), &me, &namespace, max_queued, max_running)?;
+            let what = operator::set_limits(&state, &me, &namespace, max_queued, max_running)?;
             eprintln!("namespace {namespace} and below: {what}");
             Ok(())
         }
         NamespaceCommand::List { json } => {
-            let list = records.limits()?;
+            let list = state.records().limits()?;
             let mut out = std::io::stdout().lock();
             if json {
                 return print_json(&mut out, &list);

@@ -98,11 +98,9 @@ pub(crate) fn plugin(dir: &DataDir, cmd: PluginCommand, compiler: Compiler) -> R
 
 /// `plugin gc`: what no revision references goes, on the record.
 fn gc(dir: &DataDir, older_than: Duration) -> Result<(), Exit> {
-    let store = open_store(dir)?;
-    let registry =
-        keyhole::registry::Registry::open(dir, store.integrity().clone()).map_err(super::flow::registry_exit)?;
+    let state = super::open_state(dir)?;
     let me = keyhole::audit::Actor::current_user();
-    let done = keyhole::service::operator::collect_plugins(&registry, &me, older_than)?;
+    let done = keyhole::service::operator::collect_plugins(&state, &me, older_than)?;
     eprintln!("removed {} plugin(s) no flow revision references ({} bytes)", done.removed.len(), done.bytes);
     Ok(())
 }

@@ -6,7 +6,7 @@
 use super::remote::{self, Remote};
 use super::table::{Align::Left, Table};
 use super::*;
-use keyhole::registry::{Protection, Registry};
+use keyhole::registry::Protection;
 
 /// A secret, or a whole namespace, to protect.
 #[derive(Args, Debug)]
@@ -43,7 +43,7 @@ pub(crate) fn set(dir: &DataDir, a: ProtectArgs, on: bool) -> Result<(), Exit> {
         }
         None => {
             let who = keyhole::vouch::Voucher::root();
-            keyhole::service::flows::protect(&registry(dir)?, &who, ns, a.name.as_ref(), on)?
+            keyhole::service::flows::protect(&open_state(dir)?, &who, ns, a.name.as_ref(), on)?
         }
     };
     match (on, changed) {
@@ -62,7 +62,7 @@ pub(crate) fn list(dir: &DataDir, json: bool) -> Result<(), Exit> {
     let list: Vec<Protection> = match Remote::from_env()? {
         Some(r) => serde_json::from_value(r.get("list protections", "/api/v1/protections")?)
             .map_err(|e| fail(HOST, anyhow::anyhow!("the server's answer is not a protection list: {e}")))?,
-        None => registry(dir)?.protections().map_err(super::flow::registry_exit)?,
+        None => open_state(dir)?.registry().protections().map_err(super::flow::registry_exit)?,
     };
     let mut out = std::io::stdout().lock();
     if json {
@@ -74,10 +74,4 @@ pub(crate) fn list(dir: &DataDir, json: bool) -> Result<(), Exit> {
         table.row([p.namespace.to_string(), secret, p.created_at, p.created_by]);
     }
     table.write(&mut out).map_err(stdout_err)
-}
-
-/// The deployed flows and protections of `dir`.
-fn registry(dir: &DataDir) -> Result<Registry, Exit> {
-    let store = open_store(dir)?;
-    Registry::open(dir, store.integrity().clone()).map_err(super::flow::registry_exit)
 }

@@ -8,7 +8,7 @@ use super::*;
 use keyhole::authz::{Permission, Role};
 use keyhole::server::{ServeError, ServeOptions};
 use keyhole::service::{self, tokens::IssueRequest};
-use keyhole::tokens::{TokenError, TokenInfo, Tokens};
+use keyhole::tokens::{TokenError, TokenInfo};
 use keyhole::vouch::Voucher;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -170,14 +170,6 @@ pub(crate) fn serve(dir: &DataDir, args: ServeArgs, compiler: keyhole::runtime::
     })
 }
 
-/// The tokens table, opened with the store's integrity key (so the master
-/// key is needed: the root operator's power).
-fn open_tokens(dir: &DataDir) -> Result<(SecretStore, Tokens), Exit> {
-    let store = open_store(dir)?;
-    let tokens = Tokens::open(store.path(), store.integrity().clone())?;
-    Ok((store, tokens))
-}
-
 /// What `token create` prints once, on stdout, and says on stderr.
 fn announce_token(out: &mut impl Write, secret: &str, info: &TokenInfo) -> Result<(), Exit> {
     writeln!(out, "{secret}").map_err(stdout_err)?;
@@ -263,18 +255,18 @@ pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
             anyhow::anyhow!("lookup-self asks a server which token you hold: set KEYHOLE_ADDR and KEYHOLE_TOKEN"),
         ));
     }
-    let (_store, tokens) = open_tokens(dir)?;
+    let state = open_state(dir)?;
     let me = Voucher::root();
     let mut out = std::io::stdout().lock();
     match cmd {
         TokenCommand::Create { name, role, namespace, ttl } => {
             let req = IssueRequest { name, role, namespace, ttl };
-            let (info, secret) = service::tokens::issue(&tokens, &me, req, None)?;
+            let (info, secret) = service::tokens::issue(&state, &me, req, None)?;
             announce_token(&mut out, secret.expose(), &info)?;
         }
-        TokenCommand::List { json } => print_tokens(&mut out, service::tokens::list(&tokens, &me)?, json)?,
+        TokenCommand::List { json } => print_tokens(&mut out, service::tokens::list(&state, &me)?, json)?,
         TokenCommand::Revoke { token } => {
-            let info = service::tokens::revoke(&tokens, &me, &token)?;
+            let info = service::tokens::revoke(&state, &me, &token)?;
             eprintln!("revoked token {} ({})", info.name, info.id);
         }
         TokenCommand::LookupSelf { .. } => unreachable!("answered above"),
@@ -283,16 +275,16 @@ pub(crate) fn token(dir: &DataDir, cmd: TokenCommand) -> Result<(), Exit> {
 }
 
 pub(crate) fn role(dir: &DataDir, cmd: RoleCommand) -> Result<(), Exit> {
-    let (_store, tokens) = open_tokens(dir)?;
+    let state = open_state(dir)?;
     let me = Voucher::root();
     let mut out = std::io::stdout().lock();
     match cmd {
         RoleCommand::Create { name, allow, deny } => {
-            service::tokens::define_role(&tokens, &me, &Role { name: name.clone(), allow, deny })?;
+            service::tokens::define_role(&state, &me, &Role { name: name.clone(), allow, deny })?;
             eprintln!("role {name} defined");
         }
         RoleCommand::List { json } => {
-            let roles = tokens.roles()?;
+            let roles = state.tokens().roles()?;
             if json {
                 return print_json(&mut out, &roles);
             }
@@ -305,7 +297,7 @@ pub(crate) fn role(dir: &DataDir, cmd: RoleCommand) -> Result<(), Exit> {
             table.write(&mut out).map_err(stdout_err)?;
         }
         RoleCommand::Rm { name } => {
-            service::tokens::remove_role(&tokens, &me, &name)?;
+            service::tokens::remove_role(&state, &me, &name)?;
             eprintln!("role {name} removed");
         }
     }

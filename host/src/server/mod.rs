@@ -1,7 +1,8 @@
 //! `host serve`: one process holds the data directory and the master key;
 //! principals reach it over HTTP with bearer tokens. Above
-//! [`crate::service`] and [`crate::session`] (it opens the same store, audit
-//! log and engine) and below nothing.
+//! [`crate::service`] and [`crate::embedded`] (it opens the data
+//! directory's state as one engine and hands it to the service layer) and
+//! below nothing.
 //!
 //! - [`api`]: the route table (the one list the router, the authorization
 //!   extractor, the OpenAPI document and the tests are built from), the
@@ -39,11 +40,13 @@ pub type AppState = Arc<App>;
 use crate::audit::{Actor, AuditLog, NewRecord, now_rfc3339};
 use crate::backend::Router as Secrets;
 use crate::data_dir::DataDir;
+use crate::embedded::{Embedded, OpenError};
 use crate::executions::ExecutionRecord;
 use crate::executions::Executions;
 use crate::registry::Registry;
 use crate::runtime::{Compiler, Runtime, RuntimeOptions};
-use crate::session::{SessionError, open_secrets};
+use crate::service::Plane;
+use crate::session::SessionError;
 use crate::tokens::Tokens;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -136,28 +139,16 @@ impl From<SessionError> for ServeError {
 pub struct App {
     /// The data directory.
     pub dir: DataDir,
-    /// Store and backends.
-    pub secrets: Arc<Secrets>,
-    /// The audit trail.
-    pub audit: AuditLog,
-    /// The engine.
+    /// The state: flows, executions, tokens, the audit chain, secrets.
+    pub state: Embedded,
+    /// The WebAssembly engine.
     pub runtime: Arc<Runtime>,
-    /// The store's integrity key: it authenticates rows and chains the
-    /// audit records that commit with a change.
-    pub(crate) integrity: crate::crypto::IntegrityKey,
-    tokens: Mutex<Tokens>,
-    registry: Mutex<Registry>,
-    records: Mutex<Executions>,
-    /// The connection that queues executions (its commits share syncs).
-    intake: Mutex<Executions>,
     /// One connection for reading the audit trail (opening one per request
     /// costs more than the query).
     audit_reads: Mutex<rusqlite::Connection>,
     /// Running executions (cancel handle, live log), by id; an execution
     /// leaves it only after its record and masked log are stored.
     pub running: Mutex<HashMap<String, worker::Running>>,
-    /// Woken when an execution is queued.
-    queue: tokio::sync::watch::Sender<u64>,
     /// Those waiting for an execution to end (`?wait=`), by id: only they
     /// are woken when it does.
     waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -188,32 +179,20 @@ impl App {
     /// Opens everything `host serve` needs in `dir`.
     pub fn open(dir: &DataDir, opts: &ServeOptions, sessions: sessions::Sessions) -> Result<Arc<App>, ServeError> {
         let compiler = opts.compiler;
-        let secrets = Arc::new(open_secrets(dir)?);
+        let state = Embedded::open(dir).map_err(|e| match e {
+            OpenError::Session(e) => ServeError::Open(e),
+            e => ServeError::Refused(e.to_string()),
+        })?;
         let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(dir.cache_dir()), pooling: true, compiler })
             .map_err(|e| SessionError::Engine(format!("{e:#}")))?;
-        let integrity = secrets.local().store().integrity().clone();
-        let audit = crate::session::open_audit(dir, &secrets)?;
-        let records = Executions::open(&dir.store_path()).map_err(SessionError::from)?;
-        let intake = Executions::open_for_intake(&dir.store_path()).map_err(SessionError::from)?;
         let audit_reads = crate::audit::open(&dir.store_path(), false)
             .map_err(|e| ServeError::Refused(format!("cannot read the audit trail: {e}")))?;
-        let db = |e: crate::tokens::TokenError| ServeError::Refused(e.to_string());
-        let tokens = Tokens::open(&dir.store_path(), integrity.clone()).map_err(db)?;
-        let registry = Registry::open(dir, integrity.clone())
-            .map_err(|e| ServeError::Refused(format!("cannot open the flows: {e}")))?;
         Ok(Arc::new(App {
             dir: dir.clone(),
-            secrets,
-            audit,
+            state,
             runtime,
-            integrity,
-            tokens: Mutex::new(tokens),
-            registry: Mutex::new(registry),
-            records: Mutex::new(records),
-            intake: Mutex::new(intake),
             audit_reads: Mutex::new(audit_reads),
             running: Mutex::new(HashMap::new()),
-            queue: tokio::sync::watch::Sender::new(0),
             waiters: Default::default(),
             stopping: AtomicBool::new(false),
             interrupting: AtomicBool::new(false),
@@ -227,13 +206,23 @@ impl App {
     }
 
     /// The tokens and roles.
-    pub fn tokens(&self) -> MutexGuard<'_, Tokens> {
-        lock(&self.tokens)
+    pub fn tokens(&self) -> impl std::ops::Deref<Target = Tokens> + '_ {
+        self.state.tokens()
     }
 
     /// The deployed flows.
-    pub fn registry(&self) -> MutexGuard<'_, Registry> {
-        lock(&self.registry)
+    pub fn registry(&self) -> impl std::ops::Deref<Target = Registry> + '_ {
+        self.state.registry()
+    }
+
+    /// The secrets (the local store and the backends), shared.
+    pub fn secrets(&self) -> &Arc<Secrets> {
+        self.state.shared_secrets()
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &AuditLog {
+        self.state.audit()
     }
 
     /// The connection audit-trail reads share (not verification, which
@@ -243,8 +232,8 @@ impl App {
     }
 
     /// The execution records.
-    pub fn records(&self) -> MutexGuard<'_, Executions> {
-        lock(&self.records)
+    pub fn records(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
+        self.state.records()
     }
 
     /// What wakes a waiter on execution `id` ([`App::ended`]); give it back
@@ -272,12 +261,12 @@ impl App {
 
     /// Wakes a worker: something was queued.
     pub fn wake(&self) {
-        self.queue.send_modify(|n| *n = n.wrapping_add(1));
+        self.state.wake()
     }
 
     /// What changes at each [`App::wake`] (a worker awaits it).
     pub fn queue_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.queue.subscribe()
+        self.state.queue_changes()
     }
 
     /// Whether `peer` has failed to authenticate too often lately.
@@ -305,7 +294,7 @@ impl App {
 
     /// Audits `rec` durably; the caller refuses to go on if this fails.
     pub fn record(&self, rec: NewRecord) -> Result<(), crate::audit::AuditError> {
-        self.audit.record(rec).map(|_| ())
+        self.state.audit().record(rec).map(|_| ())
     }
 
     /// After a crash or kill: executions left `running` are recorded as
@@ -331,24 +320,30 @@ impl App {
     }
 }
 
-impl crate::service::Plane for App {
+impl Plane for App {
     fn registry(&self) -> impl std::ops::Deref<Target = Registry> + '_ {
-        App::registry(self)
+        self.state.registry()
     }
     fn records(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
-        App::records(self)
+        self.state.records()
     }
     fn intake(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
-        lock(&self.intake)
+        self.state.intake()
+    }
+    fn tokens(&self) -> impl std::ops::Deref<Target = Tokens> + '_ {
+        self.state.tokens()
+    }
+    fn secrets(&self) -> &Secrets {
+        self.state.secrets()
     }
     fn audit(&self) -> &AuditLog {
-        &self.audit
+        self.state.audit()
     }
     fn integrity(&self) -> &crate::crypto::IntegrityKey {
-        &self.integrity
+        self.state.integrity()
     }
     fn wake(&self) {
-        App::wake(self)
+        self.state.wake()
     }
 }
 
@@ -397,7 +392,7 @@ pub fn serve(dir: &DataDir, opts: ServeOptions) -> Result<(), ServeError> {
     let fds = listen::raise_descriptor_limit();
     let sessions = sessions::Sessions::new(opts.session_idle, opts.tls.is_some());
     let app = App::open(dir, &opts, sessions)?;
-    crate::session::sweep_leases(&app.secrets, &app.audit, &Actor::Server);
+    crate::session::sweep_leases(app.secrets(), app.audit(), &Actor::Server);
     let interrupted = app.recover()?;
     if interrupted > 0 {
         eprintln!("recovered: {interrupted} execution(s) cut off by the last stop are recorded as interrupted");

@@ -182,7 +182,7 @@ fn secret_value(
         .located(located)
         .check(name.as_str())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    match app.secrets.lookup(ns, &grant, None)? {
+    match app.secrets().lookup(ns, &grant, None)? {
         Lookup::Found(found) => Ok(Some(found.value)),
         _ => Ok(None),
     }

@@ -240,15 +240,15 @@ async fn start(
     let flow = app.registry().revision(&ns, &rec.flow, revision).map_err(|e| hide(&e))?;
     let (plugins, _notes) = prepare(&app.runtime, &flow).map_err(|d| not_started(app, &flow, &d))?;
     let env = ExecutionEnv {
-        secrets: app.secrets.clone(),
+        secrets: app.secrets().clone(),
         sink: Arc::new(Mutex::new(log.clone())),
         masks,
-        audit: app.audit.clone(),
+        audit: app.audit().clone(),
         pins: Default::default(),
         cancel,
         leases: Arc::new(crate::lease::ExecutionLeases::new(
-            app.secrets.clone(),
-            app.audit.clone(),
+            app.secrets().clone(),
+            app.audit().clone(),
             crate::audit::Actor::Server,
         )),
         memory: app.memory.clone(),

@@ -1,7 +1,7 @@
 //! Deploying, removing and reviewing flows, and protecting secrets: who
 //! may, what is recorded.
 
-use super::ServiceError;
+use super::{Plane, ServiceError};
 use crate::audit::{Action, NewRecord};
 use crate::authz::Permission;
 use crate::backend::Router;
@@ -39,12 +39,8 @@ fn refuse(
 /// where each secret it names lives (see [`crate::vouch`]). A refusal is
 /// audited and stores nothing. A revision that touches a protected secret
 /// is stored `pending`: it runs once a second person approves it.
-pub fn deploy(
-    registry: &Registry,
-    secrets: &Router,
-    who: &Voucher,
-    req: DeployRequest<'_>,
-) -> Result<Deployed, ServiceError> {
+pub fn deploy(plane: &impl Plane, who: &Voucher, req: DeployRequest<'_>) -> Result<Deployed, ServiceError> {
+    let (registry, secrets) = (&*plane.registry(), plane.secrets());
     let file: String = req.file.chars().take(256).collect();
     let flow = registry.prepare(&file, req.source, req.plugins)?;
     let ns = &flow.namespace;
@@ -123,7 +119,8 @@ fn vouched(v: &vouch::Vouches) -> serde_json::Value {
 
 /// Removes a flow as `who` (`flow:deploy` in its namespace): a tombstone
 /// revision, committed with its audit record.
-pub fn remove(registry: &Registry, who: &Voucher, ns: &Namespace, id: &str) -> Result<Deployed, ServiceError> {
+pub fn remove(plane: &impl Plane, who: &Voucher, ns: &Namespace, id: &str) -> Result<Deployed, ServiceError> {
+    let registry = &*plane.registry();
     if let Err(e) = who.may(Permission::FlowDeploy, ns) {
         let why = format!("remove flow {}: {e}", crate::audit::bounded(id));
         return Err(refuse(registry, who, Action::FlowRemove, ns, None, Some(e.permission), why));
@@ -161,12 +158,8 @@ pub struct ReviewRequest<'a> {
 /// holding `secret:use` where each secret it names lives (who becomes its
 /// voucher), and not by its deployer if it touches a protected secret.
 /// Every refusal, self-approval included, is audited.
-pub fn review(
-    registry: &Registry,
-    secrets: &Router,
-    who: &Voucher,
-    req: ReviewRequest<'_>,
-) -> Result<Deployed, ServiceError> {
+pub fn review(plane: &impl Plane, who: &Voucher, req: ReviewRequest<'_>) -> Result<Deployed, ServiceError> {
+    let (registry, secrets) = (&*plane.registry(), plane.secrets());
     let ReviewRequest { namespace: ns, flow: id, revision, decision, comment } = req;
     let action = match decision {
         Decision::Approved => Action::FlowApprove,
@@ -235,12 +228,13 @@ pub fn review(
 /// namespace and those below it) as `who`, who needs `secret:write` there.
 /// Returns whether anything changed.
 pub fn protect(
-    registry: &Registry,
+    plane: &impl Plane,
     who: &Voucher,
     ns: &Namespace,
     secret: Option<&SecretName>,
     on: bool,
 ) -> Result<bool, ServiceError> {
+    let registry = &*plane.registry();
     let action = if on { Action::SecretProtect } else { Action::SecretUnprotect };
     let what = match secret {
         Some(s) => format!("secret {s}"),
@@ -264,13 +258,14 @@ pub fn protect(
 /// namespace's plugin quota `max`; recorded before it is stored. Whether
 /// it was new.
 pub fn upload_plugin(
-    registry: &Registry,
+    plane: &impl Plane,
     who: &Voucher,
     ns: &Namespace,
     sha: &str,
     bytes: &[u8],
     max: Option<u64>,
 ) -> Result<bool, ServiceError> {
+    let registry = &*plane.registry();
     if let Err(e) = who.may(Permission::FlowDeploy, ns) {
         let why = format!("upload plugin {sha}: {e}");
         return Err(refuse(registry, who, Action::FlowDeploy, &e.namespace, None, Some(e.permission), why));

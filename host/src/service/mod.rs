@@ -93,10 +93,11 @@ impl From<crate::executions::RecordError> for ServiceError {
 }
 
 /// The state the service layer reaches, behind one seam: the deployed
-/// flows, the execution records, the audit chain and the key that
-/// authenticates rows. The embedded SQLite engine implements it (the
-/// server's `App`); a second engine is a second implementation, with no
-/// change here, in the CLI or in the server.
+/// flows, the execution records, tokens and roles, the secrets, the audit
+/// chain and the key that authenticates rows. The embedded engine (`Embedded`)
+/// implements it over SQLite (the server's `App` holds one, the local CLI
+/// opens one); a second engine is a second implementation, with no change
+/// here, in the CLI or in the server.
 pub trait Plane {
     /// The deployed flows.
     fn registry(&self) -> impl std::ops::Deref<Target = crate::registry::Registry> + '_;
@@ -105,6 +106,10 @@ pub trait Plane {
     /// The execution records for queuing only: what it queues is durable
     /// once `durable` returns, by a sync shared with every commit meanwhile.
     fn intake(&self) -> impl std::ops::Deref<Target = crate::executions::Executions> + '_;
+    /// The tokens and roles.
+    fn tokens(&self) -> impl std::ops::Deref<Target = crate::tokens::Tokens> + '_;
+    /// The secrets: the local store and the backends, by namespace.
+    fn secrets(&self) -> &crate::backend::Router;
     /// The audit chain (durable before it returns).
     fn audit(&self) -> &crate::audit::AuditLog;
     /// The key that authenticates rows and chains records committed with a change.

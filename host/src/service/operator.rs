@@ -5,19 +5,18 @@
 //! its change: in the change's transaction where the change is a row,
 //! before it takes effect where it is a file (fail closed).
 
-use super::ServiceError;
+use super::{Plane, ServiceError};
 use crate::audit::{Action, Actor, NewRecord};
-use crate::executions::{Audited, Executions, NamespaceLimits};
+use crate::executions::{Audited, NamespaceLimits};
 use crate::names::{Namespace, SecretName};
-use crate::registry::{Collected, Registry};
+use crate::registry::Collected;
 use std::time::Duration;
 
 /// Sets (both `None`: clears) the execution quotas of `limits.namespace`
 /// and below, committed with its `namespace.limits` record; what was set,
 /// in words.
 pub fn set_limits(
-    records: &Executions,
-    integrity: &crate::crypto::IntegrityKey,
+    plane: &impl Plane,
     who: &Actor,
     namespace: &Namespace,
     max_queued: Option<u64>,
@@ -28,14 +27,14 @@ pub fn set_limits(
     let rec = NewRecord::ok(who, Action::NamespaceLimits, namespace, None)
         .reason(format!("quotas of namespace {namespace} and below: {what}"));
     let limits = NamespaceLimits { namespace: namespace.as_str().to_owned(), max_queued, max_running };
-    records.set_limits(&limits, Audited { key: integrity, record: &rec })?;
+    plane.records().set_limits(&limits, Audited { key: plane.integrity(), record: &rec })?;
     Ok(what)
 }
 
 /// Removes the uploaded plugins no revision references and older than
 /// `grace`, committed with its `plugin.gc` record.
-pub fn collect_plugins(registry: &Registry, who: &Actor, grace: Duration) -> Result<Collected, ServiceError> {
-    Ok(registry.collect_plugins(grace, |c| {
+pub fn collect_plugins(plane: &impl Plane, who: &Actor, grace: Duration) -> Result<Collected, ServiceError> {
+    Ok(plane.registry().collect_plugins(grace, |c| {
         NewRecord::ok(who, Action::PluginGc, &Namespace::root(), None)
             .reason(format!("removed {} plugin(s) no flow revision references ({} bytes)", c.removed.len(), c.bytes))
             .detail_field("removed", c.removed.clone())

@@ -1,7 +1,7 @@
 //! Issuing and revoking tokens, and defining roles: who may, what is
 //! recorded.
 
-use super::{ServiceError, refuse};
+use super::{Plane, ServiceError, refuse};
 use crate::audit::{Action, NewRecord};
 use crate::authz::{self, Binding, Permission, Role};
 use crate::names::Namespace;
@@ -29,11 +29,12 @@ pub struct IssueRequest {
 /// `ttl` is refused and none asked for gets the maximum. Returns the token:
 /// the only time it is ever available.
 pub fn issue(
-    tokens: &Tokens,
+    plane: &impl Plane,
     who: &Voucher,
     req: IssueRequest,
     max_ttl: Option<Duration>,
 ) -> Result<(TokenInfo, TokenSecret), ServiceError> {
+    let tokens = &*plane.tokens();
     let record = |rec: &NewRecord| tokens.record(rec);
     let ttl = match (req.ttl, max_ttl) {
         (Some(t), Some(max)) if t > max => {
@@ -68,14 +69,15 @@ fn manages(who: &Voucher, t: &TokenInfo) -> bool {
 }
 
 /// Every token `who` manages, oldest first (revoked ones included, marked).
-pub fn list(tokens: &Tokens, who: &Voucher) -> Result<Vec<TokenInfo>, ServiceError> {
-    Ok(tokens.list()?.into_iter().filter(|t| manages(who, t)).collect())
+pub fn list(plane: &impl Plane, who: &Voucher) -> Result<Vec<TokenInfo>, ServiceError> {
+    Ok(plane.tokens().list()?.into_iter().filter(|t| manages(who, t)).collect())
 }
 
 /// Revokes a token (by name or id) as `who`, who needs `token:manage`
 /// wherever it applies; it authenticates no one from now on, nor does
 /// anything it issued.
-pub fn revoke(tokens: &Tokens, who: &Voucher, token: &str) -> Result<TokenInfo, ServiceError> {
+pub fn revoke(plane: &impl Plane, who: &Voucher, token: &str) -> Result<TokenInfo, ServiceError> {
+    let tokens = &*plane.tokens();
     let info = tokens.get(token)?;
     if !manages(who, &info) {
         let at = info.bindings.iter().map(|b| &b.namespace).find(|n| who.may(Permission::TokenManage, n).is_err());
@@ -104,7 +106,8 @@ fn root_only(tokens: &Tokens, who: &Voucher, what: String) -> Result<(), Service
 }
 
 /// Defines (or redefines) a custom role as `who` (the root operator).
-pub fn define_role(tokens: &Tokens, who: &Voucher, role: &Role) -> Result<(), ServiceError> {
+pub fn define_role(plane: &impl Plane, who: &Voucher, role: &Role) -> Result<(), ServiceError> {
+    let tokens = &*plane.tokens();
     root_only(tokens, who, format!("define role {}", role.name))?;
     authz::check_role_name(&role.name).map_err(ServiceError::Invalid)?;
     let rec = NewRecord::ok(&who.actor, Action::RoleChange, &Namespace::root(), None)
@@ -115,7 +118,8 @@ pub fn define_role(tokens: &Tokens, who: &Voucher, role: &Role) -> Result<(), Se
 
 /// Removes a custom role no live token is bound to, as `who` (the root
 /// operator).
-pub fn remove_role(tokens: &Tokens, who: &Voucher, name: &str) -> Result<(), ServiceError> {
+pub fn remove_role(plane: &impl Plane, who: &Voucher, name: &str) -> Result<(), ServiceError> {
+    let tokens = &*plane.tokens();
     root_only(tokens, who, format!("remove role {name}"))?;
     let rec =
         NewRecord::ok(&who.actor, Action::RoleChange, &Namespace::root(), None).reason(format!("role {name} removed"));

@@ -50,7 +50,7 @@ pub(crate) async fn audit_checkpoint(State(app): State<AppState>, _caller: Calle
         let path = app.dir.store_path();
         let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
         let conn = crate::audit::open(&path, false).map_err(internal)?;
-        let key = app.secrets.local().store().integrity().clone();
+        let key = app.secrets().local().store().integrity().clone();
         let note = crate::audit::checkpoint_note(&conn, &path, &key).map_err(|e| ApiError::Conflict(e.to_string()))?;
         Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
     })
@@ -65,7 +65,7 @@ pub(crate) async fn verify_audit(
         let path = app.dir.store_path();
         let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
         let conn = crate::audit::open(&path, false).map_err(internal)?;
-        let key = app.secrets.local().store().integrity().clone();
+        let key = app.secrets().local().store().integrity().clone();
         Ok(Json(crate::audit::verify(&conn, &path, &key).map_err(internal)?))
     })
     .await

@@ -36,8 +36,7 @@ pub(crate) async fn put_plugin(
     };
     blocking(&app, move |app| {
         let who = caller.voucher();
-        let new =
-            crate::service::flows::upload_plugin(&app.registry(), &who, &ns, &sha, &body, Some(app.max_plugin_bytes))?;
+        let new = crate::service::flows::upload_plugin(&app.state, &who, &ns, &sha, &body, Some(app.max_plugin_bytes))?;
         let status = if new { StatusCode::CREATED } else { StatusCode::OK };
         Ok((status, Json(crate::service::bodies::PluginStored { sha256: sha, stored: new })))
     })
@@ -62,7 +61,7 @@ pub(crate) async fn deploy_flow(
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     blocking(&app, move |app| {
         let req = crate::service::flows::DeployRequest { file: &req.file, source: &req.source, plugins: &req.plugins };
-        let d = crate::service::flows::deploy(&app.registry(), &app.secrets, &caller.voucher(), req)?;
+        let d = crate::service::flows::deploy(&app.state, &caller.voucher(), req)?;
         Ok((StatusCode::CREATED, Json(d)))
     })
     .await
@@ -96,7 +95,6 @@ pub(crate) async fn review_revision(
     let ns = path_namespace(&ns)?;
     blocking(&app, move |app| {
         let who = caller.voucher();
-        let reg = app.registry();
         let req = crate::service::flows::ReviewRequest {
             namespace: &ns,
             flow: &flow,
@@ -104,7 +102,7 @@ pub(crate) async fn review_revision(
             decision,
             comment: req.comment,
         };
-        let d = crate::service::flows::review(&reg, &app.secrets, &who, req)?;
+        let d = crate::service::flows::review(&app.state, &who, req)?;
         Ok(Json(d))
     })
     .await
@@ -190,6 +188,5 @@ pub(crate) async fn remove_flow(
     Path((ns, flow)): Path<(String, String)>,
 ) -> Result<Json<Deployed>, ApiError> {
     let ns = path_namespace(&ns)?;
-    blocking(&app, move |app| Ok(Json(crate::service::flows::remove(&app.registry(), &caller.voucher(), &ns, &flow)?)))
-        .await
+    blocking(&app, move |app| Ok(Json(crate::service::flows::remove(&app.state, &caller.voucher(), &ns, &flow)?))).await
 }

@@ -36,7 +36,7 @@ pub(crate) async fn list_secrets(
         })
         .transpose()?;
     blocking(&app, move |app| {
-        let list = service::secrets::list(&app.secrets, &caller.voucher(), q.namespace.as_ref(), before)?;
+        let list = service::secrets::list(app.secrets(), &caller.voucher(), q.namespace.as_ref(), before)?;
         Ok(Json(list))
     })
     .await
@@ -51,7 +51,7 @@ pub(crate) async fn describe_secret(
     blocking(&app, move |app| {
         let path = app.dir.store_path();
         let conn = app.audit_reads();
-        Ok(Json(service::secrets::describe(&app.secrets, &path, &conn, &caller.voucher(), &ns, &name)?))
+        Ok(Json(service::secrets::describe(app.secrets(), &path, &conn, &caller.voucher(), &ns, &name)?))
     })
     .await
 }
@@ -118,12 +118,12 @@ pub(crate) async fn put_secret(
     }
     blocking(&app, move |app| {
         if req.staged {
-            let version = app.secrets.stage(&caller.actor, &ns, &name, &value, expires_at)?;
+            let version = app.secrets().stage(&caller.actor, &ns, &name, &value, expires_at)?;
             return Ok(Json(written(ns, name, version.to_string(), |w| w.staged = true)));
         }
         let opts = SetOptions { expires_at, keep: req.keep, rotate: req.rotate, destinations };
         // The router audits the change (fail closed) with the caller as actor.
-        let version = app.secrets.set(&caller.actor, &ns, &name, &value, &opts)?;
+        let version = app.secrets().set(&caller.actor, &ns, &name, &value, &opts)?;
         Ok(Json(written(ns, name, version.to_string(), |_| {})))
     })
     .await
@@ -139,7 +139,7 @@ pub(crate) async fn bind_secret(
     let destinations = parse_destinations(&req.destinations)?;
     blocking(&app, move |app| {
         // The router audits the change (fail closed) with the caller as actor.
-        app.secrets.bind(&caller.actor, &ns, &name, &destinations)?;
+        app.secrets().bind(&caller.actor, &ns, &name, &destinations)?;
         let destinations = destinations.iter().map(ToString::to_string).collect();
         Ok(Json(SecretBound { namespace: ns, name, destinations }))
     })
@@ -172,10 +172,10 @@ pub(crate) async fn resolve_staged(
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     blocking(&app, move |app| {
         let written = if commit {
-            let version = app.secrets.commit_staged(&caller.actor, &ns, &name)?;
+            let version = app.secrets().commit_staged(&caller.actor, &ns, &name)?;
             written(ns, name, version.to_string(), |w| w.committed = true)
         } else {
-            let version = app.secrets.discard_staged(&caller.actor, &ns, &name)?;
+            let version = app.secrets().discard_staged(&caller.actor, &ns, &name)?;
             written(ns, name, version.to_string(), |w| w.discarded = true)
         };
         Ok(Json(written))
@@ -210,10 +210,10 @@ async fn end_secret(
     let (ns, name) = (path_namespace(&ns)?, secret_name(&name)?);
     blocking(&app, move |app| {
         Ok(Json(if how == "revoked" {
-            let done = app.secrets.revoke(&caller.actor, &ns, &name)?;
+            let done = app.secrets().revoke(&caller.actor, &ns, &name)?;
             SecretEnded { revoked: Some(name), destroyed: None, namespace: ns, done }
         } else {
-            let done = app.secrets.destroy(&caller.actor, &ns, &name)?;
+            let done = app.secrets().destroy(&caller.actor, &ns, &name)?;
             SecretEnded { revoked: None, destroyed: Some(name), namespace: ns, done }
         }))
     })
@@ -238,7 +238,7 @@ pub(crate) async fn set_protection(
     let ns = path_namespace(ns)?;
     let name = name.map(secret_name).transpose()?;
     blocking(&app, move |app| {
-        let changed = crate::service::flows::protect(&app.registry(), &caller.voucher(), &ns, name.as_ref(), on)?;
+        let changed = crate::service::flows::protect(&app.state, &caller.voucher(), &ns, name.as_ref(), on)?;
         Ok(Json(ProtectionChanged { namespace: ns, secret: name, protected: on, changed }))
     })
     .await

@@ -15,7 +15,7 @@ pub(crate) async fn token_self(caller: Caller) -> Json<TokenInfo> {
 }
 
 pub(crate) async fn list_tokens(State(app): State<AppState>, caller: Caller) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    Ok(Json(blocking(&app, move |app| Ok(tokens::list(&app.tokens(), &caller.voucher())?)).await?))
+    Ok(Json(blocking(&app, move |app| Ok(tokens::list(&app.state, &caller.voucher())?)).await?))
 }
 
 use crate::service::bodies::{IssuedToken, NewToken};
@@ -36,7 +36,7 @@ pub(crate) async fn create_token(
     let req = IssueRequest { name: req.name, role: req.role, namespace: req.namespace, ttl };
     blocking(&app, move |app| {
         // Every token issued through the API expires: at most the server's maximum.
-        let (info, token) = tokens::issue(&app.tokens(), &caller.voucher(), req, Some(app.max_token_ttl))?;
+        let (info, token) = tokens::issue(&app.state, &caller.voucher(), req, Some(app.max_token_ttl))?;
         Ok((StatusCode::CREATED, Json(IssuedToken { token: token.expose().to_owned(), info })))
     })
     .await
@@ -47,7 +47,7 @@ pub(crate) async fn revoke_token(
     caller: Caller,
     Path(token): Path<String>,
 ) -> Result<Json<TokenInfo>, ApiError> {
-    Ok(Json(blocking(&app, move |app| Ok(tokens::revoke(&app.tokens(), &caller.voucher(), &token)?)).await?))
+    Ok(Json(blocking(&app, move |app| Ok(tokens::revoke(&app.state, &caller.voucher(), &token)?)).await?))
 }
 
 pub(crate) async fn list_roles(
