@@ -114,7 +114,8 @@ impl Executions {
             ],
         );
         match done {
-            Ok(_) => Ok((self.get(&rec.id)?, true)),
+            // As stored: every column `get` reads comes from `rec`.
+            Ok(_) => Ok((rec.clone(), true)),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation && idempotency_key.is_some() =>
             {

@@ -293,8 +293,13 @@ macro_rules! covers {
     };
 }
 
-const COLUMNS: &str =
-    "id, flow, namespace, source, status, started, ended, tasks, trigger, revision, created_by, person";
+/// The columns [`Executions::from_row`] reads, in its order.
+macro_rules! columns {
+    () => {
+        "id, flow, namespace, source, status, started, ended, tasks, trigger, revision, created_by, person"
+    };
+}
+const COLUMNS: &str = columns!();
 
 /// A JSON text column (inputs, trigger data) of execution `id`: empty when
 /// NULL (a record from before it was kept); one that does not parse is a
@@ -461,7 +466,10 @@ impl Executions {
         // executions queued or running, never the whole history.
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
             .map_err(self.err("take a queued execution"))?;
-        let claimed: Option<(String, String, Option<String>, Option<String>)> = tx
+        // Its id and namespace, the record as claimed (read whole by the
+        // same statement), its inputs and trigger data.
+        type Claimed = (String, String, rusqlite::Result<ExecutionRecord>, Option<String>, Option<String>);
+        let claimed: Option<Claimed> = tx
             .prepare_cached(concat!(
                 "UPDATE executions SET status = 'running', started = ?1 WHERE id = ",
                 "(SELECT q.id FROM executions q INDEXED BY executions_queue WHERE q.status = 'queued' AND ",
@@ -477,12 +485,14 @@ impl Executions {
                 "   WHERE r.status = 'running' AND r.namespace = q.namespace), ",
                 " (SELECT t.served FROM namespace_turns t WHERE t.namespace = q.namespace) NULLS FIRST, ",
                 " q.started, q.id LIMIT 1) ",
-                "RETURNING id, namespace, inputs, trigger_data"
+                "RETURNING ", columns!(), ", inputs, trigger_data"
             ))
-            .and_then(|mut s| s.query_row([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
+            .and_then(|mut s| {
+                s.query_row([now], |r| Ok((r.get(0)?, r.get(2)?, Self::from_row(r), r.get(12)?, r.get(13)?)))
+            })
             .optional()
             .map_err(self.err("take a queued execution"))?;
-        let Some((id, namespace, inputs, trigger)) = claimed else { return Ok(None) };
+        let Some((id, namespace, record, inputs, trigger)) = claimed else { return Ok(None) };
         // Its namespace was served last: the others go first next time.
         tx.prepare_cached(
             "INSERT INTO namespace_turns (namespace, served) \
@@ -493,7 +503,7 @@ impl Executions {
         .map_err(self.err("take a queued execution"))?;
         tx.commit().map_err(self.err("take a queued execution"))?;
         Ok(Some(Queued {
-            record: self.get(&id)?,
+            record: record.map_err(|e| read_error(&self.path, "read an execution", &id, e))?,
             inputs: json_column(&id, "inputs", inputs)?,
             trigger: json_column(&id, "trigger data", trigger)?,
         }))

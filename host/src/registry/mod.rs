@@ -246,7 +246,14 @@ pub struct Registry {
     path: PathBuf,
     integrity: IntegrityKey,
     blobs: PathBuf,
+    /// Flows as parsed, by the SHA-256 of their file name and text (a
+    /// revision's text never changes, and parsing reads nothing else):
+    /// each execution would otherwise parse its flow twice.
+    parsed: std::cell::RefCell<std::collections::HashMap<[u8; 32], Flow>>,
 }
+
+/// How many parsed flows a registry keeps (it forgets them all past this).
+const PARSED_FLOWS: usize = 256;
 
 /// Whether `s` is 64 lowercase hex digits.
 pub fn is_sha256(s: &str) -> bool {
@@ -257,7 +264,13 @@ impl Registry {
     /// Opens the registry of `dir` (its store file and plugin directory).
     pub fn open(dir: &DataDir, integrity: IntegrityKey) -> Result<Self, RegistryError> {
         let path = dir.store_path();
-        Ok(Registry { conn: connect(&path)?, path, integrity, blobs: dir.root().join("plugins") })
+        Ok(Registry {
+            conn: connect(&path)?,
+            path,
+            integrity,
+            blobs: dir.root().join("plugins"),
+            parsed: Default::default(),
+        })
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> RegistryError + use<> {

@@ -174,8 +174,33 @@ impl Registry {
 
     /// Revision `d` as it runs.
     pub fn parsed(&self, d: &Deployed) -> Result<Flow, RegistryError> {
-        let (flow, _) = flow::parse(&d.source, &d.file, &self.blobs).map_err(RegistryError::Invalid)?;
+        let key = crate::crypto::sha256(format!("{}\0{}", d.file, d.source).as_bytes());
+        let known = self.parsed.borrow().get(&key).cloned();
+        let flow = match known {
+            Some(f) => f,
+            None => {
+                let (flow, _) = flow::parse(&d.source, &d.file, &self.blobs).map_err(RegistryError::Invalid)?;
+                let mut cache = self.parsed.borrow_mut();
+                if cache.len() >= super::PARSED_FLOWS {
+                    cache.clear();
+                }
+                cache.insert(key, flow.clone());
+                flow
+            }
+        };
         Ok(self.pinned(flow, d))
+    }
+
+    /// A value that changes whenever a revision is deployed or removed, or
+    /// a review is decided, by any process (rows are only ever added to
+    /// both tables): whoever keeps the list of flows re-reads it only then.
+    pub fn generation(&self) -> Result<(i64, i64), RegistryError> {
+        self.conn
+            .prepare_cached(
+                "SELECT (SELECT coalesce(max(rowid), 0) FROM flows), (SELECT coalesce(max(rowid), 0) FROM flow_reviews)",
+            )
+            .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(self.err("read the flows' generation"))
     }
 
     /// The revision serving a flow, and the flow as it runs: what a new

@@ -113,6 +113,31 @@ fn a_pending_revision_never_serves_and_a_decision_is_final() {
     assert!(e.to_string().contains("superseded: revision 4 serves"), "{e}");
 }
 
+/// The generation the scheduler watches moves at each deploy, removal
+/// and decided review, and at nothing else it reads (a plugin upload, a
+/// protection, a read); the parse cache gives back the same flow.
+#[test]
+fn the_generation_moves_when_what_serves_may_have_changed() {
+    let (_d, r) = open();
+    let at = ns("finance.reporting");
+    let g0 = r.generation().unwrap();
+    let pending = deploy(&r, &vouches(&["DB"]));
+    let g1 = r.generation().unwrap();
+    assert_ne!(g0, g1, "a deploy");
+    r.put_plugin(b"\0asm\x0d\0\x01\0", &at, None).unwrap();
+    r.set_protection(&at, None, true, "tester", &rec()).unwrap();
+    let _ = r.list().unwrap();
+    assert_eq!(r.generation().unwrap(), g1, "nothing that serves changed");
+    r.decide(&at, "report", pending.revision, &review(Decision::Approved, None), rec()).unwrap();
+    let g2 = r.generation().unwrap();
+    assert_ne!(g1, g2, "a decided review");
+    let first = r.current(&at, "report").unwrap().1;
+    let again = r.current(&at, "report").unwrap().1;
+    assert_eq!(format!("{first:?}"), format!("{again:?}"), "a cached parse is the same flow");
+    r.remove(&at, "report", "tester", |_| audit(&pending)).unwrap();
+    assert_ne!(r.generation().unwrap(), g2, "a removal");
+}
+
 /// Writes a `flows` row as keyhole 0.7 did: no vouches, the MAC over
 /// the fields it knew.
 fn legacy_row(r: &Registry) {

@@ -1,5 +1,7 @@
 //! The scheduler: one thread that, about once a second, queues the
-//! firings of every deployed flow's schedule triggers that came due.
+//! firings of every deployed flow's schedule triggers that came due. It
+//! reads the list of flows again only when the registry's generation moves
+//! (or after a minute), not at every pass.
 //!
 //! Invariants: each firing is queued at most once (its idempotency key is
 //! the schedule and the firing time, and the last firing is saved only
@@ -57,14 +59,60 @@ fn nap(total: Duration, stopping: &AtomicBool) {
     }
 }
 
-/// Parsed flows by namespace and id, kept while their revision is current.
+/// The flows the scheduler serves, read again only when the registry's
+/// generation moves (a deploy, a removal or a review, by any process) or
+/// after [`RELIST`]: a pass reads two numbers, not every flow and its MAC.
 #[derive(Default)]
-struct FlowCache(HashMap<(Namespace, String), (u64, Arc<Flow>, Timestamp)>);
+struct FlowCache {
+    /// Parsed flows by namespace and id, kept while their revision is current.
+    flows: HashMap<(Namespace, String), (u64, Arc<Flow>, Timestamp)>,
+    /// What the list was read at, and the list (a flow's serving revision
+    /// or, when none serves, its newest pending one).
+    listed: Option<((i64, i64), std::time::Instant, Vec<crate::registry::Deployed>)>,
+}
+
+/// How long a list of flows is trusted without a look at every row.
+const RELIST: Duration = Duration::from_secs(60);
 
 /// One pass: every schedule of every deployed flow, up to `now`. A flow
 /// whose only revisions wait for review has nothing to run: its schedules'
 /// firings are audited as refused, naming the pending revision.
 fn pass(app: &App, cache: &mut FlowCache, now: Timestamp, up_since: Timestamp) -> Result<(), String> {
+    let generation = app.registry().generation().map_err(|e| e.to_string())?;
+    let fresh = |l: &((i64, i64), std::time::Instant, _)| l.0 == generation && l.1.elapsed() < RELIST;
+    let deployed = match cache.listed.take() {
+        Some(l) if fresh(&l) => l.2,
+        _ => serving(app)?,
+    };
+    cache.listed = Some((generation, std::time::Instant::now(), deployed.clone()));
+    cache.flows.retain(|(ns, id), _| deployed.iter().any(|d| &d.namespace == ns && &d.id == id));
+    for d in deployed {
+        let key = (d.namespace.clone(), d.id.clone());
+        let (flow, deployed_at) = match cache.flows.get(&key) {
+            Some((rev, f, at)) if *rev == d.revision => (f.clone(), *at),
+            _ => {
+                let Ok(f) = app.registry().parsed(&d) else { continue };
+                let f = Arc::new(f);
+                let at = d.deployed_at.parse().unwrap_or(now);
+                cache.flows.insert(key, (d.revision, f.clone(), at));
+                (f, at)
+            }
+        };
+        let pending = (!d.state.serves()).then_some(d.revision);
+        for t in &flow.triggers {
+            if let TriggerKind::Schedule(s) = &t.kind {
+                // Firings from before this revision was deployed are not its own.
+                let since = Since { up: up_since, deployed: deployed_at };
+                fire(app, &flow, t.id.as_str(), s, now, since, pending)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each deployed flow's serving revision or, when none serves, its newest
+/// pending one.
+fn serving(app: &App) -> Result<Vec<crate::registry::Deployed>, String> {
     let listed = app.registry().list().map_err(|e| e.to_string())?;
     let mut deployed: Vec<crate::registry::Deployed> = Vec::new();
     for d in listed {
@@ -79,29 +127,7 @@ fn pass(app: &App, cache: &mut FlowCache, now: Timestamp, up_since: Timestamp) -
             _ => deployed.push(d),
         }
     }
-    cache.0.retain(|(ns, id), _| deployed.iter().any(|d| &d.namespace == ns && &d.id == id));
-    for d in deployed {
-        let key = (d.namespace.clone(), d.id.clone());
-        let (flow, deployed_at) = match cache.0.get(&key) {
-            Some((rev, f, at)) if *rev == d.revision => (f.clone(), *at),
-            _ => {
-                let Ok(f) = app.registry().parsed(&d) else { continue };
-                let f = Arc::new(f);
-                let at = d.deployed_at.parse().unwrap_or(now);
-                cache.0.insert(key, (d.revision, f.clone(), at));
-                (f, at)
-            }
-        };
-        let pending = (!d.state.serves()).then_some(d.revision);
-        for t in &flow.triggers {
-            if let TriggerKind::Schedule(s) = &t.kind {
-                // Firings from before this revision was deployed are not its own.
-                let since = Since { up: up_since, deployed: deployed_at };
-                fire(app, &flow, t.id.as_str(), s, now, since, pending)?;
-            }
-        }
-    }
-    Ok(())
+    Ok(deployed)
 }
 
 /// When the server started, and when the flow's current revision was deployed.
