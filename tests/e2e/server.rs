@@ -457,6 +457,18 @@ fn a_team_deploys_and_runs_flows_by_api_and_the_cli_in_remote_mode() {
         (&json!(["API_TOKEN"]), &json!(["https://api.example.com:443"])),
         "{shown}"
     );
+    // What the execution did at the trust boundary, from the audit trail.
+    let (code, access) =
+        Client::new(&server).call("GET", &format!("/api/v1/executions/{id}/access"), Some(&admin), None);
+    assert_eq!(code, 200, "{access}");
+    assert_eq!(access["execution"], id, "{access}");
+    let read = &access["secrets"][0];
+    assert_eq!(
+        (&read["action"], &read["secret"], &read["outcome"], &read["task"], &read["version"]),
+        (&json!("secret.read"), &json!("API_TOKEN"), &json!("granted"), &json!("hello"), &json!(1)),
+        "{access}"
+    );
+    assert_eq!(access["requests"], json!([]), "the hello plugin sends nothing: {access}");
     // The same deploy again is a new revision.
     std::fs::write(&flow, &text).unwrap();
     remote(&admin, &["flow", "deploy", flow.to_str().unwrap()]).expect_code(0);

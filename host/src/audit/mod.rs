@@ -346,6 +346,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 11] = [
+        Outcome::Granted,
+        Outcome::Denied,
+        Outcome::NotFound,
+        Outcome::Revoked,
+        Outcome::Expired,
+        Outcome::Unavailable,
+        Outcome::Ok,
+        Outcome::Tampered,
+        Outcome::Pending,
+        Outcome::Failed,
+        Outcome::Sent,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -428,6 +443,19 @@ impl NewRecord {
             map.insert(key.to_owned(), value.into());
         }
         self
+    }
+}
+
+impl Record {
+    /// What it records, when this keyhole knows the action's name (a record
+    /// written by a newer one may name an action it does not).
+    pub fn kind(&self) -> Option<Action> {
+        serde_json::from_value(serde_json::Value::String(self.action.clone())).ok()
+    }
+
+    /// How it ended, when this keyhole knows the outcome's name.
+    pub fn result(&self) -> Option<Outcome> {
+        Outcome::ALL.iter().copied().find(|o| o.as_str() == self.outcome)
     }
 }
 

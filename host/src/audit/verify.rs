@@ -77,7 +77,7 @@ pub fn verify(conn: &Connection, path: &Path, key: &IntegrityKey) -> Result<Verd
             return broken(r.seq, why.into());
         }
         if keyed
-            && r.action == Action::AuditPrune.as_str()
+            && r.kind() == Some(Action::AuditPrune)
             && let Some((cseq, chash)) = &ckpt
         {
             let vouches =

@@ -346,7 +346,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::ExecutionRead),
         Execution,
         "What its tasks did at the trust boundary, from the audit trail: secret reads (name, version, fingerprint, outcome) and outbound requests (destination, outcome); never a value.",
-        get(execution_access)
+        get(execution_access),
+        answer: bodies::ExecutionAccess
     ),
     route!(
         "POST",

@@ -278,3 +278,53 @@ mod tests {
         assert!(!shown.contains("secret-token-51aa") && shown.contains("tok-1"), "{shown}");
     }
 }
+
+/// The answer to `GET /api/v1/executions/{id}/access`: what its tasks did
+/// at the trust boundary, from the audit trail; never a value.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionAccess {
+    /// The execution.
+    pub execution: String,
+    /// Each secret read, lease, staged, committed or discarded version.
+    pub secrets: Vec<SecretUse>,
+    /// Each outbound request that was sent or failed.
+    pub requests: Vec<RequestMade>,
+}
+
+/// One secret access of an execution.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SecretUse {
+    /// When (RFC 3339).
+    pub time: String,
+    /// The task.
+    pub task: Option<String>,
+    /// `secret.read`, `secret.lease`, `secret.stage`, `secret.commit` or `secret.discard`.
+    pub action: String,
+    /// The secret.
+    pub secret: Option<String>,
+    /// Its version, when known.
+    pub version: Option<u64>,
+    /// The released value's fingerprint (HMAC under the audit key), when enabled.
+    pub fingerprint: Option<String>,
+    /// `granted`, `denied`, `not-found`, ...
+    pub outcome: String,
+}
+
+/// One outbound request of an execution.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RequestMade {
+    /// When (RFC 3339).
+    pub time: String,
+    /// The task.
+    pub task: Option<String>,
+    /// The HTTP method.
+    pub method: Option<String>,
+    /// Where it went (scheme, host and port).
+    pub destination: Option<String>,
+    /// Its path.
+    pub path: Option<String>,
+    /// `sent` or `failed`.
+    pub outcome: String,
+    /// Why it failed, or what was injected (never a value).
+    pub reason: Option<String>,
+}

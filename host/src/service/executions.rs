@@ -201,3 +201,52 @@ pub fn interrupted(plane: &impl Plane, r: &ExecutionRecord, why: &str) -> Result
     }
     Ok(())
 }
+
+/// What execution `id`'s tasks did at the trust boundary, from the audit
+/// trail read through `conn` (the store at `path`): each secret access, and
+/// each outbound request once it was sent or failed (its `pending` record,
+/// written before it left, is not repeated).
+pub fn access(
+    conn: &rusqlite::Connection,
+    path: &std::path::Path,
+    id: &str,
+) -> Result<super::bodies::ExecutionAccess, ServiceError> {
+    use super::bodies::{ExecutionAccess, RequestMade, SecretUse};
+    let filter = crate::audit::Filter { execution: Some(id.to_owned()), ..Default::default() };
+    let records = crate::audit::list(conn, path, &filter).map_err(|e| ServiceError::Host(e.to_string()))?;
+    let detail = |r: &crate::audit::Record, k: &str| -> Option<String> {
+        let d: Value = serde_json::from_str(r.detail.as_deref()?).ok()?;
+        d.get(k)?.as_str().map(str::to_owned)
+    };
+    let mut answer = ExecutionAccess { execution: id.to_owned(), secrets: Vec::new(), requests: Vec::new() };
+    for r in records {
+        match r.kind() {
+            Some(
+                Action::SecretRead
+                | Action::SecretLease
+                | Action::SecretStage
+                | Action::SecretCommit
+                | Action::SecretDiscard,
+            ) => answer.secrets.push(SecretUse {
+                time: r.time,
+                task: r.task,
+                action: r.action,
+                secret: r.secret,
+                version: r.version,
+                fingerprint: r.value_hmac,
+                outcome: r.outcome,
+            }),
+            Some(Action::HttpRequest) if r.result() != Some(Outcome::Pending) => answer.requests.push(RequestMade {
+                time: r.time.clone(),
+                task: r.task.clone(),
+                method: detail(&r, "method"),
+                destination: detail(&r, "destination"),
+                path: detail(&r, "path"),
+                outcome: r.outcome,
+                reason: r.reason,
+            }),
+            _ => {}
+        }
+    }
+    Ok(answer)
+}

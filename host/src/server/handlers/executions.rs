@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 #[derive(Debug, Deserialize, Default)]
@@ -130,36 +130,10 @@ pub(crate) async fn execution_access(
     State(app): State<AppState>,
     _caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::service::bodies::ExecutionAccess>, ApiError> {
     blocking(&app, move |app| {
         let path = app.dir.store_path();
-        let internal = |e: crate::audit::AuditError| ApiError::Internal(e.to_string());
-        let conn = app.audit_reads();
-        let filter = crate::audit::Filter { execution: Some(id.clone()), ..Default::default() };
-        let records = crate::audit::list(&conn, &path, &filter).map_err(internal)?;
-        let detail = |r: &crate::audit::Record, k: &str| {
-            r.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()).and_then(|d| d.get(k).cloned())
-        };
-        let mut secrets = Vec::new();
-        let mut requests = Vec::new();
-        for r in &records {
-            match r.action.as_str() {
-                "secret.read" | "secret.lease" | "secret.stage" | "secret.commit" | "secret.discard" => {
-                    secrets.push(json!({
-                        "time": r.time, "task": r.task, "action": r.action, "secret": r.secret,
-                        "version": r.version, "fingerprint": r.value_hmac, "outcome": r.outcome,
-                    }))
-                }
-                // `pending` precedes each request's `sent` or `failed`.
-                "http.request" if r.outcome != "pending" => requests.push(json!({
-                    "time": r.time, "task": r.task, "method": detail(r, "method"),
-                    "destination": detail(r, "destination"), "path": detail(r, "path"),
-                    "outcome": r.outcome, "reason": r.reason,
-                })),
-                _ => {}
-            }
-        }
-        Ok(Json(json!({ "execution": id, "secrets": secrets, "requests": requests })))
+        Ok(Json(executions::access(&app.audit_reads(), &path, &id)?))
     })
     .await
 }
