@@ -223,12 +223,12 @@ macro_rules! serde_as_text {
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let text = <String as serde::Deserialize>::deserialize(d)?;
-                $t::new(&text).map_err(serde::de::Error::custom)
+                text.parse::<$t>().map_err(serde::de::Error::custom)
             }
         }
     )*};
 }
-serde_as_text!(Namespace, SecretName);
+serde_as_text!(Namespace, SecretName, TaskId, ExecutionId);
 
 /// In the API's schemas, a namespace (`""` or `-` for the root, dotted
 /// segments) and a secret name are strings, checked when read.
@@ -249,8 +249,29 @@ macro_rules! schema_as_text {
 }
 schema_as_text!(
     Namespace: "A namespace: dotted segments of ASCII letters, digits, `_` and `-`, such as `finance.reporting`; empty for the root.",
-    SecretName: "A secret's name: ASCII letters, digits, `_`, `-` and `.`, at most 128 bytes, such as `DB_PASSWORD`."
+    SecretName: "A secret's name: ASCII letters, digits, `_`, `-` and `.`, at most 128 bytes, such as `DB_PASSWORD`.",
+    TaskId: "A flow's or a task's id: ASCII letters, digits, `_` and `-`.",
+    ExecutionId: "An execution's id: a UUID (v7, so ids sort by start time)."
 );
+
+/// Stored as their text and checked when read back: a row whose name does
+/// not check is a corrupt row, never taken as it is.
+macro_rules! sql_as_text {
+    ($($t:ident),*) => {$(
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.0.as_str()))
+            }
+        }
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let text = v.as_str()?;
+                text.parse::<$t>().map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            }
+        }
+    )*};
+}
+sql_as_text!(Namespace, SecretName, TaskId, ExecutionId);
 
 impl FromStr for Namespace {
     type Err = InvalidName;

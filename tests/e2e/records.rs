@@ -26,8 +26,13 @@ fn a_corrupt_execution_row_is_an_integrity_error_not_a_default() {
     let id = r.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(r.json()["status"], "succeeded");
     let conn = rusqlite::Connection::open(env.db()).unwrap();
-    for edit in ["UPDATE executions SET tasks = 'not json'", "UPDATE executions SET status = 'exploded', tasks = '[]'"]
-    {
+    for edit in [
+        "UPDATE executions SET tasks = 'not json'",
+        "UPDATE executions SET status = 'exploded', tasks = '[]'",
+        // A name that does not check is no namespace (it was once read as the root).
+        "UPDATE executions SET status = 'succeeded', namespace = '../ops'",
+        "UPDATE executions SET namespace = 'ops', flow = 'no flow!'",
+    ] {
         conn.execute_batch(edit).unwrap();
         for args in [vec!["executions", "show", id.as_str()], vec!["executions", "list"]] {
             let r = env.run(&args);

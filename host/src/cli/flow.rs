@@ -217,7 +217,7 @@ pub(crate) fn run_flow_cmd(dir: &DataDir, args: RunArgs, masks: Arc<MaskSet>, co
 }
 
 pub(crate) fn write_execution(out: &mut impl Write, r: &ExecutionRecord) -> std::io::Result<()> {
-    let ns = if r.namespace.is_empty() { "(root)" } else { &r.namespace };
+    let ns = if r.namespace.is_root() { "(root)" } else { r.namespace.as_str() };
     writeln!(out, "execution {}  flow {}  namespace {ns}  {}", r.id, r.flow, r.status)?;
     writeln!(out, "started {}  ended {}", r.started, r.ended.as_deref().unwrap_or("-"))?;
     let id_width = r.tasks.iter().map(|t| t.id.chars().count()).max().unwrap_or(0);
@@ -406,7 +406,14 @@ fn print_execution_list(out: &mut impl Write, list: &[ExecutionRecord], json: bo
     for r in list {
         let tasks: Vec<String> = r.tasks.iter().map(|t| format!("{}:{}", t.id, t.status.as_str())).collect();
         let trigger = r.trigger.clone().unwrap_or_else(|| "-".into());
-        table.row([r.id.clone(), r.flow.clone(), r.status.to_string(), r.started.clone(), trigger, tasks.join(" ")]);
+        table.row([
+            r.id.to_string(),
+            r.flow.to_string(),
+            r.status.to_string(),
+            r.started.clone(),
+            trigger,
+            tasks.join(" "),
+        ]);
     }
     table.write(out).map_err(stdout_err)
 }

@@ -161,7 +161,7 @@ pub fn decide_gate(
     mut record: impl FnMut(crate::audit::NewRecord) -> Result<(), String>,
 ) -> Result<(), GateError> {
     let rec = records.get(execution)?;
-    let ns = crate::names::Namespace::new(&rec.namespace).unwrap_or_default();
+    let ns = rec.namespace.clone();
     if records.cancel_requested(execution)? {
         return Err(GateError::NotWaiting(format!(
             "execution {execution} was cancelled: its gated tasks never run, there is nothing to decide"

@@ -54,7 +54,7 @@ impl Executions {
             }
             None => false,
         };
-        if !retried && let Some(why) = self.over_queue_quota(&tx, &rec.namespace)? {
+        if !retried && let Some(why) = self.over_queue_quota(&tx, rec.namespace.as_str())? {
             return Err(RecordError::Quota(why));
         }
         let mut rec = rec.clone();

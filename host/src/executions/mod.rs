@@ -6,6 +6,7 @@
 //! errors before they get here.
 
 use crate::db::{DbError, connect, sql_err};
+use crate::names::{ExecutionId, FlowId, Namespace};
 use rusqlite::{Connection, OptionalExtension, params};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -232,11 +233,11 @@ impl rusqlite::types::FromSql for ExecutionStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecutionRecord {
     /// Execution id.
-    pub id: String,
+    pub id: ExecutionId,
     /// Flow id.
-    pub flow: String,
+    pub flow: FlowId,
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Namespace,
     /// The flow file, or the plugin for `host exec`.
     pub source: String,
     /// Where it is.
@@ -609,7 +610,7 @@ impl Executions {
     }
 
     /// The execution queued under `idempotency_key`, if any.
-    pub fn by_idempotency_key(&self, idempotency_key: &str) -> Result<Option<String>, RecordError> {
+    pub fn by_idempotency_key(&self, idempotency_key: &str) -> Result<Option<ExecutionId>, RecordError> {
         self.conn
             .query_row("SELECT id FROM executions WHERE idempotency_key = ?1", [idempotency_key], |r| r.get(0))
             .optional()

@@ -589,9 +589,9 @@ impl<'a> Run<'a> {
 /// every task pending.
 pub fn new_record(flow: &Flow, execution: &ExecutionId) -> ExecutionRecord {
     ExecutionRecord {
-        id: execution.to_string(),
-        flow: flow.id.to_string(),
-        namespace: flow.namespace.as_str().to_owned(),
+        id: execution.clone(),
+        flow: flow.id.clone(),
+        namespace: flow.namespace.clone(),
         source: flow.source.clone(),
         status: ExecutionStatus::Running,
         started: now_rfc3339(),

@@ -268,7 +268,7 @@ impl FromRequestParts<AppState> for Caller {
                     let id: ExecutionId = id.parse().map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
                     let shown = id.to_string();
                     let rec = blocking(app, move |app| Ok(app.records().get(id.as_str())?)).await?;
-                    let ns = path_namespace(if rec.namespace.is_empty() { "-" } else { &rec.namespace })?;
+                    let ns = rec.namespace;
                     if !caller.may(P::ExecutionRead, &ns) {
                         hidden = Some(crate::executions::RecordError::NotFound(shown).to_string());
                     }

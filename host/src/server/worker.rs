@@ -11,7 +11,6 @@ use crate::audit::now_rfc3339;
 use crate::exec::{Cancel, ExecutionEnv};
 use crate::executions::{ExecutionRecord, ExecutionStatus, Executions, Queued, TaskStatus};
 use crate::mask::MaskSet;
-use crate::names::{ExecutionId, Namespace};
 use crate::run::{Start, prepare, run_flow};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
@@ -55,7 +54,7 @@ async fn work(app: &Arc<App>, records: &Executions) {
             match records.claim(&now_rfc3339()) {
                 Ok(Some(q)) => {
                     let waiting = crate::exec::Waiting::new(changed.clone());
-                    mine.insert(q.record.id.clone(), waiting.clone());
+                    mine.insert(q.record.id.to_string(), waiting.clone());
                     runs.push(run(app, records, q, waiting));
                     continue;
                 }
@@ -131,7 +130,7 @@ impl std::io::Write for LogBuffer {
 /// Runs one claimed execution to its stored end; its id.
 async fn run(app: &Arc<App>, records: &Executions, q: Queued, waiting: crate::exec::Waiting) -> String {
     let mut rec = q.record;
-    let id = rec.id.clone();
+    let id = rec.id.to_string();
     let cancel = Cancel::default();
     let log = LogBuffer::default();
     let masks = Arc::new(MaskSet::new());
@@ -235,9 +234,8 @@ async fn start(
     (masks, cancel, waiting): (Arc<MaskSet>, Cancel, crate::exec::Waiting),
 ) -> Result<ExecutionRecord, NotStarted> {
     let hide = |e: &dyn std::fmt::Display| e.to_string().replace(&app.dir.root().display().to_string(), "DATA_DIR");
-    let ns = Namespace::new(&rec.namespace).map_err(|e| hide(&e))?;
     let revision = rec.revision.ok_or_else(|| "the execution names no deployed revision".to_owned())?;
-    let flow = app.registry().revision(&ns, &rec.flow, revision).map_err(|e| hide(&e))?;
+    let flow = app.registry().revision(&rec.namespace, rec.flow.as_str(), revision).map_err(|e| hide(&e))?;
     let (plugins, _notes) = prepare(&app.runtime, &flow).map_err(|d| not_started(app, &flow, &d))?;
     let env = ExecutionEnv {
         secrets: app.secrets().clone(),
@@ -254,8 +252,7 @@ async fn start(
         memory: app.memory.clone(),
         waiting,
     };
-    let execution: ExecutionId = rec.id.parse().map_err(|e: crate::names::InvalidName| e.to_string())?;
-    let begin = Start { execution, inputs, trigger, claimed: true };
+    let begin = Start { execution: rec.id.clone(), inputs, trigger, claimed: true };
     let report = run_flow(&app.runtime, &env, &flow, &plugins, begin, records).await;
     tracing::info!("execution {} of {} ended {}", report.record.id, rec.flow, report.record.status);
     Ok(report.record)

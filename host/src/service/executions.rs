@@ -44,9 +44,9 @@ pub fn queued_record(
     person: Option<&str>,
 ) -> ExecutionRecord {
     ExecutionRecord {
-        id: ExecutionId::generate().to_string(),
-        flow: flow.id.to_string(),
-        namespace: flow.namespace.as_str().to_owned(),
+        id: ExecutionId::generate(),
+        flow: flow.id.clone(),
+        namespace: flow.namespace.clone(),
         source: flow.source.clone(),
         status: crate::executions::ExecutionStatus::Queued,
         started: now_rfc3339(),
@@ -127,7 +127,7 @@ impl Cancelled {
 /// already ended is a conflict, on the record too.
 pub fn cancel(plane: &impl Plane, actor: &Actor, id: &str, stop: impl FnOnce()) -> Result<Cancelled, ServiceError> {
     let rec = plane.records().get(id)?;
-    let ns = Namespace::new(&rec.namespace).unwrap_or_default();
+    let ns = rec.namespace.clone();
     let record = |outcome: Outcome, what: String| {
         let r = NewRecord::ok(actor, Action::ExecutionCancel, &ns, None)
             .outcome(outcome)
@@ -164,8 +164,8 @@ pub fn cancel(plane: &impl Plane, actor: &Actor, id: &str, stop: impl FnOnce()) 
 /// execution of that revision with the same inputs and trigger, still its
 /// starter's (once: keyed by the interrupted id).
 pub fn interrupted(plane: &impl Plane, r: &ExecutionRecord, why: &str) -> Result<(), AuditError> {
-    let ns = Namespace::new(&r.namespace).unwrap_or_default();
-    let flow = r.revision.and_then(|rev| Some((rev, plane.registry().revision(&ns, &r.flow, rev).ok()?)));
+    let ns = &r.namespace;
+    let flow = r.revision.and_then(|rev| Some((rev, plane.registry().revision(ns, r.flow.as_str(), rev).ok()?)));
     let requeue = flow.filter(|(_, f)| f.on_interrupt == OnInterrupt::Requeue);
     let concurrency = requeue.as_ref().and_then(|(_, f)| f.concurrency);
     let key = format!("requeue:{}", r.id);
@@ -177,20 +177,34 @@ pub fn interrupted(plane: &impl Plane, r: &ExecutionRecord, why: &str) -> Result
     if let (Some(new), Ok(Some(id))) = (&mut again, plane.records().by_idempotency_key(&key)) {
         new.id = id;
     }
-    let mut rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, &ns, None)
+    // Same inputs and trigger data: a row whose are corrupt is not re-queued
+    // with none (it would run as something it was not), and the record says why.
+    let mut unreadable = None;
+    let queued_with = match again.is_some().then(|| plane.records().queued_with(r.id.as_str())) {
+        Some(Ok(with)) => Some(with),
+        Some(Err(e)) => {
+            unreadable = Some(e.to_string());
+            again = None;
+            None
+        }
+        None => None,
+    };
+    let mut rec = NewRecord::ok(&Actor::Server, Action::ExecutionInterrupt, ns, None)
         .reason(format!("execution {} of flow {} {why}", r.id, r.flow))
-        .detail_field("execution", r.id.clone())
+        .detail_field("execution", r.id.to_string())
         .detail_field("requeued", again.is_some());
     if let Some(new) = &again {
-        rec = rec.detail_field("requeued_as", new.id.clone());
+        rec = rec.detail_field("requeued_as", new.id.to_string());
+    }
+    if let Some(why) = unreadable {
+        rec = rec.detail_field("not_requeued", why);
     }
     plane.audit().record(rec)?;
-    if let Some(new) = again {
-        // Same inputs and trigger data; keyed by the old id, so at most once.
-        let (inputs, trigger) = plane.records().queued_with(&r.id).unwrap_or_default();
-        let created = NewRecord::ok(&Actor::Server, Action::ExecutionCreate, &ns, None)
+    if let (Some(new), Some((inputs, trigger))) = (again, queued_with) {
+        // Keyed by the old id, so at most once.
+        let created = NewRecord::ok(&Actor::Server, Action::ExecutionCreate, ns, None)
             .reason(format!("execution {} of flow {} (requeue of {})", new.id, new.flow, r.id))
-            .detail_field("execution", new.id.clone())
+            .detail_field("execution", new.id.to_string())
             .detail_field("trigger", key.clone());
         let audited = Audited { key: plane.integrity(), record: &created };
         let queued = plane.intake().enqueue(&new, &inputs, &trigger, Some(&key), concurrency, audited);
