@@ -773,6 +773,29 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     let r = env.run(&["executions", "list", "--json", "--limit", "100"]);
     let reruns = r.json().as_array().unwrap().iter().filter(|x| x["trigger"] == format!("requeue:{cut}")).count();
     assert_eq!(reruns, 1, "{r:#?}");
+    // Cut off again, and its stored inputs edited meanwhile: it is not
+    // re-queued with none (it would run as something it was not); the
+    // trail says why.
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/again", Some(&admin), Some(&json!({})));
+    let cut = v["id"].as_str().unwrap().to_owned();
+    while c.call("GET", &format!("/api/v1/executions/{cut}"), Some(&admin), None).1["tasks"][0]["status"] != "running" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+    let db = rusqlite::Connection::open(env.db()).unwrap();
+    db.execute("UPDATE executions SET inputs = 'not json' WHERE id = ?1", [&cut]).unwrap();
+    drop(db);
+    let mut server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    assert_eq!(wait_ended(&c, &admin, &cut, Duration::from_secs(5))["status"], "interrupted");
+    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
+    let rec =
+        r.json().as_array().unwrap().iter().find(|x| x["detail"].as_str().unwrap().contains(&cut)).cloned().unwrap();
+    let detail: Value = serde_json::from_str(rec["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["requeued"], false, "{rec}");
+    assert!(detail["not_requeued"].as_str().unwrap().contains("inputs"), "{rec}");
+    let r = env.run(&["executions", "list", "--json", "--limit", "100"]);
+    assert!(!r.stdout.contains(&format!("requeue:{cut}")), "{r:#?}");
     // SIGTERM: the running execution finishes, then the server exits 0.
     let (_, v) = c.call("POST", "/api/v1/executions/ops/nap", Some(&admin), Some(&json!({})));
     let id = v["id"].as_str().unwrap().to_owned();
