@@ -85,7 +85,7 @@ impl Voucher {
 
 /// One secret a revision names: where it resolved when the revision was
 /// checked, where `secret:use` was checked, and whether it is protected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Vouch {
     /// The secret.
     pub secret: SecretName,
@@ -102,7 +102,7 @@ pub struct Vouch {
 }
 
 /// Everything a revision was vouched for, and by whom.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Vouches {
     /// Who vouched (the deployer, or for a revision deployed before
     /// vouching, who approved it): `NAME (tok-…)` or an OS user.

@@ -635,8 +635,8 @@ pub(crate) fn flow_cmd(dir: &DataDir, cmd: FlowCommand) -> Result<(), Exit> {
             let (d, pending) = match &remote {
                 Some(r) => {
                     let v = r.get("show the flow", &format!("/api/v1/flows/{}/{id}", ns_path(&namespace)))?;
-                    let pending: Vec<u64> = super::remote::typed(v["pending"].clone(), "a flow's pending revisions")?;
-                    (parse(v)?.remove(0), pending)
+                    let shown = super::remote::typed::<bodies::FlowShown>(v, "a flow")?;
+                    (shown.deployed, shown.pending)
                 }
                 None => {
                     let (d, _, pending) = open_state(dir)?.registry().shown(&namespace, &id).map_err(registry_exit)?;

@@ -36,7 +36,7 @@ use std::path::PathBuf;
 
 /// One deployed revision of a flow, as listed: never a secret (a flow holds
 /// only secret names).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deployed {
     /// The flow's namespace.
     pub namespace: Namespace,
@@ -69,7 +69,7 @@ pub struct Deployed {
 }
 
 /// Whether a revision runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RevisionState {
     /// Vouched for (and approved, if it touched a protected secret): it runs.

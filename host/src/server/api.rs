@@ -44,7 +44,7 @@ macro_rules! route {
 
 /// Every route of the API.
 pub static ROUTES: &[Route] = &[
-    route!("GET", "/api/v1/health", None, Public, "Liveness: ok, or stopping.", get(health)),
+    route!("GET", "/api/v1/health", None, Public, "Liveness: ok, or stopping.", get(health), answer: bodies::Health),
     route!("GET", "/api/v1/openapi.json", None, Public, "This API, as OpenAPI 3.1.", get(openapi)),
     route!(
         "POST",
@@ -218,7 +218,8 @@ pub static ROUTES: &[Route] = &[
         Some(P::FlowRead),
         PathNamespace,
         "A deployed flow's current revision.",
-        get(show_flow)
+        get(show_flow),
+        answer: bodies::FlowShown
     ),
     route!(
         "GET",
@@ -439,9 +440,9 @@ pub(crate) async fn limit_headers(req: axum::extract::Request, next: axum::middl
     next.run(req).await
 }
 
-pub(crate) async fn health(State(app): State<AppState>) -> Json<Value> {
+pub(crate) async fn health(State(app): State<AppState>) -> Json<bodies::Health> {
     let stopping = app.stopping.load(std::sync::atomic::Ordering::SeqCst);
-    Json(json!({ "status": if stopping { "stopping" } else { "ok" } }))
+    Json(bodies::Health { status: if stopping { "stopping" } else { "ok" }.to_owned() })
 }
 
 /// The OpenAPI document, generated from [`ROUTES`].

@@ -328,3 +328,74 @@ pub struct RequestMade {
     /// Why it failed, or what was injected (never a value).
     pub reason: Option<String>,
 }
+
+/// The answer to `GET /api/v1/flows/{ns}/{id}`: the revision that serves
+/// the flow (or, when none does yet, the newest pending one), the newer
+/// revisions waiting for review, and what each task may reach, as the
+/// console shows it.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct FlowShown {
+    /// The revision.
+    #[serde(flatten)]
+    pub deployed: crate::registry::Deployed,
+    /// Newer revisions pending review.
+    pub pending: Vec<u64>,
+    /// The flow's declared inputs, as in its file.
+    pub inputs: serde_json::Value,
+    /// Each task and what it may reach.
+    pub tasks: Vec<TaskReach>,
+    /// Each trigger.
+    pub triggers: Vec<TriggerShown>,
+}
+
+/// What one task of a flow may reach.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TaskReach {
+    /// The task.
+    pub id: String,
+    /// `tasks`, `errors` or `finally`.
+    pub phase: String,
+    /// The secrets it may read.
+    pub secrets: Vec<String>,
+    /// The secrets it may rotate.
+    pub rotate: Vec<String>,
+    /// The destinations it may call.
+    pub network: Vec<String>,
+    /// The permission an approver needs, when it waits for approval.
+    pub approval: Option<String>,
+    /// Whether it runs once per item.
+    pub for_each: bool,
+    /// Whether its failure lets the flow go on.
+    pub allow_failure: bool,
+}
+
+/// One trigger of a flow.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TriggerShown {
+    /// Fires on a cron pattern.
+    Schedule {
+        /// The trigger.
+        id: String,
+        /// The cron pattern.
+        cron: String,
+        /// Its time zone.
+        timezone: String,
+        /// The next firing (RFC 3339), when there is one.
+        next: Option<String>,
+    },
+    /// Starts the flow when a request proves itself.
+    Webhook {
+        /// The trigger.
+        id: String,
+        /// How the sender proves itself (never the key).
+        auth: String,
+    },
+}
+
+/// The answer to `GET /api/v1/health`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    /// `ok`, or `stopping` once a shutdown began.
+    pub status: String,
+}

@@ -6,11 +6,11 @@ use crate::registry::{Deployed, is_sha256};
 use crate::server::AppState;
 use crate::server::error::ApiError;
 use crate::server::extract::{Body, Caller, blocking, path_namespace};
+use crate::service::bodies::{FlowShown, TaskReach, TriggerShown};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 /// Which namespace's flows an uploaded plugin is for (its quota).
 #[derive(Debug, Deserialize)]
@@ -112,63 +112,63 @@ pub(crate) async fn show_flow(
     State(app): State<AppState>,
     _caller: Caller,
     Path((ns, flow)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FlowShown>, ApiError> {
     let ns = path_namespace(&ns)?;
     blocking(&app, move |app| {
         let (deployed, flow, pending) = app.registry().shown(&ns, &flow)?;
-        let mut doc = serde_json::to_value(&deployed).map_err(|e| ApiError::Internal(e.to_string()))?;
-        doc["pending"] = json!(pending);
-        doc["inputs"] = serde_json::to_value(&flow.inputs).unwrap_or_default();
-        doc["tasks"] = flow_tasks(&flow);
-        doc["triggers"] = flow_triggers(&flow, jiff::Timestamp::now());
-        Ok(Json(doc))
+        let inputs = serde_json::to_value(&flow.inputs).unwrap_or_default();
+        let (tasks, triggers) = (flow_tasks(&flow), flow_triggers(&flow, jiff::Timestamp::now()));
+        Ok(Json(FlowShown { deployed, pending, inputs, tasks, triggers }))
     })
     .await
 }
 
 /// Each task's grants as the console shows them: what it may read, rotate,
 /// call, and whether it waits for approval.
-pub(crate) fn flow_tasks(flow: &crate::flow::Flow) -> Value {
+pub(crate) fn flow_tasks(flow: &crate::flow::Flow) -> Vec<TaskReach> {
     use crate::flow::Phase;
     let names = |g: &crate::policy::Grants| g.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>();
     flow.tasks
         .iter()
-        .map(|t| {
-            json!({
-                "id": t.id.as_str(),
-                "phase": match t.phase { Phase::Main => "tasks", Phase::Errors => "errors", Phase::Finally => "finally" },
-                "secrets": names(&t.grants),
-                "rotate": names(&t.rotate),
-                "network": t.network.allow.entries().iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "approval": t.approval.as_ref().map(|a| a.permission.as_str()),
-                "for_each": t.for_each.is_some(),
-                "allow_failure": t.allow_failure,
-            })
+        .map(|t| TaskReach {
+            id: t.id.to_string(),
+            phase: match t.phase {
+                Phase::Main => "tasks",
+                Phase::Errors => "errors",
+                Phase::Finally => "finally",
+            }
+            .to_owned(),
+            secrets: names(&t.grants),
+            rotate: names(&t.rotate),
+            network: t.network.allow.entries().iter().map(ToString::to_string).collect(),
+            approval: t.approval.as_ref().map(|a| a.permission.as_str().to_owned()),
+            for_each: t.for_each.is_some(),
+            allow_failure: t.allow_failure,
         })
         .collect()
 }
 
 /// Each trigger and, for a schedule, its next firing after `now`.
-pub(crate) fn flow_triggers(flow: &crate::flow::Flow, now: jiff::Timestamp) -> Value {
+pub(crate) fn flow_triggers(flow: &crate::flow::Flow, now: jiff::Timestamp) -> Vec<TriggerShown> {
     use crate::trigger::{TriggerKind, WebhookAuth};
     flow.triggers
         .iter()
         .map(|t| match &t.kind {
-            TriggerKind::Schedule(s) => json!({
-                "id": t.id.as_str(),
-                "kind": "schedule",
-                "cron": s.pattern,
-                "timezone": s.timezone,
-                "next": s.next_after(now).map(|n| n.to_string()),
-            }),
-            TriggerKind::Webhook(w) => json!({
-                "id": t.id.as_str(),
-                "kind": "webhook",
-                "auth": match &w.auth {
+            TriggerKind::Schedule(s) => TriggerShown::Schedule {
+                id: t.id.to_string(),
+                cron: s.pattern.clone(),
+                timezone: s.timezone.clone(),
+                next: s.next_after(now).map(|n| n.to_string()),
+            },
+            TriggerKind::Webhook(w) => TriggerShown::Webhook {
+                id: t.id.to_string(),
+                auth: match &w.auth {
                     WebhookAuth::Key(name) => format!("key in secret {name}"),
-                    WebhookAuth::Signature { header, secret } => format!("HMAC-SHA256 in {header}, key in secret {secret}"),
+                    WebhookAuth::Signature { header, secret } => {
+                        format!("HMAC-SHA256 in {header}, key in secret {secret}")
+                    }
                 },
-            }),
+            },
         })
         .collect()
 }
