@@ -693,6 +693,38 @@ fn cancel_stops_a_running_task_and_dequeues_a_queued_one() {
     assert_eq!(outcomes, ["pending", "ok", "pending", "ok"], "{}", r.stdout);
 }
 
+/// Starts an execution of `ops/again` and waits until its task runs.
+fn start_running(c: &Client, admin: &str) -> String {
+    let (_, v) = c.call("POST", "/api/v1/executions/ops/again", Some(admin), Some(&json!({})));
+    let id = v["id"].as_str().unwrap().to_owned();
+    while c.call("GET", &format!("/api/v1/executions/{id}"), Some(admin), None).1["tasks"][0]["status"] != "running" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    id
+}
+
+/// Kills the server, applies `edit` (SQL with `?1` for `cut`) to the store,
+/// and starts it again: `cut` is found interrupted.
+fn crash_and_restart(env: &Env, server: &mut Server, edit: Option<&str>, admin: &str, cut: &str) -> Server {
+    server.kill9();
+    if let Some(sql) = edit {
+        rusqlite::Connection::open(env.db()).unwrap().execute(sql, [cut]).unwrap();
+    }
+    let server = Server::start(env, 2, &[]);
+    assert_eq!(wait_ended(&Client::new(&server), admin, cut, Duration::from_secs(5))["status"], "interrupted");
+    server
+}
+
+/// The details of each `execution.interrupt` record naming `cut`.
+fn interruptions(env: &Env, cut: &str) -> Vec<Value> {
+    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
+    let all = r.json().as_array().unwrap().clone();
+    all.iter()
+        .filter_map(|x| x["detail"].as_str().filter(|d| d.contains(cut)))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 #[test]
 fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     let env = Env::new();
@@ -730,20 +762,11 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     // A flow that says `on_interrupt: requeue` gets a new execution of the
     // same revision and inputs; the trail says which.
     deploy_probe(&env, "ops", "again", &[], json!({"action": "sleep", "secs": 2}), "on_interrupt: requeue\n");
-    let (_, v) = c.call("POST", "/api/v1/executions/ops/again", Some(&admin), Some(&json!({})));
-    let cut = v["id"].as_str().unwrap().to_owned();
-    while c.call("GET", &format!("/api/v1/executions/{cut}"), Some(&admin), None).1["tasks"][0]["status"] != "running" {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server.kill9();
-    let mut server = Server::start(&env, 2, &[]);
+    let cut = start_running(&c, &admin);
+    let mut server = crash_and_restart(&env, &mut server, None, &admin, &cut);
     let c = Client::new(&server);
-    assert_eq!(wait_ended(&c, &admin, &cut, Duration::from_secs(5))["status"], "interrupted");
-    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
-    let rec =
-        r.json().as_array().unwrap().iter().find(|x| x["detail"].as_str().unwrap().contains(&cut)).cloned().unwrap();
-    let detail: Value = serde_json::from_str(rec["detail"].as_str().unwrap()).unwrap();
-    assert_eq!(detail["requeued"], true, "{rec}");
+    let detail = interruptions(&env, &cut).remove(0);
+    assert_eq!(detail["requeued"], true, "{detail}");
     let again = detail["requeued_as"].as_str().unwrap();
     let rec = wait_ended(&c, &admin, again, Duration::from_secs(30));
     assert_eq!(
@@ -753,47 +776,24 @@ fn kill_9_loses_no_accepted_execution_and_sigterm_drains() {
     // A crash after the interruption was audited and re-queued but before
     // it was marked: the next start audits it again, names the same
     // re-run, and queues no second one.
-    server.kill9();
-    let db = rusqlite::Connection::open(env.db()).unwrap();
-    db.execute("UPDATE executions SET status = 'running' WHERE id = ?1", [&cut]).unwrap();
-    drop(db);
-    let mut server = Server::start(&env, 2, &[]);
+    let set_running = "UPDATE executions SET status = 'running' WHERE id = ?1";
+    let mut server = crash_and_restart(&env, &mut server, Some(set_running), &admin, &cut);
     let c = Client::new(&server);
-    assert_eq!(wait_ended(&c, &admin, &cut, Duration::from_secs(5))["status"], "interrupted");
-    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
-    let named: Vec<String> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|x| x["detail"].as_str().unwrap().contains(&cut))
-        .map(|x| serde_json::from_str::<Value>(x["detail"].as_str().unwrap()).unwrap()["requeued_as"].to_string())
-        .collect();
-    assert_eq!(named, vec![format!("\"{again}\""); 2], "{r:#?}");
+    let named: Vec<String> = interruptions(&env, &cut).iter().map(|d| d["requeued_as"].to_string()).collect();
+    assert_eq!(named, vec![format!("\"{again}\""); 2]);
     let r = env.run(&["executions", "list", "--json", "--limit", "100"]);
     let reruns = r.json().as_array().unwrap().iter().filter(|x| x["trigger"] == format!("requeue:{cut}")).count();
     assert_eq!(reruns, 1, "{r:#?}");
     // Cut off again, and its stored inputs edited meanwhile: it is not
     // re-queued with none (it would run as something it was not); the
     // trail says why.
-    let (_, v) = c.call("POST", "/api/v1/executions/ops/again", Some(&admin), Some(&json!({})));
-    let cut = v["id"].as_str().unwrap().to_owned();
-    while c.call("GET", &format!("/api/v1/executions/{cut}"), Some(&admin), None).1["tasks"][0]["status"] != "running" {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server.kill9();
-    let db = rusqlite::Connection::open(env.db()).unwrap();
-    db.execute("UPDATE executions SET inputs = 'not json' WHERE id = ?1", [&cut]).unwrap();
-    drop(db);
-    let mut server = Server::start(&env, 2, &[]);
+    let cut = start_running(&c, &admin);
+    let edit_inputs = "UPDATE executions SET inputs = 'not json' WHERE id = ?1";
+    let mut server = crash_and_restart(&env, &mut server, Some(edit_inputs), &admin, &cut);
     let c = Client::new(&server);
-    assert_eq!(wait_ended(&c, &admin, &cut, Duration::from_secs(5))["status"], "interrupted");
-    let r = env.run(&["audit", "list", "--action", "execution.interrupt", "--json"]);
-    let rec =
-        r.json().as_array().unwrap().iter().find(|x| x["detail"].as_str().unwrap().contains(&cut)).cloned().unwrap();
-    let detail: Value = serde_json::from_str(rec["detail"].as_str().unwrap()).unwrap();
-    assert_eq!(detail["requeued"], false, "{rec}");
-    assert!(detail["not_requeued"].as_str().unwrap().contains("inputs"), "{rec}");
+    let detail = interruptions(&env, &cut).remove(0);
+    assert_eq!(detail["requeued"], false, "{detail}");
+    assert!(detail["not_requeued"].as_str().unwrap().contains("inputs"), "{detail}");
     let r = env.run(&["executions", "list", "--json", "--limit", "100"]);
     assert!(!r.stdout.contains(&format!("requeue:{cut}")), "{r:#?}");
     // SIGTERM: the running execution finishes, then the server exits 0.
