@@ -319,7 +319,9 @@ pub fn connect(path: &Path) -> Result<Connection, DbError> {
 ///
 /// Invariant: `sync` returns `Ok` only once an fsync of the log that began
 /// after the caller's commit has ended (or the log is gone: a checkpoint
-/// that empties it syncs the database file first).
+/// that empties it syncs the database file first). After one failed fsync
+/// every later sync fails too: the kernel may have dropped the pages it
+/// could not write, and a later fsync that succeeds says nothing of them.
 #[derive(Debug)]
 pub struct WalSync {
     store: PathBuf,
@@ -341,6 +343,8 @@ struct SyncState {
     /// after fsync `n - 1` ended).
     begun: u64,
     ended: u64,
+    /// Why an fsync failed, once one has: nothing is durable after it.
+    failed: Option<String>,
 }
 
 impl WalSync {
@@ -372,6 +376,11 @@ impl WalSync {
         s.committed += 1;
         let mine = s.committed;
         loop {
+            if let Some(why) = &s.failed {
+                return Err(std::io::Error::other(format!(
+                    "an earlier sync of the log failed ({why}); restart keyhole"
+                )));
+            }
             if s.synced >= mine {
                 return Ok(());
             }
@@ -384,8 +393,9 @@ impl WalSync {
                 s = lock();
                 s.syncing = false;
                 s.ended += 1;
-                if result.is_ok() {
-                    s.synced = s.synced.max(covers);
+                match &result {
+                    Ok(()) => s.synced = s.synced.max(covers),
+                    Err(e) => s.failed = Some(e.to_string()),
                 }
                 self.done.notify_all();
                 result?;
@@ -612,5 +622,26 @@ mod tests {
         }
         let (begun, ended) = counts(&sync);
         assert_eq!(begun, ended);
+    }
+
+    /// One failed fsync fails every later sync, even once the log could be
+    /// synced again: what the kernel could not write may be gone.
+    #[test]
+    fn after_a_failed_fsync_nothing_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        // The store's directory is a plain file: the log cannot be opened.
+        let blocker = dir.path().join("store");
+        std::fs::write(&blocker, b"").unwrap();
+        let sync = WalSync::of(&blocker.join("keyhole.db"));
+        let e = sync.sync().expect_err("the log cannot be opened");
+        assert_ne!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        // Now it could be: still refused.
+        std::fs::remove_file(&blocker).unwrap();
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("keyhole.db-wal"), b"log").unwrap();
+        let e = sync.sync().expect_err("poisoned").to_string();
+        assert!(e.contains("an earlier sync of the log failed") && e.contains("restart keyhole"), "{e}");
+        let u = sync.after_commit(7).durable().expect_err("nothing is durable").to_string();
+        assert!(u.contains("cannot sync the write-ahead log"), "{u}");
     }
 }
