@@ -1463,3 +1463,24 @@ fn an_approval_gate_pauses_the_execution_until_another_principal_decides() {
     assert!(rec["tasks"][1]["skipped"].as_str().unwrap().contains("no decision within"), "{rec}");
     assert_eq!(decide(&approver, &id, "approve").0, 409, "too late");
 }
+
+#[test]
+fn a_start_that_waits_answers_when_the_execution_ends_or_when_the_wait_runs_out() {
+    let env = Env::new();
+    deploy_probe(&env, "ops", "nap", &[], json!({"action": "sleep", "secs": 1}), "");
+    let admin = token(&env, "admin", "admin", "", &[]);
+    let server = Server::start(&env, 2, &[]);
+    let c = Client::new(&server);
+    // The wait runs out first: 202, the record as it stands.
+    let started = Instant::now();
+    let (s, v) = c.call("POST", "/api/v1/executions/ops/nap?wait=0.3", Some(&admin), Some(&json!({})));
+    let took = started.elapsed();
+    assert_eq!(s, 202, "{v}");
+    assert!(["queued", "running"].contains(&v["status"].as_str().unwrap()), "{v}");
+    assert!(took >= Duration::from_millis(300), "answered after {took:?}");
+    // It ends first: 200 and the final record (a missed end would answer
+    // 202 with the record as it stood at the deadline).
+    let (s, v) = c.call("POST", "/api/v1/executions/ops/nap?wait=30", Some(&admin), Some(&json!({})));
+    assert_eq!((s, v["status"].as_str()), (200, Some("succeeded")), "{v}");
+    assert_eq!(v["execution"]["tasks"][0]["status"], "succeeded", "{v}");
+}

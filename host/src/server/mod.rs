@@ -151,7 +151,7 @@ pub struct App {
     pub running: Mutex<HashMap<String, worker::Running>>,
     /// Those waiting for an execution to end (`?wait=`), by id: only they
     /// are woken when it does.
-    waiters: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    waiters: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
     /// Set once a shutdown began: workers take nothing new.
     pub stopping: AtomicBool,
     /// Set once the drain deadline passed: what is cut off is `interrupted`.
@@ -236,26 +236,28 @@ impl App {
         self.state.records()
     }
 
-    /// What wakes a waiter on execution `id` ([`App::ended`]); give it back
-    /// with [`App::stop_waiting`].
-    pub fn waiter(&self, id: &str) -> Arc<tokio::sync::Notify> {
-        lock(&self.waiters).entry(id.to_owned()).or_default().clone()
+    /// What tells a waiter that execution `id` ended ([`App::ended`]): it
+    /// holds `true` from then on, so an end between taking it and looking
+    /// is not missed (take it, then read the record). Give it back with
+    /// [`App::stop_waiting`].
+    pub fn waiter(&self, id: &str) -> tokio::sync::watch::Receiver<bool> {
+        lock(&self.waiters).entry(id.to_owned()).or_insert_with(|| tokio::sync::watch::Sender::new(false)).subscribe()
     }
 
-    /// Done waiting on `id`: forgets the waker when no one else holds it.
-    pub fn stop_waiting(&self, id: &str, waker: Arc<tokio::sync::Notify>) {
+    /// Done waiting on `id`: forgets it when no one else waits.
+    pub fn stop_waiting(&self, id: &str, waker: tokio::sync::watch::Receiver<bool>) {
         let mut waiters = lock(&self.waiters);
         drop(waker);
-        if waiters.get(id).is_some_and(|w| Arc::strong_count(w) == 1) {
+        if waiters.get(id).is_some_and(|w| w.receiver_count() == 0) {
             waiters.remove(id);
         }
     }
 
-    /// Execution `id` ended (its record and log are stored): wakes those
+    /// Execution `id` ended (its record and log are stored): tells those
     /// waiting on it.
     pub fn ended(&self, id: &str) {
         if let Some(w) = lock(&self.waiters).remove(id) {
-            w.notify_waiters();
+            w.send_replace(true);
         }
     }
 

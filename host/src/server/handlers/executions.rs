@@ -46,25 +46,24 @@ pub(crate) async fn create_execution(
         None => None,
     };
     let origin = Origin::api(&caller, key.as_deref());
-    let (mut rec, created) =
-        blocking(&app, move |app| Ok(executions::queue(app, &origin, &ns, &flow, &inputs)?)).await?;
     let wait = q.wait.filter(|w| w.is_finite() && *w > 0.0).map(|w| Duration::from_secs_f64(w.min(300.0)));
-    if let Some(wait) = wait {
-        let id = rec.id.clone();
-        let deadline = tokio::time::Instant::now() + wait;
-        let waker = app.waiter(id.as_str());
-        loop {
-            // Listening before reading: an end between the two still wakes us.
-            let woken = waker.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let id = id.clone();
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let (mut rec, created, waker) = blocking(&app, move |app| {
+        let (rec, created) = executions::queue(app, &origin, &ns, &flow, &inputs)?;
+        // Listening, then reading again: an end after either is not missed.
+        let waker = wait.map(|_| app.waiter(rec.id.as_str()));
+        let rec = if waker.is_some() && !rec.status.ended() { app.records().get(rec.id.as_str())? } else { rec };
+        Ok((rec, created, waker))
+    })
+    .await?;
+    if let (Some(deadline), Some(mut waker)) = (deadline, waker) {
+        let ended = rec.status.ended()
+            || tokio::time::timeout_at(deadline, waker.wait_for(|ended| *ended)).await.is_ok_and(|r| r.is_ok());
+        if ended && !rec.status.ended() {
+            let id = rec.id.clone();
             rec = blocking(&app, move |app| Ok(app.records().get(id.as_str())?)).await?;
-            if rec.status.ended() || tokio::time::timeout_at(deadline, woken).await.is_err() {
-                break;
-            }
         }
-        app.stop_waiting(id.as_str(), waker);
+        app.stop_waiting(rec.id.as_str(), waker);
     }
     let status = if rec.status.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(Queued { id: rec.id.to_string(), status: rec.status, created, execution: rec })))
