@@ -177,8 +177,9 @@ pub fn interrupted(plane: &impl Plane, r: &ExecutionRecord, why: &str) -> Result
     if let (Some(new), Ok(Some(id))) = (&mut again, plane.records().by_idempotency_key(&key)) {
         new.id = id;
     }
-    // Same inputs and trigger data: a row whose are corrupt is not re-queued
-    // with none (it would run as something it was not), and the record says why.
+    // Same inputs and trigger data: a row whose inputs or trigger data do not
+    // read is not re-queued with none (it would run as something it was
+    // not), and the record says why.
     let mut unreadable = None;
     let queued_with = match again.is_some().then(|| plane.records().queued_with(r.id.as_str())) {
         Some(Ok(with)) => Some(with),
