@@ -74,9 +74,39 @@ pub struct Matcher {
     /// The values themselves (those long enough to mask inside words), for
     /// the decoding pass: text is percent-decoded and searched for them,
     /// so any encoder's choice of escaped bytes and hex case is caught.
-    plain: Option<AhoCorasick>,
+    plain: Option<Plain>,
     /// Longest such value: an encoded one is at most three times longer.
     max_value_len: usize,
+}
+
+/// The decoding pass's automaton over the values, built the first time a
+/// text holds a `%` or a `+`: most tasks print none, and each execution
+/// would otherwise pay for a second automaton it never runs.
+struct Plain {
+    values: Vec<Zeroizing<Vec<u8>>>,
+    ac: std::sync::OnceLock<AhoCorasick>,
+}
+
+impl std::fmt::Debug for Plain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plain(***)")
+    }
+}
+
+impl Plain {
+    fn automaton(&self) -> &AhoCorasick {
+        self.ac.get_or_init(|| {
+            // A contiguous NFA, never the DFA the builder picks for a few
+            // patterns: a DFA's build grows with the values' length (a 100
+            // KiB value took 56 s), the NFA's stays linear.
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .start_kind(aho_corasick::StartKind::Both)
+                .build(self.values.iter().map(|v| v.as_slice()))
+                .expect("masking patterns are plain byte strings")
+        })
+    }
 }
 
 /// Large sets have no byte rare enough for a prefilter, and an unanchored
@@ -405,20 +435,10 @@ impl Matcher {
     /// [`Matcher::build_sized`], plus the decoding pass over `values`.
     fn build_with(patterns: &[(Zeroizing<Vec<u8>>, bool)], values: &[Zeroizing<Vec<u8>>], filtered: bool) -> Self {
         let mut m = Self::build_sized(patterns, filtered);
-        let long: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).filter(|v| v.len() >= MIN_MASK_LEN).collect();
+        let long: Vec<Zeroizing<Vec<u8>>> = values.iter().filter(|v| v.len() >= MIN_MASK_LEN).cloned().collect();
         if !long.is_empty() {
             m.max_value_len = long.iter().map(|v| v.len()).max().unwrap_or(0);
-            // A contiguous NFA, never the DFA the builder picks for a few
-            // patterns: a DFA's build grows with the values' length (a 100
-            // KiB value took 56 s), the NFA's stays linear.
-            m.plain = Some(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .kind(Some(AhoCorasickKind::ContiguousNFA))
-                    .start_kind(aho_corasick::StartKind::Both)
-                    .build(long)
-                    .expect("masking patterns are plain byte strings"),
-            );
+            m.plain = Some(Plain { values: long, ac: std::sync::OnceLock::new() });
         }
         m
     }
@@ -508,6 +528,7 @@ impl Matcher {
         if memchr::memchr2(b'%', b'+', buf).is_none() {
             return Vec::new();
         }
+        let plain = plain.automaton();
         let mut spans = Vec::new();
         for plus_is_space in [false, true] {
             let mut push = |s: usize, e: usize, len: usize| {
