@@ -328,6 +328,10 @@ pub struct WalSync {
     wal: PathBuf,
     state: std::sync::Mutex<SyncState>,
     done: std::sync::Condvar,
+    /// The log, open, with its device and inode: kept while the path
+    /// still names that file (opening it at each sync cost more than the
+    /// look at the path does).
+    file: std::sync::Mutex<Option<(std::fs::File, (u64, u64))>>,
 }
 
 #[derive(Debug, Default)]
@@ -363,6 +367,7 @@ impl WalSync {
             wal,
             state: Default::default(),
             done: Default::default(),
+            file: Default::default(),
         });
         all.push(s.clone());
         s
@@ -411,13 +416,29 @@ impl WalSync {
         Unsynced { value, sync: Some(self.clone()) }
     }
 
+    /// Syncs the file the log's path names now. One that was removed (and
+    /// perhaps made again) since it was opened is not synced in its place:
+    /// a log is removed only once wholly checkpointed, the database file
+    /// synced, so what it held is on disk.
     fn fsync(&self) -> std::io::Result<()> {
-        match std::fs::File::open(&self.wal) {
-            Ok(f) => f.sync_data(),
-            // Emptied and removed by a checkpoint, which synced the database file.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        use std::os::unix::fs::MetadataExt;
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let named = match std::fs::metadata(&self.wal) {
+            Ok(m) => (m.dev(), m.ino()),
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut open = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if open.as_ref().is_none_or(|(_, id)| *id != named) {
+            let f = match std::fs::File::open(&self.wal) {
+                Ok(f) => f,
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let m = f.metadata()?;
+            *open = Some((f, (m.dev(), m.ino())));
         }
+        open.as_ref().map_or(Ok(()), |(f, _)| f.sync_data())
     }
 }
 

@@ -77,11 +77,7 @@ impl std::fmt::Debug for AuditLog {
 struct Shared {
     path: PathBuf,
     chain: IntegrityKey,
-    /// Commits without a sync of its own: [`Shared::sync`] makes each
-    /// batch durable, sharing the fsync with whatever else committed.
     conn: Mutex<Connection>,
-    /// None in memory: nothing to sync.
-    sync: Option<Arc<crate::db::WalSync>>,
     state: Mutex<Queue>,
 }
 
@@ -112,14 +108,11 @@ impl AuditLog {
     /// `key` enables value fingerprints.
     pub fn open(path: &Path, chain: IntegrityKey, key: Option<AuditKey>) -> Result<Self, AuditError> {
         let conn = connect(path)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(crate::db::sql_err(path, "relax the audit writer's commits"))?;
         Ok(AuditLog {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
                 chain,
                 conn: Mutex::new(conn),
-                sync: (path != Path::new(":memory:")).then(|| crate::db::WalSync::of(path)),
                 state: Mutex::new(Queue::default()),
             }),
             key,
@@ -211,11 +204,7 @@ impl AuditLog {
             // asleep behind it: it fails the batch like any other error (the
             // transaction rolls back as it unwinds).
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), records).and_then(|seqs| {
-                    // Durable before any caller of the batch is woken.
-                    let synced = sh.sync.as_ref().map_or(Ok(()), |s| s.sync());
-                    synced.map(|()| seqs).map_err(|e| format!("cannot sync {}: {e}", sh.path.display()))
-                })
+                commit(&mut lock(&sh.conn), &sh.path, sh.chain_key(), records)
             }))
             .unwrap_or_else(|_| Err("the audit writer panicked; the batch was rolled back".to_owned()));
             let mut q = lock(&sh.state);

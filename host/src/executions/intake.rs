@@ -13,7 +13,7 @@ impl Executions {
     /// triggers): a new execution and its record commit without a sync of
     /// their own, and [`Executions::enqueue`]'s answer is had only once
     /// they are on disk, by a sync shared with every commit made meanwhile
-    /// (other acceptances, the audit's). Nothing else may write through it:
+    /// (other acceptances). Nothing else may write through it:
     /// its other writes would not be synced.
     pub fn open_for_intake(path: &Path) -> Result<Self, RecordError> {
         let mut records = Self::open(path)?;
