@@ -45,7 +45,6 @@ impl From<SessionError> for OpenError {
 /// One data directory's state (see the module doc).
 #[derive(Debug)]
 pub struct Embedded {
-    dir: DataDir,
     secrets: Arc<Router>,
     audit: AuditLog,
     integrity: IntegrityKey,
@@ -73,7 +72,6 @@ impl Embedded {
         let tokens = Tokens::open(&path, integrity.clone())?;
         let registry = Registry::open(dir, integrity.clone())?;
         Ok(Embedded {
-            dir: dir.clone(),
             secrets,
             audit,
             integrity,
@@ -83,11 +81,6 @@ impl Embedded {
             intake: Mutex::new(intake),
             queue: tokio::sync::watch::Sender::new(0),
         })
-    }
-
-    /// The data directory.
-    pub fn dir(&self) -> &DataDir {
-        &self.dir
     }
 
     /// The secrets, shared (the runner holds them for as long as it runs).

@@ -217,7 +217,7 @@ pub(crate) async fn authenticate(
             let peer = peer.map(|p| p.to_string()).unwrap_or_default();
             let what = what.to_owned();
             blocking(app, move |app| {
-                Ok(crate::service::access::authentication_failed(app, &what, why.as_str(), &peer)?)
+                Ok(crate::service::access::authentication_failed(&app.state, &what, why.as_str(), &peer)?)
             })
             .await?;
             match why {
@@ -281,7 +281,7 @@ impl FromRequestParts<AppState> for Caller {
             Err((ns, message)) => {
                 let (actor, what, shown) = (caller.actor.clone(), what.to_owned(), message.clone());
                 blocking(app, move |app| {
-                    Ok(crate::service::access::route_denied(app, &actor, &ns, &what, permission, &shown)?)
+                    Ok(crate::service::access::route_denied(&app.state, &actor, &ns, &what, permission, &shown)?)
                 })
                 .await?;
                 Err(match hidden {

@@ -318,34 +318,7 @@ impl App {
     /// Audits that `r` was cut off (`why`), re-queuing it where its flow
     /// says so ([`service::executions::interrupted`]).
     pub fn interrupted(&self, r: &ExecutionRecord, why: &str) -> Result<(), crate::audit::AuditError> {
-        crate::service::executions::interrupted(self, r, why)
-    }
-}
-
-impl Plane for App {
-    fn registry(&self) -> impl std::ops::Deref<Target = Registry> + '_ {
-        self.state.registry()
-    }
-    fn records(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
-        self.state.records()
-    }
-    fn intake(&self) -> impl std::ops::Deref<Target = Executions> + '_ {
-        self.state.intake()
-    }
-    fn tokens(&self) -> impl std::ops::Deref<Target = Tokens> + '_ {
-        self.state.tokens()
-    }
-    fn secrets(&self) -> &Secrets {
-        self.state.secrets()
-    }
-    fn audit(&self) -> &AuditLog {
-        self.state.audit()
-    }
-    fn integrity(&self) -> &crate::crypto::IntegrityKey {
-        self.state.integrity()
-    }
-    fn wake(&self) {
-        self.state.wake()
+        crate::service::executions::interrupted(&self.state, r, why)
     }
 }
 

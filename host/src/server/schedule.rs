@@ -164,12 +164,12 @@ fn fire(
     if due.skipped > 0 {
         let (schedule, recover) = (format!("{:?} ({})", s.pattern, s.timezone), json!(s.recover));
         let recover = recover.as_str().unwrap_or_default();
-        triggers::schedule_skipped(app, &actor, ns, due.skipped, &schedule, recover).map_err(|e| err(&e))?;
+        triggers::schedule_skipped(&app.state, &actor, ns, due.skipped, &schedule, recover).map_err(|e| err(&e))?;
     }
     for at in &due.fire {
         let date = at.to_zoned(s.time_zone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
         if let Some(revision) = pending {
-            triggers::schedule_held(app, &actor, ns, &date, flow.id.as_str(), revision).map_err(|e| err(&e))?;
+            triggers::schedule_held(&app.state, &actor, ns, &date, flow.id.as_str(), revision).map_err(|e| err(&e))?;
             continue;
         }
         let mut extra = Map::new();
@@ -183,7 +183,8 @@ fn fire(
             idempotency_key: Some(format!("{name}@{}/{}:{}", ns.as_str(), flow.id, at.as_second())),
             person: None,
         };
-        crate::service::executions::queue(app, &origin, ns, flow.id.as_str(), &Map::new()).map_err(|e| err(&e))?;
+        crate::service::executions::queue(&app.state, &origin, ns, flow.id.as_str(), &Map::new())
+            .map_err(|e| err(&e))?;
     }
     if let Some(l) = due.last {
         app.records().set_schedule_last(ns.as_str(), flow.id.as_str(), id, l.as_second()).map_err(|e| err(&e))?;

@@ -78,7 +78,7 @@ fn fire(
     // strike against the address.
     let refuse = |secret: Option<&SecretName>, reason: String, err: ApiError| {
         app.auth_failed(ip);
-        triggers::webhook_refused(app, ns, &shown, secret, &reason, &ip.to_string())?;
+        triggers::webhook_refused(&app.state, ns, &shown, secret, &reason, &ip.to_string())?;
         Err(err)
     };
     let not_found = || ApiError::NotFound(NO_SUCH_WEBHOOK.into());
@@ -135,7 +135,7 @@ fn fire(
     if let Some(revision) = pending {
         let why = crate::registry::RegistryError::Pending { namespace: ns.clone(), id: flow.id.to_string(), revision };
         let (t, f) = (trigger.id.as_str(), flow.id.as_str());
-        triggers::webhook_held(app, ns, hook.secret(), t, f, revision, &why.to_string())?;
+        triggers::webhook_held(&app.state, ns, hook.secret(), t, f, revision, &why.to_string())?;
         return Err(ApiError::Conflict(why.to_string()));
     }
     if body.len() > hook.max_body {
@@ -152,7 +152,7 @@ fn fire(
     extra.insert("headers".into(), chosen_headers(hook, headers));
     let name = format!("webhook:{}", trigger.id);
     let actor = Actor::Trigger { flow: flow.id.to_string(), trigger: name.clone() };
-    triggers::webhook_verified(app, &actor, ns, hook.secret(), trigger.id.as_str(), flow.id.as_str())?;
+    triggers::webhook_verified(&app.state, &actor, ns, hook.secret(), trigger.id.as_str(), flow.id.as_str())?;
     // A sender cannot be told its key is bad: a delivery without a valid one is not deduplicated.
     let key = headers
         .get("idempotency-key")
@@ -166,7 +166,7 @@ fn fire(
         idempotency_key: key,
         person: None,
     };
-    Ok(crate::service::executions::queue(app, &origin, ns, flow.id.as_str(), &Map::new())?)
+    Ok(crate::service::executions::queue(&app.state, &origin, ns, flow.id.as_str(), &Map::new())?)
 }
 
 /// The value of `name` as `ns`'s tasks would find it (only where the

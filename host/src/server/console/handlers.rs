@@ -46,7 +46,7 @@ pub(in crate::server) async fn sign_in(
         .ok_or(ApiError::Unauthorized)?;
     let info = caller.info.clone();
     blocking(&app, move |app| {
-        let (cookie, session) = sessions::sign_in(app, &caller.actor, &info, || app.sessions.open(&bearer))?;
+        let (cookie, session) = sessions::sign_in(&app.state, &caller.actor, &info, || app.sessions.open(&bearer))?;
         let body = json!({
             "csrf": session.csrf,
             "idle_timeout_seconds": app.sessions.idle().as_secs(),
@@ -74,7 +74,7 @@ pub(in crate::server) async fn sign_out(State(app): State<AppState>, caller: Cal
         return Ok(Json(json!({ "signed_out": false })).into_response());
     };
     blocking(&app, move |app| {
-        sessions::sign_out(app, &caller.actor, &caller.info, || app.sessions.close(&session.key))?;
+        sessions::sign_out(&app.state, &caller.actor, &caller.info, || app.sessions.close(&session.key))?;
         with_cookie(StatusCode::OK, &app.sessions.clear_cookie(), json!({ "signed_out": true }))
     })
     .await

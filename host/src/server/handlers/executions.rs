@@ -49,7 +49,7 @@ pub(crate) async fn create_execution(
     let wait = q.wait.filter(|w| w.is_finite() && *w > 0.0).map(|w| Duration::from_secs_f64(w.min(300.0)));
     let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     let (mut rec, created, waker) = blocking(&app, move |app| {
-        let (rec, created) = executions::queue(app, &origin, &ns, &flow, &inputs)?;
+        let (rec, created) = executions::queue(&app.state, &origin, &ns, &flow, &inputs)?;
         // Listening, then reading again: an end after either is not missed.
         let waker = wait.map(|_| app.waiter(rec.id.as_str()));
         let rec = if waker.is_some() && !rec.status.ended() { app.records().get(rec.id.as_str())? } else { rec };
@@ -144,7 +144,7 @@ pub(crate) async fn cancel_execution(
                 r.cancel.cancel();
             }
         };
-        let done = executions::cancel(app, &caller.actor, &id, stop)?;
+        let done = executions::cancel(&app.state, &caller.actor, &id, stop)?;
         if done == executions::Cancelled::Dequeued {
             app.ended(&id);
         }
